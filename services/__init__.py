@@ -1,0 +1,1 @@
+"""curvemesh processes: the broker and the seven services, one folder each."""

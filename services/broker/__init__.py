@@ -1,0 +1,1 @@
+"""The broker: CURVE allow-list (ZAP), identity stamping, mesh ACL, limits, registry, routing."""

@@ -1,0 +1,561 @@
+"""The broker: one CURVE ROUTER socket, identity stamping, ACL, limits, routing.
+
+The hot path (:meth:`Broker._handle`) is a synchronous poll loop that drains
+the socket in batches: per message it reads the peer's key from the ZAP
+metadata (revocation check), decodes and validates the small header frame,
+applies the rate limit and the ACL, and forwards the body frame untouched.
+Bodies are never decoded here except for the broker's own ``mesh.*`` methods.
+
+Replies are routed to the connection the request came from, remembered in the
+in-flight table under a broker-chosen id; a reply is accepted only from the
+connection the request was forwarded to. Routing ids are always assigned by
+the broker's socket: a peer that chooses its own is refused.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import structlog
+import zmq
+import zmq.utils.z85
+
+from shared import (
+    PROTOCOL_VERSION,
+    WIRE_CODES,
+    BadRequest,
+    Certificate,
+    Conflict,
+    Forbidden,
+    MeshConfig,
+    MeshError,
+    MeshHome,
+    RateLimited,
+    Spool,
+    Timeout,
+    TokenBucket,
+    Unavailable,
+    certs,
+    compile_grant,
+    decode_header,
+    encode_header,
+    split_target,
+)
+
+from .certstore import CertStore
+from .service import Introspection
+from .state import Counters, InFlight, Peer, Registration
+from .zap import ZapHandler
+
+log = structlog.get_logger("broker")
+
+_TICK: Final = 0.02
+_BATCH: Final = 256
+_HANDSHAKE_EVENTS: Final = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "no_detail",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",
+}
+
+
+class Broker:
+    """The mesh broker. ``bind()`` then ``run()`` (blocking) until ``stop()``."""
+
+    def __init__(self, config: MeshConfig, home: MeshHome, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.cfg = config.broker
+        self.home = home
+        self.clock = clock
+        self.wall = wall
+        home.ensure()
+        self.keypair = certs.load_keypair(home.secret_key_path("broker"))
+        self.store = CertStore(home.certs, self.cfg.pending_max, self.cfg.pending_per_address_per_minute)
+        self.spool = Spool(home.spool / "broker-audit.spool", self.cfg.spool_max_records)
+        self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.zap = ZapHandler(self.context, self.cfg.zap_domain, lambda: self.store.snapshot.by_raw)
+        self.endpoints: list[str] = []
+        self.peers: dict[bytes, Peer] = {}
+        self.services: dict[str, Registration] = {}
+        self.in_flight: dict[int, InFlight] = {}
+        self.deadlines: list[tuple[float, int]] = []
+        self.counters: dict[str, Counters] = {}
+        self.handshake_failures: dict[str, int] = dict.fromkeys(_HANDSHAKE_EVENTS.values(), 0)
+        self._handshake_reported = 0
+        self.totals = {"undeliverable": 0, "bad_frames": 0, "expired": 0, "stray_replies": 0,
+                       "revoked_refused": 0, "custom_routing_id_refused": 0}
+        self.started = wall()
+        self._ids = itertools.count(1)
+        self._stop = threading.Event()
+        self._by_text = self.store.snapshot.by_text
+        self.introspection = Introspection(self)
+        self._kinds: dict[str, Callable[[Peer, dict[str, Any], zmq.Frame | None, float], None]] = {
+            "req": self._on_request, "rep": self._on_reply, "err": self._on_reply,
+            "pub": self._on_publish, "sub": self._on_subscribe, "unsub": self._on_unsubscribe,
+            "reg": self._on_register, "bye": self._on_bye, "hb": self._on_heartbeat,
+        }
+        self._hb_frame = encode_header({"v": PROTOCOL_VERSION, "k": "hb"})
+        self.router: zmq.Socket[bytes] | None = None
+        self.monitor: zmq.Socket[bytes] | None = None
+
+    # -- setup --------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Load the allow-list, start ZAP, bind every endpoint. Raises if anything is off."""
+        self.reload_certs("start")
+        self.zap.start()
+        router = self.context.socket(zmq.ROUTER)
+        router.curve_server = True
+        router.curve_secretkey = self.keypair.secret_key
+        router.curve_publickey = self.keypair.certificate.public_key
+        router.zap_domain = self.cfg.zap_domain.encode()
+        router.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.maxmsgsize = self.cfg.max_message_bytes
+        router.sndhwm = router.rcvhwm = self.cfg.high_water_mark
+        router.linger = 0
+        self.monitor = router.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_DISCONNECTED)
+        self._claim_ipc()
+        for endpoint in (self.home.broker_endpoint, *self.cfg.tcp_endpoints):
+            router.bind(endpoint)
+            self.endpoints.append(router.get_string(zmq.LAST_ENDPOINT))
+        os.chmod(self.home.broker_socket, 0o600)
+        self.router = router
+        log.info("broker_listening", endpoints=self.endpoints,
+                 fingerprint=self.keypair.certificate.fingerprint)
+
+    def _claim_ipc(self) -> None:
+        path = self.home.broker_socket
+        if not path.exists():
+            return
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)  # a stale socket left by a killed broker.
+            return
+        finally:
+            probe.close()
+        raise RuntimeError(f"another broker is already listening on {path}")
+
+    # -- main loop ------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish; safe from any thread or a signal handler."""
+        self._stop.set()
+
+    def run(self) -> None:
+        assert self.router is not None and self.monitor is not None
+        router, monitor = self.router, self.monitor
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        next_tick = self.clock()
+        try:
+            while not self._stop.is_set():
+                timeout = max(0.0, next_tick - self.clock())
+                ready = dict(poller.poll(timeout * 1000))
+                if router in ready:
+                    self._drain(router)
+                if monitor in ready:
+                    self._on_monitor(monitor)
+                now = self.clock()
+                if now >= next_tick:
+                    self._tick(now)
+                    next_tick = now + _TICK
+        finally:
+            self.close()
+
+    def _drain(self, router: zmq.Socket[bytes]) -> None:
+        now = self.clock()
+        recv = router.recv_multipart
+        handle = self._handle
+        for _ in range(_BATCH):
+            try:
+                frames = recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            handle(frames, now)
+
+    def _handle(self, frames: list[zmq.Frame], now: float) -> None:
+        header_frame = frames[1] if len(frames) > 1 else frames[0]
+        rid = frames[0].bytes
+        cert = self._by_text.get(header_frame.get("X-Key"))
+        if cert is None:
+            # Admitted once, revoked since: refuse on this live connection (invariant 4).
+            self.totals["revoked_refused"] += 1
+            self._refuse(rid, header_frame, "UNAUTHENTICATED", "certificate revoked")
+            return
+        if rid[0] != 0:
+            self.totals["custom_routing_id_refused"] += 1
+            self._refuse(rid, header_frame, "BAD_REQUEST", "custom routing ids are not allowed")
+            return
+        peer = self.peers.get(rid)
+        if peer is None or peer.cert is not cert:
+            peer = self._new_peer(rid, cert, now)
+        peer.last_seen = now
+        counters = peer.counters
+        counters.msgs_in += 1
+        if not 2 <= len(frames) <= 3:
+            self.totals["bad_frames"] += 1
+            self._fail(peer, 0, BadRequest("a message is a header frame and at most one body frame"))
+            return
+        try:
+            header = decode_header(header_frame.bytes, self.cfg.max_header_bytes)
+        except BadRequest as exc:
+            self.totals["bad_frames"] += 1
+            self._fail(peer, 0, exc)
+            return
+        self._kinds[header["k"]](peer, header, frames[2] if len(frames) == 3 else None, now)
+
+    def _refuse(self, rid: bytes, header_frame: zmq.Frame, code: str, message: str) -> None:
+        # Answer with the request's own id when it has one, so the caller fails at once
+        # instead of waiting for its timeout; nothing else in the message is used.
+        try:
+            request_id = decode_header(header_frame.bytes, self.cfg.max_header_bytes).get("id", 0)
+        except BadRequest:
+            request_id = 0
+        self._send(rid, self._error_frame(request_id, code, message))
+
+    def _new_peer(self, rid: bytes, cert: Certificate, now: float) -> Peer:
+        limit = (self.config.limits.identity.get(cert.name)
+                 or self.config.limits.role.get(cert.role) or self.config.limits.default)
+        counters = self.counters.setdefault(cert.name, Counters())
+        peer = Peer(rid, cert, compile_grant(self.config.acl, cert.name, cert.role),
+                    TokenBucket(limit.rate, limit.burst, now), counters, now, now)
+        self.peers[rid] = peer
+        return peer
+
+    # -- sending --------------------------------------------------------------
+
+    def _send(self, rid: bytes, frames: list[Any]) -> bool:
+        """Send without blocking; count what cannot be delivered (peer gone or full)."""
+        router = self.router
+        assert router is not None
+        try:
+            router.send_multipart([rid, *frames], zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as exc:
+            if exc.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
+                raise
+            self.totals["undeliverable"] += 1
+            return False
+        return True
+
+    def _error_frame(self, request_id: int, code: str, message: str) -> list[bytes]:
+        return [encode_header({"v": PROTOCOL_VERSION, "k": "err", "id": request_id,
+                               "code": code, "msg": message, "from": "mesh"})]
+
+    def _fail(self, peer: Peer, request_id: int, exc: MeshError) -> None:
+        peer.counters.errors += 1
+        if self._send(peer.rid, self._error_frame(request_id, exc.code, exc.message)):
+            peer.counters.msgs_out += 1
+
+    def _ok(self, peer: Peer, request_id: int, body: bytes | None = None) -> None:
+        frames: list[bytes] = [encode_header({"v": PROTOCOL_VERSION, "k": "rep", "id": request_id,
+                                              "from": "mesh"})]
+        if body is not None:
+            frames.append(body)
+        if self._send(peer.rid, frames):
+            peer.counters.msgs_out += 1
+
+    def audit(self, event: str, peer: Peer | None, **details: Any) -> None:
+        """Spool an audit record (delivered to the audit service once it accepts them)."""
+        record: dict[str, Any] = {"type": event, "time": self.wall()}
+        if peer is not None:
+            record["actor"] = peer.cert.name
+            record["role"] = peer.cert.role
+        record.update(details)
+        if not self.spool.append(record):
+            log.warning("audit_spool_full", dropped=self.spool.dropped)
+
+    def _deny(self, peer: Peer, request_id: int, action: str, target: str) -> None:
+        peer.counters.denies += 1
+        self.audit("mesh.deny", peer, action=action, target=target)
+        self._fail(peer, request_id, Forbidden(f"not allowed to {action} {target!r}"))
+
+    def _limited(self, peer: Peer, request_id: int, now: float) -> bool:
+        if peer.bucket.take(now):
+            return False
+        peer.counters.rate_limited += 1
+        self._fail(peer, request_id, RateLimited("rate limit exceeded; slow down"))
+        return True
+
+    # -- message kinds ----------------------------------------------------------
+
+    def _on_request(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
+        request_id = header["id"]
+        if self._limited(peer, request_id, now):
+            return
+        target = header["to"]
+        allowed = peer.call_cache.get(target)
+        if allowed is None:
+            try:
+                service, method = split_target(target)
+            except BadRequest as exc:
+                self._fail(peer, request_id, exc)
+                return
+            allowed = peer.grant.may_call(service, method)
+            if len(peer.call_cache) < 1024:
+                peer.call_cache[target] = allowed
+        if not allowed:
+            self._deny(peer, request_id, "call", target)
+            return
+        service, _, method = target.partition(".")
+        ttl = header["ttl"] or self.cfg.default_ttl_ms
+        if ttl > self.cfg.max_ttl_ms:
+            self._fail(peer, request_id, BadRequest(f"ttl above the limit of {self.cfg.max_ttl_ms} ms"))
+            return
+        if service == "mesh":
+            self.introspection.handle(peer, request_id, method, body)
+            return
+        registration = self.services.get(service)
+        if registration is None:
+            self._fail(peer, request_id, Unavailable(f"service {service!r} is not registered"))
+            return
+        broker_id = next(self._ids)
+        deadline = now + ttl / 1000.0
+        out = [encode_header({"v": PROTOCOL_VERSION, "k": "req", "id": broker_id, "to": target,
+                              "ttl": ttl, "from": peer.cert.name, "role": peer.cert.role})]
+        if body is not None:
+            out.append(body)
+        if not self._send(registration.peer.rid, out):
+            self._fail(peer, request_id, Unavailable(f"service {service!r} cannot take the request"))
+            return
+        registration.peer.counters.msgs_out += 1
+        registration.requests += 1
+        registration.in_flight.add(broker_id)
+        self.in_flight[broker_id] = InFlight(peer, request_id, registration, deadline, now)
+        heapq.heappush(self.deadlines, (deadline, broker_id))
+
+    def _on_reply(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
+        entry = self.in_flight.get(header["id"])
+        if entry is None or entry.service.peer is not peer:
+            # Late (after a timeout) or not ours to answer: never forwarded.
+            self.totals["stray_replies"] += 1
+            return
+        del self.in_flight[header["id"]]
+        registration = entry.service
+        registration.in_flight.discard(header["id"])
+        registration.latencies.append(now - entry.started)
+        out_header: dict[str, Any] = {"v": PROTOCOL_VERSION, "k": header["k"], "id": entry.caller_id,
+                                      "from": registration.name}
+        if header["k"] == "err":
+            registration.errors += 1
+            out_header["code"] = header["code"] if header["code"] in WIRE_CODES else "INTERNAL"
+            out_header["msg"] = header["msg"]
+        out: list[Any] = [encode_header(out_header)]
+        if body is not None:
+            out.append(body)
+        if self._send(entry.caller.rid, out):
+            entry.caller.counters.msgs_out += 1
+
+    def _on_publish(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
+        request_id, topic = header["id"], header["topic"]
+        if self._limited(peer, request_id, now):
+            return
+        if not peer.grant.may_publish(topic):
+            self._deny(peer, request_id, "publish", topic)
+            return
+        self.publish(topic, peer.cert.name, body)
+        self._ok(peer, request_id)
+
+    def publish(self, topic: str, sender: str, body: Any) -> int:
+        """Deliver an event to every live subscriber whose prefix matches; return how many."""
+        event = encode_header({"v": PROTOCOL_VERSION, "k": "evt", "topic": topic, "from": sender})
+        frames = [event] if body is None else [event, body]
+        delivered = 0
+        for sub in list(self.peers.values()):
+            if not sub.subscriptions or sub.cert.public_key not in self.store.snapshot.by_z85:
+                continue
+            if any(topic.startswith(p) for p in sub.subscriptions):
+                if self._send(sub.rid, frames):
+                    sub.counters.msgs_out += 1
+                    delivered += 1
+        return delivered
+
+    def _on_subscribe(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
+        request_id, topic = header["id"], header["topic"]
+        if self._limited(peer, request_id, now):
+            return
+        if not topic or not peer.grant.may_subscribe(topic):
+            self._deny(peer, request_id, "subscribe", topic)
+            return
+        if len(peer.subscriptions) >= 64:
+            self._fail(peer, request_id, BadRequest("at most 64 subscriptions per connection"))
+            return
+        peer.subscriptions.add(topic)
+        self._ok(peer, request_id)
+
+    def _on_unsubscribe(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
+        peer.subscriptions.discard(header["topic"])
+        self._ok(peer, header["id"])
+
+    def _on_register(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
+        request_id, name = header["id"], header["name"]
+        if self._limited(peer, request_id, now):
+            return
+        if peer.cert.role != "service" or name != peer.cert.name or name == "mesh":
+            self._deny(peer, request_id, "register", name)
+            return
+        if peer.registered is not None:
+            self._fail(peer, request_id, Conflict("this connection has already registered"))
+            return
+        old = self.services.get(name)
+        if old is not None:
+            # The same authenticated identity on a new connection: the old one is a
+            # previous incarnation (a restart); its unanswered requests fail now.
+            self._deregister(old, "replaced by a new connection")
+        peer.registered = name
+        self.services[name] = Registration(name, peer, now)
+        self.audit("mesh.register", peer, service=name)
+        log.info("service_registered", service=name)
+        self._ok(peer, request_id)
+
+    def _on_bye(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
+        registration = self.services.get(peer.registered or "")
+        if registration is not None and registration.peer is peer:
+            self._deregister(registration, "said goodbye")
+        self._ok(peer, header["id"])
+
+    def _on_heartbeat(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
+        """Nothing to do: receiving any message already refreshed the peer's liveness."""
+
+    # -- registry and timers ---------------------------------------------------
+
+    def _deregister(self, registration: Registration, reason: str) -> None:
+        if self.services.get(registration.name) is registration:
+            del self.services[registration.name]
+        registration.peer.registered = None
+        log.info("service_deregistered", service=registration.name, reason=reason)
+        for broker_id in sorted(registration.in_flight):
+            entry = self.in_flight.pop(broker_id, None)
+            if entry is not None:
+                self._fail(entry.caller, entry.caller_id,
+                           Unavailable(f"service {registration.name!r} went away before answering"))
+        registration.in_flight.clear()
+
+    def _tick(self, now: float) -> None:
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _, broker_id = heapq.heappop(self.deadlines)
+            entry = self.in_flight.pop(broker_id, None)
+            if entry is not None:
+                entry.service.in_flight.discard(broker_id)
+                self.totals["expired"] += 1
+                self._fail(entry.caller, entry.caller_id,
+                           Timeout(f"no reply from {entry.service.name!r} before the deadline"))
+        self._heartbeats(now)
+        self._note_unknown_keys()
+        self._reload_certs(now)
+        self._report(now)
+        self.spool.sync()
+
+    _last_hb = 0.0
+    _last_reload = 0.0
+    _last_report = 0.0
+
+    def _heartbeats(self, now: float) -> None:
+        if now - self._last_hb < self.cfg.heartbeat_interval_ms / 1000.0:
+            return
+        self._last_hb = now
+        liveness = self.cfg.liveness_ms / 1000.0
+        for rid, peer in list(self.peers.items()):
+            if now - peer.last_seen > liveness:
+                self._drop_peer(peer, "heartbeat lost")
+            else:
+                self._send(rid, [self._hb_frame])
+
+    def _drop_peer(self, peer: Peer, reason: str) -> None:
+        self.peers.pop(peer.rid, None)
+        registration = self.services.get(peer.registered or "")
+        if registration is not None and registration.peer is peer:
+            self._deregister(registration, reason)
+
+    def _probe_services(self) -> None:
+        """A connection closed: find out at once whether it was a registered service's."""
+        for registration in list(self.services.values()):
+            if not self._send(registration.peer.rid, [self._hb_frame]):
+                self._drop_peer(registration.peer, "connection closed")
+
+    def _on_monitor(self, monitor: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                frames = monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            event = int.from_bytes(frames[0][:2], "little")
+            if event == zmq.EVENT_DISCONNECTED:
+                self._probe_services()
+            elif event in _HANDSHAKE_EVENTS:
+                self.handshake_failures[_HANDSHAKE_EVENTS[event]] += 1
+
+    def _note_unknown_keys(self) -> None:
+        unknown = self.zap.unknown
+        while unknown:
+            raw, address = unknown.popleft()
+            if self.store.record_unknown(raw, address, self.wall()):
+                key = certs.fingerprint(zmq.utils.z85.encode(raw))
+                self.audit("mesh.cert_pending", None, fingerprint=key, address=address)
+                log.warning("unknown_certificate_pending", fingerprint=key, address=address)
+
+    def _reload_certs(self, now: float) -> None:
+        if now - self._last_reload < self.cfg.cert_reload_interval_ms / 1000.0:
+            return
+        self._last_reload = now
+        if self.store.changed():
+            self.reload_certs("directory changed")
+
+    def reload_certs(self, reason: str) -> list[tuple[str, str]]:
+        """Re-read the store; the new allow-list applies to the very next message."""
+        problems = self.store.reload()
+        self._by_text = self.store.snapshot.by_text
+        for path, problem in problems:
+            log.warning("certificate_skipped", file=path, problem=problem)
+        log.info("certificates_reloaded", reason=reason, allowed=len(self._by_text))
+        for peer in list(self.peers.values()):
+            if peer.cert.public_key not in self.store.snapshot.by_z85:
+                self._drop_peer(peer, "certificate revoked")
+        return problems
+
+    def _report(self, now: float) -> None:
+        """Aggregate noisy events (handshake failures, rate limiting) into periodic audit records."""
+        if now - self._last_report < 1.0:
+            return
+        self._last_report = now
+        failures = sum(self.handshake_failures.values())
+        if failures > self._handshake_reported:
+            self.audit("mesh.handshake_failed", None, count=failures - self._handshake_reported,
+                       by_reason=dict(self.handshake_failures))
+            self._handshake_reported = failures
+        for name, counters in self.counters.items():
+            if counters.rate_limited > counters.reported_rate_limited:
+                self.audit("mesh.rate_limited", None, identity=name,
+                           count=counters.rate_limited - counters.reported_rate_limited)
+                counters.reported_rate_limited = counters.rate_limited
+
+    def close(self) -> None:
+        if self.router is not None:
+            self.router.disable_monitor()
+            self.router.close(linger=0)
+            self.router = None
+        if self.monitor is not None:
+            self.monitor.close(linger=0)
+            self.monitor = None
+        self.zap.stop()
+        self.spool.close()
+        self.context.term()
+        try:
+            self.home.broker_socket.unlink()
+        except FileNotFoundError:
+            pass
+

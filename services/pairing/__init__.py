@@ -1,0 +1,2 @@
+"""The pairing service: pairs devices over a PAKE (the protocol comes with its issue).
+"""

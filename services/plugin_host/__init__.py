@@ -1,0 +1,3 @@
+"""The plugin-host service: runs signed plugins in sandboxes (loading and sandboxing come with their
+issue).
+"""

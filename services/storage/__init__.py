@@ -1,0 +1,3 @@
+"""The storage service: guards encrypted stores (SQLCipher, DuckDB, RocksDB, files come with the
+storage issue).
+"""

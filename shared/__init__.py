@@ -1,0 +1,70 @@
+"""curvemesh's shared runtime: what every service, the broker and the tools build on.
+
+The public API is re-exported here; the ``_modules`` behind it are private.
+"""
+
+from . import _certs as certs
+from ._acl import Grant, compile_grant
+from ._certs import Certificate, KeyPair
+from ._client import Event, MeshClient, Subscription
+from ._codec import (
+    PROTOCOL_VERSION,
+    decode_body,
+    decode_delivered,
+    decode_header,
+    encode_body,
+    encode_header,
+    split_target,
+)
+from ._config import (
+    AclConfig,
+    AclRule,
+    BrokerConfig,
+    LimitsConfig,
+    MeshConfig,
+    RateLimit,
+    RuntimeConfig,
+    config_path,
+    load_config,
+    parse_config,
+)
+from ._connection import Connection
+from ._errors import (
+    WIRE_CODES,
+    BadRequest,
+    CertificateError,
+    ConfigError,
+    Conflict,
+    Forbidden,
+    HandshakeError,
+    Internal,
+    MeshError,
+    NotFound,
+    RateLimited,
+    Sealed,
+    Timeout,
+    Unauthenticated,
+    Unavailable,
+    error_from_wire,
+)
+from ._home import ENV_HOME, MeshHome
+from ._logging import configure_logging, declare_sensitive, redact
+from ._ratelimit import TokenBucket
+from ._runtime import ServiceRunner, run_service, serve
+from ._schema import Message, message, sensitive_fields
+from ._service import HandlerSpec, NoFields, RequestContext, Service, handler
+from ._spool import Spool
+
+__all__ = [
+    "PROTOCOL_VERSION", "WIRE_CODES", "ENV_HOME",
+    "AclConfig", "AclRule", "BrokerConfig", "LimitsConfig", "MeshConfig", "RateLimit", "RuntimeConfig",
+    "BadRequest", "CertificateError", "ConfigError", "Conflict", "Forbidden", "HandshakeError",
+    "Internal", "MeshError", "NotFound", "RateLimited", "Sealed", "Timeout", "Unauthenticated",
+    "Unavailable",
+    "Certificate", "Grant", "KeyPair", "MeshHome", "Spool", "TokenBucket",
+    "Message", "message", "Event", "MeshClient", "Subscription", "Connection",
+    "configure_logging", "declare_sensitive", "redact", "ServiceRunner", "run_service", "serve",
+    "HandlerSpec", "NoFields", "RequestContext", "Service", "handler", "sensitive_fields",
+    "certs", "compile_grant", "config_path", "decode_body", "decode_delivered", "decode_header",
+    "encode_body", "encode_header", "error_from_wire", "load_config", "parse_config", "split_target",
+]

@@ -1,0 +1,252 @@
+"""mesh.toml, parsed once into typed, frozen configuration.
+
+Every section is a frozen dataclass. Parsing is strict: an unknown key, a
+value of the wrong type or outside its range stops the process at start with
+a :class:`~shared.ConfigError` that names the key (``broker.liveness_ms``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from ._certs import NAME_RE, ROLES
+from ._errors import ConfigError
+
+CONFIG_VERSION: Final = 1
+
+
+def _empty() -> Mapping[str, Any]:
+    return types.MappingProxyType({})
+
+_CALL_RE: Final = re.compile(r"^(\*|[a-z][a-z0-9_-]*)\.(\*|[a-z][a-z0-9_.-]*)$")
+_TOPIC_RE: Final = re.compile(r"^(\*|[a-z0-9][a-z0-9_.:-]*)$")
+
+
+def _range(lo: float, hi: float) -> dict[str, float]:
+    return {"min": lo, "max": hi}
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """``[broker]``: endpoints, message limits, liveness and the allow-list store."""
+
+    tcp_endpoints: tuple[str, ...] = ()
+    zap_domain: str = "curvemesh"
+    max_message_bytes: int = field(default=1 << 20, metadata=_range(1024, 64 << 20))
+    max_header_bytes: int = field(default=4096, metadata=_range(256, 65536))
+    heartbeat_interval_ms: int = field(default=1000, metadata=_range(50, 60_000))
+    liveness_ms: int = field(default=5000, metadata=_range(150, 600_000))
+    default_ttl_ms: int = field(default=10_000, metadata=_range(1, 3_600_000))
+    max_ttl_ms: int = field(default=600_000, metadata=_range(1, 86_400_000))
+    high_water_mark: int = field(default=10_000, metadata=_range(16, 1_000_000))
+    pending_max: int = field(default=256, metadata=_range(1, 100_000))
+    pending_per_address_per_minute: int = field(default=20, metadata=_range(1, 100_000))
+    spool_max_records: int = field(default=10_000, metadata=_range(10, 10_000_000))
+    cert_reload_interval_ms: int = field(default=1000, metadata=_range(50, 60_000))
+
+    def __post_init__(self) -> None:
+        for endpoint in self.tcp_endpoints:
+            if not re.match(r"^tcp://[\w.\-:\[\]*]+:\d+$", endpoint):
+                raise ConfigError(f"broker.tcp_endpoints: {endpoint!r} is not a tcp://host:port endpoint")
+        if not re.match(r"^[a-z][a-z0-9_-]{0,63}$", self.zap_domain):
+            raise ConfigError("broker.zap_domain: 1-64 characters of a-z, 0-9, '-' and '_'")
+        if self.liveness_ms < 3 * self.heartbeat_interval_ms:
+            raise ConfigError("broker.liveness_ms: must be at least 3 heartbeat intervals")
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    """``[runtime]``: how every peer talks to the broker."""
+
+    heartbeat_interval_ms: int = field(default=1000, metadata=_range(50, 60_000))
+    liveness_ms: int = field(default=5000, metadata=_range(150, 600_000))
+    reconnect_min_ms: int = field(default=100, metadata=_range(10, 60_000))
+    reconnect_max_ms: int = field(default=5000, metadata=_range(10, 600_000))
+    handshake_timeout_ms: int = field(default=5000, metadata=_range(100, 600_000))
+    default_timeout_ms: int = field(default=10_000, metadata=_range(1, 3_600_000))
+    shutdown_grace_ms: int = field(default=10_000, metadata=_range(0, 600_000))
+    max_concurrent: int = field(default=64, metadata=_range(1, 10_000))
+
+    def __post_init__(self) -> None:
+        if self.reconnect_max_ms < self.reconnect_min_ms:
+            raise ConfigError("runtime.reconnect_max_ms: must not be below runtime.reconnect_min_ms")
+        if self.liveness_ms < 3 * self.heartbeat_interval_ms:
+            raise ConfigError("runtime.liveness_ms: must be at least 3 heartbeat intervals")
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A token bucket: ``rate`` messages per second, bursts of up to ``burst``."""
+
+    rate: float = field(default=2000.0, metadata=_range(0.001, 10_000_000))
+    burst: int = field(default=4000, metadata=_range(1, 10_000_000))
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """``[limits]``: per-identity rate limits; an identity entry beats a role entry beats ``default``."""
+
+    default: RateLimit = RateLimit()
+    role: Mapping[str, RateLimit] = field(default_factory=_empty)
+    identity: Mapping[str, RateLimit] = field(default_factory=_empty)
+
+
+@dataclass(frozen=True, slots=True)
+class AclRule:
+    """What one identity or role may do. Patterns: ``svc.method``, ``svc.*``, ``*.method``."""
+
+    call: tuple[str, ...] = ()
+    publish: tuple[str, ...] = ()
+    subscribe: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AclConfig:
+    """``[acl]``: deny by default; rules for a role apply to every identity of that role."""
+
+    role: Mapping[str, AclRule] = field(default_factory=_empty)
+    identity: Mapping[str, AclRule] = field(default_factory=_empty)
+
+
+@dataclass(frozen=True, slots=True)
+class Argon2Profile:
+    """An Argon2id cost profile (memory in KiB)."""
+
+    memory_kib: int = field(default=65536, metadata=_range(8, 4 << 20))
+    iterations: int = field(default=1, metadata=_range(1, 100))
+    parallelism: int = field(default=1, metadata=_range(1, 64))
+
+
+@dataclass(frozen=True, slots=True)
+class Argon2Config:
+    """``[argon2]``: the four context profiles of DESIGN.md."""
+
+    master: Argon2Profile = Argon2Profile(1 << 20, 3, 4)
+    database: Argon2Profile = Argon2Profile(256 << 10, 2, 2)
+    file: Argon2Profile = Argon2Profile(128 << 10, 1, 2)
+    authentication: Argon2Profile = Argon2Profile(64 << 10, 1, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfig:
+    """The whole of mesh.toml."""
+
+    version: int = CONFIG_VERSION
+    broker: BrokerConfig = BrokerConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    limits: LimitsConfig = LimitsConfig()
+    acl: AclConfig = AclConfig()
+    argon2: Argon2Config = Argon2Config()
+
+    def __post_init__(self) -> None:
+        if self.version != CONFIG_VERSION:
+            raise ConfigError(f"version: this curvemesh reads version {CONFIG_VERSION}, not {self.version}")
+        for section, table in (("acl.role", self.acl.role), ("limits.role", self.limits.role)):
+            for role in table:
+                if role not in ROLES:
+                    raise ConfigError(f"{section}.{role}: unknown role; roles are {', '.join(sorted(ROLES))}")
+        for section, table in (("acl.identity", self.acl.identity), ("limits.identity", self.limits.identity)):
+            for name in table:
+                if not NAME_RE.match(name):
+                    raise ConfigError(f"{section}.{name}: not a valid identity name")
+        for where, rules in (("role", self.acl.role), ("identity", self.acl.identity)):
+            for who, rule in rules.items():
+                for pattern in rule.call:
+                    if not _CALL_RE.match(pattern) or pattern == "*.*":
+                        raise ConfigError(f"acl.{where}.{who}.call: {pattern!r} is not svc.method, svc.* or *.method")
+                for key in ("publish", "subscribe"):
+                    for topic in getattr(rule, key):
+                        if not _TOPIC_RE.match(topic):
+                            raise ConfigError(f"acl.{where}.{who}.{key}: {topic!r} is not a topic prefix or '*'")
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: must be a table")
+        return _build(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: must be a list")
+        (item_tp, _) = typing.get_args(tp)
+        return tuple(_convert(item_tp, item, f"{where}[{i}]") for i, item in enumerate(value))
+    if origin is Mapping:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: must be a table")
+        _, item_tp = typing.get_args(tp)
+        return types.MappingProxyType({k: _convert(item_tp, v, f"{where}.{k}") for k, v in value.items()})
+    if tp is float:
+        if type(value) not in (int, float):
+            raise ConfigError(f"{where}: must be a number")
+        return float(value)
+    if type(value) is not tp:
+        raise ConfigError(f"{where}: must be of type {tp.__name__}")
+    return value
+
+
+def _build(cls: Any, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{prefix}.{key}" if prefix else key
+        spec = fields.get(key)
+        if spec is None:
+            raise ConfigError(f"{where}: unknown key")
+        converted = _convert(hints[key], value, where)
+        lo, hi = spec.metadata.get("min"), spec.metadata.get("max")
+        if lo is not None and hi is not None and not lo <= converted <= hi:
+            raise ConfigError(f"{where}: {converted} is outside {lo}..{hi}")
+        kwargs[key] = converted
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        if prefix and not exc.message.startswith(prefix):
+            raise ConfigError(f"{prefix}.{exc.message}") from None
+        raise
+
+
+def parse_config(text: str, source: str = "mesh.toml") -> MeshConfig:
+    """Parse mesh.toml text; raise :class:`ConfigError` naming the source and key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML ({exc})") from None
+    try:
+        config: MeshConfig = _build(MeshConfig, data, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc.message}") from None
+    return config
+
+
+DEFAULT_CONFIG_PATH: Final = Path(__file__).resolve().parent.parent / "mesh.toml"
+
+
+def config_path(home: Path | None) -> Path:
+    """Where the configuration comes from: ``$CURVEMESH_CONFIG``, else ``<home>/mesh.toml``
+    when it exists, else the repository's ``mesh.toml``."""
+    explicit = os.environ.get("CURVEMESH_CONFIG")
+    if explicit:
+        return Path(explicit)
+    if home is not None and (home / "mesh.toml").is_file():
+        return home / "mesh.toml"
+    return DEFAULT_CONFIG_PATH
+
+
+def load_config(path: Path) -> MeshConfig:
+    """Read and parse the configuration file at ``path``."""
+    try:
+        text = path.read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
+    return parse_config(text, str(path))

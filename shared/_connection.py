@@ -1,0 +1,256 @@
+"""One peer's CURVE connection to the broker, with heartbeats and handshake diagnosis.
+
+A :class:`Connection` owns a DEALER socket (CURVE client, broker key pinned),
+its monitor socket, a reader task and a heartbeat task. It turns handshake
+failures into a clear :class:`~shared.HandshakeError` instead of retrying
+forever: a ZAP refusal means the broker does not admit our certificate, a
+failure without detail means the broker key we pinned is not the broker's.
+libzmq reconnects by itself with bounded exponential backoff
+(``reconnect_min_ms`` .. ``reconnect_max_ms``); each new handshake calls
+``on_connect`` so a service registers again, and requests in flight on a lost
+connection fail with :class:`~shared.Unavailable` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+import zmq
+import zmq.asyncio
+
+from ._certs import KeyPair
+from ._codec import PROTOCOL_VERSION, decode_delivered, encode_header
+from ._config import RuntimeConfig
+from ._errors import BadRequest, HandshakeError, MeshError, Timeout, Unavailable, error_from_wire
+
+log = structlog.get_logger("connection")
+
+Reply = tuple[dict[str, Any], bytes | None]
+RequestHandler = Callable[[dict[str, Any], bytes | None], None]
+EventHandler = Callable[[str, str, bytes | None], None]
+
+_AUTH_REFUSED = "the broker refused our certificate (it is not on the allow-list, or was revoked)"
+_WRONG_KEY = "CURVE handshake with the broker failed: the broker public key we pinned is probably wrong"
+
+
+class Connection:
+    """A DEALER connection to the broker. Create, :meth:`open`, use, :meth:`close`."""
+
+    def __init__(self, keypair: KeyPair, broker_key: bytes, endpoint: str, config: RuntimeConfig,
+                 *, context: zmq.asyncio.Context | None = None) -> None:
+        self.keypair = keypair
+        self.broker_key = broker_key
+        self.endpoint = endpoint
+        self.config = config
+        self._own_context = context is None
+        self.context = context or zmq.asyncio.Context()
+        self.on_request: RequestHandler | None = None
+        self.on_event: EventHandler | None = None
+        self.on_connect: Callable[[], Awaitable[None]] | None = None
+        self.handshake_error: HandshakeError | None = None
+        self.connected = asyncio.Event()
+        #: How many handshakes have succeeded: each one is a new connection the broker
+        #: knows nothing about yet (registration and subscriptions must be redone).
+        self.generation = 0
+        self.last_heard = time.monotonic()
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Reply]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._callbacks: set[asyncio.Task[None]] = set()
+        self._socket: zmq.asyncio.Socket | None = None
+        self._monitor: zmq.asyncio.Socket | None = None
+        self._failure = asyncio.Event()
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        return self.keypair.certificate.name
+
+    async def open(self, timeout: float | None = None) -> None:
+        """Connect and wait for the CURVE handshake; raise :class:`HandshakeError` if the
+        broker refuses us or is not who we pinned, :class:`Unavailable` on timeout."""
+        sock = self.context.socket(zmq.DEALER)
+        sock.curve_serverkey = self.broker_key
+        sock.curve_publickey = self.keypair.certificate.public_key
+        sock.curve_secretkey = self.keypair.secret_key
+        sock.linger = 0
+        sock.reconnect_ivl = self.config.reconnect_min_ms
+        sock.reconnect_ivl_max = self.config.reconnect_max_ms
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        self._monitor = sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_DISCONNECTED)
+        sock.connect(self.endpoint)
+        self._socket = sock
+        self._tasks = [asyncio.create_task(self._watch(), name=f"{self.name}-monitor"),
+                       asyncio.create_task(self._read(), name=f"{self.name}-reader"),
+                       asyncio.create_task(self._beat(), name=f"{self.name}-heartbeat")]
+        await self.wait_connected(timeout if timeout is not None else self.config.handshake_timeout_ms / 1000)
+
+    async def wait_connected(self, timeout: float) -> None:
+        """Wait until a handshake has succeeded; raise what went wrong otherwise."""
+        connected = asyncio.ensure_future(self.connected.wait())
+        failed = asyncio.ensure_future(self._failure.wait())
+        try:
+            await asyncio.wait({connected, failed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            connected.cancel()
+            failed.cancel()
+        if self.handshake_error is not None:
+            raise self.handshake_error
+        if not self.connected.is_set():
+            raise Unavailable(f"no CURVE handshake with the broker at {self.endpoint} within {timeout:.1f} s")
+
+    async def _watch(self) -> None:
+        assert self._monitor is not None
+        from zmq.utils.monitor import parse_monitor_message
+        while True:
+            event = parse_monitor_message(await self._monitor.recv_multipart())
+            kind = event["event"]
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.handshake_error = None
+                self.generation += 1
+                self.last_heard = time.monotonic()
+                self.connected.set()
+                if self.on_connect is not None:
+                    task = asyncio.create_task(self._run_on_connect())
+                    self._callbacks.add(task)
+                    task.add_done_callback(self._callbacks.discard)
+            elif kind == zmq.EVENT_DISCONNECTED:
+                if self.connected.is_set():
+                    log.warning("broker_connection_lost", endpoint=self.endpoint)
+                self.connected.clear()
+                self._fail_waiting(Unavailable("connection to the broker was lost"))
+            else:
+                auth = kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                self.handshake_error = HandshakeError(_AUTH_REFUSED if auth else _WRONG_KEY)
+                self.connected.clear()
+                self._fail_waiting(self.handshake_error)
+                self._failure.set()
+
+    async def _run_on_connect(self) -> None:
+        assert self.on_connect is not None
+        try:
+            await self.on_connect()
+        except MeshError as exc:
+            log.error("on_connect_failed", error=exc.code, reason=exc.message)
+        except Exception:
+            log.exception("on_connect_failed")
+
+    def _fail_waiting(self, error: MeshError) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(error)
+
+    async def _read(self) -> None:
+        assert self._socket is not None
+        max_header = 65536
+        while True:
+            frames = await self._socket.recv_multipart()
+            self.last_heard = time.monotonic()
+            try:
+                header = decode_delivered(frames[0], max_header)
+            except BadRequest:
+                log.warning("bad_frame_from_broker")
+                continue
+            body = frames[1] if len(frames) > 1 else None
+            kind = header["k"]
+            if kind in ("rep", "err"):
+                future = self._waiting.pop(header.get("id", -1), None)
+                if future is not None and not future.done():
+                    if kind == "rep":
+                        future.set_result((header, body))
+                    else:
+                        future.set_exception(error_from_wire(header.get("code"), header.get("msg")))
+                elif kind == "err" and header.get("id") == 0:
+                    log.warning("broker_refused_message", code=header.get("code"), reason=header.get("msg"))
+            elif kind in ("req", "evt"):
+                self._deliver(kind, header, body)
+
+    def _deliver(self, kind: str, header: dict[str, Any], body: bytes | None) -> None:
+        try:
+            if kind == "req" and self.on_request is not None:
+                self.on_request(header, body)
+            elif kind == "evt" and self.on_event is not None:
+                self.on_event(str(header.get("topic")), str(header.get("from")), body)
+        except Exception:
+            log.exception("delivery_failed", kind=kind)
+
+    async def _beat(self) -> None:
+        frame = encode_header({"v": PROTOCOL_VERSION, "k": "hb"})
+        interval = self.config.heartbeat_interval_ms / 1000
+        liveness = self.config.liveness_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            if not self.connected.is_set():
+                continue
+            if time.monotonic() - self.last_heard > liveness:
+                log.warning("broker_silent", seconds=round(time.monotonic() - self.last_heard, 3))
+                self.connected.clear()
+                self._fail_waiting(Unavailable("the broker stopped answering heartbeats"))
+                self._reconnect()
+                continue
+            await self.send([frame])
+
+    def _reconnect(self) -> None:
+        # A silent broker behind a live connection: drop it and let libzmq dial anew.
+        assert self._socket is not None
+        with contextlib.suppress(zmq.ZMQError):
+            self._socket.disconnect(self.endpoint)
+        self._socket.connect(self.endpoint)
+        self.last_heard = time.monotonic()
+
+    async def send(self, frames: list[bytes]) -> None:
+        assert self._socket is not None
+        try:
+            await self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            raise Unavailable("not connected to the broker, or its queue is full") from None
+
+    async def request(self, header: dict[str, Any], body: bytes | None, timeout: float) -> Reply:
+        """Send a message that expects exactly one reply; return ``(header, body)``.
+
+        Raises the error the broker or the service answered, :class:`Unavailable` if the
+        connection is down or lost meanwhile, :class:`Timeout` after ``timeout`` seconds.
+        """
+        if self.handshake_error is not None:
+            raise self.handshake_error
+        if not self.connected.is_set():
+            raise Unavailable("not connected to the broker")
+        request_id = next(self._ids)
+        header = {"v": PROTOCOL_VERSION, **header, "id": request_id}
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        try:
+            await self.send([encode_header(header)] if body is None else [encode_header(header), body])
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise Timeout(f"no reply within {timeout:.3f} s") from None
+        finally:
+            self._waiting.pop(request_id, None)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._fail_waiting(Unavailable("connection closed"))
+        if self._socket is not None:
+            self._socket.disable_monitor()
+            self._socket.close(linger=0)
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
+        if self._own_context:
+            self.context.term()

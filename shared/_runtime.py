@@ -1,0 +1,216 @@
+"""The service runtime: registration, the mailbox, dispatch, deadlines, graceful shutdown.
+
+Actor semantics: requests wait in a mailbox and a single worker takes them
+one at a time, unless a handler is declared ``concurrent`` (then it runs as
+its own task, at most ``runtime.max_concurrent`` at once). The runtime looks
+handlers up in the service's explicit table only. A handler's failure is
+answered with its error code; anything unexpected becomes ``INTERNAL`` with
+a generic message, and the traceback stays in the local log.
+
+On SIGTERM the service deregisters (new requests get ``UNAVAILABLE`` from the
+broker), finishes what is in its mailbox and in flight (up to
+``runtime.shutdown_grace_ms``), calls ``on_stop`` and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from typing import Any
+
+import structlog
+
+from ._client import MeshClient
+from ._codec import PROTOCOL_VERSION, decode_body, encode_body, encode_header
+from ._config import RuntimeConfig, config_path, load_config
+from ._errors import BadRequest, CertificateError, ConfigError, HandshakeError, MeshError, Unavailable
+from ._home import MeshHome
+from ._logging import configure_logging
+from ._service import HandlerSpec, RequestContext, Service
+
+log = structlog.get_logger("runtime")
+
+_MAILBOX = 10_000
+
+
+class ServiceRunner:
+    """Runs one :class:`Service` on a connected :class:`MeshClient`."""
+
+    def __init__(self, service: Service, client: MeshClient, config: RuntimeConfig,
+                 max_body: int = 1 << 20) -> None:
+        self.service = service
+        self.client = client
+        self.config = config
+        self.max_body = max_body
+        self.mailbox: asyncio.Queue[tuple[dict[str, Any], bytes | None, float]] = asyncio.Queue(_MAILBOX)
+        self.stopping = False
+        self.registered = asyncio.Event()
+        self._registered_generation = 0
+        self._register_lock = asyncio.Lock()
+        self._worker: asyncio.Task[None] | None = None
+        self._concurrent: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(config.max_concurrent)
+
+    async def start(self) -> None:
+        """Run ``on_start``, take requests, register under the service's own name."""
+        await self.service.on_start()
+        self.client.connection.on_request = self._enqueue
+        self.client.connect_hooks.insert(0, self._register)
+        self._worker = asyncio.create_task(self._work(), name=f"{self.service.name}-worker")
+        await self._register()
+
+    async def _register(self) -> None:
+        async with self._register_lock:
+            generation = self.client.connection.generation
+            if self.stopping or generation == self._registered_generation:
+                return
+            await self.client.connection.request({"k": "reg", "name": self.service.name}, None,
+                                                 self.config.default_timeout_ms / 1000)
+            self._registered_generation = generation
+            self.registered.set()
+            log.info("registered", service=self.service.name, connection=generation)
+
+    def _enqueue(self, header: dict[str, Any], body: bytes | None) -> None:
+        if self.stopping:
+            self._reply_error(header, Unavailable(f"{self.service.name} is shutting down"))
+            return
+        try:
+            self.mailbox.put_nowait((header, body, time.monotonic()))
+        except asyncio.QueueFull:
+            self._reply_error(header, Unavailable(f"{self.service.name} is overloaded"))
+
+    async def _work(self) -> None:
+        while True:
+            header, body, received = await self.mailbox.get()
+            try:
+                spec = self._lookup(header)
+                if spec is not None and spec.concurrent:
+                    await self._slots.acquire()
+                    task = asyncio.create_task(self._dispatch(spec, header, body, received))
+                    self._concurrent.add(task)
+                    task.add_done_callback(self._concurrent_done)
+                elif spec is not None:
+                    await self._dispatch(spec, header, body, received)
+            finally:
+                self.mailbox.task_done()
+
+    def _concurrent_done(self, task: asyncio.Task[None]) -> None:
+        self._concurrent.discard(task)
+        self._slots.release()
+
+    def _lookup(self, header: dict[str, Any]) -> HandlerSpec | None:
+        target = header.get("to")
+        method = target.partition(".")[2] if isinstance(target, str) else ""
+        spec = self.service.handlers.get(method) if not method.startswith("_") else None
+        if spec is None:
+            self._reply_error(header, BadRequest(f"unknown method {self.service.name}.{method}"[:200]))
+        return spec
+
+    async def _dispatch(self, spec: HandlerSpec, header: dict[str, Any], body: bytes | None,
+                        received: float) -> None:
+        ttl = header.get("ttl")
+        deadline = received + (ttl if isinstance(ttl, int) else self.config.default_timeout_ms) / 1000
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return  # The broker has already answered the caller with TIMEOUT.
+        try:
+            request = spec.request.from_wire(None if body is None else decode_body(body, self.max_body))
+            ctx = RequestContext(caller=str(header.get("from")), role=str(header.get("role")),
+                                 method=spec.wire_name, deadline=deadline)
+            result = await asyncio.wait_for(spec.function(self.service, ctx, request), remaining)
+            if hasattr(result, "to_wire"):
+                result = result.to_wire()
+            frames = [encode_header({"v": PROTOCOL_VERSION, "k": "rep", "id": header["id"]}),
+                      encode_body(result)]
+        except MeshError as exc:
+            self._reply_error(header, exc)
+            return
+        except TimeoutError:
+            log.warning("handler_deadline_passed", method=spec.wire_name)
+            return
+        except Exception:
+            log.exception("handler_failed", method=spec.wire_name)
+            self._reply_error(header, MeshError("internal error"))
+            return
+        await self._send(frames)
+
+    def _reply_error(self, header: dict[str, Any], exc: MeshError) -> None:
+        frame = encode_header({"v": PROTOCOL_VERSION, "k": "err", "id": header.get("id", 0),
+                               "code": exc.code if exc.code != "CONFIG" else "INTERNAL",
+                               "msg": exc.message[:1000]})
+        asyncio.get_running_loop().create_task(self._send([frame]))
+
+    async def _send(self, frames: list[bytes]) -> None:
+        try:
+            await self.client.connection.send(frames)
+        except Unavailable:
+            log.warning("reply_not_sent", reason="not connected to the broker")
+
+    async def stop(self) -> None:
+        """Deregister, finish queued and in-flight work within the grace period, then stop."""
+        if self.stopping:
+            return
+        self.stopping = True
+        try:
+            await self.client.connection.request({"k": "bye"}, None, 2.0)
+        except MeshError as exc:
+            log.warning("deregister_failed", reason=exc.message)
+        grace = self.config.shutdown_grace_ms / 1000
+        try:
+            await asyncio.wait_for(self.mailbox.join(), grace)
+            if self._concurrent:
+                await asyncio.wait(set(self._concurrent), timeout=grace)
+        except TimeoutError:
+            log.warning("shutdown_grace_exceeded", queued=self.mailbox.qsize())
+        if self._worker is not None:
+            self._worker.cancel()
+        for task in list(self._concurrent):
+            task.cancel()
+        await self.service.on_stop()
+
+
+async def serve(service: Service, home: MeshHome, *, stop: asyncio.Event) -> None:
+    """Connect ``service`` to the mesh in ``home`` and run it until ``stop`` is set."""
+    config = load_config(config_path(home.root))
+    client = await _connect_patiently(home, service.name, config)
+    runner = ServiceRunner(service, client, config.runtime, config.broker.max_message_bytes)
+    try:
+        await runner.start()
+        await stop.wait()
+        log.info("stopping", service=service.name)
+        await runner.stop()
+    finally:
+        await client.close()
+
+
+async def _connect_patiently(home: MeshHome, name: str, config: Any) -> MeshClient:
+    """Wait for the broker (it may be starting too); fail at once on a handshake refusal."""
+    delay = config.runtime.reconnect_min_ms / 1000
+    while True:
+        try:
+            return await MeshClient.connect(home, name, config=config)
+        except Unavailable as exc:
+            log.warning("broker_not_reachable", reason=exc.message, retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, config.runtime.reconnect_max_ms / 1000)
+
+
+def run_service(service_class: type[Service]) -> None:
+    """Entry point of ``python -m services.<name>``: run until SIGTERM or SIGINT."""
+    configure_logging(service_class.name)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(service_class(), MeshHome.from_env(), stop=stop)
+
+    try:
+        asyncio.run(main())
+    except (ConfigError, CertificateError, HandshakeError) as exc:
+        log.error("cannot_start", service=service_class.name, error=exc.code, reason=exc.message)
+        print(f"{service_class.name}: {exc.message}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,119 @@
+"""Declaring a service: a class of handlers whose decorators only record metadata.
+
+::
+
+    class Storage(Service):
+        name = "storage"
+
+        @handler("put", request=PutRequest, sensitive=("value",))
+        async def put(self, ctx: RequestContext, req: PutRequest) -> dict[str, Any]:
+            ...
+
+``@handler`` stores a :class:`HandlerSpec` on the function and nothing else.
+When the class is defined, its handlers are collected into the explicit
+dispatch table :attr:`Service.handlers`; the runtime looks wire names up in
+that table only, never with ``getattr``. Names starting with ``_`` cannot be
+declared. Every service answers ``health``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from ._logging import declare_sensitive
+from ._schema import message, sensitive_fields
+
+_WIRE_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+@message
+class NoFields:
+    """A request without fields."""
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSpec:
+    """What ``@handler`` recorded about one handler."""
+
+    wire_name: str
+    function: Callable[..., Awaitable[Any]]
+    request: type[Any]
+    concurrent: bool
+    sensitive: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What a handler knows about the call: the caller's identity as stamped by the broker."""
+
+    caller: str
+    role: str
+    method: str
+    deadline: float
+
+    def remaining(self) -> float:
+        """Seconds left before the caller's deadline."""
+        return max(0.0, self.deadline - time.monotonic())
+
+    async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run slow or blocking work off the event loop so heartbeats keep flowing."""
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+def handler(name: str | None = None, *, request: type[Any] = NoFields, concurrent: bool = False,
+            sensitive: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """Declare a handler. ``name`` is its wire name (default: the function's name)."""
+
+    def record(fn: F) -> F:
+        wire = name or fn.__name__
+        if not _WIRE_NAME.match(wire):
+            raise ValueError(f"handler name {wire!r}: lowercase words separated by dots, no leading '_'")
+        if not asyncio.iscoroutinefunction(fn):
+            raise TypeError(f"handler {wire!r} must be an async function")
+        fields = sensitive_fields(request) | frozenset(sensitive)
+        declare_sensitive(fields)
+        fn.__curvemesh_handler__ = HandlerSpec(wire, fn, request, concurrent, fields)  # type: ignore[attr-defined]
+        return typing.cast(F, fn)
+
+    return record
+
+
+class Service:
+    """Base class of every mesh service; subclasses set :attr:`name` and declare handlers."""
+
+    name: ClassVar[str] = ""
+    handlers: ClassVar[dict[str, HandlerSpec]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        table: dict[str, HandlerSpec] = {}
+        for klass in reversed(cls.__mro__):
+            for value in vars(klass).values():
+                spec = getattr(value, "__curvemesh_handler__", None)
+                if isinstance(spec, HandlerSpec):
+                    table[spec.wire_name] = spec
+        cls.handlers = table
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    async def on_start(self) -> None:
+        """Called once before the service registers; open stores here."""
+
+    async def on_stop(self) -> None:
+        """Called once after in-flight work finished; close stores here."""
+
+    @handler("health")
+    async def health(self, ctx: RequestContext, req: NoFields) -> dict[str, Any]:
+        """``<service>.health`` → ``{"service", "status", "pid", "uptime_s"}``.
+        ``meshctl ping SERVICE`` or ``meshctl call SERVICE.health``."""
+        return {"service": self.name, "status": "ok", "pid": os.getpid(),
+                "uptime_s": round(time.monotonic() - self.started, 3)}
