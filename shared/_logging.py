@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable, MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -47,8 +47,8 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
     return event
 
 
-def configure_logging(process: str, level: str = "info") -> None:
-    """Configure structlog for one mesh process (JSON lines on stderr)."""
+def configure_logging(process: str, level: str = "info", stream: TextIO | None = None) -> None:
+    """Configure structlog for one mesh process: JSON lines on ``stream`` (default stderr)."""
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -59,7 +59,7 @@ def configure_logging(process: str, level: str = "info") -> None:
             structlog.processors.JSONRenderer(sort_keys=True),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        cache_logger_on_first_use=False,
     )
     structlog.contextvars.bind_contextvars(process=process)

@@ -18,6 +18,8 @@ import asyncio
 import signal
 import sys
 import time
+import traceback
+import traceback
 from typing import Any
 
 import structlog
@@ -130,8 +132,11 @@ class ServiceRunner:
         except TimeoutError:
             log.warning("handler_deadline_passed", method=spec.wire_name)
             return
-        except Exception:
-            log.exception("handler_failed", method=spec.wire_name)
+        except Exception as exc:
+            # Log where it failed, not what the exception says: its message may quote
+            # request data (a password, a token) that must never reach a log.
+            where = [f"{f.filename}:{f.lineno} in {f.name}" for f in traceback.extract_tb(exc.__traceback__)]
+            log.error("handler_failed", method=spec.wire_name, error_type=type(exc).__name__, where=where)
             self._reply_error(header, MeshError("internal error"))
             return
         await self._send(frames)

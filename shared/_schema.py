@@ -87,9 +87,11 @@ def message(cls: type[T]) -> type[T]:
             value = {}
         if type(value) is not dict:
             raise BadRequest(f"{klass.__name__}: body must be a map")
-        unknown = [str(k)[:40] for k in value if k not in specs]
+        unknown = sum(1 for k in value if k not in specs)
         if unknown:
-            raise BadRequest(f"{klass.__name__}: unknown field(s) {', '.join(sorted(unknown))}")
+            # Name the fields we accept, never the ones sent: an unknown key may carry anything.
+            raise BadRequest(f"{klass.__name__}: {unknown} unknown field(s); "
+                             f"allowed: {', '.join(sorted(specs)) or 'none'}")
         missing = sorted(required - value.keys())
         if missing:
             raise BadRequest(f"{klass.__name__}: missing field(s) {', '.join(missing)}")

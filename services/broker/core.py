@@ -202,8 +202,16 @@ class Broker:
             self._refuse(rid, header_frame, "BAD_REQUEST", "custom routing ids are not allowed")
             return
         peer = self.peers.get(rid)
-        if peer is None or peer.cert is not cert:
+        if peer is None:
             peer = self._new_peer(rid, cert, now)
+        elif peer.cert is not cert:
+            # A reload made new certificate objects; the same certificate keeps its peer
+            # (and its registration), a different one on this routing id starts afresh.
+            if peer.cert == cert:
+                peer.cert = cert
+            else:
+                self._drop_peer(peer, "certificate changed")
+                peer = self._new_peer(rid, cert, now)
         peer.last_seen = now
         counters = peer.counters
         counters.msgs_in += 1
@@ -408,7 +416,7 @@ class Broker:
         if peer.cert.role != "service" or name != peer.cert.name or name == "mesh":
             self._deny(peer, request_id, "register", name)
             return
-        if peer.registered is not None:
+        if peer.registration is not None or peer.said_goodbye:
             self._fail(peer, request_id, Conflict("this connection has already registered"))
             return
         old = self.services.get(name)
@@ -416,16 +424,19 @@ class Broker:
             # The same authenticated identity on a new connection: the old one is a
             # previous incarnation (a restart); its unanswered requests fail now.
             self._deregister(old, "replaced by a new connection")
-        peer.registered = name
-        self.services[name] = Registration(name, peer, now)
+        peer.registration = self.services[name] = Registration(name, peer, now)
         self.audit("mesh.register", peer, service=name)
         log.info("service_registered", service=name)
         self._ok(peer, request_id)
 
     def _on_bye(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
-        registration = self.services.get(peer.registered or "")
-        if registration is not None and registration.peer is peer:
-            self._deregister(registration, "said goodbye")
+        # Stop routing new requests to it, but keep what is in flight: a stopping
+        # service finishes its work and its replies are still forwarded.
+        registration = peer.registration
+        peer.said_goodbye = True
+        if registration is not None and self.services.get(registration.name) is registration:
+            del self.services[registration.name]
+            log.info("service_deregistered", service=registration.name, reason="said goodbye")
         self._ok(peer, header["id"])
 
     def _on_heartbeat(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
@@ -436,8 +447,8 @@ class Broker:
     def _deregister(self, registration: Registration, reason: str) -> None:
         if self.services.get(registration.name) is registration:
             del self.services[registration.name]
-        registration.peer.registered = None
-        log.info("service_deregistered", service=registration.name, reason=reason)
+            log.info("service_deregistered", service=registration.name, reason=reason)
+        registration.peer.registration = None
         for broker_id in sorted(registration.in_flight):
             entry = self.in_flight.pop(broker_id, None)
             if entry is not None:
@@ -477,15 +488,14 @@ class Broker:
 
     def _drop_peer(self, peer: Peer, reason: str) -> None:
         self.peers.pop(peer.rid, None)
-        registration = self.services.get(peer.registered or "")
-        if registration is not None and registration.peer is peer:
-            self._deregister(registration, reason)
+        if peer.registration is not None:
+            self._deregister(peer.registration, reason)
 
     def _probe_services(self) -> None:
         """A connection closed: find out at once whether it was a registered service's."""
-        for registration in list(self.services.values()):
-            if not self._send(registration.peer.rid, [self._hb_frame]):
-                self._drop_peer(registration.peer, "connection closed")
+        for peer in [p for p in self.peers.values() if p.registration is not None]:
+            if not self._send(peer.rid, [self._hb_frame]):
+                self._drop_peer(peer, "connection closed")
 
     def _on_monitor(self, monitor: zmq.Socket[bytes]) -> None:
         while True:

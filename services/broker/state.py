@@ -31,7 +31,10 @@ class Peer:
     counters: Counters
     connected_at: float
     last_seen: float
-    registered: str | None = None
+    #: Set once the connection registered; kept while a stopping service drains its
+    #: in-flight requests after ``bye`` (it is then no longer in the broker's registry).
+    registration: Registration | None = None
+    said_goodbye: bool = False
     subscriptions: set[str] = field(default_factory=set)
     # Call decisions are cached per peer: the grant is immutable for the life of the
     # connection (a config change needs a broker restart, a revocation drops the peer).

@@ -1,0 +1,83 @@
+"""Shared fixtures: a real in-process mesh with real CURVE keys in a temporary home."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from shared.testing import InProcessMesh
+
+# Fast timings so liveness and revocation tests finish quickly; limits stay on.
+FAST_CONFIG = """
+[broker]
+heartbeat_interval_ms = 100
+liveness_ms = 600
+cert_reload_interval_ms = 100
+
+[runtime]
+heartbeat_interval_ms = 100
+liveness_ms = 1000
+reconnect_min_ms = 50
+reconnect_max_ms = 500
+handshake_timeout_ms = 3000
+default_timeout_ms = 5000
+shutdown_grace_ms = 3000
+
+[limits.identity.flooder]
+rate = 1.0
+burst = 5
+
+[acl.role.operator]
+call = ["mesh.*", "*.health", "echo.*"]
+publish = ["test."]
+subscribe = ["*"]
+
+[acl.identity.flooder]
+call = ["echo.echo"]
+
+[acl.identity.outsider]
+call = ["echo.health"]
+publish = ["outsider."]
+subscribe = ["outsider."]
+"""
+
+TEST_IDENTITIES = {
+    "keyvault": "service", "storage": "service", "echo": "service", "meshctl": "operator",
+    "flooder": "device", "outsider": "device",
+}
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short temporary directory: unix socket paths are limited to 107 bytes."""
+    with tempfile.TemporaryDirectory(prefix="cm") as path:
+        yield Path(path)
+
+
+@pytest_asyncio.fixture
+async def mesh(short_tmp: Path) -> AsyncIterator[InProcessMesh]:
+    async with InProcessMesh(short_tmp / "home", FAST_CONFIG, dict(TEST_IDENTITIES)) as running:
+        yield running
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], deadline: float = 5.0,
+                     poll: float = 0.02) -> Any:
+    """Poll ``check`` until it returns a truthy value or ``deadline`` seconds pass.
+
+    This waits for a condition with a deadline; it never sleeps in place of one.
+    """
+    end = time.monotonic() + deadline
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not met within {deadline} s")
+        await asyncio.sleep(poll)

@@ -1,0 +1,215 @@
+"""The service runtime: dispatch, actor semantics, errors, deadlines, shutdown, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import pytest
+import structlog
+
+from shared import (
+    BadRequest, Internal, MeshError, Unavailable, configure_logging, decode_body, handler, message,
+)
+from shared.testing import InProcessMesh, call_handler
+
+from .conftest import eventually
+from .echo_service import Echo
+from .rawpeer import RawPeer
+
+
+async def test_handlers_can_be_called_directly_without_a_mesh() -> None:
+    echo = Echo()
+    assert await call_handler(echo, "echo", {"value": [1, "two"]}, caller="tester") == {
+        "value": [1, "two"], "caller": "tester", "role": "operator"}
+    assert (await call_handler(echo, "health"))["status"] == "ok"
+    with pytest.raises(BadRequest, match="unknown field"):
+        await call_handler(echo, "echo", {"value": 1, "other": 2})
+
+
+def test_dispatch_table_is_explicit_and_refuses_private_names() -> None:
+    assert set(Echo.handlers) == {"health", "echo", "block", "block_concurrent", "fail", "refuse", "login"}
+    async def hidden(self: object, ctx: object, req: object) -> None:
+        return None
+
+    for bad_name in ("_hidden", "a._b", "Upper", "a..b"):
+        with pytest.raises(ValueError):
+            handler(bad_name)(hidden)
+    with pytest.raises(TypeError):
+        handler("sync")(lambda self, ctx, req: None)  # type: ignore[arg-type]
+
+
+async def test_requests_reach_handlers_with_the_stamped_caller(mesh: InProcessMesh) -> None:
+    await mesh.start_service(Echo())
+    client = await mesh.client("meshctl")
+    reply = await client.call("echo.echo", {"value": {"nested": [1, 2.5, None, b"\x00"]}}, timeout=2)
+    assert reply == {"value": {"nested": [1, 2.5, None, b"\x00"]}, "caller": "meshctl", "role": "operator"}
+
+
+async def test_schema_violations_are_bad_requests(mesh: InProcessMesh) -> None:
+    await mesh.start_service(Echo())
+    client = await mesh.client("meshctl")
+    with pytest.raises(BadRequest, match="unknown field"):
+        await client.call("echo.echo", {"value": 1, "sneaky": 2}, timeout=2)
+    with pytest.raises(BadRequest, match="missing field"):
+        await client.call("echo.login", {}, timeout=2)
+    with pytest.raises(BadRequest, match="must be of type str"):
+        await client.call("echo.login", {"password": 5}, timeout=2)
+    with pytest.raises(BadRequest, match="must be a map"):
+        await client.call("echo.echo", [1, 2], timeout=2)
+    with pytest.raises(BadRequest, match="no such thing"):
+        await client.call("echo.refuse", timeout=2)
+
+
+async def test_mailbox_takes_one_message_at_a_time_unless_concurrent(mesh: InProcessMesh) -> None:
+    echo = Echo()
+    await mesh.start_service(echo)
+    client = await mesh.client("meshctl")
+    calls = [asyncio.create_task(client.call("echo.block", timeout=5)) for _ in range(3)]
+    await asyncio.wait_for(echo.entered.wait(), 5)
+    health = asyncio.create_task(client.call("echo.health", timeout=5))
+    await asyncio.sleep(0)  # let the health request queue up behind the blocked handler
+    assert echo.active == 1 and not health.done()
+    echo.release.set()
+    await asyncio.gather(*calls, health)
+    assert echo.max_active == 1
+
+    echo.release.clear()
+    echo.max_active = 0
+    concurrent = [asyncio.create_task(client.call("echo.block_concurrent", timeout=5)) for _ in range(3)]
+    await eventually(lambda: _async(echo.active == 3))
+    echo.release.set()
+    await asyncio.gather(*concurrent)
+    assert echo.max_active == 3
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def test_unexpected_failures_are_internal_and_leak_nothing(mesh: InProcessMesh) -> None:
+    planted = "correct-horse-battery-staple-7731"
+    stream = io.StringIO()
+    configure_logging("test", stream=stream)
+    try:
+        await mesh.start_service(Echo())
+        client = await mesh.client("meshctl")
+        with pytest.raises(Internal) as info:
+            await client.call("echo.fail", timeout=2)
+        assert info.value.message == "internal error"
+        with pytest.raises(Internal) as info:
+            await client.call("echo.login", {"password": planted}, timeout=2)
+        assert planted not in info.value.message
+    finally:
+        structlog.reset_defaults()
+    output = stream.getvalue()
+    events = [json.loads(line) for line in output.splitlines()]
+    failures = [e for e in events if e["event"] == "handler_failed"]
+    assert [f["method"] for f in failures] == ["fail", "login"]
+    assert failures[0]["error_type"] == "RuntimeError"
+    assert planted not in output and "/etc/secret-path" not in output
+    spool = (mesh.home.spool / "broker-audit.spool").read_bytes() if (mesh.home.spool / "broker-audit.spool").exists() else b""
+    assert planted.encode() not in spool
+
+
+def test_redaction_processor_hides_declared_sensitive_fields() -> None:
+    stream = io.StringIO()
+    configure_logging("test", stream=stream)
+    try:
+        structlog.get_logger().info("login", password="pw-1", details={"token": "tk-2", "user": "ann"},
+                                    items=[{"secret": "s-3"}])
+    finally:
+        structlog.reset_defaults()
+    line = json.loads(stream.getvalue())
+    assert line["password"] == "<redacted>" and line["details"] == {"token": "<redacted>", "user": "ann"}
+    assert "s-3" not in stream.getvalue()
+
+
+async def test_the_broker_expires_requests_past_their_deadline(mesh: InProcessMesh) -> None:
+    echo = Echo()
+    await mesh.start_service(echo)
+    peer = RawPeer(mesh.context, mesh.home.broker_endpoint, keypair=mesh.pairs["meshctl"],
+                   broker_key=mesh.pairs["broker"].certificate.public_key)
+    try:
+        await peer.send({"v": 1, "k": "req", "id": 9, "to": "echo.block", "ttl": 200})
+        header, _ = await peer.recv(timeout=3)
+        assert (header["k"], header["code"], header["id"]) == ("err", "TIMEOUT", 9)
+        await peer.send({"v": 1, "k": "req", "id": 10, "to": "echo.health", "ttl": 10**9})
+        assert (await peer.recv(timeout=3))[0]["code"] == "BAD_REQUEST"  # above max_ttl_ms
+    finally:
+        echo.release.set()
+        peer.close()
+
+
+async def test_graceful_stop_finishes_in_flight_work_then_deregisters(mesh: InProcessMesh) -> None:
+    echo = Echo()
+    runner = await mesh.start_service(echo)
+    client = await mesh.client("meshctl")
+    in_flight = asyncio.create_task(client.call("echo.block", timeout=5))
+    await asyncio.wait_for(echo.entered.wait(), 5)
+    stopping = asyncio.create_task(runner.stop())
+
+    async def deregistered() -> bool:
+        return not await client.call("mesh.services", timeout=2)
+
+    await eventually(deregistered)
+    with pytest.raises(Unavailable):
+        await client.call("echo.health", timeout=2)
+    echo.release.set()
+    assert await in_flight == {"released": True}
+    await asyncio.wait_for(stopping, 5)
+
+
+async def test_services_and_subscriptions_come_back_after_a_broker_restart(mesh: InProcessMesh) -> None:
+    await mesh.start_service(Echo())
+    client = await mesh.client("meshctl")
+    subscription = await client.subscribe("test.")
+    mesh.stop_broker()
+    with pytest.raises(Unavailable):
+        await client.call("echo.health", timeout=1)
+    mesh.start_broker()
+
+    async def healthy() -> bool:
+        try:
+            return (await client.call("echo.health", timeout=0.5))["status"] == "ok"
+        except MeshError:
+            return False
+
+    await eventually(healthy, deadline=10)
+
+    async def published() -> bool:
+        await client.publish("test.after-restart", {"n": 1}, timeout=1)
+        try:
+            event = await subscription.next(timeout=0.2)
+        except MeshError:
+            return False
+        return event.topic == "test.after-restart" and event.sender == "meshctl"
+
+    await eventually(published, deadline=5)
+
+
+async def test_events_carry_the_authenticated_publisher(mesh: InProcessMesh) -> None:
+    listener = await mesh.client("meshctl")
+    subscription = await listener.subscribe("outsider.")
+    outsider = await mesh.client("outsider")
+    await outsider.publish("outsider.news", {"x": 1}, timeout=2)
+    event = await subscription.next(timeout=2)
+    assert (event.topic, event.sender, event.body) == ("outsider.news", "outsider", {"x": 1})
+    await subscription.close()
+    await outsider.publish("outsider.more", timeout=2)
+    with pytest.raises(MeshError):
+        await subscription.next(timeout=0.3)
+
+
+@message
+class _Probe:
+    n: int
+
+
+def test_messages_round_trip_and_refuse_wrong_types() -> None:
+    assert _Probe.from_wire({"n": 3}).to_wire() == {"n": 3}  # type: ignore[attr-defined]
+    for bad in ({"n": "3"}, {"n": True}, {}, None, []):
+        with pytest.raises(BadRequest):
+            _Probe.from_wire(bad)  # type: ignore[attr-defined]
+    assert decode_body(b"\x81\xa1n\x03", 100) == {"n": 3}
