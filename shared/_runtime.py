@@ -19,7 +19,6 @@ import signal
 import sys
 import time
 import traceback
-import traceback
 from typing import Any
 
 import structlog
@@ -27,7 +26,7 @@ import structlog
 from ._client import MeshClient
 from ._codec import PROTOCOL_VERSION, decode_body, encode_body, encode_header
 from ._config import RuntimeConfig, config_path, load_config
-from ._errors import BadRequest, CertificateError, ConfigError, HandshakeError, MeshError, Unavailable
+from ._errors import BadRequest, CertificateError, ConfigError, HandshakeError, Internal, MeshError, Unavailable
 from ._home import MeshHome
 from ._logging import configure_logging
 from ._service import HandlerSpec, RequestContext, Service
@@ -122,8 +121,7 @@ class ServiceRunner:
             ctx = RequestContext(caller=str(header.get("from")), role=str(header.get("role")),
                                  method=spec.wire_name, deadline=deadline)
             result = await asyncio.wait_for(spec.function(self.service, ctx, request), remaining)
-            if hasattr(result, "to_wire"):
-                result = result.to_wire()
+            result = self._check_reply(spec, result)
             frames = [encode_header({"v": PROTOCOL_VERSION, "k": "rep", "id": header["id"]}),
                       encode_body(result)]
         except MeshError as exc:
@@ -132,7 +130,7 @@ class ServiceRunner:
         except TimeoutError:
             log.warning("handler_deadline_passed", method=spec.wire_name)
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - answer INTERNAL; details stay in our log.
             # Log where it failed, not what the exception says: its message may quote
             # request data (a password, a token) that must never reach a log.
             where = [f"{f.filename}:{f.lineno} in {f.name}" for f in traceback.extract_tb(exc.__traceback__)]
@@ -140,6 +138,16 @@ class ServiceRunner:
             self._reply_error(header, MeshError("internal error"))
             return
         await self._send(frames)
+
+    @staticmethod
+    def _check_reply(spec: HandlerSpec, result: Any) -> Any:
+        if spec.reply is not None and not isinstance(result, spec.reply):
+            try:
+                result = spec.reply.from_wire(result)
+            except BadRequest:
+                log.error("reply_schema_violation", method=spec.wire_name, reply_type=spec.reply.__name__)
+                raise Internal("internal error") from None
+        return result.to_wire() if hasattr(result, "to_wire") else result
 
     def _reply_error(self, header: dict[str, Any], exc: MeshError) -> None:
         frame = encode_header({"v": PROTOCOL_VERSION, "k": "err", "id": header.get("id", 0),

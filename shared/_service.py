@@ -46,6 +46,7 @@ class HandlerSpec:
     wire_name: str
     function: Callable[..., Awaitable[Any]]
     request: type[Any]
+    reply: type[Any] | None
     concurrent: bool
     sensitive: frozenset[str]
 
@@ -68,9 +69,15 @@ class RequestContext:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
-def handler(name: str | None = None, *, request: type[Any] = NoFields, concurrent: bool = False,
-            sensitive: tuple[str, ...] = ()) -> Callable[[F], F]:
-    """Declare a handler. ``name`` is its wire name (default: the function's name)."""
+def handler(name: str | None = None, *, request: type[Any] = NoFields, reply: type[Any] | None = None,
+            concurrent: bool = False, sensitive: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """Declare a handler. ``name`` is its wire name (default: the function's name).
+
+    ``request`` is the :func:`~shared.message` type the body must match; ``reply``, when
+    given, is checked against what the handler returns (a mismatch is the handler's bug
+    and answers ``INTERNAL``). ``sensitive`` names fields never to log, beside those the
+    request type marks ``sensitive``.
+    """
 
     def record(fn: F) -> F:
         wire = name or fn.__name__
@@ -79,8 +86,10 @@ def handler(name: str | None = None, *, request: type[Any] = NoFields, concurren
         if not asyncio.iscoroutinefunction(fn):
             raise TypeError(f"handler {wire!r} must be an async function")
         fields = sensitive_fields(request) | frozenset(sensitive)
+        if reply is not None:
+            fields |= sensitive_fields(reply)
         declare_sensitive(fields)
-        fn.__curvemesh_handler__ = HandlerSpec(wire, fn, request, concurrent, fields)  # type: ignore[attr-defined]
+        fn.__curvemesh_handler__ = HandlerSpec(wire, fn, request, reply, concurrent, fields)  # type: ignore[attr-defined]
         return typing.cast(F, fn)
 
     return record

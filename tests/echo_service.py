@@ -19,6 +19,11 @@ class Secretive:
     password: str = field(metadata={"sensitive": True, "max_len": 200})
 
 
+@message
+class Pong:
+    pong: int
+
+
 class Echo(Service):
     """Mesh name ``echo``."""
 
@@ -57,6 +62,10 @@ class Echo(Service):
     @handler("refuse")
     async def refuse(self, ctx: RequestContext, req: Any) -> None:
         raise BadRequest("no such thing")
+
+    @handler("pong", request=EchoRequest, reply=Pong)
+    async def pong(self, ctx: RequestContext, req: EchoRequest) -> Any:
+        return {"pong": req.value}  # a non-integer value breaks the declared reply type
 
     @handler("login", request=Secretive)
     async def login(self, ctx: RequestContext, req: Secretive) -> dict[str, Any]:

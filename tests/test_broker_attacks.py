@@ -11,8 +11,15 @@ import pytest
 import zmq
 
 from shared import (
-    BadRequest, Forbidden, HandshakeError, MeshClient, RateLimited, Unauthenticated, Unavailable,
-    certs, encode_header,
+    BadRequest,
+    Forbidden,
+    HandshakeError,
+    MeshClient,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+    certs,
+    encode_header,
 )
 from shared.testing import InProcessMesh
 

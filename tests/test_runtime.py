@@ -10,7 +10,14 @@ import pytest
 import structlog
 
 from shared import (
-    BadRequest, Internal, MeshError, Unavailable, configure_logging, decode_body, handler, message,
+    BadRequest,
+    Internal,
+    MeshError,
+    Unavailable,
+    configure_logging,
+    decode_body,
+    handler,
+    message,
 )
 from shared.testing import InProcessMesh, call_handler
 
@@ -29,7 +36,7 @@ async def test_handlers_can_be_called_directly_without_a_mesh() -> None:
 
 
 def test_dispatch_table_is_explicit_and_refuses_private_names() -> None:
-    assert set(Echo.handlers) == {"health", "echo", "block", "block_concurrent", "fail", "refuse", "login"}
+    assert set(Echo.handlers) == {"health", "echo", "block", "block_concurrent", "fail", "refuse", "login", "pong"}
     async def hidden(self: object, ctx: object, req: object) -> None:
         return None
 
@@ -60,6 +67,9 @@ async def test_schema_violations_are_bad_requests(mesh: InProcessMesh) -> None:
         await client.call("echo.echo", [1, 2], timeout=2)
     with pytest.raises(BadRequest, match="no such thing"):
         await client.call("echo.refuse", timeout=2)
+    assert await client.call("echo.pong", {"value": 3}, timeout=2) == {"pong": 3}
+    with pytest.raises(Internal):  # the handler broke its declared reply type: its fault
+        await client.call("echo.pong", {"value": "three"}, timeout=2)
 
 
 async def test_mailbox_takes_one_message_at_a_time_unless_concurrent(mesh: InProcessMesh) -> None:
@@ -109,8 +119,8 @@ async def test_unexpected_failures_are_internal_and_leak_nothing(mesh: InProcess
     assert [f["method"] for f in failures] == ["fail", "login"]
     assert failures[0]["error_type"] == "RuntimeError"
     assert planted not in output and "/etc/secret-path" not in output
-    spool = (mesh.home.spool / "broker-audit.spool").read_bytes() if (mesh.home.spool / "broker-audit.spool").exists() else b""
-    assert planted.encode() not in spool
+    spool = mesh.home.spool / "broker-audit.spool"
+    assert planted.encode() not in (spool.read_bytes() if spool.exists() else b"")
 
 
 def test_redaction_processor_hides_declared_sensitive_fields() -> None:
