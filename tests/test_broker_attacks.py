@@ -302,6 +302,11 @@ async def test_flooding_identity_is_rate_limited_while_others_are_not(mesh: InPr
     assert len(served) <= 6 and len(limited) >= 24 and len(served) + len(limited) == 30
     for _ in range(30):
         assert (await operator.call("echo.health", timeout=2))["status"] == "ok"
+    # A second connection of the same identity shares the limit instead of doubling it.
+    second = await mesh.client("flooder")
+    with pytest.raises(RateLimited):
+        for _ in range(3):
+            await second.call("echo.echo", timeout=2)
     stats = await operator.call("mesh.stats", timeout=2)
     assert stats["identities"]["flooder"]["rate_limited"] >= 24
     assert stats["identities"]["meshctl"]["rate_limited"] == 0

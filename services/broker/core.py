@@ -15,7 +15,6 @@ the broker's socket: a peer that chooses its own is refused.
 from __future__ import annotations
 
 import errno
-import heapq
 import itertools
 import os
 import socket
@@ -30,43 +29,35 @@ import zmq.utils.z85
 
 from shared import (
     PROTOCOL_VERSION,
-    WIRE_CODES,
     BadRequest,
     Certificate,
-    Conflict,
     Forbidden,
     MeshConfig,
     MeshError,
     MeshHome,
     RateLimited,
     Spool,
-    Timeout,
     TokenBucket,
-    Unavailable,
     certs,
     compile_grant,
     decode_header,
     encode_header,
-    split_target,
 )
 
 from .certstore import CertStore
+from .routing import Routing
 from .service import Introspection
 from .state import Counters, InFlight, Peer, Registration
+from .upkeep import HANDSHAKE_EVENTS, Upkeep
 from .zap import ZapHandler
 
 log = structlog.get_logger("broker")
 
 _TICK: Final = 0.02
 _BATCH: Final = 256
-_HANDSHAKE_EVENTS: Final = {
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "no_detail",
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",
-}
 
 
-class Broker:
+class Broker(Routing, Upkeep):
     """The mesh broker. ``bind()`` then ``run()`` (blocking) until ``stop()``."""
 
     def __init__(self, config: MeshConfig, home: MeshHome, *,
@@ -89,7 +80,8 @@ class Broker:
         self.in_flight: dict[int, InFlight] = {}
         self.deadlines: list[tuple[float, int]] = []
         self.counters: dict[str, Counters] = {}
-        self.handshake_failures: dict[str, int] = dict.fromkeys(_HANDSHAKE_EVENTS.values(), 0)
+        self.buckets: dict[str, TokenBucket] = {}
+        self.handshake_failures: dict[str, int] = dict.fromkeys(HANDSHAKE_EVENTS.values(), 0)
         self._handshake_reported = 0
         self.totals = {"undeliverable": 0, "bad_frames": 0, "expired": 0, "stray_replies": 0,
                        "revoked_refused": 0, "custom_routing_id_refused": 0}
@@ -240,8 +232,12 @@ class Broker:
         limit = (self.config.limits.identity.get(cert.name)
                  or self.config.limits.role.get(cert.role) or self.config.limits.default)
         counters = self.counters.setdefault(cert.name, Counters())
-        peer = Peer(rid, cert, compile_grant(self.config.acl, cert.name, cert.role),
-                    TokenBucket(limit.rate, limit.burst, now), counters, now, now)
+        # One bucket per identity, shared by all its connections: opening more
+        # connections must not multiply an identity's rate.
+        bucket = self.buckets.get(cert.name)
+        if bucket is None:
+            bucket = self.buckets[cert.name] = TokenBucket(limit.rate, limit.burst, now)
+        peer = Peer(rid, cert, compile_grant(self.config.acl, cert.name, cert.role), bucket, counters, now, now)
         self.peers[rid] = peer
         return peer
 
@@ -298,260 +294,6 @@ class Broker:
         peer.counters.rate_limited += 1
         self._fail(peer, request_id, RateLimited("rate limit exceeded; slow down"))
         return True
-
-    # -- message kinds ----------------------------------------------------------
-
-    def _on_request(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
-        request_id = header["id"]
-        if self._limited(peer, request_id, now):
-            return
-        target = header["to"]
-        allowed = peer.call_cache.get(target)
-        if allowed is None:
-            try:
-                service, method = split_target(target)
-            except BadRequest as exc:
-                self._fail(peer, request_id, exc)
-                return
-            allowed = peer.grant.may_call(service, method)
-            if len(peer.call_cache) < 1024:
-                peer.call_cache[target] = allowed
-        if not allowed:
-            self._deny(peer, request_id, "call", target)
-            return
-        service, _, method = target.partition(".")
-        ttl = header["ttl"] or self.cfg.default_ttl_ms
-        if ttl > self.cfg.max_ttl_ms:
-            self._fail(peer, request_id, BadRequest(f"ttl above the limit of {self.cfg.max_ttl_ms} ms"))
-            return
-        if service == "mesh":
-            self.introspection.handle(peer, request_id, method, body)
-            return
-        registration = self.services.get(service)
-        if registration is None:
-            self._fail(peer, request_id, Unavailable(f"service {service!r} is not registered"))
-            return
-        broker_id = next(self._ids)
-        deadline = now + ttl / 1000.0
-        out = [encode_header({"v": PROTOCOL_VERSION, "k": "req", "id": broker_id, "to": target,
-                              "ttl": ttl, "from": peer.cert.name, "role": peer.cert.role})]
-        if body is not None:
-            out.append(body)
-        if not self._send(registration.peer.rid, out):
-            self._fail(peer, request_id, Unavailable(f"service {service!r} cannot take the request"))
-            return
-        registration.peer.counters.msgs_out += 1
-        registration.requests += 1
-        registration.in_flight.add(broker_id)
-        self.in_flight[broker_id] = InFlight(peer, request_id, registration, deadline, now)
-        heapq.heappush(self.deadlines, (deadline, broker_id))
-
-    def _on_reply(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
-        entry = self.in_flight.get(header["id"])
-        if entry is None or entry.service.peer is not peer:
-            # Late (after a timeout) or not ours to answer: never forwarded.
-            self.totals["stray_replies"] += 1
-            return
-        del self.in_flight[header["id"]]
-        registration = entry.service
-        registration.in_flight.discard(header["id"])
-        registration.latencies.append(now - entry.started)
-        out_header: dict[str, Any] = {"v": PROTOCOL_VERSION, "k": header["k"], "id": entry.caller_id,
-                                      "from": registration.name}
-        if header["k"] == "err":
-            registration.errors += 1
-            out_header["code"] = header["code"] if header["code"] in WIRE_CODES else "INTERNAL"
-            out_header["msg"] = header["msg"]
-        out: list[Any] = [encode_header(out_header)]
-        if body is not None:
-            out.append(body)
-        if self._send(entry.caller.rid, out):
-            entry.caller.counters.msgs_out += 1
-
-    def _on_publish(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
-        request_id, topic = header["id"], header["topic"]
-        if self._limited(peer, request_id, now):
-            return
-        if not peer.grant.may_publish(topic):
-            self._deny(peer, request_id, "publish", topic)
-            return
-        self.publish(topic, peer.cert.name, body)
-        self._ok(peer, request_id)
-
-    def publish(self, topic: str, sender: str, body: Any) -> int:
-        """Deliver an event to every live subscriber whose prefix matches; return how many."""
-        event = encode_header({"v": PROTOCOL_VERSION, "k": "evt", "topic": topic, "from": sender})
-        frames = [event] if body is None else [event, body]
-        delivered = 0
-        for sub in list(self.peers.values()):
-            if not sub.subscriptions or sub.cert.public_key not in self.store.snapshot.by_z85:
-                continue
-            if any(topic.startswith(p) for p in sub.subscriptions):
-                if self._send(sub.rid, frames):
-                    sub.counters.msgs_out += 1
-                    delivered += 1
-        return delivered
-
-    def _on_subscribe(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
-        request_id, topic = header["id"], header["topic"]
-        if self._limited(peer, request_id, now):
-            return
-        if not topic or not peer.grant.may_subscribe(topic):
-            self._deny(peer, request_id, "subscribe", topic)
-            return
-        if len(peer.subscriptions) >= 64:
-            self._fail(peer, request_id, BadRequest("at most 64 subscriptions per connection"))
-            return
-        peer.subscriptions.add(topic)
-        self._ok(peer, request_id)
-
-    def _on_unsubscribe(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
-        peer.subscriptions.discard(header["topic"])
-        self._ok(peer, header["id"])
-
-    def _on_register(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
-        request_id, name = header["id"], header["name"]
-        if self._limited(peer, request_id, now):
-            return
-        if peer.cert.role != "service" or name != peer.cert.name or name == "mesh":
-            self._deny(peer, request_id, "register", name)
-            return
-        if peer.registration is not None or peer.said_goodbye:
-            self._fail(peer, request_id, Conflict("this connection has already registered"))
-            return
-        old = self.services.get(name)
-        if old is not None:
-            # The same authenticated identity on a new connection: the old one is a
-            # previous incarnation (a restart); its unanswered requests fail now.
-            self._deregister(old, "replaced by a new connection")
-        peer.registration = self.services[name] = Registration(name, peer, now)
-        self.audit("mesh.register", peer, service=name)
-        log.info("service_registered", service=name)
-        self._ok(peer, request_id)
-
-    def _on_bye(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
-        # Stop routing new requests to it, but keep what is in flight: a stopping
-        # service finishes its work and its replies are still forwarded.
-        registration = peer.registration
-        peer.said_goodbye = True
-        if registration is not None and self.services.get(registration.name) is registration:
-            del self.services[registration.name]
-            log.info("service_deregistered", service=registration.name, reason="said goodbye")
-        self._ok(peer, header["id"])
-
-    def _on_heartbeat(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
-        """Nothing to do: receiving any message already refreshed the peer's liveness."""
-
-    # -- registry and timers ---------------------------------------------------
-
-    def _deregister(self, registration: Registration, reason: str) -> None:
-        if self.services.get(registration.name) is registration:
-            del self.services[registration.name]
-            log.info("service_deregistered", service=registration.name, reason=reason)
-        registration.peer.registration = None
-        for broker_id in sorted(registration.in_flight):
-            entry = self.in_flight.pop(broker_id, None)
-            if entry is not None:
-                self._fail(entry.caller, entry.caller_id,
-                           Unavailable(f"service {registration.name!r} went away before answering"))
-        registration.in_flight.clear()
-
-    def _tick(self, now: float) -> None:
-        while self.deadlines and self.deadlines[0][0] <= now:
-            _, broker_id = heapq.heappop(self.deadlines)
-            entry = self.in_flight.pop(broker_id, None)
-            if entry is not None:
-                entry.service.in_flight.discard(broker_id)
-                self.totals["expired"] += 1
-                self._fail(entry.caller, entry.caller_id,
-                           Timeout(f"no reply from {entry.service.name!r} before the deadline"))
-        self._heartbeats(now)
-        self._note_unknown_keys()
-        self._reload_certs(now)
-        self._report(now)
-        self.spool.sync()
-
-    _last_hb = 0.0
-    _last_reload = 0.0
-    _last_report = 0.0
-
-    def _heartbeats(self, now: float) -> None:
-        if now - self._last_hb < self.cfg.heartbeat_interval_ms / 1000.0:
-            return
-        self._last_hb = now
-        liveness = self.cfg.liveness_ms / 1000.0
-        for rid, peer in list(self.peers.items()):
-            if now - peer.last_seen > liveness:
-                self._drop_peer(peer, "heartbeat lost")
-            else:
-                self._send(rid, [self._hb_frame])
-
-    def _drop_peer(self, peer: Peer, reason: str) -> None:
-        self.peers.pop(peer.rid, None)
-        if peer.registration is not None:
-            self._deregister(peer.registration, reason)
-
-    def _probe_services(self) -> None:
-        """A connection closed: find out at once whether it was a registered service's."""
-        for peer in [p for p in self.peers.values() if p.registration is not None]:
-            if not self._send(peer.rid, [self._hb_frame]):
-                self._drop_peer(peer, "connection closed")
-
-    def _on_monitor(self, monitor: zmq.Socket[bytes]) -> None:
-        while True:
-            try:
-                frames = monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            event = int.from_bytes(frames[0][:2], "little")
-            if event == zmq.EVENT_DISCONNECTED:
-                self._probe_services()
-            elif event in _HANDSHAKE_EVENTS:
-                self.handshake_failures[_HANDSHAKE_EVENTS[event]] += 1
-
-    def _note_unknown_keys(self) -> None:
-        unknown = self.zap.unknown
-        while unknown:
-            raw, address = unknown.popleft()
-            if self.store.record_unknown(raw, address, self.wall()):
-                key = certs.fingerprint(zmq.utils.z85.encode(raw))
-                self.audit("mesh.cert_pending", None, fingerprint=key, address=address)
-                log.warning("unknown_certificate_pending", fingerprint=key, address=address)
-
-    def _reload_certs(self, now: float) -> None:
-        if now - self._last_reload < self.cfg.cert_reload_interval_ms / 1000.0:
-            return
-        self._last_reload = now
-        if self.store.changed():
-            self.reload_certs("directory changed")
-
-    def reload_certs(self, reason: str) -> list[tuple[str, str]]:
-        """Re-read the store; the new allow-list applies to the very next message."""
-        problems = self.store.reload()
-        self._by_text = self.store.snapshot.by_text
-        for path, problem in problems:
-            log.warning("certificate_skipped", file=path, problem=problem)
-        log.info("certificates_reloaded", reason=reason, allowed=len(self._by_text))
-        for peer in list(self.peers.values()):
-            if peer.cert.public_key not in self.store.snapshot.by_z85:
-                self._drop_peer(peer, "certificate revoked")
-        return problems
-
-    def _report(self, now: float) -> None:
-        """Aggregate noisy events (handshake failures, rate limiting) into periodic audit records."""
-        if now - self._last_report < 1.0:
-            return
-        self._last_report = now
-        failures = sum(self.handshake_failures.values())
-        if failures > self._handshake_reported:
-            self.audit("mesh.handshake_failed", None, count=failures - self._handshake_reported,
-                       by_reason=dict(self.handshake_failures))
-            self._handshake_reported = failures
-        for name, counters in self.counters.items():
-            if counters.rate_limited > counters.reported_rate_limited:
-                self.audit("mesh.rate_limited", None, identity=name,
-                           count=counters.rate_limited - counters.reported_rate_limited)
-                counters.reported_rate_limited = counters.rate_limited
 
     def close(self) -> None:
         if self.router is not None:

@@ -1,0 +1,138 @@
+"""The broker's timers and housekeeping: deadlines, liveness, the socket monitor,
+certificate reloads, and periodic audit reports of noisy events."""
+
+from __future__ import annotations
+
+import heapq
+from typing import TYPE_CHECKING, Final
+
+import structlog
+import zmq
+import zmq.utils.z85
+
+from shared import Timeout, Unavailable, certs
+
+if TYPE_CHECKING:
+    from .core import Broker
+    from .state import Peer, Registration
+
+log = structlog.get_logger("broker")
+
+HANDSHAKE_EVENTS: Final[dict[int, str]] = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "no_detail",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",
+}
+
+
+class Upkeep:
+    """Mixin of :class:`~services.broker.core.Broker`: everything driven by the clock."""
+
+    _last_hb = 0.0
+    _last_reload = 0.0
+    _last_report = 0.0
+
+    def _deregister(self: Broker, registration: Registration, reason: str) -> None:
+        if self.services.get(registration.name) is registration:
+            del self.services[registration.name]
+            log.info("service_deregistered", service=registration.name, reason=reason)
+        registration.peer.registration = None
+        for broker_id in sorted(registration.in_flight):
+            entry = self.in_flight.pop(broker_id, None)
+            if entry is not None:
+                self._fail(entry.caller, entry.caller_id,
+                           Unavailable(f"service {registration.name!r} went away before answering"))
+        registration.in_flight.clear()
+
+    def _tick(self: Broker, now: float) -> None:
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _, broker_id = heapq.heappop(self.deadlines)
+            entry = self.in_flight.pop(broker_id, None)
+            if entry is not None:
+                entry.service.in_flight.discard(broker_id)
+                self.totals["expired"] += 1
+                self._fail(entry.caller, entry.caller_id,
+                           Timeout(f"no reply from {entry.service.name!r} before the deadline"))
+        self._heartbeats(now)
+        self._note_unknown_keys()
+        self._reload_certs(now)
+        self._report(now)
+        self.spool.sync()
+
+    def _heartbeats(self: Broker, now: float) -> None:
+        if now - self._last_hb < self.cfg.heartbeat_interval_ms / 1000.0:
+            return
+        self._last_hb = now
+        liveness = self.cfg.liveness_ms / 1000.0
+        for rid, peer in list(self.peers.items()):
+            if now - peer.last_seen > liveness:
+                self._drop_peer(peer, "heartbeat lost")
+            else:
+                self._send(rid, [self._hb_frame])
+
+    def _drop_peer(self: Broker, peer: Peer, reason: str) -> None:
+        self.peers.pop(peer.rid, None)
+        if peer.registration is not None:
+            self._deregister(peer.registration, reason)
+
+    def _probe_services(self: Broker) -> None:
+        """A connection closed: find out at once whether it was a registered service's."""
+        for peer in [p for p in self.peers.values() if p.registration is not None]:
+            if not self._send(peer.rid, [self._hb_frame]):
+                self._drop_peer(peer, "connection closed")
+
+    def _on_monitor(self: Broker, monitor: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                frames = monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            event = int.from_bytes(frames[0][:2], "little")
+            if event == zmq.EVENT_DISCONNECTED:
+                self._probe_services()
+            elif event in HANDSHAKE_EVENTS:
+                self.handshake_failures[HANDSHAKE_EVENTS[event]] += 1
+
+    def _note_unknown_keys(self: Broker) -> None:
+        unknown = self.zap.unknown
+        while unknown:
+            raw, address = unknown.popleft()
+            if self.store.record_unknown(raw, address, self.wall()):
+                key = certs.fingerprint(zmq.utils.z85.encode(raw))
+                self.audit("mesh.cert_pending", None, fingerprint=key, address=address)
+                log.warning("unknown_certificate_pending", fingerprint=key, address=address)
+
+    def _reload_certs(self: Broker, now: float) -> None:
+        if now - self._last_reload < self.cfg.cert_reload_interval_ms / 1000.0:
+            return
+        self._last_reload = now
+        if self.store.changed():
+            self.reload_certs("directory changed")
+
+    def reload_certs(self: Broker, reason: str) -> list[tuple[str, str]]:
+        """Re-read the store; the new allow-list applies to the very next message."""
+        problems = self.store.reload()
+        self._by_text = self.store.snapshot.by_text
+        for path, problem in problems:
+            log.warning("certificate_skipped", file=path, problem=problem)
+        log.info("certificates_reloaded", reason=reason, allowed=len(self._by_text))
+        for peer in list(self.peers.values()):
+            if peer.cert.public_key not in self.store.snapshot.by_z85:
+                self._drop_peer(peer, "certificate revoked")
+        return problems
+
+    def _report(self: Broker, now: float) -> None:
+        """Aggregate noisy events (handshake failures, rate limiting) into periodic audit records."""
+        if now - self._last_report < 1.0:
+            return
+        self._last_report = now
+        failures = sum(self.handshake_failures.values())
+        if failures > self._handshake_reported:
+            self.audit("mesh.handshake_failed", None, count=failures - self._handshake_reported,
+                       by_reason=dict(self.handshake_failures))
+            self._handshake_reported = failures
+        for name, counters in self.counters.items():
+            if counters.rate_limited > counters.reported_rate_limited:
+                self.audit("mesh.rate_limited", None, identity=name,
+                           count=counters.rate_limited - counters.reported_rate_limited)
+                counters.reported_rate_limited = counters.rate_limited
