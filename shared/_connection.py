@@ -131,6 +131,7 @@ class Connection:
             else:
                 auth = kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH
                 self.handshake_error = HandshakeError(_AUTH_REFUSED if auth else _WRONG_KEY)
+                log.error("broker_handshake_failed", endpoint=self.endpoint, reason=self.handshake_error.message)
                 self.connected.clear()
                 self._fail_waiting(self.handshake_error)
                 self._failure.set()

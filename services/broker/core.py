@@ -84,7 +84,7 @@ class Broker(Routing, Upkeep):
         self.handshake_failures: dict[str, int] = dict.fromkeys(HANDSHAKE_EVENTS.values(), 0)
         self._handshake_reported = 0
         self.totals = {"undeliverable": 0, "bad_frames": 0, "expired": 0, "stray_replies": 0,
-                       "revoked_refused": 0, "custom_routing_id_refused": 0}
+                       "revoked_refused": 0, "custom_routing_id_refused": 0, "internal_errors": 0}
         self.started = wall()
         self._ids = itertools.count(1)
         self._stop = threading.Event()
@@ -178,12 +178,20 @@ class Broker(Routing, Upkeep):
                 frames = recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            handle(frames, now)
+            try:
+                handle(frames, now)
+            except Exception:  # noqa: BLE001 - a bug on one message must not stop the broker.
+                # Fail closed: the message is dropped, counted and logged; nothing was forwarded.
+                self.totals["internal_errors"] += 1
+                log.exception("message_handling_failed")
 
     def _handle(self, frames: list[zmq.Frame], now: float) -> None:
         header_frame = frames[1] if len(frames) > 1 else frames[0]
         rid = frames[0].bytes
-        cert = self._by_text.get(header_frame.get("X-Key"))
+        try:
+            cert = self._by_text.get(header_frame.get("X-Key"))
+        except zmq.ZMQError:  # no ZAP metadata on the message: never admit it.
+            cert = None
         if cert is None:
             # Admitted once, revoked since: refuse on this live connection (invariant 4).
             self.totals["revoked_refused"] += 1
