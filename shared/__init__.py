@@ -14,6 +14,7 @@ from ._codec import (
     decode_header,
     encode_body,
     encode_header,
+    error_text,
     split_target,
 )
 from ._config import (
@@ -66,5 +67,5 @@ __all__ = [
     "configure_logging", "declare_sensitive", "redact", "ServiceRunner", "run_service", "serve",
     "HandlerSpec", "NoFields", "RequestContext", "Service", "handler", "sensitive_fields",
     "certs", "compile_grant", "config_path", "decode_body", "decode_delivered", "decode_header",
-    "encode_body", "encode_header", "error_from_wire", "load_config", "parse_config", "split_target",
+    "encode_body", "encode_header", "error_text", "error_from_wire", "load_config", "parse_config", "split_target",
 ]

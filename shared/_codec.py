@@ -167,6 +167,15 @@ def encode_body(value: Any) -> bytes:
     return data
 
 
+def error_text(message: str) -> str:
+    """An error message cut to at most 900 UTF-8 bytes, so an ``err`` header always fits
+    the smallest allowed ``max_header_bytes`` (2048) with room for its other fields."""
+    data = message.encode("utf-8")
+    if len(data) <= 900:
+        return message
+    return data[:900].decode("utf-8", "ignore")
+
+
 def split_target(target: str) -> tuple[str, str]:
     """Split ``service.method`` into its parts; raise :class:`BadRequest` if it is not one.
 

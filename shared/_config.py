@@ -42,7 +42,7 @@ class BrokerConfig:
     tcp_endpoints: tuple[str, ...] = ()
     zap_domain: str = "curvemesh"
     max_message_bytes: int = field(default=1 << 20, metadata=_range(1024, 64 << 20))
-    max_header_bytes: int = field(default=4096, metadata=_range(256, 65536))
+    max_header_bytes: int = field(default=4096, metadata=_range(2048, 65536))
     heartbeat_interval_ms: int = field(default=1000, metadata=_range(50, 60_000))
     liveness_ms: int = field(default=5000, metadata=_range(150, 600_000))
     default_ttl_ms: int = field(default=10_000, metadata=_range(1, 3_600_000))

@@ -173,6 +173,12 @@ class Connection:
                         future.set_exception(error_from_wire(header.get("code"), header.get("msg")))
                 elif kind == "err" and header.get("id") == 0:
                     log.warning("broker_refused_message", code=header.get("code"), reason=header.get("msg"))
+                    if header.get("code") == "UNAVAILABLE":
+                        # The broker dropped this connection (missed heartbeats): dial anew so
+                        # registration and subscriptions are redone on a fresh connection.
+                        self.connected.clear()
+                        self._fail_waiting(Unavailable("the broker expired this connection"))
+                        self._reconnect()
             elif kind in ("req", "evt"):
                 self._deliver(kind, header, body)
 

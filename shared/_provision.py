@@ -11,9 +11,11 @@ from ._home import MeshHome
 
 #: Every process of the mesh and the role its certificate carries (the broker has none:
 #: it is the CURVE server and is pinned by its public key, never admitted by ZAP).
+#: ``supervisor-events`` is supervisord's event listener (services/supervisor_events).
 MESH_IDENTITIES: Final[Mapping[str, str]] = MappingProxyType({
     "keyvault": "service", "authn": "service", "authz": "service", "storage": "service",
-    "audit": "service", "pairing": "service", "plugin-host": "service", "meshctl": "operator",
+    "audit": "service", "pairing": "service", "plugin-host": "service",
+    "supervisor-events": "service", "meshctl": "operator",
 })
 
 

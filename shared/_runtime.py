@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from ._client import MeshClient
-from ._codec import PROTOCOL_VERSION, decode_body, encode_body, encode_header
+from ._codec import PROTOCOL_VERSION, decode_body, encode_body, encode_header, error_text
 from ._config import RuntimeConfig, config_path, load_config
 from ._errors import BadRequest, CertificateError, ConfigError, HandshakeError, Internal, MeshError, Unavailable
 from ._home import MeshHome
@@ -152,7 +152,7 @@ class ServiceRunner:
     def _reply_error(self, header: dict[str, Any], exc: MeshError) -> None:
         frame = encode_header({"v": PROTOCOL_VERSION, "k": "err", "id": header.get("id", 0),
                                "code": exc.code if exc.code != "CONFIG" else "INTERNAL",
-                               "msg": exc.message[:1000]})
+                               "msg": error_text(exc.message)})
         asyncio.get_running_loop().create_task(self._send([frame]))
 
     async def _send(self, frames: list[bytes]) -> None:

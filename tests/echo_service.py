@@ -63,6 +63,10 @@ class Echo(Service):
     async def refuse(self, ctx: RequestContext, req: Any) -> None:
         raise BadRequest("no such thing")
 
+    @handler("verbose")
+    async def verbose(self, ctx: RequestContext, req: Any) -> None:
+        raise BadRequest("é" * 3000)
+
     @handler("pong", request=EchoRequest, reply=Pong)
     async def pong(self, ctx: RequestContext, req: EchoRequest) -> Any:
         return {"pong": req.value}  # a non-integer value breaks the declared reply type

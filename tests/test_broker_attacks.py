@@ -96,6 +96,14 @@ async def test_registering_another_services_name_is_refused(mesh: InProcessMesh)
         assert header["code"] == "CONFLICT"  # once per connection
     finally:
         peer.close()
+    fresh = raw(mesh, "storage")
+    try:  # a goodbye before registering does not block a later registration
+        await fresh.send({"v": 1, "k": "bye", "id": 1})
+        assert (await fresh.recv(timeout=2))[0]["k"] == "rep"
+        await fresh.send({"v": 1, "k": "reg", "id": 2, "name": "storage"})
+        assert (await fresh.recv(timeout=2))[0]["k"] == "rep"
+    finally:
+        fresh.close()
     operator_peer = raw(mesh, "meshctl")
     try:  # an operator certificate may not register a service at all
         await operator_peer.send({"v": 1, "k": "reg", "id": 1, "name": "meshctl"})
@@ -287,6 +295,11 @@ async def test_peer_that_stops_heartbeating_is_deregistered(mesh: InProcessMesh)
         await eventually(gone, deadline=3)
         with pytest.raises(Unavailable):
             await operator.call("storage.health", timeout=2)
+        # If the silent connection speaks again it is told to reconnect, not silently
+        # treated as a fresh, unregistered peer.
+        await peer.send({"v": 1, "k": "hb"})
+        header, _ = await peer.recv(timeout=2)
+        assert (header["k"], header["id"], header["code"]) == ("err", 0, "UNAVAILABLE")
     finally:
         peer.close()
 

@@ -36,7 +36,7 @@ async def test_handlers_can_be_called_directly_without_a_mesh() -> None:
 
 
 def test_dispatch_table_is_explicit_and_refuses_private_names() -> None:
-    assert set(Echo.handlers) == {"health", "echo", "block", "block_concurrent", "fail", "refuse", "login", "pong"}
+    assert set(Echo.handlers) == {"health", "echo", "block", "block_concurrent", "fail", "refuse", "login", "pong", "verbose"}
     async def hidden(self: object, ctx: object, req: object) -> None:
         return None
 
@@ -67,6 +67,9 @@ async def test_schema_violations_are_bad_requests(mesh: InProcessMesh) -> None:
         await client.call("echo.echo", [1, 2], timeout=2)
     with pytest.raises(BadRequest, match="no such thing"):
         await client.call("echo.refuse", timeout=2)
+    with pytest.raises(BadRequest) as info:  # a long error still arrives, cut to fit a header
+        await client.call("echo.verbose", timeout=2)
+    assert info.value.message.startswith("é") and len(info.value.message.encode()) <= 900
     assert await client.call("echo.pong", {"value": 3}, timeout=2) == {"pong": 3}
     with pytest.raises(Internal):  # the handler broke its declared reply type: its fault
         await client.call("echo.pong", {"value": "three"}, timeout=2)
@@ -223,3 +226,25 @@ def test_messages_round_trip_and_refuse_wrong_types() -> None:
         with pytest.raises(BadRequest):
             _Probe.from_wire(bad)  # type: ignore[attr-defined]
     assert decode_body(b"\x81\xa1n\x03", 100) == {"n": 3}
+
+
+async def test_a_service_dropped_for_silence_reconnects_and_registers_again(mesh: InProcessMesh) -> None:
+    runner = await mesh.start_service(Echo())
+    operator = await mesh.client("meshctl")
+    connection = runner.client.connection
+    beat = next(t for t in connection._tasks if t.get_name().endswith("-heartbeat"))
+    beat.cancel()  # the service stalls: no heartbeats reach the broker
+
+    async def dropped() -> bool:
+        return not await operator.call("mesh.services", timeout=2)
+
+    await eventually(dropped, deadline=5)
+    connection._tasks.append(asyncio.create_task(connection._beat()))  # it recovers
+
+    async def back() -> bool:
+        try:
+            return (await operator.call("echo.health", timeout=0.5))["status"] == "ok"
+        except MeshError:
+            return False
+
+    await eventually(back, deadline=5)

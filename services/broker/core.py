@@ -42,6 +42,7 @@ from shared import (
     compile_grant,
     decode_header,
     encode_header,
+    error_text,
 )
 
 from .certstore import CertStore
@@ -54,6 +55,9 @@ from .zap import ZapHandler
 log = structlog.get_logger("broker")
 
 _TICK: Final = 0.02
+_CURVE_OVERHEAD: Final = 64
+#: Told to a connection the broker dropped for missing heartbeats; the client reconnects.
+EXPIRED_MESSAGE: Final = "connection expired after missed heartbeats; reconnect"
 _BATCH: Final = 256
 
 
@@ -81,10 +85,13 @@ class Broker(Routing, Upkeep):
         self.deadlines: list[tuple[float, int]] = []
         self.counters: dict[str, Counters] = {}
         self.buckets: dict[str, TokenBucket] = {}
+        self.expired: dict[bytes, None] = {}
+        self._reported_totals: dict[str, int] = {}
         self.handshake_failures: dict[str, int] = dict.fromkeys(HANDSHAKE_EVENTS.values(), 0)
         self._handshake_reported = 0
         self.totals = {"undeliverable": 0, "bad_frames": 0, "expired": 0, "stray_replies": 0,
-                       "revoked_refused": 0, "custom_routing_id_refused": 0, "internal_errors": 0}
+                       "revoked_refused": 0, "custom_routing_id_refused": 0, "internal_errors": 0,
+                       "expired_refused": 0}
         self.started = wall()
         self._ids = itertools.count(1)
         self._stop = threading.Event()
@@ -112,7 +119,9 @@ class Broker(Routing, Upkeep):
         router.zap_domain = self.cfg.zap_domain.encode()
         router.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        router.maxmsgsize = self.cfg.max_message_bytes
+        # MAXMSGSIZE applies to the encrypted frame; allow for CURVE's overhead so a
+        # plaintext frame of exactly max_message_bytes still passes.
+        router.maxmsgsize = self.cfg.max_message_bytes + _CURVE_OVERHEAD
         router.sndhwm = router.rcvhwm = self.cfg.high_water_mark
         router.linger = 0
         self.monitor = router.get_monitor_socket(
@@ -180,10 +189,12 @@ class Broker(Routing, Upkeep):
                 return
             try:
                 handle(frames, now)
-            except Exception:  # noqa: BLE001 - a bug on one message must not stop the broker.
-                # Fail closed: the message is dropped, counted and logged; nothing was forwarded.
+            except Exception:  # a bug on one message must not stop the broker.
+                # Fail closed: the message is answered INTERNAL, counted and logged.
                 self.totals["internal_errors"] += 1
                 log.exception("message_handling_failed")
+                if len(frames) > 1:
+                    self._refuse(frames[0].bytes, frames[1], "INTERNAL", "internal error")
 
     def _handle(self, frames: list[zmq.Frame], now: float) -> None:
         header_frame = frames[1] if len(frames) > 1 else frames[0]
@@ -203,6 +214,10 @@ class Broker(Routing, Upkeep):
             return
         peer = self.peers.get(rid)
         if peer is None:
+            if rid in self.expired:
+                self.totals["expired_refused"] += 1
+                self._refuse(rid, header_frame, "UNAVAILABLE", EXPIRED_MESSAGE)
+                return
             peer = self._new_peer(rid, cert, now)
         elif peer.cert is not cert:
             # A reload made new certificate objects; the same certificate keeps its peer
@@ -266,7 +281,7 @@ class Broker(Routing, Upkeep):
 
     def _error_frame(self, request_id: int, code: str, message: str) -> list[bytes]:
         return [encode_header({"v": PROTOCOL_VERSION, "k": "err", "id": request_id,
-                               "code": code, "msg": message, "from": "mesh"})]
+                               "code": code, "msg": error_text(message), "from": "mesh"})]
 
     def _fail(self, peer: Peer, request_id: int, exc: MeshError) -> None:
         peer.counters.errors += 1

@@ -81,6 +81,11 @@ class Routing:
             self.totals["stray_replies"] += 1
             return
         del self.in_flight[header["id"]]
+        if self.peers.get(entry.caller.rid) is not entry.caller:
+            # The caller was dropped (revoked or expired) since it asked: not forwarded.
+            entry.service.in_flight.discard(header["id"])
+            self.totals["stray_replies"] += 1
+            return
         registration = entry.service
         registration.in_flight.discard(header["id"])
         registration.latencies.append(now - entry.started)
@@ -134,6 +139,8 @@ class Routing:
         self._ok(peer, request_id)
 
     def _on_unsubscribe(self: Broker, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
+        if self._limited(peer, header["id"], now):
+            return
         peer.subscriptions.discard(header["topic"])
         self._ok(peer, header["id"])
 
@@ -160,8 +167,10 @@ class Routing:
     def _on_bye(self: Broker, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
         # Stop routing new requests to it, but keep what is in flight: a stopping
         # service finishes its work and its replies are still forwarded.
+        if self._limited(peer, header["id"], now):
+            return
         registration = peer.registration
-        peer.said_goodbye = True
+        peer.said_goodbye = registration is not None
         if registration is not None and self.services.get(registration.name) is registration:
             del self.services[registration.name]
             log.info("service_deregistered", service=registration.name, reason="said goodbye")

@@ -67,6 +67,11 @@ class Upkeep:
         for rid, peer in list(self.peers.items()):
             if now - peer.last_seen > liveness:
                 self._drop_peer(peer, "heartbeat lost")
+                # Remember the connection: if it speaks again it is told to reconnect
+                # rather than silently becoming a fresh, unregistered peer.
+                self.expired[rid] = None
+                if len(self.expired) > 10_000:
+                    del self.expired[next(iter(self.expired))]
             else:
                 self._send(rid, [self._hb_frame])
 
@@ -77,8 +82,14 @@ class Upkeep:
 
     def _probe_services(self: Broker) -> None:
         """A connection closed: find out at once whether it was a registered service's."""
+        router = self.router
+        assert router is not None
         for peer in [p for p in self.peers.values() if p.registration is not None]:
-            if not self._send(peer.rid, [self._hb_frame]):
+            try:
+                router.send_multipart([peer.rid, self._hb_frame], zmq.NOBLOCK)
+            except zmq.Again:
+                continue  # its queue is full: busy, not gone.
+            except zmq.ZMQError:
                 self._drop_peer(peer, "connection closed")
 
     def _on_monitor(self: Broker, monitor: zmq.Socket[bytes]) -> None:
@@ -131,6 +142,11 @@ class Upkeep:
             self.audit("mesh.handshake_failed", None, count=failures - self._handshake_reported,
                        by_reason=dict(self.handshake_failures))
             self._handshake_reported = failures
+        for key in ("revoked_refused", "custom_routing_id_refused", "expired_refused"):
+            delta = self.totals[key] - self._reported_totals.get(key, 0)
+            if delta:
+                self.audit("mesh.refused", None, reason=key, count=delta)
+                self._reported_totals[key] = self.totals[key]
         for name, counters in self.counters.items():
             if counters.rate_limited > counters.reported_rate_limited:
                 self.audit("mesh.rate_limited", None, identity=name,
