@@ -36,7 +36,8 @@ async def test_handlers_can_be_called_directly_without_a_mesh() -> None:
 
 
 def test_dispatch_table_is_explicit_and_refuses_private_names() -> None:
-    assert set(Echo.handlers) == {"health", "echo", "block", "block_concurrent", "fail", "refuse", "login", "pong", "verbose"}
+    assert set(Echo.handlers) == {"health", "echo", "block", "block_concurrent", "fail", "refuse", "login",
+                                  "pong", "verbose"}
     async def hidden(self: object, ctx: object, req: object) -> None:
         return None
 
