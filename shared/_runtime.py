@@ -121,9 +121,8 @@ class ServiceRunner:
             ctx = RequestContext(caller=str(header.get("from")), role=str(header.get("role")),
                                  method=spec.wire_name, deadline=deadline)
             result = await asyncio.wait_for(spec.function(self.service, ctx, request), remaining)
-            result = self._check_reply(spec, result)
             frames = [encode_header({"v": PROTOCOL_VERSION, "k": "rep", "id": header["id"]}),
-                      encode_body(result)]
+                      self._check_reply(spec, result)]
         except MeshError as exc:
             self._reply_error(header, exc)
             return
@@ -140,14 +139,16 @@ class ServiceRunner:
         await self._send(frames)
 
     @staticmethod
-    def _check_reply(spec: HandlerSpec, result: Any) -> Any:
-        if spec.reply is not None and not isinstance(result, spec.reply):
-            try:
+    def _check_reply(spec: HandlerSpec, result: Any) -> bytes:
+        """Encode what a handler returned; a reply that breaks its declared type or cannot
+        be encoded is the handler's fault (``INTERNAL``), never the caller's."""
+        try:
+            if spec.reply is not None and not isinstance(result, spec.reply):
                 result = spec.reply.from_wire(result)
-            except BadRequest:
-                log.error("reply_schema_violation", method=spec.wire_name, reply_type=spec.reply.__name__)
-                raise Internal("internal error") from None
-        return result.to_wire() if hasattr(result, "to_wire") else result
+            return encode_body(result.to_wire() if hasattr(result, "to_wire") else result)
+        except BadRequest:
+            log.error("reply_schema_violation", method=spec.wire_name)
+            raise Internal("internal error") from None
 
     def _reply_error(self, header: dict[str, Any], exc: MeshError) -> None:
         frame = encode_header({"v": PROTOCOL_VERSION, "k": "err", "id": header.get("id", 0),

@@ -194,7 +194,10 @@ class Broker(Routing, Upkeep):
                 self.totals["internal_errors"] += 1
                 log.exception("message_handling_failed")
                 if len(frames) > 1:
-                    self._refuse(frames[0].bytes, frames[1], "INTERNAL", "internal error")
+                    try:
+                        self._refuse(frames[0].bytes, frames[1], "INTERNAL", "internal error")
+                    except zmq.ZMQError:
+                        log.exception("internal_error_not_answered")
 
     def _handle(self, frames: list[zmq.Frame], now: float) -> None:
         header_frame = frames[1] if len(frames) > 1 else frames[0]
@@ -285,6 +288,8 @@ class Broker(Routing, Upkeep):
 
     def _fail(self, peer: Peer, request_id: int, exc: MeshError) -> None:
         peer.counters.errors += 1
+        if self.peers.get(peer.rid) is not peer:
+            return  # dropped (revoked or expired) since it asked: it gets nothing more.
         if self._send(peer.rid, self._error_frame(request_id, exc.code, exc.message)):
             peer.counters.msgs_out += 1
 

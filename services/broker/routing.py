@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import zmq
 
-from shared import PROTOCOL_VERSION, WIRE_CODES, BadRequest, Conflict, Unavailable, encode_header, split_target
+from shared import (
+    PROTOCOL_VERSION,
+    WIRE_CODES,
+    BadRequest,
+    Conflict,
+    Unavailable,
+    encode_header,
+    error_text,
+    split_target,
+)
 
 from .state import InFlight, Registration
 
@@ -94,7 +103,7 @@ class Routing:
         if header["k"] == "err":
             registration.errors += 1
             out_header["code"] = header["code"] if header["code"] in WIRE_CODES else "INTERNAL"
-            out_header["msg"] = header["msg"]
+            out_header["msg"] = error_text(header["msg"])
         out: list[Any] = [encode_header(out_header)]
         if body is not None:
             out.append(body)
