@@ -129,7 +129,8 @@ class MeshClient:
                                       None if body is None else encode_body(body), self._timeout(timeout))
 
     async def subscribe(self, prefix: str, *, timeout: float | None = None) -> Subscription:
-        """Subscribe to topics starting with ``prefix``; kept across reconnects."""
+        """Subscribe to topics starting with ``prefix`` (``"*"``: every topic, if the ACL
+        grants it); kept across reconnects."""
         await self.connection.request({"k": "sub", "topic": prefix}, None, self._timeout(timeout))
         subscription = Subscription(self, prefix)
         self.subscriptions.append(subscription)
@@ -146,7 +147,7 @@ class MeshClient:
         value = None if body is None else decode_body(body, _MAX_BODY)
         event = Event(topic, sender, value)
         for subscription in self.subscriptions:
-            if topic.startswith(subscription.prefix):
+            if subscription.prefix == "*" or topic.startswith(subscription.prefix):
                 subscription._offer(event)
 
     async def _on_connect(self) -> None:

@@ -169,12 +169,12 @@ class MeshConfig:
                             raise ConfigError(f"acl.{where}.{who}.{key}: {topic!r} is not a topic prefix or '*'")
 
 
-def _convert(tp: Any, value: Any, where: str) -> Any:
+def _convert(tp: Any, value: Any, where: str, base: Any = None) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: must be a table")
-        return _build(tp, value, where)
+        return _build(tp, value, where, base)
     if origin is tuple:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: must be a list")
@@ -194,16 +194,22 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
-def _build(cls: Any, data: dict[str, Any], prefix: str) -> Any:
+def _build(cls: Any, data: dict[str, Any], prefix: str, base: Any = None) -> Any:
+    """Build ``cls`` from a TOML table. Keys the table leaves out keep the values of
+    ``base`` (the enclosing default, e.g. the master Argon2 profile), not the class's
+    generic defaults: a partial table never silently weakens a setting."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
+    if base is not None:
+        kwargs = {f.name: getattr(base, f.name) for f in dataclasses.fields(cls)}
     for key, value in data.items():
         where = f"{prefix}.{key}" if prefix else key
         spec = fields.get(key)
         if spec is None:
             raise ConfigError(f"{where}: unknown key")
-        converted = _convert(hints[key], value, where)
+        default = spec.default if spec.default is not dataclasses.MISSING else None
+        converted = _convert(hints[key], value, where, default if dataclasses.is_dataclass(default) else None)
         lo, hi = spec.metadata.get("min"), spec.metadata.get("max")
         if lo is not None and hi is not None and not lo <= converted <= hi:
             raise ConfigError(f"{where}: {converted} is outside {lo}..{hi}")

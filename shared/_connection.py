@@ -36,6 +36,7 @@ RequestHandler = Callable[[dict[str, Any], bytes | None], None]
 EventHandler = Callable[[str, str, bytes | None], None]
 
 _AUTH_REFUSED = "the broker refused our certificate (it is not on the allow-list, or was revoked)"
+_REVOKED = "the broker refuses our certificate on this connection: it was revoked"
 _WRONG_KEY = "CURVE handshake with the broker failed: the broker public key we pinned is probably wrong"
 
 
@@ -65,7 +66,9 @@ class Connection:
         self._callbacks: set[asyncio.Task[None]] = set()
         self._socket: zmq.asyncio.Socket | None = None
         self._monitor: zmq.asyncio.Socket | None = None
-        self._failure = asyncio.Event()
+        #: Set when the broker refused us for good (certificate refused or revoked, or
+        #: not the broker we pinned): retrying cannot help, so services exit on it.
+        self.failed = asyncio.Event()
         self._closed = False
 
     @property
@@ -97,7 +100,7 @@ class Connection:
     async def wait_connected(self, timeout: float) -> None:
         """Wait until a handshake has succeeded; raise what went wrong otherwise."""
         connected = asyncio.ensure_future(self.connected.wait())
-        failed = asyncio.ensure_future(self._failure.wait())
+        failed = asyncio.ensure_future(self.failed.wait())
         try:
             await asyncio.wait({connected, failed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -134,7 +137,7 @@ class Connection:
                 log.error("broker_handshake_failed", endpoint=self.endpoint, reason=self.handshake_error.message)
                 self.connected.clear()
                 self._fail_waiting(self.handshake_error)
-                self._failure.set()
+                self.failed.set()
 
     async def _run_on_connect(self) -> None:
         assert self.on_connect is not None
@@ -172,8 +175,13 @@ class Connection:
                     else:
                         future.set_exception(error_from_wire(header.get("code"), header.get("msg")))
                 elif kind == "err" and header.get("id") == 0:
-                    log.warning("broker_refused_message", code=header.get("code"), reason=header.get("msg"))
-                    if header.get("code") == "UNAVAILABLE":
+                    log.warning("broker_refused_message", error=header.get("code"), reason=header.get("msg"))
+                    if header.get("code") == "UNAUTHENTICATED":
+                        self.handshake_error = HandshakeError(_REVOKED)
+                        self.connected.clear()
+                        self._fail_waiting(self.handshake_error)
+                        self.failed.set()
+                    elif header.get("code") == "UNAVAILABLE":
                         # The broker dropped this connection (missed heartbeats): dial anew so
                         # registration and subscriptions are redone on a fresh connection.
                         self.connected.clear()

@@ -17,7 +17,7 @@ import structlog
 
 SENSITIVE: set[str] = {
     "password", "passphrase", "secret", "secret_key", "token", "key_material", "master_key",
-    "code", "otp", "private_key", "session", "recovery",
+    "mfa_code", "pairing_code", "otp", "private_key", "session", "session_token", "recovery",
 }
 _REDACTED = "<redacted>"
 

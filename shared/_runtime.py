@@ -192,7 +192,15 @@ async def serve(service: Service, home: MeshHome, *, stop: asyncio.Event) -> Non
     runner = ServiceRunner(service, client, config.runtime, config.broker.max_message_bytes)
     try:
         await runner.start()
-        await stop.wait()
+        stopped = asyncio.ensure_future(stop.wait())
+        refused = asyncio.ensure_future(client.connection.failed.wait())
+        await asyncio.wait({stopped, refused}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        refused.cancel()
+        if not stop.is_set() and client.connection.handshake_error is not None:
+            # Refused for good (revoked, or a broker with another key): exit with a clear
+            # error so supervisord shows the process FATAL instead of it retrying forever.
+            raise client.connection.handshake_error
         log.info("stopping", service=service.name)
         await runner.stop()
     finally:

@@ -57,3 +57,10 @@ def test_bad_config_names_the_key(text: str, key: str) -> None:
 def test_unreadable_config_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot be read"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_a_partial_table_keeps_the_contexts_own_defaults() -> None:
+    config = parse_config("[argon2.master]\niterations = 4\n[broker]\nliveness_ms = 9000")
+    assert config.argon2.master.memory_kib == 1 << 20 and config.argon2.master.parallelism == 4
+    assert config.argon2.master.iterations == 4
+    assert config.broker.heartbeat_interval_ms == 1000 and config.broker.liveness_ms == 9000

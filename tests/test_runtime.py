@@ -11,13 +11,17 @@ import structlog
 
 from shared import (
     BadRequest,
+    Forbidden,
+    HandshakeError,
     Internal,
     MeshError,
+    MeshHome,
     Unavailable,
     configure_logging,
     decode_body,
     handler,
     message,
+    serve,
 )
 from shared.testing import InProcessMesh, call_handler
 
@@ -210,6 +214,12 @@ async def test_events_carry_the_authenticated_publisher(mesh: InProcessMesh) -> 
     await outsider.publish("outsider.news", {"x": 1}, timeout=2)
     event = await subscription.next(timeout=2)
     assert (event.topic, event.sender, event.body) == ("outsider.news", "outsider", {"x": 1})
+    everything = await listener.subscribe("*")
+    await outsider.publish("outsider.all", timeout=2)
+    assert (await everything.next(timeout=2)).topic == "outsider.all"
+    assert (await subscription.next(timeout=2)).topic == "outsider.all"
+    with pytest.raises(Forbidden):  # "*" is a wildcard only for identities granted "*"
+        await outsider.subscribe("*", timeout=2)
     await subscription.close()
     await outsider.publish("outsider.more", timeout=2)
     with pytest.raises(MeshError):
@@ -249,3 +259,17 @@ async def test_a_service_dropped_for_silence_reconnects_and_registers_again(mesh
             return False
 
     await eventually(back, deadline=5)
+
+
+async def test_a_revoked_service_exits_with_a_clear_error(mesh: InProcessMesh) -> None:
+    stop = asyncio.Event()
+    running = asyncio.create_task(serve(Echo(), MeshHome(mesh.home.root), stop=stop))
+    operator = await mesh.client("meshctl")
+
+    async def registered() -> bool:
+        return [s["name"] for s in await operator.call("mesh.services", timeout=2)] == ["echo"]
+
+    await eventually(registered)
+    await operator.call("mesh.certs.revoke", {"ref": "echo"}, timeout=2)
+    with pytest.raises(HandshakeError, match="revoked"):
+        await asyncio.wait_for(running, 5)

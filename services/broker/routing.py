@@ -144,13 +144,14 @@ class Routing:
         if len(peer.subscriptions) >= 64:
             self._fail(peer, request_id, BadRequest("at most 64 subscriptions per connection"))
             return
-        peer.subscriptions.add(topic)
+        # "*" subscribes to every topic (only an identity granted "*" gets this far).
+        peer.subscriptions.add("" if topic == "*" else topic)
         self._ok(peer, request_id)
 
     def _on_unsubscribe(self: Broker, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
         if self._limited(peer, header["id"], now):
             return
-        peer.subscriptions.discard(header["topic"])
+        peer.subscriptions.discard("" if header["topic"] == "*" else header["topic"])
         self._ok(peer, header["id"])
 
     def _on_register(self: Broker, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:

@@ -1,0 +1,53 @@
+"""``python -m services.supervisor_events``: the listener, run by supervisord until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import structlog
+
+from shared import (
+    CertificateError,
+    ConfigError,
+    HandshakeError,
+    MeshHome,
+    Spool,
+    config_path,
+    configure_logging,
+    load_config,
+)
+
+from .protocol import ProtocolError
+from .service import NAME, SPOOL_MAX_RECORDS, claim_stdout, run
+
+
+def main() -> int:
+    protocol_fd = claim_stdout()
+    configure_logging(NAME)
+    log = structlog.get_logger(NAME)
+    try:
+        home = MeshHome.from_env()
+        config = load_config(config_path(home.root))
+        home.ensure()
+        spool = Spool(home.spool / f"{NAME}.spool", SPOOL_MAX_RECORDS)
+    except (ConfigError, CertificateError) as exc:
+        log.error("cannot_start", error=exc.code, reason=exc.message)
+        print(f"{NAME}: {exc.message}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(run(home, config, spool, protocol_fd))
+    except (ConfigError, CertificateError, HandshakeError) as exc:
+        log.error("cannot_start", error=exc.code, reason=exc.message)
+        print(f"{NAME}: {exc.message}", file=sys.stderr)
+        return 2
+    except ProtocolError as exc:
+        log.error("protocol_error", reason=str(exc))
+        return 3
+    finally:
+        spool.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

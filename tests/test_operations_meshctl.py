@@ -1,0 +1,180 @@
+"""meshctl without a running mesh: init, its refusals, one-line errors, and supervisord.conf itself."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import signal
+import socket
+import stat
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from supervisor.datatypes import RestartUnconditionally
+from supervisor.options import EventListenerPoolConfig, ServerOptions
+
+from shared import MeshHome, certs
+from shared._provision import MESH_IDENTITIES, provision
+from tools.meshctl_cli import main
+from tools.meshctl_cli._supervisor import CONF, REPO, Credentials, create_credentials, load_credentials
+
+MESH_PROGRAMS = ["broker", "keyvault", "authn", "authz", "storage", "audit", "pairing", "plugin-host"]
+
+
+@pytest.fixture
+def home() -> Iterator[MeshHome]:
+    with tempfile.TemporaryDirectory(prefix="cm") as path:
+        yield MeshHome(Path(path) / "h")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("meshctl: ")
+    return lines[0]
+
+
+def test_init_creates_every_key_and_the_credentials(home: MeshHome, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(capsys, "--home", str(home.root), "init", "--json")
+    assert status == 0
+    result = json.loads(out)
+    names = {i["name"] for i in result["identities"]}
+    assert names == {"broker", *MESH_IDENTITIES}
+    assert "supervisor-events" in names and "meshctl" in names
+    for name in names:
+        assert stat.S_IMODE(os.stat(home.secret_key_path(name)).st_mode) == 0o600
+    for name, role in MESH_IDENTITIES.items():
+        cert = certs.load_certificate(home.certs / "allowed" / f"{name}.key")
+        assert (cert.name, cert.role) == (name, role)
+    assert stat.S_IMODE(os.stat(home.keys / "supervisord.credentials").st_mode) == 0o600
+    assert "password" not in out and load_credentials(home).password not in out
+    for directory in (home.root, home.keys, home.run, home.log):
+        assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+
+
+def test_init_refuses_an_initialised_home_unless_forced(home: MeshHome, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "--home", str(home.root), "init")[0] == 0
+    broker_key = certs.load_certificate(home.public_key_path("broker")).public_key
+    status, _, err = run(capsys, "--home", str(home.root), "init")
+    assert status == 1 and "already initialised" in one_line(err) and "--force" in err
+    assert certs.load_certificate(home.public_key_path("broker")).public_key == broker_key
+    status, out, _ = run(capsys, "--home", str(home.root), "init", "--if-needed")
+    assert status == 0 and "already initialised" in out
+    status, out, _ = run(capsys, "--home", str(home.root), "init", "--force")
+    assert status == 0 and "replaced" in out
+    assert certs.load_certificate(home.public_key_path("broker")).public_key != broker_key
+
+
+def test_init_refuses_a_half_initialised_home(home: MeshHome, capsys: pytest.CaptureFixture[str]) -> None:
+    provision(home)  # keys, but no completed init (as if init had been interrupted)
+    status, _, err = run(capsys, "--home", str(home.root), "init")
+    assert status == 1 and "never completely initialised" in one_line(err)
+    assert run(capsys, "--home", str(home.root), "init", "--force")[0] == 0
+
+
+def test_credentials_are_never_shown_and_must_be_private(home: MeshHome) -> None:
+    home.ensure()
+    creds = create_credentials(home)
+    assert creds.password not in repr(creds)
+    assert creds.supervisord_hash().startswith("{SHA}") and creds.password not in creds.supervisord_hash()
+    with pytest.raises(FileExistsError):
+        create_credentials(home)  # O_EXCL: never overwritten
+    os.chmod(home.keys / "supervisord.credentials", 0o644)
+    with pytest.raises(Exception, match="must be 0600"):
+        load_credentials(home)
+
+
+def test_errors_are_one_line_with_a_status(home: MeshHome, capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CURVEMESH_HOME", raising=False)
+    status, _, err = run(capsys, "status")
+    assert status == 2 and "CURVEMESH_HOME" in one_line(err)
+    status, _, err = run(capsys, "frobnicate")
+    assert status == 2 and one_line(err)
+    status, _, err = run(capsys, "--home", str(home.root), "status")
+    assert status == 1 and "meshctl init" in one_line(err)
+    status, _, err = run(capsys, "--home", str(home.root), "up")
+    assert status == 1 and "not initialised" in one_line(err)
+    status, _, err = run(capsys, "--home", str(home.root), "call", "storage.health", "--body", "{")
+    assert status == 2 and "not valid JSON" in one_line(err)
+    assert run(capsys, "--home", str(home.root), "init")[0] == 0
+    status, _, err = run(capsys, "--home", str(home.root), "ping", "storage")
+    assert status == 1 and "cannot reach the broker" in one_line(err)
+
+
+def test_status_of_a_stopped_mesh(home: MeshHome, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "--home", str(home.root), "init")[0] == 0
+    status, out, err = run(capsys, "--home", str(home.root), "status", "--json")
+    assert status == 1 and "down" in one_line(err)
+    report = json.loads(out)
+    assert report["healthy"] is False and report["supervisor"]["running"] is False
+    assert [s["name"] for s in report["services"]] == [*MESH_PROGRAMS, "supervisor-events"]
+    assert all(s["state"] == "NOT RUNNING" and s["registered"] is False for s in report["services"])
+    assert report["broker"]["public_key"] == certs.load_certificate(home.public_key_path("broker")).public_key.decode()
+    assert report["broker"]["endpoints"] == [home.broker_endpoint]
+
+
+def _supervisord_options(home: MeshHome, monkeypatch: pytest.MonkeyPatch) -> ServerOptions:
+    home.ensure()
+    creds = Credentials("meshctl-test", "not-a-real-password")
+    for key, value in {"CURVEMESH_HOME": str(home.root), "CURVEMESH_PYTHON": sys.executable,
+                       "CURVEMESH_REPO": str(REPO), "CURVEMESH_SUPERVISOR_USER": creds.username,
+                       "CURVEMESH_SUPERVISOR_PASSWORD_SHA": creds.supervisord_hash()}.items():
+        monkeypatch.setenv(key, value)
+    options = ServerOptions()
+    options.realize(args=["-c", str(CONF)])
+    return options
+
+
+def test_supervisord_conf_runs_every_process_supervised(home: MeshHome, monkeypatch: pytest.MonkeyPatch) -> None:
+    options = _supervisord_options(home, monkeypatch)
+    groups = {g.name: g for g in options.process_group_configs}
+    assert set(groups) == {"mesh", "supervisor-events"}
+    programs = groups["mesh"].process_configs
+    assert [p.name for p in programs] == MESH_PROGRAMS
+    priority = {p.name: p.priority for p in programs}
+    assert priority["broker"] < priority["keyvault"] < min(v for k, v in priority.items()
+                                                          if k not in ("broker", "keyvault"))
+    listener = groups["supervisor-events"]
+    assert isinstance(listener, EventListenerPoolConfig) and listener.buffer_size >= 1024
+    for proc in [*programs, *listener.process_configs]:
+        assert proc.command.startswith(f"{sys.executable} -m services.")
+        assert proc.directory == str(REPO)
+        assert proc.autorestart is RestartUnconditionally and proc.startsecs >= 1 and proc.startretries >= 1
+        assert proc.stopsignal == signal.SIGTERM and proc.stopwaitsecs > 10
+        assert proc.killasgroup and proc.stopasgroup
+        logfile = proc.stderr_logfile if proc in listener.process_configs else proc.stdout_logfile
+        assert logfile == str(home.log / f"{proc.name}.log")
+    assert options.pidfile == str(home.run / "supervisord.pid")
+    assert options.logfile == str(home.log / "supervisord.log") and options.umask == 0o077
+
+
+def test_supervisord_is_controlled_only_by_an_authenticated_unix_socket(
+        home: MeshHome, monkeypatch: pytest.MonkeyPatch) -> None:
+    options = _supervisord_options(home, monkeypatch)
+    (server,) = options.server_configs
+    assert server["family"] == socket.AF_UNIX
+    assert server["file"] == str(home.run / "supervisord.sock") and server["chmod"] == 0o700
+    assert server["username"] == "meshctl-test" and server["password"].startswith("{SHA}")
+    sections = configparser.RawConfigParser()
+    sections.read(CONF)
+    assert not [s for s in sections.sections() if s.startswith("inet_http_server")]
+
+
+def test_supervisord_refuses_to_start_without_its_environment(home: MeshHome,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CURVEMESH_SUPERVISOR_PASSWORD_SHA", raising=False)
+    monkeypatch.setenv("CURVEMESH_HOME", str(home.root))
+    home.ensure()
+    with pytest.raises(SystemExit):
+        ServerOptions().realize(args=["-c", str(CONF)])

@@ -1,0 +1,207 @@
+"""meshctl's command line: parse, run one command, print a table or JSON, exit with a status.
+
+Exit status: 0 success (for ``status`` and ``up``: the mesh is healthy), 1 failure
+(one line on stderr says why), 2 usage error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from shared import MeshHome, configure_logging
+
+from . import _lifecycle, _logs, _mesh, _render
+from ._output import CliError, emit_json
+from ._status import MeshProbe, collect
+from ._supervisor import Supervisor, load_credentials
+
+_RPC_TIMEOUT_S = 30.0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not the usage block: the rule for every meshctl failure.
+        raise CliError(f"{message} (see {self.prog} --help)", status=2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for machines")
+    common.add_argument("--home", default=argparse.SUPPRESS, help="the mesh home (default: $CURVEMESH_HOME)")
+    top = _Parser(prog="meshctl", description="Operate a curvemesh mesh: its processes, certificates and events.")
+    top.add_argument("--json", action="store_true", default=False, help="print JSON for machines")
+    top.add_argument("--home", default=None, help="the mesh home (default: $CURVEMESH_HOME)")
+    sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=text, description=text)
+
+    p = add("init", "create every keypair, the allow-list, the operator certificate and supervisord credentials")
+    p.add_argument("--force", action="store_true", help="replace an initialised home's keys (mesh must be down)")
+    p.add_argument("--if-needed", action="store_true", help="leave an initialised home alone (exit 0)")
+    p = add("up", "start the mesh under supervisord and wait until it is healthy")
+    p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for health (default 90)")
+    p = add("down", "stop the mesh; no process of this home is left behind")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds before leftovers are killed (default 60)")
+    p = add("restart", "restart one process and wait until it is healthy again")
+    p.add_argument("service")
+    p.add_argument("--timeout", type=float, default=30.0)
+    add("status", "supervisor and mesh state of every process; exit 1 unless healthy")
+    p = add("ping", "round trip to SERVICE.health (or to the broker: ping mesh)")
+    p.add_argument("service")
+    p.add_argument("--timeout", type=float, default=5.0)
+    p = add("call", "call SERVICE.METHOD as the operator (subject to its ACL)")
+    p.add_argument("target", metavar="SERVICE.METHOD")
+    p.add_argument("--body", default=None, help="request body as JSON")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p = add("certs", "the broker's certificate store")
+    p.add_argument("action", choices=["list", "pending", "accept", "reject", "revoke", "show", "reload"])
+    p.add_argument("ref", nargs="?", help="name, Z85 public key, or fingerprint (8+ hex digits)")
+    p.add_argument("--state", choices=["allowed", "pending", "rejected", "revoked"], help="list: only this state")
+    p.add_argument("--name", help="accept: the identity name to give the key")
+    p.add_argument("--role", choices=["service", "operator", "device", "plugin"], help="accept: its role")
+    p = add("events", "events published in the mesh")
+    p.add_argument("action", choices=["tail"])
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until interrupted")
+    p.add_argument("--topic", default=None, help="topic prefix (default: every topic)")
+    p.add_argument("--wait", type=float, default=5.0, help="without -f: seconds to listen (default 5)")
+    p.add_argument("--count", type=int, default=None, help="stop after this many events")
+    p = add("logs", "a process's log (JSON lines)")
+    p.add_argument("service")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("-n", "--lines", type=int, default=50)
+    return top
+
+
+def _print(args: argparse.Namespace, value: Any, text: str) -> None:
+    if args.json:
+        emit_json(value)
+    else:
+        print(text)
+
+
+def _init(args: argparse.Namespace, home: MeshHome) -> int:
+    result = _lifecycle.init(home, force=args.force, if_needed=args.if_needed)
+    _print(args, result, _render.init(result))
+    return 0
+
+
+def _down(args: argparse.Namespace, home: MeshHome) -> int:
+    result = _lifecycle.down(home, timeout=args.timeout, quiet=args.json)
+    _print(args, result, "the mesh is down" if result["was_running"] or result["leftovers_stopped"]
+           else "the mesh was not running")
+    return 0
+
+
+def _up_or_status(args: argparse.Namespace, home: MeshHome) -> int:
+    if args.command == "up":
+        report = asyncio.run(_lifecycle.up(home, timeout=args.timeout, quiet=args.json))
+    else:
+        report = asyncio.run(_status(home))
+    _print(args, report, _render.status(report))
+    if not report["healthy"]:
+        raise CliError(f"the mesh is not healthy: {report['verdict'].removeprefix('unhealthy: ')}")
+    return 0
+
+
+def _restart(args: argparse.Namespace, home: MeshHome) -> int:
+    row = asyncio.run(_lifecycle.restart(home, args.service, timeout=args.timeout))
+    _print(args, row, f"{row['name']}: {row['state']}, pid {row['pid']}, registered {_render.yes(row['registered'])}")
+    if not row["healthy"]:
+        if not args.json:
+            print("\n".join(f"    {line}" for line in row.get("log_tail") or []))
+        raise CliError(f"{args.service} did not come back healthy: {row['problem']}")
+    return 0
+
+
+def _ping(args: argparse.Namespace, home: MeshHome) -> int:
+    result = asyncio.run(_mesh.ping(home, args.service, args.timeout))
+    _print(args, result, _render.ping(result))
+    return 0
+
+
+def _call(args: argparse.Namespace, home: MeshHome) -> int:
+    try:
+        body = None if args.body is None else json.loads(args.body)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--body is not valid JSON: {exc.msg} at character {exc.pos}", status=2) from None
+    emit_json(asyncio.run(_mesh.call(home, args.target, body, args.timeout)))  # JSON is the readable form
+    return 0
+
+
+def _certs(args: argparse.Namespace, home: MeshHome) -> int:
+    if args.action in ("accept", "reject", "revoke", "show") and not args.ref:
+        raise CliError(f"certs {args.action} needs a REF (name, key or fingerprint)", status=2)
+    result = asyncio.run(_mesh.certs(home, args.action, args.ref, args.name, args.role, args.state))
+    _print(args, result, _render.certs(args.action, result))
+    return 0
+
+
+def _events(args: argparse.Namespace, home: MeshHome) -> int:
+    render = _render.event_json if args.json else _render.event
+    shown = asyncio.run(_mesh.tail_events(home, args.topic, args.follow, args.wait, args.count,
+                                          lambda e: print(render(e), flush=True)))
+    if not shown and not args.json:
+        print(f"no events within {args.wait:g} s", file=sys.stderr)
+    return 0
+
+
+def _logs_cmd(args: argparse.Namespace, home: MeshHome) -> int:
+    try:
+        supervisor: Supervisor | None = Supervisor(home, load_credentials(home))
+    except CliError:
+        supervisor = None  # not initialised or unreadable: the default log location still works.
+    with contextlib.suppress(KeyboardInterrupt):
+        _logs.show_logs(home, supervisor, args.service, args.lines, args.follow, lambda: False)
+    return 0
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, MeshHome], int]] = {
+    "init": _init, "up": _up_or_status, "status": _up_or_status, "down": _down, "restart": _restart,
+    "ping": _ping, "call": _call, "certs": _certs, "events": _events, "logs": _logs_cmd,
+}
+
+
+def _run(args: argparse.Namespace) -> int:
+    home = _lifecycle.home_from(args.home)
+    # The shared modules log through structlog; in a CLI they would only repeat what the
+    # one-line errors say, except while following events, where a lost broker is news.
+    following = args.command == "events" and args.follow
+    configure_logging("meshctl", "warning" if following else "critical")
+    return _COMMANDS[args.command](args, home)
+
+
+async def _status(home: MeshHome) -> dict[str, Any]:
+    supervisor = Supervisor(home, load_credentials(home))
+    probe = MeshProbe(home)
+    try:
+        return await collect(home, supervisor, probe)
+    finally:
+        await probe.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run meshctl; return the exit status (the console script exits with it)."""
+    socket.setdefaulttimeout(_RPC_TIMEOUT_S)  # XML-RPC to supervisord must never hang forever.
+    try:
+        args = _parser().parse_args(argv)
+        return _run(args)
+    except CliError as exc:
+        print(f"meshctl: {exc.message}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        print("meshctl: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("MESHCTL_DEBUG"):
+            raise
+        print(f"meshctl: unexpected {type(exc).__name__}; please report it", file=sys.stderr)
+        return 1

@@ -1,0 +1,239 @@
+"""``meshctl init``, ``up``, ``down`` and ``restart``: a mesh home's life under supervisord."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+from shared import ConfigError, MeshHome
+from shared._certs import write_exclusive
+from shared._provision import provision
+
+from ._output import CliError, Progress
+from ._status import MeshProbe, collect
+from ._supervisor import (
+    NotRunning,
+    Supervisor,
+    SupervisorFault,
+    alive,
+    create_credentials,
+    credentials_path,
+    home_processes,
+    load_credentials,
+)
+
+#: Written last by ``init``: a home without it was never initialised, or init was interrupted.
+MARKER: Final = "curvemesh-home.json"
+POLL_S: Final = 0.25
+_NOT_RUNNING_FAULT: Final = 70  # supervisor.xmlrpc.Faults.NOT_RUNNING
+
+
+def is_initialised(home: MeshHome) -> bool:
+    return (home.root / MARKER).is_file()
+
+
+def _wipe(home: MeshHome) -> list[str]:
+    """Remove every key, certificate and credential of the home (``init --force``)."""
+    (home.root / MARKER).unlink(missing_ok=True)  # first: an interrupted wipe is not "initialised".
+    removed = []
+    for directory in (home.keys, *(home.certs / s for s in ("allowed", "revoked", "pending", "rejected"))):
+        if directory.is_dir():
+            for path in sorted(directory.iterdir()):
+                if path.is_file() or path.is_symlink():
+                    path.unlink()
+                    removed.append(str(path.relative_to(home.root)))
+    return removed
+
+
+def init(home: MeshHome, *, force: bool, if_needed: bool) -> dict[str, Any]:
+    """Create every keypair, the allow-list and the supervisord credentials in ``home``.
+
+    Refuses an initialised home (or one a previous init left half done) unless
+    ``force``, which first makes sure nothing of the home runs. With ``if_needed``
+    an initialised home is left alone and reported as such.
+    """
+    marker = home.root / MARKER
+    if marker.is_file() and if_needed and not force:
+        return {"home": str(home.root), "created": False, "reason": "already initialised"}
+    try:
+        home.broker_endpoint  # noqa: B018 - raises if the home is too deep for a unix socket path
+    except ConfigError as exc:
+        raise CliError(exc.message) from None
+    home.ensure()
+    existing_keys = sorted(p.name for p in home.keys.iterdir())
+    if not force:
+        if marker.is_file():
+            raise CliError(f"{home.root} is already initialised; `meshctl init --force` replaces every key, "
+                           "certificate and credential in it (stop the mesh first)")
+        if existing_keys:
+            raise CliError(f"{home.root} holds keys but was never completely initialised (interrupted?); "
+                           "`meshctl init --force` starts it over")
+    removed: list[str] = []
+    if force:
+        running = home_processes(home)
+        if running:
+            raise CliError(f"the mesh in {home.root} is running ({len(running)} processes): `meshctl down` first")
+        removed = _wipe(home)
+    pairs = provision(home)
+    creds = create_credentials(home)
+    info = {"version": 1, "created": time.time(), "identities": sorted(pairs)}
+    write_exclusive(marker, json.dumps(info).encode(), 0o600)
+    return {
+        "home": str(home.root), "created": True, "replaced": len(removed),
+        "identities": [{"name": name, "role": pair.certificate.role if name != "broker" else "broker",
+                        "public_key": pair.certificate.public_key.decode(),
+                        "fingerprint": pair.certificate.fingerprint} for name, pair in sorted(pairs.items())],
+        "operator_certificate": str(home.secret_key_path("meshctl")),
+        "supervisord_credentials": str(credentials_path(home)), "supervisord_user": creds.username,
+    }
+
+
+def _terminate(pids: list[int], grace: float) -> list[int]:
+    """SIGTERM, then SIGKILL whatever is still alive after ``grace`` seconds; return the killed."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(POLL_S)  # poll interval
+    killed = [p for p in pids if alive(p)]
+    for pid in killed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return killed
+
+
+async def wait_for(home: MeshHome, supervisor: Supervisor, done: Callable[[dict[str, Any]], bool],
+                   timeout: float, what: str) -> dict[str, Any]:
+    """Poll the status until ``done(status)``, a process is FATAL, or ``timeout``; return the final
+    (detailed) status. Shows progress on stderr meanwhile."""
+    probe = MeshProbe(home)
+    progress = Progress()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            status = await collect(home, supervisor, probe, details=False)
+            fatal = any(r["state"] == "FATAL" for r in status["services"])
+            if done(status) or fatal or time.monotonic() >= deadline:
+                break
+            rows = status["services"]
+            running = sum(r["state"] == "RUNNING" for r in rows)
+            ready = [r["name"] for r in rows if r["healthy"]]
+            waiting = [r["name"] for r in rows if not r["healthy"]]
+            progress.update(f"{what}: {running}/{len(rows)} running, {len(ready)}/{len(rows)} registered"
+                            f"; waiting for {', '.join(waiting[:4])}{' ...' if len(waiting) > 4 else ''}")
+            await asyncio.sleep(POLL_S)  # poll interval inside the deadline loop
+        progress.done()
+        return await collect(home, supervisor, probe)
+    finally:
+        await probe.close()
+
+
+def _say(text: str, quiet: bool) -> None:
+    if not quiet:
+        print(text, flush=True)
+
+
+async def up(home: MeshHome, *, timeout: float, quiet: bool) -> dict[str, Any]:
+    """Start supervisord (or, if it runs, any stopped process) and wait until the mesh is healthy."""
+    if not is_initialised(home):
+        raise CliError(f"the mesh home {home.root} is not initialised: run `meshctl init` first (make up does)")
+    supervisor = Supervisor(home, load_credentials(home))
+    if supervisor.running():
+        started = []
+        for proc in supervisor.processes():
+            if proc["statename"] in ("STOPPED", "EXITED", "FATAL"):
+                supervisor.call("startProcess", f"{proc['group']}:{proc['name']}", False)
+                started.append(proc["name"])
+        _say(f"supervisord already runs for {home.root}"
+             + (f"; starting {', '.join(started)}" if started else ""), quiet)
+    else:
+        stale = home_processes(home)
+        if stale:
+            _say(f"stopping {len(stale)} leftover process(es) of this home from an earlier run", quiet)
+            _terminate([pid for pid, _ in stale], grace=10.0)
+        _say(f"starting supervisord for {home.root}", quiet)
+        supervisor.start()
+    return await wait_for(home, supervisor, lambda s: bool(s["healthy"]), timeout, "starting the mesh")
+
+
+def down(home: MeshHome, *, timeout: float, quiet: bool) -> dict[str, Any]:
+    """Stop supervisord and every process of the home; kill what is left after ``timeout``.
+
+    The normal path is supervisord's own shutdown (each process gets TERM and its grace
+    period). Processes of the home that no supervisord we can drive owns (it was killed,
+    or its credentials are gone) get TERM, then KILL.
+    """
+    try:
+        credentials = load_credentials(home)
+    except CliError:
+        credentials = None  # nothing was initialised, or it is gone: still clean up processes.
+    supervisor = Supervisor(home, credentials)
+    was_running = False
+    if credentials is not None:
+        try:
+            if supervisor.running():
+                _say(f"stopping the mesh in {home.root}", quiet)
+                supervisor.call("shutdown")
+                was_running = True
+        except NotRunning:
+            pass
+        except CliError as exc:
+            _say(f"{exc.message}: stopping its processes by signal instead", quiet)
+    if was_running:
+        progress = Progress()
+        deadline = time.monotonic() + timeout
+        while (remaining := home_processes(home)) and time.monotonic() < deadline:
+            progress.update(f"waiting for {len(remaining)} process(es) to stop")
+            time.sleep(POLL_S)  # poll interval
+        progress.done()
+    stale = home_processes(home)
+    # Grace above the services' own shutdown grace (runtime.shutdown_grace_ms, 10 s).
+    killed = _terminate([p for p, _ in stale], grace=15.0) if stale else []
+    if stale:
+        _say(f"stopped {len(stale)} leftover process(es)" + (f", {len(killed)} with SIGKILL" if killed else ""), quiet)
+    left = home_processes(home)
+    if left:
+        raise CliError(f"{len(left)} process(es) of {home.root} would not stop: pids {[p for p, _ in left]}")
+    return {"home": str(home.root), "was_running": was_running, "leftovers_stopped": len(stale), "stopped": True}
+
+
+async def restart(home: MeshHome, name: str, *, timeout: float) -> dict[str, Any]:
+    """Restart one process through supervisord and wait until it is healthy again (or
+    ``timeout``); return its status row, which says whether it is."""
+    supervisor = Supervisor(home, load_credentials(home))
+    procs = {p["name"]: p for p in supervisor.processes()}
+    if name not in procs:
+        raise CliError(f"no process named {name!r}; processes: {', '.join(sorted(procs))}")
+    full = f"{procs[name]['group']}:{name}"
+    try:
+        supervisor.call("stopProcess", full, True)
+    except SupervisorFault as exc:
+        if exc.code != _NOT_RUNNING_FAULT:
+            raise
+    supervisor.call("startProcess", full, False)
+
+    def ready(status: dict[str, Any]) -> bool:
+        return any(r["name"] == name and r["healthy"] for r in status["services"])
+
+    status = await wait_for(home, supervisor, ready, timeout, f"restarting {name}")
+    row: dict[str, Any] = next(r for r in status["services"] if r["name"] == name)
+    return row
+
+
+def home_from(value: str | None) -> MeshHome:
+    """The home from ``--home`` or ``$CURVEMESH_HOME``; a missing one is a one-line error."""
+    try:
+        return MeshHome.from_env(Path(value) if value else None)
+    except ConfigError as exc:
+        raise CliError(exc.message, status=2) from None

@@ -1,0 +1,88 @@
+"""How meshctl talks to people and machines: tables, JSON, one-line errors, progress."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+
+class CliError(Exception):
+    """A failure meshctl reports as one line on stderr before exiting with ``status``."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def emit_json(value: Any, stream: TextIO | None = None) -> None:
+    """Print ``value`` as indented JSON (what ``--json`` promises)."""
+    print(json.dumps(value, indent=2, sort_keys=True, default=str), file=stream or sys.stdout)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain left-aligned text table; ``None`` cells print as ``-``."""
+    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, value in enumerate(row):
+            widths[i] = max(widths[i], len(value))
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def duration(seconds: float | None) -> str | None:
+    """``42s``, ``3m04s``, ``2h05m``, ``3d04h``; None stays None."""
+    if seconds is None:
+        return None
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def millis(value: float | None) -> str | None:
+    return None if value is None else f"{value:.2f}"
+
+
+class Progress:
+    """A progress line on stderr: rewritten in place on a terminal; on a pipe (CI, ``make up``
+    piped) a new line only when the text changes, so logs stay readable."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.started = time.monotonic()
+        self._last = ""
+        self._width = 0
+
+    def update(self, text: str) -> None:
+        if text == self._last:
+            if self.tty:
+                self._draw(text)
+            return
+        self._last = text
+        if self.tty:
+            self._draw(text)
+        else:
+            print(f"  {text}", file=self.stream, flush=True)
+
+    def _draw(self, text: str) -> None:
+        line = f"  {text} ({time.monotonic() - self.started:.0f}s)"
+        self.stream.write("\r" + line.ljust(self._width))
+        self._width = len(line)
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.tty and self._width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._width = 0

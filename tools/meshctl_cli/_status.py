@@ -1,0 +1,208 @@
+"""``meshctl status``: supervisord's view and the broker's view of the mesh, joined per process.
+
+A process is healthy when supervisord has it RUNNING, it is registered with
+the broker (for the broker itself: it answers ``mesh.stats`` with its ZAP
+handler alive) and it answers ``<name>.health``. The mesh is healthy when
+supervisord runs and every process is healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any, Final
+
+from shared import HandshakeError, MeshClient, MeshError, MeshHome, Unavailable, certs, config_path, load_config
+from shared._provision import MESH_IDENTITIES
+
+from ._output import CliError
+from ._supervisor import NotRunning, Supervisor
+
+#: Every process supervisord runs for a mesh, in start order (supervisord.conf).
+PROCESSES: Final = ("broker", *(n for n, role in MESH_IDENTITIES.items() if role == "service"))
+_LOG_TAIL_LINES: Final = 12
+_LOG_TAIL_BYTES: Final = 8192
+_SPAWNED = re.compile(r"spawned: '([^']+)' with pid")
+
+
+class MeshProbe:
+    """meshctl's connection to the broker, opened on first use and kept across polls
+    (libzmq reconnects it if the broker restarts)."""
+
+    def __init__(self, home: MeshHome) -> None:
+        self.home = home
+        self.client: MeshClient | None = None
+
+    async def get(self, timeout: float = 2.0) -> MeshClient:
+        """The client; :class:`Unavailable` or :class:`HandshakeError` if the broker cannot be had."""
+        if self.client is None:
+            if not self.home.broker_socket.exists():
+                raise Unavailable("the broker is not listening (no socket in run/)")
+            self.client = await MeshClient.connect(self.home, "meshctl", timeout=timeout)
+        return self.client
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+
+
+def keyring_backend() -> dict[str, Any]:
+    """The keyring backend ``keyring`` picked on this machine (keyvault will keep its key there)."""
+    try:
+        import keyring
+        backend = keyring.get_keyring()
+    except Exception as exc:  # noqa: BLE001 - a broken keyring setup must not break status: report it.
+        return {"backend": None, "usable": False, "error": type(exc).__name__}
+    cls = type(backend)
+    priority = getattr(cls, "priority", 0)
+    return {"backend": f"{cls.__module__}.{cls.__name__}", "name": str(getattr(backend, "name", cls.__name__)),
+            "usable": not cls.__module__.endswith(".fail") and float(priority) > 0}
+
+
+def restart_counts(supervisor: Supervisor) -> dict[str, int]:
+    """Restarts per process since supervisord started, from its log (spawns minus the first)."""
+    try:
+        text = supervisor.call("readLog", -(1 << 20), 0)
+    except CliError:
+        return {}
+    marker = text.rfind("supervisord started with pid")
+    spawns: dict[str, int] = {}
+    for name in _SPAWNED.findall(text[max(marker, 0):]):
+        spawns[name] = spawns.get(name, 0) + 1
+    return {name: max(0, count - 1) for name, count in spawns.items()}
+
+
+def log_tail(supervisor: Supervisor, full_name: str) -> list[str]:
+    """The last lines a process wrote (stdout, where stderr is redirected; else stderr)."""
+    for method in ("tailProcessStdoutLog", "tailProcessStderrLog"):
+        try:
+            text, _, _ = supervisor.call(method, full_name, 0, _LOG_TAIL_BYTES)
+        except CliError:
+            continue
+        lines = [line for line in text.splitlines() if line.strip()]
+        if lines:
+            return lines[-_LOG_TAIL_LINES:]
+    return []
+
+
+async def _mesh_view(probe: MeshProbe) -> tuple[dict[str, Any] | None, dict[str, Any], dict[str, Any], str | None]:
+    """``(mesh.stats, registrations by name, health replies by name, problem)``."""
+    try:
+        client = await probe.get()
+        stats = await client.call("mesh.stats", timeout=2.0)
+        registered = {s["name"]: s for s in await client.call("mesh.services", timeout=2.0)}
+    except HandshakeError as exc:
+        return None, {}, {}, f"the broker refused meshctl: {exc.message}"
+    except MeshError as exc:
+        return None, {}, {}, f"the broker is not reachable: {exc.message}"
+    replies = await asyncio.gather(*(client.call(f"{name}.health", timeout=2.0) for name in registered),
+                                   return_exceptions=True)
+    health: dict[str, Any] = {}
+    for name, reply in zip(registered, replies, strict=True):
+        if isinstance(reply, MeshError):
+            health[name] = {"status": "not answering", "error": reply.code}
+        elif isinstance(reply, BaseException):
+            raise reply
+        else:
+            health[name] = reply
+    return stats, registered, health, None
+
+
+def _row(name: str, proc: dict[str, Any] | None, stats: dict[str, Any] | None,
+         registered: dict[str, Any], health: dict[str, Any]) -> dict[str, Any]:
+    state = proc["statename"] if proc else "NOT RUNNING"
+    running = state == "RUNNING"
+    row: dict[str, Any] = {
+        "name": name, "group": proc["group"] if proc else None, "state": state,
+        "pid": (proc["pid"] or None) if proc else None,
+        "uptime_s": (proc["now"] - proc["start"]) if proc and running else None,
+        "description": proc["description"] if proc else None,
+        "registered": False, "heartbeat_age_s": None, "msgs_in": None, "msgs_out": None, "errors": None,
+        "requests": None, "p50_ms": None, "p99_ms": None, "health": None,
+    }
+    identities = (stats or {}).get("identities", {})
+    if name == "broker":
+        row["registered"] = stats is not None and bool(stats.get("zap_alive"))
+        if stats is not None:
+            row["msgs_in"] = sum(c["msgs_in"] for c in identities.values())
+            row["msgs_out"] = sum(c["msgs_out"] for c in identities.values())
+            row["errors"] = sum(c["errors"] for c in identities.values())
+        problem = None if row["registered"] else ("ZAP handler is down" if stats else "not reachable")
+    else:
+        reg = registered.get(name)
+        counters = identities.get(name, {})
+        row.update(registered=reg is not None, msgs_in=counters.get("msgs_in"), msgs_out=counters.get("msgs_out"))
+        if reg is not None:
+            row.update(heartbeat_age_s=reg["heartbeat_age_s"], errors=reg["errors"], requests=reg["requests"],
+                       p50_ms=reg["p50_ms"], p99_ms=reg["p99_ms"])
+        row["health"] = health.get(name)
+        answered = isinstance(row["health"], dict) and row["health"].get("status") in ("ok", "degraded")
+        problem = None if reg is not None and answered else (
+            "not registered" if reg is None else "does not answer health")
+    if not running:
+        problem = f"{state}" + (f" ({row['description']})" if row["description"] else "")
+    row["healthy"] = problem is None
+    row["problem"] = problem
+    return row
+
+
+async def collect(home: MeshHome, supervisor: Supervisor, probe: MeshProbe, *, details: bool = True) -> dict[str, Any]:
+    """The status of the mesh in ``home`` as one JSON-ready dict (``meshctl status --json``).
+
+    ``details`` adds restart counts, the keyring backend and the log tails of unhealthy
+    processes; the polling loops of ``up`` and ``restart`` leave them out until the end.
+    """
+    try:
+        config = load_config(config_path(home.root))
+        broker_cert = certs.load_certificate(home.public_key_path("broker"))
+    except MeshError as exc:
+        raise CliError(exc.message) from None
+    try:
+        procs = {p["name"]: p for p in supervisor.processes()}
+        supervisor_problem = None
+    except NotRunning as exc:
+        procs, supervisor_problem = {}, exc.message
+    stats, registered, health, mesh_problem = await _mesh_view(probe)
+    names = [*PROCESSES, *sorted(set(procs) - set(PROCESSES))]
+    rows = [_row(name, procs.get(name), stats, registered, health) for name in names]
+    restarts = restart_counts(supervisor) if details and procs else {}
+    for row in rows:
+        row["restarts"] = restarts.get(row["name"]) if details and procs else None
+        if details and not row["healthy"] and row["group"]:
+            row["log_tail"] = log_tail(supervisor, f"{row['group']}:{row['name']}")
+    if supervisor_problem:
+        # Nothing runs under supervision: one reason, not one per process.
+        problems = [f"the mesh is down ({supervisor_problem}); `meshctl up` starts it"]
+    elif mesh_problem:
+        # Without the broker no one is registered: name that, and what supervisord sees.
+        problems = [mesh_problem, *(f"{r['name']}: {r['problem']}" for r in rows if r["state"] != "RUNNING")]
+    else:
+        problems = [f"{r['name']}: {r['problem']}" for r in rows if r["problem"]]
+    warnings = []
+    if stats is not None:
+        warnings += [f"certificate store: {p['file']}: {p['problem']}" for p in stats["certificate_problems"]]
+        if stats["pending_certificates"]:
+            warnings.append(f"{stats['pending_certificates']} unknown key(s) tried to connect: meshctl certs pending")
+    for name, reply in health.items():
+        if isinstance(reply, dict) and reply.get("status") == "degraded":
+            lost = {k: reply[k] for k in ("dropped", "lost_upstream") if reply.get(k)}
+            warnings.append(f"{name} reports degraded" + (f": {lost}" if lost else ""))
+    keyring = keyring_backend() if details else None
+    if keyring is not None and not keyring["usable"]:
+        warnings.append("no usable platform keyring backend on this machine")
+    healthy = not problems
+    return {
+        "healthy": healthy, "verdict": "healthy" if healthy else "unhealthy: " + "; ".join(problems),
+        "home": str(home.root), "time": time.time(),
+        "supervisor": {"running": supervisor_problem is None, "pid": supervisor.pid() if procs else None,
+                       "socket": str(supervisor.socket)},
+        "broker": {"endpoints": (stats or {}).get("endpoints") or [home.broker_endpoint, *config.broker.tcp_endpoints],
+                   "public_key": broker_cert.public_key.decode(), "fingerprint": broker_cert.fingerprint,
+                   "reachable": stats is not None, "uptime_s": (stats or {}).get("uptime_s"),
+                   "connections": (stats or {}).get("connections"),
+                   "handshake_failures": (stats or {}).get("handshake_failures"),
+                   "pending_certificates": (stats or {}).get("pending_certificates")},
+        "keyring": keyring, "services": rows, "problems": problems, "warnings": warnings,
+    }
