@@ -83,6 +83,8 @@ def decode_header(data: bytes, max_len: int) -> dict[str, Any]:
     header = _unpack(data, max_len)
     if type(header) is not dict:
         raise BadRequest("header is not a map")
+    if _is_plain_request(header) or _is_plain_reply(header):
+        return header
     version = header.get("v")
     if type(version) is not int:
         raise BadRequest("header field 'v' (protocol version) is missing or not an integer")
@@ -112,6 +114,24 @@ def decode_header(data: bytes, max_len: int) -> dict[str, Any]:
     header.pop("from", None)
     header.pop("role", None)
     return header
+
+
+def _is_plain_request(h: dict[Any, Any]) -> bool:
+    # Fast path for the broker's hottest shape: exactly {v, k, id, to, ttl}, all valid.
+    # Anything else goes through the full validator below, which gives the error.
+    if len(h) != 5 or h.get("k") != "req":
+        return False
+    v, i, to, ttl = h.get("v"), h.get("id"), h.get("to"), h.get("ttl")
+    return (type(v) is int and v == PROTOCOL_VERSION and type(i) is int and 0 <= i <= MAX_ID
+            and type(to) is str and len(to) <= _STR_FIELDS["to"] and type(ttl) is int and 0 <= ttl <= 2**31 - 1)
+
+
+def _is_plain_reply(h: dict[Any, Any]) -> bool:
+    # Fast path for exactly {v, k: "rep", id}.
+    if len(h) != 3 or h.get("k") != "rep":
+        return False
+    v, i = h.get("v"), h.get("id")
+    return type(v) is int and v == PROTOCOL_VERSION and type(i) is int and 0 <= i <= MAX_ID
 
 
 def decode_delivered(data: bytes, max_len: int) -> dict[str, Any]:

@@ -273,3 +273,12 @@ async def test_a_revoked_service_exits_with_a_clear_error(mesh: InProcessMesh) -
     await operator.call("mesh.certs.revoke", {"ref": "echo"}, timeout=2)
     with pytest.raises(HandshakeError, match="revoked"):
         await asyncio.wait_for(running, 5)
+
+
+async def test_answered_requests_do_not_pile_up_in_the_deadline_heap(mesh: InProcessMesh) -> None:
+    await mesh.start_service(Echo())
+    client = await mesh.client("meshctl")
+    for _ in range(3):
+        await asyncio.gather(*(client.call("echo.health", timeout=5) for _ in range(500)))
+    assert not mesh.broker.in_flight
+    assert len(mesh.broker.deadlines) <= 1024 + 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import math
 import os
 import socket
 import threading
@@ -55,6 +56,8 @@ from .zap import ZapHandler
 log = structlog.get_logger("broker")
 
 _TICK: Final = 0.02
+_MORE: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
+_LAST: Final = int(zmq.NOBLOCK)
 _CURVE_OVERHEAD: Final = 64
 #: Told to a connection the broker dropped for missing heartbeats; the client reconnects.
 EXPIRED_MESSAGE: Final = "connection expired after missed heartbeats; reconnect"
@@ -165,8 +168,10 @@ class Broker(Routing, Upkeep):
         next_tick = self.clock()
         try:
             while not self._stop.is_set():
-                timeout = max(0.0, next_tick - self.clock())
-                ready = dict(poller.poll(timeout * 1000))
+                # Round up: pyzmq truncates a float timeout, and a 0 ms poll before each
+                # tick would spin the loop on a core it shares with the services.
+                timeout_ms = math.ceil(max(0.0, next_tick - self.clock()) * 1000)
+                ready = dict(poller.poll(timeout_ms))
                 if router in ready:
                     self._drain(router)
                 if monitor in ready:
@@ -273,8 +278,15 @@ class Broker(Routing, Upkeep):
         """Send without blocking; count what cannot be delivered (peer gone or full)."""
         router = self.router
         assert router is not None
+        # Frame by frame with precomputed flags: cheaper than send_multipart. A ROUTER with
+        # ROUTER_MANDATORY refuses (EHOSTUNREACH/EAGAIN) on the routing-id frame, before
+        # anything of the message is queued.
+        send = router.send
         try:
-            router.send_multipart([rid, *frames], zmq.NOBLOCK, copy=False)
+            send(rid, _MORE)
+            last = len(frames) - 1
+            for index, frame in enumerate(frames):
+                send(frame, _MORE if index < last else _LAST)
         except zmq.ZMQError as exc:
             if exc.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
                 raise

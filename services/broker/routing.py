@@ -81,7 +81,13 @@ class Routing:
         registration.requests += 1
         registration.in_flight.add(broker_id)
         self.in_flight[broker_id] = InFlight(peer, request_id, registration, deadline, now)
-        heapq.heappush(self.deadlines, (deadline, broker_id))
+        deadlines = self.deadlines
+        heapq.heappush(deadlines, (deadline, broker_id))
+        if len(deadlines) > 2 * len(self.in_flight) + 1024:
+            # Answered requests leave their deadline behind (lazy deletion); compact
+            # now and then so the heap stays proportional to what is really in flight.
+            self.deadlines = [(e.deadline, i) for i, e in self.in_flight.items()]
+            heapq.heapify(self.deadlines)
 
     def _on_reply(self: Broker, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
         entry = self.in_flight.get(header["id"])

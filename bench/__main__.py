@@ -1,0 +1,201 @@
+"""``python -m bench`` (``make bench``): the broker benchmark.
+
+Three setups carry the same 100-byte requests from the same raw pyzmq client
+to the same raw pyzmq echo peer, all over ipc with CURVE and ZAP on:
+
+* ``direct``: client DEALER -> echo ROUTER (the floor);
+* ``forwarder``: through :mod:`bench.forwarder`, a minimal CURVE forwarding broker;
+* ``broker``: through the full broker (``python -m services.broker``), every check on.
+
+Each round measures every setup in turn (the order rotates): sequential round
+trips (p50, p99), then pipelined throughput with 64 requests in flight; then,
+for information only, round trips through the real runtime (MeshClient ->
+broker -> ServiceRunner). While a setup is measured the other setups'
+processes are frozen (SIGSTOP; ``--no-isolate`` leaves them running), so
+each one has the two cores to itself. Figures are medians across rounds; the table and
+``bench/results/latest.json`` give each one with its baselines, ratios and
+targets. ``--profile`` runs the brokers under cProfile and prints where their
+time goes instead (its figures are distorted and not written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from typing import Any
+
+import zmq
+
+from shared import MeshClient
+
+from . import report
+from .harness import REPO, BenchError, Children, make_home, remove_home
+from .measure import RawClient, cpu_seconds, percentile, runtime_connect, runtime_round_trips
+from .profile import print_profile
+from .wire import IDENTITIES, ipc, server_key
+
+READY_TIMEOUT = 60.0
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    parser.add_argument("--calls", type=int, default=2000, help="sequential calls per setup per round")
+    parser.add_argument("--messages", type=int, default=20000, help="pipelined messages per setup per round")
+    parser.add_argument("--window", type=int, default=64, help="requests in flight for throughput")
+    parser.add_argument("--runtime-calls", type=int, default=500, help="runtime calls per round (info row)")
+    parser.add_argument("--warmup", type=int, default=200, help="calls before each measurement")
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run (2 small rounds)")
+    parser.add_argument("--profile", action="store_true",
+                        help="run the brokers under cProfile and print their hot spots (figures not written)")
+    parser.add_argument("--no-isolate", dest="isolate", action="store_false",
+                        help="leave the other setups' processes running while one is measured")
+    parser.add_argument("--check", action="store_true", help="exit with status 1 if a target is missed")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary mesh home (logs, profiles)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.calls, args.messages, args.runtime_calls = 2, 300, 3000, 100
+    return args
+
+
+def _start(kids: Children, args: argparse.Namespace, context: zmq.Context[zmq.Socket[bytes]],
+           ) -> dict[str, RawClient]:
+    """Start every server process and its echo peer; return a connected client per setup."""
+    home = kids.home
+    prof = {name: (home.log / f"{name}.prof" if args.profile else None) for name in ("forwarder", "broker")}
+    direct, fwd = ipc(home, "direct"), ipc(home, "fwd")
+    waiting = [
+        kids.spawn("direct-echo", "bench.echo", ["serve", direct], setups=["direct"]),
+        kids.spawn("forwarder", "bench.forwarder", [fwd], setups=["forwarder"], profile=prof["forwarder"]),
+        kids.spawn("forwarder-echo", "bench.echo", ["connect", fwd, "broker"], setups=["forwarder"]),
+    ]
+    kids.spawn("broker", "services.broker", setups=["broker", "runtime"], profile=prof["broker"], guard=True)
+    waiting += [kids.spawn("broker-echo", "bench.echo", ["connect", home.broker_endpoint, "broker"],
+                           setups=["broker"]),
+                kids.spawn("rtecho", "bench.rtservice", setups=["runtime"])]
+    for child in waiting:  # the broker-echo registering proves the broker is up.
+        kids.wait_ready(child, READY_TIMEOUT)
+    broker_key = server_key(home, "broker")
+    clients = {"direct": RawClient("direct", context, home, server_key(home, "echo"), direct),
+               "forwarder": RawClient("forwarder", context, home, broker_key, fwd),
+               "broker": RawClient("broker", context, home, broker_key, home.broker_endpoint)}
+    # The mesh ACL is deny-by-default and on: the bench identity may call echo.echo only.
+    clients["broker"].expect_refusal("echo.health", "FORBIDDEN")
+    return clients
+
+
+def _measure(args: argparse.Namespace, kids: Children, clients: dict[str, RawClient],
+             loop: asyncio.Runner) -> report.Rounds:
+    """Warm up, then run the interleaved rounds; return every figure's per-round values."""
+    rounds: report.Rounds = {key: {s: [] for s in report.SETUPS} for key in report.FIGURES}
+    rounds.update({key: {"runtime": []} for key in report.RUNTIME_FIGURES})
+    runtime = loop.run(runtime_connect(kids.home))
+    try:
+        _rounds(args, kids, clients, loop, runtime, rounds)
+    except BenchError:
+        kids.check_alive()  # a child that died explains a missing reply better than the timeout.
+        raise
+    finally:
+        kids.focus(None)
+        loop.run(runtime.close())
+    return rounds
+
+
+def _rounds(args: argparse.Namespace, kids: Children, clients: dict[str, RawClient], loop: asyncio.Runner,
+            runtime: MeshClient, rounds: report.Rounds) -> None:
+    """Warm every setup up, then run the interleaved rounds, appending to ``rounds``."""
+    focus = kids.focus if args.isolate else (lambda _setup: None)
+    servers = {c.name.removesuffix("-echo"): c.proc.pid for c in kids.started
+               if c.name in ("direct-echo", "forwarder", "broker")}
+    for name, client in clients.items():
+        focus(name)
+        client.round_trips(5 * args.warmup)
+        client.throughput(min(args.messages, 5000), args.window)
+    focus("runtime")
+    loop.run(runtime_round_trips(runtime, args.warmup))
+    setups = list(report.SETUPS)
+    for r in range(args.rounds):
+        order = setups[r % 3:] + setups[:r % 3]
+        for name in order:
+            focus(name)
+            clients[name].round_trips(args.warmup)
+            samples = clients[name].round_trips(args.calls)
+            rounds["rtt_p50_us"][name].append(percentile(samples, 0.5) * 1e6)
+            rounds["rtt_p99_us"][name].append(percentile(samples, 0.99) * 1e6)
+        for name in order:
+            focus(name)
+            clients[name].round_trips(args.warmup)
+            cpu_before = cpu_seconds(servers[name])
+            rounds["throughput_msg_s"][name].append(clients[name].throughput(args.messages, args.window))
+            cpu_after = cpu_seconds(servers[name])
+            if cpu_before is not None and cpu_after is not None:
+                rounds["server_cpu_us"][name].append((cpu_after - cpu_before) / args.messages * 1e6)
+        focus("runtime")
+        loop.run(runtime_round_trips(runtime, args.warmup))
+        samples = loop.run(runtime_round_trips(runtime, args.runtime_calls))
+        rounds["runtime_rtt_p50_us"]["runtime"].append(percentile(samples, 0.5) * 1e6)
+        rounds["runtime_rtt_p99_us"]["runtime"].append(percentile(samples, 0.99) * 1e6)
+        kids.check_alive()
+        print(f"round {r + 1}/{args.rounds}: p50 us "
+              + " ".join(f"{s}={rounds['rtt_p50_us'][s][-1]:.0f}" for s in setups)
+              + " | msg/s " + " ".join(f"{s}={rounds['throughput_msg_s'][s][-1]:.0f}" for s in setups)
+              + f" | runtime p50 {rounds['runtime_rtt_p50_us']['runtime'][-1]:.0f} us", flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Provision, start, measure, report; every child is stopped and the home removed on the way out."""
+    load_before = os.getloadavg()
+    home = make_home()
+    try:
+        with Children(home) as kids:
+            context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+            clients: dict[str, RawClient] = {}
+            try:
+                clients = _start(kids, args, context)
+                with asyncio.Runner() as loop:
+                    rounds = _measure(args, kids, clients, loop)
+            finally:
+                for client in clients.values():
+                    client.close()
+                context.term()
+            if args.profile:
+                for name in ("broker", "forwarder"):
+                    child = next(c for c in kids.started if c.name == name)
+                    kids.stop(child)
+                    print_profile(name, home.log / f"{name}.prof")
+        figs = report.figures(rounds)
+        print()
+        print(report.table(figs))
+        if args.profile:
+            print("\n(--profile: the brokers ran under cProfile; these figures are not comparable, not written)")
+            return 0
+        params: dict[str, Any] = {k: getattr(args, k) for k in
+                                  ("rounds", "calls", "messages", "window", "runtime_calls", "warmup", "isolate")}
+        params.update(body_bytes=100, transport="ipc", curve=True, identities=dict(IDENTITIES))
+        path = report.write(figs, params, report.machine(load_before))
+        met = all(f["met"] for f in figs.values() if f["met"] is not None)
+        print(f"\nall targets met: {'yes' if met else 'NO'}; written to {path.relative_to(REPO)}")
+        return 1 if args.check and not met else 0
+    finally:
+        if args.keep:
+            print(f"mesh home kept at {home.root}", file=sys.stderr)
+        else:
+            remove_home(home)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: parse arguments, make SIGTERM unwind (so children are stopped), run."""
+    args = _args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return run(args)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
