@@ -18,9 +18,13 @@ from ._codec import (
     split_target,
 )
 from ._config import (
+    PURPOSES,
     AclConfig,
     AclRule,
+    Argon2Config,
+    Argon2Profile,
     BrokerConfig,
+    KeyvaultConfig,
     LimitsConfig,
     MeshConfig,
     RateLimit,
@@ -43,6 +47,7 @@ from ._errors import (
     NotFound,
     RateLimited,
     Sealed,
+    StateError,
     Timeout,
     Unauthenticated,
     Unavailable,
@@ -58,9 +63,10 @@ from ._spool import Spool
 
 __all__ = [
     "PROTOCOL_VERSION", "WIRE_CODES", "ENV_HOME",
-    "AclConfig", "AclRule", "BrokerConfig", "LimitsConfig", "MeshConfig", "RateLimit", "RuntimeConfig",
+    "AclConfig", "AclRule", "Argon2Config", "Argon2Profile", "BrokerConfig", "KeyvaultConfig", "PURPOSES",
+    "LimitsConfig", "MeshConfig", "RateLimit", "RuntimeConfig",
     "BadRequest", "CertificateError", "ConfigError", "Conflict", "Forbidden", "HandshakeError",
-    "Internal", "MeshError", "NotFound", "RateLimited", "Sealed", "Timeout", "Unauthenticated",
+    "Internal", "MeshError", "NotFound", "RateLimited", "Sealed", "StateError", "Timeout", "Unauthenticated",
     "Unavailable",
     "Certificate", "Grant", "KeyPair", "MeshHome", "Spool", "TokenBucket",
     "Message", "message", "Event", "MeshClient", "Subscription", "Connection",

@@ -134,6 +134,55 @@ class Argon2Config:
     database: Argon2Profile = Argon2Profile(256 << 10, 2, 2)
     file: Argon2Profile = Argon2Profile(128 << 10, 1, 2)
     authentication: Argon2Profile = Argon2Profile(64 << 10, 1, 1)
+    #: Allow profiles below the OWASP floor. Only for tests: ``meshctl status`` shows it loudly.
+    test_profiles: bool = False
+
+    def __post_init__(self) -> None:
+        from ._crypto import check_profile  # late: the recipes module imports this one.
+
+        for context in ("master", "database", "file", "authentication"):
+            check_profile(context, getattr(self, context), self.test_profiles)
+
+
+#: Every purpose a data key can have (DESIGN.md, keyvault issue).
+PURPOSES: Final = ("sqlcipher", "duckdb", "rocksdb", "files", "audit-hmac", "audit-signing",
+                   "token-signing", "pairing", "plugins", "backups")
+
+
+def _default_entitlements() -> Mapping[str, tuple[str, ...]]:
+    return types.MappingProxyType({
+        "storage": ("sqlcipher", "duckdb", "rocksdb", "files", "backups"),
+        "audit": ("audit-hmac", "audit-signing"),
+        "authn": ("token-signing",),
+        "pairing": ("pairing",),
+        "plugin-host": ("plugins",),
+    })
+
+
+@dataclass(frozen=True, slots=True)
+class KeyvaultConfig:
+    """``[keyvault]``: where the master key is kept and who may fetch which data keys.
+
+    ``keystore``: ``auto`` (the platform keyring when a secure backend works, else a
+    0600 file in the home with a loud warning), ``keyring`` (refuse to start without
+    one) or ``file``. ``entitlements`` replaces the default table as a whole.
+    """
+
+    keystore: str = "auto"
+    session_idle_s: int = field(default=1800, metadata=_range(10, 86_400))
+    unlock_backoff_base_ms: int = field(default=1000, metadata=_range(1, 60_000))
+    unlock_backoff_max_ms: int = field(default=300_000, metadata=_range(1, 86_400_000))
+    entitlements: Mapping[str, tuple[str, ...]] = field(default_factory=_default_entitlements)
+
+    def __post_init__(self) -> None:
+        if self.keystore not in ("auto", "keyring", "file"):
+            raise ConfigError("keyvault.keystore: must be auto, keyring or file")
+        for name, purposes in self.entitlements.items():
+            if not NAME_RE.match(name):
+                raise ConfigError(f"keyvault.entitlements.{name}: not a valid identity name")
+            for purpose in purposes:
+                if purpose not in PURPOSES:
+                    raise ConfigError(f"keyvault.entitlements.{name}: unknown purpose {purpose!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +195,7 @@ class MeshConfig:
     limits: LimitsConfig = LimitsConfig()
     acl: AclConfig = AclConfig()
     argon2: Argon2Config = Argon2Config()
+    keyvault: KeyvaultConfig = KeyvaultConfig()
 
     def __post_init__(self) -> None:
         if self.version != CONFIG_VERSION:

@@ -106,6 +106,13 @@ class CertificateError(MeshError):
     code = "CERTIFICATE"
 
 
+class StateError(MeshError):
+    """A persistent state file is corrupt or unreadable; the message names the file.
+    The process refuses to start rather than start over with fresh keys."""
+
+    code = "STATE"
+
+
 _BY_CODE: Final[dict[str, type[MeshError]]] = {
     cls.code: cls
     for cls in (

@@ -26,7 +26,16 @@ import structlog
 from ._client import MeshClient
 from ._codec import PROTOCOL_VERSION, decode_body, encode_body, encode_header, error_text
 from ._config import RuntimeConfig, config_path, load_config
-from ._errors import BadRequest, CertificateError, ConfigError, HandshakeError, Internal, MeshError, Unavailable
+from ._errors import (
+    BadRequest,
+    CertificateError,
+    ConfigError,
+    HandshakeError,
+    Internal,
+    MeshError,
+    StateError,
+    Unavailable,
+)
 from ._home import MeshHome
 from ._logging import configure_logging
 from ._service import HandlerSpec, RequestContext, Service
@@ -56,6 +65,7 @@ class ServiceRunner:
 
     async def start(self) -> None:
         """Run ``on_start``, take requests, register under the service's own name."""
+        self.service.mesh = self.client
         await self.service.on_start()
         self.client.connection.on_request = self._enqueue
         self.client.connect_hooks.insert(0, self._register)
@@ -232,7 +242,7 @@ def run_service(service_class: type[Service]) -> None:
 
     try:
         asyncio.run(main())
-    except (ConfigError, CertificateError, HandshakeError) as exc:
+    except (ConfigError, CertificateError, HandshakeError, StateError) as exc:
         log.error("cannot_start", service=service_class.name, error=exc.code, reason=exc.message)
         print(f"{service_class.name}: {exc.message}", file=sys.stderr)
         sys.exit(2)

@@ -113,6 +113,9 @@ class Service:
 
     def __init__(self) -> None:
         self.started = time.monotonic()
+        #: The service's own mesh client, set by the runtime before ``on_start``: handlers
+        #: use it to call other services and to publish events.
+        self.mesh: Any = None
 
     async def on_start(self) -> None:
         """Called once before the service registers; open stores here."""

@@ -34,10 +34,12 @@ from ._service import RequestContext, Service
 
 async def call_handler(service: Service, method: str, body: Any = None, *, caller: str = "test",
                        role: str = "operator", timeout: float = 5.0) -> Any:
-    """Call one handler of ``service`` directly, through its dispatch table and schema."""
+    """Call one handler of ``service`` directly, through its dispatch table and schema;
+    a reply message comes back as the map the wire would carry."""
     spec = service.handlers[method]
     ctx = RequestContext(caller=caller, role=role, method=method, deadline=time.monotonic() + timeout)
-    return await asyncio.wait_for(spec.function(service, ctx, spec.request.from_wire(body)), timeout)
+    result = await asyncio.wait_for(spec.function(service, ctx, spec.request.from_wire(body)), timeout)
+    return result.to_wire() if hasattr(result, "to_wire") else result
 
 
 class InProcessMesh:

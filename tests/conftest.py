@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -13,6 +14,8 @@ import pytest
 import pytest_asyncio
 
 from shared.testing import InProcessMesh
+
+from .secret_service import running_secret_service
 
 # Fast timings so liveness and revocation tests finish quickly; limits stay on.
 FAST_CONFIG = """
@@ -52,6 +55,21 @@ TEST_IDENTITIES = {
     "keyvault": "service", "storage": "service", "echo": "service", "meshctl": "operator",
     "flooder": "device", "outsider": "device",
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def secret_service() -> Iterator[str]:
+    """Every test (and every process a test starts) talks to a real Secret Service."""
+    saved = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
+    with running_secret_service() as address:
+        os.environ["DBUS_SESSION_BUS_ADDRESS"] = address
+        try:
+            yield address
+        finally:
+            if saved is None:
+                os.environ.pop("DBUS_SESSION_BUS_ADDRESS", None)
+            else:
+                os.environ["DBUS_SESSION_BUS_ADDRESS"] = saved
 
 
 @pytest.fixture
