@@ -111,6 +111,18 @@ def open_sealed(key: bytes | bytearray, blob: bytes, aad: bytes) -> bytes:
     was changed in any bit, or the key or ``aad`` is wrong. Raises ``ValueError`` for a
     key that is not 32 bytes long (a caller bug).
     """
+    return bytes(_open(key, blob, aad, into=False))
+
+
+def open_sealed_secret(key: bytes | bytearray, blob: bytes, aad: bytes) -> bytearray:
+    """:func:`open_sealed` for key material: the plaintext comes back in a ``bytearray``
+    that :func:`wipe` can zero, with no immutable copy left behind."""
+    result = _open(key, blob, aad, into=True)
+    assert isinstance(result, bytearray)
+    return result
+
+
+def _open(key: bytes | bytearray, blob: bytes, aad: bytes, *, into: bool) -> bytes | bytearray:
     _check_key(key)
     if len(blob) < SEAL_OVERHEAD:
         raise IntegrityError(f"sealed data is truncated: {len(blob)} bytes, a sealed blob has at least {SEAL_OVERHEAD}")
@@ -119,6 +131,8 @@ def open_sealed(key: bytes | bytearray, blob: bytes, aad: bytes) -> bytes:
         raise IntegrityError(f"sealed data has unknown format version {blob[0]}: tampered with, or not ours")
     header, nonce, ciphertext = blob[:1], blob[1 : 1 + hazmat.GCM_NONCE_BYTES], blob[1 + hazmat.GCM_NONCE_BYTES :]
     try:
+        if into:
+            return hazmat.aes256gcm_decrypt_into(key, nonce, ciphertext, header + aad)
         return hazmat.aes256gcm_decrypt(key, nonce, ciphertext, header + aad)
     except hazmat.InvalidTag:
         # `from None`: the context adds nothing, and the message must stand alone.

@@ -79,6 +79,17 @@ def aes256gcm_decrypt(key: BytesLike, nonce: BytesLike, ciphertext: BytesLike, a
     return AESGCM(key).decrypt(nonce, ciphertext, aad)
 
 
+def aes256gcm_decrypt_into(key: BytesLike, nonce: BytesLike, ciphertext: BytesLike, aad: BytesLike) -> bytearray:
+    """Like :func:`aes256gcm_decrypt`, but into a fresh ``bytearray`` that the caller can
+    wipe: no immutable copy of the plaintext is made."""
+    _check_aes256gcm(key, nonce)
+    if len(ciphertext) < GCM_TAG_BYTES:
+        raise InvalidTag()
+    out = bytearray(len(ciphertext) - GCM_TAG_BYTES)
+    AESGCM(key).decrypt_into(nonce, ciphertext, aad, out)
+    return out
+
+
 def hkdf_sha256(ikm: BytesLike, *, salt: bytes | None, info: bytes, length: int) -> bytearray:
     """HKDF-SHA256 (RFC 5869), extract then expand, into a new ``bytearray``.
 

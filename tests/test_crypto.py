@@ -374,3 +374,15 @@ def test_wipe_zeroes_in_place() -> None:
 def test_wipe_refuses_what_it_cannot_wipe() -> None:
     with pytest.raises(TypeError, match="only a bytearray"):
         wipe(b"secret")  # type: ignore[arg-type]
+
+
+def test_secrets_open_into_a_wipeable_buffer() -> None:
+    from shared._crypto import open_sealed_secret
+    key = random_key()
+    blob = seal(key, b"data key bytes", b"aad")
+    opened = open_sealed_secret(key, blob, b"aad")
+    assert isinstance(opened, bytearray) and opened == b"data key bytes"
+    wipe(opened)
+    assert opened == bytearray(len(opened))
+    with pytest.raises(IntegrityError):
+        open_sealed_secret(key, blob, b"other aad")

@@ -28,7 +28,16 @@ from typing import Any
 import msgpack
 
 from shared import PURPOSES, Argon2Profile, MeshHome, StateError
-from shared._crypto import IntegrityError, derive_from_password, derive_subkey, open_sealed, random_key, seal, wipe
+from shared._crypto import (
+    IntegrityError,
+    derive_from_password,
+    derive_subkey,
+    open_sealed,
+    open_sealed_secret,
+    random_key,
+    seal,
+    wipe,
+)
 
 FORMAT = 1
 _VERIFIER = b"curvemesh master key verifier"
@@ -160,7 +169,7 @@ def open_keys(state: VaultState, master: bytearray) -> dict[tuple[str, int], byt
     kek = kek_from_master(master)
     try:
         open_sealed(kek, state.verifier, state.mesh_id.encode())
-        return {(purpose, version): bytearray(open_sealed(kek, entry.wrapped, _aad(purpose, version)))
+        return {(purpose, version): open_sealed_secret(kek, entry.wrapped, _aad(purpose, version))
                 for purpose, entries in state.versions.items() for version, entry in entries.items()}
     finally:
         wipe(kek)
