@@ -56,7 +56,7 @@ from ._errors import (
 from ._home import ENV_HOME, MeshHome
 from ._logging import configure_logging, declare_sensitive, redact
 from ._ratelimit import TokenBucket
-from ._runtime import ServiceRunner, run_service, serve
+from ._runtime import ServiceRunner, connect_patiently, run_service, serve
 from ._schema import Message, message, sensitive_fields
 from ._service import HandlerSpec, NoFields, RequestContext, Service, handler
 from ._spool import Spool
@@ -70,7 +70,7 @@ __all__ = [
     "Unavailable",
     "Certificate", "Grant", "KeyPair", "MeshHome", "Spool", "TokenBucket",
     "Message", "message", "Event", "MeshClient", "Subscription", "Connection",
-    "configure_logging", "declare_sensitive", "redact", "ServiceRunner", "run_service", "serve",
+    "configure_logging", "declare_sensitive", "redact", "ServiceRunner", "connect_patiently", "run_service", "serve",
     "HandlerSpec", "NoFields", "RequestContext", "Service", "handler", "sensitive_fields",
     "certs", "compile_grant", "config_path", "decode_body", "decode_delivered", "decode_header",
     "encode_body", "encode_header", "error_text", "error_from_wire", "load_config", "parse_config", "split_target",

@@ -25,7 +25,7 @@ import structlog
 
 from ._client import MeshClient
 from ._codec import PROTOCOL_VERSION, decode_body, encode_body, encode_header, error_text
-from ._config import RuntimeConfig, config_path, load_config
+from ._config import MeshConfig, RuntimeConfig, config_path, load_config
 from ._errors import (
     BadRequest,
     CertificateError,
@@ -198,7 +198,7 @@ class ServiceRunner:
 async def serve(service: Service, home: MeshHome, *, stop: asyncio.Event) -> None:
     """Connect ``service`` to the mesh in ``home`` and run it until ``stop`` is set."""
     config = load_config(config_path(home.root))
-    client = await _connect_patiently(home, service.name, config)
+    client = await connect_patiently(home, service.name, config)
     runner = ServiceRunner(service, client, config.runtime, config.broker.max_message_bytes)
     try:
         await runner.start()
@@ -217,7 +217,7 @@ async def serve(service: Service, home: MeshHome, *, stop: asyncio.Event) -> Non
         await client.close()
 
 
-async def _connect_patiently(home: MeshHome, name: str, config: Any) -> MeshClient:
+async def connect_patiently(home: MeshHome, name: str, config: MeshConfig) -> MeshClient:
     """Wait for the broker (it may be starting too); fail at once on a handshake refusal."""
     delay = config.runtime.reconnect_min_ms / 1000
     while True:

@@ -23,7 +23,6 @@ from typing import Any, Final
 import structlog
 
 from shared import (
-    MeshClient,
     MeshConfig,
     MeshHome,
     NoFields,
@@ -31,7 +30,7 @@ from shared import (
     Service,
     ServiceRunner,
     Spool,
-    Unavailable,
+    connect_patiently,
     handler,
 )
 
@@ -87,20 +86,10 @@ def _writer(fd: int) -> Any:
     return write
 
 
-async def _connect(home: MeshHome, config: MeshConfig) -> MeshClient:
-    """Wait for the broker as long as it takes; a refused handshake is raised at once."""
-    delay = config.runtime.reconnect_min_ms / 1000
-    while True:
-        try:
-            return await MeshClient.connect(home, NAME, config=config)
-        except Unavailable as exc:
-            log.warning("broker_not_reachable", reason=exc.message, retry_in_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, config.runtime.reconnect_max_ms / 1000)
 
 
 async def _mesh_side(home: MeshHome, config: MeshConfig, forwarder: Forwarder, stop: asyncio.Event) -> None:
-    connecting = asyncio.create_task(_connect(home, config))
+    connecting = asyncio.create_task(connect_patiently(home, NAME, config))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
