@@ -16,6 +16,11 @@ each one has the two cores to itself. Figures are medians across rounds; the tab
 ``bench/results/latest.json`` give each one with its baselines, ratios and
 targets. ``--profile`` runs the brokers under cProfile and prints where their
 time goes instead (its figures are distorted and not written).
+
+Then, once the broker setups are stopped, the keyvault figures (:mod:`bench.keyvault`;
+informational, no targets): unlock time and peak RSS with the master Argon2id
+profile, and ``keyvault.keys.get`` p50/p99 over the real broker and keyvault,
+beside the same client's ``keyvault.health``. ``--no-keyvault`` skips them.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import zmq
 
 from shared import MeshClient
 
-from . import report
+from . import keyvault, report
 from .harness import REPO, BenchError, Children, make_home, remove_home
 from .measure import RawClient, cpu_seconds, percentile, runtime_connect, runtime_round_trips
 from .profile import print_profile
@@ -55,9 +60,23 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                         help="leave the other setups' processes running while one is measured")
     parser.add_argument("--check", action="store_true", help="exit with status 1 if a target is missed")
     parser.add_argument("--keep", action="store_true", help="keep the temporary mesh home (logs, profiles)")
+    kv = parser.add_argument_group("keyvault (informational figures, no targets)")
+    kv.add_argument("--no-keyvault", dest="keyvault", action="store_false", help="skip the keyvault figures")
+    kv.add_argument("--unlock-runs", type=int, default=3,
+                    help="unlocks with the master profile, each in its own process (default 3)")
+    kv.add_argument("--key-calls", type=int, default=2000,
+                    help="sequential keyvault.keys.get (and keyvault.health) calls (default 2000)")
+    kv.add_argument("--key-blocks", type=int, default=4, help="alternating blocks the key calls are split in")
+    kv.add_argument("--key-warmup", type=int, default=200, help="calls of each kind before measuring")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.calls, args.messages, args.runtime_calls = 2, 300, 3000, 100
+        args.key_calls, args.key_warmup = 400, 50
+    if args.unlock_runs < 1 or args.key_blocks < 1 or args.key_calls < args.key_blocks or args.key_warmup < 1:
+        parser.error("--unlock-runs, --key-blocks and --key-warmup must be >= 1, --key-calls >= --key-blocks")
+    if args.key_calls + args.key_warmup >= keyvault.SPOOL_BOUND:
+        parser.error(f"--key-calls + --key-warmup must stay below {keyvault.SPOOL_BOUND} (keyvault's audit "
+                     "spool bound: nothing drains it yet, and a full spool refuses every key release)")
     return args
 
 
@@ -166,7 +185,13 @@ def run(args: argparse.Namespace) -> int:
                     child = next(c for c in kids.started if c.name == name)
                     kids.stop(child)
                     print_profile(name, home.log / f"{name}.prof")
+        # Every broker-bench process is stopped by now: the keyvault part has the machine.
+        kv = None
+        if args.keyvault and not args.profile:
+            kv = keyvault.measure(args.unlock_runs, args.key_calls, args.key_blocks, args.key_warmup)
         figs = report.figures(rounds)
+        if kv is not None:
+            figs.update(report.keyvault_figures(kv))
         print()
         print(report.table(figs))
         if args.profile:
@@ -175,6 +200,14 @@ def run(args: argparse.Namespace) -> int:
         params: dict[str, Any] = {k: getattr(args, k) for k in
                                   ("rounds", "calls", "messages", "window", "runtime_calls", "warmup", "isolate")}
         params.update(body_bytes=100, transport="ipc", curve=True, identities=dict(IDENTITIES))
+        if kv is not None:
+            params["keyvault"] = {
+                "unlock_runs": args.unlock_runs, "master_profile": kv["unlock"]["profile"],
+                "key_calls": kv["fetch"]["calls"], "key_blocks": args.key_blocks, "key_warmup": args.key_warmup,
+                "caller": keyvault.CALLER, "purpose": keyvault.PURPOSE, "keystore": "file",
+                "fetch_profile": {"memory_kib": keyvault.FETCH_PROFILE.memory_kib,
+                                  "iterations": keyvault.FETCH_PROFILE.iterations,
+                                  "parallelism": keyvault.FETCH_PROFILE.parallelism, "test_profiles": True}}
         path = report.write(figs, params, report.machine(load_before))
         met = all(f["met"] for f in figs.values() if f["met"] is not None)
         print(f"\nall targets met: {'yes' if met else 'NO'}; written to {path.relative_to(REPO)}")

@@ -72,6 +72,15 @@ def remove_home(home: MeshHome) -> None:
     shutil.rmtree(home.root, ignore_errors=True)
 
 
+def child_env(home: MeshHome) -> dict[str, str]:
+    """The environment of a bench child: ``home`` as its mesh home (so ``<home>/mesh.toml`` is
+    its configuration: ``CURVEMESH_CONFIG`` is dropped) and the repository importable."""
+    env = {k: v for k, v in os.environ.items() if k != "CURVEMESH_CONFIG"}
+    env["CURVEMESH_HOME"] = str(home.root)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return env
+
+
 @dataclass
 class Child:
     """One started process, its stderr log and its stdout pipe (for the ready line)."""
@@ -100,9 +109,7 @@ class Children:
     def __init__(self, home: MeshHome) -> None:
         self.home = home
         self.started: list[Child] = []
-        self.env = {k: v for k, v in os.environ.items() if k != "CURVEMESH_CONFIG"}
-        self.env["CURVEMESH_HOME"] = str(home.root)
-        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        self.env = child_env(home)
 
     def spawn(self, name: str, module: str, args: Sequence[str] = (), *, setups: Sequence[str] = (),
               profile: Path | None = None, guard: bool = False) -> Child:

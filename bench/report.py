@@ -4,7 +4,8 @@ Each figure's value is the median across rounds; ratios are full broker over
 baseline (round trips: lower is better; throughput: higher is better). The
 paired ratio (the median of the per-round ratios, each from the same few
 seconds) is kept too: it is the steadier number when other work shares the
-machine.
+machine. The keyvault figures (bench/keyvault.py) have no baseline and no target: they
+are printed in a section of their own and marked informational in the JSON.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import msgpack
 import zmq
 
 from .harness import REPO
+from .measure import percentile
 
 RESULTS: Final = REPO / "bench" / "results"
 SETUPS: Final = ("direct", "forwarder", "broker")
@@ -39,6 +41,8 @@ FIGURES: Final[dict[str, tuple[str, str, dict[str, tuple[str, str, float]]]]] = 
 #: The real Python runtime end to end: reported, never a target.
 RUNTIME_FIGURES: Final = {"runtime_rtt_p50_us": "runtime round trip p50",
                           "runtime_rtt_p99_us": "runtime round trip p99"}
+#: Figures of this group (bench/keyvault.py) are informational, printed in their own section.
+KEYVAULT_GROUP: Final = "keyvault"
 
 Rounds = dict[str, dict[str, list[float]]]  # figure -> setup -> one value per round
 
@@ -102,6 +106,8 @@ def table(figs: dict[str, dict[str, Any]]) -> str:
             f"{'vs direct':>11}{'vs fwd':>9}  {'target':<29}{'met':<4}")
     lines = [head, "-" * len(head)]
     for fig in figs.values():
+        if fig.get("group") == KEYVAULT_GROUP:
+            continue
         met = "" if fig["met"] is None else ("yes" if fig["met"] else "NO")
         label = f"{fig['label']} ({fig['unit']})"
         lines.append(f"{label:<33}{fig['value']:>10,.0f}{fig['baselines']['direct']:>10,.0f}"
@@ -109,6 +115,89 @@ def table(figs: dict[str, dict[str, Any]]) -> str:
                      f"{fig['ratios']['vs_forwarder']:>8.2f}x  {_target_text(fig):<29}{met:<4}")
     lines.append("runtime rows: value = MeshClient -> broker -> ServiceRunner end to end (informational, "
                  f"{figs['runtime_rtt_p50_us']['ratios']['vs_broker']:.2f}x the raw full-broker p50)")
+    keyvault = {k: f for k, f in figs.items() if f.get("group") == KEYVAULT_GROUP}
+    if keyvault:
+        lines += ["", keyvault_table(keyvault)]
+    return "\n".join(lines)
+
+
+def _p(samples: list[float], q: float) -> float:
+    """The q-quantile of samples in seconds, in microseconds (nearest rank, as the broker rows)."""
+    return percentile(samples, q) * 1e6
+
+
+def keyvault_figures(kv: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The keyvault figures (informational, no target) from :func:`bench.keyvault.measure`."""
+    unlock, fetch = kv["unlock"], kv["fetch"]
+    runs = unlock["runs"]
+    prof = unlock["profile"]
+    profile = (f"Argon2id {prof['memory_kib']} KiB, t={prof['iterations']}, p={prof['parallelism']} "
+               "([argon2.master], mesh.toml)")
+    walls = [r["unlock_s"] for r in runs]
+    rss = [round(r["rss_increase_kib"] / 1024, 1) for r in runs]
+    base = {"target": None, "met": None, "informational": True, "group": KEYVAULT_GROUP}
+    unlock_details = {
+        "profile": prof, "keystore": unlock["keystore"], "runs": walls,
+        "derive_s": [r["derive_s"] for r in runs], "open_keys_ms": [round(r["open_keys_s"] * 1e3, 3) for r in runs],
+        "cpu_s": [r["cpu_s"] for r in runs], "rss_increase_mib": rss,
+        # setup.initialise (meshctl init) derives once too: timed apart, not in the unlock figure.
+        "initialise_s": unlock["initialise_s"],
+        "initialise_rss_increase_mib": round(unlock["initialise_rss_increase_kib"] / 1024, 1)}
+    unlock_note = ("services.keyvault.store.derive_master + open_keys on a state made by setup.initialise, "
+                   f"{profile}; one fresh child process per run; wall time; not a target")
+    out: dict[str, dict[str, Any]] = {
+        "kv_unlock_median_s": {"label": "unlock, master profile, median", "unit": "s",
+                               "value": round(statistics.median(walls), 3), **base, "note": unlock_note,
+                               "detail": f"{len(runs)} runs; {profile}", **unlock_details},
+        "kv_unlock_max_s": {"label": "unlock, master profile, max", "unit": "s", "value": round(max(walls), 3),
+                            **base, "note": unlock_note,
+                            "detail": (f"derive median {statistics.median(unlock_details['derive_s']):.2f} s, "
+                                       f"open_keys median {statistics.median(unlock_details['open_keys_ms']):.2f} ms; "
+                                       f"setup.initialise {unlock['initialise_s']:.2f} s (not included)"),
+                            "runs": walls},
+        "kv_unlock_rss_mib": {"label": "unlock peak RSS increase, max", "unit": "MiB", "value": max(rss), **base,
+                              "note": "ru_maxrss of the unlock child after minus before the unlock; not a target",
+                              "detail": f"median {statistics.median(rss):,.0f} MiB; the child's own ru_maxrss",
+                              "runs": rss},
+    }
+    cpu = fetch["keyvault_cpu_us_per_call"]
+    calls = f"{fetch['calls']} sequential calls as storage after {fetch['warmup']} warm-up, {fetch['blocks']} blocks"
+    rows = (("keys_get", "kv_key_get", "key fetch keyvault.keys.get",
+             f'{calls}; {{"purpose": "sqlcipher"}}; keyvault CPU {cpu["keys_get"]:,.0f} us/call'),
+            ("health", "kv_health", "keyvault.health, same client",
+             f"comparison: no key, no audit; keyvault CPU {cpu['health']:,.0f} us/call"))
+    for name, key, label, detail in rows:
+        samples = fetch["samples"][name]
+        note = ("MeshClient -> full broker -> keyvault (python -m services.keyvault), sequential; "
+                "small test Argon2 profile for setup, keystore = file; not a target")
+        out[f"{key}_p50_us"] = {"label": f"{label} p50", "unit": "us", "value": round(_p(samples, 0.5), 1), **base,
+                                "note": note, "detail": detail, "calls": len(samples),
+                                "keyvault_cpu_us_per_call": cpu[name]}
+        out[f"{key}_p99_us"] = {"label": f"{label} p99", "unit": "us", "value": round(_p(samples, 0.99), 1),
+                                **base, "note": note, "detail": "", "calls": len(samples)}
+    spool = fetch["spool"]
+    note = ("Spool.append + Spool.sync (fsync) of one key-release audit record in the bench process, same file "
+            "system as keyvault's spool; what keyvault does per release before it answers; not a target")
+    both, append = spool["append_fsync"], spool["append"]
+    out["kv_spool_fsync_p50_us"] = {"label": "audit spool append+fsync p50", "unit": "us",
+                                    "value": round(_p(both, 0.5), 1), **base, "note": note,
+                                    "detail": f"{len(both)} records; append alone p50 {_p(append, 0.5):,.1f} us",
+                                    "append_p50_us": round(_p(append, 0.5), 1)}
+    out["kv_spool_fsync_p99_us"] = {"label": "audit spool append+fsync p99", "unit": "us",
+                                    "value": round(_p(both, 0.99), 1), **base, "note": note, "detail": "",
+                                    "append_p99_us": round(_p(append, 0.99), 1)}
+    return out
+
+
+def keyvault_table(figs: dict[str, dict[str, Any]]) -> str:
+    """The keyvault section of the table: value, unit and a detail per figure, no target."""
+    head = f"{'keyvault figure':<40}{'value':>10}  {'unit':<5} detail"
+    lines = ["keyvault: informational figures, no targets (the keyvault issue sets none). Both bench homes",
+             'set [keyvault] keystore = "file": no desktop keyring / Secret Service is used or needed.',
+             head, "-" * 110]
+    for fig in figs.values():
+        value = f"{fig['value']:,.2f}" if fig["unit"] == "s" else f"{fig['value']:,.0f}"
+        lines.append(f"{fig['label']:<40}{value:>10}  {fig['unit']:<5} {fig['detail']}")
     return "\n".join(lines)
 
 

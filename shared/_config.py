@@ -172,6 +172,11 @@ class KeyvaultConfig:
     session_idle_s: int = field(default=1800, metadata=_range(10, 86_400))
     unlock_backoff_base_ms: int = field(default=1000, metadata=_range(1, 60_000))
     unlock_backoff_max_ms: int = field(default=300_000, metadata=_range(1, 86_400_000))
+    #: Key releases per identity per minute: services fetch keys at start and unlock, so
+    #: a loop of fetches is a fault or an attack, and must not fill the audit spool.
+    key_fetches_per_minute: int = field(default=60, metadata=_range(1, 10_000_000))
+    #: Audit records keyvault keeps until the audit service takes them (fail closed when full).
+    audit_spool_max_records: int = field(default=1_000_000, metadata=_range(100, 100_000_000))
     entitlements: Mapping[str, tuple[str, ...]] = field(default_factory=_default_entitlements)
 
     def __post_init__(self) -> None:

@@ -133,15 +133,18 @@ async def test_duplicate_routing_id_cannot_steal_replies(mesh: InProcessMesh) ->
     await mesh.start_service(Echo())
     victim = raw(mesh, "meshctl")
     thief = raw(mesh, "outsider", routing_id=b"thief")
+    # The thief's connection is up before its twin claims the same routing id.
+    assert zmq.EVENT_HANDSHAKE_SUCCEEDED in await thief.events({zmq.EVENT_HANDSHAKE_SUCCEEDED}, 3)
     twin = raw(mesh, "outsider", routing_id=b"thief")
     try:
         await victim.send({"v": 1, "k": "req", "id": 1, "to": "echo.echo", "ttl": 2000}, {"value": "mine"})
         await thief.send({"v": 1, "k": "req", "id": 1, "to": "echo.health", "ttl": 2000})
+        await twin.send({"v": 1, "k": "req", "id": 2, "to": "echo.health", "ttl": 2000})
         header, body = await victim.recv(timeout=2)
         assert header["k"] == "rep" and msgpack.unpackb(body)["value"] == "mine"
         header, _ = await thief.recv(timeout=2)
         assert header["code"] == "BAD_REQUEST" and "routing id" in header["msg"]
-        with pytest.raises(TimeoutError):
+        with pytest.raises(TimeoutError):  # never served, never handed the thief's traffic
             await twin.recv(timeout=0.3)
     finally:
         for peer in (victim, thief, twin):

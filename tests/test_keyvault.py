@@ -25,6 +25,7 @@ from shared import (
     Sealed,
     StateError,
     Unauthenticated,
+    Unavailable,
     configure_logging,
     parse_config,
 )
@@ -272,3 +273,56 @@ async def test_over_the_mesh_and_no_secret_reaches_any_log_or_file(short_tmp: Pa
     for secret in secrets:
         for haystack in haystacks:
             assert secret not in haystack
+
+
+async def test_key_fetch_loops_are_rate_limited_per_identity(short_tmp: Path) -> None:
+    home, mesh = make_home(short_tmp / "h")
+    clock = Clock()
+    vault = await started(home, mesh.config, clock=clock)
+    for _ in range(60):  # the default: 60 a minute, in a burst
+        await get_key(vault)
+    with pytest.raises(RateLimited, match="key fetches"):
+        await get_key(vault)
+    assert (await get_key(vault, "audit", "audit-hmac"))["version"] == 1  # others are not affected
+    clock.now += 1.1
+    await get_key(vault)
+    await vault.on_stop()
+
+
+async def test_a_full_audit_spool_refuses_releases_and_unlocks(short_tmp: Path) -> None:
+    home, mesh = make_home(short_tmp / "h")
+    vault = await started(home, mesh.config)
+    assert vault.spool is not None
+    vault.spool.max_records = len(vault.spool)  # nothing can be recorded any more
+    with pytest.raises(Unavailable, match="audit spool is full"):
+        await get_key(vault)
+    vault.spool.max_records = len(vault.spool) + 2  # room for the overflow marker and the lock record
+    await call_handler(vault, "lock")
+    with pytest.raises(Unavailable, match="audit spool is full"):
+        await call_handler(vault, "unlock", {"password": PASSWORD})
+    assert (await call_handler(vault, "status"))["sealed"] is True  # no audit, no unlock
+    await vault.on_stop()
+
+
+async def test_a_password_change_while_sealed_stays_sealed(short_tmp: Path) -> None:
+    home, mesh = make_home(short_tmp / "h")
+    vault = await started(home, mesh.config)
+    await call_handler(vault, "lock")
+    await call_handler(vault, "passwd", {"old_password": PASSWORD, "new_password": NEW_PASSWORD})
+    assert (await call_handler(vault, "status"))["sealed"] is True
+    await vault.on_stop()
+    again = await started(home, mesh.config)
+    assert (await call_handler(again, "status"))["sealed"] is True
+    await call_handler(again, "unlock", {"password": NEW_PASSWORD})
+    assert (await get_key(again))["version"] == 1
+    await again.on_stop()
+
+
+async def test_a_stale_file_keystore_is_removed_once_the_keyring_holds_the_key(short_tmp: Path) -> None:
+    home, mesh = make_home(short_tmp / "h")
+    stale = home.keys / "master.keystore"
+    stale.write_bytes(b"old copy")
+    stale.chmod(0o600)
+    vault = await started(home, mesh.config)
+    assert not stale.exists()
+    await vault.on_stop()

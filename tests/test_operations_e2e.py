@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 import xmlrpc.client
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +29,7 @@ from typing import Any
 import pytest
 from supervisor.xmlrpc import SupervisorTransport
 
-from shared import Connection, HandshakeError, MeshClient, MeshHome, certs, config_path, load_config
+from shared import Connection, HandshakeError, MeshClient, MeshHome, certs, config_path, load_config, parse_config
 from tools.meshctl_cli._supervisor import alive, home_processes, load_credentials
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,8 +45,41 @@ def _env(home: MeshHome) -> dict[str, str]:
 
 
 def meshctl(home: MeshHome, *args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
+    # No terminal on stdin: init generates a recovery passphrase instead of prompting.
     return subprocess.run([*MESHCTL, *args], cwd=REPO, env=_env(home), capture_output=True, text=True,
-                          timeout=timeout, check=False)
+                          stdin=subprocess.DEVNULL, timeout=timeout, check=False)
+
+
+def _toml(data: dict[str, Any], prefix: str = "") -> list[str]:
+    """Just enough TOML to write mesh.toml back: tables, strings, numbers, booleans, lists."""
+    def key(k: str) -> str:
+        return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
+
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    lines = [f"[{prefix}]"] if prefix and (scalars or not data) else []
+    lines += [f"{key(k)} = {json.dumps(v)}" for k, v in scalars.items()]
+    for k, v in data.items():
+        if isinstance(v, dict):
+            lines += _toml(v, f"{prefix}.{key(k)}" if prefix else key(k))
+    return lines
+
+
+def fast_config_text() -> str:
+    """The repository's mesh.toml with a test Argon2 master profile and short wrong-password
+    delays. A home's mesh.toml replaces the repository's as a whole, so it starts from it."""
+    data = tomllib.loads((REPO / "mesh.toml").read_text("utf-8"))
+    data.setdefault("argon2", {}).update(test_profiles=True,
+                                         master={"memory_kib": 8192, "iterations": 1, "parallelism": 1})
+    data.setdefault("keyvault", {}).update(unlock_backoff_base_ms=50, unlock_backoff_max_ms=200)
+    text = "\n".join(_toml(data)) + "\n"
+    assert parse_config(text).argon2.master.memory_kib == 8192
+    return text
+
+
+def write_fast_config(home: MeshHome) -> None:
+    """Give ``home`` the fast test configuration (before ``meshctl init``)."""
+    home.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (home.root / "mesh.toml").write_text(fast_config_text())
 
 
 def status(home: MeshHome) -> dict[str, Any]:
@@ -96,6 +131,7 @@ def mesh_home() -> Iterator[MeshHome]:
 @pytest.fixture(scope="module")
 def live() -> Iterator[MeshHome]:
     with mesh_home() as home:
+        write_fast_config(home)
         assert meshctl(home, "init").returncode == 0
         up = meshctl(home, "up", "--timeout", "90")
         assert up.returncode == 0, f"meshctl up failed:\n{up.stdout}\n{up.stderr}"
@@ -219,10 +255,11 @@ def test_restart_and_events_tail(live: MeshHome) -> None:
 def test_a_process_that_cannot_start_ends_fatal_beside_a_healthy_mesh(live: MeshHome) -> None:
     make = ["make", "-s", "-C", str(REPO), "-o", ".venv/.curvemesh-installed", f"PY={sys.executable}"]
     with mesh_home() as broken:
+        write_fast_config(broken)
         assert meshctl(broken, "init").returncode == 0
         os.chmod(broken.secret_key_path("storage"), 0o644)  # storage refuses a readable secret key
         up = subprocess.run([*make, "up", f"CURVEMESH_HOME={broken.root}"], capture_output=True, text=True,
-                            timeout=150, check=False)
+                            stdin=subprocess.DEVNULL, timeout=150, check=False)
         assert up.returncode != 0
         assert "meshctl: the mesh is not healthy: storage: FATAL" in up.stderr
         assert "storage: FATAL" in up.stdout and "must be 0600" in up.stdout  # the tail of its log

@@ -11,6 +11,7 @@ the password afresh, whatever the session.
 from __future__ import annotations
 
 import asyncio
+import copy
 import hmac
 import secrets
 import time
@@ -27,10 +28,12 @@ from shared import (
     MeshError,
     MeshHome,
     NoFields,
+    RateLimited,
     RequestContext,
     Sealed,
     Service,
     Spool,
+    TokenBucket,
     Unauthenticated,
     Unavailable,
     config_path,
@@ -41,7 +44,7 @@ from shared._crypto import derive_from_password, wipe
 from shared._passwords import check_strength
 
 from . import store
-from .keystore import Keystore, choose_keystore
+from .keystore import FileKeystore, Keystore, choose_keystore
 from .schema import KeyReply, KeyRequest, Password, PasswordChange, Rotate, Token
 from .sessions import Sessions, Throttle
 
@@ -68,13 +71,15 @@ class Keyvault(Service):
         self.keystore_warning: str | None = None
         self.spool: Spool | None = None
         self._lock = asyncio.Lock()
+        self._fetch_buckets: dict[str, TokenBucket] = {}
+        self.clock = clock
 
     # -- lifecycle ------------------------------------------------------------
 
     async def on_start(self) -> None:
         """Load the state (refusing a corrupt one) and unlock from the keystore if it holds the key."""
         self.home.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.spool = Spool(self.home.spool / "keyvault-audit.spool", 10_000)
+        self.spool = Spool(self.home.spool / "keyvault-audit.spool", self.config.keyvault.audit_spool_max_records)
         self.state = store.load(self.home)
         if self.state is None:
             log.warning("keyvault_not_initialised", hint="run `meshctl init`")
@@ -90,6 +95,7 @@ class Keyvault(Service):
         try:
             self.keys = store.open_keys(self.state, master)
             log.info("unsealed", keystore=self.keystore.name)
+            self._forget_stale_file_keystore()
         except store.IntegrityError:
             # A stale key (e.g. a crash between a password change and the keystore update):
             # stay sealed until the operator unlocks with the current password.
@@ -101,6 +107,15 @@ class Keyvault(Service):
         self._wipe()
         if self.spool is not None:
             self.spool.close()
+
+    def _forget_stale_file_keystore(self) -> None:
+        # The master key moved to a platform keyring: a copy left in the file fallback
+        # would be a master key on disk for nothing.
+        if self.keystore is not None and not isinstance(self.keystore, FileKeystore):
+            stale = FileKeystore(self.home.keys / "master.keystore")
+            if stale.path.exists():
+                stale.delete()
+                log.info("file_keystore_removed", reason="the master key is in the platform keyring")
 
     def _wipe(self) -> None:
         for key in self.keys.values():
@@ -155,7 +170,9 @@ class Keyvault(Service):
                 "test_profiles": self.config.argon2.test_profiles,
                 "current_versions": dict(self.state.current) if self.state else {}}
 
-    @handler("unlock", request=Password)
+    # Handlers that run Argon2 (seconds) are concurrent, so health, status and key fetches
+    # are answered meanwhile; they serialise among themselves on self._lock.
+    @handler("unlock", request=Password, concurrent=True)
     async def unlock(self, ctx: RequestContext, req: Password) -> dict[str, Any]:
         """``keyvault.unlock {password}``: unseal and keep the master key in the keystore.
         ``meshctl security unlock``."""
@@ -167,17 +184,19 @@ class Keyvault(Service):
                 self._audit("keyvault.unlock", ctx, outcome="wrong-password")
                 raise
             try:
+                # The record is durable before anything is unsealed: no audit, no unlock.
+                self._audit("keyvault.unlock", ctx, outcome="ok")
                 assert self.state is not None and self.keystore is not None
                 self._wipe()
                 self.keys = store.open_keys(self.state, master)
                 self.keystore.put(master)
+                self._forget_stale_file_keystore()
             finally:
                 wipe(master)
-            self._audit("keyvault.unlock", ctx, outcome="ok")
         await self._announce("security.unsealed")
         return {"sealed": False}
 
-    @handler("lock")
+    @handler("lock", concurrent=True)
     async def lock(self, ctx: RequestContext, req: NoFields) -> dict[str, Any]:
         """``keyvault.lock``: wipe every key from memory and the keystore; data operations answer
         SEALED until ``meshctl security unlock``. ``meshctl security lock``."""
@@ -203,16 +222,17 @@ class Keyvault(Service):
 
     # -- CLI sessions --------------------------------------------------------------
 
-    @handler("login", request=Password)
+    @handler("login", request=Password, concurrent=True)
     async def login(self, ctx: RequestContext, req: Password) -> dict[str, Any]:
         """``keyvault.login {password}`` → ``{token, idle_s}``, a session bound to the caller's
         certificate. ``meshctl security login``."""
         self._require_operator(ctx)
-        try:
-            wipe(await self._check_password(req.password))
-        except Unauthenticated:
-            self._audit("keyvault.session_start", ctx, outcome="wrong-password")
-            raise
+        async with self._lock:
+            try:
+                wipe(await self._check_password(req.password))
+            except Unauthenticated:
+                self._audit("keyvault.session_start", ctx, outcome="wrong-password")
+                raise
         token = self.sessions.open(ctx.caller)
         self._audit("keyvault.session_start", ctx, outcome="ok")
         return {"token": token, "idle_s": self.sessions.idle_s}
@@ -233,7 +253,7 @@ class Keyvault(Service):
 
     # -- password change and rotation (password asked afresh) ----------------------
 
-    @handler("passwd", request=PasswordChange)
+    @handler("passwd", request=PasswordChange, concurrent=True)
     async def passwd(self, ctx: RequestContext, req: PasswordChange) -> dict[str, Any]:
         """``keyvault.passwd {old_password, new_password}``: re-wrap every data key under a key
         derived from the new password; data is not re-encrypted. ``meshctl security passwd``."""
@@ -258,22 +278,29 @@ class Keyvault(Service):
                 None, derive_from_password, secret, salt, profile)
             wipe(secret)
             self.checkpoint("new-master-derived")
+            was_sealed = not self.keys
             try:
                 new_state = store.rewrap(state, keys, new_master, salt, profile)
                 self._audit("keyvault.password_change", ctx, outcome="started")
                 store.save(self.home, new_state, self.checkpoint)
                 self.state = new_state
                 assert self.keystore is not None
-                self.keystore.put(new_master)
-                self.checkpoint("keystore-updated")
-                self._wipe()
-                self.keys = keys
+                if was_sealed:
+                    # A password change does not unseal: the keystore stays empty and the
+                    # keys stay wiped until `meshctl security unlock`.
+                    for key in keys.values():
+                        wipe(key)
+                else:
+                    self.keystore.put(new_master)
+                    self.checkpoint("keystore-updated")
+                    self._wipe()
+                    self.keys = keys
                 self._audit("keyvault.password_change", ctx, outcome="ok")
             finally:
                 wipe(new_master)
         return {"changed": True}
 
-    @handler("keys.rotate", request=Rotate)
+    @handler("keys.rotate", request=Rotate, concurrent=True)
     async def rotate(self, ctx: RequestContext, req: Rotate) -> dict[str, Any]:
         """``keyvault.keys.rotate {purpose, password}`` → ``{purpose, version}``: new writes use
         the new version; older ones stay readable. ``meshctl keys rotate PURPOSE``."""
@@ -283,12 +310,18 @@ class Keyvault(Service):
         async with self._lock:
             if not self.keys:
                 raise Sealed("the mesh is sealed: run `meshctl security unlock`")
-            master = await self._check_password(req.password)
             try:
-                state = self._require_state()
+                master = await self._check_password(req.password)
+            except Unauthenticated:
+                self._audit("keyvault.key_rotate", ctx, purpose=req.purpose, outcome="wrong-password")
+                raise
+            try:
+                # Work on a copy: if the write fails, the state in memory stays what is on disk.
+                state = copy.deepcopy(self._require_state())
                 self._audit("keyvault.key_rotate", ctx, purpose=req.purpose, outcome="started")
                 version, key = store.add_version(state, master, req.purpose)
                 store.save(self.home, state)
+                self.state = state
                 self.keys[(req.purpose, version)] = key
                 self._audit("keyvault.key_rotate", ctx, purpose=req.purpose, version=version, outcome="ok")
             finally:
@@ -314,6 +347,10 @@ class Keyvault(Service):
         """``keyvault.keys.get {purpose, version?}`` → ``{purpose, version, key}`` for an entitled
         identity only (the current version unless one is named). Not a meshctl command."""
         entitled = self.config.keyvault.entitlements.get(ctx.caller, ())
+        per_minute = self.config.keyvault.key_fetches_per_minute
+        bucket = self._fetch_buckets.setdefault(ctx.caller, TokenBucket(per_minute / 60, per_minute, self.clock()))
+        if not bucket.take(self.clock()):
+            raise RateLimited(f"more than {per_minute} key fetches a minute; keep keys in memory instead")
         if req.purpose not in entitled:
             self._audit("keyvault.key_refused", ctx, purpose=req.purpose, reason="not entitled")
             raise Forbidden(f"{ctx.caller} is not entitled to {req.purpose} keys")

@@ -16,9 +16,9 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from shared import MeshHome, configure_logging
+from shared import PURPOSES, MeshHome, configure_logging
 
-from . import _lifecycle, _logs, _mesh, _render
+from . import _init, _lifecycle, _logs, _mesh, _render, _security
 from ._output import CliError, emit_json
 from ._status import MeshProbe, collect
 from ._supervisor import Supervisor, load_credentials
@@ -44,9 +44,14 @@ def _parser() -> argparse.ArgumentParser:
     def add(name: str, text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=text, description=text)
 
-    p = add("init", "create every keypair, the allow-list, the operator certificate and supervisord credentials")
-    p.add_argument("--force", action="store_true", help="replace an initialised home's keys (mesh must be down)")
+    p = add("init", "create every keypair, the allow-list, the operator certificate, supervisord credentials "
+            "and the master key (asks for a master password; without a terminal or --password-file, generates "
+            "a recovery passphrase and shows it once)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an initialised home's keys and master key (mesh must be down; data encrypted "
+                        "under the old keys becomes unreadable)")
     p.add_argument("--if-needed", action="store_true", help="leave an initialised home alone (exit 0)")
+    p.add_argument("--password-file", metavar="FILE", help="read the master password from FILE's first line (0600)")
     p = add("up", "start the mesh under supervisord and wait until it is healthy")
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for health (default 90)")
     p = add("down", "stop the mesh; no process of this home is left behind")
@@ -74,6 +79,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", default=None, help="topic prefix (default: every topic)")
     p.add_argument("--wait", type=float, default=5.0, help="without -f: seconds to listen (default 5)")
     p.add_argument("--count", type=int, default=None, help="stop after this many events")
+    p = add("security", "seal and unseal the mesh, meshctl's login session, the master password")
+    p.add_argument("action", choices=["lock", "unlock", "login", "session", "clear", "passwd"],
+                   help="lock: seal (keys wiped); unlock: unseal with the password; login: open a session "
+                        "(30 min idle); session: show it; clear: end it; passwd: change the master password")
+    p.add_argument("--password-file", metavar="FILE", help="unlock, login: the password from FILE (0600)")
+    p.add_argument("--old-password-file", metavar="FILE", help="passwd: the current password from FILE")
+    p.add_argument("--new-password-file", metavar="FILE", help="passwd: the new password from FILE")
+    p = add("keys", "the keyvault's data keys: list them (needs `security login`) or rotate one")
+    p.add_argument("action", choices=["list", "rotate"])
+    p.add_argument("purpose", nargs="?", choices=PURPOSES, metavar="PURPOSE",
+                   help=f"rotate: one of {', '.join(PURPOSES)}")
+    p.add_argument("--password-file", metavar="FILE", help="rotate: the master password from FILE (0600)")
     p = add("logs", "a process's log (JSON lines)")
     p.add_argument("service")
     p.add_argument("-f", "--follow", action="store_true")
@@ -88,8 +105,8 @@ def _print(args: argparse.Namespace, value: Any, text: str) -> None:
         print(text)
 
 
-def _init(args: argparse.Namespace, home: MeshHome) -> int:
-    result = _lifecycle.init(home, force=args.force, if_needed=args.if_needed)
+def _init_cmd(args: argparse.Namespace, home: MeshHome) -> int:
+    result = _init.init(home, force=args.force, if_needed=args.if_needed, password_file=args.password_file)
     _print(args, result, _render.init(result))
     return 0
 
@@ -165,8 +182,9 @@ def _logs_cmd(args: argparse.Namespace, home: MeshHome) -> int:
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, MeshHome], int]] = {
-    "init": _init, "up": _up_or_status, "status": _up_or_status, "down": _down, "restart": _restart,
+    "init": _init_cmd, "up": _up_or_status, "status": _up_or_status, "down": _down, "restart": _restart,
     "ping": _ping, "call": _call, "certs": _certs, "events": _events, "logs": _logs_cmd,
+    "security": _security.run, "keys": _security.run,
 }
 
 

@@ -1,9 +1,8 @@
-"""``meshctl init``, ``up``, ``down`` and ``restart``: a mesh home's life under supervisord."""
+"""``meshctl up``, ``down`` and ``restart``: a mesh home's life under supervisord (``init``: _init.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import time
@@ -12,9 +11,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from shared import ConfigError, MeshHome
-from shared._certs import write_exclusive
-from shared._provision import provision
 
+from ._init import is_initialised
 from ._output import CliError, Progress
 from ._status import MeshProbe, collect
 from ._supervisor import (
@@ -22,76 +20,12 @@ from ._supervisor import (
     Supervisor,
     SupervisorFault,
     alive,
-    create_credentials,
-    credentials_path,
     home_processes,
     load_credentials,
 )
 
-#: Written last by ``init``: a home without it was never initialised, or init was interrupted.
-MARKER: Final = "curvemesh-home.json"
 POLL_S: Final = 0.25
 _NOT_RUNNING_FAULT: Final = 70  # supervisor.xmlrpc.Faults.NOT_RUNNING
-
-
-def is_initialised(home: MeshHome) -> bool:
-    return (home.root / MARKER).is_file()
-
-
-def _wipe(home: MeshHome) -> list[str]:
-    """Remove every key, certificate and credential of the home (``init --force``)."""
-    (home.root / MARKER).unlink(missing_ok=True)  # first: an interrupted wipe is not "initialised".
-    removed = []
-    for directory in (home.keys, *(home.certs / s for s in ("allowed", "revoked", "pending", "rejected"))):
-        if directory.is_dir():
-            for path in sorted(directory.iterdir()):
-                if path.is_file() or path.is_symlink():
-                    path.unlink()
-                    removed.append(str(path.relative_to(home.root)))
-    return removed
-
-
-def init(home: MeshHome, *, force: bool, if_needed: bool) -> dict[str, Any]:
-    """Create every keypair, the allow-list and the supervisord credentials in ``home``.
-
-    Refuses an initialised home (or one a previous init left half done) unless
-    ``force``, which first makes sure nothing of the home runs. With ``if_needed``
-    an initialised home is left alone and reported as such.
-    """
-    marker = home.root / MARKER
-    if marker.is_file() and if_needed and not force:
-        return {"home": str(home.root), "created": False, "reason": "already initialised"}
-    try:
-        home.broker_endpoint  # noqa: B018 - raises if the home is too deep for a unix socket path
-    except ConfigError as exc:
-        raise CliError(exc.message) from None
-    home.ensure()
-    existing_keys = sorted(p.name for p in home.keys.iterdir())
-    if not force:
-        if marker.is_file():
-            raise CliError(f"{home.root} is already initialised; `meshctl init --force` replaces every key, "
-                           "certificate and credential in it (stop the mesh first)")
-        if existing_keys:
-            raise CliError(f"{home.root} holds keys but was never completely initialised (interrupted?); "
-                           "`meshctl init --force` starts it over")
-    removed: list[str] = []
-    if force:
-        running = home_processes(home)
-        if running:
-            raise CliError(f"the mesh in {home.root} is running ({len(running)} processes): `meshctl down` first")
-        removed = _wipe(home)
-    pairs = provision(home)
-    creds = create_credentials(home)
-    info = {"version": 1, "created": time.time(), "identities": sorted(pairs)}
-    write_exclusive(marker, json.dumps(info).encode(), 0o600)
-    return {
-        "home": str(home.root), "created": True, "replaced": len(removed),
-        "identities": [{"name": name, "role": pair.certificate.role if name != "broker" else "broker",
-                        "public_key": pair.certificate.public_key.decode(),
-                        "fingerprint": pair.certificate.fingerprint} for name, pair in sorted(pairs.items())],
-        "operator_certificate": str(home.secret_key_path("meshctl")),
-        "supervisord_credentials": str(credentials_path(home)), "supervisord_user": creds.username,
-    }
 
 
 def _terminate(pids: list[int], grace: float) -> list[int]:

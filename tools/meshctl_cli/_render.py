@@ -25,6 +25,10 @@ def status(s: dict[str, Any]) -> str:
     if keyring:
         usable = "" if keyring.get("usable") else " (no usable platform keyring)"
         out.append(f"keyring: {keyring.get('backend')}{usable}")
+    vault = s.get("keyvault")
+    out.append(keyvault_line(vault))
+    loud = set((vault or {}).get("warnings") or [])
+    out += [f"  WARNING: {w}" for w in (vault or {}).get("warnings") or []]
     sup = s["supervisor"]
     out.append(f"supervisord: {'pid ' + str(sup['pid']) if sup['running'] else 'not running'}")
     rows = [[r["name"], r["state"], r["pid"], duration(r["uptime_s"]), r.get("restarts"), yes(r["registered"]),
@@ -34,6 +38,8 @@ def status(s: dict[str, Any]) -> str:
     out += ["", table(["PROCESS", "STATE", "PID", "UPTIME", "RESTARTS", "REGISTERED", "HEARTBEAT", "IN", "OUT",
                        "ERRORS", "P50 MS", "P99 MS"], rows)]
     for warning in s.get("warnings", []):
+        if warning in loud:
+            continue  # shown with the keyvault line above
         out.append(f"warning: {warning}")
     if not s["healthy"]:
         out += ["", f"verdict: {s['verdict']}"]
@@ -47,14 +53,77 @@ def status(s: dict[str, Any]) -> str:
 def init(result: dict[str, Any]) -> str:
     if not result["created"]:
         return f"{result['home']}: {result['reason']}"
-    rows = [[i["name"], i["role"], i["fingerprint"][:16]] for i in result["identities"]]
-    replaced = f" (replaced {result['replaced']} files)" if result["replaced"] else ""
-    lines = [f"initialised {result['home']}{replaced}",
-             "", table(["IDENTITY", "ROLE", "FINGERPRINT"], rows), "",
-             f"operator certificate: {result['operator_certificate']}",
-             f"supervisord credentials: {result['supervisord_credentials']} (0600)",
-             "next: meshctl up"]
+    vault = result["keyvault"]
+    lines = []
+    if result.get("keyvault_only"):
+        lines += [f"{result['home']}: keys kept; the keyvault now has its master key"]
+    else:
+        rows = [[i["name"], i["role"], i["fingerprint"][:16]] for i in result["identities"]]
+        replaced = f" (replaced {result['replaced']} files)" if result["replaced"] else ""
+        lines += [f"initialised {result['home']}{replaced}",
+                  "", table(["IDENTITY", "ROLE", "FINGERPRINT"], rows), "",
+                  f"operator certificate: {result['operator_certificate']}",
+                  f"supervisord credentials: {result['supervisord_credentials']} (0600)"]
+    lines.append(f"master key: {vault['keystore']}, derived in {vault['derive_s']:.1f} s")
+    lines += _keyvault_warnings(vault.get("keystore_warning"), vault.get("test_profiles"))
+    if result.get("recovery_passphrase"):
+        lines += ["", "No terminal and no --password-file: the master password is this recovery passphrase:",
+                  "", f"    {result['recovery_passphrase']}", "",
+                  "This is the only time it is shown. Without it, a sealed mesh cannot be unlocked.",
+                  "Store it safely now (a password manager, or on paper in a safe place).",
+                  "`meshctl security passwd` replaces it with a password of your choice."]
+    lines += ["", "next: meshctl up"]
     return "\n".join(lines)
+
+
+def _keyvault_warnings(keystore_warning: str | None, test_profiles: bool | None) -> list[str]:
+    lines = []
+    if keystore_warning:
+        lines.append(f"WARNING: {keystore_warning}")
+    if test_profiles:
+        lines.append("WARNING: TEST ARGON2 PROFILES IN USE ([argon2] test_profiles = true): never for real data")
+    return lines
+
+
+def keyvault_line(vault: dict[str, Any] | None) -> str:
+    """One line: sealed or not, and where the master key is kept (its warnings follow it)."""
+    if not vault or not vault.get("reachable"):
+        return "keyvault: state unknown (" + ((vault or {}).get("error") or "not reachable") + ")"
+    if not vault["initialised"]:
+        return "keyvault: not initialised"
+    if vault["sealed"]:
+        return "keyvault: SEALED"
+    return f"keyvault: unsealed, master key in {vault['keystore']}"
+
+
+def security(action: str, r: dict[str, Any]) -> str:
+    """The text of ``meshctl security ACTION``."""
+    if action == "lock":
+        return "the mesh is SEALED: keys wiped from memory and the keystore; `meshctl security unlock` unseals it"
+    if action == "unlock":
+        return "the mesh is unsealed"
+    if action == "login":
+        return (f"session open: it ends after {duration(r['idle_s'])} without use (each use extends it), "
+                f"or with `meshctl security clear`; token in {r['session_file']} (0600)")
+    if action == "session":
+        if not r["active"]:
+            return f"no active session ({r['reason']}): `meshctl security login` opens one"
+        return f"session active: {duration(r['remaining_s'])} left without use"
+    if action == "clear":
+        if not r["cleared"]:
+            return "no session to end"
+        return "session ended" if r["was_active"] else "session file removed (keyvault had already ended it)"
+    return "master password changed: the old one no longer unlocks the mesh; data keys are unchanged"
+
+
+def keys(action: str, result: Any) -> str:
+    """The text of ``meshctl keys ACTION``."""
+    if action == "rotate":
+        return (f"{result['purpose']}: now version {result['version']} (new writes use it; "
+                "older versions stay readable)")
+    rows = [[k["purpose"], k["version"], "yes" if k["current"] else "", duration(k["age_s"]),
+             ", ".join(k["fetched_by"]) or None] for k in result]
+    return table(["PURPOSE", "VERSION", "CURRENT", "AGE", "FETCHED BY"], rows)
 
 
 def ping(result: dict[str, Any]) -> str:

@@ -110,6 +110,33 @@ async def _mesh_view(probe: MeshProbe) -> tuple[dict[str, Any] | None, dict[str,
     return stats, registered, health, None
 
 
+async def keyvault_view(probe: MeshProbe, registered: dict[str, Any], test_profiles: bool) -> dict[str, Any]:
+    """``keyvault.status`` and the warnings it calls for. Sealed is a warning, not a problem:
+    the processes are fine, the data is waiting for ``meshctl security unlock``."""
+    vault: dict[str, Any] = {"reachable": False, "initialised": None, "sealed": None, "keystore": None,
+                             "keystore_warning": None, "test_profiles": test_profiles, "error": None}
+    if "keyvault" not in registered:
+        vault["error"] = "keyvault is not registered"
+    else:
+        try:
+            reply = await (await probe.get()).call("keyvault.status", timeout=2.0)
+            vault.update({k: reply.get(k) for k in ("initialised", "sealed", "keystore", "keystore_warning")},
+                         reachable=True, test_profiles=bool(reply.get("test_profiles")) or test_profiles)
+        except MeshError as exc:
+            vault["error"] = f"keyvault.status: {exc.code}"
+    warnings = []
+    if vault["keystore_warning"]:
+        warnings.append(str(vault["keystore_warning"]))
+    if vault["test_profiles"]:
+        warnings.append("TEST ARGON2 PROFILES IN USE ([argon2] test_profiles = true): never for real data")
+    if vault["initialised"] is False:
+        warnings.append("keyvault is not initialised: `meshctl down`, then `meshctl init`")
+    elif vault["sealed"]:
+        warnings.append("SEALED: run meshctl security unlock")
+    vault["warnings"] = warnings
+    return vault
+
+
 def _row(name: str, proc: dict[str, Any] | None, stats: dict[str, Any] | None,
          registered: dict[str, Any], health: dict[str, Any]) -> dict[str, Any]:
     state = proc["statename"] if proc else "NOT RUNNING"
@@ -151,8 +178,9 @@ def _row(name: str, proc: dict[str, Any] | None, stats: dict[str, Any] | None,
 async def collect(home: MeshHome, supervisor: Supervisor, probe: MeshProbe, *, details: bool = True) -> dict[str, Any]:
     """The status of the mesh in ``home`` as one JSON-ready dict (``meshctl status --json``).
 
-    ``details`` adds restart counts, the keyring backend and the log tails of unhealthy
-    processes; the polling loops of ``up`` and ``restart`` leave them out until the end.
+    ``details`` adds restart counts, the keyring backend, keyvault's state (``keyvault``:
+    sealed or not, its keystore and warnings) and the log tails of unhealthy processes;
+    the polling loops of ``up`` and ``restart`` leave them out until the end.
     """
     try:
         config = load_config(config_path(home.root))
@@ -189,6 +217,9 @@ async def collect(home: MeshHome, supervisor: Supervisor, probe: MeshProbe, *, d
         if isinstance(reply, dict) and reply.get("status") == "degraded":
             lost = {k: reply[k] for k in ("dropped", "lost_upstream") if reply.get(k)}
             warnings.append(f"{name} reports degraded" + (f": {lost}" if lost else ""))
+    vault = await keyvault_view(probe, registered, config.argon2.test_profiles) if details else None
+    if vault is not None:
+        warnings += vault["warnings"]
     keyring = keyring_backend() if details else None
     if keyring is not None and not keyring["usable"]:
         warnings.append("no usable platform keyring backend on this machine")
@@ -204,5 +235,5 @@ async def collect(home: MeshHome, supervisor: Supervisor, probe: MeshProbe, *, d
                    "connections": (stats or {}).get("connections"),
                    "handshake_failures": (stats or {}).get("handshake_failures"),
                    "pending_certificates": (stats or {}).get("pending_certificates")},
-        "keyring": keyring, "services": rows, "problems": problems, "warnings": warnings,
+        "keyring": keyring, "keyvault": vault, "services": rows, "problems": problems, "warnings": warnings,
     }
