@@ -1,0 +1,300 @@
+"""Audit records, their hash chain, signed checkpoints, and verification of a whole stored log.
+
+Three layers of evidence, each catching what the one before cannot:
+
+- **The hash chain.** Record ``i`` is stored with ``SHA-256(chain[i-1] || canonical(record i))``,
+  starting from 32 zero bytes, so an edit, deletion or reordering done without rewriting every
+  later hash is caught at the first record it touches.
+- **The Merkle tree** (:mod:`.merkle`, RFC 9162) over the canonical records, so a single record can
+  be proven to a third party with a logarithmic proof.
+- **Signed checkpoints**: tree size, Merkle root and chain head, signed with the audit Ed25519 key
+  (keyvault purpose ``audit-signing``). Whoever rewrites a record and every hash after it still
+  cannot sign, so the first checkpoint covering the change fails. The latest checkpoint is also
+  kept outside the log (``trusted_latest``), so cutting off the tail or restoring an older copy
+  of the database fails too: either leaves less than, or other than, what was signed last.
+
+Everything here is pure: bytes and objects in, objects out, no storage and no clock. Failed
+verification raises :class:`TamperError`; malformed arguments raise :class:`shared.BadRequest`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from shared import BadRequest, encode_body
+
+from .errors import TamperError
+from .merkle import HASH_BYTES, Frontier, leaf_hash
+
+__all__ = [
+    "GENESIS", "MAX_RECORD_BYTES", "RECORD_VERSION", "Checkpoint", "LogEntry", "LogHead", "Record", "chain_hash",
+    "checkpoint_message", "encode_record", "public_key_of", "sign_checkpoint", "verify_checkpoint", "verify_log",
+]
+
+GENESIS: Final = bytes(HASH_BYTES)  # the chain hash "before" record 0
+RECORD_VERSION: Final = 1
+#: A record larger than this, in canonical form, is refused at append; verifiers refuse it too.
+MAX_RECORD_BYTES: Final = 64 << 10
+#: Domain separation for checkpoint signatures: this key signs nothing else with this prefix.
+_CHECKPOINT_CONTEXT: Final = b"curvemesh-audit-checkpoint/v1\x00"
+_CHECKPOINT_FIELDS: Final = struct.Struct(">Q32s32sd")  # tree size, root, chain head, time
+
+
+def _text(value: object, name: str, optional: bool = False) -> None:
+    if not (type(value) is str and value) and not (optional and value is None):
+        raise BadRequest(f"record field {name!r} must be a non-empty string{' or None' if optional else ''}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Record:
+    """One audit event. ``seq`` counts from 0 with no gaps; ``actor`` is the identity the broker
+    authenticated, never one the producer claimed; ``details`` holds msgpack-safe values only
+    (str, bytes, int, float, bool, None, lists, maps with string keys), already passed through the
+    event's schema so that no secret is in it."""
+
+    seq: int
+    time: float
+    actor: str
+    event: str
+    outcome: str
+    on_behalf_of: str | None = None
+    target: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if type(self.seq) is not int or self.seq < 0:
+            raise BadRequest("record field 'seq' must be an integer from 0")
+        if type(self.time) not in (int, float) or not math.isfinite(self.time):
+            raise BadRequest("record field 'time' must be a finite number")
+        object.__setattr__(self, "time", float(self.time))  # one encoding for 5 and 5.0
+        _text(self.actor, "actor")
+        _text(self.event, "event")
+        _text(self.outcome, "outcome")
+        _text(self.on_behalf_of, "on_behalf_of", optional=True)
+        _text(self.target, "target", optional=True)
+        if not isinstance(self.details, Mapping):
+            raise BadRequest("record field 'details' must be a map")
+
+
+def _sorted(value: Any, depth: int = 0) -> Any:
+    # Maps in key order at every level: the same record always encodes to the same bytes.
+    if depth > 32:
+        raise BadRequest("record details are nested too deeply")
+    if isinstance(value, Mapping):
+        if any(type(k) is not str for k in value):
+            raise BadRequest("record details map keys must be strings")
+        return {k: _sorted(value[k], depth + 1) for k in sorted(value)}
+    if type(value) is list:
+        return [_sorted(v, depth + 1) for v in value]
+    return value
+
+
+def encode_record(record: Record) -> bytes:
+    """The canonical bytes of a record: a msgpack map with sorted keys at every level, including a
+    format version. This is what the chain and the Merkle tree hash, and what a bundle carries."""
+    value = {"actor": record.actor, "details": _sorted(record.details), "event": record.event,
+             "on_behalf_of": record.on_behalf_of, "outcome": record.outcome, "seq": record.seq,
+             "target": record.target, "time": record.time, "v": RECORD_VERSION}
+    try:
+        data = encode_body(value)
+    except BadRequest as exc:
+        raise BadRequest(f"record {record.seq} cannot be encoded: {exc.message}") from None
+    if len(data) > MAX_RECORD_BYTES:
+        raise BadRequest(f"record {record.seq} is {len(data)} bytes; the limit is {MAX_RECORD_BYTES}")
+    return data
+
+
+def chain_hash(prev_chain_hash: bytes, canonical: bytes) -> bytes:
+    """The chain hash of a record: ``SHA-256(previous chain hash || canonical bytes)``."""
+    return hashlib.sha256(prev_chain_hash + canonical).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """A record as the log stores it, with its chain hash."""
+
+    record: Record
+    chain_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A signed statement: the log's first ``tree_size`` records have Merkle root ``root`` and
+    chain head ``chain_head`` (the chain hash of record ``tree_size - 1``; :data:`GENESIS` for
+    an empty log), as of ``time``."""
+
+    tree_size: int
+    root: bytes
+    chain_head: bytes
+    time: float
+    signature: bytes
+
+
+def checkpoint_message(tree_size: int, root: bytes, chain_head: bytes, time: float) -> bytes:
+    """The exact bytes a checkpoint signature covers: a versioned context string, then the tree
+    size (8 bytes, big-endian), root (32), chain head (32) and time (IEEE 754 double, 8). Every
+    field has a fixed width, so no two checkpoints share a message."""
+    if type(tree_size) is not int or not 0 <= tree_size < 1 << 63:
+        raise BadRequest("checkpoint tree size must be an integer from 0")
+    for name, value in (("root", root), ("chain head", chain_head)):
+        if type(value) is not bytes or len(value) != HASH_BYTES:
+            raise BadRequest(f"checkpoint {name} must be {HASH_BYTES} bytes")
+    if type(time) is not float or not math.isfinite(time):
+        raise BadRequest("checkpoint time must be a finite float")
+    return _CHECKPOINT_CONTEXT + _CHECKPOINT_FIELDS.pack(tree_size, root, chain_head, time)
+
+
+def _private_key(private_key: bytes | bytearray) -> Ed25519PrivateKey:
+    # The keyvault hands out a wipeable bytearray; never turn it into bytes here.
+    if not isinstance(private_key, bytes | bytearray) or len(private_key) != 32:
+        raise BadRequest("the audit signing key must be 32 bytes (an Ed25519 seed)")
+    return Ed25519PrivateKey.from_private_bytes(private_key)
+
+
+def public_key_of(private_key: bytes | bytearray) -> bytes:
+    """The 32-byte Ed25519 public key that verifies what ``private_key`` signs."""
+    return _private_key(private_key).public_key().public_bytes_raw()
+
+
+def sign_checkpoint(private_key: bytes | bytearray, *, tree_size: int, root: bytes, chain_head: bytes,
+                    time: float) -> Checkpoint:
+    """A checkpoint signed with the 32-byte Ed25519 seed ``private_key``."""
+    time = float(time) if type(time) is int else time
+    signature = _private_key(private_key).sign(checkpoint_message(tree_size, root, chain_head, time))
+    return Checkpoint(tree_size, root, chain_head, time, signature)
+
+
+def verify_checkpoint(public_key: bytes, checkpoint: Checkpoint) -> None:
+    """Check the checkpoint's signature under the 32-byte Ed25519 ``public_key``. Returns nothing;
+    raises :class:`TamperError` if it does not verify (forged, altered, or another key's)."""
+    if type(public_key) is not bytes or len(public_key) != 32:
+        raise BadRequest("the audit public key must be 32 bytes (raw Ed25519)")
+    try:
+        key = Ed25519PublicKey.from_public_bytes(public_key)
+        message = checkpoint_message(checkpoint.tree_size, checkpoint.root, checkpoint.chain_head, checkpoint.time)
+        key.verify(checkpoint.signature, message)
+    except (InvalidSignature, BadRequest, TypeError, ValueError):
+        raise TamperError(f"the checkpoint at tree size {checkpoint.tree_size!r} has a bad signature: "
+                          "it was forged, altered, or signed by another key") from None
+
+
+class LogHead:
+    """The growing end of a log: next sequence number, chain head, and Merkle frontier.
+
+    The audit service keeps one in memory and appends through it, so each record costs one
+    encoding, two hashes and an amortised node hash; :meth:`checkpoint` signs the current state.
+    :func:`verify_log` returns the head of the log it verified; a service can also store ``size``,
+    ``chain_head`` and ``frontier.nodes`` and rebuild the head from them. To undo a batch whose
+    write failed, keep a :meth:`copy` from before it.
+    """
+
+    def __init__(self, size: int = 0, chain_head: bytes = GENESIS, frontier: Frontier | None = None) -> None:
+        self.frontier = Frontier() if frontier is None else frontier
+        self.chain_head = chain_head
+        if self.frontier.size != size or type(chain_head) is not bytes or len(chain_head) != HASH_BYTES:
+            raise BadRequest(f"a log head needs a frontier of {size} leaves and a {HASH_BYTES}-byte chain head")
+
+    @property
+    def size(self) -> int:
+        """The number of records so far, and so the next record's sequence number."""
+        return self.frontier.size
+
+    def copy(self) -> LogHead:
+        """An independent copy."""
+        return LogHead(self.size, self.chain_head, self.frontier.copy())
+
+    def append(self, *, time: float, actor: str, event: str, outcome: str, on_behalf_of: str | None = None,
+               target: str | None = None, details: Mapping[str, Any] | None = None) -> LogEntry:
+        """Number, encode and chain the next record; the caller stores the entry durably."""
+        record = Record(seq=self.size, time=time, actor=actor, event=event, outcome=outcome,
+                        on_behalf_of=on_behalf_of, target=target, details=dict(details or {}))
+        canonical = encode_record(record)
+        entry = LogEntry(record, chain_hash(self.chain_head, canonical))
+        self.frontier.append(leaf_hash(canonical))
+        self.chain_head = entry.chain_hash
+        return entry
+
+    def checkpoint(self, private_key: bytes | bytearray, time: float) -> Checkpoint:
+        """A signed checkpoint of everything appended so far."""
+        return sign_checkpoint(private_key, tree_size=self.size, root=self.frontier.root(),
+                               chain_head=self.chain_head, time=time)
+
+
+def _cut_or_restored(size: int, covered: int, what: str) -> TamperError:
+    return TamperError(f"the log has {size} records but {what} covers {covered}: records {size} to {covered - 1} "
+                       "were cut off, or an older copy of the log was restored", sequence=size)
+
+
+def verify_log(entries: Sequence[LogEntry], checkpoints: Sequence[Checkpoint], public_key: bytes,
+               trusted_latest: Checkpoint | None = None) -> LogHead:
+    """Verify a whole stored log, in order, and raise at the first thing that is wrong.
+
+    Checks that sequence numbers run 0, 1, 2 ... (a gap is a deletion, a number out of place a
+    reordering); that each stored chain hash matches (an edit); that every checkpoint is validly
+    signed, follows the one before it (size and time never decrease), and matches the Merkle root
+    and chain head of the records it covers (an edit with the chain rewritten after it); and that
+    the log still holds everything a checkpoint covers. ``trusted_latest`` is the latest checkpoint
+    as kept outside the log: the log must contain its records exactly, or it was cut short, rolled
+    back or rewritten. Raises :class:`TamperError` with the first bad ``sequence`` where a record
+    is at fault, and :class:`BadRequest` for a malformed public key. Returns the verified log's
+    :class:`LogHead`, ready to append to: the service need not hash its log twice at startup.
+    """
+    if trusted_latest is not None:
+        verify_checkpoint(public_key, trusted_latest)  # a forged "trusted" checkpoint vouches for nothing
+    frontier, head = Frontier(), GENESIS
+    vouched, previous, pending = 0, None, 0  # records [0, vouched) match a verified checkpoint
+
+    def check(cp: Checkpoint, what: str) -> None:
+        if cp.root == frontier.root() and cp.chain_head == head:
+            return
+        if frontier.size == vouched:  # no record to blame: two signed statements disagree
+            forked = ", which an earlier signed checkpoint vouches for: the log was forked" if previous else ""
+            raise TamperError(f"{what} at tree size {cp.tree_size} contradicts the first {vouched} records{forked}")
+        raise TamperError(f"records {vouched} to {frontier.size - 1} do not match {what} at tree size {cp.tree_size}: "
+                          "a record was modified, deleted or reordered and the hash chain after it rewritten",
+                          sequence=vouched)
+
+    for size in range(len(entries) + 1):
+        while pending < len(checkpoints) and checkpoints[pending].tree_size <= size:
+            cp = checkpoints[pending]
+            verify_checkpoint(public_key, cp)
+            if previous is not None and (cp.tree_size < previous.tree_size or cp.time < previous.time):
+                raise TamperError(f"the checkpoint at tree size {cp.tree_size} follows one at tree size "
+                                  f"{previous.tree_size}: checkpoints were reordered or an older one restored")
+            check(cp, "the signed checkpoint")
+            vouched, previous, pending = size, cp, pending + 1
+        if trusted_latest is not None and trusted_latest.tree_size == size:
+            check(trusted_latest, "the trusted latest checkpoint")
+        if size == len(entries):
+            break
+        entry = entries[size]
+        seq = entry.record.seq
+        if seq != size:
+            if seq > size and all(e.record.seq != size for e in entries[size + 1:]):
+                raise TamperError(f"record {size} is missing: it was deleted", sequence=size)
+            raise TamperError(f"record {size} is out of place, record {seq} stands in its position: the log was "
+                              "reordered or a record duplicated", sequence=size)
+        try:
+            canonical = encode_record(entry.record)
+        except BadRequest as exc:
+            raise TamperError(f"record {size} is corrupt: {exc.message}", sequence=size) from None
+        if entry.chain_hash != chain_hash(head, canonical):
+            also = f" (or record {size - 1} was, along with its chain hash)" if size else ""
+            raise TamperError(f"record {size} does not match its chain hash: it was modified{also}", sequence=size)
+        frontier.append(leaf_hash(canonical))
+        head = entry.chain_hash
+    if pending < len(checkpoints):
+        cp = checkpoints[pending]
+        verify_checkpoint(public_key, cp)
+        raise _cut_or_restored(len(entries), cp.tree_size, "a signed checkpoint in the log")
+    if trusted_latest is not None and trusted_latest.tree_size > len(entries):
+        raise _cut_or_restored(len(entries), trusted_latest.tree_size, "the trusted latest checkpoint")
+    return LogHead(len(entries), head, frontier)

@@ -1,0 +1,174 @@
+"""Export audit records with proofs, and verify an export offline with only the public key.
+
+A bundle is one msgpack map, self-contained and versioned::
+
+    {"format": "curvemesh-audit-bundle/v1",
+     "checkpoint": <checkpoint bytes, see encode_checkpoint>,
+     "records": [{"seq": int, "record": <canonical record bytes>, "proof": [<32-byte hash>, ...]}, ...]}
+
+Each record carries its RFC 9162 inclusion proof against the signed checkpoint's root, so a third
+party needs nothing but the bundle and the audit Ed25519 public key: the signature vouches for the
+root, the proof ties each record's exact bytes to the root. The records need not be contiguous;
+chain hashes are left out because a verifier could not check them across the gaps, and a bundle
+carries only what its verifier checks.
+
+:func:`encode_checkpoint` and :func:`decode_checkpoint` are also the form in which the audit service
+keeps its latest checkpoint outside the log (keyvault state or the keyring).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from shared import BadRequest, decode_body, encode_body
+
+from .chain import MAX_RECORD_BYTES, RECORD_VERSION, Checkpoint, Record, encode_record, verify_checkpoint
+from .errors import TamperError
+from .merkle import MerkleTree, leaf_hash, verify_inclusion
+
+__all__ = [
+    "BUNDLE_FORMAT", "Bundle",
+    "decode_checkpoint", "decode_record", "encode_checkpoint", "export_bundle", "verify_bundle",
+]
+
+BUNDLE_FORMAT: Final = "curvemesh-audit-bundle/v1"
+_CHECKPOINT_VERSION: Final = 1
+_CHECKPOINT_KEYS: Final = frozenset({"v", "tree_size", "root", "chain_head", "time", "signature"})
+_RECORD_KEYS: Final = frozenset({"v", "seq", "time", "actor", "on_behalf_of", "event", "target", "outcome",
+                                 "details"})
+_ENTRY_KEYS: Final = frozenset({"seq", "record", "proof"})
+
+
+def decode_record(data: bytes) -> Record:
+    """The record whose canonical bytes (:func:`.chain.encode_record`) are ``data``. Raises
+    :class:`BadRequest` for anything else: malformed msgpack, an unknown version, a missing or
+    unknown field, a field of the wrong type, or an encoding that is not the canonical one."""
+    value = decode_body(data, MAX_RECORD_BYTES)
+    if type(value) is not dict or value.keys() != _RECORD_KEYS:
+        raise BadRequest("not an audit record: wrong fields")
+    if value.pop("v") != RECORD_VERSION:
+        raise BadRequest(f"unsupported audit record version; this verifier reads version {RECORD_VERSION}")
+    if type(value["time"]) is not float:
+        raise BadRequest("record field 'time' must be a float")
+    record = Record(**value)
+    if encode_record(record) != data:  # one record, one encoding: nothing else can hash the same
+        raise BadRequest(f"record {record.seq} is not in canonical form")
+    return record
+
+
+def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
+    """A checkpoint as msgpack bytes, signature included."""
+    return encode_body({"v": _CHECKPOINT_VERSION, "tree_size": checkpoint.tree_size, "root": checkpoint.root,
+                        "chain_head": checkpoint.chain_head, "time": checkpoint.time,
+                        "signature": checkpoint.signature})
+
+
+def decode_checkpoint(data: bytes) -> Checkpoint:
+    """The checkpoint :func:`encode_checkpoint` wrote. Raises :class:`BadRequest` if ``data`` is not
+    one; the signature is *not* checked here (that is :func:`.chain.verify_checkpoint`)."""
+    value = decode_body(data, 1024)
+    if type(value) is not dict or value.keys() != _CHECKPOINT_KEYS or value["v"] != _CHECKPOINT_VERSION:
+        raise BadRequest("not an audit checkpoint of a known version")
+    kinds = {"tree_size": int, "root": bytes, "chain_head": bytes, "time": float, "signature": bytes}
+    for key, kind in kinds.items():
+        if type(value[key]) is not kind:
+            raise BadRequest(f"checkpoint field {key!r} must be {kind.__name__}")
+    return Checkpoint(value["tree_size"], value["root"], value["chain_head"], value["time"], value["signature"])
+
+
+def export_bundle(records: Sequence[Record], checkpoint: Checkpoint, *, only: Iterable[int] | None = None) -> bytes:
+    """A bundle proving records of the log against ``checkpoint``.
+
+    ``records`` is the log from record 0 (at least ``checkpoint.tree_size`` records); ``only``
+    picks the sequence numbers to export (default: every record the checkpoint covers). The log
+    is checked against the checkpoint's root first, so a bundle that cannot verify is never
+    written: a mismatch raises :class:`TamperError` (run :func:`.chain.verify_log` to locate it).
+    """
+    size = checkpoint.tree_size
+    if len(records) < size:
+        raise BadRequest(f"the checkpoint covers {size} records; only {len(records)} were given")
+    canonical = [encode_record(r) for r in records[:size]]
+    tree = MerkleTree(leaf_hash(c) for c in canonical)
+    if tree.root() != checkpoint.root:
+        raise TamperError(f"the log's first {size} records do not match the checkpoint at tree size {size}")
+    chosen = range(size) if only is None else sorted(set(only))
+    if any(type(seq) is not int for seq in chosen) or (chosen and not 0 <= chosen[0] <= chosen[-1] < size):
+        raise BadRequest(f"only records 0 to {size - 1} can be proven against this checkpoint")
+    entries = [{"seq": seq, "record": canonical[seq], "proof": tree.inclusion_proof(seq)} for seq in chosen]
+    data: bytes = msgpack.packb({"format": BUNDLE_FORMAT, "checkpoint": encode_checkpoint(checkpoint),
+                                 "records": entries}, use_bin_type=True)
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """What a bundle proved: the signed checkpoint, and records each proven to be in its tree."""
+
+    checkpoint: Checkpoint
+    records: tuple[Record, ...]
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise TamperError("the bundle is malformed: it holds a msgpack extension type")
+
+
+def _parse(bundle_bytes: bytes) -> tuple[Checkpoint, list[Any]]:
+    try:
+        value = msgpack.unpackb(bundle_bytes, raw=False, strict_map_key=True, ext_hook=_no_ext, timestamp=0)
+    except TamperError:
+        raise
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, RecursionError,
+            UnicodeDecodeError) as exc:
+        raise TamperError(f"the bundle is malformed msgpack ({type(exc).__name__})") from None
+    if type(value) is not dict or value.keys() != {"format", "checkpoint", "records"}:
+        raise TamperError("the bundle is malformed: not a map of format, checkpoint and records")
+    if value["format"] != BUNDLE_FORMAT:
+        # Name what we read, never echo what was sent: the field may hold anything.
+        raise TamperError(f"the bundle is not in a format this verifier reads ({BUNDLE_FORMAT})")
+    if type(value["checkpoint"]) is not bytes or type(value["records"]) is not list:
+        raise TamperError("the bundle is malformed: wrong checkpoint or records field")
+    try:
+        checkpoint = decode_checkpoint(value["checkpoint"])
+    except BadRequest as exc:
+        raise TamperError(f"the bundle's checkpoint is malformed: {exc.message}") from None
+    return checkpoint, value["records"]
+
+
+def verify_bundle(bundle_bytes: bytes, public_key: bytes) -> Bundle:
+    """Verify a bundle offline with only the 32-byte Ed25519 ``public_key`` of the audit service.
+
+    Checks the checkpoint's signature, then each record in order: sequence numbers increase and
+    lie inside the checkpoint's tree, the inclusion proof ties the record's exact bytes to the
+    signed root, and the bytes are a well-formed canonical record with the sequence number the
+    entry claims. Raises :class:`TamperError` at the first failure, with the record's ``sequence``
+    when one can be named; :class:`BadRequest` for a malformed public key. Returns what it proved.
+    """
+    checkpoint, entries = _parse(bundle_bytes)
+    verify_checkpoint(public_key, checkpoint)
+    size, previous, records = checkpoint.tree_size, -1, []
+    for position, entry in enumerate(entries):
+        if type(entry) is not dict or entry.keys() != _ENTRY_KEYS or type(entry["seq"]) is not int:
+            raise TamperError(f"bundle entry {position} (after record {previous}) is malformed")
+        seq, data, proof = entry["seq"], entry["record"], entry["proof"]
+        if not 0 <= seq < size:
+            raise TamperError(f"record {seq} is not covered by the checkpoint, which covers {size} records",
+                              sequence=seq)
+        if seq <= previous:
+            raise TamperError(f"record {seq} comes after record {previous} in the bundle: it was reordered or "
+                              "repeated", sequence=seq)
+        if type(data) is not bytes or type(proof) is not list:
+            raise TamperError(f"record {seq} is malformed in the bundle", sequence=seq)
+        try:
+            verify_inclusion(leaf_hash(data), seq, size, proof, checkpoint.root)
+            record = decode_record(data)
+        except (TamperError, BadRequest) as exc:
+            raise TamperError(f"record {seq} is not the record the log signed: {exc.message}", sequence=seq) from None
+        if record.seq != seq:
+            raise TamperError(f"record {seq} holds the sequence number {record.seq}", sequence=seq)
+        records.append(record)
+        previous = seq
+    return Bundle(checkpoint, tuple(records))
