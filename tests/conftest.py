@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from shared import MeshHome
 from shared.testing import InProcessMesh
 
 from .secret_service import running_secret_service
@@ -70,6 +71,21 @@ def secret_service() -> Iterator[str]:
                 os.environ.pop("DBUS_SESSION_BUS_ADDRESS", None)
             else:
                 os.environ["DBUS_SESSION_BUS_ADDRESS"] = saved
+
+
+@pytest.fixture
+def fast_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[MeshHome]:
+    """An empty home with the fast test configuration, for in-process ``meshctl init``
+    with no terminal attached (init then generates a recovery passphrase)."""
+    from tools.meshctl_cli import _intake
+
+    from .test_operations_e2e import write_fast_config
+    monkeypatch.setattr(_intake, "on_terminal", lambda: False)
+    monkeypatch.delenv("CURVEMESH_CONFIG", raising=False)
+    with tempfile.TemporaryDirectory(prefix="cm") as path:
+        home = MeshHome(Path(path) / "h")
+        write_fast_config(home)
+        yield home
 
 
 @pytest.fixture

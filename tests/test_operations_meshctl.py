@@ -9,9 +9,6 @@ import signal
 import socket
 import stat
 import sys
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from supervisor.datatypes import RestartUnconditionally
@@ -19,23 +16,15 @@ from supervisor.options import EventListenerPoolConfig, ServerOptions
 
 from shared import MeshHome, certs
 from shared._provision import MESH_IDENTITIES, provision
-from tools.meshctl_cli import _intake, main
+from tools.meshctl_cli import main
 from tools.meshctl_cli._supervisor import CONF, REPO, Credentials, create_credentials, load_credentials
-
-from .test_operations_e2e import write_fast_config
 
 MESH_PROGRAMS = ["broker", "keyvault", "authn", "authz", "storage", "audit", "pairing", "plugin-host"]
 
 
 @pytest.fixture
-def home(monkeypatch: pytest.MonkeyPatch) -> Iterator[MeshHome]:
-    # No terminal (init generates a recovery passphrase) and a fast Argon2 master profile.
-    monkeypatch.setattr(_intake, "on_terminal", lambda: False)
-    monkeypatch.delenv("CURVEMESH_CONFIG", raising=False)
-    with tempfile.TemporaryDirectory(prefix="cm") as path:
-        home = MeshHome(Path(path) / "h")
-        write_fast_config(home)
-        yield home
+def home(fast_home: MeshHome) -> MeshHome:
+    return fast_home
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

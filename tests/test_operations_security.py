@@ -56,15 +56,8 @@ def secrets_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[MeshHome]:
-    """A fast-config home for in-process ``meshctl init``, with no terminal attached."""
-    from tools.meshctl_cli import _intake
-    monkeypatch.setattr(_intake, "on_terminal", lambda: False)
-    monkeypatch.delenv("CURVEMESH_CONFIG", raising=False)
-    with tempfile.TemporaryDirectory(prefix="cm") as path:
-        home = MeshHome(Path(path) / "h")
-        write_fast_config(home)
-        yield home
+def fresh(fast_home: MeshHome) -> MeshHome:
+    return fast_home
 
 
 def run(capsys: pytest.CaptureFixture[str], home: MeshHome, *argv: str) -> tuple[int, str, str]:

@@ -87,7 +87,8 @@ async def test_mailbox_takes_one_message_at_a_time_unless_concurrent(mesh: InPro
     calls = [asyncio.create_task(client.call("echo.block", timeout=5)) for _ in range(3)]
     await asyncio.wait_for(echo.entered.wait(), 5)
     health = asyncio.create_task(client.call("echo.health", timeout=5))
-    await asyncio.sleep(0)  # let the health request queue up behind the blocked handler
+    # All four requests reached the service (in flight at the broker); only one runs.
+    await eventually(lambda: _async(len(mesh.broker.in_flight) == 4))
     assert echo.active == 1 and not health.done()
     echo.release.set()
     await asyncio.gather(*calls, health)
