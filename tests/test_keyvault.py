@@ -89,7 +89,7 @@ async def test_master_key_lives_in_the_real_secret_service_and_unlocks_after_res
     home, mesh = make_home(short_tmp / "h")
     state = store.load(home)
     assert state is not None
-    keystore = KeyringKeystore(state.mesh_id, __import__("keyring").get_keyring())
+    keystore = KeyringKeystore(f"master:{state.mesh_id}", __import__("keyring").get_keyring())
     master = keystore.get()
     assert master is not None and len(master) == 32
     assert not (home.keys / "master.keystore").exists()  # never the file fallback here
