@@ -136,12 +136,12 @@ def test_redaction_processor_hides_declared_sensitive_fields() -> None:
     stream = io.StringIO()
     configure_logging("test", stream=stream)
     try:
-        structlog.get_logger().info("login", password="pw-1", details={"token": "tk-2", "user": "ann"},
+        structlog.get_logger().info("login", password="pw-1", context={"token": "tk-2", "user": "ann"},
                                     items=[{"secret": "s-3"}])
     finally:
         structlog.reset_defaults()
     line = json.loads(stream.getvalue())
-    assert line["password"] == "<redacted>" and line["details"] == {"token": "<redacted>", "user": "ann"}
+    assert line["password"] == "<redacted>" and line["context"] == {"token": "<redacted>", "user": "ann"}
     assert "s-3" not in stream.getvalue()
 
 

@@ -1,19 +1,385 @@
-"""The audit service.
+"""The audit service: the tamper-evident audit log (DESIGN.md invariants 7 and 9).
 
-It will keep the tamper-evident audit log. The pure core it will be built on is here
-already (:mod:`.merkle`, :mod:`.chain`, :mod:`.proofs`: RFC 9162 Merkle trees, the hash
-chain, signed checkpoints, offline bundles), but nothing stores records yet: the service
-registers with the broker under its own certificate and answers only ``audit.health``,
-inherited from :class:`shared.Service`; it claims nothing else. Until it accepts
-records, the broker and keyvault keep their audit records in their spools.
+Keys come from keyvault over the mesh (``audit-hmac``: the database key and the details-hash key
+are derived from it; ``audit-signing``: the 32-byte Ed25519 checkpoint key); they live in
+bytearrays here only and are wiped on ``security.sealed`` and at stop. Until both keys are
+fetched the service is *sealed*: every append answers ``SEALED`` and it retries with a growing
+delay, and at once on ``security.unsealed`` (when the ACL lets it subscribe to ``security.``).
+
+At start (once keys are there) the whole log is verified against the trusted latest checkpoint,
+kept outside the log in a secret slot (platform keyring, or a 0600 file). If that fails the
+service is *tampered*: it logs the first bad record and refuses appends; it never rewrites the
+trusted copy to make a bad log pass. The trusted copy only moves forward, after a newer checkpoint
+is durable in the database.
+
+Appends are group-committed: requests that arrive while a commit is running are written together
+in the next transaction, and each is answered only after its transaction is on disk. A checkpoint
+is signed every :data:`CHECKPOINT_EVERY_RECORDS` records (in the same transaction), every
+:data:`CHECKPOINT_EVERY_S` seconds when records arrived since the last, before an export, and at
+a clean stop. These are module constants because shared/_config.py has no ``[audit]`` table yet.
 """
 
 from __future__ import annotations
 
-from shared import Service
+import asyncio
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+
+from shared import (
+    BadRequest,
+    Forbidden,
+    MeshConfig,
+    MeshError,
+    MeshHome,
+    NoFields,
+    RequestContext,
+    Sealed,
+    Service,
+    Timeout,
+    Unavailable,
+    config_path,
+    handler,
+    load_config,
+)
+from shared._crypto import derive_subkey, wipe
+from shared._keystore import Keystore, choose_keystore
+
+from .chain import Checkpoint, LogHead, Record, encode_record, public_key_of
+from .errors import TamperError
+from .proofs import encode_checkpoint
+from .sanitize import sanitize_details
+from .schema import MAX_TAIL, AppendRequest, TailRequest, record_to_wire
+from .store import AuditStore, StoreError, db_path, export_log, verify_report, verify_store
+
+log = structlog.get_logger("audit")
+
+CHECKPOINT_EVERY_RECORDS: Final = 100   #: sign a checkpoint at least every N records
+CHECKPOINT_EVERY_S: Final = 10.0        #: ... and every T seconds when records arrived since
+KEY_RETRY_MIN_S: Final = 1.0            #: first retry of the key fetch while sealed
+KEY_RETRY_MAX_S: Final = 60.0           #: keyvault rate-limits and audits each fetch: back off
+KEY_CALL_TIMEOUT_S: Final = 5.0
+_EXPORT_MARGIN: Final = 4096            #: envelope and reply framing around an exported bundle
+
+Pending = tuple[list[Record], "asyncio.Future[tuple[int, int]]"]
 
 
 class Audit(Service):
-    """Mesh name ``audit``; handlers: ``health``."""
+    """Mesh name ``audit``; handlers: ``append``, ``tail``, ``verify``, ``export``, ``public_key``, ``health``."""
 
     name = "audit"
+
+    def __init__(self, home: MeshHome | None = None, config: MeshConfig | None = None) -> None:
+        super().__init__()
+        self.home = home or MeshHome.from_env()
+        self.config = config or load_config(config_path(self.home.root))
+        self.state = "sealed"            # sealed | ok | tampered | failed
+        self.problem: str | None = None  # why, when not ok; never holds record contents
+        self.store: AuditStore | None = None
+        self.head: LogHead | None = None
+        self.latest: Checkpoint | None = None   # the latest checkpoint durable in the database
+        self.slot: Keystore | None = None        # where the trusted latest checkpoint is kept
+        self.public_key: bytes | None = None
+        self._db_key: bytearray | None = None
+        self._sign_key: bytearray | None = None
+        self._hash_key: bytearray | None = None
+        self._pending: list[Pending] = []
+        self._committer: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()       # one transaction at a time; also guards head and latest
+        self._unseal_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        """Try to unseal once, then keep retrying and checkpointing in the background."""
+        try:
+            subscription = await self.mesh.subscribe("security.", timeout=KEY_CALL_TIMEOUT_S)
+            self._tasks.append(asyncio.create_task(self._watch(subscription), name="audit-watch"))
+        except MeshError as exc:
+            # Without the ACL grant we still unseal, just on the retry timer instead of at once.
+            log.warning("no_security_events", reason=exc.code, hint="grant subscribe 'security.' to audit")
+        await self._try_unseal()
+        self._tasks.append(asyncio.create_task(self._keeper(), name="audit-keeper"))
+
+    async def on_stop(self) -> None:
+        """Finish pending commits, write a final checkpoint, close the database, wipe the keys."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._committer is not None:
+            await asyncio.gather(self._committer, return_exceptions=True)
+        await self._seal("stopping")
+
+    async def _keeper(self) -> None:
+        delay = KEY_RETRY_MIN_S
+        while True:
+            self._wake.clear()  # before the attempt, so a wake-up during it is not lost
+            if self.state == "sealed" and not await self._try_unseal():
+                timeout, delay = delay, min(delay * 2, KEY_RETRY_MAX_S)
+            else:
+                timeout, delay = CHECKPOINT_EVERY_S, KEY_RETRY_MIN_S
+                await self._checkpoint()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def _watch(self, subscription: Any) -> None:
+        while True:
+            try:
+                event = await subscription.next(timeout=3600)
+            except Timeout:
+                continue
+            if event.sender != "keyvault":  # only keyvault speaks for the seal state
+                continue
+            if event.topic == "security.unsealed":
+                self._wake.set()
+            elif event.topic == "security.sealed":
+                await self._seal("security.sealed")
+
+    async def _fetch_key(self, purpose: str) -> bytearray:
+        reply = await self.mesh.call("keyvault.keys.get", {"purpose": purpose}, timeout=KEY_CALL_TIMEOUT_S)
+        # The reply's bytes object cannot be wiped (shared/_crypto.py); the copy we keep can.
+        return bytearray(reply["key"])
+
+    async def _try_unseal(self) -> bool:
+        """Fetch the keys, open and verify the log. True when the service is no longer sealed."""
+        async with self._unseal_lock:
+            if self.state != "sealed":
+                return True
+            try:
+                hmac_key = await self._fetch_key("audit-hmac")
+                self._sign_key = await self._fetch_key("audit-signing")
+            except MeshError as exc:
+                log.info("sealed", reason=exc.code, detail=exc.message)
+                return False
+            try:
+                self._db_key = derive_subkey(hmac_key, "audit-db")
+                self._hash_key = derive_subkey(hmac_key, "audit-details")
+            finally:
+                wipe(hmac_key)
+            self.public_key = public_key_of(self._sign_key)
+            fingerprint = hashlib.sha256(self.public_key).hexdigest()[:16]
+            self.slot, warning = choose_keystore(self.config.keyvault.keystore, self.home.keys / "audit-checkpoint",
+                                                 f"audit-checkpoint:{fingerprint}")
+            if warning:
+                log.warning("checkpoint_slot_warning", warning="trusted checkpoint protected by file permissions only")
+            loop = asyncio.get_running_loop()
+            try:
+                store = await loop.run_in_executor(None, AuditStore.open, db_path(self.home), self._db_key)
+            except StoreError as exc:
+                self.state, self.problem = "failed", exc.message
+                log.error("audit_db_unusable", reason=exc.message)
+                return True
+            try:
+                head, latest, trusted = await loop.run_in_executor(None, self._verify, store)
+            except TamperError as exc:
+                store.close()
+                self.state, self.problem = "tampered", exc.message
+                log.error("audit_log_tampered", first_bad=exc.sequence, reason=exc.message)
+                return True
+            self.store, self.head, self.latest, self.state, self.problem = store, head, latest, "ok", None
+            log.info("unsealed", size=head.size, checkpoint_size=latest.tree_size if latest else 0)
+            if latest is not None and (trusted is None or trusted.tree_size < latest.tree_size):
+                await self._save_trusted(latest)  # a crash came between the checkpoint and the slot update
+            return True
+
+    def _verify(self, store: AuditStore) -> tuple[LogHead, Checkpoint | None, Checkpoint | None]:
+        assert self.public_key is not None and self.slot is not None
+        head, latest, trusted, _ = verify_store(store, self.public_key, self.slot)
+        return head, latest, trusted
+
+    async def _save_trusted(self, checkpoint: Checkpoint) -> None:
+        assert self.slot is not None
+        try:
+            blob = bytearray(encode_checkpoint(checkpoint))
+            await asyncio.get_running_loop().run_in_executor(None, self.slot.put, blob)
+        except Exception as exc:  # noqa: BLE001 - a lagging trusted copy is safe; say so loudly.
+            log.error("trusted_checkpoint_not_saved", error_type=type(exc).__name__, tree_size=checkpoint.tree_size)
+
+    async def _seal(self, reason: str) -> None:
+        async with self._write_lock:
+            if self.state == "ok":
+                await self._checkpoint_locked()
+            if self.store is not None:
+                self.store.close()
+            for key in (self._db_key, self._sign_key, self._hash_key):
+                if key is not None:
+                    wipe(key)
+            self.store = self.head = self._db_key = self._sign_key = self._hash_key = None
+            self.state, self.problem = "sealed", reason
+            log.info("sealed", reason=reason)
+
+    # -- writing -----------------------------------------------------------------------
+
+    def _refusal(self) -> MeshError:
+        if self.state == "sealed":
+            return Sealed("audit is sealed: the mesh is locked or keyvault is not reachable")
+        return Unavailable(f"audit refuses to append: the stored log is {self.state} ({self.problem}); "
+                           "an operator must investigate (audit.verify)")
+
+    async def _checkpoint(self) -> None:
+        async with self._write_lock:
+            await self._checkpoint_locked()
+
+    async def _checkpoint_locked(self) -> None:
+        if self.state != "ok" or self.head is None or self.store is None or self._sign_key is None:
+            return
+        if self.head.size == (self.latest.tree_size if self.latest else 0):
+            return
+        checkpoint = self.head.checkpoint(self._sign_key, self._now_for_checkpoint())
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, self.store.append, [], checkpoint)
+        except StoreError as exc:
+            log.error("checkpoint_failed", reason=exc.message)
+            return
+        self.latest = checkpoint
+        await self._save_trusted(checkpoint)
+
+    def _now_for_checkpoint(self) -> float:
+        # Verification refuses checkpoint times that go backwards; the wall clock may.
+        return max(time.time(), self.latest.time if self.latest else 0.0)
+
+    async def _commit_pending(self) -> None:
+        async with self._write_lock:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._commit(batch)
+
+    async def _commit(self, batch: list[Pending]) -> None:
+        """One transaction for every request in ``batch``; each future resolves after the commit."""
+        if self.state != "ok" or self.head is None or self.store is None or self._sign_key is None:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(self._refusal())
+            return
+        backup, entries, ranges = self.head.copy(), [], []
+        for records, future in batch:
+            first = self.head.size
+            for r in records:
+                entries.append(self.head.append(time=r.time, actor=r.actor, event=r.event, outcome=r.outcome,
+                                                on_behalf_of=r.on_behalf_of, target=r.target, details=r.details))
+            ranges.append((future, first, self.head.size - 1))
+        checkpoint = None
+        if self.head.size - (self.latest.tree_size if self.latest else 0) >= CHECKPOINT_EVERY_RECORDS:
+            checkpoint = self.head.checkpoint(self._sign_key, self._now_for_checkpoint())
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.store.append, entries, checkpoint)
+        except StoreError as exc:
+            self.head = backup  # nothing of the batch was written: the log continues from before it
+            log.error("append_failed", reason=exc.message, records=len(entries))
+            for future, _, _ in ranges:
+                if not future.done():
+                    future.set_exception(Unavailable("the audit log could not be written; nothing was recorded"))
+            return
+        for future, first, last in ranges:
+            if not future.done():
+                future.set_result((first, last))
+        if checkpoint is not None:
+            self.latest = checkpoint
+            await self._save_trusted(checkpoint)
+
+    @handler("append", request=AppendRequest, concurrent=True, sensitive=("details",))
+    async def append(self, ctx: RequestContext, req: AppendRequest) -> dict[str, Any]:
+        """``audit.append {records: [{type, outcome, target?, on_behalf_of?, time?, details?}]}`` →
+        ``{first_seq, last_seq}``, answered only once every record is durable. The actor is the
+        caller the broker authenticated. ``SEALED`` while sealed; ``UNAVAILABLE`` when the log
+        failed verification or the disk write failed (then nothing of the request was stored)."""
+        if self.state != "ok" or self._hash_key is None:
+            raise self._refusal()
+        if not req.records:
+            raise BadRequest("append needs at least one record")
+        now, prepared = time.time(), []
+        for item in req.records:
+            details = sanitize_details(item.details, self._hash_key)
+            if item.time is not None:
+                details["reported_time"] = item.time
+            record = Record(seq=0, time=now, actor=ctx.caller, event=item.type, outcome=item.outcome,
+                            on_behalf_of=item.on_behalf_of, target=item.target, details=details)
+            encode_record(record)  # refuse an oversized record here, so it cannot fail the whole batch
+            prepared.append(record)
+        future: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+        self._pending.append((prepared, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_pending(), name="audit-commit")
+        first, last = await asyncio.shield(future)  # a caller's timeout must not cancel the batch
+        return {"first_seq": first, "last_seq": last}
+
+    # -- reading (operators) ------------------------------------------------------------
+
+    def _operator(self, ctx: RequestContext) -> None:
+        if ctx.role != "operator":
+            raise Forbidden("only an operator may read the audit log")
+        if self.public_key is None or self._db_key is None:
+            raise Sealed("audit is sealed: the mesh is locked or keyvault is not reachable")
+
+    def _paths(self) -> tuple[Path, bytearray, bytes, Keystore]:
+        assert self._db_key is not None and self.public_key is not None and self.slot is not None
+        return db_path(self.home), self._db_key, self.public_key, self.slot
+
+    @handler("tail", request=TailRequest, concurrent=True)
+    async def tail(self, ctx: RequestContext, req: TailRequest) -> dict[str, Any]:
+        """``audit.tail {limit?, type?, actor?}`` → ``{records: [...]}``, latest last (operators)."""
+        self._operator(ctx)
+        if not 1 <= req.limit <= MAX_TAIL:
+            raise BadRequest(f"limit must be 1 to {MAX_TAIL}")
+
+        path, key, _, _ = self._paths()
+
+        def read() -> list[Record]:
+            with AuditStore.open(path, key) as reader:
+                return reader.tail(req.limit, req.type, req.actor)
+        return {"records": [record_to_wire(r) for r in await ctx.run_blocking(read)]}
+
+    @handler("verify", concurrent=True)
+    async def verify(self, ctx: RequestContext, req: NoFields) -> dict[str, Any]:
+        """``audit.verify`` → ``{ok, size, checkpoint_size, first_bad?, error?}``: re-verifies the whole
+        database against the trusted checkpoint (operators). A failure also stops appends."""
+        self._operator(ctx)
+        result: dict[str, Any] = await ctx.run_blocking(verify_report, *self._paths())
+        if not result["ok"] and self.state == "ok":
+            self.state, self.problem = "tampered", result["error"]
+            log.error("audit_log_tampered", first_bad=result["first_bad"], reason=result["error"])
+        return result
+
+    @handler("export", concurrent=True)
+    async def export(self, ctx: RequestContext, req: NoFields) -> dict[str, Any]:
+        """``audit.export`` → ``{bundle, public_key, tree_size}``: every record up to a fresh signed
+        checkpoint, with inclusion proofs, for :func:`.proofs.verify_bundle` (operators). Refused with
+        ``BAD_REQUEST`` when the bundle would not fit in ``broker.max_message_bytes``."""
+        self._operator(ctx)
+        await self._checkpoint()  # so the export covers every record acknowledged so far
+
+        try:
+            bundle, size = await ctx.run_blocking(export_log, *self._paths())
+        except TamperError as exc:
+            raise Unavailable(f"the stored log failed verification; not exporting ({exc.message})") from None
+        limit = self.config.broker.max_message_bytes - _EXPORT_MARGIN
+        if len(bundle) > limit:
+            raise BadRequest(f"the export of {size} records is {len(bundle)} bytes, over the {limit} bytes "
+                             "broker.max_message_bytes allows; exporting a range is not implemented yet")
+        assert self.public_key is not None
+        return {"bundle": bundle, "public_key": self.public_key, "tree_size": size}
+
+    @handler("public_key")
+    async def public_key_handler(self, ctx: RequestContext, req: NoFields) -> dict[str, Any]:
+        """``audit.public_key`` → ``{public_key, fingerprint}``: the checkpoint-signing Ed25519 key."""
+        if self.public_key is None:
+            raise Sealed("audit is sealed: the mesh is locked or keyvault is not reachable")
+        return {"public_key": self.public_key, "fingerprint": hashlib.sha256(self.public_key).hexdigest()[:16]}
+
+    @handler("health")
+    async def health(self, ctx: RequestContext, req: NoFields) -> dict[str, Any]:
+        """``audit.health`` → the usual fields, ``status`` being ``ok``, ``sealed``, ``tampered`` or
+        ``failed``, plus ``size``, ``checkpoint_size`` and ``problem``."""
+        return {"service": self.name, "status": self.state, "pid": os.getpid(),
+                "uptime_s": round(time.monotonic() - self.started, 3),
+                "size": self.head.size if self.head else None,
+                "checkpoint_size": self.latest.tree_size if self.latest else 0, "problem": self.problem}

@@ -165,9 +165,17 @@ def _row(name: str, proc: dict[str, Any] | None, stats: dict[str, Any] | None,
             row.update(heartbeat_age_s=reg["heartbeat_age_s"], errors=reg["errors"], requests=reg["requests"],
                        p50_ms=reg["p50_ms"], p99_ms=reg["p99_ms"])
         row["health"] = health.get(name)
-        answered = isinstance(row["health"], dict) and row["health"].get("status") in ("ok", "degraded")
-        problem = None if reg is not None and answered else (
-            "not registered" if reg is None else "does not answer health")
+        status = row["health"].get("status") if isinstance(row["health"], dict) else None
+        if reg is None:
+            problem = "not registered"
+        elif status is None:
+            problem = "does not answer health"
+        elif status in ("ok", "degraded", "sealed"):
+            # Sealed is the operator's choice, shown on its own line, not a broken process.
+            problem = None
+        else:
+            detail = row["health"].get("problem")
+            problem = f"health is {status}" + (f": {detail}" if detail else "")
     if not running:
         problem = f"{state}" + (f" ({row['description']})" if row["description"] else "")
     row["healthy"] = problem is None

@@ -1,0 +1,240 @@
+"""The audit database: records and signed checkpoints in SQLCipher, at ``<home>/data/audit/audit.db``.
+
+Contracts:
+
+- Encrypted at rest (DESIGN.md invariant 5): the database, its WAL and its temp data are all
+  SQLCipher-encrypted with a raw 256-bit key (``PRAGMA key = "x'<hex>'"``, no passphrase KDF);
+  temporary tables and sort spills stay in memory (``temp_store = MEMORY``). A wrong key or a
+  file that is not an audit database raises :class:`StoreError` at :meth:`AuditStore.open`.
+- Durable (invariant 9): WAL with ``synchronous = FULL``, so a commit is on disk when
+  :meth:`AuditStore.append` returns. A batch (records and, optionally, a checkpoint) is one
+  transaction: all of it or none of it.
+- The store does not judge what it reads back: :meth:`AuditStore.load` returns the rows as
+  :class:`~.chain.LogEntry` and :class:`~.chain.Checkpoint` in primary-key order, and
+  :func:`~.chain.verify_log` decides whether they are the log that was written. Only a row
+  that cannot even be decoded raises :class:`~.errors.TamperError` here, naming it.
+
+A connection is used from one thread at a time: the service serialises writes, and readers
+(``tail``, ``verify``, ``export``) open a connection of their own (WAL lets them read while a
+commit is in progress; opening with a raw key costs well under a millisecond).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+import sqlcipher3  # type: ignore[import-untyped]  # no stubs; pyproject could list it
+
+from shared import BadRequest, MeshError, MeshHome
+from shared._keystore import Keystore
+
+from .chain import Checkpoint, LogEntry, LogHead, Record, encode_record, verify_log
+from .errors import TamperError
+from .proofs import decode_checkpoint, decode_record, encode_checkpoint, export_bundle
+
+__all__ = ["AuditStore", "StoreError", "db_path", "export_log", "read_trusted", "verify_report", "verify_store"]
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY,
+    record BLOB NOT NULL,
+    chain_hash BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    tree_size INTEGER PRIMARY KEY,
+    blob BLOB NOT NULL
+);
+"""
+
+
+class StoreError(MeshError):
+    """The database cannot be opened or written (wrong key, not a database, disk failure).
+    A local error: on the wire it answers ``UNAVAILABLE``; details stay in the local log."""
+
+    code = "UNAVAILABLE"
+
+
+def db_path(home: MeshHome) -> Path:
+    """Where the audit database lives in ``home``."""
+    return home.data / "audit" / "audit.db"
+
+
+class AuditStore:
+    """One open connection to the audit database. Use :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, connection: sqlcipher3.Connection, path: Path) -> None:
+        self._db = connection
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path, key: bytes | bytearray) -> AuditStore:
+        """Open (creating it and its 0700 directory when missing) the database at ``path`` with the
+        32-byte ``key``. Raises :class:`StoreError` if the key does not open it."""
+        if len(key) != 32:
+            raise BadRequest("the audit database key must be 32 bytes")
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        db = sqlcipher3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+        try:
+            # The hex form of the key is an immutable str we cannot wipe (shared/_crypto.py lists
+            # the limits); it lives only for this statement.
+            db.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+            db.execute("PRAGMA temp_store = MEMORY")
+            db.execute("PRAGMA foreign_keys = ON")
+            # The first read is where SQLCipher finds out whether the key is right.
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"the audit database refused WAL mode ({mode})")
+            db.execute("PRAGMA synchronous = FULL")
+            db.executescript(_SCHEMA)
+        except sqlcipher3.DatabaseError:
+            db.close()
+            raise StoreError(f"{path}: cannot open the audit database (wrong key, or not an audit database)") \
+                from None
+        except BaseException:
+            db.close()
+            raise
+        os.chmod(path, 0o600)
+        return cls(db, path)
+
+    def close(self) -> None:
+        """Close the connection (SQLite checkpoints the WAL into the main file when it is the last)."""
+        self._db.close()
+
+    def __enter__(self) -> AuditStore:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- writing ----------------------------------------------------------------------
+
+    def append(self, entries: Sequence[LogEntry], checkpoint: Checkpoint | None = None) -> None:
+        """Write ``entries`` (and ``checkpoint``, if given) in one durable transaction.
+
+        Returns only after the commit is on disk; on any failure nothing of the batch is written
+        and :class:`StoreError` is raised (the caller rolls its in-memory log head back).
+        """
+        rows = [(e.record.seq, encode_record(e.record), e.chain_hash) for e in entries]
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT INTO records (seq, record, chain_hash) VALUES (?, ?, ?)", rows)
+                if checkpoint is not None:
+                    self._db.execute("INSERT INTO checkpoints (tree_size, blob) VALUES (?, ?)",
+                                     (checkpoint.tree_size, encode_checkpoint(checkpoint)))
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlcipher3.Error as exc:
+            raise StoreError(f"the audit database write failed ({type(exc).__name__})") from None
+
+    # -- reading ----------------------------------------------------------------------
+
+    def load(self) -> tuple[list[LogEntry], list[Checkpoint]]:
+        """Every record and checkpoint, in primary-key order, for :func:`~.chain.verify_log`.
+
+        Raises :class:`TamperError` naming the first row that does not decode at all.
+        """
+        entries: list[LogEntry] = []
+        for seq, blob, chain in self._db.execute("SELECT seq, record, chain_hash FROM records ORDER BY seq"):
+            entries.append(LogEntry(_decode(seq, blob), bytes(chain)))
+        checkpoints: list[Checkpoint] = []
+        for size, blob in self._db.execute("SELECT tree_size, blob FROM checkpoints ORDER BY tree_size"):
+            try:
+                checkpoints.append(decode_checkpoint(bytes(blob)))
+            except BadRequest as exc:
+                raise TamperError(f"the stored checkpoint at tree size {size} is corrupt: {exc.message}") from None
+        return entries, checkpoints
+
+    def tail(self, limit: int, event: str | None = None, actor: str | None = None,
+             scan_limit: int = 100_000) -> list[Record]:
+        """Up to ``limit`` latest records (oldest first) matching ``event`` and ``actor``.
+
+        Records are filtered after decoding (no plaintext index columns to keep in sync); at most
+        ``scan_limit`` rows are examined so a rare filter cannot make one call read the whole log.
+        """
+        found: list[Record] = []
+        query = "SELECT seq, record FROM records ORDER BY seq DESC LIMIT ?"
+        for seq, blob in self._db.execute(query, (scan_limit,)):
+            record = _decode(seq, blob)
+            if (event is None or record.event == event) and (actor is None or record.actor == actor):
+                found.append(record)
+                if len(found) >= limit:
+                    break
+        found.reverse()
+        return found
+
+    def size(self) -> int:
+        """The number of record rows."""
+        return int(self._db.execute("SELECT count(*) FROM records").fetchone()[0])
+
+
+def _decode(seq: int, blob: bytes) -> Record:
+    try:
+        return decode_record(bytes(blob))
+    except BadRequest as exc:
+        raise TamperError(f"record {seq} is corrupt: {exc.message}", sequence=seq) from None
+
+
+# -- verification over a store (blocking; the service runs these off the event loop) ---------
+
+
+def read_trusted(slot: Keystore) -> Checkpoint | None:
+    """The trusted latest checkpoint kept in ``slot``, or None when the slot is empty.
+    A slot holding something that is not a checkpoint raises :class:`TamperError`."""
+    blob = slot.get()
+    if blob is None:
+        return None
+    try:
+        return decode_checkpoint(bytes(blob))
+    except BadRequest as exc:
+        raise TamperError(f"the trusted latest checkpoint is corrupt: {exc.message}") from None
+
+
+def verify_store(store: AuditStore, public_key: bytes,
+                 slot: Keystore) -> tuple[LogHead, Checkpoint | None, Checkpoint | None, list[LogEntry]]:
+    """Verify everything in ``store`` against the trusted copy in ``slot``; return the log head,
+    the latest checkpoint in the log, the trusted one, and the entries. Raises :class:`TamperError`.
+
+    The trusted copy is read first: the service updates it only after a newer checkpoint is
+    durable, so a commit racing this read can only make the log longer than it, never shorter.
+    """
+    trusted = read_trusted(slot)
+    entries, checkpoints = store.load()
+    if trusted is None and checkpoints:
+        # Signed history but no trusted copy: the slot was wiped, or this log was planted. Nothing
+        # then vouches against a rollback, so refuse rather than guess.
+        raise TamperError(f"the trusted latest checkpoint is missing but the log holds {len(entries)} records "
+                          "and signed checkpoints: the slot was cleared or the log was replaced")
+    head = verify_log(entries, checkpoints, public_key, trusted)
+    return head, (checkpoints[-1] if checkpoints else None), trusted, entries
+
+
+def verify_report(path: Path, key: bytes | bytearray, public_key: bytes, slot: Keystore) -> dict[str, object]:
+    """``{ok, size, checkpoint_size, first_bad?, error?}`` for the database at ``path``."""
+    with AuditStore.open(path, key) as store:
+        size = store.size()
+        try:
+            head, latest, trusted, _ = verify_store(store, public_key, slot)
+        except TamperError as exc:
+            return {"ok": False, "size": size, "checkpoint_size": None, "first_bad": exc.sequence,
+                    "error": exc.message}
+    sizes = [c.tree_size for c in (latest, trusted) if c is not None]
+    return {"ok": True, "size": head.size, "checkpoint_size": max(sizes, default=0)}
+
+
+def export_log(path: Path, key: bytes | bytearray, public_key: bytes, slot: Keystore) -> tuple[bytes, int]:
+    """A verified bundle of every record up to the latest checkpoint in the log, and its size.
+    Raises :class:`TamperError` if the log does not verify, :class:`BadRequest` if it is empty."""
+    with AuditStore.open(path, key) as store:
+        _, latest, _, entries = verify_store(store, public_key, slot)
+    if latest is None:
+        raise BadRequest("the log has no checkpoint yet: nothing to export")
+    return export_bundle([e.record for e in entries], latest), latest.tree_size

@@ -1,0 +1,346 @@
+"""The audit service over a real in-process mesh: durable group-committed appends, the tamper
+suite on the stored SQLCipher database, kill -9 with no loss, offline export, planted secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlcipher3
+import structlog
+
+from services.audit import chain
+from services.audit.errors import TamperError
+from services.audit.proofs import decode_record, verify_bundle
+from services.audit.service import Audit
+from services.audit.store import AuditStore, db_path
+from services.keyvault.service import Keyvault
+from services.keyvault.setup import initialise
+from shared import MeshClient, MeshError, Sealed, Unavailable, configure_logging
+from shared._crypto import derive_subkey
+from shared._runtime import ServiceRunner
+from shared.testing import InProcessMesh, call_handler
+
+from .conftest import FAST_CONFIG, eventually
+
+REPO = Path(__file__).resolve().parents[1]
+PASSWORD = "planted-Master-Passphrase-9431"
+CONFIG = FAST_CONFIG + """
+[acl.role.service]
+call = ["keyvault.keys.get", "keyvault.status", "audit.append", "audit.public_key"]
+subscribe = ["security."]
+
+[acl.identity.keyvault]
+publish = ["security."]
+
+[acl.identity.meshctl]
+call = ["keyvault.*", "audit.*"]
+
+[argon2]
+test_profiles = true
+
+[argon2.master]
+memory_kib = 1024
+iterations = 1
+parallelism = 1
+"""
+IDENTITIES = {"keyvault": "service", "audit": "service", "storage": "service", "meshctl": "operator"}
+
+
+class Rig:
+    """A mesh with keyvault (initialised, unsealed) and audit, a producer and an operator client."""
+
+    def __init__(self, mesh: InProcessMesh) -> None:
+        self.mesh = mesh
+        self.home = mesh.home
+        self.vault = Keyvault(mesh.home, mesh.config)
+        self.audit: Audit | None = None
+        self.runner: ServiceRunner | None = None
+        self.producer: MeshClient
+        self.operator: MeshClient
+
+    async def start_audit(self) -> Audit:
+        self.audit = Audit(self.home, self.mesh.config)
+        self.runner = await self.mesh.start_service(self.audit)
+        return self.audit
+
+    async def stop_audit(self) -> None:
+        assert self.runner is not None
+        await self.runner.stop()  # on_stop writes the final checkpoint and closes the database
+        await self.runner.client.close()
+        self.runner = self.audit = None
+
+    async def db_key(self) -> bytearray:
+        reply = await call_handler(self.vault, "keys.get", {"purpose": "audit-hmac"}, caller="audit", role="service")
+        return derive_subkey(bytearray(reply["key"]), "audit-db")
+
+    async def append(self, count: int, **extra: Any) -> list[int]:
+        seqs: list[int] = []
+        for start in range(0, count, 50):
+            records = [{"type": "test.event", "outcome": "ok", "target": f"t{start + i}", **extra}
+                       for i in range(min(50, count - start))]
+            reply = await self.producer.call("audit.append", {"records": records}, timeout=10)
+            seqs += range(reply["first_seq"], reply["last_seq"] + 1)
+        return seqs
+
+
+@asynccontextmanager
+async def rig(root: Path, *, audit: bool = True) -> AsyncIterator[Rig]:
+    mesh = InProcessMesh(root, CONFIG, dict(IDENTITIES))
+    initialise(mesh.home, mesh.config, bytearray(PASSWORD.encode()))
+    async with mesh:
+        r = Rig(mesh)
+        await mesh.start_service(r.vault)
+        r.producer = await mesh.client("storage")
+        r.operator = await mesh.client("meshctl")
+        if audit:
+            await r.start_audit()
+        try:
+            yield r
+        finally:
+            if r.runner is not None:
+                await r.stop_audit()
+            await r.vault.on_stop()
+
+
+async def test_append_tail_and_actor_from_the_broker(short_tmp: Path) -> None:
+    async with rig(short_tmp / "h") as r:
+        reply = await r.producer.call("audit.append", {"records": [
+            {"type": "authn.login", "outcome": "ok", "on_behalf_of": "alice", "target": "session"},
+            {"type": "authz.deny", "outcome": "denied", "details": {"method": "storage.get"}}]}, timeout=5)
+        assert reply == {"first_seq": 0, "last_seq": 1}
+        tail = (await r.operator.call("audit.tail", {"limit": 10}, timeout=5))["records"]
+        assert [(t["seq"], t["type"], t["actor"]) for t in tail] == [(0, "authn.login", "storage"),
+                                                                    (1, "authz.deny", "storage")]
+        assert tail[0]["on_behalf_of"] == "alice" and tail[1]["details"] == {"method": "storage.get"}
+        only = (await r.operator.call("audit.tail", {"type": "authz.deny"}, timeout=5))["records"]
+        assert [t["seq"] for t in only] == [1]
+        with pytest.raises(MeshError) as denied:  # producers append; only operators read
+            await r.producer.call("audit.tail", {}, timeout=5)
+        assert denied.value.code == "FORBIDDEN"
+        health = await r.operator.call("audit.health", timeout=5)
+        assert health["status"] == "ok" and health["size"] == 2
+
+
+async def test_group_commit_gives_contiguous_durable_sequences(short_tmp: Path) -> None:
+    async with rig(short_tmp / "h") as r:
+        assert r.audit is not None and r.audit.store is not None
+        store, commits = r.audit.store, []
+        original = store.append
+
+        def counting(entries: Any, checkpoint: Any = None) -> None:
+            commits.append(len(entries))
+            original(entries, checkpoint)
+        store.append = counting  # type: ignore[method-assign]
+        replies = await asyncio.gather(*(r.producer.call("audit.append", {"records": [
+            {"type": "test.burst", "outcome": "ok", "target": f"r{i}"}]}, timeout=20) for i in range(300)))
+        seqs = sorted(reply["first_seq"] for reply in replies)
+        assert seqs == list(range(300))
+        record_commits = [n for n in commits if n]
+        assert sum(record_commits) == 300 and len(record_commits) < 150  # batched, not one fsync each
+        await r.stop_audit()
+        with AuditStore.open(db_path(r.home), await r.db_key()) as db:
+            entries, checkpoints = db.load()
+        targets = {e.record.seq: e.record.target for e in entries}
+        assert {targets[reply["first_seq"]] for reply in replies} == {f"r{i}" for i in range(300)}
+        assert checkpoints[-1].tree_size == 300  # the clean stop signed everything
+
+
+def _rows(path: Path, key: bytearray) -> sqlcipher3.Connection:
+    db = sqlcipher3.connect(str(path), isolation_level=None)
+    db.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+    return db
+
+
+def _edit(db: sqlcipher3.Connection) -> None:
+    blob = db.execute("SELECT record FROM records WHERE seq = 42").fetchone()[0]
+    record = decode_record(bytes(blob))
+    forged = chain.Record(seq=42, time=record.time, actor=record.actor, event=record.event, outcome="denied",
+                          target=record.target, details=dict(record.details))
+    db.execute("UPDATE records SET record = ? WHERE seq = 42", (chain.encode_record(forged),))
+
+
+def _swap(db: sqlcipher3.Connection) -> None:
+    a = db.execute("SELECT record, chain_hash FROM records WHERE seq = 42").fetchone()
+    b = db.execute("SELECT record, chain_hash FROM records WHERE seq = 43").fetchone()
+    db.execute("UPDATE records SET record = ?, chain_hash = ? WHERE seq = 42", b)
+    db.execute("UPDATE records SET record = ?, chain_hash = ? WHERE seq = 43", a)
+
+
+TAMPERS = {
+    "edit-a-field": (_edit, 42),
+    "delete-a-record": (lambda db: db.execute("DELETE FROM records WHERE seq = 42"), 42),
+    "swap-two-records": (_swap, 42),
+    # The attacker removes the checkpoints too: only the trusted copy outside the log can tell.
+    "cut-off-the-tail": (lambda db: db.executescript("DELETE FROM records WHERE seq >= 230;"
+                                                     "DELETE FROM checkpoints WHERE tree_size > 230;"), 230),
+}
+
+
+@pytest.mark.parametrize("attack", [*TAMPERS, "restore-an-older-copy"])
+async def test_tamper_suite_is_detected_and_located(short_tmp: Path, attack: str) -> None:
+    async with rig(short_tmp / "h") as r:
+        path = db_path(r.home)
+        await r.append(150)
+        await r.stop_audit()
+        saved = short_tmp / "saved.db"
+        shutil.copy2(path, saved)  # the clean stop folded the WAL into the main file
+        await r.start_audit()
+        await r.append(100)
+        await r.stop_audit()
+        key = await r.db_key()
+        if attack == "restore-an-older-copy":
+            for leftover in (path.with_name("audit.db-wal"), path.with_name("audit.db-shm")):
+                leftover.unlink(missing_ok=True)
+            shutil.copy2(saved, path)
+            first_bad = 150
+        else:
+            tamper, first_bad = TAMPERS[attack]
+            db = _rows(path, key)
+            tamper(db)
+            db.close()
+        audit = await r.start_audit()  # detected at restart ...
+        health = await r.operator.call("audit.health", timeout=5)
+        assert health["status"] == "tampered" and f"{first_bad}" in health["problem"]
+        with pytest.raises(Unavailable, match="tampered"):
+            await r.producer.call("audit.append", {"records": [{"type": "x", "outcome": "ok"}]}, timeout=5)
+        result = await r.operator.call("audit.verify", timeout=10)  # ... and by verify, naming the record
+        assert result["ok"] is False and result["first_bad"] == first_bad, result
+        assert audit.slot is not None and (trusted := audit.slot.get()) is not None
+        # The trusted copy was not "repaired" to fit the bad log.
+        assert chain_size(bytes(trusted)) == 250
+
+
+def chain_size(blob: bytes) -> int:
+    from services.audit.proofs import decode_checkpoint
+    return decode_checkpoint(blob).tree_size
+
+
+async def test_sealed_until_keyvault_unlocks_and_seals_again_on_lock(short_tmp: Path) -> None:
+    async with rig(short_tmp / "h") as r:
+        await r.append(3)
+        await r.operator.call("keyvault.lock", timeout=5)
+        await eventually(lambda: _status(r, "sealed"), deadline=10)
+        with pytest.raises(Sealed):
+            await r.producer.call("audit.append", {"records": [{"type": "x", "outcome": "ok"}]}, timeout=5)
+        await r.operator.call("keyvault.unlock", {"password": PASSWORD}, timeout=30)
+        await eventually(lambda: _status(r, "ok"), deadline=10)  # on security.unsealed, not a timer
+        assert await r.append(1) == [3]
+        assert (await r.operator.call("audit.verify", timeout=10))["ok"] is True
+
+
+async def _status(r: Rig, want: str) -> bool:
+    try:
+        return bool((await r.operator.call("audit.health", timeout=5))["status"] == want)
+    except Unavailable:  # not (yet, or no longer) registered with the broker
+        return False
+
+
+async def test_export_verifies_offline_with_only_the_public_key(short_tmp: Path) -> None:
+    async with rig(short_tmp / "h") as r:
+        await r.append(120)
+        public = (await r.producer.call("audit.public_key", timeout=5))["public_key"]
+        exported = await r.operator.call("audit.export", timeout=10)
+        assert exported["public_key"] == public and exported["tree_size"] == 120
+        bundle = verify_bundle(exported["bundle"], public)
+        assert [rec.seq for rec in bundle.records] == list(range(120))
+        assert bundle.records[7].target == "t7" and bundle.records[7].actor == "storage"
+        forged = exported["bundle"].replace(b"t77", b"t78", 1)
+        with pytest.raises(TamperError):
+            verify_bundle(forged, public)
+
+
+async def test_planted_secrets_never_reach_the_database_logs_or_replies(short_tmp: Path) -> None:
+    secret, code, plain = "planted-Secret-Token-77413", "918273", "planted-plain-marker-5521"
+    stream = io.StringIO()
+    configure_logging("test", stream=stream)
+    try:
+        async with rig(short_tmp / "h") as r:
+            reply = await r.producer.call("audit.append", {"records": [{
+                "type": "authn.login", "outcome": "failed", "target": plain,
+                "details": {"password": secret, "nested": {"api_token": secret, "otp": code}, "note": plain}}]},
+                timeout=5)
+            tail = await r.operator.call("audit.tail", {}, timeout=5)
+            details = tail["records"][0]["details"]
+            assert details["password"].startswith("hmac-sha256:") and details["note"] == plain
+            await r.stop_audit()
+            with AuditStore.open(db_path(r.home), await r.db_key()) as db:
+                entries, _ = db.load()
+            decrypted = b"".join(chain.encode_record(e.record) for e in entries)
+    finally:
+        structlog.reset_defaults()
+    assert plain.encode() in decrypted  # the search below would find a planted string
+    for haystack in (decrypted, repr(reply).encode(), repr(tail).encode(), stream.getvalue().encode()):
+        assert secret.encode() not in haystack and code.encode() not in haystack
+    raw = b"".join(p.read_bytes() for p in db_path(r.home).parent.iterdir())
+    assert plain.encode() not in raw and secret.encode() not in raw  # encrypted at rest, WAL included
+
+
+async def test_kill_9_while_producers_append_loses_nothing_acknowledged(short_tmp: Path) -> None:
+    async with rig(short_tmp / "h", audit=False) as r:
+        env = {**os.environ, "CURVEMESH_HOME": str(r.home.root)}
+        env.pop("CURVEMESH_CONFIG", None)
+        log_path = short_tmp / "audit.log"
+
+        def spawn() -> subprocess.Popen[bytes]:
+            with log_path.open("ab") as log_file:
+                return subprocess.Popen([sys.executable, "-m", "services.audit"], cwd=REPO, env=env,
+                                        stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = spawn()
+        acked: dict[int, str] = {}
+        stop = asyncio.Event()
+
+        async def produce(name: str) -> None:
+            n = 0
+            while not stop.is_set():
+                marker = f"{name}-{n}"
+                try:
+                    reply = await r.producer.call("audit.append", {"records": [
+                        {"type": "test.load", "outcome": "ok", "target": marker}]}, timeout=3)
+                except MeshError:
+                    await asyncio.sleep(0.01)  # audit is away: keep trying until told to stop
+                    continue
+                acked[reply["first_seq"]] = marker
+                n += 1
+        try:
+            await eventually(lambda: _status(r, "ok"), deadline=30)
+            producers = [asyncio.create_task(produce(f"p{i}")) for i in range(4)]
+            await eventually(lambda: _true(len(acked) >= 150), deadline=30)
+            proc.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(proc.wait, 10)
+            before_restart = dict(acked)
+            proc = spawn()
+            await eventually(lambda: _status(r, "ok"), deadline=30)
+            await eventually(lambda: _true(len(acked) >= len(before_restart) + 20), deadline=30)
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*producers), 10)
+            result = await r.operator.call("audit.verify", timeout=30)
+            assert result["ok"] is True, result
+        finally:
+            stop.set()
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.to_thread(proc.wait, 15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    await asyncio.to_thread(proc.wait, 10)
+        with AuditStore.open(db_path(r.home), await r.db_key()) as db:
+            entries, _ = db.load()
+        stored = {e.record.seq: e.record.target for e in entries}
+        assert all(stored.get(seq) == marker for seq, marker in acked.items())
+        assert log_path.read_bytes().count(b'"unsealed"') == 2  # both runs verified the log at start
+
+
+async def _true(value: bool) -> bool:
+    return value
