@@ -47,7 +47,7 @@ from .harness import REPO, BenchError, Children, child_env, remove_home
 from .measure import cpu_seconds, percentile
 
 #: The identities of the key-fetch home (the broker's keypair is always made).
-IDENTITIES: Final = {"keyvault": "service", "storage": "service"}
+IDENTITIES: Final = {"keyvault": "service", "storage": "service", "audit": "service"}
 CALLER: Final = "storage"
 PURPOSE: Final = "sqlcipher"
 #: The fetch home's master profile: setup only, so as small as Argon2 allows.
@@ -116,7 +116,7 @@ call = {_toml_list(role.call)}
 
 # The bench only: the health round trip, for comparison.
 [acl.identity.{CALLER}]
-call = ["keyvault.health"]
+call = ["keyvault.health", "audit.health"]
 
 [keyvault]
 keystore = "file"                # the master key in a 0600 file: keyvault unseals on start
@@ -251,7 +251,15 @@ async def _wait_unsealed(client: MeshClient, kids: Children) -> dict[str, Any]:
             last = f"{exc.code}: {exc.message}"
         else:
             if status.get("initialised") and not status.get("sealed"):
-                return status
+                try:
+                    audit = await client.call("audit.health", timeout=2.0)
+                except MeshError as exc:
+                    audit = {"status": exc.code}
+                if audit.get("status") == "ok":
+                    return status
+                last = f"audit {audit.get('status')}"
+                await asyncio.sleep(0.1)  # poll interval
+                continue
             last = f"status {status}"
         await asyncio.sleep(0.1)
     raise BenchError(f"keyvault not registered and unsealed within {READY_TIMEOUT:.0f} s ({last})")
@@ -268,7 +276,7 @@ async def _fetch(home: MeshHome, config: MeshConfig, kids: Children, keyvault_pi
         if status.get("keystore") != "file":
             raise BenchError(f"keyvault runs with keystore {status.get('keystore')!r}, not the file keystore")
         # Warm-up: the first release of a version to an identity also rewrites the state file
-        # (who fetched what); every later one only spools and fsyncs its audit record.
+        # (who fetched what); every later one waits for audit to record it durably (fail closed).
         for name in _CALLS:
             await _timed(client, name, warmup)
         samples: dict[str, list[float]] = {name: [] for name in _CALLS}
@@ -327,6 +335,8 @@ def measure_fetch(calls: int, blocks: int, warmup: int) -> dict[str, Any]:
         with Children(home) as kids:
             kids.spawn("kv-broker", "services.broker", guard=True)
             keyvault = kids.spawn("keyvault", "services.keyvault", guard=True)
+            # Key release fails closed: audit must be up to record each release.
+            kids.spawn("kv-audit", "services.audit", guard=True)
             try:
                 with asyncio.Runner() as loop:
                     result = loop.run(_fetch(home, config, kids, keyvault.proc.pid, calls, blocks, warmup))

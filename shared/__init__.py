@@ -21,8 +21,11 @@ from ._config import (
     PURPOSES,
     AclConfig,
     AclRule,
+    AlertRule,
+    AlertRules,
     Argon2Config,
     Argon2Profile,
+    AuditConfig,
     BrokerConfig,
     KeyvaultConfig,
     LimitsConfig,
@@ -59,19 +62,22 @@ from ._ratelimit import TokenBucket
 from ._runtime import ServiceRunner, connect_patiently, run_service, serve
 from ._schema import Message, message, sensitive_fields
 from ._service import HandlerSpec, NoFields, RequestContext, Service, handler
+from ._shipper import AuditShipper, append_record, append_records
 from ._spool import Spool
 
 __all__ = [
     "PROTOCOL_VERSION", "WIRE_CODES", "ENV_HOME",
-    "AclConfig", "AclRule", "Argon2Config", "Argon2Profile", "BrokerConfig", "KeyvaultConfig", "PURPOSES",
+    "AclConfig", "AclRule", "AlertRule", "AlertRules", "AuditConfig",
+    "Argon2Config", "Argon2Profile", "BrokerConfig", "KeyvaultConfig", "PURPOSES",
     "LimitsConfig", "MeshConfig", "RateLimit", "RuntimeConfig",
     "BadRequest", "CertificateError", "ConfigError", "Conflict", "Forbidden", "HandshakeError",
     "Internal", "MeshError", "NotFound", "RateLimited", "Sealed", "StateError", "Timeout", "Unauthenticated",
     "Unavailable",
-    "Certificate", "Grant", "KeyPair", "MeshHome", "Spool", "TokenBucket",
+    "AuditShipper", "Certificate", "Grant", "KeyPair", "MeshHome", "Spool", "TokenBucket",
     "Message", "message", "Event", "MeshClient", "Subscription", "Connection",
     "configure_logging", "declare_sensitive", "redact", "ServiceRunner", "connect_patiently", "run_service", "serve",
     "HandlerSpec", "NoFields", "RequestContext", "Service", "handler", "sensitive_fields",
+    "append_record", "append_records",
     "certs", "compile_grant", "config_path", "decode_body", "decode_delivered", "decode_header",
     "encode_body", "encode_header", "error_text", "error_from_wire", "load_config", "parse_config", "split_target",
 ]

@@ -191,6 +191,38 @@ class KeyvaultConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertRule:
+    """One alert rule: it fires when the matching records of one subject add up to ``threshold``
+    within ``window_s`` seconds (for ``large_read``, the bytes read; otherwise records or counts)."""
+
+    window_s: float = field(default=300.0, metadata=_range(1, 7 * 86_400))
+    threshold: int = field(default=5, metadata=_range(1, 1 << 50))
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRules:
+    """``[audit.rules]``: one table per rule (services/audit/alerts.py says what each matches)."""
+
+    failed_logins_account: AlertRule = AlertRule(300.0, 5)
+    failed_logins_source: AlertRule = AlertRule(300.0, 20)
+    unknown_certs: AlertRule = AlertRule(60.0, 20)
+    rate_limited: AlertRule = AlertRule(60.0, 100)
+    crash_loop: AlertRule = AlertRule(600.0, 3)
+    large_read: AlertRule = AlertRule(3600.0, 256 << 20)
+    repeated_denies: AlertRule = AlertRule(60.0, 10)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    """``[audit]``: the audit service's anomaly alerts."""
+
+    rules: AlertRules = AlertRules()
+    #: Open alerts kept at most (the oldest is dropped from the open list, never from the log).
+    max_open_alerts: int = field(default=1000, metadata=_range(1, 1_000_000))
+
+
+@dataclass(frozen=True, slots=True)
 class MeshConfig:
     """The whole of mesh.toml."""
 
@@ -201,6 +233,7 @@ class MeshConfig:
     acl: AclConfig = AclConfig()
     argon2: Argon2Config = Argon2Config()
     keyvault: KeyvaultConfig = KeyvaultConfig()
+    audit: AuditConfig = AuditConfig()
 
     def __post_init__(self) -> None:
         if self.version != CONFIG_VERSION:

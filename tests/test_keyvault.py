@@ -9,10 +9,12 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
 
+from services.audit.service import Audit
 from services.keyvault import store
 from services.keyvault.keystore import KeyringKeystore
 from services.keyvault.service import Keyvault
@@ -37,7 +39,7 @@ PASSWORD = "planted-Master-Passphrase-9431"
 NEW_PASSWORD = "another-Planted-Passphrase-2817"
 KV_CONFIG = FAST_CONFIG + """
 [acl.role.service]
-call = ["keyvault.keys.get", "keyvault.status"]
+call = ["keyvault.keys.get", "keyvault.status", "audit.append"]
 
 [acl.identity.keyvault]
 publish = ["security."]
@@ -79,9 +81,30 @@ async def get_key(vault: Keyvault, caller: str = "storage", purpose: str = "sqlc
     return await call_handler(vault, "keys.get", {"purpose": purpose, **extra}, caller=caller, role="service")
 
 
+class RecordingAudit:
+    """Stands in for keyvault's mesh client when handlers are called directly: an audit service
+    that records every ``audit.append`` (a key release needs one), or refuses when ``down``."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.down = False
+
+    async def call(self, target: str, body: Any = None, *, timeout: float | None = None) -> Any:
+        assert target == "audit.append"
+        if self.down:
+            raise Unavailable("service 'audit' is not registered")
+        first = len(self.records)
+        self.records += body["records"]
+        return {"first_seq": first, "last_seq": len(self.records) - 1}
+
+    async def publish(self, topic: str, body: Any = None, *, timeout: float | None = None) -> None:
+        """security.sealed / unsealed: nobody listens here."""
+
+
 async def started(home: MeshHome, config: object, **kwargs: object) -> Keyvault:
     vault = Keyvault(home, config, **kwargs)  # type: ignore[arg-type]
     await vault.on_start()
+    vault.mesh = RecordingAudit()  # after on_start: no spool shipper, the spool stays inspectable
     return vault
 
 
@@ -105,13 +128,24 @@ async def test_master_key_lives_in_the_real_secret_service_and_unlocks_after_res
 async def test_keys_go_only_to_entitled_identities_and_refusals_are_audited(short_tmp: Path) -> None:
     home, mesh = make_home(short_tmp / "h")
     vault = await started(home, mesh.config)
+    audit = vault.mesh
+    assert isinstance(audit, RecordingAudit)
     assert (await get_key(vault, "audit", "audit-hmac"))["purpose"] == "audit-hmac"
+    assert (await get_key(vault, "storage", "sqlcipher"))["purpose"] == "sqlcipher"
     for caller, purpose in (("storage", "token-signing"), ("meshctl", "sqlcipher"), ("audit", "sqlcipher")):
         with pytest.raises(Forbidden):
             await get_key(vault, caller, purpose)
+    audit.down = True  # fail closed: no audit record, no key
+    with pytest.raises(Unavailable, match="audit is not recording"):
+        await get_key(vault, "storage", "sqlcipher")
     await vault.on_stop()
+    # A data key release is recorded by audit itself before the key leaves ...
+    assert [(r["type"], r["target"], r["details"]["subject"]) for r in audit.records] == [
+        ("keyvault.key_release", "sqlcipher", "storage")]
+    # ... audit's own keys and every refusal go to the spool (shipped to audit later).
     spool = (home.spool / "keyvault-audit.spool").read_bytes()
-    assert spool.count(b"keyvault.key_refused") == 3 and spool.count(b"keyvault.key_release") == 1
+    assert spool.count(b"keyvault.key_refused") == 4 and spool.count(b"keyvault.key_release") == 1
+    assert spool.count(b"audit not recording") == 1
 
 
 async def test_lock_seals_and_unlock_restores(short_tmp: Path) -> None:
@@ -246,6 +280,10 @@ async def test_over_the_mesh_and_no_secret_reaches_any_log_or_file(short_tmp: Pa
             clock = Clock()
             vault = Keyvault(home, mesh.config, clock=clock)  # type: ignore[attr-defined]
             await mesh.start_service(vault)  # type: ignore[attr-defined]
+            # Key releases are recorded by audit first: run it, so its log is searched too.
+            audit = Audit(home, mesh.config)  # type: ignore[attr-defined]
+            await mesh.start_service(audit)  # type: ignore[attr-defined]
+            assert audit.state == "ok"
             operator = await mesh.client("meshctl")  # type: ignore[attr-defined]
             events = await operator.subscribe("security.")
             storage = await mesh.client("storage")  # type: ignore[attr-defined]
@@ -264,6 +302,8 @@ async def test_over_the_mesh_and_no_secret_reaches_any_log_or_file(short_tmp: Pa
             assert await storage.call("keyvault.keys.get", {"purpose": "sqlcipher"}, timeout=5) == key
             await operator.call("keyvault.passwd", {"old_password": PASSWORD, "new_password": NEW_PASSWORD},
                                 timeout=30)
+            await audit.on_stop()
+            await vault.on_stop()
     finally:
         structlog.reset_defaults()
     raw = key["key"]
@@ -295,7 +335,7 @@ async def test_a_full_audit_spool_refuses_releases_and_unlocks(short_tmp: Path) 
     assert vault.spool is not None
     vault.spool.max_records = len(vault.spool)  # nothing can be recorded any more
     with pytest.raises(Unavailable, match="audit spool is full"):
-        await get_key(vault)
+        await get_key(vault, "audit", "audit-hmac")  # audit's own keys are recorded in the spool
     vault.spool.max_records = len(vault.spool) + 2  # room for the overflow marker and the lock record
     await call_handler(vault, "lock")
     with pytest.raises(Unavailable, match="audit spool is full"):

@@ -45,6 +45,13 @@ class TailRequest:
     actor: str | None = field(default=None, metadata={"max_len": 128})
 
 
+@message
+class AckRequest:
+    """``audit.alerts.ack {id}``: the open alert's id (the sequence number of its record)."""
+
+    id: int
+
+
 def record_to_wire(record: Record) -> dict[str, Any]:
     """A stored record as ``audit.tail`` shows it (``type`` on the wire is the record's event)."""
     return {"seq": record.seq, "time": record.time, "actor": record.actor, "on_behalf_of": record.on_behalf_of,

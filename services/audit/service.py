@@ -16,7 +16,12 @@ Appends are group-committed: requests that arrive while a commit is running are 
 in the next transaction, and each is answered only after its transaction is on disk. A checkpoint
 is signed every :data:`CHECKPOINT_EVERY_RECORDS` records (in the same transaction), every
 :data:`CHECKPOINT_EVERY_S` seconds when records arrived since the last, before an export, and at
-a clean stop. These are module constants because shared/_config.py has no ``[audit]`` table yet.
+a clean stop. These are module constants; ``[audit]`` in mesh.toml configures the alerts only.
+
+Anomaly alerts (:mod:`.alerts`) are evaluated on every committed batch; an alert is appended as a
+record through the same commit path and published on ``alerts.<rule>``. When the ACL lets audit
+subscribe to ``supervisor.``, process crashes reported by supervisord are recorded
+(``process.crash``), which the ``crash_loop`` rule watches.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import asyncio
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -49,11 +55,12 @@ from shared import (
 from shared._crypto import derive_subkey, wipe
 from shared._keystore import Keystore, choose_keystore
 
+from .alerts import AlertDesk, record_processes
 from .chain import Checkpoint, LogHead, Record, encode_record, public_key_of
 from .errors import TamperError
 from .proofs import encode_checkpoint
 from .sanitize import sanitize_details
-from .schema import MAX_TAIL, AppendRequest, TailRequest, record_to_wire
+from .schema import MAX_TAIL, AckRequest, AppendRequest, TailRequest, record_to_wire
 from .store import AuditStore, StoreError, db_path, export_log, verify_report, verify_store
 
 log = structlog.get_logger("audit")
@@ -69,11 +76,13 @@ Pending = tuple[list[Record], "asyncio.Future[tuple[int, int]]"]
 
 
 class Audit(Service):
-    """Mesh name ``audit``; handlers: ``append``, ``tail``, ``verify``, ``export``, ``public_key``, ``health``."""
+    """Mesh name ``audit``; handlers: ``append``, ``tail``, ``verify``, ``export``, ``public_key``,
+    ``alerts``, ``alerts.ack``, ``health``. ``clock`` measures the alert windows (tests inject one)."""
 
     name = "audit"
 
-    def __init__(self, home: MeshHome | None = None, config: MeshConfig | None = None) -> None:
+    def __init__(self, home: MeshHome | None = None, config: MeshConfig | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         super().__init__()
         self.home = home or MeshHome.from_env()
         self.config = config or load_config(config_path(self.home.root))
@@ -93,6 +102,7 @@ class Audit(Service):
         self._unseal_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.alerts = AlertDesk(self.config.audit, self._enqueue, self._publish, clock)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -104,6 +114,12 @@ class Audit(Service):
         except MeshError as exc:
             # Without the ACL grant we still unseal, just on the retry timer instead of at once.
             log.warning("no_security_events", reason=exc.code, hint="grant subscribe 'security.' to audit")
+        try:
+            processes = await self.mesh.subscribe("supervisor.", timeout=KEY_CALL_TIMEOUT_S)
+            self._tasks.append(asyncio.create_task(record_processes(processes, self._enqueue),
+                                                   name="audit-processes"))
+        except MeshError as exc:
+            log.warning("no_supervisor_events", reason=exc.code, hint="grant subscribe 'supervisor.' to audit")
         await self._try_unseal()
         self._tasks.append(asyncio.create_task(self._keeper(), name="audit-keeper"))
 
@@ -114,6 +130,7 @@ class Audit(Service):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._committer is not None:
             await asyncio.gather(self._committer, return_exceptions=True)
+        await self.alerts.close()
         await self._seal("stopping")
 
     async def _keeper(self) -> None:
@@ -142,6 +159,9 @@ class Audit(Service):
                 self._wake.set()
             elif event.topic == "security.sealed":
                 await self._seal("security.sealed")
+
+    async def _publish(self, topic: str, body: Any) -> None:
+        await self.mesh.publish(topic, body, timeout=KEY_CALL_TIMEOUT_S)
 
     async def _fetch_key(self, purpose: str) -> bytearray:
         reply = await self.mesh.call("keyvault.keys.get", {"purpose": purpose}, timeout=KEY_CALL_TIMEOUT_S)
@@ -282,6 +302,7 @@ class Audit(Service):
         for future, first, last in ranges:
             if not future.done():
                 future.set_result((first, last))
+        self.alerts.after_commit([entry.record for entry in entries])  # may queue alert records
         if checkpoint is not None:
             self.latest = checkpoint
             await self._save_trusted(checkpoint)
@@ -305,12 +326,16 @@ class Audit(Service):
                             on_behalf_of=item.on_behalf_of, target=item.target, details=details)
             encode_record(record)  # refuse an oversized record here, so it cannot fail the whole batch
             prepared.append(record)
+        first, last = await asyncio.shield(self._enqueue(prepared))  # a caller's timeout must not cancel it
+        return {"first_seq": first, "last_seq": last}
+
+    def _enqueue(self, records: list[Record]) -> asyncio.Future[tuple[int, int]]:
+        """Queue records for the next group commit; the future resolves once they are durable."""
         future: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
-        self._pending.append((prepared, future))
+        self._pending.append((records, future))
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_pending(), name="audit-commit")
-        first, last = await asyncio.shield(future)  # a caller's timeout must not cancel the batch
-        return {"first_seq": first, "last_seq": last}
+        return future
 
     # -- reading (operators) ------------------------------------------------------------
 
@@ -367,6 +392,24 @@ class Audit(Service):
                              "broker.max_message_bytes allows; exporting a range is not implemented yet")
         assert self.public_key is not None
         return {"bundle": bundle, "public_key": self.public_key, "tree_size": size}
+
+    @handler("alerts")
+    async def alerts_handler(self, ctx: RequestContext, req: NoFields) -> dict[str, Any]:
+        """``audit.alerts`` → ``{alerts: [{id, rule, subject, count, threshold, window_s, opened,
+        last_seen, first_seq, last_seq}]}``, the open alerts, oldest first (operators)."""
+        if ctx.role != "operator":
+            raise Forbidden("only an operator may list alerts")
+        return {"alerts": self.alerts.open()}
+
+    @handler("alerts.ack", request=AckRequest, concurrent=True)
+    async def alerts_ack(self, ctx: RequestContext, req: AckRequest) -> dict[str, Any]:
+        """``audit.alerts.ack {id}`` → ``{id, acknowledged, record}`` once the ``alert.ack`` record
+        is durable (operators); ``NOT_FOUND`` when no such alert is open."""
+        if ctx.role != "operator":
+            raise Forbidden("only an operator may acknowledge alerts")
+        if self.state != "ok":
+            raise self._refusal()
+        return await self.alerts.ack(req.id, ctx.caller)
 
     @handler("public_key")
     async def public_key_handler(self, ctx: RequestContext, req: NoFields) -> dict[str, Any]:

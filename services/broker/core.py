@@ -94,7 +94,8 @@ class Broker(Routing, Upkeep):
         self._handshake_reported = 0
         self.totals = {"undeliverable": 0, "bad_frames": 0, "expired": 0, "stray_replies": 0,
                        "revoked_refused": 0, "custom_routing_id_refused": 0, "internal_errors": 0,
-                       "expired_refused": 0}
+                       "expired_refused": 0, "audit_ship_failures": 0}
+        self.audit_shipped = 0  # spooled audit records audit has acknowledged
         self.started = wall()
         self._ids = itertools.count(1)
         self._stop = threading.Event()

@@ -96,7 +96,11 @@ class Routing:
             self.totals["stray_replies"] += 1
             return
         del self.in_flight[header["id"]]
-        if self.peers.get(entry.caller.rid) is not entry.caller:
+        caller = entry.caller
+        if caller is None:  # the broker's own shipment of spooled audit records
+            self._shipment_answered(entry, header)
+            return
+        if self.peers.get(caller.rid) is not caller:
             # The caller was dropped (revoked or expired) since it asked: not forwarded.
             entry.service.in_flight.discard(header["id"])
             self.totals["stray_replies"] += 1
@@ -113,8 +117,8 @@ class Routing:
         out: list[Any] = [encode_header(out_header)]
         if body is not None:
             out.append(body)
-        if self._send(entry.caller.rid, out):
-            entry.caller.counters.msgs_out += 1
+        if self._send(caller.rid, out):
+            caller.counters.msgs_out += 1
 
     def _on_publish(self: Broker, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
         request_id, topic = header["id"], header["topic"]

@@ -3,7 +3,8 @@
 Dispatch goes through the explicit table :attr:`Introspection.methods`;
 anything else is ``BAD_REQUEST``. Who may call which method is the mesh ACL's
 decision (the operator role by default), made before a call gets here.
-Changes to the store are audited.
+Changes to the store are audited: the record is durable in the broker's spool (fsync)
+before the change is answered, and shipped to the audit service from there.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class Introspection:
             "pending_certificates": len(b.store.pending),
             "pending_dropped": b.store.pending_dropped, "pending_throttled": b.store.pending_throttled,
             "certificate_problems": [{"file": f, "problem": p} for f, p in b.store.problems],
-            "audit_spool": {"records": len(b.spool), "dropped": b.spool.dropped},
+            "audit_spool": {"records": len(b.spool), "dropped": b.spool.dropped, "shipped": b.audit_shipped},
         }
 
     # -- certificates -------------------------------------------------------------
@@ -122,12 +123,14 @@ class Introspection:
         self.broker.reload_certs("certificate accepted")
         self.broker.audit("mesh.cert_accept", peer, name=cert.name, cert_role=cert.role,
                           fingerprint=cert.fingerprint)
+        self.broker.spool.sync()  # durable before the operator is told it is done
         return {"name": cert.name, "role": cert.role, "fingerprint": cert.fingerprint}
 
     def certs_reject(self, peer: Peer, req: CertRef) -> dict[str, Any]:
         """``mesh.certs.reject {ref}``. ``meshctl certs reject REF``."""
         key = self.broker.store.reject(req.ref)
         self.broker.audit("mesh.cert_reject", peer, fingerprint=certs.fingerprint(key))
+        self.broker.spool.sync()
         return {"fingerprint": certs.fingerprint(key)}
 
     def certs_revoke(self, peer: Peer, req: CertRef) -> dict[str, Any]:
@@ -136,6 +139,7 @@ class Introspection:
         cert = self.broker.store.revoke(req.ref)
         self.broker.reload_certs("certificate revoked")
         self.broker.audit("mesh.cert_revoke", peer, name=cert.name, fingerprint=cert.fingerprint)
+        self.broker.spool.sync()
         return {"name": cert.name, "fingerprint": cert.fingerprint}
 
     def certs_reload(self, peer: Peer, _: Empty) -> dict[str, Any]:

@@ -56,9 +56,10 @@ class Registration:
 
 @dataclass(slots=True)
 class InFlight:
-    """A request forwarded to a service and not yet answered."""
+    """A request forwarded to a service and not yet answered. ``caller`` is None for the
+    broker's own shipment of spooled audit records to ``audit.append`` (see :mod:`.upkeep`)."""
 
-    caller: Peer
+    caller: Peer | None
     caller_id: int
     service: Registration
     deadline: float

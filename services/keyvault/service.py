@@ -1,8 +1,16 @@
 """The keyvault service: the master key, purpose keys, sealing, CLI sessions.
 
 Keys are released only over the mesh, only to the identity mesh.toml entitles
-(``[keyvault.entitlements]``); every release and every refusal is spooled as
-an audit record (without key material) and made durable before the reply.
+(``[keyvault.entitlements]``). A key release fails closed (DESIGN.md invariant 7):
+it is recorded by the audit service (``audit.append``, awaited with a short
+timeout) before the key is returned, and refused with ``UNAVAILABLE`` ("audit is
+not recording") when audit is down, sealed or cannot write. The one exception is
+audit's own keys (identity ``audit`` fetching ``audit-hmac`` / ``audit-signing``),
+which audit needs before it can record anything: those releases, every refusal,
+and the other records below (lock, unlock, sessions, password change, rotation)
+go to keyvault's own audit spool, made durable (fsync) before the reply and
+shipped to audit by an :class:`~shared.AuditShipper` (nothing lost while audit
+is down). No record carries key material.
 Data keys live in bytearrays in this process only and are zeroed on lock.
 Operations that change the key hierarchy (password change, rotation) ask for
 the password afresh, whatever the session.
@@ -16,12 +24,13 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
 from shared import (
     PURPOSES,
+    AuditShipper,
     BadRequest,
     Forbidden,
     MeshConfig,
@@ -50,6 +59,12 @@ from .sessions import Sessions, Throttle
 
 log = structlog.get_logger("keyvault")
 
+#: Keys audit fetches for itself: released without a live audit record (it cannot record yet).
+AUDIT_OWN_PURPOSES: Final = frozenset({"audit-hmac", "audit-signing"})
+AUDIT_CALL_TIMEOUT_S: Final = 2.0    #: how long a key release waits for audit to record it
+SHIP_PERIOD_S: Final = 1.0           #: the spool shipper's period when nothing new is spooled
+REFUSED_NOT_RECORDING: Final = "audit is not recording: key release refused"
+
 
 class Keyvault(Service):
     """Mesh name ``keyvault``."""
@@ -70,6 +85,7 @@ class Keyvault(Service):
         self.keystore: Keystore | None = None
         self.keystore_warning: str | None = None
         self.spool: Spool | None = None
+        self.shipper: AuditShipper | None = None
         self._lock = asyncio.Lock()
         self._fetch_buckets: dict[str, TokenBucket] = {}
         self.clock = clock
@@ -80,6 +96,9 @@ class Keyvault(Service):
         """Load the state (refusing a corrupt one) and unlock from the keystore if it holds the key."""
         self.home.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.spool = Spool(self.home.spool / "keyvault-audit.spool", self.config.keyvault.audit_spool_max_records)
+        if self.mesh is not None:  # None only when handlers are called directly (tests)
+            self.shipper = AuditShipper(self.spool, self.mesh, name="keyvault-audit-shipper", period=SHIP_PERIOD_S)
+            self.shipper.start()
         self.state = store.load(self.home)
         if self.state is None:
             log.warning("keyvault_not_initialised", hint="run `meshctl init`")
@@ -105,6 +124,9 @@ class Keyvault(Service):
 
     async def on_stop(self) -> None:
         self._wipe()
+        if self.shipper is not None:
+            await self.shipper.stop()
+            self.shipper = None
         if self.spool is not None:
             self.spool.close()
 
@@ -129,6 +151,23 @@ class Keyvault(Service):
         if not self.spool.append(record):
             raise Unavailable("the audit spool is full; refusing until audit catches up")
         self.spool.sync()
+        if self.shipper is not None:
+            self.shipper.notify()
+
+    async def _record_release(self, ctx: RequestContext, purpose: str, version: int) -> None:
+        """Have audit record a key release durably before the key leaves; refuse otherwise."""
+        record = {"type": "keyvault.key_release", "outcome": "ok", "target": purpose,
+                  "details": {"subject": ctx.caller, "role": ctx.role, "purpose": purpose, "version": version}}
+        timeout = min(AUDIT_CALL_TIMEOUT_S, max(0.1, ctx.remaining() - 0.5))
+        try:
+            if self.mesh is None:
+                raise Unavailable("keyvault is not connected to the mesh")
+            await self.mesh.call("audit.append", {"records": [record]}, timeout=timeout)
+        except MeshError as exc:
+            log.warning("key_release_refused", purpose=purpose, caller=ctx.caller, reason=exc.code)
+            self._audit("keyvault.key_refused", ctx, purpose=purpose, version=version,
+                        reason="audit not recording", audit_error=exc.code)
+            raise Unavailable(REFUSED_NOT_RECORDING) from None
 
     def _require_operator(self, ctx: RequestContext) -> None:
         if ctx.role != "operator":
@@ -342,10 +381,14 @@ class Keyvault(Service):
 
     # -- key release -----------------------------------------------------------------
 
-    @handler("keys.get", request=KeyRequest, reply=KeyReply)
+    # Concurrent: a release waits for audit (up to AUDIT_CALL_TIMEOUT_S) and must not hold up
+    # status, health or other releases meanwhile.
+    @handler("keys.get", request=KeyRequest, reply=KeyReply, concurrent=True)
     async def keys_get(self, ctx: RequestContext, req: KeyRequest) -> KeyReply:
         """``keyvault.keys.get {purpose, version?}`` → ``{purpose, version, key}`` for an entitled
-        identity only (the current version unless one is named). Not a meshctl command."""
+        identity only (the current version unless one is named). The release is recorded by audit
+        first; ``UNAVAILABLE`` when audit cannot record it (audit's own keys excepted, see the
+        module docstring). Not a meshctl command."""
         entitled = self.config.keyvault.entitlements.get(ctx.caller, ())
         per_minute = self.config.keyvault.key_fetches_per_minute
         bucket = self._fetch_buckets.setdefault(ctx.caller, TokenBucket(per_minute / 60, per_minute, self.clock()))
@@ -362,7 +405,15 @@ class Keyvault(Service):
         key = self.keys.get((req.purpose, version))
         if key is None:
             raise BadRequest(f"no version {version} of {req.purpose}")
-        self._audit("keyvault.key_release", ctx, purpose=req.purpose, version=version)
+        if ctx.caller == "audit" and req.purpose in AUDIT_OWN_PURPOSES:
+            self._audit("keyvault.key_release", ctx, purpose=req.purpose, version=version)
+        else:
+            await self._record_release(ctx, req.purpose, version)
+        if not self.keys or self.keys.get((req.purpose, version)) is not key:
+            # Sealed (or rotated away) while audit was recording: do not hand out a wiped key.
+            self._audit("keyvault.key_refused", ctx, purpose=req.purpose, reason="sealed")
+            raise Sealed("the mesh is sealed: run `meshctl security unlock`")
+        state = self._require_state()  # a rotation may have replaced it meanwhile
         entry = state.versions[req.purpose][version]
         if ctx.caller not in entry.fetched_by:
             entry.fetched_by.append(ctx.caller)

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from shared import PURPOSES, MeshHome, configure_logging
 
-from . import _init, _lifecycle, _logs, _mesh, _render, _security
+from . import _audit, _init, _lifecycle, _logs, _mesh, _render, _security
 from ._output import CliError, emit_json
 from ._status import MeshProbe, collect
 from ._supervisor import Supervisor, load_credentials
@@ -91,6 +91,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("purpose", nargs="?", choices=PURPOSES, metavar="PURPOSE",
                    help=f"rotate: one of {', '.join(PURPOSES)}")
     p.add_argument("--password-file", metavar="FILE", help="rotate: the master password from FILE (0600)")
+    p = add("audit", "the tamper-evident audit log: tail it, verify it (online, or an export offline), export it")
+    p.add_argument("action", choices=["tail", "verify", "export"])
+    p.add_argument("file", nargs="?", metavar="FILE", help="export: where to write the bundle")
+    p.add_argument("-f", "--follow", action="store_true", help="tail: keep printing new records until interrupted")
+    p.add_argument("-n", "--lines", type=int, default=50, help="tail: how many of the latest records (default 50)")
+    p.add_argument("--type", default=None, help="tail: only records of this type (e.g. mesh.deny)")
+    p.add_argument("--actor", default=None, help="tail: only records of this actor")
+    p.add_argument("--offline", metavar="FILE", default=None,
+                   help="verify: check an exported bundle without the mesh (needs --public-key)")
+    p.add_argument("--public-key", metavar="KEY", default=None,
+                   help="verify --offline: the audit public key, Z85 or hex (as `audit export` printed it)")
+    p = add("alerts", "open anomaly alerts of the audit service; `alerts ack ID` acknowledges one")
+    p.add_argument("action", nargs="?", choices=["list", "ack"], default="list")
+    p.add_argument("id", nargs="?", type=int, metavar="ID", help="ack: the alert's id")
     p = add("logs", "a process's log (JSON lines)")
     p.add_argument("service")
     p.add_argument("-f", "--follow", action="store_true")
@@ -184,11 +198,14 @@ def _logs_cmd(args: argparse.Namespace, home: MeshHome) -> int:
 _COMMANDS: dict[str, Callable[[argparse.Namespace, MeshHome], int]] = {
     "init": _init_cmd, "up": _up_or_status, "status": _up_or_status, "down": _down, "restart": _restart,
     "ping": _ping, "call": _call, "certs": _certs, "events": _events, "logs": _logs_cmd,
-    "security": _security.run, "keys": _security.run,
+    "security": _security.run, "keys": _security.run, "audit": _audit.run_audit, "alerts": _audit.run_alerts,
 }
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "audit" and args.action == "verify" and args.offline:
+        configure_logging("meshctl", "critical")
+        return _audit.verify_offline_cmd(args)  # no home, no mesh: the bundle and the key only
     home = _lifecycle.home_from(args.home)
     # The shared modules log through structlog; in a CLI they would only repeat what the
     # one-line errors say, except while following events, where a lost broker is news.

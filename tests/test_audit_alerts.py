@@ -1,0 +1,255 @@
+"""Audit anomaly alerts: each rule fires on a synthetic burst and not on normal traffic (injected
+clock); alerts are records of their own and events on alerts.<rule>; dedup; ack is audited."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.audit.alerts import AlertEngine, supervisor_record
+from services.audit.chain import Record
+from services.audit.service import Audit
+from services.keyvault.setup import initialise
+from shared import AuditConfig, ConfigError, MeshError, parse_config
+from shared.testing import InProcessMesh
+
+from .test_audit_service import CONFIG, IDENTITIES, PASSWORD, Rig
+
+RULES = """
+[acl.identity.audit]
+publish = ["alerts."]
+subscribe = ["security.", "supervisor."]
+
+[acl.identity.supervisor-events]
+publish = ["supervisor."]
+
+[audit.rules.failed_logins_account]
+window_s = 60.0
+threshold = 3
+
+[audit.rules.crash_loop]
+window_s = 60.0
+threshold = 3
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def rec(event: str, outcome: str = "ok", seq: int = 0, actor: str = "broker", **fields: Any) -> Record:
+    on_behalf_of, target = fields.pop("on_behalf_of", None), fields.pop("target", None)
+    return Record(seq=seq, time=1.0, actor=actor, event=event, outcome=outcome, on_behalf_of=on_behalf_of,
+                  target=target, details=fields)
+
+
+# rule -> (a record that counts 1 or `count` toward it, the subject it names, default threshold)
+BURSTS: dict[str, tuple[Callable[[], Record], str]] = {
+    "failed_logins_account": (lambda: rec("authn.login", "failure", on_behalf_of="alice", source="10.0.0.9"),
+                              "alice"),
+    "failed_logins_source": (lambda: rec("authn.login", "failure", on_behalf_of="bob", source="10.0.0.9"),
+                             "10.0.0.9"),
+    "unknown_certs": (lambda: rec("mesh.handshake_failed", "failure", count=1), "mesh"),
+    "rate_limited": (lambda: rec("mesh.rate_limited", "limited", identity="flooder", count=1), "flooder"),
+    "crash_loop": (lambda: rec("process.crash", "backoff", actor="supervisor-events", process="storage"),
+                   "storage"),
+    "large_read": (lambda: rec("storage.read", "ok", actor="storage", on_behalf_of="carol", bytes=1 << 20),
+                   "carol"),
+    # As the broker's shipper delivers it: the denied peer is details.subject.
+    "repeated_denies": (lambda: rec("mesh.deny", "denied", actor="broker", subject="outsider",
+                                    action="call", target="keyvault.keys.get"), "outsider"),
+}
+
+
+def needed(engine: AlertEngine, rule: str, make: Callable[[], Record]) -> int:
+    """How many of ``make()`` records reach the rule's threshold."""
+    threshold = engine.rules[rule].threshold
+    amount = 1 << 20 if rule == "large_read" else 1
+    return -(-threshold // amount)
+
+
+@pytest.mark.parametrize("rule", sorted(BURSTS))
+def test_each_rule_fires_on_a_burst_and_not_on_the_same_traffic_spread_out(rule: str) -> None:
+    make, subject = BURSTS[rule]
+    clock = Clock()
+    engine = AlertEngine(AuditConfig(), clock)
+    n = needed(engine, rule, make)
+    window = engine.rules[rule].window_s
+    # Normal traffic: the same events, spread so no window ever holds a threshold's worth.
+    spread = window / max(n - 1, 1) * 1.01 if n > 1 else None
+    if spread is not None:
+        for seq in range(3 * n):
+            assert [a.rule for a in engine.observe([make()]) if a.rule == rule] == [], seq
+            clock.now += spread
+    # A burst: n within one second.
+    fired = [a for seq in range(n) for a in engine.observe([make()]) if a.rule == rule]
+    assert [(a.rule, a.subject) for a in fired] == [(rule, subject)]
+
+
+def test_normal_traffic_raises_nothing() -> None:
+    clock = Clock()
+    engine = AlertEngine(AuditConfig(), clock)
+    normal = [rec("authn.login", "ok", on_behalf_of="alice"), rec("mesh.register", "ok", service="storage"),
+              rec("keyvault.keys.get", "ok", actor="keyvault", purpose="sqlcipher"),
+              rec("storage.read", "ok", actor="storage", on_behalf_of="alice", bytes=4096),
+              rec("process.state", "running", actor="supervisor-events", process="storage"),
+              rec("authn.login", "failure", on_behalf_of="alice", source="10.0.0.1")]  # one typo
+    for _ in range(200):
+        assert engine.observe(normal) == []
+        clock.now += 120.0  # a mistyped password every two minutes is not an attack
+    assert engine.open_alerts() == []
+
+
+def test_one_open_alert_per_rule_and_subject_until_ack_or_the_window_passes() -> None:
+    clock = Clock()
+    engine = AlertEngine(parse_config(RULES).audit, clock)
+    login = BURSTS["failed_logins_account"][0]
+    fired = engine.observe([login() for _ in range(3)])
+    alice = [a for a in fired if a.rule == "failed_logins_account"]
+    assert len(alice) == 1 and alice[0].count == 3
+    engine.opened(alice[0], 41)
+    assert [a.rule for a in engine.observe([login() for _ in range(10)])] == []  # counted, not re-raised
+    assert alice[0].count == 13
+    other = engine.observe([rec("authn.login", "failure", on_behalf_of="bob") for _ in range(3)])
+    assert [(a.rule, a.subject) for a in other if a.rule == "failed_logins_account"] == [
+        ("failed_logins_account", "bob")]
+    # Acknowledged: gone; it takes a fresh burst to raise it again.
+    assert engine.take(41) is alice[0]
+    with pytest.raises(MeshError) as missing:
+        engine.take(41)
+    assert missing.value.code == "NOT_FOUND"
+    assert [a for a in engine.observe([login(), login()]) if a.rule == "failed_logins_account"] == []
+    again = [a for a in engine.observe([login()]) if a.rule == "failed_logins_account"]
+    assert len(again) == 1
+    # The window passes with no further match: the open alert closes by itself.
+    engine.opened(again[0], 99)
+    clock.now += 61
+    assert [a.id for a in engine.open_alerts() if a.rule == "failed_logins_account"] == []
+
+
+def test_audit_config_is_strict() -> None:
+    assert parse_config("").audit == AuditConfig()
+    assert parse_config("[audit.rules.crash_loop]\nthreshold = 9\n").audit.rules.crash_loop.window_s == 600.0
+    for text, key in [("[audit]\nnope = 1\n", "audit.nope"), ("[audit.rules.bogus]\nthreshold = 1\n",
+                                                              "audit.rules.bogus"),
+                      ("[audit.rules.crash_loop]\nthreshold = 0\n", "audit.rules.crash_loop.threshold"),
+                      ("[audit.rules.crash_loop]\nwindow_s = \"1m\"\n", "audit.rules.crash_loop.window_s")]:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            parse_config(text)
+
+
+def test_supervisor_events_become_process_records_only_from_supervisor_events() -> None:
+    body = {"process": "storage", "group": "storage", "state": "BACKOFF", "from_state": "STARTING", "serial": 7}
+    crash = supervisor_record("supervisor.process.backoff", "supervisor-events", body, 5.0)
+    assert crash is not None and crash.event == "process.crash" and crash.target == "storage"
+    running = supervisor_record("supervisor.process.running", "supervisor-events", {**body, "state": "RUNNING"}, 5.0)
+    assert running is not None and running.event == "process.state"
+    assert supervisor_record("supervisor.process.backoff", "outsider", body, 5.0) is None
+
+
+# -- over a real in-process mesh ------------------------------------------------------------
+
+
+@asynccontextmanager
+async def alert_rig(root: Path, clock: Clock) -> AsyncIterator[Rig]:
+    mesh = InProcessMesh(root, CONFIG + RULES, {**IDENTITIES, "supervisor-events": "service"})
+    initialise(mesh.home, mesh.config, bytearray(PASSWORD.encode()))
+    async with mesh:
+        r = Rig(mesh)
+        await mesh.start_service(r.vault)
+        r.producer = await mesh.client("storage")
+        r.operator = await mesh.client("meshctl")
+        r.audit = Audit(r.home, mesh.config, clock=clock)
+        r.runner = await mesh.start_service(r.audit)
+        try:
+            yield r
+        finally:
+            await r.stop_audit()
+            await r.vault.on_stop()
+
+
+async def _open(r: Rig) -> list[dict[str, Any]]:
+    return list((await r.operator.call("audit.alerts", timeout=5))["alerts"])
+
+
+async def _until(check: Callable[[], Any], deadline: float = 5.0) -> Any:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while True:
+        value = await check()
+        if value:
+            return value
+        if loop.time() > end:
+            raise AssertionError(f"condition not met within {deadline} s")
+        await asyncio.sleep(0.02)
+
+
+async def test_failed_login_burst_raises_an_alert_record_and_event_and_ack_is_audited(short_tmp: Path) -> None:
+    clock = Clock()
+    async with alert_rig(short_tmp / "h", clock) as r:
+        events = await r.operator.subscribe("alerts.", timeout=5)
+        # Normal traffic first: successes, and failures spread over more than the window.
+        ok = [{"type": "authn.login", "outcome": "ok", "on_behalf_of": "alice"} for _ in range(20)]
+        await r.producer.call("audit.append", {"records": ok}, timeout=5)
+        for _ in range(4):
+            await r.producer.call("audit.append", {"records": [
+                {"type": "authn.login", "outcome": "failure", "on_behalf_of": "alice"}]}, timeout=5)
+            clock.now += 70  # more than the 60 s window apart
+        assert await _open(r) == []
+        # The burst.
+        fail = {"type": "authn.login", "outcome": "failure", "on_behalf_of": "alice",
+                "details": {"source": "10.1.2.3", "password": "hunter2-planted"}}
+        reply = await r.producer.call("audit.append", {"records": [fail] * 3}, timeout=5)
+        opened = await _until(lambda: _open(r))
+        assert [(a["rule"], a["subject"], a["count"]) for a in opened] == [("failed_logins_account", "alice", 3)]
+        alert = opened[0]
+        assert alert["first_seq"] == reply["first_seq"] and alert["last_seq"] == reply["last_seq"]
+        event = await events.next(timeout=5)
+        assert event.topic == "alerts.failed_logins_account" and event.sender == "audit"
+        assert event.body["id"] == alert["id"]
+        [record] = (await r.operator.call("audit.tail", {"type": "alert.failed_logins_account"}, timeout=5))["records"]
+        assert record["seq"] == alert["id"] and record["actor"] == "audit" and record["target"] == "alice"
+        assert record["details"]["count"] == 3
+        # More of the same while open: counted on it, no second alert.
+        await r.producer.call("audit.append", {"records": [fail] * 5}, timeout=5)
+        assert [(a["id"], a["count"]) for a in await _open(r)] == [(alert["id"], 8)]
+        # Acknowledge: recorded with the operator as actor, and the alert is closed.
+        ack = await r.operator.call("audit.alerts.ack", {"id": alert["id"]}, timeout=5)
+        assert ack["acknowledged"] is True
+        [acked] = (await r.operator.call("audit.tail", {"type": "alert.ack"}, timeout=5))["records"]
+        assert acked["seq"] == ack["record"] and acked["actor"] == "meshctl"
+        assert acked["target"] == f"alert:{alert['id']}"
+        assert await _open(r) == []
+        with pytest.raises(MeshError) as again:
+            await r.operator.call("audit.alerts.ack", {"id": alert["id"]}, timeout=5)
+        assert again.value.code == "NOT_FOUND"
+        with pytest.raises(MeshError) as denied:  # producers cannot list or acknowledge alerts
+            await r.producer.call("audit.alerts", timeout=5)
+        assert denied.value.code == "FORBIDDEN"
+        assert (await r.operator.call("audit.verify", timeout=10))["ok"] is True
+
+
+async def test_supervisor_crash_events_are_recorded_and_raise_a_crash_loop_alert(short_tmp: Path) -> None:
+    clock = Clock()
+    async with alert_rig(short_tmp / "h", clock) as r:
+        supervisor = await r.mesh.client("supervisor-events")
+        events = await r.operator.subscribe("alerts.crash_loop", timeout=5)
+        for state in ("EXITED", "BACKOFF", "FATAL"):
+            await supervisor.publish(f"supervisor.process.{state.lower()}",
+                                     {"process": "storage", "group": "storage", "state": state}, timeout=5)
+        event = await events.next(timeout=5)
+        assert event.body["rule"] == "crash_loop" and event.body["subject"] == "storage"
+
+        async def crashes() -> list[Any]:
+            reply = await r.operator.call("audit.tail", {"type": "process.crash"}, timeout=5)
+            return [c for c in reply["records"] if c["actor"] == "supervisor-events"]
+        assert len(await _until(crashes)) == 3

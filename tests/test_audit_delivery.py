@@ -1,0 +1,255 @@
+"""Getting every producer's audit records into audit (DESIGN.md invariants 7 and 9): spooled while
+audit is down, shipped once it is up, nothing lost; key releases fail closed on audit."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.audit.service import Audit
+from services.audit.store import StoreError
+from services.keyvault.service import REFUSED_NOT_RECORDING, Keyvault
+from services.keyvault.setup import initialise
+from shared import AuditShipper, MeshClient, MeshError, Sealed, Spool, Unavailable, append_record, append_records
+from shared._runtime import ServiceRunner
+from shared.testing import InProcessMesh
+
+from .conftest import FAST_CONFIG, eventually
+
+PASSWORD = "planted-Master-Passphrase-9431"
+CONFIG = FAST_CONFIG + """
+[acl.role.service]
+call = ["keyvault.keys.get", "keyvault.status", "audit.append", "audit.public_key"]
+subscribe = ["security."]
+
+[acl.identity.keyvault]
+publish = ["security."]
+
+[acl.identity.meshctl]
+call = ["keyvault.*", "audit.*"]
+
+[argon2]
+test_profiles = true
+
+[argon2.master]
+memory_kib = 1024
+iterations = 1
+parallelism = 1
+"""
+IDENTITIES = {"keyvault": "service", "audit": "service", "storage": "service", "meshctl": "operator"}
+
+
+class Rig:
+    def __init__(self, mesh: InProcessMesh) -> None:
+        self.mesh = mesh
+        self.vault = Keyvault(mesh.home, mesh.config)
+        self.audit: Audit | None = None
+        self.runner: ServiceRunner | None = None
+        self.storage: MeshClient
+        self.operator: MeshClient
+
+    async def start_audit(self) -> Audit:
+        self.audit = Audit(self.mesh.home, self.mesh.config)
+        self.runner = await self.mesh.start_service(self.audit)
+        assert self.audit.state == "ok"
+        return self.audit
+
+    async def stop_audit(self) -> None:
+        assert self.runner is not None
+        await self.runner.stop()
+        await self.runner.client.close()
+        self.runner = self.audit = None
+
+    async def tail(self, **query: Any) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = (await self.operator.call("audit.tail", {"limit": 1000, **query},
+                                                                   timeout=5))["records"]
+        return records
+
+    async def broker_spool(self) -> int:
+        stats = await self.operator.call("mesh.stats", timeout=5)
+        return int(stats["audit_spool"]["records"])
+
+    async def key(self, purpose: str = "sqlcipher") -> dict[str, Any]:
+        reply: dict[str, Any] = await self.storage.call("keyvault.keys.get", {"purpose": purpose}, timeout=5)
+        return reply
+
+
+@asynccontextmanager
+async def rig(root: Path, *, audit: bool = True) -> AsyncIterator[Rig]:
+    mesh = InProcessMesh(root, CONFIG, dict(IDENTITIES))
+    initialise(mesh.home, mesh.config, bytearray(PASSWORD.encode()))
+    async with mesh:
+        r = Rig(mesh)
+        await mesh.start_service(r.vault)
+        r.storage = await mesh.client("storage")
+        r.operator = await mesh.client("meshctl")
+        if audit:
+            await r.start_audit()
+        try:
+            yield r
+        finally:
+            if r.runner is not None:
+                await r.stop_audit()
+            await r.vault.on_stop()
+
+
+def spooled(vault: Keyvault, event: str) -> list[dict[str, Any]]:
+    assert vault.spool is not None
+    return [rec for rec in vault.spool.pending(len(vault.spool)) if rec["type"] == event]
+
+
+# -- the mapping and the shipper on their own -------------------------------------------------
+
+
+def test_spool_records_map_to_the_append_schema_without_the_actor() -> None:
+    record = {"type": "mesh.deny", "time": 12.5, "actor": "storage", "role": "service",
+              "action": "call", "target": "keyvault.lock"}
+    assert append_record(record) == {
+        "type": "mesh.deny", "outcome": "denied", "target": "keyvault.lock", "time": 12.5,
+        "details": {"subject": "storage", "role": "service", "action": "call"}}
+    odd = append_record({"type": "keyvault.unlock", "outcome": "wrong-password", "target": 7, "time": "x"})
+    assert odd == {"type": "keyvault.unlock", "outcome": "wrong-password", "details": {"target": 7}}
+    assert append_record({"type": "spool.overflow", "dropped": 3})["outcome"] == "lost"
+    big = [{"type": "t", "blob": "x" * 1000} for _ in range(10)]
+    assert len(append_records(big, max_bytes=3000)) == 2 and len(append_records(big, max_bytes=10)) == 1
+
+
+class FlakyAudit:
+    """A client whose ``audit.append`` fails ``failures`` times, then records what it gets."""
+
+    def __init__(self, failures: list[MeshError]) -> None:
+        self.failures = failures
+        self.received: list[dict[str, Any]] = []
+        self.calls = 0
+        self.delivered = asyncio.Event()
+
+    async def call(self, target: str, body: Any = None, *, timeout: float | None = None) -> Any:
+        assert target == "audit.append" and timeout is not None
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        self.received += body["records"]
+        self.delivered.set()
+        return {"first_seq": 0, "last_seq": len(body["records"]) - 1}
+
+
+async def test_the_shipper_retries_until_audit_takes_the_records_and_never_drops(short_tmp: Path) -> None:
+    spool = Spool(short_tmp / "p.spool", 1000)
+    for i in range(150):
+        spool.append({"type": "test.event", "time": float(i), "n": i})
+    client = FlakyAudit([Unavailable("audit is not registered"), Sealed("audit is sealed")])
+    shipper = AuditShipper(spool, client, min_backoff=0.01, max_backoff=0.05, period=0.05)
+    shipper.start()
+    try:
+        await eventually(lambda: _true(len(spool) == 0), deadline=10)
+    finally:
+        await shipper.stop()
+    assert [r["details"]["n"] for r in client.received] == list(range(150))  # in order, none lost
+    assert client.calls == 4 and shipper.failures == 2  # two refusals, then batches of 100 and 50
+    spool.close()
+    assert len(Spool(short_tmp / "p.spool", 1000)) == 0  # the ack is on disk
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+# -- over a real mesh --------------------------------------------------------------------------
+
+
+async def test_a_broker_deny_while_audit_is_down_reaches_audit_once_it_is_up(short_tmp: Path) -> None:
+    async with rig(short_tmp / "h", audit=False) as r:
+        with pytest.raises(MeshError) as denied:
+            await r.storage.call("keyvault.lock", timeout=5)
+        assert denied.value.code == "FORBIDDEN"
+        assert await r.broker_spool() >= 1  # kept by the broker while audit is away
+        await r.start_audit()
+
+        async def delivered() -> list[dict[str, Any]]:
+            if await r.broker_spool():
+                return []
+            return [t for t in await r.tail(type="mesh.deny") if t["details"].get("subject") == "storage"]
+        denies = await eventually(delivered, deadline=15)
+        assert len(denies) == 1  # delivered once
+        assert denies[0]["actor"] == "broker"  # stamped by audit from the authenticated sender
+        assert denies[0]["target"] == "keyvault.lock" and denies[0]["outcome"] == "denied"
+        assert denies[0]["details"]["subject"] == "storage" and denies[0]["details"]["action"] == "call"
+        registered = [t["details"]["service"] for t in await r.tail(type="mesh.register")]
+        assert {"keyvault", "audit"} <= set(registered)  # what came before audit arrived, too
+
+
+async def test_keyvault_records_and_audits_own_key_fetches_reach_audit(short_tmp: Path) -> None:
+    async with rig(short_tmp / "h", audit=False) as r:
+        with pytest.raises(MeshError) as wrong:
+            await r.operator.call("keyvault.unlock", {"password": "wrong-" + PASSWORD}, timeout=10)
+        assert wrong.value.code == "UNAUTHENTICATED"
+        # Audit fetches its own keys with no audit running: released, spooled, shipped later.
+        await r.start_audit()
+
+        async def shipped() -> bool:
+            assert r.vault.spool is not None
+            return len(r.vault.spool) == 0 and bool(await r.tail(type="keyvault.unlock"))
+        await eventually(shipped, deadline=15)
+        unlock = await r.tail(type="keyvault.unlock")
+        assert [(t["actor"], t["outcome"], t["details"]["subject"]) for t in unlock] == [
+            ("keyvault", "wrong-password", "meshctl")]
+        own = await r.tail(type="keyvault.key_release")
+        assert sorted(t["details"]["purpose"] for t in own) == ["audit-hmac", "audit-signing"]
+        assert {t["details"]["subject"] for t in own} == {"audit"}
+        text = repr(await r.tail())
+        assert PASSWORD not in text
+
+
+async def test_with_audit_stopped_a_key_release_is_refused_and_works_again_once_it_is_back(
+        short_tmp: Path) -> None:
+    async with rig(short_tmp / "h") as r:
+        key = await r.key()
+        releases = await r.tail(type="keyvault.key_release", actor="keyvault")
+        recorded = [t for t in releases if t["target"] == "sqlcipher"]
+        assert len(recorded) == 1 and recorded[0]["details"]["subject"] == "storage"
+        await r.stop_audit()
+        with pytest.raises(MeshError) as refused:
+            await r.key()
+        assert refused.value.code == "UNAVAILABLE" and refused.value.message == REFUSED_NOT_RECORDING
+        refusals = spooled(r.vault, "keyvault.key_refused")
+        assert [(x["purpose"], x["reason"]) for x in refusals] == [("sqlcipher", "audit not recording")]
+        await r.start_audit()
+        assert await r.key() == key
+
+        async def refusal_recorded() -> list[dict[str, Any]]:
+            return await r.tail(type="keyvault.key_refused")
+        shipped = await eventually(refusal_recorded, deadline=15)
+        assert shipped[0]["details"]["reason"] == "audit not recording" and shipped[0]["outcome"] == "refused"
+        assert len([t for t in await r.tail(type="keyvault.key_release") if t["target"] == "sqlcipher"]) == 2
+
+
+async def test_with_audits_database_write_failing_a_key_release_is_refused(short_tmp: Path) -> None:
+    async with rig(short_tmp / "h") as r:
+        audit = r.audit
+        assert audit is not None and audit.store is not None
+        store = audit.store
+        original = store.append
+
+        def failing(entries: Any, checkpoint: Any = None) -> None:
+            raise StoreError("disk I/O error (planted)")
+        store.append = failing  # type: ignore[method-assign]
+        with pytest.raises(MeshError) as refused:
+            await r.key()
+        assert refused.value.code == "UNAVAILABLE" and refused.value.message == REFUSED_NOT_RECORDING
+        # A broker deny meanwhile stays in the broker's spool: its shipment fails too.
+        with pytest.raises(MeshError):
+            await r.storage.call("keyvault.lock", timeout=5)
+        assert await r.broker_spool() >= 1
+        store.append = original  # type: ignore[method-assign]
+        await r.key()
+
+        async def deny_delivered() -> bool:
+            return await r.broker_spool() == 0 and bool(await r.tail(type="mesh.deny"))
+        await eventually(deny_delivered, deadline=15)
+        denies = [t for t in await r.tail(type="mesh.deny") if t["details"].get("subject") == "storage"]
+        assert len(denies) == 1
