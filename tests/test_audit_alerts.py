@@ -4,6 +4,7 @@ clock); alerts are records of their own and events on alerts.<rule>; dedup; ack 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -253,3 +254,57 @@ async def test_supervisor_crash_events_are_recorded_and_raise_a_crash_loop_alert
             reply = await r.operator.call("audit.tail", {"type": "process.crash"}, timeout=5)
             return [c for c in reply["records"] if c["actor"] == "supervisor-events"]
         assert len(await _until(crashes)) == 3
+
+
+async def test_open_alerts_survive_an_audit_restart_until_acked_or_their_window_passes(short_tmp: Path) -> None:
+    clock = Clock()
+    clock.now = time.time()  # the rebuild measures windows from the records' own times
+
+    async def restart(r: Rig) -> None:
+        await r.stop_audit()
+        r.audit = Audit(r.home, r.mesh.config, clock=clock)
+        r.runner = await r.mesh.start_service(r.audit)
+
+    def fields(alerts: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [(a["id"], a["rule"], a["subject"], a["count"], a["threshold"], a["first_seq"], a["last_seq"])
+                for a in alerts]
+
+    async with alert_rig(short_tmp / "h", clock) as r:
+        for who in ("alice", "bob"):
+            await r.producer.call("audit.append", {"records": [
+                {"type": "authn.login", "outcome": "failure", "on_behalf_of": who}] * 3}, timeout=5)
+            await _until(lambda: _open(r))
+        await _until(lambda: _has(r, 2))
+        bob = next(a for a in await _open(r) if a["subject"] == "bob")
+        await r.operator.call("audit.alerts.ack", {"id": bob["id"]}, timeout=5)
+        await r.producer.call("audit.append", {"records": [
+            {"type": "authn.login", "outcome": "failure", "on_behalf_of": "alice"}] * 2}, timeout=5)
+        # A producer cannot forge an acknowledgement (or an alert) into the log.
+        alice = next(a for a in await _open(r) if a["subject"] == "alice")
+        with pytest.raises(MeshError) as forged:
+            await r.producer.call("audit.append", {"records": [
+                {"type": "alert.ack", "outcome": "ok", "details": {"alert_id": alice["id"]}}]}, timeout=5)
+        assert forged.value.code == "FORBIDDEN"
+        before = await _open(r)
+        assert fields(before) == fields([alice]) and alice["count"] == 5
+        await restart(r)
+        await _until(lambda: _status_ok(r))
+        assert fields(await _open(r)) == fields(before)
+        await r.producer.call("audit.append", {"records": [  # still deduplicated onto the reopened alert
+            {"type": "authn.login", "outcome": "failure", "on_behalf_of": "alice"}]}, timeout=5)
+        assert [(a["id"], a["count"]) for a in await _open(r)] == [(alice["id"], 6)]
+        clock.now = time.time() + 61  # past the 60 s window since the last matching record
+        await restart(r)
+        await _until(lambda: _status_ok(r))
+        assert await _open(r) == []
+
+
+async def _has(r: Rig, count: int) -> bool:
+    return len(await _open(r)) >= count
+
+
+async def _status_ok(r: Rig) -> bool:
+    try:
+        return bool((await r.operator.call("audit.health", timeout=5))["status"] == "ok")
+    except MeshError:
+        return False

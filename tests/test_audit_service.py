@@ -23,7 +23,7 @@ import structlog
 from services.audit import chain
 from services.audit.errors import TamperError
 from services.audit.proofs import decode_record, verify_bundle
-from services.audit.service import Audit
+from services.audit.service import Audit, export_page
 from services.audit.store import AuditStore, db_path
 from services.keyvault.service import Keyvault
 from services.keyvault.setup import initialise
@@ -266,6 +266,39 @@ async def test_export_verifies_offline_with_only_the_public_key(short_tmp: Path)
         forged = exported["bundle"].replace(b"t77", b"t78", 1)
         with pytest.raises(TamperError):
             verify_bundle(forged, public)
+
+
+async def test_export_pages_share_one_checkpoint_and_shrink_to_fit(short_tmp: Path) -> None:
+    async with rig(short_tmp / "h") as r:
+        await r.append(120)
+        public = (await r.producer.call("audit.public_key", timeout=5))["public_key"]
+        first = await r.operator.call("audit.export", {"limit": 50}, timeout=10)
+        assert (first["from_seq"], first["count"], first["next_seq"], first["tree_size"]) == (0, 50, 50, 120)
+        await r.append(30)  # later records do not move a pinned export
+        pages, reply = [first], first
+        while reply["next_seq"] is not None:
+            reply = await r.operator.call("audit.export", {"from_seq": reply["next_seq"], "limit": 50,
+                                                           "tree_size": 120}, timeout=10)
+            pages.append(reply)
+        assert [(p["from_seq"], p["count"]) for p in pages] == [(0, 50), (50, 50), (100, 20)]
+        bundles = [verify_bundle(p["bundle"], public) for p in pages]
+        assert {b.checkpoint for b in bundles} == {bundles[0].checkpoint}
+        assert [rec.seq for b in bundles for rec in b.records] == list(range(120))
+        latest = await r.operator.call("audit.export", {"from_seq": 140}, timeout=10)
+        assert latest["tree_size"] == 150 and latest["count"] == 10 and latest["next_seq"] is None
+        for bad in ({"from_seq": 150}, {"from_seq": -1}, {"limit": 0}, {"tree_size": 7}):
+            with pytest.raises(MeshError) as refused:
+                await r.operator.call("audit.export", bad, timeout=10)
+            assert refused.value.code == "BAD_REQUEST"
+        # A page too big for the message cap is shrunk until it fits; one record too big is refused.
+        assert r.audit is not None
+        one, _, _ = export_page(*r.audit._paths(), 0, 1, None, 1 << 20)
+        small, checkpoint, count = export_page(*r.audit._paths(), 0, 150, None, len(one) * 20)
+        assert 1 <= count < 150 and len(small) <= len(one) * 20 and checkpoint.tree_size == 150
+        assert [rec.seq for rec in verify_bundle(small, public).records] == list(range(count))
+        with pytest.raises(MeshError) as too_big:
+            export_page(*r.audit._paths(), 0, 10, None, len(one) - 1)
+        assert too_big.value.code == "BAD_REQUEST"
 
 
 async def test_planted_secrets_never_reach_the_database_logs_or_replies(short_tmp: Path) -> None:

@@ -48,7 +48,7 @@ async def audited(root: Path) -> AsyncIterator[Rig]:
     async with rig(root) as r:
         await r.producer.call("audit.append", {"records": [
             {"type": "authn.login", "outcome": "ok", "on_behalf_of": "alice", "target": "session"},
-            {"type": "mesh.deny", "outcome": "denied", "details": {"identity": "outsider", "action": "call"}},
+            {"type": "mesh.deny", "outcome": "denied", "details": {"subject": "outsider", "action": "call"}},
             {"type": "authn.login", "outcome": "failure", "on_behalf_of": "bob"}]}, timeout=5)
         yield r
 
@@ -60,7 +60,7 @@ async def test_audit_tail_shows_records_filtered_as_a_table_or_json(short_tmp: P
         assert status == 0
         lines = out.strip().splitlines()
         assert len(lines) == 3 and "authn.login" in lines[0] and "storage for alice" in lines[0]
-        assert "mesh.deny" in lines[1] and '"identity":"outsider"' in lines[1]
+        assert "mesh.deny" in lines[1] and '"subject":"outsider"' in lines[1]
         status, out, _ = await meshctl(capsys, r.home.root, "audit", "tail", "--type", "authn.login", "--actor",
                                        "storage", "--json")
         rows = [json.loads(line) for line in out.strip().splitlines()]
@@ -112,6 +112,8 @@ async def test_audit_verify_passes_then_names_the_first_bad_record(short_tmp: Pa
 async def test_export_then_verify_offline_with_only_the_public_key(short_tmp: Path, capsys: pytest.CaptureFixture[str],
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     bundle = short_tmp / "audit-bundle.msgpack"
+    single = short_tmp / "single.msgpack"
+    monkeypatch.setattr(_audit, "EXPORT_PAGE_RECORDS", 15)  # 43 records: pages of 15, 15 and 13
     async with audited(short_tmp / "h") as r:
         await r.append(40)
         status, out, _ = await meshctl(capsys, r.home.root, "audit", "export", str(bundle))
@@ -119,28 +121,54 @@ async def test_export_then_verify_offline_with_only_the_public_key(short_tmp: Pa
         assert bundle.stat().st_mode & 0o777 == 0o600
         status, out, _ = await meshctl(capsys, r.home.root, "--json", "audit", "export", str(bundle))
         exported = json.loads(out)
+        assert exported["records"] == 43 and exported["pages"] == 3
         public = (await r.producer.call("audit.public_key", timeout=5))["public_key"]
         assert exported["public_key_hex"] == public.hex() and exported["public_key_z85"] in out
         assert _audit.parse_public_key(exported["public_key_z85"]) == public
+        # A file holding one bundle (what earlier versions wrote) still verifies.
+        single.write_bytes((await r.operator.call("audit.export", timeout=10))["bundle"])
     # The mesh is gone: offline verification needs the file and the key only.
     monkeypatch.delenv("CURVEMESH_HOME", raising=False)
     for key in (exported["public_key_z85"], exported["public_key_hex"]):
         status, out, _ = await meshctl(capsys, None, "audit", "verify", "--offline", str(bundle), "--public-key", key)
         assert status == 0 and f"bundle verified: {exported['records']} records" in out
-    # Tamper with record 17 inside the bundle (its bytes still decode; its proof no longer fits).
-    value = msgpack.unpackb(bundle.read_bytes(), raw=False)
-    entry = value["records"][17]
-    record = decode_record(entry["record"])
-    entry["record"] = chain.encode_record(chain.Record(
-        seq=record.seq, time=record.time, actor=record.actor, event=record.event, outcome="forged",
-        on_behalf_of=record.on_behalf_of, target=record.target, details=dict(record.details)))
-    tampered = short_tmp / "tampered.msgpack"
-    tampered.write_bytes(msgpack.packb(value, use_bin_type=True))
-    status, _, err = await meshctl(capsys, None, "audit", "verify", "--offline", str(tampered),
+    status, out, _ = await meshctl(capsys, None, "audit", "verify", "--offline", str(single),
                                    "--public-key", exported["public_key_z85"])
-    line = one_line(err)
-    assert status == 1 and "first bad record: 17" in line
-    # Deleting a record from the bundle is fine (bundles need not be contiguous) but a wrong key is not.
+    assert status == 0 and "bundle verified" in out
+
+    def rewrite(name: str, change: Any) -> Path:
+        value = msgpack.unpackb(bundle.read_bytes(), raw=False)
+        change(value)
+        path = short_tmp / name
+        path.write_bytes(msgpack.packb(value, use_bin_type=True))
+        return path
+
+    async def offline(path: Path) -> str:
+        status, _, err = await meshctl(capsys, None, "audit", "verify", "--offline", str(path),
+                                       "--public-key", exported["public_key_z85"])
+        assert status == 1
+        return one_line(err)
+
+    # Tamper with record 17, in the second page (its bytes still decode; its proof no longer fits).
+    def forge(value: dict[str, Any]) -> None:
+        page = msgpack.unpackb(value["bundles"][1], raw=False)
+        entry = page["records"][2]
+        record = decode_record(entry["record"])
+        entry["record"] = chain.encode_record(chain.Record(
+            seq=record.seq, time=record.time, actor=record.actor, event=record.event, outcome="forged",
+            on_behalf_of=record.on_behalf_of, target=record.target, details=dict(record.details)))
+        value["bundles"][1] = msgpack.packb(page, use_bin_type=True)
+    assert "first bad record: 17" in await offline(rewrite("tampered.msgpack", forge))
+    # A missing page, a missing record at the end, a page repeated: each names the first missing record.
+    line = await offline(rewrite("dropped.msgpack", lambda v: v["bundles"].pop(1)))
+    assert "first bad record: 15" in line and "missing" in line
+    def cut(value: dict[str, Any]) -> None:
+        page = msgpack.unpackb(value["bundles"][2], raw=False)
+        page["records"].pop()
+        value["bundles"][2] = msgpack.packb(page, use_bin_type=True)
+    assert "first bad record: 42" in await offline(rewrite("cut.msgpack", cut))
+    assert "first bad record: 0" in await offline(rewrite("repeated.msgpack", lambda v: v["bundles"].append(
+        v["bundles"][0])))
     status, _, err = await meshctl(capsys, None, "audit", "verify", "--offline", str(bundle),
                                    "--public-key", "00" * 32)
     assert status == 1 and "FAILED" in one_line(err)

@@ -33,7 +33,12 @@ The rules (the record fields each one reads; producers that do not exist yet are
                             ``on_behalf_of``, else the actor
 ==========================  =====================================================================
 
-Open alerts are kept in memory: a restart of audit forgets which are open (their records stay).
+Open alerts are kept in memory and rebuilt from the log when audit unseals
+(:meth:`AlertEngine.rebuild`): every ``alert.<rule>`` record written by audit with no later
+``alert.ack`` for its id is open again, with the matching records after it counted on it, unless
+its rule's window has passed since the last of them (record times). The sliding windows of bursts
+that had not yet fired are not rebuilt. ``alert.*`` records only come from audit itself (the
+service refuses them from producers), so a forged acknowledgement cannot close an alert.
 """
 
 from __future__ import annotations
@@ -230,6 +235,39 @@ class AlertEngine:
                     fired.append(alert)
         return fired
 
+    def rebuild(self, records: Iterable[Record]) -> int:
+        """Replace the open alerts with those the log says are open (records in log order, the
+        whole verified log): alert records by audit not acknowledged later and, counting the
+        matching records after them as :meth:`observe` does, seen within their rule's window.
+        Alerts still waiting for their record are kept. Returns how many are open."""
+        opened: dict[tuple[str, str], Alert] = {}
+        for record in records:
+            if record.event == ACK_EVENT:
+                alert_id = record.details.get("alert_id")
+                for key, acked in list(opened.items()):
+                    if acked.id == alert_id:
+                        del opened[key]
+                continue
+            announced = _alert_of(record)
+            if announced is not None:
+                if announced.rule in self.rules:
+                    announced.window_s = self.rules[announced.rule].window_s
+                    opened[(announced.rule, announced.subject)] = announced
+                continue
+            if not opened:
+                continue
+            for name, match in RULES.items():
+                hit = match(record) if self.rules[name].enabled else None
+                if hit is not None and (open_alert := opened.get((name, hit[0][:MAX_SUBJECT]))) is not None:
+                    open_alert.count += hit[1]
+                    open_alert.last_seen, open_alert.last_seq = record.time, record.seq
+        now = self.clock()
+        pending = {key: alert for key, alert in self._alerts.items() if alert.id is None}
+        live = {key: alert for key, alert in opened.items() if now - alert.last_seen <= alert.window_s}
+        self._alerts = {**dict(sorted(live.items(), key=lambda item: item[1].id or 0)), **pending}
+        self._expire(now)
+        return len(self.open_alerts())
+
     def _sweep(self, name: str, now: float) -> None:
         windows, window_s = self._windows[name], self.rules[name].window_s
         for subject in list(windows):
@@ -273,6 +311,25 @@ class AlertEngine:
     def restore(self, alert: Alert) -> None:
         """Put back an alert whose acknowledgement could not be recorded."""
         self._alerts.setdefault((alert.rule, alert.subject), alert)
+
+
+def _alert_of(record: Record) -> Alert | None:
+    """The open alert an ``alert.<rule>`` record announced, or None if ``record`` is not one."""
+    if record.actor != ALERT_ACTOR or not record.event.startswith("alert.") or record.outcome != "open":
+        return None
+    d = record.details
+    rule, subject = d.get("rule"), d.get("subject")
+    if record.event != f"alert.{rule}" or rule not in RULES or not isinstance(subject, str):
+        return None
+    numbers = [d.get(k) for k in ("count", "threshold", "first_seq")]
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+        return None
+    window = d.get("window_s")
+    last_seq = d.get("last_seq")
+    return Alert(rule=rule, subject=subject, count=int(d["count"]), threshold=int(d["threshold"]),
+                 window_s=float(window) if isinstance(window, (int, float)) else 0.0,
+                 opened=record.time, last_seen=record.time, first_seq=int(d["first_seq"]),
+                 last_seq=last_seq if isinstance(last_seq, int) else record.seq, id=record.seq)
 
 
 Enqueue = Callable[[list[Record]], "asyncio.Future[tuple[int, int]]"]

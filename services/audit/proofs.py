@@ -31,11 +31,13 @@ from .errors import TamperError
 from .merkle import MerkleTree, leaf_hash, verify_inclusion
 
 __all__ = [
-    "BUNDLE_FORMAT", "Bundle",
-    "decode_checkpoint", "decode_record", "encode_checkpoint", "export_bundle", "verify_bundle",
+    "BUNDLE_FORMAT", "EXPORT_FORMAT", "Bundle",
+    "decode_checkpoint", "decode_record", "encode_checkpoint", "export_bundle", "pack_export", "verify_bundle",
+    "verify_export",
 ]
 
 BUNDLE_FORMAT: Final = "curvemesh-audit-bundle/v1"
+EXPORT_FORMAT: Final = "curvemesh-audit-export/v1"
 _CHECKPOINT_VERSION: Final = 1
 _CHECKPOINT_KEYS: Final = frozenset({"v", "tree_size", "root", "chain_head", "time", "signature"})
 _RECORD_KEYS: Final = frozenset({"v", "seq", "time", "actor", "on_behalf_of", "event", "target", "outcome",
@@ -171,4 +173,67 @@ def verify_bundle(bundle_bytes: bytes, public_key: bytes) -> Bundle:
             raise TamperError(f"record {seq} holds the sequence number {record.seq}", sequence=seq)
         records.append(record)
         previous = seq
+    return Bundle(checkpoint, tuple(records))
+
+
+# -- a whole-log export: pages of bundles in one file ------------------------------------------
+#
+# A log too large for one message is exported page by page (``audit.export {from_seq, limit,
+# tree_size}``), every page a bundle proven against the same checkpoint. The file holds them all::
+#
+#     {"format": "curvemesh-audit-export/v1", "bundles": [<bundle bytes>, ...]}
+#
+# :func:`verify_export` checks each bundle, that they share one checkpoint, and that together they
+# hold every record the checkpoint covers, from 0, in order and once each.
+
+
+def pack_export(bundles: Sequence[bytes]) -> bytes:
+    """The export file holding ``bundles`` (pages in order)."""
+    data: bytes = msgpack.packb({"format": EXPORT_FORMAT, "bundles": list(bundles)}, use_bin_type=True)
+    return data
+
+
+def verify_export(data: bytes, public_key: bytes) -> Bundle:
+    """Verify an export file with only the audit ``public_key``: every page with
+    :func:`verify_bundle`, one checkpoint for all, and records contiguous from 0 up to the
+    checkpoint's tree size. Raises :class:`TamperError` naming the first missing or misplaced
+    record. A file holding a single bundle (the older form) is verified as that bundle alone."""
+    try:
+        value = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_no_ext, timestamp=0)
+    except TamperError:
+        raise
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, RecursionError,
+            UnicodeDecodeError) as exc:
+        raise TamperError(f"the export is malformed msgpack ({type(exc).__name__})") from None
+    if type(value) is dict and value.get("format") == BUNDLE_FORMAT:
+        return verify_bundle(data, public_key)
+    if type(value) is not dict or value.keys() != {"format", "bundles"} or value["format"] != EXPORT_FORMAT:
+        raise TamperError(f"the file is not in a format this verifier reads ({EXPORT_FORMAT} or {BUNDLE_FORMAT})")
+    pages = value["bundles"]
+    if type(pages) is not list or not pages or any(type(page) is not bytes for page in pages):
+        raise TamperError("the export is malformed: no list of bundles")
+    checkpoint: Checkpoint | None = None
+    records: list[Record] = []
+    for number, page in enumerate(pages):
+        bundle = verify_bundle(page, public_key)
+        if checkpoint is None:
+            checkpoint = bundle.checkpoint
+        elif bundle.checkpoint != checkpoint:
+            raise TamperError(f"page {number} of the export is proven against another checkpoint "
+                              f"(tree size {bundle.checkpoint.tree_size}, not {checkpoint.tree_size})",
+                              sequence=bundle.records[0].seq if bundle.records else None)
+        for record in bundle.records:
+            expected = len(records)
+            if record.seq > expected:
+                raise TamperError(f"record {expected} is missing from the export (page {number} goes on at "
+                                  f"record {record.seq})", sequence=expected)
+            if record.seq < expected:
+                raise TamperError(f"record {record.seq} is repeated or out of order in the export (page {number})",
+                                  sequence=record.seq)
+            records.append(record)
+    assert checkpoint is not None
+    if len(records) != checkpoint.tree_size:
+        raise TamperError(f"record {len(records)} is missing from the export: the checkpoint covers "
+                          f"{checkpoint.tree_size} records, the export ends after {len(records)}",
+                          sequence=len(records))
     return Bundle(checkpoint, tuple(records))

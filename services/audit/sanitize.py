@@ -13,8 +13,14 @@ Contract: :func:`sanitize_details` returns a new map that is safe to store forev
   cut is marked, never silently changed into something that looks complete.
 - Map keys that are not strings are dropped (the canonical record encoding needs string keys).
 
-This is a generic, name-based schema; per-event schemas (the issue's "per-event schema") are not
-written yet, so producers should still not send secrets at all: this is the safety net.
+Per-event schemas come first (:data:`EVENT_SCHEMAS`): for a known event type only the listed
+fields are kept, each with its treatment (``text``: a string; ``number``; ``flag``: a bool;
+``counts``: a map of names to numbers; ``hash``: always the keyed hash). A value of the wrong
+type is hashed when it is a scalar and dropped otherwise, so a secret smuggled into a ``count``
+field does not survive. Unlisted fields are dropped and only their number is kept
+(``details["dropped_fields"]``), never their names. Unknown event types get the name-based rule
+only, and the name-based rule runs again over every known type's output (defence in depth).
+Producers should still not send secrets at all.
 """
 
 from __future__ import annotations
@@ -22,15 +28,58 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Mapping
 from typing import Any, Final
 
-__all__ = ["HASH_PREFIX", "DROPPED", "MAX_DEPTH", "MAX_ENTRIES", "MAX_TEXT", "sanitize_details"]
+__all__ = ["HASH_PREFIX", "DROPPED", "DROPPED_FIELDS", "EVENT_SCHEMAS", "MAX_DEPTH", "MAX_ENTRIES", "MAX_TEXT",
+           "schema_for", "sanitize_details"]
 
 HASH_PREFIX: Final = "hmac-sha256:"
 DROPPED: Final = "<dropped>"
 MAX_DEPTH: Final = 4         # maps and lists nested deeper are dropped
 MAX_ENTRIES: Final = 64      # entries kept per map or list
 MAX_TEXT: Final = 1024       # characters of a string, bytes of a bytes value
+DROPPED_FIELDS: Final = "dropped_fields"  # how many fields a per-event schema dropped
+
+TEXT, NUMBER, FLAG, COUNTS, HASH = "text", "number", "flag", "counts", "hash"
+_WHO: Final = {"subject": TEXT, "role": TEXT}    # the identity a producer reported as acting
+_PROCESS: Final = {name: TEXT for name in ("process", "group", "state", "from_state", "supervisor")} | {
+    name: NUMBER for name in ("pid", "tries", "serial")} | {"expected": FLAG}
+_ALERT: Final = {"rule": TEXT, "subject": TEXT, "count": NUMBER, "threshold": NUMBER, "window_s": NUMBER,
+                 "first_seq": NUMBER, "last_seq": NUMBER}
+_KEYVAULT_PLAIN: Final = _WHO | {"reason": TEXT}
+#: Event type -> {field: treatment}. ``alert.*`` (other than ``alert.ack``) share ``alert.*``.
+EVENT_SCHEMAS: Final[Mapping[str, Mapping[str, str]]] = {
+    # broker (spooled; the acting peer arrives as ``subject``)
+    "mesh.deny": _WHO | {"action": TEXT, "target": TEXT},
+    "mesh.refused": {"reason": TEXT, "count": NUMBER},
+    "mesh.register": _WHO | {"service": TEXT},
+    "mesh.cert_pending": {"fingerprint": TEXT, "address": TEXT},
+    "mesh.cert_accept": _WHO | {"name": TEXT, "cert_role": TEXT, "fingerprint": TEXT},
+    "mesh.cert_reject": _WHO | {"fingerprint": TEXT},
+    "mesh.cert_revoke": _WHO | {"name": TEXT, "fingerprint": TEXT},
+    "mesh.handshake_failed": {"count": NUMBER, "by_reason": COUNTS},
+    "mesh.rate_limited": {"identity": TEXT, "count": NUMBER},
+    "mesh.config": {"path": TEXT, "sha256": TEXT, "previous_sha256": TEXT, "changed": FLAG, "error": TEXT},
+    "spool.overflow": {"dropped": NUMBER},
+    # keyvault
+    "keyvault.key_release": _WHO | {"purpose": TEXT, "version": NUMBER},
+    "keyvault.key_refused": _WHO | {"purpose": TEXT, "version": NUMBER, "reason": TEXT, "audit_error": TEXT},
+    "keyvault.unlock": _KEYVAULT_PLAIN,
+    "keyvault.lock": _KEYVAULT_PLAIN,
+    # a session id is a bearer secret: hashed, so a session's start and end still pair up
+    "keyvault.session_start": _KEYVAULT_PLAIN | {"session": HASH},
+    "keyvault.session_end": _KEYVAULT_PLAIN | {"session": HASH},
+    "keyvault.password_change": _KEYVAULT_PLAIN,
+    "keyvault.key_rotate": _WHO | {"purpose": TEXT, "version": NUMBER},
+    # audit's own records
+    "alert.*": _ALERT,
+    "alert.ack": {"alert_id": NUMBER, "rule": TEXT, "subject": TEXT, "count": NUMBER},
+    "process.crash": _PROCESS,
+    "process.state": _PROCESS,
+    "process.overflow": _PROCESS,
+    "process.events_lost": _PROCESS,
+}
 
 # Substring match on purpose: "api_key", "mfaCode", "session_token" and "x-password" are all
 # caught. Over-matching ("keyboard") costs a hashed value, under-matching leaks a secret.
@@ -84,12 +133,69 @@ def _clean(value: Any, hash_key: bytes | bytearray, depth: int) -> Any:
     return DROPPED
 
 
-def sanitize_details(details: dict[str, Any] | None, hash_key: bytes | bytearray) -> dict[str, Any]:
-    """A bounded copy of ``details`` with every secret-named field hashed or dropped (see module doc).
+def schema_for(event: str | None) -> Mapping[str, str] | None:
+    """The per-event schema of ``event``, or None for an unknown type (name-based rule only)."""
+    if not event:
+        return None
+    schema = EVENT_SCHEMAS.get(event)
+    if schema is None and event.startswith("alert.") and event != "alert.ack":
+        schema = EVENT_SCHEMAS["alert.*"]
+    return schema
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _treat(treatment: str, value: Any, hash_key: bytes | bytearray) -> Any:
+    if value is None:
+        return None
+    if treatment == HASH:
+        return _hash(value, hash_key)
+    if treatment == COUNTS:
+        if not isinstance(value, dict):
+            return DROPPED
+        return {k[:128]: v for k, v in list(value.items())[:MAX_ENTRIES] if type(k) is str and _is_number(v)}
+    if treatment == TEXT:
+        fits = isinstance(value, str)
+    elif treatment == NUMBER:
+        fits = _is_number(value)
+    else:
+        fits = treatment == FLAG and isinstance(value, bool)
+    if fits:
+        return value
+    # The wrong type: never kept as it is (a code sent as a "count", a token as a "reason").
+    return _hash(value, hash_key)
+
+
+def sanitize_details(details: dict[str, Any] | None, hash_key: bytes | bytearray,
+                     event: str | None = None) -> dict[str, Any]:
+    """A bounded copy of ``details`` that is safe to store (see module doc): the per-event
+    schema of ``event`` when it is a known type, then the name-based rule on everything.
 
     ``hash_key`` keys the HMAC; it is never part of the output.
     """
     if not details:
         return {}
-    cleaned = _clean(details, hash_key, 0)
-    return cleaned if isinstance(cleaned, dict) else {}
+    schema = schema_for(event)
+    if schema is None:
+        cleaned = _clean(details, hash_key, 0)
+        return cleaned if isinstance(cleaned, dict) else {}
+    out: dict[str, Any] = {}
+    hashed: set[str] = set()
+    dropped = 0
+    for name, value in details.items():
+        treatment = schema.get(name) if type(name) is str else None
+        if treatment is None:
+            dropped += 1
+            continue
+        out[name] = _treat(treatment, value, hash_key)
+        if treatment == HASH:
+            hashed.add(name)
+    # Second pass, defence in depth: the name-based rule and the size bounds on what was kept.
+    for name, value in out.items():
+        if name not in hashed:
+            out[name] = _hash(value, hash_key) if _is_secret_name(name) else _clean(value, hash_key, 1)
+    if dropped:
+        out[DROPPED_FIELDS] = dropped
+    return out

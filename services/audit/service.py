@@ -51,6 +51,7 @@ from shared import (
     config_path,
     handler,
     load_config,
+    message,
 )
 from shared._crypto import derive_subkey, wipe
 from shared._keystore import Keystore, choose_keystore
@@ -58,10 +59,10 @@ from shared._keystore import Keystore, choose_keystore
 from .alerts import AlertDesk, record_processes
 from .chain import Checkpoint, LogHead, Record, encode_record, public_key_of
 from .errors import TamperError
-from .proofs import encode_checkpoint
+from .proofs import encode_checkpoint, export_bundle
 from .sanitize import sanitize_details
 from .schema import MAX_TAIL, AckRequest, AppendRequest, TailRequest, record_to_wire
-from .store import AuditStore, StoreError, db_path, export_log, verify_report, verify_store
+from .store import AuditStore, StoreError, db_path, verify_report, verify_store
 
 log = structlog.get_logger("audit")
 
@@ -70,7 +71,51 @@ CHECKPOINT_EVERY_S: Final = 10.0        #: ... and every T seconds when records 
 KEY_RETRY_MIN_S: Final = 1.0            #: first retry of the key fetch while sealed
 KEY_RETRY_MAX_S: Final = 60.0           #: keyvault rate-limits and audits each fetch: back off
 KEY_CALL_TIMEOUT_S: Final = 5.0
+ALERT_PREFIX: Final = "alert."         #: events only audit writes (alerts and their acknowledgements)
 _EXPORT_MARGIN: Final = 4096            #: envelope and reply framing around an exported bundle
+EXPORT_PAGE_RECORDS: Final = 2000       #: records per ``audit.export`` page unless the caller asks fewer
+MAX_EXPORT_PAGE_RECORDS: Final = 10_000
+
+
+@message
+class ExportRequest:
+    """``audit.export {from_seq?, limit?, tree_size?}``: ``tree_size`` pins the checkpoint a
+    multi-page export is proven against (the one the first page named)."""
+
+    from_seq: int = 0
+    limit: int = EXPORT_PAGE_RECORDS
+    tree_size: int | None = None
+
+
+def export_page(path: Path, key: bytes | bytearray, public_key: bytes, slot: Keystore, from_seq: int, limit: int,
+                tree_size: int | None, max_bytes: int) -> tuple[bytes, Checkpoint, int]:
+    """A verified bundle of records ``[from_seq, from_seq + n)``, ``n <= limit`` shrunk until the
+    bundle fits in ``max_bytes``, proven against the latest checkpoint (or the one of ``tree_size``).
+    Returns the bundle, its checkpoint and ``n``. Raises :class:`TamperError` if the log does not
+    verify, :class:`BadRequest` for a range or checkpoint that is not there."""
+    with AuditStore.open(path, key) as store:
+        _, latest, _, entries = verify_store(store, public_key, slot)
+        checkpoint = latest
+        if tree_size is not None and (latest is None or latest.tree_size != tree_size):
+            # verify_store checked every stored checkpoint; pick the pinned one among them.
+            checkpoint = next((c for c in store.load()[1] if c.tree_size == tree_size), None)
+            if checkpoint is None:
+                raise BadRequest(f"the log has no checkpoint at tree size {tree_size}")
+    if checkpoint is None:
+        raise BadRequest("the log has no checkpoint yet: nothing to export")
+    size = checkpoint.tree_size
+    if not 0 <= from_seq < size:
+        raise BadRequest(f"from_seq must be 0 to {size - 1}: the checkpoint covers {size} records")
+    records = [e.record for e in entries]
+    count = min(limit, size - from_seq)
+    while True:
+        bundle = export_bundle(records, checkpoint, only=range(from_seq, from_seq + count))
+        if len(bundle) <= max_bytes:
+            return bundle, checkpoint, count
+        if count == 1:
+            raise BadRequest(f"record {from_seq} alone makes a bundle of {len(bundle)} bytes, over the "
+                             f"{max_bytes} bytes broker.max_message_bytes allows")
+        count = max(1, min(count - 1, count * max_bytes // len(bundle) * 9 // 10))  # strictly fewer each time
 
 Pending = tuple[list[Record], "asyncio.Future[tuple[int, int]]"]
 
@@ -212,7 +257,15 @@ class Audit(Service):
 
     def _verify(self, store: AuditStore) -> tuple[LogHead, Checkpoint | None, Checkpoint | None]:
         assert self.public_key is not None and self.slot is not None
-        head, latest, trusted, _ = verify_store(store, self.public_key, self.slot)
+        head, latest, trusted, entries = verify_store(store, self.public_key, self.slot)
+        # Only a verified log is evidence: the open alerts come back from it (a restart forgets nothing).
+        try:
+            reopened = self.alerts.engine.rebuild(entry.record for entry in entries)
+        except Exception as exc:  # noqa: BLE001 - the log is fine; losing open alerts must not seal audit
+            log.error("alerts_not_rebuilt", error_type=type(exc).__name__)
+        else:
+            if reopened:
+                log.warning("alerts_reopened", open=reopened)
         return head, latest, trusted
 
     async def _save_trusted(self, checkpoint: Checkpoint) -> None:
@@ -312,14 +365,17 @@ class Audit(Service):
         """``audit.append {records: [{type, outcome, target?, on_behalf_of?, time?, details?}]}`` →
         ``{first_seq, last_seq}``, answered only once every record is durable. The actor is the
         caller the broker authenticated. ``SEALED`` while sealed; ``UNAVAILABLE`` when the log
-        failed verification or the disk write failed (then nothing of the request was stored)."""
+        failed verification or the disk write failed (then nothing of the request was stored);
+        ``FORBIDDEN`` for an ``alert.*`` type (only audit writes those)."""
         if self.state != "ok" or self._hash_key is None:
             raise self._refusal()
         if not req.records:
             raise BadRequest("append needs at least one record")
         now, prepared = time.time(), []
         for item in req.records:
-            details = sanitize_details(item.details, self._hash_key)
+            if item.type.startswith(ALERT_PREFIX):
+                raise Forbidden(f"{ALERT_PREFIX}* records are written by audit itself, not appended")
+            details = sanitize_details(item.details, self._hash_key, item.type)
             if item.time is not None:
                 details["reported_time"] = item.time
             record = Record(seq=0, time=now, actor=ctx.caller, event=item.type, outcome=item.outcome,
@@ -374,24 +430,30 @@ class Audit(Service):
             log.error("audit_log_tampered", first_bad=result["first_bad"], reason=result["error"])
         return result
 
-    @handler("export", concurrent=True)
-    async def export(self, ctx: RequestContext, req: NoFields) -> dict[str, Any]:
-        """``audit.export`` → ``{bundle, public_key, tree_size}``: every record up to a fresh signed
-        checkpoint, with inclusion proofs, for :func:`.proofs.verify_bundle` (operators). Refused with
-        ``BAD_REQUEST`` when the bundle would not fit in ``broker.max_message_bytes``."""
+    @handler("export", request=ExportRequest, concurrent=True)
+    async def export(self, ctx: RequestContext, req: ExportRequest) -> dict[str, Any]:
+        """``audit.export {from_seq?, limit?, tree_size?}`` → ``{bundle, public_key, tree_size,
+        from_seq, count, next_seq}`` (operators): records ``[from_seq, from_seq + count)`` with
+        inclusion proofs against a signed checkpoint, for :func:`.proofs.verify_bundle`. Without
+        ``tree_size`` a fresh checkpoint is signed first, so it covers every record acknowledged so
+        far; later pages pass the first page's ``tree_size`` so all are proven against one
+        checkpoint. ``count`` is at most ``limit`` (default :data:`EXPORT_PAGE_RECORDS`) and fewer
+        when needed to fit ``broker.max_message_bytes``; ``next_seq`` is None after the last page."""
         self._operator(ctx)
-        await self._checkpoint()  # so the export covers every record acknowledged so far
-
+        if not 1 <= req.limit <= MAX_EXPORT_PAGE_RECORDS:
+            raise BadRequest(f"limit must be 1 to {MAX_EXPORT_PAGE_RECORDS}")
+        if req.tree_size is None:
+            await self._checkpoint()  # so the export covers every record acknowledged so far
+        max_bytes = self.config.broker.max_message_bytes - _EXPORT_MARGIN
         try:
-            bundle, size = await ctx.run_blocking(export_log, *self._paths())
+            bundle, checkpoint, count = await ctx.run_blocking(export_page, *self._paths(), req.from_seq, req.limit,
+                                                               req.tree_size, max_bytes)
         except TamperError as exc:
             raise Unavailable(f"the stored log failed verification; not exporting ({exc.message})") from None
-        limit = self.config.broker.max_message_bytes - _EXPORT_MARGIN
-        if len(bundle) > limit:
-            raise BadRequest(f"the export of {size} records is {len(bundle)} bytes, over the {limit} bytes "
-                             "broker.max_message_bytes allows; exporting a range is not implemented yet")
         assert self.public_key is not None
-        return {"bundle": bundle, "public_key": self.public_key, "tree_size": size}
+        end = req.from_seq + count
+        return {"bundle": bundle, "public_key": self.public_key, "tree_size": checkpoint.tree_size,
+                "from_seq": req.from_seq, "count": count, "next_seq": end if end < checkpoint.tree_size else None}
 
     @handler("alerts")
     async def alerts_handler(self, ctx: RequestContext, req: NoFields) -> dict[str, Any]:

@@ -27,16 +27,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-import sqlcipher3  # type: ignore[import-untyped]  # no stubs; pyproject could list it
+import sqlcipher3  # no stubs: pyproject.toml's mypy overrides ignore its imports
 
 from shared import BadRequest, MeshError, MeshHome
 from shared._keystore import Keystore
 
 from .chain import Checkpoint, LogEntry, LogHead, Record, encode_record, verify_log
 from .errors import TamperError
-from .proofs import decode_checkpoint, decode_record, encode_checkpoint, export_bundle
+from .proofs import decode_checkpoint, decode_record, encode_checkpoint
 
-__all__ = ["AuditStore", "StoreError", "db_path", "export_log", "read_trusted", "verify_report", "verify_store"]
+__all__ = ["AuditStore", "StoreError", "db_path", "read_trusted", "verify_report", "verify_store"]
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS records (
@@ -229,12 +229,3 @@ def verify_report(path: Path, key: bytes | bytearray, public_key: bytes, slot: K
     sizes = [c.tree_size for c in (latest, trusted) if c is not None]
     return {"ok": True, "size": head.size, "checkpoint_size": max(sizes, default=0)}
 
-
-def export_log(path: Path, key: bytes | bytearray, public_key: bytes, slot: Keystore) -> tuple[bytes, int]:
-    """A verified bundle of every record up to the latest checkpoint in the log, and its size.
-    Raises :class:`TamperError` if the log does not verify, :class:`BadRequest` if it is empty."""
-    with AuditStore.open(path, key) as store:
-        _, latest, _, entries = verify_store(store, public_key, slot)
-    if latest is None:
-        raise BadRequest("the log has no checkpoint yet: nothing to export")
-    return export_bundle([e.record for e in entries], latest), latest.tree_size

@@ -15,6 +15,7 @@ the broker's socket: a peer that chooses its own is refused.
 from __future__ import annotations
 
 import errno
+import hashlib
 import itertools
 import math
 import os
@@ -22,6 +23,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
 import structlog
@@ -41,6 +43,7 @@ from shared import (
     TokenBucket,
     certs,
     compile_grant,
+    config_path,
     decode_header,
     encode_header,
     error_text,
@@ -62,6 +65,8 @@ _CURVE_OVERHEAD: Final = 64
 #: Told to a connection the broker dropped for missing heartbeats; the client reconnects.
 EXPIRED_MESSAGE: Final = "connection expired after missed heartbeats; reconnect"
 _BATCH: Final = 256
+#: The digest of the configuration file recorded at the last start, under the home's spool dir.
+CONFIG_DIGEST_FILE: Final = "config.sha256"
 
 
 class Broker(Routing, Upkeep):
@@ -69,8 +74,11 @@ class Broker(Routing, Upkeep):
 
     def __init__(self, config: MeshConfig, home: MeshHome, *,
                  clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time,
+                 config_file: Path | None = None) -> None:
         self.config = config
+        #: The file the configuration was read from (audited at start as ``mesh.config``).
+        self.config_file = config_file if config_file is not None else config_path(home.root)
         self.cfg = config.broker
         self.home = home
         self.clock = clock
@@ -114,6 +122,7 @@ class Broker(Routing, Upkeep):
 
     def bind(self) -> None:
         """Load the allow-list, start ZAP, bind every endpoint. Raises if anything is off."""
+        self.audit_config()
         self.reload_certs("start")
         self.zap.start()
         router = self.context.socket(zmq.ROUTER)
@@ -324,6 +333,32 @@ class Broker(Routing, Upkeep):
         if not self.spool.append(record):
             log.warning("audit_spool_full", dropped=self.spool.dropped)
 
+    def audit_config(self) -> None:
+        """Spool a ``mesh.config`` record: the config file's SHA-256, the one recorded at the last
+        start and whether it changed. The digest is then kept in ``<home>/spool/config.sha256``
+        (written atomically, 0600) for the next start. Never stops the broker from starting."""
+        state = self.home.spool / CONFIG_DIGEST_FILE
+        try:
+            previous: str | None = state.read_text("ascii").strip() or None
+        except (OSError, UnicodeDecodeError):
+            previous = None
+        record: dict[str, Any] = {"outcome": "ok", "path": str(self.config_file)}
+        try:
+            digest: str | None = hashlib.sha256(self.config_file.read_bytes()).hexdigest()
+        except OSError as exc:
+            digest = None
+            record.update(outcome="unreadable", error=exc.strerror or type(exc).__name__)
+        record.update(sha256=digest, previous_sha256=previous, changed=digest != previous)
+        dropped = self.spool.dropped
+        self.audit("mesh.config", None, **record)
+        self.spool.sync()
+        spooled = self.spool.dropped <= dropped  # not lost to a full spool: else report it again
+        if spooled and digest is not None and digest != previous:
+            try:
+                _write_private(state, (digest + "\n").encode())
+            except OSError as exc:
+                log.warning("config_digest_not_saved", error=exc.strerror)
+
     def _deny(self, peer: Peer, request_id: int, action: str, target: str) -> None:
         peer.counters.denies += 1
         self.audit("mesh.deny", peer, action=action, target=target)
@@ -352,3 +387,20 @@ class Broker(Routing, Upkeep):
         except FileNotFoundError:
             pass
 
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (temporary file, fsync, rename), mode 0600."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

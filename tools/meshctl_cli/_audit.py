@@ -2,7 +2,8 @@
 
 Each online command is a call to ``audit.<method>`` as the operator identity, through the broker
 and its ACL like any peer's. ``audit verify --offline FILE --public-key KEY`` needs no mesh: it
-checks an exported bundle with :func:`services.audit.proofs.verify_bundle` and the audit
+checks an export (pages of bundles, :func:`services.audit.proofs.verify_export`; a single bundle
+as older versions wrote is accepted too) with :func:`services.audit.proofs.verify_bundle` and the audit
 service's Ed25519 public key alone (Z85, 40 characters, or hex, 64), the key ``audit export``
 printed and that should reach the verifier by another channel than the bundle.
 """
@@ -31,6 +32,7 @@ _TIMEOUT_S: Final = 30.0       # verify and export read the whole log
 _FOLLOW_POLL_S: Final = 1.0
 _MAX_TAIL: Final = 1000        # services/audit/schema.py MAX_TAIL
 _MAX_BUNDLE: Final = 1 << 30
+EXPORT_PAGE_RECORDS = 2000     # records asked per audit.export page (services/audit/service.py)
 
 
 def when(timestamp: Any) -> str:
@@ -116,15 +118,25 @@ def parse_public_key(text: str) -> bytes:
 
 
 async def export(home: MeshHome, path: Path) -> dict[str, Any]:
-    """``audit.export``, written to ``path`` (0600, replaced atomically)."""
+    """Every record, page by page through ``audit.export``, all proven against the checkpoint the
+    first page named, written as one export file to ``path`` (0600, replaced atomically)."""
+    from services.audit.proofs import pack_export  # late: only this command needs it
+
+    bundles: list[bytes] = []
+    body: dict[str, Any] = {"from_seq": 0, "limit": EXPORT_PAGE_RECORDS}
     async with connected(home) as client:
-        reply = await client.call("audit.export", timeout=_TIMEOUT_S)
-    bundle, key = bytes(reply["bundle"]), bytes(reply["public_key"])
+        while True:
+            reply = await client.call("audit.export", body, timeout=_TIMEOUT_S)
+            bundles.append(bytes(reply["bundle"]))
+            if reply["next_seq"] is None:
+                break
+            body = {"from_seq": reply["next_seq"], "limit": EXPORT_PAGE_RECORDS, "tree_size": reply["tree_size"]}
+    data, key = pack_export(bundles), bytes(reply["public_key"])
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
-            out.write(bundle)
+            out.write(data)
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)
@@ -132,14 +144,15 @@ async def export(home: MeshHome, path: Path) -> dict[str, Any]:
         with contextlib.suppress(OSError):
             temporary.unlink()
         raise CliError(f"cannot write {path}: {exc.strerror}") from None
-    return {"file": str(path.resolve()), "records": reply["tree_size"], "bytes": len(bundle),
+    return {"file": str(path.resolve()), "records": reply["tree_size"], "pages": len(bundles), "bytes": len(data),
             "public_key_z85": z85(key), "public_key_hex": key.hex()}
 
 
 def verify_offline(path: Path, public_key: str) -> dict[str, Any]:
-    """Verify an exported bundle with the public key only; no mesh involved."""
+    """Verify an export (every page, one checkpoint, no record missing) with the public key only;
+    no mesh involved."""
     from services.audit.errors import TamperError  # late: only this command needs the verifier
-    from services.audit.proofs import verify_bundle
+    from services.audit.proofs import verify_export
 
     key = parse_public_key(public_key)
     try:
@@ -149,7 +162,7 @@ def verify_offline(path: Path, public_key: str) -> dict[str, Any]:
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror}") from None
     try:
-        bundle = verify_bundle(data, key)
+        bundle = verify_export(data, key)
     except TamperError as exc:
         raise CliError(_failure(exc.sequence, exc.message)) from None
     except MeshError as exc:
@@ -208,7 +221,8 @@ def run_audit(args: argparse.Namespace, home: MeshHome) -> int:
     if not args.file:
         raise CliError("audit export needs a FILE to write", status=2)
     result = asyncio.run(export(home, Path(args.file)))
-    _out(args, result, f"wrote {result['records']} records with proofs to {result['file']} ({result['bytes']} bytes)\n"
+    _out(args, result, f"wrote {result['records']} records with proofs to {result['file']} "
+                       f"({result['pages']} pages, {result['bytes']} bytes)\n"
                        f"audit public key (Z85): {result['public_key_z85']}\n"
                        f"audit public key (hex): {result['public_key_hex']}\n"
                        "give the key to the verifier by another channel than the file; they run:\n"
