@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from services.audit.alerts import AlertEngine, supervisor_record
+from services.audit.alerts import AlertEngine
 from services.audit.chain import Record
 from services.audit.service import Audit
 from services.keyvault.setup import initialise
+from services.supervisor_events.forwarder import audit_record
 from shared import AuditConfig, ConfigError, MeshError, parse_config
 from shared.testing import InProcessMesh
 
@@ -24,7 +25,7 @@ from .test_audit_service import CONFIG, IDENTITIES, PASSWORD, Rig
 RULES = """
 [acl.identity.audit]
 publish = ["alerts."]
-subscribe = ["security.", "supervisor."]
+subscribe = ["security."]
 
 [acl.identity.supervisor-events]
 publish = ["supervisor."]
@@ -148,13 +149,15 @@ def test_audit_config_is_strict() -> None:
             parse_config(text)
 
 
-def test_supervisor_events_become_process_records_only_from_supervisor_events() -> None:
-    body = {"process": "storage", "group": "storage", "state": "BACKOFF", "from_state": "STARTING", "serial": 7}
-    crash = supervisor_record("supervisor.process.backoff", "supervisor-events", body, 5.0)
-    assert crash is not None and crash.event == "process.crash" and crash.target == "storage"
-    running = supervisor_record("supervisor.process.running", "supervisor-events", {**body, "state": "RUNNING"}, 5.0)
-    assert running is not None and running.event == "process.state"
-    assert supervisor_record("supervisor.process.backoff", "outsider", body, 5.0) is None
+def test_supervisor_events_become_process_crash_or_state_audit_records() -> None:
+    body = {"process": "storage", "group": "storage", "state": "BACKOFF", "from_state": "STARTING", "serial": 7,
+            "time": 5.0, "severity": "alert"}
+    crash = audit_record({"type": "process.state", "topic": "supervisor.process.backoff", "body": body})
+    assert crash is not None and crash["type"] == "process.crash" and crash["target"] == "storage"
+    assert crash["outcome"] == "backoff" and crash["time"] == 5.0 and "severity" not in crash
+    running = audit_record({"type": "process.state", "body": {**body, "state": "RUNNING"}})
+    assert running is not None and running["type"] == "process.state"
+    assert audit_record({"type": "events.lost", "lost": 3}) is None
 
 
 # -- over a real in-process mesh ------------------------------------------------------------
@@ -239,21 +242,29 @@ async def test_failed_login_burst_raises_an_alert_record_and_event_and_ack_is_au
         assert (await r.operator.call("audit.verify", timeout=10))["ok"] is True
 
 
-async def test_supervisor_crash_events_are_recorded_and_raise_a_crash_loop_alert(short_tmp: Path) -> None:
+async def test_appended_process_crash_records_raise_a_crash_loop_alert_only_from_the_listener(
+        short_tmp: Path) -> None:
     clock = Clock()
     async with alert_rig(short_tmp / "h", clock) as r:
         supervisor = await r.mesh.client("supervisor-events")
         events = await r.operator.subscribe("alerts.crash_loop", timeout=5)
+        # Anyone else appending a process.* record is refused: only the listener speaks for supervisord.
+        with pytest.raises(MeshError) as forged:
+            await r.producer.call("audit.append", {"records": [
+                {"type": "process.crash", "outcome": "fatal", "target": "storage"}]}, timeout=5)
+        assert forged.value.code == "FORBIDDEN"
         for state in ("EXITED", "BACKOFF", "FATAL"):
-            await supervisor.publish(f"supervisor.process.{state.lower()}",
-                                     {"process": "storage", "group": "storage", "state": state}, timeout=5)
+            await supervisor.call("audit.append", {"records": [
+                {"type": "process.crash", "outcome": state.lower(), "target": "storage",
+                 "details": {"process": "storage", "group": "storage", "state": state}}]}, timeout=5)
         event = await events.next(timeout=5)
         assert event.body["rule"] == "crash_loop" and event.body["subject"] == "storage"
 
         async def crashes() -> list[Any]:
             reply = await r.operator.call("audit.tail", {"type": "process.crash"}, timeout=5)
-            return [c for c in reply["records"] if c["actor"] == "supervisor-events"]
-        assert len(await _until(crashes)) == 3
+            return list(reply["records"])
+        got = await _until(crashes)
+        assert len(got) == 3 and {c["actor"] for c in got} == {"supervisor-events"}
 
 
 async def test_open_alerts_survive_an_audit_restart_until_acked_or_their_window_passes(short_tmp: Path) -> None:

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from services.keyvault.setup import initialise
 from services.supervisor_events.forwarder import Forwarder, to_record
 from services.supervisor_events.protocol import OK, READY, Notification, ProtocolError, serve_events
-from shared import Spool
+from shared import AuditShipper, Spool
 from shared.testing import InProcessMesh
+
+from .test_audit_service import CONFIG, IDENTITIES, PASSWORD, Rig
 
 LISTENER_CONFIG = """
 [runtime]
@@ -155,3 +158,65 @@ async def test_a_refused_publish_keeps_the_record(spool_dir: Path) -> None:
             assert len(forwarder.spool) == 1 and forwarder.counters.forwarded == 0
         finally:
             task.cancel()
+
+
+async def test_each_process_event_is_also_spooled_as_an_audit_record(spool_dir: Path) -> None:
+    audit_spool = Spool(spool_dir / "a.spool", 100)
+    forwarder = Forwarder(Spool(spool_dir / "s.spool", 100), clock=lambda: 12.5, audit_spool=audit_spool)
+    notified: list[int] = []
+    forwarder.audit_notify = lambda: notified.append(1)
+    data = (exited("storage", 41, 1) + exited("storage", 42, 2, expected=1)
+            + frame("PROCESS_STATE_RUNNING", "processname:storage groupname:mesh from_state:STARTING pid:43", 3))
+    out = await speak(data, forwarder)
+    assert out == READY + (OK + READY) * 3  # supervisord answered at once, mesh or no mesh
+    crash, running = audit_spool.pending(10)
+    assert (crash["type"], crash["outcome"], crash["target"], crash["pid"], crash["time"]) == (
+        "process.crash", "exited", "storage", 41, 12.5)
+    assert crash["expected"] is False and crash["state"] == "EXITED" and crash["process"] == "storage"
+    assert (running["type"], running["outcome"]) == ("process.state", "running")
+    assert len(notified) == 2 and forwarder.health()["audit_spooled"] == 2
+    audit_spool.close()
+    again = Spool(spool_dir / "a.spool", 100)  # durable: survives a restart of the listener
+    assert [r["type"] for r in again.pending(10)] == ["process.crash", "process.state"]
+    again.close()
+
+
+async def test_nothing_is_lost_while_audit_is_down(short_tmp: Path) -> None:
+    # Spool first, with no audit on the mesh; the shipper keeps retrying; once audit starts,
+    # the record arrives with the listener as its actor and leaves the spool.
+    config = CONFIG + '\n[acl.identity.supervisor-events]\npublish = ["supervisor."]\n'
+    mesh = InProcessMesh(short_tmp / "h", config, {**IDENTITIES, "supervisor-events": "service"})
+    initialise(mesh.home, mesh.config, bytearray(PASSWORD.encode()))
+    async with mesh:
+        r = Rig(mesh)
+        await mesh.start_service(r.vault)
+        r.operator = await mesh.client("meshctl")
+        audit_spool = Spool(short_tmp / "a.spool", 100)
+        forwarder = Forwarder(Spool(short_tmp / "s.spool", 100), audit_spool=audit_spool)
+        await speak(frame("PROCESS_STATE_FATAL", "processname:storage groupname:mesh from_state:BACKOFF", 1),
+                    forwarder)
+        listener = await mesh.client("supervisor-events")
+        shipper = AuditShipper(audit_spool, listener, min_backoff=0.05, max_backoff=0.2, call_timeout=1.0)
+        forwarder.audit_notify = shipper.notify
+        shipper.start()
+        loop = asyncio.get_running_loop()
+        try:
+            deadline = loop.time() + 5
+            while shipper.failures == 0:  # audit is not there: refused, kept
+                assert loop.time() < deadline, "the shipper never tried"
+                await asyncio.sleep(0.02)  # poll interval
+            assert len(audit_spool) == 1 and shipper.shipped == 0
+            await r.start_audit()
+            deadline = loop.time() + 10
+            while len(audit_spool):
+                assert loop.time() < deadline, "the spooled record was not delivered"
+                await asyncio.sleep(0.02)  # poll interval
+            records = (await r.operator.call("audit.tail", {"type": "process.crash"}, timeout=5))["records"]
+            assert [(c["actor"], c["target"], c["outcome"], c["details"]["state"]) for c in records] == [
+                ("supervisor-events", "storage", "fatal", "FATAL")]
+        finally:
+            await shipper.stop()
+            audit_spool.close()
+            if r.runner is not None:
+                await r.stop_audit()
+            await r.vault.on_stop()

@@ -23,7 +23,7 @@ The rules (the record fields each one reads; producers that do not exist yet are
                             ``details.count``, default 1); one subject, ``mesh``
 ``rate_limited``            ``mesh.rate_limited`` (amount ``details.count``); subject
                             ``details.identity``/``subject``, else ``on_behalf_of``/``target``
-``crash_loop``              ``process.crash`` (audit records them from ``supervisor.`` events);
+``crash_loop``              ``process.crash`` (appended by the ``supervisor-events`` listener);
                             subject ``details.process``, else ``target``
 ``large_read``              a ``*.read`` or ``*.export`` record with a numeric ``details.bytes``
                             (the amount); subject ``on_behalf_of``, else the actor
@@ -52,7 +52,7 @@ from typing import Any, Final
 
 import structlog
 
-from shared import AlertRule, AuditConfig, MeshError, NotFound, Timeout
+from shared import AlertRule, AuditConfig, MeshError, NotFound
 
 from .chain import Record
 
@@ -65,8 +65,7 @@ MAX_SUBJECT: Final = 256        #: characters of a subject kept
 FAILURE_OUTCOMES: Final = frozenset({"failure", "failed", "denied"})
 DENY_EVENTS: Final = frozenset({"mesh.deny", "mesh.refused", "authz.deny"})
 CERT_EVENTS: Final = frozenset({"mesh.handshake_failed", "mesh.cert_pending"})
-#: supervisord states that mean a process died (services/supervisor_events/forwarder.py).
-CRASH_STATES: Final = frozenset({"EXITED", "BACKOFF", "FATAL", "UNKNOWN"})
+#: The only identity that may append ``process.*`` records (it speaks for supervisord).
 SUPERVISOR_SENDER: Final = "supervisor-events"
 
 Match = tuple[str, int] | None
@@ -399,39 +398,3 @@ class AlertDesk:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-
-def supervisor_record(topic: str, sender: str, body: Any, now: float) -> Record | None:
-    """The record for one ``supervisor.`` event, or None when it is not one to keep. Only
-    ``supervisor-events`` speaks for supervisord; a crash state becomes ``process.crash``."""
-    if sender != SUPERVISOR_SENDER or not isinstance(body, dict):
-        return None
-    keep = ("process", "group", "state", "from_state", "pid", "tries", "expected", "serial", "supervisor")
-    details = {k: (body[k][:MAX_SUBJECT] if isinstance(body[k], str) else body[k])
-               for k in keep if isinstance(body.get(k), (str, int, bool))}
-    if topic.startswith("supervisor.process."):
-        state = str(body.get("state", "")).upper()
-        event = "process.crash" if state in CRASH_STATES else "process.state"
-        process = body.get("process")
-        return Record(seq=0, time=now, actor=sender, event=event, outcome=state.lower() or "unknown",
-                      target=process[:MAX_SUBJECT] if isinstance(process, str) and process else None,
-                      details=details)
-    if topic in ("supervisor.overflow", "supervisor.events_lost"):
-        return Record(seq=0, time=now, actor=sender, event=f"process.{topic.removeprefix('supervisor.')}",
-                      outcome="lost", details=details)
-    return None
-
-
-async def record_processes(subscription: Any, enqueue: Enqueue) -> None:
-    """Record supervisord's ``supervisor.`` events (the sender is authenticated by the broker)."""
-    while True:
-        try:
-            event = await subscription.next(timeout=3600)
-        except Timeout:
-            continue
-        record = supervisor_record(event.topic, event.sender, event.body, time.time())
-        if record is None:
-            continue
-        try:
-            await asyncio.shield(enqueue([record]))
-        except MeshError as exc:
-            log.warning("process_event_not_recorded", topic=event.topic, reason=exc.code)

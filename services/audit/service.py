@@ -19,9 +19,10 @@ is signed every :data:`CHECKPOINT_EVERY_RECORDS` records (in the same transactio
 a clean stop. These are module constants; ``[audit]`` in mesh.toml configures the alerts only.
 
 Anomaly alerts (:mod:`.alerts`) are evaluated on every committed batch; an alert is appended as a
-record through the same commit path and published on ``alerts.<rule>``. When the ACL lets audit
-subscribe to ``supervisor.``, process crashes reported by supervisord are recorded
-(``process.crash``), which the ``crash_loop`` rule watches.
+record through the same commit path and published on ``alerts.<rule>``. Process crashes reported
+by supervisord arrive as ``process.crash`` records appended by the ``supervisor-events`` listener
+(from its own audit spool, so none is lost while audit is down); the ``crash_loop`` rule watches
+them. Only that listener may append ``process.*`` records.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from shared import (
 from shared._crypto import derive_subkey, wipe
 from shared._keystore import Keystore, choose_keystore
 
-from .alerts import AlertDesk, record_processes
+from .alerts import SUPERVISOR_SENDER, AlertDesk
 from .chain import Checkpoint, LogHead, Record, encode_record, public_key_of
 from .errors import TamperError
 from .proofs import encode_checkpoint, export_bundle
@@ -72,6 +73,7 @@ KEY_RETRY_MIN_S: Final = 1.0            #: first retry of the key fetch while se
 KEY_RETRY_MAX_S: Final = 60.0           #: keyvault rate-limits and audits each fetch: back off
 KEY_CALL_TIMEOUT_S: Final = 5.0
 ALERT_PREFIX: Final = "alert."         #: events only audit writes (alerts and their acknowledgements)
+PROCESS_PREFIX: Final = "process."     #: events only the supervisor-events listener appends
 _EXPORT_MARGIN: Final = 4096            #: envelope and reply framing around an exported bundle
 EXPORT_PAGE_RECORDS: Final = 2000       #: records per ``audit.export`` page unless the caller asks fewer
 MAX_EXPORT_PAGE_RECORDS: Final = 10_000
@@ -159,12 +161,6 @@ class Audit(Service):
         except MeshError as exc:
             # Without the ACL grant we still unseal, just on the retry timer instead of at once.
             log.warning("no_security_events", reason=exc.code, hint="grant subscribe 'security.' to audit")
-        try:
-            processes = await self.mesh.subscribe("supervisor.", timeout=KEY_CALL_TIMEOUT_S)
-            self._tasks.append(asyncio.create_task(record_processes(processes, self._enqueue),
-                                                   name="audit-processes"))
-        except MeshError as exc:
-            log.warning("no_supervisor_events", reason=exc.code, hint="grant subscribe 'supervisor.' to audit")
         await self._try_unseal()
         self._tasks.append(asyncio.create_task(self._keeper(), name="audit-keeper"))
 
@@ -366,7 +362,8 @@ class Audit(Service):
         ``{first_seq, last_seq}``, answered only once every record is durable. The actor is the
         caller the broker authenticated. ``SEALED`` while sealed; ``UNAVAILABLE`` when the log
         failed verification or the disk write failed (then nothing of the request was stored);
-        ``FORBIDDEN`` for an ``alert.*`` type (only audit writes those)."""
+        ``FORBIDDEN`` for an ``alert.*`` type (only audit writes those), and for a ``process.*`` type
+        from any caller but ``supervisor-events`` (only it speaks for supervisord)."""
         if self.state != "ok" or self._hash_key is None:
             raise self._refusal()
         if not req.records:
@@ -375,6 +372,8 @@ class Audit(Service):
         for item in req.records:
             if item.type.startswith(ALERT_PREFIX):
                 raise Forbidden(f"{ALERT_PREFIX}* records are written by audit itself, not appended")
+            if item.type.startswith(PROCESS_PREFIX) and ctx.caller != SUPERVISOR_SENDER:
+                raise Forbidden(f"{PROCESS_PREFIX}* records are appended by {SUPERVISOR_SENDER} only")
             details = sanitize_details(item.details, self._hash_key, item.type)
             if item.time is not None:
                 details["reported_time"] = item.time

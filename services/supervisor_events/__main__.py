@@ -19,7 +19,7 @@ from shared import (
 )
 
 from .protocol import ProtocolError
-from .service import NAME, SPOOL_MAX_RECORDS, claim_stdout, run
+from .service import AUDIT_SPOOL_MAX_RECORDS, AUDIT_SPOOL_NAME, NAME, SPOOL_MAX_RECORDS, claim_stdout, run
 
 
 def main() -> int:
@@ -31,12 +31,13 @@ def main() -> int:
         config = load_config(config_path(home.root))
         home.ensure()
         spool = Spool(home.spool / f"{NAME}.spool", SPOOL_MAX_RECORDS)
+        audit_spool = Spool(home.spool / AUDIT_SPOOL_NAME, AUDIT_SPOOL_MAX_RECORDS)
     except (ConfigError, CertificateError) as exc:
         log.error("cannot_start", error=exc.code, reason=exc.message)
         print(f"{NAME}: {exc.message}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(run(home, config, spool, protocol_fd))
+        asyncio.run(run(home, config, spool, protocol_fd, audit_spool))
     except (ConfigError, CertificateError, HandshakeError) as exc:
         log.error("cannot_start", error=exc.code, reason=exc.message)
         print(f"{NAME}: {exc.message}", file=sys.stderr)
@@ -46,6 +47,7 @@ def main() -> int:
         return 3
     finally:
         spool.close()
+        audit_spool.close()
     return 0
 
 

@@ -13,6 +13,13 @@ consumer can tell. Nothing is dropped silently:
 * events supervisord discarded from its own buffer show up as gaps in the
   pool serial; they are counted in ``lost_upstream`` and reported on
   ``supervisor.events_lost``.
+
+Each process state event is also an audit record (``process.crash`` for a crash state,
+``process.state`` otherwise; see :func:`audit_record`), appended to a second spool, the
+listener's audit spool, and shipped to ``audit.append`` by a :class:`shared.AuditShipper`: what
+happens while audit is down or sealed waits in that spool and is delivered when audit is back.
+The audit spool is bounded too; a full one counts what it could not keep and spools a
+``spool.overflow`` record (audited with outcome ``lost``) as soon as there is room.
 """
 
 from __future__ import annotations
@@ -35,6 +42,12 @@ TOPIC_PREFIX: Final = "supervisor."
 #: STOPPED for context (when a process came back, or was stopped on purpose).
 FORWARDED_STATES: Final = frozenset({"BACKOFF", "FATAL", "UNKNOWN", "RUNNING", "STOPPED"})
 ALERT_STATES: Final = frozenset({"EXITED", "BACKOFF", "FATAL", "UNKNOWN"})
+#: States audited as ``process.crash`` (an EXITED reaches here only when unexpected); the
+#: ``crash_loop`` alert rule counts those.
+CRASH_STATES: Final = ALERT_STATES
+#: Fields of a spool record's body kept in its audit record (services/audit/sanitize.py).
+AUDIT_FIELDS: Final = ("process", "group", "state", "from_state", "pid", "tries", "expected", "serial",
+                       "supervisor")
 _BATCH: Final = 100
 _RETRY_S: Final = 0.5
 _REFUSED_RETRY_S: Final = 10.0
@@ -51,6 +64,7 @@ class Counters:
     forwarded: int = 0
     publish_failures: int = 0
     lost_upstream: int = 0
+    audit_dropped: int = 0
 
 
 def to_record(note: Notification, now: float) -> dict[str, Any] | None:
@@ -79,6 +93,22 @@ def to_record(note: Notification, now: float) -> dict[str, Any] | None:
     return {"type": "process.state", "topic": f"{TOPIC_PREFIX}process.{state.lower()}", "body": body}
 
 
+def audit_record(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The audit spool record for one spool record (``process.crash`` or ``process.state``), or
+    None when it is not a process state event. Shaped for :func:`shared.append_record`."""
+    if record.get("type") != "process.state":
+        return None
+    body = record.get("body") or {}
+    state = str(body.get("state", "")).upper()
+    out: dict[str, Any] = {"type": "process.crash" if state in CRASH_STATES else "process.state",
+                           "time": body.get("time"), "outcome": state.lower() or "unknown"}
+    process = body.get("process")
+    if isinstance(process, str) and process:
+        out["target"] = process
+    out.update({k: body[k] for k in AUDIT_FIELDS if k in body})
+    return out
+
+
 def topic_and_body(record: dict[str, Any]) -> tuple[str, Any]:
     """Where and what to publish for a spool record (overflow notes included)."""
     kind = record.get("type")
@@ -92,8 +122,11 @@ def topic_and_body(record: dict[str, Any]) -> tuple[str, Any]:
 class Forwarder:
     """Accepts notifications (synchronously, for the protocol) and publishes them (a task)."""
 
-    def __init__(self, spool: Spool, clock: Any = time.time) -> None:
+    def __init__(self, spool: Spool, clock: Any = time.time, audit_spool: Spool | None = None) -> None:
         self.spool = spool
+        self.audit_spool = audit_spool
+        #: Called after an audit record is spooled (the shipper's ``notify``), once one runs.
+        self.audit_notify: Any = None
         self.counters = Counters()
         self.clock = clock
         self.wakeup = asyncio.Event()
@@ -117,6 +150,19 @@ class Forwarder:
             log.error("spool_full", dropped=self.counters.dropped, spooled=len(self.spool))
         self.spool.sync()
         self.wakeup.set()
+        self._audit(record)
+
+    def _audit(self, record: dict[str, Any]) -> None:
+        """Spool the audit record for ``record`` durably; the shipper delivers it (never waited on)."""
+        entry = audit_record(record)
+        if self.audit_spool is None or entry is None:
+            return
+        if not self.audit_spool.append(entry):
+            self.counters.audit_dropped += 1
+            log.error("audit_spool_full", dropped=self.counters.audit_dropped, spooled=len(self.audit_spool))
+        self.audit_spool.sync()
+        if self.audit_notify is not None:
+            self.audit_notify()
 
     def _note_gap(self, poolserial: int | None) -> None:
         # supervisord numbers the events of our pool without gaps; a gap means it threw
@@ -134,7 +180,9 @@ class Forwarder:
         c = self.counters
         return {"received": c.received, "forwarded": c.forwarded, "ignored": c.ignored,
                 "malformed": c.malformed, "spooled": len(self.spool), "dropped": c.dropped,
-                "lost_upstream": c.lost_upstream, "publish_failures": c.publish_failures}
+                "lost_upstream": c.lost_upstream, "publish_failures": c.publish_failures,
+                "audit_spooled": len(self.audit_spool) if self.audit_spool is not None else 0,
+                "audit_dropped": c.audit_dropped}
 
     async def drained(self) -> None:
         """Return once the spool is empty (the caller bounds the wait)."""

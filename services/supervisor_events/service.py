@@ -1,7 +1,10 @@
 """The supervisor-events listener: supervisord's event protocol on one side, the mesh on the other.
 
 It is a mesh peer with its own certificate (identity ``supervisor-events``,
-role service) that may only publish on ``supervisor.`` (mesh.toml). It also
+role service) that may only publish on ``supervisor.`` and call ``audit.append``
+(mesh.toml). Every process state event is also an audit record, kept in the
+listener's own audit spool and shipped to audit by an :class:`~shared.AuditShipper`
+(events while audit is down or sealed are delivered when it is back). It also
 registers, so operators can see it and call ``supervisor-events.health``,
 which reports its counters (received, forwarded, spooled, dropped, ...).
 
@@ -23,6 +26,7 @@ from typing import Any, Final
 import structlog
 
 from shared import (
+    AuditShipper,
     MeshConfig,
     MeshHome,
     NoFields,
@@ -42,6 +46,10 @@ log = structlog.get_logger("supervisor_events")
 NAME: Final = "supervisor-events"
 #: Records kept while the broker is unreachable; past this, events are counted, not kept.
 SPOOL_MAX_RECORDS: Final = 10_000
+#: Audit records kept while audit is unreachable; past this, they are counted and the loss audited.
+AUDIT_SPOOL_MAX_RECORDS: Final = 10_000
+AUDIT_SPOOL_NAME: Final = f"{NAME}-audit.spool"
+SHIP_PERIOD_S: Final = 1.0
 _FINAL_FLUSH_S: Final = 2.0
 
 
@@ -61,7 +69,7 @@ class SupervisorEvents(Service):
         reply = await super().health(ctx, req)
         counters = self.forwarder.health()
         reply.update(counters)
-        if counters["dropped"] or counters["lost_upstream"]:
+        if counters["dropped"] or counters["lost_upstream"] or counters["audit_dropped"]:
             reply["status"] = "degraded"
         return reply
 
@@ -102,6 +110,11 @@ async def _mesh_side(home: MeshHome, config: MeshConfig, forwarder: Forwarder, s
     client = connecting.result()
     runner = ServiceRunner(SupervisorEvents(forwarder), client, config.runtime, config.broker.max_message_bytes)
     forwarding = asyncio.create_task(forwarder.run(client), name="forwarder")
+    shipper: AuditShipper | None = None
+    if forwarder.audit_spool is not None:
+        shipper = AuditShipper(forwarder.audit_spool, client, name=f"{NAME}-audit-shipper", period=SHIP_PERIOD_S)
+        forwarder.audit_notify = shipper.notify
+        shipper.start()
     try:
         await runner.start()
         await stop.wait()
@@ -110,19 +123,23 @@ async def _mesh_side(home: MeshHome, config: MeshConfig, forwarder: Forwarder, s
             await asyncio.wait_for(forwarder.drained(), _FINAL_FLUSH_S)
         await runner.stop()
     finally:
+        forwarder.audit_notify = None
+        if shipper is not None:
+            await shipper.stop()  # what audit has not acknowledged stays in the audit spool
         forwarding.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await forwarding
         await client.close()
 
 
-async def run(home: MeshHome, config: MeshConfig, spool: Spool, protocol_fd: int) -> None:
+async def run(home: MeshHome, config: MeshConfig, spool: Spool, protocol_fd: int,
+              audit_spool: Spool | None = None) -> None:
     """Run both sides until SIGTERM, or until supervisord closes our stdin."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    forwarder = Forwarder(spool)
+    forwarder = Forwarder(spool, audit_spool=audit_spool)
     reader = asyncio.StreamReader(limit=MAX_HEADER * 2)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
     protocol = asyncio.create_task(serve_events(reader, _writer(protocol_fd), forwarder.accept), name="protocol")
