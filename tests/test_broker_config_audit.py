@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import stat
-import struct
 from pathlib import Path
 
-import msgpack
 import pytest
 
 from services.broker.core import CONFIG_DIGEST_FILE
 from shared.testing import InProcessMesh
 
 from .conftest import FAST_CONFIG
-
-
-def read_spool(mesh: InProcessMesh) -> list[dict]:
-    data = (mesh.home.spool / "broker-audit.spool").read_bytes()
-    records, offset = [], 0
-    while offset + 4 <= len(data):
-        (size,) = struct.unpack_from(">I", data, offset)
-        records.append(msgpack.unpackb(data[offset + 4:offset + 4 + size]))
-        offset += 4 + size
-    return records
+from .test_broker_attacks import read_spool
 
 
 def config_records(mesh: InProcessMesh) -> list[dict]:

@@ -48,6 +48,7 @@ from shared import (
     encode_header,
     error_text,
 )
+from shared._files import write_atomic
 
 from .certstore import CertStore
 from .routing import Routing
@@ -355,7 +356,7 @@ class Broker(Routing, Upkeep):
         spooled = self.spool.dropped <= dropped  # not lost to a full spool: else report it again
         if spooled and digest is not None and digest != previous:
             try:
-                _write_private(state, (digest + "\n").encode())
+                write_atomic(state, (digest + "\n").encode())
             except OSError as exc:
                 log.warning("config_digest_not_saved", error=exc.strerror)
 
@@ -387,20 +388,3 @@ class Broker(Routing, Upkeep):
         except FileNotFoundError:
             pass
 
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically (temporary file, fsync, rename), mode 0600."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

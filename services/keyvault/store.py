@@ -17,7 +17,6 @@ password opens the state and no data key changes.
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from shared._crypto import (
     seal,
     wipe,
 )
+from shared._files import write_atomic
 
 FORMAT = 1
 _VERIFIER = b"curvemesh master key verifier"
@@ -115,22 +115,7 @@ def save(home: MeshHome, state: VaultState, checkpoint: Checkpoint = _no_checkpo
     """Write the state atomically: a crash leaves the old file or the new one, never a mix."""
     path = state_path(home)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name("state.tmp")
-    data = msgpack.packb(state.to_wire(), use_bin_type=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    checkpoint("state-written")
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    checkpoint("state-renamed")
+    write_atomic(path, msgpack.packb(state.to_wire(), use_bin_type=True), checkpoint=checkpoint)
 
 
 def _aad(purpose: str, version: int) -> bytes:
