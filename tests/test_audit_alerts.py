@@ -3,7 +3,6 @@ clock); alerts are records of their own and events on alerts.<rule>; dedup; ack 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -20,6 +19,7 @@ from services.supervisor_events.forwarder import audit_record
 from shared import AuditConfig, ConfigError, MeshError, parse_config
 from shared.testing import InProcessMesh
 
+from .conftest import eventually
 from .test_audit_service import CONFIG, IDENTITIES, PASSWORD, Rig
 
 RULES = """
@@ -185,18 +185,6 @@ async def _open(r: Rig) -> list[dict[str, Any]]:
     return list((await r.operator.call("audit.alerts", timeout=5))["alerts"])
 
 
-async def _until(check: Callable[[], Any], deadline: float = 5.0) -> Any:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    while True:
-        value = await check()
-        if value:
-            return value
-        if loop.time() > end:
-            raise AssertionError(f"condition not met within {deadline} s")
-        await asyncio.sleep(0.02)
-
-
 async def test_failed_login_burst_raises_an_alert_record_and_event_and_ack_is_audited(short_tmp: Path) -> None:
     clock = Clock()
     async with alert_rig(short_tmp / "h", clock) as r:
@@ -213,7 +201,7 @@ async def test_failed_login_burst_raises_an_alert_record_and_event_and_ack_is_au
         fail = {"type": "authn.login", "outcome": "failure", "on_behalf_of": "alice",
                 "details": {"source": "10.1.2.3", "password": "hunter2-planted"}}
         reply = await r.producer.call("audit.append", {"records": [fail] * 3}, timeout=5)
-        opened = await _until(lambda: _open(r))
+        opened = await eventually(lambda: _open(r))
         assert [(a["rule"], a["subject"], a["count"]) for a in opened] == [("failed_logins_account", "alice", 3)]
         alert = opened[0]
         assert alert["first_seq"] == reply["first_seq"] and alert["last_seq"] == reply["last_seq"]
@@ -263,7 +251,7 @@ async def test_appended_process_crash_records_raise_a_crash_loop_alert_only_from
         async def crashes() -> list[Any]:
             reply = await r.operator.call("audit.tail", {"type": "process.crash"}, timeout=5)
             return list(reply["records"])
-        got = await _until(crashes)
+        got = await eventually(crashes)
         assert len(got) == 3 and {c["actor"] for c in got} == {"supervisor-events"}
 
 
@@ -284,8 +272,8 @@ async def test_open_alerts_survive_an_audit_restart_until_acked_or_their_window_
         for who in ("alice", "bob"):
             await r.producer.call("audit.append", {"records": [
                 {"type": "authn.login", "outcome": "failure", "on_behalf_of": who}] * 3}, timeout=5)
-            await _until(lambda: _open(r))
-        await _until(lambda: _has(r, 2))
+            await eventually(lambda: _open(r))
+        await eventually(lambda: _has(r, 2))
         bob = next(a for a in await _open(r) if a["subject"] == "bob")
         await r.operator.call("audit.alerts.ack", {"id": bob["id"]}, timeout=5)
         await r.producer.call("audit.append", {"records": [
@@ -299,14 +287,14 @@ async def test_open_alerts_survive_an_audit_restart_until_acked_or_their_window_
         before = await _open(r)
         assert fields(before) == fields([alice]) and alice["count"] == 5
         await restart(r)
-        await _until(lambda: _status_ok(r))
+        await eventually(lambda: _status_ok(r))
         assert fields(await _open(r)) == fields(before)
         await r.producer.call("audit.append", {"records": [  # still deduplicated onto the reopened alert
             {"type": "authn.login", "outcome": "failure", "on_behalf_of": "alice"}]}, timeout=5)
         assert [(a["id"], a["count"]) for a in await _open(r)] == [(alice["id"], 6)]
         clock.now = time.time() + 61  # past the 60 s window since the last matching record
         await restart(r)
-        await _until(lambda: _status_ok(r))
+        await eventually(lambda: _status_ok(r))
         assert await _open(r) == []
 
 

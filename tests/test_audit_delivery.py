@@ -19,29 +19,8 @@ from shared import AuditShipper, MeshClient, MeshError, Sealed, Spool, Unavailab
 from shared._runtime import ServiceRunner
 from shared.testing import InProcessMesh
 
-from .conftest import FAST_CONFIG, eventually
-
-PASSWORD = "planted-Master-Passphrase-9431"
-CONFIG = FAST_CONFIG + """
-[acl.role.service]
-call = ["keyvault.keys.get", "keyvault.status", "audit.append", "audit.public_key"]
-subscribe = ["security."]
-
-[acl.identity.keyvault]
-publish = ["security."]
-
-[acl.identity.meshctl]
-call = ["keyvault.*", "audit.*"]
-
-[argon2]
-test_profiles = true
-
-[argon2.master]
-memory_kib = 1024
-iterations = 1
-parallelism = 1
-"""
-IDENTITIES = {"keyvault": "service", "audit": "service", "storage": "service", "meshctl": "operator"}
+from .conftest import eventually
+from .test_audit_service import CONFIG, IDENTITIES, PASSWORD
 
 
 class Rig:

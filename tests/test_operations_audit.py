@@ -21,6 +21,7 @@ from services.audit.proofs import decode_record
 from services.audit.store import db_path
 from tools.meshctl_cli import _audit, main
 
+from .conftest import eventually
 from .test_audit_alerts import RULES, Clock, alert_rig
 from .test_audit_service import Rig, _rows, rig
 
@@ -77,10 +78,11 @@ async def test_audit_tail_follow_prints_new_records_as_they_arrive(short_tmp: Pa
         shown: list[dict[str, Any]] = []
         follower = asyncio.create_task(_audit.tail(r.home, limit=1, type_=None, actor="storage", follow=True,
                                                    show=shown.append, keep_going=lambda: len(shown) < 5))
-        end = asyncio.get_running_loop().time() + 10
-        while not shown:  # the first poll is done: what is appended now is new
-            assert asyncio.get_running_loop().time() < end and not follower.done(), "tail showed nothing"
-            await asyncio.sleep(0.02)
+        async def first_poll_done() -> bool:  # what is appended after it is new
+            assert not follower.done(), "tail stopped before showing anything"
+            return bool(shown)
+
+        await eventually(first_poll_done, deadline=10)
         await r.producer.call("audit.append", {"records": [
             {"type": "test.late", "outcome": "ok", "target": f"late{i}"} for i in range(4)]}, timeout=5)
         count = await asyncio.wait_for(follower, 10)
