@@ -115,3 +115,9 @@ async def eventually(check: Callable[[], Awaitable[Any]], deadline: float = 5.0,
         if time.monotonic() > end:
             raise AssertionError(f"condition not met within {deadline} s")
         await asyncio.sleep(poll)
+
+
+async def holds(value: bool) -> bool:
+    """A condition already computed, in the shape :func:`eventually` polls:
+    ``await eventually(lambda: holds(x.count > 0))``."""
+    return value

@@ -4,8 +4,6 @@ audit is down, shipped once it is up, nothing lost; key releases fail closed on 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,35 +12,24 @@ import pytest
 from services.audit.service import Audit
 from services.audit.store import StoreError
 from services.keyvault.service import REFUSED_NOT_RECORDING, Keyvault
-from services.keyvault.setup import initialise
 from shared import AuditShipper, MeshClient, MeshError, Sealed, Spool, Unavailable, append_record, append_records
-from shared._runtime import ServiceRunner
-from shared.testing import InProcessMesh
 
 from .conftest import eventually
-from .test_audit_service import CONFIG, IDENTITIES, PASSWORD
+from .test_audit_service import PASSWORD, Rig
+from .test_audit_service import rig as audit_rig
 
 
-class Rig:
-    def __init__(self, mesh: InProcessMesh) -> None:
-        self.mesh = mesh
-        self.vault = Keyvault(mesh.home, mesh.config)
-        self.audit: Audit | None = None
-        self.runner: ServiceRunner | None = None
-        self.storage: MeshClient
-        self.operator: MeshClient
+class DeliveryRig(Rig):
+    """The audit tests' rig with producers shipping their spools, and a few helpers."""
+
+    @property
+    def storage(self) -> MeshClient:
+        return self.producer
 
     async def start_audit(self) -> Audit:
-        self.audit = Audit(self.mesh.home, self.mesh.config)
-        self.runner = await self.mesh.start_service(self.audit)
-        assert self.audit.state == "ok"
-        return self.audit
-
-    async def stop_audit(self) -> None:
-        assert self.runner is not None
-        await self.runner.stop()
-        await self.runner.client.close()
-        self.runner = self.audit = None
+        audit = await super().start_audit()
+        assert audit.state == "ok"
+        return audit
 
     async def tail(self, **query: Any) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = (await self.operator.call("audit.tail", {"limit": 1000, **query},
@@ -58,23 +45,8 @@ class Rig:
         return reply
 
 
-@asynccontextmanager
-async def rig(root: Path, *, audit: bool = True) -> AsyncIterator[Rig]:
-    mesh = InProcessMesh(root, CONFIG, dict(IDENTITIES))
-    initialise(mesh.home, mesh.config, bytearray(PASSWORD.encode()))
-    async with mesh:
-        r = Rig(mesh)
-        await mesh.start_service(r.vault)
-        r.storage = await mesh.client("storage")
-        r.operator = await mesh.client("meshctl")
-        if audit:
-            await r.start_audit()
-        try:
-            yield r
-        finally:
-            if r.runner is not None:
-                await r.stop_audit()
-            await r.vault.on_stop()
+def rig(root: Path, *, audit: bool = True) -> Any:
+    return audit_rig(root, audit=audit, ship=True, kind=DeliveryRig)
 
 
 def spooled(vault: Keyvault, event: str) -> list[dict[str, Any]]:

@@ -96,17 +96,18 @@ class Rig:
 
 
 @asynccontextmanager
-async def rig(root: Path, *, audit: bool = True) -> AsyncIterator[Rig]:
+async def rig(root: Path, *, audit: bool = True, ship: bool = False, kind: type[Rig] = Rig) -> AsyncIterator[Any]:
     mesh = InProcessMesh(root, CONFIG, dict(IDENTITIES))
     initialise(mesh.home, mesh.config, bytearray(PASSWORD.encode()))
     async with mesh:
-        # These tests count audit's records exactly, so the producers' own audit spools
-        # (the broker's registrations, keyvault's releases of audit's keys) are not
-        # shipped here; tests/test_audit_delivery.py covers that delivery.
-        mesh.broker._ship_after = math.inf
-        r = Rig(mesh)
+        # Most of these tests count audit's records exactly, so unless ``ship`` is set the
+        # producers' own audit spools (the broker's registrations, keyvault's releases of
+        # audit's keys) are not shipped; tests/test_audit_delivery.py ships them.
+        if not ship:
+            mesh.broker._ship_after = math.inf
+        r = kind(mesh)
         await mesh.start_service(r.vault)
-        if r.vault.shipper is not None:
+        if not ship and r.vault.shipper is not None:
             await r.vault.shipper.stop()
             r.vault.shipper = None
         r.producer = await mesh.client("storage")

@@ -25,7 +25,7 @@ from shared import (
 )
 from shared.testing import InProcessMesh, call_handler
 
-from .conftest import eventually
+from .conftest import eventually, holds
 from .echo_service import Echo
 from .rawpeer import RawPeer
 
@@ -88,7 +88,7 @@ async def test_mailbox_takes_one_message_at_a_time_unless_concurrent(mesh: InPro
     await asyncio.wait_for(echo.entered.wait(), 5)
     health = asyncio.create_task(client.call("echo.health", timeout=5))
     # All four requests reached the service (in flight at the broker); only one runs.
-    await eventually(lambda: _async(len(mesh.broker.in_flight) == 4))
+    await eventually(lambda: holds(len(mesh.broker.in_flight) == 4))
     assert echo.active == 1 and not health.done()
     echo.release.set()
     await asyncio.gather(*calls, health)
@@ -97,14 +97,11 @@ async def test_mailbox_takes_one_message_at_a_time_unless_concurrent(mesh: InPro
     echo.release.clear()
     echo.max_active = 0
     concurrent = [asyncio.create_task(client.call("echo.block_concurrent", timeout=5)) for _ in range(3)]
-    await eventually(lambda: _async(echo.active == 3))
+    await eventually(lambda: holds(echo.active == 3))
     echo.release.set()
     await asyncio.gather(*concurrent)
     assert echo.max_active == 3
 
-
-async def _async(value: bool) -> bool:
-    return value
 
 
 async def test_unexpected_failures_are_internal_and_leak_nothing(mesh: InProcessMesh) -> None:
