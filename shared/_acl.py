@@ -2,8 +2,9 @@
 
 Deny by default. An identity may do what its own ``acl.identity`` entry and
 its role's ``acl.role`` entry allow, together. Call patterns are exact
-``svc.method``, ``svc.*`` (every method of one service) and ``*.method``
-(one method on every service, for ``health``). Topic rules are prefixes, or
+``svc.method``, ``svc.*`` (every method of one service), ``svc.group.*``
+(every method whose name starts with ``group.``, such as ``storage.kv.*``) and
+``*.method`` (one method on every service, for ``health``). Topic rules are prefixes, or
 ``*`` for every topic.
 """
 
@@ -21,6 +22,7 @@ class Grant:
     calls: frozenset[str]
     call_services: frozenset[str]
     call_methods: frozenset[str]
+    call_groups: tuple[str, ...]
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
 
@@ -29,6 +31,7 @@ class Grant:
             service in self.call_services
             or method in self.call_methods
             or f"{service}.{method}" in self.calls
+            or any(f"{service}.{method}".startswith(group) for group in self.call_groups)
         )
 
     def may_publish(self, topic: str) -> bool:
@@ -49,6 +52,7 @@ def compile_grant(acl: AclConfig, name: str, role: str) -> Grant:
     calls: set[str] = set()
     services: set[str] = set()
     methods: set[str] = set()
+    groups: set[str] = set()
     for rule in rules:
         for pattern in rule.call:
             service, _, method = pattern.partition(".")
@@ -56,12 +60,15 @@ def compile_grant(acl: AclConfig, name: str, role: str) -> Grant:
                 services.add(service)
             elif service == "*":
                 methods.add(method)
+            elif method.endswith(".*"):
+                groups.add(pattern[:-1])  # "storage.kv.*" grants every "storage.kv.<...>"
             else:
                 calls.add(pattern)
     return Grant(
         calls=frozenset(calls),
         call_services=frozenset(services),
         call_methods=frozenset(methods),
+        call_groups=tuple(sorted(groups)),
         publish=tuple(p for r in rules for p in r.publish),
         subscribe=tuple(p for r in rules for p in r.subscribe),
     )

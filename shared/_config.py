@@ -27,7 +27,8 @@ CONFIG_VERSION: Final = 1
 def _empty() -> Mapping[str, Any]:
     return types.MappingProxyType({})
 
-_CALL_RE: Final = re.compile(r"^(\*|[a-z][a-z0-9_-]*)\.(\*|[a-z][a-z0-9_.-]*)$")
+# svc.method, svc.* (every method), svc.group.* (methods under one dotted group), *.method.
+_CALL_RE: Final = re.compile(r"^(\*|[a-z][a-z0-9_-]*)\.(\*|[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*(\.\*)?)$")
 _TOPIC_RE: Final = re.compile(r"^(\*|[a-z0-9][a-z0-9_.:-]*)$")
 
 
@@ -250,7 +251,8 @@ class MeshConfig:
             for who, rule in rules.items():
                 for pattern in rule.call:
                     if not _CALL_RE.match(pattern) or pattern == "*.*":
-                        raise ConfigError(f"acl.{where}.{who}.call: {pattern!r} is not svc.method, svc.* or *.method")
+                        raise ConfigError(f"acl.{where}.{who}.call: {pattern!r} is not svc.method, svc.*, "
+                                          "svc.group.* or *.method")
                 for key in ("publish", "subscribe"):
                     for topic in getattr(rule, key):
                         if not _TOPIC_RE.match(topic):

@@ -14,6 +14,7 @@ from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
+from structlog.tracebacks import ExceptionDictTransformer
 
 SENSITIVE: set[str] = {
     "password", "passphrase", "secret", "secret_key", "token", "key_material", "master_key",
@@ -55,7 +56,9 @@ def configure_logging(process: str, level: str = "info", stream: TextIO | None =
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact,
-            structlog.processors.dict_tracebacks,
+            # Tracebacks as dicts, without local variables: structlog shows locals by default,
+            # and a frame's locals may hold keys, passwords or user data.
+            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
             structlog.processors.JSONRenderer(sort_keys=True),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),

@@ -64,3 +64,17 @@ def test_a_partial_table_keeps_the_contexts_own_defaults() -> None:
     assert config.argon2.master.memory_kib == 1 << 20 and config.argon2.master.parallelism == 4
     assert config.argon2.master.iterations == 4
     assert config.broker.heartbeat_interval_ms == 1000 and config.broker.liveness_ms == 9000
+
+
+def test_call_groups_grant_a_dotted_method_prefix_and_nothing_else() -> None:
+    from shared._acl import compile_grant
+
+    config = parse_config('[acl.role.service]\ncall = ["storage.kv.*", "storage.files.put.*"]\n', "test")
+    grant = compile_grant(config.acl, "authn", "service")
+    allowed = [("storage", "kv.put"), ("storage", "kv.scan"), ("storage", "files.put.begin")]
+    refused = [("storage", "kvx.put"), ("storage", "kv"), ("storage", "files.get"), ("storage", "verify"),
+               ("keyvault", "kv.put")]
+    assert all(grant.may_call(s, m) for s, m in allowed)
+    assert not any(grant.may_call(s, m) for s, m in refused)
+    with pytest.raises(ConfigError):
+        parse_config('[acl.role.service]\ncall = ["storage.kv*"]\n', "test")

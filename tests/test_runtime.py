@@ -142,6 +142,25 @@ def test_redaction_processor_hides_declared_sensitive_fields() -> None:
     assert "s-3" not in stream.getvalue()
 
 
+def test_logged_tracebacks_never_show_local_variables() -> None:
+    stream = io.StringIO()
+    configure_logging("test", stream=stream)
+
+    def failing(key_material: bytes) -> None:
+        planted_local = "planted-local-value-5531"  # what structlog would print with show_locals
+        raise ValueError(f"failed after {len(planted_local)} characters")
+    try:
+        try:
+            failing(b"planted-argument-bytes-9917")
+        except ValueError:
+            structlog.get_logger().exception("crashed")
+    finally:
+        structlog.reset_defaults()
+    output = stream.getvalue()
+    assert "failed after 24 characters" in output  # the traceback is there ...
+    assert "planted-local-value" not in output and "planted-argument" not in output  # ... its locals are not
+
+
 async def test_the_broker_expires_requests_past_their_deadline(mesh: InProcessMesh) -> None:
     echo = Echo()
     await mesh.start_service(echo)

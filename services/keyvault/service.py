@@ -249,13 +249,14 @@ class Keyvault(Service):
         await self._announce("security.sealed")
         return {"sealed": True}
 
-    async def _announce(self, topic: str) -> None:
-        # Services that hold keys wipe them on security.sealed. Best effort: the seal itself
-        # already happened here, and a service that misses the event gets SEALED from us.
+    async def _announce(self, topic: str, **body: Any) -> None:
+        # Services that hold keys wipe them on security.sealed, and fetch the new version on
+        # security.key_rotated. Best effort: the change itself already happened here, and a
+        # service that misses the event gets SEALED from us (or finds the version at its next start).
         if self.mesh is None:
             return
         try:
-            await self.mesh.publish(topic, {"by": "keyvault"}, timeout=2)
+            await self.mesh.publish(topic, {"by": "keyvault", **body}, timeout=2)
         except MeshError as exc:
             log.warning("announce_failed", topic=topic, error=exc.code)
 
@@ -342,7 +343,8 @@ class Keyvault(Service):
     @handler("keys.rotate", request=Rotate, concurrent=True)
     async def rotate(self, ctx: RequestContext, req: Rotate) -> dict[str, Any]:
         """``keyvault.keys.rotate {purpose, password}`` → ``{purpose, version}``: new writes use
-        the new version; older ones stay readable. ``meshctl keys rotate PURPOSE``."""
+        the new version; older ones stay readable. Announced on ``security.key_rotated {purpose,
+        version}`` so holders (storage) re-encrypt. ``meshctl keys rotate PURPOSE``."""
         self._require_operator(ctx)
         if req.purpose not in PURPOSES:
             raise BadRequest(f"unknown purpose; purposes are {', '.join(PURPOSES)}")
@@ -365,6 +367,7 @@ class Keyvault(Service):
                 self._audit("keyvault.key_rotate", ctx, purpose=req.purpose, version=version, outcome="ok")
             finally:
                 wipe(master)
+        await self._announce("security.key_rotated", purpose=req.purpose, version=version)
         return {"purpose": req.purpose, "version": version}
 
     @handler("keys.list", request=Token)

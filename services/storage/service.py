@@ -1,16 +1,50 @@
-"""The storage service.
+"""The storage service: the companion's memories, conversations and files, encrypted at rest.
 
-It guards encrypted stores (SQLCipher, DuckDB, RocksDB, files come with the storage issue). Until
-then it registers with the broker under its own certificate and answers only ``storage.health``,
-inherited from :class:`shared.Service`; it claims nothing else.
+Four engines behind the mesh, each in its own module with its handlers in a mixin:
+
+- key-value in RocksDB (:mod:`.kv`, :mod:`.kv_api`): values and names sealed by the application;
+- records in SQLCipher (:mod:`.records`, :mod:`.records_api`): msgpack documents, indexed fields;
+- analytics in DuckDB (:mod:`.analytics`, :mod:`.analytics_api`): encrypted per namespace, sandboxed
+  read-only SELECTs;
+- files (:mod:`.files`, :mod:`.files_api`): a STREAM format (:mod:`.stream`), uploaded and read in pieces.
+
+Keys, sealing and worker threads are in :mod:`.core`; re-encryption after a key rotation in
+:mod:`.rotation`; backup and restore in :mod:`.backup`; operator handlers in :mod:`.admin_api`.
+docs/storage.md describes the formats, the namespaces and what each call guarantees.
 """
 
 from __future__ import annotations
 
-from shared import Service
+import shutil
+
+from .admin_api import AdminApi
+from .analytics_api import AnalyticsApi
+from .files_api import FilesApi
+from .kv_api import KvApi
+from .records_api import RecordsApi
 
 
-class Storage(Service):
-    """Mesh name ``storage``; handlers: ``health``."""
+class Storage(KvApi, RecordsApi, AnalyticsApi, FilesApi, AdminApi):
+    """Mesh name ``storage``; handlers: ``kv.*``, ``records.*``, ``analytics.*``, ``files.*``, ``status``,
+    ``verify``, ``backup.*``, ``jobs``, ``health``."""
 
     name = "storage"
+
+    async def on_start(self) -> None:
+        """Remove what an interrupted backup or restore left in the work directory, then start."""
+        if self.layout.work.exists():
+            for leftover in self.layout.work.iterdir():
+                shutil.rmtree(leftover, ignore_errors=True)
+        await super().on_start()
+
+    async def on_stop(self) -> None:
+        await self.jobs.close()
+        await super().on_stop()
+
+    async def seal(self, reason: str) -> None:
+        """Abort open uploads (their encryption keys go with the rest), then seal."""
+        if self.files is not None:
+            for entry in list(self._open_uploads().values()):
+                await self.run("files", self.files.abort, entry.upload)
+        self._open_uploads().clear()
+        await super().seal(reason)

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from shared import PURPOSES, MeshHome, configure_logging
 
-from . import _audit, _init, _lifecycle, _logs, _mesh, _render, _security
+from . import _audit, _init, _lifecycle, _logs, _mesh, _render, _security, _storage
 from ._output import CliError, emit_json
 from ._status import MeshProbe, collect
 from ._supervisor import Supervisor, load_credentials
@@ -105,6 +105,16 @@ def _parser() -> argparse.ArgumentParser:
     p = add("alerts", "open anomaly alerts of the audit service; `alerts ack ID` acknowledges one")
     p.add_argument("action", nargs="?", choices=["list", "ack"], default="list")
     p.add_argument("id", nargs="?", type=int, metavar="ID", help="ack: the alert's id")
+    p = add("storage", "the encrypted stores: status (key versions, rotation progress) or verify every store")
+    p.add_argument("action", choices=["status", "verify"])
+    p = add("backup", "encrypted backups of every store: create one, verify an archive, restore one into a fresh home")
+    p.add_argument("action", choices=["create", "verify", "restore"])
+    p.add_argument("file", nargs="?", metavar="FILE", help="verify, restore: the archive")
+    p.add_argument("--passphrase-file", metavar="FILE",
+                   help="create: also wrap the archive key with this passphrase (for a restore on another "
+                        "machine); verify, restore: open the archive with it")
+    p.add_argument("--output", metavar="FILE", help="create: also copy the archive to FILE")
+    p.add_argument("--force", action="store_true", help="restore: accept an archive older than the newest backup")
     p = add("logs", "a process's log (JSON lines)")
     p.add_argument("service")
     p.add_argument("-f", "--follow", action="store_true")
@@ -199,6 +209,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, MeshHome], int]] = {
     "init": _init_cmd, "up": _up_or_status, "status": _up_or_status, "down": _down, "restart": _restart,
     "ping": _ping, "call": _call, "certs": _certs, "events": _events, "logs": _logs_cmd,
     "security": _security.run, "keys": _security.run, "audit": _audit.run_audit, "alerts": _audit.run_alerts,
+    "storage": _storage.run_storage, "backup": _storage.run_backup,
 }
 
 

@@ -29,6 +29,12 @@ def status(s: dict[str, Any]) -> str:
     out.append(keyvault_line(vault))
     loud = set((vault or {}).get("warnings") or [])
     out += [f"  WARNING: {w}" for w in (vault or {}).get("warnings") or []]
+    store = s.get("storage")
+    if store and "versions" in store:
+        rotation = {p: r for p, r in (store.get("rotation") or {}).items() if r["state"] != "done"}
+        line = f"storage: {store['state']}, key versions " + ", ".join(
+            f"{p} v{v}" for p, v in sorted(store["versions"].items()))
+        out.append(line + "".join(f"; re-encrypting {p} {r['done']}/{r['total']}" for p, r in sorted(rotation.items())))
     sup = s["supervisor"]
     out.append(f"supervisord: {'pid ' + str(sup['pid']) if sup['running'] else 'not running'}")
     rows = [[r["name"], r["state"], r["pid"], duration(r["uptime_s"]), r.get("restarts"), yes(r["registered"]),

@@ -137,6 +137,27 @@ async def keyvault_view(probe: MeshProbe, registered: dict[str, Any], test_profi
     return vault
 
 
+async def storage_view(probe: MeshProbe, registered: dict[str, Any]) -> dict[str, Any] | None:
+    """``storage.status`` (key versions, rotation progress, newest backup) and its warnings."""
+    if "storage" not in registered:
+        return None
+    try:
+        view: dict[str, Any] = await (await probe.get()).call("storage.status", timeout=2.0)
+    except MeshError as exc:
+        return {"error": f"storage.status: {exc.code}", "warnings": []}
+    warnings = []
+    if view.get("state") == "failed":
+        warnings.append(f"storage cannot serve: {view.get('problem')}")
+    if view.get("restoring"):
+        warnings.append(f"a restore of {view['restoring']} did not finish: run the same restore again")
+    for purpose, r in sorted((view.get("rotation") or {}).items()):
+        if r["state"] != "done":
+            warnings.append(f"storage re-encrypting {purpose} to v{r['to_version']}: {r['state']} "
+                            f"{r['done']}/{r['total']}")
+    view["warnings"] = warnings
+    return view
+
+
 def _row(name: str, proc: dict[str, Any] | None, stats: dict[str, Any] | None,
          registered: dict[str, Any], health: dict[str, Any]) -> dict[str, Any]:
     state = proc["statename"] if proc else "NOT RUNNING"
@@ -226,6 +247,9 @@ async def collect(home: MeshHome, supervisor: Supervisor, probe: MeshProbe, *, d
             lost = {k: reply[k] for k in ("dropped", "lost_upstream") if reply.get(k)}
             warnings.append(f"{name} reports degraded" + (f": {lost}" if lost else ""))
     vault = await keyvault_view(probe, registered, config.argon2.test_profiles) if details else None
+    storage = await storage_view(probe, registered) if details else None
+    if storage is not None:
+        warnings += storage["warnings"]
     if vault is not None:
         warnings += vault["warnings"]
     keyring = keyring_backend() if details else None
@@ -243,5 +267,6 @@ async def collect(home: MeshHome, supervisor: Supervisor, probe: MeshProbe, *, d
                    "connections": (stats or {}).get("connections"),
                    "handshake_failures": (stats or {}).get("handshake_failures"),
                    "pending_certificates": (stats or {}).get("pending_certificates")},
-        "keyring": keyring, "keyvault": vault, "services": rows, "problems": problems, "warnings": warnings,
+        "keyring": keyring, "keyvault": vault, "storage": storage, "services": rows, "problems": problems,
+        "warnings": warnings,
     }

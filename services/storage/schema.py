@@ -1,0 +1,233 @@
+"""Wire messages of the storage service (checked strictly by :func:`shared.message`).
+
+Every user-data request names its ``subject`` (the user the data belongs to) and ``category``;
+with the caller's authenticated identity they make the namespace (:class:`~.keys.Namespace`).
+Fields that carry user data (keys, values, documents, rows, queries, file names and contents) are
+marked sensitive: the log redaction processor never lets them through.
+"""
+
+from __future__ import annotations
+
+from dataclasses import field
+from typing import Any
+
+from shared import message
+
+_DATA = {"sensitive": True}
+_SUBJECT = {"max_len": 128, "sensitive": True}
+_CATEGORY = {"max_len": 32}
+_IDENT = {"max_len": 63}
+
+#: Bytes of file content one ``files.put.chunk`` carries, and one ``files.get`` returns, at most.
+FILE_PIECE_BYTES = 256 * 1024
+
+
+# -- key-value (RocksDB) --------------------------------------------------------------------
+
+@message
+class KvKey:
+    """``storage.kv.get`` / ``storage.kv.delete {subject, category, key}``."""
+
+    subject: str = field(metadata=_SUBJECT)
+    category: str = field(metadata=_CATEGORY)
+    key: bytes = field(metadata={"sensitive": True, "max_len": 1024})
+
+
+@message
+class KvPut:
+    """``storage.kv.put {subject, category, key, value}``."""
+
+    subject: str = field(metadata=_SUBJECT)
+    category: str = field(metadata=_CATEGORY)
+    key: bytes = field(metadata={"sensitive": True, "max_len": 1024})
+    value: bytes = field(metadata={"sensitive": True, "max_len": 512 * 1024})
+
+
+@message
+class KvScan:
+    """``storage.kv.scan {subject, category, prefix?, after?, limit?}``."""
+
+    subject: str = field(metadata=_SUBJECT)
+    category: str = field(metadata=_CATEGORY)
+    prefix: bytes = field(default=b"", metadata={"sensitive": True, "max_len": 1024})
+    after: bytes | None = field(default=None, metadata={"sensitive": True, "max_len": 1024})
+    limit: int = 100
+
+
+# -- records (SQLCipher) --------------------------------------------------------------------
+
+@message
+class Collection:
+    """``storage.records.collection {subject, category, collection, indexed}``."""
+
+    subject: str = field(metadata=_SUBJECT)
+    category: str = field(metadata=_CATEGORY)
+    collection: str = field(metadata=_IDENT)
+    indexed: list[str] = field(default_factory=list, metadata={"max_len": 16})
+
+
+@message
+class RecordInsert:
+    """``storage.records.insert {subject, category, collection, doc}``."""
+
+    subject: str = field(metadata=_SUBJECT)
+    category: str = field(metadata=_CATEGORY)
+    collection: str = field(metadata=_IDENT)
+    doc: dict[str, Any] = field(metadata={"sensitive": True, "max_len": 4096})
+
+
+@message
+class RecordId:
+    """``storage.records.get`` / ``storage.records.delete {subject, category, collection, id}``."""
+
+    subject: str = field(metadata=_SUBJECT)
+    category: str = field(metadata=_CATEGORY)
+    collection: str = field(metadata=_IDENT)
+    id: str = field(metadata={"max_len": 64})
+
+
+@message
+class RecordUpdate:
+    """``storage.records.update {subject, category, collection, id, doc}``."""
+
+    subject: str = field(metadata=_SUBJECT)
+    category: str = field(metadata=_CATEGORY)
+    collection: str = field(metadata=_IDENT)
+    id: str = field(metadata={"max_len": 64})
+    doc: dict[str, Any] = field(metadata={"sensitive": True, "max_len": 4096})
+
+
+@message
+class RecordQuery:
+    """``storage.records.query {subject, category, collection, where?, after?, limit?}``."""
+
+    subject: str = field(metadata=_SUBJECT)
+    category: str = field(metadata=_CATEGORY)
+    collection: str = field(metadata=_IDENT)
+    where: dict[str, Any] = field(default_factory=dict, metadata={"sensitive": True, "max_len": 16})
+    after: str | None = field(default=None, metadata={"max_len": 64})
+    limit: int = 100
+
+
+# -- analytics (DuckDB) ---------------------------------------------------------------------
+
+@message
+class AnalyticsScope:
+    """``storage.analytics.tables {subject, category}``."""
+
+    subject: str = field(metadata=_SUBJECT)
+    category: str = field(metadata=_CATEGORY)
+
+
+@message
+class AnalyticsTable:
+    """``storage.analytics.table {subject, category, table, columns: [[name, type], ...]}``."""
+
+    subject: str = field(metadata=_SUBJECT)
+    category: str = field(metadata=_CATEGORY)
+    table: str = field(metadata=_IDENT)
+    columns: list[list[str]] = field(metadata={"max_len": 64})
+
+
+@message
+class AnalyticsIngest:
+    """``storage.analytics.ingest {subject, category, table, rows: [[...], ...]}``."""
+
+    subject: str = field(metadata=_SUBJECT)
+    category: str = field(metadata=_CATEGORY)
+    table: str = field(metadata=_IDENT)
+    rows: list[list[Any]] = field(metadata={"sensitive": True, "max_len": 10_000})
+
+
+@message
+class AnalyticsQuery:
+    """``storage.analytics.query {subject, category, sql, params?, max_rows?}``."""
+
+    subject: str = field(metadata=_SUBJECT)
+    category: str = field(metadata=_CATEGORY)
+    sql: str = field(metadata={"sensitive": True, "max_len": 16384})
+    params: list[Any] = field(default_factory=list, metadata={"sensitive": True, "max_len": 256})
+    max_rows: int = 1000
+
+
+# -- files ----------------------------------------------------------------------------------
+
+@message
+class FileName:
+    """``storage.files.info`` / ``storage.files.delete {subject, category, name}``."""
+
+    subject: str = field(metadata=_SUBJECT)
+    category: str = field(metadata=_CATEGORY)
+    name: str = field(metadata={"sensitive": True, "max_len": 255})
+
+
+@message
+class FileBegin:
+    """``storage.files.put.begin {subject, category, name, size?}``."""
+
+    subject: str = field(metadata=_SUBJECT)
+    category: str = field(metadata=_CATEGORY)
+    name: str = field(metadata={"sensitive": True, "max_len": 255})
+    size: int | None = None
+
+
+@message
+class FilePiece:
+    """``storage.files.put.chunk {upload, data}``: pieces in order, each at most 256 KiB."""
+
+    upload: str = field(metadata={"max_len": 64})
+    data: bytes = field(metadata={"sensitive": True, "max_len": FILE_PIECE_BYTES})
+
+
+@message
+class FileUpload:
+    """``storage.files.put.commit`` / ``storage.files.put.abort {upload}``."""
+
+    upload: str = field(metadata={"max_len": 64})
+
+
+@message
+class FileRead:
+    """``storage.files.get {subject, category, name, offset?}``: ``offset`` is a chunk index."""
+
+    subject: str = field(metadata=_SUBJECT)
+    category: str = field(metadata=_CATEGORY)
+    name: str = field(metadata={"sensitive": True, "max_len": 255})
+    offset: int = 0
+
+
+@message
+class FileList:
+    """``storage.files.list {subject, category, prefix?, after?, limit?}``."""
+
+    subject: str = field(metadata=_SUBJECT)
+    category: str = field(metadata=_CATEGORY)
+    prefix: str = field(default="", metadata={"sensitive": True, "max_len": 255})
+    after: str | None = field(default=None, metadata={"sensitive": True, "max_len": 255})
+    limit: int = 100
+
+
+# -- operations (operators) -----------------------------------------------------------------
+
+@message
+class BackupCreate:
+    """``storage.backup.create {passphrase?}``."""
+
+    passphrase: str | None = field(default=None, metadata={"sensitive": True, "max_len": 1024})
+
+
+@message
+class BackupOpen:
+    """``storage.backup.verify`` / ``storage.backup.restore {archive, passphrase?, force?}``:
+    ``archive`` is a file name inside ``<home>/backups`` (meshctl copies the operator's file there)."""
+
+    archive: str = field(metadata={"max_len": 255})
+    passphrase: str | None = field(default=None, metadata={"sensitive": True, "max_len": 1024})
+    force: bool = False
+
+
+@message
+class JobId:
+    """``storage.jobs {job}``."""
+
+    job: str = field(metadata={"max_len": 64})

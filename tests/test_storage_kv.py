@@ -1,0 +1,496 @@
+"""The RocksDB key-value engine (services/storage/kv.py, sealing.py): a real RocksDB in tmp_path,
+real keys from os.urandom, raw rocksdict handles to play the attacker who edits files."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import rocksdict
+
+from services.storage import sealing
+from services.storage.errors import DamagedError, MissingKeyError
+from services.storage.keys import KeySet, Namespace
+from services.storage.kv import MAX_NAME_BYTES, MAX_VALUE_BYTES, KvStore
+from shared import BadRequest, Unavailable
+from shared._crypto import derive_subkey
+
+ROOT = Path(__file__).resolve().parents[1]
+NS = Namespace("notes-app", "alice", "memories")
+
+
+def keyset(raw: dict[int, bytes], current: int | None = None) -> KeySet:
+    """A KeySet holding copies of ``raw`` (so a test can "restart" with the same keys)."""
+    keys = KeySet("rocksdb")
+    for version in sorted(raw):
+        keys.add(version, bytearray(raw[version]))
+    if current is not None:
+        keys.add(current, bytearray(raw[current]), current=True)
+    return keys
+
+
+@pytest.fixture
+def raw_keys() -> dict[int, bytes]:
+    return {1: os.urandom(32), 2: os.urandom(32)}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[KvStore]:
+    kv = KvStore.open(tmp_path / "kv")
+    yield kv
+    kv.close()
+
+
+@contextmanager
+def raw_db(path: Path) -> Iterator[rocksdict.Rdict]:
+    """The database as an attacker with file access sees it (the store must be closed)."""
+    db = rocksdict.Rdict(str(path), rocksdict.Options(raw_mode=True))
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def raw_items(path: Path) -> list[tuple[bytes, bytes]]:
+    with raw_db(path) as db:
+        return list(db.items())
+
+
+def file_bytes(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+
+# -- the sealing format ----------------------------------------------------------------------
+
+
+def test_sealing_layout_and_round_trip() -> None:
+    key = bytearray(os.urandom(32))
+    subkey = derive_subkey(key, sealing.NAMES_LABEL)
+    ns_tag, tag = sealing.namespace_tag(subkey, NS), sealing.name_tag(subkey, NS, b"greeting")
+    rocks_key = sealing.entry_key(7, ns_tag, tag)
+    assert rocks_key == b"e" + (7).to_bytes(4, "big") + ns_tag + tag and len(rocks_key) == 53
+    assert sealing.parse_entry_key(rocks_key) == (7, ns_tag, tag)
+    blob = sealing.seal_entry(key, 7, rocks_key, NS, b"greeting", b"hello")
+    assert blob[:5] == b"\x01" + (7).to_bytes(4, "big") and sealing.entry_version(blob) == 7
+    assert sealing.open_entry(key, subkey, rocks_key, blob) == (NS, b"greeting", b"hello")
+    # The tags depend on the namespace, the name and the key.
+    other = Namespace("notes-app", "bob", "memories")
+    assert sealing.namespace_tag(subkey, other) != ns_tag
+    assert sealing.name_tag(subkey, NS, b"greetinG") != tag
+    assert sealing.name_tag(derive_subkey(bytearray(os.urandom(32)), sealing.NAMES_LABEL), NS, b"greeting") != tag
+
+
+def test_sealing_rejects_malformed_and_misfiled_entries() -> None:
+    key = bytearray(os.urandom(32))
+    subkey = derive_subkey(key, sealing.NAMES_LABEL)
+    rocks_key = sealing.entry_key(1, sealing.namespace_tag(subkey, NS), sealing.name_tag(subkey, NS, b"a"))
+    good = sealing.seal_entry(key, 1, rocks_key, NS, b"a", b"value")
+    for blob in (b"", b"\x01\x00\x00", good[:20], b"\x02" + good[1:]):
+        with pytest.raises(DamagedError):
+            sealing.open_entry(key, subkey, rocks_key, blob)
+    with pytest.raises(DamagedError, match="not an entry key"):
+        sealing.open_entry(key, subkey, rocks_key[:-1], good)
+    # A writer bug that files name "b" under the tag of "a" is caught after decryption.
+    misfiled = sealing.seal_entry(key, 1, rocks_key, NS, b"b", b"value")
+    with pytest.raises(DamagedError, match="another name or namespace"):
+        sealing.open_entry(key, subkey, rocks_key, misfiled)
+    with pytest.raises(ValueError, match="version its key names"):
+        sealing.seal_entry(key, 2, rocks_key, NS, b"a", b"value")
+
+
+# -- records ---------------------------------------------------------------------------------
+
+
+def test_put_get_delete_round_trip(store: KvStore, raw_keys: dict[int, bytes]) -> None:
+    keys = keyset({1: raw_keys[1]})
+    assert store.is_empty()
+    assert store.get(keys, NS, b"k") is None
+    store.put(keys, NS, b"k", b"v1")
+    store.put(keys, NS, b"empty", b"")
+    assert not store.is_empty()
+    assert store.get(keys, NS, b"k") == b"v1" and store.get(keys, NS, b"empty") == b""
+    store.put(keys, NS, b"k", b"v2")
+    assert store.get(keys, NS, b"k") == b"v2" and store.count(1) == 2
+    assert store.delete(keys, NS, b"k") is True
+    assert store.delete(keys, NS, b"k") is False
+    assert store.get(keys, NS, b"k") is None and store.count(1) == 1
+    big = os.urandom(MAX_VALUE_BYTES)
+    store.put(keys, NS, b"x" * MAX_NAME_BYTES, big)
+    assert store.get(keys, NS, b"x" * MAX_NAME_BYTES) == big
+
+
+def test_scan_pages_prefix_and_cursor(store: KvStore, raw_keys: dict[int, bytes]) -> None:
+    keys = keyset({1: raw_keys[1]})
+    names = [b"a/%03d" % i for i in range(25)]
+    store.put_many(keys, [(NS, n, b"value " + n) for n in reversed(names)])
+    store.put_many(keys, [(NS, b"b/%d" % i, b"other") for i in range(5)])
+    pages, cursor, seen = 0, None, []
+    while True:
+        page, cursor = store.scan(keys, NS, b"a/", cursor, 10)
+        pages += 1
+        seen += page
+        if cursor is None:
+            break
+        assert cursor == page[-1][0] and len(page) == 10
+    assert pages == 3 and seen == [(n, b"value " + n) for n in names]
+    assert store.scan(keys, NS, b"a/", b"a/020", 100) == ([(n, b"value " + n) for n in names[21:]], None)
+    assert store.scan(keys, NS, b"a/", b"a/024", 10) == ([], None)
+    assert store.scan(keys, NS, b"zz", None, 10) == ([], None)
+    everything, cursor = store.scan(keys, NS, b"", None, 1000)
+    assert cursor is None and [n for n, _ in everything] == sorted([*names, *(b"b/%d" % i for i in range(5))])
+    # The index is kept current by writes after it was built.
+    store.put(keys, NS, b"a/0105", b"new")
+    assert store.delete(keys, NS, b"a/000")
+    page, cursor = store.scan(keys, NS, b"a/0", None, 3)
+    assert [n for n, _ in page] == [b"a/001", b"a/002", b"a/003"] and cursor == b"a/003"
+    assert store.scan(keys, NS, b"a/010", None, 10)[0] == [(b"a/010", b"value a/010"), (b"a/0105", b"new")]
+
+
+def test_namespaces_are_isolated(store: KvStore, raw_keys: dict[int, bytes]) -> None:
+    keys = keyset({1: raw_keys[1]})
+    mine, theirs = Namespace("notes-app", "alice", "memories"), Namespace("mail-app", "alice", "memories")
+    store.put(keys, mine, b"same", b"mine")
+    store.put(keys, theirs, b"same", b"theirs")
+    assert store.get(keys, mine, b"same") == b"mine" and store.get(keys, theirs, b"same") == b"theirs"
+    assert store.scan(keys, theirs, b"", None, 10) == ([(b"same", b"theirs")], None)
+    assert store.delete(keys, mine, b"same")
+    assert store.get(keys, theirs, b"same") == b"theirs"
+    assert store.get(keys, Namespace("notes-app", "alice", "calendar"), b"same") is None
+
+
+# -- encryption at rest ------------------------------------------------------------------------
+
+
+def test_no_plaintext_on_disk(tmp_path: Path, raw_keys: dict[int, bytes]) -> None:
+    marker = b"canary" + os.urandom(12).hex().encode()
+    # The scanner is sound: an unsealed RocksDB beside it does show the marker in its files.
+    with raw_db(tmp_path / "control") as control:
+        control[marker] = marker
+    assert any(marker in data for data in file_bytes(tmp_path / "control").values())
+
+    keys = keyset({1: raw_keys[1]})
+    ns = Namespace("notes-app", marker.decode(), "memories")
+    path = tmp_path / "kv"
+    with KvStore.open(path) as kv:
+        kv.put(keys, ns, marker, marker)
+        kv.put_many(keys, [(ns, marker + b"%d" % i, marker * 3) for i in range(50)])
+        assert kv.get(keys, ns, marker) == marker
+        assert kv.scan(keys, ns, marker, None, 1)[0] == [(marker, marker)]
+        while_open = file_bytes(path)
+        kv.checkpoint(tmp_path / "backup")
+    after_close = file_bytes(path)
+    names = set(after_close)
+    assert "LOG" in names and any(n.endswith(".sst") for n in names) and any(n.startswith("MANIFEST") for n in names)
+    assert any(n.endswith(".log") for n in while_open) and any(n.startswith("OPTIONS") for n in names)
+    for where, data in [*while_open.items(), *after_close.items(), *file_bytes(tmp_path / "backup").items()]:
+        assert marker not in data, f"plaintext marker found in {where}"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+
+
+def test_directory_and_parents_are_private(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "kv"
+    KvStore.open(path).close()
+    for directory in (tmp_path / "a", tmp_path / "a" / "b", path):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+
+
+# -- tampering ---------------------------------------------------------------------------------
+
+
+def test_value_moved_to_another_key_fails(tmp_path: Path, raw_keys: dict[int, bytes]) -> None:
+    keys, path = keyset({1: raw_keys[1]}), tmp_path / "kv"
+    with KvStore.open(path) as kv:
+        kv.put(keys, NS, b"public", b"harmless")
+        kv.put(keys, NS, b"secret", b"launch code 1234")
+        subkey = derive_subkey(keys.key(1), sealing.NAMES_LABEL)
+    ns_tag = sealing.namespace_tag(subkey, NS)
+    public = sealing.entry_key(1, ns_tag, sealing.name_tag(subkey, NS, b"public"))
+    secret = sealing.entry_key(1, ns_tag, sealing.name_tag(subkey, NS, b"secret"))
+    with raw_db(path) as db:
+        db[public] = db[secret]
+    with KvStore.open(path) as kv:
+        with pytest.raises(DamagedError, match="failed its integrity check") as err:
+            kv.get(keys, NS, b"public")
+        assert b"launch" not in err.value.message.encode() and "public" not in err.value.message
+        assert kv.get(keys, NS, b"secret") == b"launch code 1234"
+
+
+@pytest.mark.parametrize("position", [0, 3, 5, 30, -1], ids=["format", "version", "seal-version", "body", "tag"])
+def test_flipped_byte_is_damage(tmp_path: Path, raw_keys: dict[int, bytes], position: int) -> None:
+    keys, path = keyset({1: raw_keys[1]}), tmp_path / "kv"
+    with KvStore.open(path) as kv:
+        kv.put(keys, NS, b"name", b"some value that is long enough")
+    [(rocks_key, blob)] = raw_items(path)
+    flipped = bytearray(blob)
+    flipped[position] ^= 0x01
+    with raw_db(path) as db:
+        db[rocks_key] = bytes(flipped)
+    with KvStore.open(path) as kv:
+        with pytest.raises(DamagedError, match=r"rocksdb entry v1 in namespace #[0-9a-f]{8}"):
+            kv.get(keys, NS, b"name")
+
+
+def test_edited_version_header_is_damage(tmp_path: Path, raw_keys: dict[int, bytes]) -> None:
+    keys, path = keyset(raw_keys, current=1), tmp_path / "kv"
+    with KvStore.open(path) as kv:
+        kv.put(keys, NS, b"name", b"value")
+    [(rocks_key, blob)] = raw_items(path)
+    with raw_db(path) as db:
+        db[rocks_key] = blob[:1] + (2).to_bytes(4, "big") + blob[5:]
+    with KvStore.open(path) as kv:
+        with pytest.raises(DamagedError, match="malformed header"):
+            kv.get(keys, NS, b"name")
+
+
+def test_verify_reports_positions_never_contents(tmp_path: Path, raw_keys: dict[int, bytes]) -> None:
+    keys, path = keyset({1: raw_keys[1]}), tmp_path / "kv"
+    with KvStore.open(path) as kv:
+        kv.put_many(keys, [(NS, b"name%d" % i, b"value%d" % i) for i in range(20)])
+        assert kv.verify(keys) == []
+    rocks_key, blob = raw_items(path)[7]
+    with raw_db(path) as db:
+        db[rocks_key] = blob[:-1] + bytes([blob[-1] ^ 0x80])
+        db[b"junk"] = b"not an entry"
+    with KvStore.open(path) as kv:
+        problems = kv.verify(keys)
+        assert len(problems) == 2
+        assert any(f"#{rocks_key[5:9].hex()}" in p and "integrity check" in p for p in problems)
+        assert any("not an entry key" in p for p in problems)
+        assert not any("name" + str(i) in p or "value" in p for p in problems for i in range(20))
+        # Entries under a version storage no longer holds are a problem too.
+        keys2 = keyset(raw_keys, current=2)
+        kv.put(keys2, NS, b"fresh", b"v2")
+        keys2.retire(1)
+        assert "20 rocksdb entries are sealed under version 1 which storage does not hold" in kv.verify(keys2)
+
+
+# -- key versions and rotation -------------------------------------------------------------------
+
+
+def test_reads_fall_back_and_writes_remove_older_versions(store: KvStore, raw_keys: dict[int, bytes]) -> None:
+    keys = keyset({1: raw_keys[1]})
+    store.put_many(keys, [(NS, b"old", b"sealed under 1"), (NS, b"rewritten", b"first")])
+    keys.add(2, bytearray(raw_keys[2]), current=True)
+    assert store.get(keys, NS, b"old") == b"sealed under 1"
+    store.put(keys, NS, b"rewritten", b"second")
+    assert (store.count(1), store.count(2)) == (1, 1)
+    assert store.get(keys, NS, b"rewritten") == b"second"
+    # Resealing never overwrites the newer entry and leaves each name once.
+    assert store.reseal_step(keys, 1) == 1 and store.reseal_step(keys, 1) == 0
+    assert (store.count(1), store.count(2)) == (0, 2)
+    assert store.delete(keys, NS, b"old") and store.get(keys, NS, b"old") is None
+
+
+def test_rotation_moves_everything(store: KvStore, raw_keys: dict[int, bytes]) -> None:
+    keys = keyset({1: raw_keys[1]})
+    names = [b"item-%05d" % i for i in range(2500)]
+    for start in range(0, 2500, 1000):
+        store.put_many(keys, [(NS, n, n[::-1]) for n in names[start:start + 1000]])
+    assert store.scan(keys, NS, b"item-0000", None, 5)[1] == b"item-00004"  # index built under v1
+    keys.add(2, bytearray(raw_keys[2]), current=True)
+    progress = [store.count(1)]
+    while store.reseal_step(keys, 1):
+        progress.append(store.count(1))
+    assert progress == [2500, 1500, 500, 0] and store.count(2) == 2500
+    keys.retire(1)
+    assert all(store.get(keys, NS, n) == n[::-1] for n in names)
+    page, cursor = store.scan(keys, NS, b"item-02", None, 1000)
+    assert len(page) == 500 and cursor is None
+    assert store.verify(keys) == []
+    with pytest.raises(ValueError, match="other than the current"):
+        store.reseal_step(keys, 2)
+    with pytest.raises(MissingKeyError):
+        store.reseal_step(keys, 1)
+
+
+def test_rotation_resumes_after_restart(tmp_path: Path, raw_keys: dict[int, bytes]) -> None:
+    path, names = tmp_path / "kv", [b"n%04d" % i for i in range(1200)]
+    keys = keyset({1: raw_keys[1]})
+    with KvStore.open(path) as kv:
+        kv.put_many(keys, [(NS, n, b"v" + n) for n in names[:1000]])
+        kv.put_many(keys, [(NS, n, b"v" + n) for n in names[1000:]])
+        keys.add(2, bytearray(raw_keys[2]), current=True)
+        assert kv.reseal_step(keys, 1, batch=300) == 300
+        assert kv.reseal_step(keys, 1, batch=300) == 300
+    # A new process with the same key versions picks up where the last batch ended.
+    keys = keyset(raw_keys, current=2)
+    with KvStore.open(path) as kv:
+        assert (kv.count(1), kv.count(2)) == (600, 600)
+        moved = 0
+        while step := kv.reseal_step(keys, 1, batch=250):
+            moved += step
+        assert moved == 600 and (kv.count(1), kv.count(2)) == (0, 1200)
+        assert [n for n, _ in kv.scan(keys, NS, b"", None, 1000)[0]] == names[:1000]
+        assert all(kv.get(keys, NS, n) == b"v" + n for n in names)
+
+
+def test_key_cache_follows_the_keyset(store: KvStore, raw_keys: dict[int, bytes]) -> None:
+    keys = keyset({1: raw_keys[1]})
+    store.put(keys, NS, b"name", b"value")
+    assert store.scan(keys, NS, b"", None, 10)[0] == [(b"name", b"value")]
+    # Another key under the same version: the cached names subkey must not be reused.
+    keys.add(1, bytearray(raw_keys[2]))
+    assert store.get(keys, NS, b"name") is None
+    keys.add(1, bytearray(raw_keys[1]))
+    assert store.get(keys, NS, b"name") == b"value"
+    store.forget_keys()
+    keys.wipe()
+    with pytest.raises(MissingKeyError):
+        store.get(keys, NS, b"name")
+    keys = keyset({1: raw_keys[1]})
+    assert store.scan(keys, NS, b"", None, 10)[0] == [(b"name", b"value")]
+
+
+# -- durability, backups, boundaries ---------------------------------------------------------------
+
+CHILD = """
+import sys
+from pathlib import Path
+from services.storage.keys import KeySet, Namespace
+from services.storage.kv import KvStore
+keys = KeySet("rocksdb")
+keys.add(1, bytearray.fromhex(sys.stdin.readline().strip()))
+store = KvStore.open(Path(sys.argv[1]))
+ns = Namespace("notes-app", "alice", "memories")
+i = 0
+while True:
+    store.put(keys, ns, b"n%07d" % i, b"v%07d" % i)
+    sys.stdout.write(f"{i}\\n")
+    sys.stdout.flush()
+    i += 1
+"""
+
+
+def read_lines(proc: subprocess.Popen[bytes], want: int | None, deadline: float) -> list[bytes]:
+    """Complete lines from the child until ``want`` of them (None: until EOF) or the deadline fails."""
+    assert proc.stdout is not None
+    out, buf = [], b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while want is None or len(out) < want:
+            left = deadline - time.monotonic()
+            assert left > 0, f"child gave {len(out)} lines before the deadline"
+            if not sel.select(left):
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                assert want is None, f"child exited early: {proc.stderr.read() if proc.stderr else b''!r}"
+                break
+            *lines, buf = (buf + chunk).split(b"\n")
+            out += lines
+    return out
+
+
+def test_acknowledged_puts_survive_sigkill(tmp_path: Path, raw_keys: dict[int, bytes]) -> None:
+    path = tmp_path / "kv"
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(raw_keys[1].hex().encode() + b"\n")
+        proc.stdin.close()
+        acked = read_lines(proc, 300, time.monotonic() + 30)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    # Acks still in the pipe were printed after their put returned: they count too.
+    acked += read_lines(proc, None, time.monotonic() + 10)
+    assert proc.returncode == -signal.SIGKILL and len(acked) >= 300
+    keys = keyset({1: raw_keys[1]})
+    with KvStore.open(path) as kv:
+        for i in map(int, acked):
+            assert kv.get(keys, NS, b"n%07d" % i) == b"v%07d" % i
+        assert kv.verify(keys) == []
+
+
+def test_checkpoint_is_a_usable_copy(store: KvStore, tmp_path: Path, raw_keys: dict[int, bytes]) -> None:
+    keys = keyset({1: raw_keys[1]})
+    store.put(keys, NS, b"name", b"before")
+    dest = tmp_path / "backups" / "kv-1"
+    store.checkpoint(dest)
+    store.put(keys, NS, b"name", b"after")
+    with pytest.raises(FileExistsError):
+        store.checkpoint(dest)
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o700
+    with KvStore.open(dest) as copy:
+        assert copy.get(keys, NS, b"name") == b"before" and copy.verify(keys) == []
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda kv, k: kv.put(k, NS, b"", b"v"), "record name is 1 to 1024 bytes"),
+    (lambda kv, k: kv.put(k, NS, b"n" * (MAX_NAME_BYTES + 1), b"v"), "record name is 1 to 1024 bytes"),
+    (lambda kv, k: kv.put(k, NS, "text", b"v"), "record name"),
+    (lambda kv, k: kv.put(k, NS, b"n", b"v" * (MAX_VALUE_BYTES + 1)), "value is at most 524288 bytes"),
+    (lambda kv, k: kv.put_many(k, [(NS, b"n", b"v")] * 1001), "at most 1000 records"),
+    (lambda kv, k: kv.get(k, NS, b""), "record name"),
+    (lambda kv, k: kv.delete(k, NS, b"x" * 2000), "record name"),
+    (lambda kv, k: kv.scan(k, NS, b"", None, 0), "scan limit is 1 to 1000"),
+    (lambda kv, k: kv.scan(k, NS, b"", None, 1001), "scan limit is 1 to 1000"),
+    (lambda kv, k: kv.scan(k, NS, b"p" * 1025, None, 10), "prefix is at most 1024"),
+    (lambda kv, k: kv.scan(k, NS, b"", b"", 10), "scan cursor"),
+], ids=["empty-name", "long-name", "str-name", "big-value", "big-batch", "get", "delete", "limit-0",
+        "limit-big", "prefix", "cursor"])
+def test_bad_input_is_refused(store: KvStore, raw_keys: dict[int, bytes],
+                              call: Callable[[KvStore, KeySet], object], message: str) -> None:
+    keys = keyset({1: raw_keys[1]})
+    with pytest.raises(BadRequest, match=message):
+        call(store, keys)
+    assert store.is_empty()
+
+
+def test_closed_store_and_missing_keys(tmp_path: Path, raw_keys: dict[int, bytes]) -> None:
+    kv = KvStore.open(tmp_path / "kv")
+    with pytest.raises(MissingKeyError):
+        kv.put(KeySet("rocksdb"), NS, b"n", b"v")
+    with pytest.raises(Unavailable, match="cannot open"):
+        KvStore.open(tmp_path / "kv")  # RocksDB's LOCK refuses a second opener
+    kv.close()
+    kv.close()
+    with pytest.raises(Unavailable, match="closed"):
+        kv.get(keyset({1: raw_keys[1]}), NS, b"n")
+
+
+def test_reseal_step_bounds_the_bytes_it_holds(store: KvStore, raw_keys: dict[int, bytes]) -> None:
+    keys = keyset({1: raw_keys[1]})
+    big = os.urandom(MAX_VALUE_BYTES)
+    for start in range(0, 40, 10):
+        store.put_many(keys, [(NS, b"big%02d" % i, big) for i in range(start, start + 10)])
+    keys.add(2, bytearray(raw_keys[2]), current=True)
+    # 16 MiB of sealed values per step: 32 values of 512 KiB (plus their overhead), then the rest.
+    assert [store.reseal_step(keys, 1), store.reseal_step(keys, 1), store.reseal_step(keys, 1)] == [32, 8, 0]
+    assert store.get(keys, NS, b"big39") == big and store.count(2) == 40
+
+
+def test_index_picks_up_a_version_fetched_late(store: KvStore, raw_keys: dict[int, bytes]) -> None:
+    store.put(keyset({1: raw_keys[1]}), NS, b"under-1", b"old")
+    keys = keyset({2: raw_keys[2]})
+    store.put(keys, NS, b"under-2", b"new")
+    assert store.scan(keys, NS, b"", None, 10) == ([(b"under-2", b"new")], None)
+    # Storage fetches an older version it still needs: its names join the index.
+    keys.add(1, bytearray(raw_keys[1]))
+    assert store.scan(keys, NS, b"", None, 10) == ([(b"under-1", b"old"), (b"under-2", b"new")], None)
+
+
+def test_import_from_a_checkpoint_reseals_under_this_meshs_keys(tmp_path: Path, raw_keys: dict[int, bytes]) -> None:
+    source_keys = keyset({1: raw_keys[1]})
+    with KvStore.open(tmp_path / "old") as old:
+        old.put_many(source_keys, [(NS, b"n%04d" % i, b"v%d" % i) for i in range(1000)])
+        source_keys.add(2, bytearray(raw_keys[2]), current=True)
+        old.put_many(source_keys, [(NS, b"m%04d" % i, b"w%d" % i) for i in range(500)])
+        old.checkpoint(tmp_path / "snapshot")
+    keys = keyset({5: os.urandom(32)})
+    with KvStore.open(tmp_path / "new") as new:
+        with pytest.raises(MissingKeyError):
+            new.import_from(tmp_path / "snapshot", keyset({2: raw_keys[2]}), keys)
+        assert new.import_from(tmp_path / "snapshot", keyset(raw_keys, current=2), keys) == 1500
+        assert (new.count(5), new.get(keys, NS, b"n0999"), new.get(keys, NS, b"m0000")) == (1500, b"v999", b"w0")
+        assert new.verify(keys) == []

@@ -1,0 +1,205 @@
+"""``meshctl storage status|verify`` and ``meshctl backup create|verify|restore``.
+
+Each is a call to ``storage.<method>`` as the operator identity, through the broker and its ACL.
+Backups run as jobs in the storage service; meshctl polls ``storage.jobs`` and draws a progress line
+on a terminal. Archives live in ``<home>/backups``: ``backup create --output F`` copies the new
+archive to ``F`` as well, and ``backup verify|restore FILE`` copies ``FILE`` into that directory first
+(storage never reads a path outside its home), then removes the copy when the job ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+from shared import MeshHome
+from shared._crypto import wipe
+
+from . import _intake
+from ._mesh import connected
+from ._output import CliError, emit_json, table
+
+_TIMEOUT_S: Final = 30.0
+_POLL_S: Final = 0.2
+_JOB_MAX_S: Final = 6 * 3600.0   # a backup of a very large home still ends
+
+
+def backups_dir(home: MeshHome) -> Path:
+    path = home.root / "backups"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def _copy_private(source: Path, target: Path) -> None:
+    """Copy ``source`` to a new 0600 file ``target`` (O_EXCL: never over an existing file)."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with source.open("rb") as src, os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+
+
+def _progress(job: dict[str, Any]) -> None:
+    if not sys.stderr.isatty():
+        return
+    done, total = job.get("done") or 0, job.get("total") or 0
+    share = f" {100 * done // total:3d}%" if total else ""
+    print(f"\r{job['kind']}: {job['phase']}{share} ({done >> 20} of {total >> 20} MiB)   ", end="", file=sys.stderr,
+          flush=True)
+
+
+async def run_job(home: MeshHome, method: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Start a storage job and follow it to the end; a failed job is a :class:`CliError`."""
+    async with connected(home) as client:
+        job_id = (await client.call(method, body, timeout=_TIMEOUT_S))["job"]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _JOB_MAX_S
+        while True:
+            job: dict[str, Any] = await client.call("storage.jobs", {"job": job_id}, timeout=_TIMEOUT_S)
+            _progress(job)
+            if job["state"] != "running" or loop.time() > deadline:
+                break
+            await asyncio.sleep(_POLL_S)  # a polling interval, not a synchronisation
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    if job["state"] == "failed":
+        raise CliError(f"{job['kind']} failed: {job['error']}")
+    if job["state"] == "running":
+        raise CliError(f"{job['kind']} is still running after {_JOB_MAX_S:.0f} s; follow it with storage.jobs")
+    result: dict[str, Any] = job["result"]
+    return result
+
+
+def _passphrase(path: str | None, *, new: bool) -> bytearray | None:
+    if path is None:
+        return None
+    if new:
+        return _intake.ask_new(path, "backup passphrase", "--passphrase-file")
+    return _intake.read_password_file(path, "backup passphrase")
+
+
+async def create(home: MeshHome, passphrase_file: str | None, output: str | None) -> dict[str, Any]:
+    """``meshctl backup create``: a new archive in ``<home>/backups`` (and at ``output``)."""
+    passphrase = _passphrase(passphrase_file, new=True)
+    body: dict[str, Any] = {}
+    try:
+        if passphrase is not None:
+            body["passphrase"] = _intake.wire(passphrase)
+        result = await run_job(home, "storage.backup.create", body)
+    finally:
+        if passphrase is not None:
+            wipe(passphrase)
+    if output:
+        try:
+            _copy_private(Path(result["path"]), Path(output))
+        except OSError as exc:
+            raise CliError(f"the backup is at {result['path']}, but copying it to {output} failed: "
+                           f"{exc.strerror}") from None
+        result["output"] = str(Path(output).resolve())
+    return result
+
+
+async def open_archive(home: MeshHome, action: str, file: str, passphrase_file: str | None,
+                       force: bool) -> dict[str, Any]:
+    """``meshctl backup verify|restore FILE``: copy FILE in, run the job, remove the copy."""
+    source = Path(file)
+    if not source.is_file():
+        raise CliError(f"{file}: no such archive file", status=2)
+    directory = backups_dir(home)
+    inside = source.resolve().parent == directory.resolve() and source.suffix == ".cmbak"
+    name = source.name if inside else f"incoming-{secrets.token_hex(4)}.cmbak"
+    if not inside:
+        try:
+            _copy_private(source, directory / name)
+        except OSError as exc:
+            raise CliError(f"cannot copy {file} into {directory}: {exc.strerror}") from None
+    passphrase = _passphrase(passphrase_file, new=False)
+    body: dict[str, Any] = {"archive": name, "force": force}
+    try:
+        if passphrase is not None:
+            body["passphrase"] = _intake.wire(passphrase)
+        return await run_job(home, f"storage.backup.{action}", body)
+    finally:
+        if passphrase is not None:
+            wipe(passphrase)
+        if not inside:
+            with contextlib.suppress(OSError):
+                (directory / name).unlink()
+
+
+async def call(home: MeshHome, method: str) -> dict[str, Any]:
+    async with connected(home) as client:
+        result: dict[str, Any] = await client.call(method, timeout=600.0 if method == "storage.verify" else _TIMEOUT_S)
+    return result
+
+
+def status_text(s: dict[str, Any]) -> str:
+    lines = [f"storage: {s['state']}" + (f" ({s['problem']})" if s.get("problem") else "")]
+    lines.append("key versions: " + ", ".join(f"{p} v{v}" for p, v in sorted(s["versions"].items())))
+    for purpose, r in sorted((s.get("rotation") or {}).items()):
+        share = f"{100 * r['done'] // r['total']}%" if r["total"] else "100%"
+        lines.append(f"rotation {purpose} -> v{r['to_version']}: {r['state']} {r['done']}/{r['total']} ({share})"
+                     + (f": {r['problem']}" if r.get("problem") else ""))
+    backup = s.get("backup") or {}
+    lines.append(f"newest backup: #{backup.get('sequence', 0)}" if backup.get("sequence") else "no backup made yet")
+    if s.get("restoring"):
+        lines.append(f"WARNING: a restore of {s['restoring']} did not finish: run the same restore again")
+    return "\n".join(lines)
+
+
+def _out(args: argparse.Namespace, value: Any, text: str) -> None:
+    if args.json:
+        emit_json(value)
+    else:
+        print(text)
+
+
+def run_storage(args: argparse.Namespace, home: MeshHome) -> int:
+    """``meshctl storage status|verify``: verify exits 1 naming every damaged item."""
+    if args.action == "status":
+        result = asyncio.run(call(home, "storage.status"))
+        _out(args, result, status_text(result))
+        return 0
+    result = asyncio.run(call(home, "storage.verify"))
+    if result["ok"]:
+        _out(args, result, f"storage verified: {', '.join(result['checked'])} intact ({result['seconds']} s)")
+        return 0
+    _out(args, result, table(["STORE", "PROBLEM"], [[p["store"], p["problem"]] for p in result["problems"]]))
+    raise CliError(f"storage verification FAILED: {len(result['problems'])} problem(s)")
+
+
+def run_backup(args: argparse.Namespace, home: MeshHome) -> int:
+    """``meshctl backup create|verify|restore``."""
+    if args.action == "create":
+        if args.file or args.force:
+            raise CliError("backup create takes no FILE or --force (use --output F)", status=2)
+        result = asyncio.run(create(home, args.passphrase_file, args.output))
+        where = result.get("output") or result["path"]
+        _out(args, result, f"backup #{result['sequence']} written to {where} ({result['bytes']} bytes)")
+        return 0
+    if not args.file:
+        raise CliError(f"backup {args.action} needs the archive FILE", status=2)
+    if args.output or (args.force and args.action == "verify"):
+        raise CliError(f"backup {args.action} does not take --output" + (" or --force" if args.force else ""),
+                       status=2)
+    result = asyncio.run(open_archive(home, args.action, args.file, args.passphrase_file, args.force))
+    if args.action == "verify":
+        _out(args, result, f"archive verified: backup #{result['sequence']}, {result['entries']} entries, "
+                           f"{result['bytes']} bytes")
+    else:
+        note = " (a rollback, forced)" if result["rollback"] else ""
+        _out(args, result, f"restored backup #{result['sequence']}{note}: {result['kv']} key-value entries, "
+                           f"{result['records']} records, {result['analytics']} analytics databases, "
+                           f"{result['files']} files")
+    return 0
