@@ -11,6 +11,16 @@ def _no_step(step: str) -> None:
     """No fault injection (production)."""
 
 
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory by path: for a directory this makes the renames, creations and
+    deletions of its entries durable, which fsyncing the files alone does not."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o600,
                  checkpoint: Callable[[str], None] = _no_step) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old file or the new one,
@@ -32,9 +42,5 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600,
         os.close(fd)
     checkpoint("state-written")
     os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    fsync_path(path.parent)
     checkpoint("state-renamed")

@@ -6,11 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import math
-import os
 import shutil
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -33,8 +29,8 @@ from shared._runtime import ServiceRunner
 from shared.testing import InProcessMesh, call_handler
 
 from .conftest import FAST_CONFIG, eventually
+from .processes import kill_9, spawn_service, stop_service
 
-REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "planted-Master-Passphrase-9431"
 CONFIG = FAST_CONFIG + """
 [acl.role.service]
@@ -330,15 +326,8 @@ async def test_planted_secrets_never_reach_the_database_logs_or_replies(short_tm
 
 async def test_kill_9_while_producers_append_loses_nothing_acknowledged(short_tmp: Path) -> None:
     async with rig(short_tmp / "h", audit=False) as r:
-        env = {**os.environ, "CURVEMESH_HOME": str(r.home.root)}
-        env.pop("CURVEMESH_CONFIG", None)
         log_path = short_tmp / "audit.log"
-
-        def spawn() -> subprocess.Popen[bytes]:
-            with log_path.open("ab") as log_file:
-                return subprocess.Popen([sys.executable, "-m", "services.audit"], cwd=REPO, env=env,
-                                        stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        proc = spawn()
+        proc = spawn_service("services.audit", r.home, log_path)
         acked: dict[int, str] = {}
         stop = asyncio.Event()
 
@@ -358,10 +347,9 @@ async def test_kill_9_while_producers_append_loses_nothing_acknowledged(short_tm
             await eventually(lambda: _status(r, "ok"), deadline=30)
             producers = [asyncio.create_task(produce(f"p{i}")) for i in range(4)]
             await eventually(lambda: _true(len(acked) >= 150), deadline=30)
-            proc.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(proc.wait, 10)
+            await kill_9(proc)
             before_restart = dict(acked)
-            proc = spawn()
+            proc = spawn_service("services.audit", r.home, log_path)
             await eventually(lambda: _status(r, "ok"), deadline=30)
             await eventually(lambda: _true(len(acked) >= len(before_restart) + 20), deadline=30)
             stop.set()
@@ -370,13 +358,7 @@ async def test_kill_9_while_producers_append_loses_nothing_acknowledged(short_tm
             assert result["ok"] is True, result
         finally:
             stop.set()
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.to_thread(proc.wait, 15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    await asyncio.to_thread(proc.wait, 10)
+            await stop_service(proc)
         with AuditStore.open(db_path(r.home), await r.db_key()) as db:
             entries, _ = db.load()
         stored = {e.record.seq: e.record.target for e in entries}

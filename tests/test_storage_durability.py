@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +12,8 @@ from pathlib import Path
 from shared import MeshError
 
 from .conftest import eventually
+from .processes import REPO, kill_9, spawn_service, stop_service
 from .storage_rig import storage_rig
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 async def _true(value: bool) -> bool:
@@ -24,16 +22,8 @@ async def _true(value: bool) -> bool:
 
 async def test_kill_9_during_writes_loses_nothing_acknowledged(short_tmp: Path) -> None:
     async with storage_rig(short_tmp / "h", start=False) as r:
-        env = {**os.environ, "CURVEMESH_HOME": str(r.home.root)}
-        env.pop("CURVEMESH_CONFIG", None)
         log_path = short_tmp / "storage.log"
-
-        def spawn() -> subprocess.Popen[bytes]:
-            with log_path.open("ab") as log_file:
-                return subprocess.Popen([sys.executable, "-m", "services.storage"], cwd=REPO, env=env,
-                                        stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-        proc = spawn()
+        proc = spawn_service("services.storage", r.home, log_path)
         scope = {"subject": "alice", "category": "log"}
         acked_kv: dict[bytes, bytes] = {}
         acked_docs: dict[str, int] = {}
@@ -71,10 +61,9 @@ async def test_kill_9_during_writes_loses_nothing_acknowledged(short_tmp: Path) 
             writers = [asyncio.create_task(kv_writer(f"w{i}")) for i in range(3)] + \
                 [asyncio.create_task(doc_writer()) for _ in range(2)]
             await eventually(lambda: _true(len(acked_kv) >= 150 and len(acked_docs) >= 50), deadline=60)
-            proc.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(proc.wait, 10)
+            await kill_9(proc)
             before = len(acked_kv)
-            proc = spawn()
+            proc = spawn_service("services.storage", r.home, log_path)
             await eventually(lambda: r.storage_state("ok"), deadline=30)
             await eventually(lambda: _true(len(acked_kv) >= before + 30), deadline=30)
             stop.set()
@@ -90,13 +79,7 @@ async def test_kill_9_during_writes_loses_nothing_acknowledged(short_tmp: Path) 
             assert verified["ok"], verified
         finally:
             stop.set()
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.to_thread(proc.wait, 15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    await asyncio.to_thread(proc.wait, 10)
+            await stop_service(proc)
         assert log_path.read_bytes().count(b'"unsealed"') == 2
 
 

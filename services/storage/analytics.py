@@ -43,6 +43,7 @@ from typing import Any, Final
 import duckdb
 
 from shared import BadRequest, Conflict, MeshError, NotFound, Unavailable
+from shared._files import fsync_path
 
 from . import sandbox
 from .errors import DamagedError
@@ -217,7 +218,7 @@ class AnalyticsStore:
                         raise Conflict(f"{slot.path.name}: the namespace has files under two key versions; "
                                        "resolve by hand")
                     sandbox.remove_file(slot.path)
-                    sandbox.fsync(self.root)
+                    fsync_path(self.root)
                 # Waiters on this slot then look the namespace up again and find the new file.
                 self._retire(slot)
             return 1
@@ -269,7 +270,7 @@ class AnalyticsStore:
                 for source in (path, sandbox.wal(path)):
                     if source.exists():  # a WAL is left only under a key version not held
                         copies.append(sandbox.copy_file(source, dest_dir / source.name))
-        sandbox.fsync(dest_dir)
+        fsync_path(dest_dir)
         return copies
 
     def close(self) -> None:
@@ -479,7 +480,7 @@ class AnalyticsStore:
         yield
         if not existed and log_file.exists():
             sandbox.private_file(log_file)
-            sandbox.fsync(self.root)
+            fsync_path(self.root)
 
 
 def _namespace_files(root: Path, version: int | None) -> list[Path]:

@@ -29,6 +29,7 @@ import msgpack
 
 from shared._config import Argon2Profile
 from shared._crypto import derive_from_password, random_key, seal, wipe
+from shared._files import fsync_path
 
 from .archive_format import (
     FORMAT_VERSION,
@@ -204,11 +205,7 @@ class ArchiveWriter:
                 raise FileExistsError(f"{self.path} exists") from None
             os.rename(self._part, self.path)
         self._part.unlink(missing_ok=True)
-        directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        fsync_path(self.path.parent)
         return ArchiveInfo(self.path, self.path.stat().st_size, self.header, manifest)
 
     def abort(self) -> None:

@@ -49,6 +49,7 @@ import msgpack
 
 from shared import BadRequest
 from shared._crypto import IntegrityError, derive_subkey, open_sealed, seal, wipe
+from shared._files import fsync_path
 
 from .errors import DamagedError
 from .keys import KeySet, Namespace
@@ -73,15 +74,6 @@ class Blob:
     created: float
     header: StreamHeader
     label: str
-
-
-def fsync_dir(path: Path) -> None:
-    """Make the entries of directory ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def open_blob(path: Path) -> BinaryIO:
@@ -139,7 +131,7 @@ class BlobDir:
         # What a crash left in tmp was never acknowledged: removing it applies nothing half-way.
         for entry in os.scandir(self.tmp):
             os.unlink(entry.path)
-        fsync_dir(self.tmp)
+        fsync_path(self.tmp)
 
     # -- keys and names -------------------------------------------------------------------------------
 
@@ -278,9 +270,9 @@ class BlobDir:
         """Under the lock: rename a durable ``.part`` to ``target`` and make the rename durable."""
         if not target.parent.exists():
             target.parent.mkdir(mode=0o700)
-            fsync_dir(self.root)
+            fsync_path(self.root)
         os.replace(part, target)
-        fsync_dir(target.parent)
+        fsync_path(target.parent)
 
     def unlink(self, path: Path) -> bool:
         """Under the lock: remove a blob durably, and its namespace directory once empty."""
@@ -288,12 +280,12 @@ class BlobDir:
             os.unlink(path)
         except FileNotFoundError:
             return False
-        fsync_dir(path.parent)
+        fsync_path(path.parent)
         try:
             path.parent.rmdir()
         except OSError:
             return True
-        fsync_dir(self.root)
+        fsync_path(self.root)
         return True
 
     def link_into(self, dest: Path) -> list[str]:

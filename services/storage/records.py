@@ -43,6 +43,7 @@ import sqlcipher3  # no stubs: pyproject.toml's mypy overrides ignore its import
 
 from shared import BadRequest, Conflict, NotFound, Unavailable
 from shared._crypto import wipe
+from shared._files import fsync_path
 
 from .errors import DamagedError
 from .keys import Namespace
@@ -345,12 +346,12 @@ class RecordStore:
                     db.backup(target)
                 finally:
                     target.close()
-                _fsync(part)
+                fsync_path(part)
                 os.replace(part, dest)
             except BaseException:
                 part.unlink(missing_ok=True)
                 raise
-            _fsync(dest.parent)
+            fsync_path(dest.parent)
 
     def verify(self) -> list[str]:
         """Problems found (empty when none): page HMACs, SQLite's integrity check, every document
@@ -488,11 +489,3 @@ def _decode(blob: bytes, fields: bool = False) -> Any:
     if not isinstance(value, list if fields else dict):
         raise DamagedError(f"a stored {'collection definition' if fields else 'document'} does not decode")
     return tuple(value) if fields else value
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

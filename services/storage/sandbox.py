@@ -43,13 +43,14 @@ import duckdb
 
 from shared import BadRequest, MeshError, Timeout, Unavailable
 from shared._crypto import derive_subkey, wipe
+from shared._files import fsync_path
 
 from .errors import DamagedError
 from .records import StoreError, check_ident
 
 __all__ = ["MAX_COLUMNS", "MAX_PARAMS", "MEMORY_LIMIT", "THREADS", "TYPES", "attach", "check_columns",
            "check_params", "check_select", "confine", "copy_file", "crypto_selftest", "encode_rows", "engine",
-           "file_key", "file_name", "fsync", "httpfs_path", "insert_sql", "instance", "mapped", "private_file",
+           "file_key", "file_name", "httpfs_path", "insert_sql", "instance", "mapped", "private_file",
            "publish_file", "quote", "read_label", "remove_file", "run_select", "sql_text", "StartupError",
            "table_columns", "table_names", "to_wire", "wal"]
 
@@ -417,23 +418,14 @@ def remove_file(path: Path) -> None:
     wal(path).unlink(missing_ok=True)
 
 
-def fsync(path: Path) -> None:
-    """fsync a file or a directory (for the entries renames and new files make)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def publish_file(part: Path, final: Path) -> None:
     """Rename the complete ``part`` to ``final``, durably; a leftover WAL means it was not complete."""
     if wal(part).exists():
         raise StoreError(f"{final.name}: the new analytics file was left with a WAL; not published")
     private_file(part)
-    fsync(part)
+    fsync_path(part)
     os.replace(part, final)
-    fsync(final.parent)
+    fsync_path(final.parent)
 
 
 def copy_file(source: Path, target: Path) -> Path:
@@ -441,6 +433,6 @@ def copy_file(source: Path, target: Path) -> Path:
     part = target.with_name(target.name + ".part")
     shutil.copyfile(source, part)
     private_file(part)
-    fsync(part)
+    fsync_path(part)
     os.replace(part, target)
     return target
