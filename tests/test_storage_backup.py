@@ -120,14 +120,18 @@ async def test_restoring_an_older_archive_is_flagged_as_a_rollback(short_tmp: Pa
         await a.put(a.authn, b"after-first", b"x")
         second = await _backup(a, passphrase=None)
         assert (first["sequence"], second["sequence"]) == (1, 2)
-        # The data is lost (the stores are wiped); the mesh and its state remain.
+        # Everything storage kept is lost, its state file too: the lineage kept in the keyring
+        # still says which archive is the newest.
         await a.stop_storage()
-        for store in ("kv", "records", "analytics", "files"):
-            shutil.rmtree(a.home.data / "storage" / store)
+        shutil.rmtree(a.home.data / "storage")
         await a.start_storage()
+        status = await a.operator.call("storage.status", timeout=10)
+        assert status["backup"]["sequence"] == 0  # the state file is new ...
         refused = await a.job("storage.backup.restore", {"archive": first["archive"]})
-        assert refused["state"] == "failed" and "rollback" in refused["error"]
+        assert refused["state"] == "failed" and "older than #2" in refused["error"]  # ... the keyring's is not
         forced = await a.job("storage.backup.restore", {"archive": first["archive"], "force": True})
         assert forced["state"] == "done" and forced["result"]["rollback"] is True, forced
         await _check(a, expected)
         assert await a.get(a.authn, b"after-first") is None  # what the older archive did not hold
+        third = await _backup(a, passphrase=None)
+        assert third["sequence"] == 3  # numbers never go back, even after a forced rollback

@@ -38,6 +38,7 @@ from . import archive
 from .jobs import Job
 from .keys import KeySet
 from .rotation import RotationMixin
+from .state import Lineage
 
 log = structlog.get_logger("storage")
 
@@ -62,6 +63,15 @@ def _private_dir(path: Path) -> Path:
 
 class BackupMixin(RotationMixin):
     """The backup and restore jobs (the handlers are in :mod:`.admin_api`)."""
+
+    _lineage: Lineage | None = None
+
+    @property
+    def lineage(self) -> Lineage:
+        """The second copy of the backup lineage (:class:`.state.Lineage`), made on first use."""
+        if self._lineage is None:
+            self._lineage = Lineage(self.home, self.config.keyvault.keystore)
+        return self._lineage
 
     async def _audit(self, event: str, outcome: str, job: Job, **details: Any) -> None:
         """Append one record (``subject``: the operator who started ``job``) and wait until audit says it
@@ -97,7 +107,11 @@ class BackupMixin(RotationMixin):
         await self.run("files", self.files.snapshot, work / "files")
         entries = [(str(p.relative_to(work)), p) for p in sorted(work.rglob("*")) if p.is_file()]
         keys = self._keys_blob()
-        sequence = self.stored.backup_seq + 1
+        mesh_id, newest = await self.run("admin", self.lineage.newest, self.stored)
+        if mesh_id != self.stored.mesh_id:
+            # The state file was lost or replaced; the slot remembers this mesh's lineage.
+            self.stored.mesh_id = mesh_id
+        sequence = max(self.stored.backup_seq, newest) + 1
         name = f"curvemesh-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{sequence:06d}.cmbak"
         path = backups_dir(self.home.root) / name
         backup_keys = self.keys["backups"]
@@ -114,6 +128,7 @@ class BackupMixin(RotationMixin):
             raise
         self.stored.backup_seq, self.stored.backup_time = sequence, time.time()
         self.stored.save(self.layout.state)
+        await self._save_lineage()
         return {"archive": name, "path": str(path), "sequence": sequence, "bytes": info.size}
 
     def _keys_blob(self) -> bytes:
@@ -125,6 +140,12 @@ class BackupMixin(RotationMixin):
             versions = [self.records_version] if purpose == "sqlcipher" else keys.versions()
             table[purpose] = {v: bytes(keys.key(v)) for v in versions}
         return msgpack.packb(table, use_bin_type=True)
+
+    async def _save_lineage(self) -> None:
+        try:
+            await self.run("admin", self.lineage.save, self.stored.mesh_id, self.stored.backup_seq)
+        except Exception as exc:  # noqa: BLE001 - the state file has it; say loudly that the second copy lags
+            log.error("backup_lineage_not_saved", error_type=type(exc).__name__)
 
     # -- opening an archive -----------------------------------------------------------------
 
@@ -182,10 +203,11 @@ class BackupMixin(RotationMixin):
             self.require()
             path = self.archive_path(name)
             header = await self.run("admin", archive.read_header, path)
-            rollback = header.mesh_id == self.stored.mesh_id and header.sequence < self.stored.backup_seq
+            mesh_id, newest = await self.run("admin", self.lineage.newest, self.stored)
+            rollback = header.mesh_id == mesh_id and header.sequence < newest
             if rollback and not force:
-                raise Conflict(f"archive #{header.sequence} is older than #{self.stored.backup_seq}, the newest "
-                               "this mesh has made or restored: restoring it is a rollback (pass --force)")
+                raise Conflict(f"archive #{header.sequence} is older than #{newest}, the newest this mesh has "
+                               "made or restored: restoring it is a rollback (pass --force)")
             if not await self._stores_empty() and self.stored.restoring is None:
                 raise Conflict("storage is not empty: a restore goes into a fresh home (meshctl init, make up)")
             key = await self._archive_key(header, passphrase)
@@ -207,9 +229,12 @@ class BackupMixin(RotationMixin):
                 shutil.rmtree(work, ignore_errors=True)
             self.stored.restoring = None
             self.stored.mesh_id = header.mesh_id
-            # Never lower: after a forced rollback the next backup still gets a new, higher number.
-            self.stored.backup_seq = max(header.sequence, self.stored.backup_seq)
+            # The archive's lineage becomes this mesh's; its number never goes down (after a forced
+            # rollback the next backup still gets a new, higher one).
+            same = header.mesh_id == mesh_id
+            self.stored.backup_seq = max(header.sequence, newest) if same else header.sequence
             self.stored.save(self.layout.state)
+            await self._save_lineage()
             await self._audit("storage.restore", "ok", job, archive=name, sequence=header.sequence,
                               rollback=rollback)
             return {"archive": name, "sequence": header.sequence, "rollback": rollback, **counts}

@@ -102,3 +102,43 @@ class StorageState:
                                           "backup_seq": self.backup_seq, "backup_time": self.backup_time,
                                           "retired": self.retired, "restoring": self.restoring},
                                          use_bin_type=True))
+
+
+class Lineage:
+    """The backup lineage ``(mesh_id, sequence)`` kept outside the home too, in a secret slot (the
+    platform keyring; a 0600 file in ``<home>/keys`` when there is none), named after storage's own
+    certificate. Wiping ``data/storage`` (state file included) then does not erase what rollback
+    detection compares against: :meth:`newest` is the higher of the two copies."""
+
+    def __init__(self, home: MeshHome, keystore_choice: str) -> None:
+        from shared._certs import load_certificate  # noqa: PLC0415 - only storage needs a lineage slot
+        from shared._keystore import choose_keystore  # noqa: PLC0415
+
+        fingerprint = load_certificate(home.public_key_path("storage")).fingerprint[:16]
+        self.slot, self.warning = choose_keystore(keystore_choice, home.keys / "storage-backup-lineage",
+                                                  f"storage-backup-lineage:{fingerprint}")
+
+    def read(self) -> tuple[str, int] | None:
+        """The slot's lineage, or None when it holds none (or something that does not decode)."""
+        try:
+            raw = self.slot.get()
+        except Exception:  # noqa: BLE001 - an unreachable keyring means "no second copy", said by the caller
+            return None
+        if raw is None:
+            return None
+        try:
+            mesh_id, sequence = msgpack.unpackb(bytes(raw), raw=False)
+            return str(mesh_id), int(sequence)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            return None
+
+    def newest(self, state: StorageState) -> tuple[str, int]:
+        """The lineage to compare archives with: the slot's when it is ahead of the state file's."""
+        kept = self.read()
+        if kept is not None and (kept[0] != state.mesh_id or kept[1] > state.backup_seq):
+            return kept
+        return state.mesh_id, state.backup_seq
+
+    def save(self, mesh_id: str, sequence: int) -> None:
+        """Record the lineage in the slot (after the state file)."""
+        self.slot.put(bytearray(msgpack.packb([mesh_id, sequence], use_bin_type=True)))
