@@ -37,6 +37,7 @@ from shared._crypto import wipe
 from . import archive
 from .jobs import Job
 from .keys import KeySet
+from .records import RecordStore
 from .rotation import RotationMixin
 from .state import Lineage
 
@@ -274,7 +275,6 @@ class BackupMixin(RotationMixin):
                 keyset.wipe()
 
     async def _import_records(self, source: Path, source_keys: KeySet) -> int:
-        from .records import RecordStore
 
         assert self.records is not None
         keys = self.keys["sqlcipher"]

@@ -18,7 +18,9 @@ from typing import Any
 import msgpack
 
 from shared import MeshHome, StateError
+from shared._certs import load_certificate
 from shared._files import write_atomic
+from shared._keystore import choose_keystore
 
 STATE_VERSION = 1
 
@@ -111,9 +113,6 @@ class Lineage:
     detection compares against: :meth:`newest` is the higher of the two copies."""
 
     def __init__(self, home: MeshHome, keystore_choice: str) -> None:
-        from shared._certs import load_certificate  # noqa: PLC0415 - only storage needs a lineage slot
-        from shared._keystore import choose_keystore  # noqa: PLC0415
-
         fingerprint = load_certificate(home.public_key_path("storage")).fingerprint[:16]
         self.slot, self.warning = choose_keystore(keystore_choice, home.keys / "storage-backup-lineage",
                                                   f"storage-backup-lineage:{fingerprint}")
