@@ -275,7 +275,7 @@ class BackupMixin(RotationMixin):
                 keyset.wipe()
 
     async def _import_records(self, source: Path, source_keys: KeySet) -> int:
-
+        """Re-key the extracted ``records.db`` to this mesh's key and put it in place of the empty one."""
         assert self.records is not None
         keys = self.keys["sqlcipher"]
         copy = await self.run("records", RecordStore.open, source, source_keys.key())
