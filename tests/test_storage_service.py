@@ -264,3 +264,13 @@ async def test_reads_are_metered_into_audit_per_user(short_tmp: Path) -> None:
         assert reads[("storage", "alice", "authn")]["bytes"] == len(data)
         bob = reads[("storage", "bob", "pairing")]
         assert (bob["category"], bob["bytes"], bob["count"]) == ("memories", 1000, 1)
+
+
+def test_file_pieces_shrink_to_fit_the_message_cap() -> None:
+    from services.storage.files_api import piece_bytes
+    from shared import StateError
+
+    assert piece_bytes(1 << 20, 65536) == 256 * 1024           # the default cap: four 64 KiB chunks
+    assert piece_bytes(200_000, 65536) == 131072               # a smaller cap: whole chunks that fit
+    with pytest.raises(StateError):
+        piece_bytes(70_000, 65536)                              # not one chunk and its framing

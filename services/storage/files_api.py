@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from shared import NotFound, RateLimited, RequestContext, handler
+from shared import NotFound, RateLimited, RequestContext, StateError, handler
 
 from .core import StorageCore
 from .files import Upload
@@ -26,6 +26,18 @@ from .schema import FILE_PIECE_BYTES, FileBegin, FileList, FileName, FilePiece, 
 
 UPLOAD_IDLE_S: Final = 600.0
 MAX_UPLOADS: Final = 8
+#: Room for the envelope and the other fields of a files message beside its data.
+_FRAMING: Final = 16 * 1024
+
+
+def piece_bytes(max_message_bytes: int, chunk_size: int) -> int:
+    """Bytes of file data per message: :data:`FILE_PIECE_BYTES`, or fewer (whole chunks) so a message
+    stays within ``broker.max_message_bytes``. ``StateError`` when not even one chunk fits."""
+    fits = min(FILE_PIECE_BYTES, max_message_bytes - _FRAMING) // chunk_size * chunk_size
+    if fits < chunk_size:
+        raise StateError(f"broker.max_message_bytes = {max_message_bytes} leaves no room for a "
+                         f"{chunk_size}-byte file chunk: storage needs at least {chunk_size + _FRAMING}")
+    return fits
 
 
 @dataclass
@@ -74,7 +86,8 @@ class FilesApi(StorageCore):
                                 self.namespace(ctx, req.subject, req.category), req.name, req.size)
         upload_id = secrets.token_hex(16)
         uploads[upload_id] = _OpenUpload(ctx.caller, upload, self.clock())
-        return {"upload": upload_id, "piece_bytes": FILE_PIECE_BYTES}
+        return {"upload": upload_id, "piece_bytes": piece_bytes(self.config.broker.max_message_bytes,
+                                                                self.files.chunk_size)}
 
     @handler("files.put.chunk", request=FilePiece, concurrent=True)
     async def files_chunk(self, ctx: RequestContext, req: FilePiece) -> dict[str, Any]:
@@ -114,7 +127,8 @@ class FilesApi(StorageCore):
         assert self.files is not None
         ns = self.namespace(ctx, req.subject, req.category)
         data, following = await self.run("files", self.files.read, self.keys["files"], ns, req.name, req.offset,
-                                         FILE_PIECE_BYTES // self.files.chunk_size)
+                                         piece_bytes(self.config.broker.max_message_bytes, self.files.chunk_size)
+                                         // self.files.chunk_size)
         self.meter.add(ns, len(data))
         return {"data": data, "next": following}
 

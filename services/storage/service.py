@@ -19,9 +19,10 @@ import shutil
 
 from .admin_api import AdminApi
 from .analytics_api import AnalyticsApi
-from .files_api import FilesApi
+from .files_api import FilesApi, piece_bytes
 from .kv_api import KvApi
 from .records_api import RecordsApi
+from .stream import DEFAULT_CHUNK_SIZE
 
 
 class Storage(KvApi, RecordsApi, AnalyticsApi, FilesApi, AdminApi):
@@ -31,7 +32,9 @@ class Storage(KvApi, RecordsApi, AnalyticsApi, FilesApi, AdminApi):
     name = "storage"
 
     async def on_start(self) -> None:
-        """Remove what an interrupted backup or restore left in the work directory, then start."""
+        """Check the message cap leaves room for file chunks, remove what an interrupted backup or
+        restore left in the work directory, then start."""
+        piece_bytes(self.config.broker.max_message_bytes, DEFAULT_CHUNK_SIZE)  # refuse a cap no file chunk fits
         if self.layout.work.exists():
             for leftover in self.layout.work.iterdir():
                 shutil.rmtree(leftover, ignore_errors=True)
