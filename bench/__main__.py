@@ -21,28 +21,52 @@ Then, once the broker setups are stopped, the keyvault figures (:mod:`bench.keyv
 informational, no targets): unlock time and peak RSS with the master Argon2id
 profile, and ``keyvault.keys.get`` p50/p99 over the real broker and keyvault,
 beside the same client's ``keyvault.health``. ``--no-keyvault`` skips them.
+
+Last, the storage figures (:mod:`bench.storage`, :mod:`bench.storage_mesh`): each engine
+encrypted against its plaintext twin in process (targets: SQLCipher >= 0.7x sqlite3, DuckDB
+encrypted bulk insert >= 0.8x plain, a 1 GiB file through FileStore with < 64 MiB resident),
+the real storage service over the mesh (p50, p99, pipelined calls/s), and backup and restore
+time per GiB. ``--no-storage`` skips them; ``--only broker|keyvault|storage`` runs one section.
+A backup or restore that fails is reported and makes the exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
-from typing import Any
+from typing import Any, Final
 
 import zmq
 
 from shared import MeshClient
 
-from . import keyvault, report
+from . import keyvault, report, storage, storage_mesh
 from .harness import REPO, BenchError, Children, make_home, remove_home
 from .measure import RawClient, cpu_seconds, percentile, runtime_connect, runtime_round_trips
 from .profile import print_profile
 from .wire import IDENTITIES, ipc, server_key
 
 READY_TIMEOUT = 60.0
+SECTIONS: Final = ("broker", "keyvault", "storage")
+#: --flag -> StorageOptions field (None on the command line: the default, or --quick's value).
+STORAGE_FLAGS: Final = {
+    "storage_rounds": ("rounds", "interleaved rounds of each comparison and of the mesh calls"),
+    "sql_rows": ("sql_rows", "rows per SQLCipher/sqlite3 bulk insert, and as many point selects"),
+    "duckdb_rows": ("duckdb_rows", "rows ingested per DuckDB twin (10,000 per transaction, as the store)"),
+    "duckdb_scan_rows": ("duckdb_scan_rows", "rows of the DuckDB engine-bound write and scan"),
+    "kv_items": ("kv_items", "values put and got per RocksDB twin"),
+    "stream_mib": ("stream_mib", "MiB through STREAM and raw AES-256-GCM each way"),
+    "rss_file_mib": ("rss_file_mib", "MiB of the file written and read through FileStore (peak RSS)"),
+    "storage_calls": ("calls", "sequential mesh calls per method per round"),
+    "storage_messages": ("messages", "pipelined mesh calls per method per round"),
+    "storage_window": ("window", "mesh calls in flight for throughput"),
+    "storage_warmup": ("warmup", "mesh calls per method before the rounds"),
+    "backup_mib": ("backup_mib", "MiB put through the mesh before the backup"),
+}
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -59,7 +83,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-isolate", dest="isolate", action="store_false",
                         help="leave the other setups' processes running while one is measured")
     parser.add_argument("--check", action="store_true", help="exit with status 1 if a target is missed")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary mesh home (logs, profiles)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the broker setups' temporary mesh home (logs, profiles)")
+    parser.add_argument("--only", choices=SECTIONS, help="run this section only")
     kv = parser.add_argument_group("keyvault (informational figures, no targets)")
     kv.add_argument("--no-keyvault", dest="keyvault", action="store_false", help="skip the keyvault figures")
     kv.add_argument("--unlock-runs", type=int, default=3,
@@ -68,7 +94,25 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                     help="sequential keyvault.keys.get (and keyvault.health) calls (default 2000)")
     kv.add_argument("--key-blocks", type=int, default=4, help="alternating blocks the key calls are split in")
     kv.add_argument("--key-warmup", type=int, default=200, help="calls of each kind before measuring")
+    st = parser.add_argument_group("storage (in-process ratios, the service over the mesh, backup and restore)")
+    st.add_argument("--no-storage", dest="storage", action="store_false", help="skip the storage figures")
+    defaults, quick = storage.StorageOptions(), storage.StorageOptions.quick()
+    for flag, (name, text) in STORAGE_FLAGS.items():
+        st.add_argument(f"--{flag.replace('_', '-')}", type=int, metavar="N",
+                        help=f"{text} (default {getattr(defaults, name)}, --quick {getattr(quick, name)})")
     args = parser.parse_args(argv)
+    args.storage_options = dataclasses.replace(
+        quick if args.quick else defaults,
+        **{name: getattr(args, flag) for flag, (name, _) in STORAGE_FLAGS.items() if getattr(args, flag) is not None})
+    if any(v < 1 for v in args.storage_options.params().values()):
+        parser.error("every storage option must be >= 1")
+    if args.storage_options.backup_mib < 8:
+        parser.error("--backup-mib must be >= 8 (the fill uploads 8 MiB files)")
+    if args.only is not None and ((args.only == "keyvault" and not args.keyvault)
+                                  or (args.only == "storage" and not args.storage)):
+        parser.error(f"--only {args.only} contradicts --no-{args.only}")
+    if args.profile and args.only not in (None, "broker"):
+        parser.error("--profile profiles the brokers: it runs the broker section only")
     if args.quick:
         args.rounds, args.calls, args.messages, args.runtime_calls = 2, 300, 3000, 100
         args.key_calls, args.key_warmup = 400, 50
@@ -164,9 +208,17 @@ def _rounds(args: argparse.Namespace, kids: Children, clients: dict[str, RawClie
               + f" | runtime p50 {rounds['runtime_rtt_p50_us']['runtime'][-1]:.0f} us", flush=True)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Provision, start, measure, report; every child is stopped and the home removed on the way out."""
-    load_before = os.getloadavg()
+def _sections(args: argparse.Namespace) -> list[str]:
+    """The sections this run measures, in order (``--profile`` profiles the brokers only)."""
+    if args.only is not None:
+        return [args.only]
+    wanted = {"broker": True, "keyvault": args.keyvault, "storage": args.storage}
+    return [s for s in SECTIONS if wanted[s] and (s == "broker" or not args.profile)]
+
+
+def _broker(args: argparse.Namespace) -> report.Rounds:
+    """The broker setups in their own home: per-round values (and, with --profile, the hot spots).
+    Every child is stopped and the home removed (unless --keep) on the way out."""
     home = make_home()
     try:
         with Children(home) as kids:
@@ -185,38 +237,58 @@ def run(args: argparse.Namespace) -> int:
                     child = next(c for c in kids.started if c.name == name)
                     kids.stop(child)
                     print_profile(name, home.log / f"{name}.prof")
-        # Every broker-bench process is stopped by now: the keyvault part has the machine.
-        kv = None
-        if args.keyvault and not args.profile:
-            kv = keyvault.measure(args.unlock_runs, args.key_calls, args.key_blocks, args.key_warmup)
-        figs = report.figures(rounds)
-        if kv is not None:
-            figs.update(report.keyvault_figures(kv))
-        print()
-        print(report.table(figs))
-        if args.profile:
-            print("\n(--profile: the brokers ran under cProfile; these figures are not comparable, not written)")
-            return 0
-        params: dict[str, Any] = {k: getattr(args, k) for k in
-                                  ("rounds", "calls", "messages", "window", "runtime_calls", "warmup", "isolate")}
-        params.update(body_bytes=100, transport="ipc", curve=True, identities=dict(IDENTITIES))
-        if kv is not None:
-            params["keyvault"] = {
-                "unlock_runs": args.unlock_runs, "master_profile": kv["unlock"]["profile"],
-                "key_calls": kv["fetch"]["calls"], "key_blocks": args.key_blocks, "key_warmup": args.key_warmup,
-                "caller": keyvault.CALLER, "purpose": keyvault.PURPOSE, "keystore": "file",
-                "fetch_profile": {"memory_kib": keyvault.FETCH_PROFILE.memory_kib,
-                                  "iterations": keyvault.FETCH_PROFILE.iterations,
-                                  "parallelism": keyvault.FETCH_PROFILE.parallelism, "test_profiles": True}}
-        path = report.write(figs, params, report.machine(load_before))
-        met = all(f["met"] for f in figs.values() if f["met"] is not None)
-        print(f"\nall targets met: {'yes' if met else 'NO'}; written to {path.relative_to(REPO)}")
-        return 1 if args.check and not met else 0
+        return rounds
     finally:
         if args.keep:
             print(f"mesh home kept at {home.root}", file=sys.stderr)
         else:
             remove_home(home)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure each section in turn (each has the machine to itself: the one before is stopped),
+    print the table, write the results; the exit status says whether targets were met."""
+    load_before = os.getloadavg()
+    sections = _sections(args)
+    figs: dict[str, dict[str, Any]] = {}
+    params: dict[str, Any] = {"sections": sections}
+    if "broker" in sections:
+        figs.update(report.figures(_broker(args)))
+        params.update({k: getattr(args, k) for k in
+                       ("rounds", "calls", "messages", "window", "runtime_calls", "warmup", "isolate")})
+        params.update(body_bytes=100, transport="ipc", curve=True, identities=dict(IDENTITIES))
+    if "keyvault" in sections:
+        kv = keyvault.measure(args.unlock_runs, args.key_calls, args.key_blocks, args.key_warmup)
+        figs.update(report.keyvault_figures(kv))
+        params["keyvault"] = {
+            "unlock_runs": args.unlock_runs, "master_profile": kv["unlock"]["profile"],
+            "key_calls": kv["fetch"]["calls"], "key_blocks": args.key_blocks, "key_warmup": args.key_warmup,
+            "caller": keyvault.CALLER, "purpose": keyvault.PURPOSE, "keystore": "file",
+            "fetch_profile": {"memory_kib": keyvault.FETCH_PROFILE.memory_kib,
+                              "iterations": keyvault.FETCH_PROFILE.iterations,
+                              "parallelism": keyvault.FETCH_PROFILE.parallelism, "test_profiles": True}}
+    if "storage" in sections:
+        st = storage.measure(args.storage_options)
+        figs.update(report.storage_figures(st))
+        params["storage"] = {**args.storage_options.params(), "engines": st["info"],
+                             "caller": st["mesh"]["caller"], "operator": st["mesh"]["operator"],
+                             "identities": dict(storage_mesh.IDENTITIES), "keystore": "file",
+                             "setup_master_profile": dataclasses.asdict(storage_mesh.SETUP_PROFILE),
+                             "backup_passphrase": True}
+    print()
+    print(report.table(figs))
+    if args.profile:
+        print("\n(--profile: the brokers ran under cProfile; these figures are not comparable, not written)")
+        return 0
+    path = report.write(figs, params, report.machine(load_before))
+    met = all(f["met"] for f in figs.values() if f["met"] is not None)
+    print(f"\nall targets met: {'yes' if met else 'NO'}; written to {path.relative_to(REPO)}")
+    errors = report.storage_errors(figs)
+    for error in errors:
+        print(f"bench: not measured: {error}", file=sys.stderr)
+    if errors:
+        return 2
+    return 1 if args.check and not met else 0
 
 
 def main(argv: list[str] | None = None) -> int:

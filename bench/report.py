@@ -5,7 +5,12 @@ baseline (round trips: lower is better; throughput: higher is better). The
 paired ratio (the median of the per-round ratios, each from the same few
 seconds) is kept too: it is the steadier number when other work shares the
 machine. The keyvault figures (bench/keyvault.py) have no baseline and no target: they
-are printed in a section of their own and marked informational in the JSON.
+are printed in a section of their own and marked informational in the JSON. The storage
+figures (bench/storage.py, bench/storage_mesh.py) have a section of their own too: each
+in-process engine figure is the encrypted twin's median rate beside its plaintext twin's, with
+the paired ratio (the target, where the storage issue sets one, is on it: the twins run side by
+side within each round) and the ratio of the medians; the mesh, backup and restore figures are
+informational.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ RUNTIME_FIGURES: Final = {"runtime_rtt_p50_us": "runtime round trip p50",
                           "runtime_rtt_p99_us": "runtime round trip p99"}
 #: Figures of this group (bench/keyvault.py) are informational, printed in their own section.
 KEYVAULT_GROUP: Final = "keyvault"
+#: Figures of this group (bench/storage.py, bench/storage_mesh.py) have a section of their own too.
+STORAGE_GROUP: Final = "storage"
 
 Rounds = dict[str, dict[str, list[float]]]  # figure -> setup -> one value per round
 
@@ -101,13 +108,24 @@ def _target_text(fig: dict[str, Any]) -> str:
 
 
 def table(figs: dict[str, dict[str, Any]]) -> str:
-    """A fixed-width table of every figure."""
+    """A fixed-width table of every figure: the broker rows, then the keyvault and storage sections
+    (each only when it ran)."""
+    sections = []
+    broker = {k: f for k, f in figs.items() if f.get("group") is None}
+    if broker:
+        sections.append(_broker_table(broker))
+    for group, render in ((KEYVAULT_GROUP, keyvault_table), (STORAGE_GROUP, storage_table)):
+        part = {k: f for k, f in figs.items() if f.get("group") == group}
+        if part:
+            sections.append(render(part))
+    return "\n\n".join(sections)
+
+
+def _broker_table(figs: dict[str, dict[str, Any]]) -> str:
     head = (f"{'figure':<33}{'broker':>10}{'direct':>10}{'forwarder':>11}"
             f"{'vs direct':>11}{'vs fwd':>9}  {'target':<29}{'met':<4}")
     lines = [head, "-" * len(head)]
     for fig in figs.values():
-        if fig.get("group") == KEYVAULT_GROUP:
-            continue
         met = "" if fig["met"] is None else ("yes" if fig["met"] else "NO")
         label = f"{fig['label']} ({fig['unit']})"
         lines.append(f"{label:<33}{fig['value']:>10,.0f}{fig['baselines']['direct']:>10,.0f}"
@@ -115,9 +133,6 @@ def table(figs: dict[str, dict[str, Any]]) -> str:
                      f"{fig['ratios']['vs_forwarder']:>8.2f}x  {_target_text(fig):<29}{met:<4}")
     lines.append("runtime rows: value = MeshClient -> broker -> ServiceRunner end to end (informational, "
                  f"{figs['runtime_rtt_p50_us']['ratios']['vs_broker']:.2f}x the raw full-broker p50)")
-    keyvault = {k: f for k, f in figs.items() if f.get("group") == KEYVAULT_GROUP}
-    if keyvault:
-        lines += ["", keyvault_table(keyvault)]
     return "\n".join(lines)
 
 
@@ -198,6 +213,181 @@ def keyvault_table(figs: dict[str, dict[str, Any]]) -> str:
     for fig in figs.values():
         value = f"{fig['value']:,.2f}" if fig["unit"] == "s" else f"{fig['value']:,.0f}"
         lines.append(f"{fig['label']:<40}{value:>10}  {fig['unit']:<5} {fig['detail']}")
+    return "\n".join(lines)
+
+
+#: In-process comparisons: figure -> (rounds key, label, unit, variant, baseline variant, min ratio or None).
+#: Every value is a rate (higher is better); the targets are the storage issue's.
+STORAGE_PAIRS: Final[dict[str, tuple[str, str, str, str, str, float | None]]] = {
+    "st_sqlcipher_insert_rows_s": ("sql_insert", "SQLCipher bulk insert, 1 txn", "rows/s", "sqlcipher", "sqlite3", 0.7),
+    "st_sqlcipher_select_s": ("sql_select", "SQLCipher point select", "rows/s", "sqlcipher", "sqlite3", 0.7),
+    "st_duckdb_ingest_rows_s": ("duck_insert", "DuckDB encrypted bulk insert (ingest)", "rows/s", "encrypted",
+                                "plain", 0.8),
+    "st_duckdb_write_rows_s": ("duck_write", "DuckDB encrypted INSERT SELECT+CHECKPOINT", "rows/s", "encrypted",
+                               "plain", None),
+    "st_duckdb_scan_rows_s": ("duck_scan", "DuckDB encrypted cold scan aggregate", "rows/s", "encrypted", "plain",
+                              None),
+    "st_rocksdb_put_s": ("kv_put", "RocksDB KvStore.put_many (sealed)", "items/s", "sealed", "raw", None),
+    "st_rocksdb_get_s": ("kv_get", "RocksDB KvStore.get (sealed)", "items/s", "sealed", "raw", None),
+    "st_stream_write_mb_s": ("stream_write", "STREAM write", "MB/s", "stream", "aesgcm", None),
+    "st_stream_read_mb_s": ("stream_read", "STREAM read", "MB/s", "stream", "aesgcm", None),
+}
+_BASELINE_NAMES: Final = {"sqlite3": "sqlite3", "plain": "plain duckdb", "raw": "raw rocksdict",
+                          "aesgcm": "raw AESGCM"}
+#: The issue's memory target: a 1 GiB file written and read with less than this resident.
+RSS_TARGET_MIB: Final = 64.0
+#: Mesh methods (bench/storage_mesh.py) and their labels; ``health`` is the comparison round trip.
+MESH_METHODS: Final = {"kv_put": "storage.kv.put", "kv_get": "storage.kv.get",
+                       "records_insert": "storage.records.insert", "records_get": "storage.records.get"}
+
+
+def _pair_figure(per: list[dict[str, float]], label: str, unit: str, variant: str, base: str,
+                 bound: float | None, detail: str) -> dict[str, Any]:
+    """``variant`` against ``base``. The ratio (and the target) is the paired one, the median of the
+    per-round ratios: the twins run side by side within a round, steps alternating, so each round's
+    ratio compares measurements made in the same seconds, while the medians of the two series may
+    come from different rounds on a busy machine. The ratio of the medians is kept beside it."""
+    value = statistics.median(p[variant] for p in per)
+    baseline = statistics.median(p[base] for p in per)
+    paired = round(statistics.median(p[variant] / p[base] for p in per), 3)
+    return {"label": label, "unit": unit, "value": round(value, 1), "group": STORAGE_GROUP,
+            "baseline": {"name": _BASELINE_NAMES[base], "value": round(baseline, 1)}, "ratio": paired,
+            "ratio_of_medians": _ratio(value, baseline),
+            "target": None if bound is None else {"baseline": _BASELINE_NAMES[base], "bound": "min", "ratio": bound,
+                                                  "on": "paired ratio"},
+            "met": None if bound is None else paired >= bound,
+            "detail": f"medians {_ratio(value, baseline):.2f}x; {detail}",
+            "rounds": {v: [round(p[v], 1) for p in per] for v in per[0]}}
+
+
+def storage_figures(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The storage figures from :func:`bench.storage.measure`: in-process ratios (SQLCipher, DuckDB,
+    RocksDB, STREAM), FileStore peak RSS, the mesh calls, backup and restore."""
+    info, rounds = raw["info"], raw["rounds"]
+    sql, duck, rocks, stream = info["sqlcipher"], info["duckdb"], info["rocksdb"], info["stream"]
+    unkeyed = {k: round(statistics.median(p["sqlcipher"] / p["sqlcipher-nokey"] for p in rounds[k]), 3)
+               for k in ("sql_insert", "sql_select")}
+    details = {
+        "sql_insert": (f"{sql['rows']:,} rows, WAL, synchronous=FULL; {unkeyed['sql_insert']:.2f}x unkeyed "
+                       f"sqlcipher3 (SQLite {sql['sqlcipher_sqlite_version']} vs sqlite3 {sql['sqlite3_version']})"),
+        "sql_select": (f"{sql['rows']:,} by primary key, cold page cache; {unkeyed['sql_select']:.2f}x unkeyed "
+                       "sqlcipher3"),
+        "duck_insert": (f"{duck['rows']:,} rows, the store's JSON-parameter INSERT, "
+                        f"{duck['rows_per_transaction']:,} rows per transaction"),
+        "duck_write": f"{duck['scan_rows']:,} rows generated in the engine, then CHECKPOINT",
+        "duck_scan": f"{duck['scan_rows']:,} rows, {duck['cold_scans']} scans each after a fresh ATTACH",
+        "kv_put": f"{rocks['items']:,} values of 100-200 B, synced batches of {rocks['batch']}",
+        "kv_get": f"{rocks['items']:,} point gets of the same values",
+        "stream_write": f"{stream['bytes'] / 2**20:,.0f} MiB, {stream['chunk_bytes'] // 1024} KiB chunks, to a file",
+        "stream_read": f"{stream['bytes'] / 2**20:,.0f} MiB read back from the file",
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for key, (rkey, label, unit, variant, base, bound) in STORAGE_PAIRS.items():
+        out[key] = _pair_figure(rounds[rkey], label, unit, variant, base, bound, details[rkey])
+    out["st_sqlcipher_insert_rows_s"]["ratio_vs_unkeyed_sqlcipher"] = unkeyed["sql_insert"]
+    out["st_sqlcipher_select_s"]["ratio_vs_unkeyed_sqlcipher"] = unkeyed["sql_select"]
+    rss = raw["rss"]
+    size = f"{rss['bytes'] / 2**30:g} GiB" if rss["bytes"] >= 2**30 else f"{rss['bytes'] / 2**20:,.0f} MiB"
+    increase = round(rss["rss_increase_kib"] / 1024, 1)
+    out["st_file_rss_mib"] = {
+        "label": f"FileStore {size} write+read, peak RSS", "unit": "MiB", "value": increase,
+        "group": STORAGE_GROUP, "baseline": None, "ratio": None,
+        "target": {"bound": "max_abs", "value": RSS_TARGET_MIB, "stated_for_bytes": 2**30},
+        "met": increase < RSS_TARGET_MIB,
+        "detail": (f"increase over the child's RSS; write {rss['write_mb_s']:,.0f} MB/s, read "
+                   f"{rss['read_mb_s']:,.0f} MB/s" + ("" if rss["bytes"] >= 2**30 else "; target stated for 1 GiB")
+                   + ("" if rss["hwm_reset"] else "; VmHWM could not be reset: includes the child's start")),
+        **rss}
+    out.update(_mesh_figures(raw["mesh"]))
+    return out
+
+
+def _mesh_figures(mesh: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    calls = mesh["calls"]
+    samples, tput = calls["samples"], calls["throughput"]
+    health = {"p50": _p(samples["health"], 0.5), "p99": _p(samples["health"], 0.99),
+              "tput": statistics.median(tput["health"])}
+    base = {"group": STORAGE_GROUP, "target": None, "met": None, "informational": True}
+    out: dict[str, dict[str, Any]] = {}
+    for method, target in MESH_METHODS.items():
+        for q, name in ((0.5, "p50"), (0.99, "p99")):
+            value = _p(samples[method], q)
+            out[f"st_mesh_{method}_{name}_us"] = {
+                "label": f"{target} {name}", "unit": "us", "value": round(value, 1), **base,
+                "baseline": {"name": "storage.health", "value": round(health[name], 1)},
+                "ratio": _ratio(value, health[name]),
+                "detail": f"{len(samples[method]):,} sequential calls as {mesh['caller']}, "
+                          f"per-round p50 {calls['round_p50_us'][method]}" if name == "p50" else ""}
+        value = statistics.median(tput[method])
+        out[f"st_mesh_{method}_calls_s"] = {
+            "label": f"{target} pipelined", "unit": "call/s", "value": round(value, 1), **base,
+            "baseline": {"name": "storage.health", "value": round(health["tput"], 1)},
+            "ratio": _ratio(value, health["tput"]), "rounds": [round(v, 1) for v in tput[method]],
+            "detail": f"{calls['messages']:,} calls per round, {calls['window']} in flight on one client"}
+    out.update(_backup_figures(mesh))
+    return out
+
+
+def _backup_figures(mesh: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    base = {"group": STORAGE_GROUP, "target": None, "met": None, "informational": True, "baseline": None,
+            "ratio": None}
+    out: dict[str, dict[str, Any]] = {}
+    fill, backup = mesh["fill"], mesh["backup"]
+    if fill is not None:
+        out["st_file_upload_mb_s"] = {
+            "label": "file upload over the mesh", "unit": "MB/s", "value": fill["upload_mb_s"], **base,
+            "detail": f"{fill['files']} files of {fill['file_bytes'] >> 20} MiB, 256 KiB pieces, 4 files at once",
+            **fill}
+    archive = backup.get("result", {}).get("bytes")
+    for name, got in (("backup", backup), ("restore", mesh["restore"])):
+        if "error" in got:
+            out[f"st_{name}_s"] = {"label": f"{name} (storage.backup.{'create' if name == 'backup' else name})",
+                                   "unit": "s", "value": None, **base, "error": got["error"],
+                                   "detail": "FAILED: " + got["error"].splitlines()[0][:90]}
+            continue
+        gib = archive / 2**30
+        where = "while serving, passphrase-wrapped" if name == "backup" else "into a fresh home, by passphrase"
+        out[f"st_{name}_s"] = {"label": f"{name} of {archive / 2**20:,.0f} MiB archive", "unit": "s",
+                               "value": got["seconds"], **base, "wall_s": got["wall_s"], "result": got["result"],
+                               "detail": f"job's own time, {where} (1 Argon2id, file profile); wall "
+                                         f"{got['wall_s']:.2f} s"}
+        out[f"st_{name}_s_per_gib"] = {"label": f"{name} per GiB of archive", "unit": "s/GiB",
+                                       "value": round(got["seconds"] / gib, 2), **base,
+                                       "detail": f"{fill['bytes'] / 2**20:,.0f} MiB of data put through the mesh"}
+    return out
+
+
+def storage_errors(figs: dict[str, dict[str, Any]]) -> list[str]:
+    """What the storage section could not measure (a failed backup or restore job)."""
+    return [f"{fig['label']}: {fig['error']}" for fig in figs.values() if fig.get("error")]
+
+
+def _storage_target(fig: dict[str, Any]) -> str:
+    target = fig["target"]
+    if not target:
+        return "info only" if fig.get("informational") else "-"
+    if target["bound"] == "max_abs":
+        return f"<{target['value']:g} {fig['unit']}"
+    return f">={target['ratio']}x"
+
+
+def storage_table(figs: dict[str, dict[str, Any]]) -> str:
+    """The storage section: value, baseline and ratio where there is a twin, target, met, detail."""
+    head = (f"{'storage figure':<44}{'value':>11}  {'unit':<7}{'baseline':>11}  {'(of)':<15}{'ratio':>7}  "
+            f"{'target':<10}{'met':<4} detail")
+    lines = ["storage: encrypted engines against plaintext twins in process (rates, higher is better; value and",
+             "baseline are medians of the rounds, ratio and target the median of the per-round ratios), then the",
+             "real storage service over the mesh as authn (baseline: the same client's storage.health round trip),",
+             "then backup and restore jobs as meshctl.", head, "-" * 150]
+    for fig in figs.values():
+        value = "-" if fig["value"] is None else (f"{fig['value']:,.2f}" if fig["unit"] in ("s", "s/GiB", "MiB")
+                                                  else f"{fig['value']:,.0f}")
+        base = fig.get("baseline")
+        base_text = f"{base['value']:>11,.0f}  {base['name']:<15}" if base else f"{'':>11}  {'':<15}"
+        ratio = f"{fig['ratio']:>6.2f}x" if fig.get("ratio") is not None else f"{'':>7}"
+        met = "" if fig["met"] is None else ("yes" if fig["met"] else "NO")
+        lines.append(f"{fig['label']:<44}{value:>11}  {fig['unit']:<7}{base_text}{ratio}  "
+                     f"{_storage_target(fig):<10}{met:<4} {fig['detail']}")
     return "\n".join(lines)
 
 

@@ -74,7 +74,7 @@ EVENT_SCHEMAS: Final[Mapping[str, Mapping[str, str]]] = {
     "keyvault.key_rotate": _WHO | {"purpose": TEXT, "version": NUMBER},
     # storage (``subject``: the operator who asked, or the caller who read)
     "storage.read": _WHO | {"category": TEXT, "bytes": NUMBER, "count": NUMBER},
-    "storage.backup": _WHO | {"archive": TEXT, "sequence": NUMBER, "bytes": NUMBER, "with_passphrase": FLAG},
+    "storage.backup": _WHO | {"archive": TEXT, "sequence": NUMBER, "bytes": NUMBER, "portable": FLAG},
     "storage.restore": _WHO | {"archive": TEXT, "sequence": NUMBER, "rollback": FLAG},
     "storage.key_retired": {"purpose": TEXT, "versions": TEXT},
     # audit's own records

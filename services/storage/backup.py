@@ -123,7 +123,7 @@ class BackupMixin(RotationMixin):
                               job.progress("pack"))
         try:
             await self._audit("storage.backup", "ok", job, archive=name, sequence=sequence, bytes=info.size,
-                              with_passphrase=passphrase is not None)
+                              portable=passphrase is not None)
         except MeshError:
             path.unlink(missing_ok=True)  # an archive audit never heard of must not be left behind
             raise
