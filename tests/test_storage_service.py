@@ -190,13 +190,17 @@ async def test_plaintext_canary_is_nowhere_under_the_home(short_tmp: Path) -> No
             assert job["state"] == "done", job
             verified = await r.operator.call("storage.verify", timeout=30)
             assert verified["ok"], verified
-            await r.stop_storage()  # closes every store: WAL, journals and temp files are as they stay on disk
             home = r.home.root
+            # While storage runs: the WAL files, journals and any temporary files exist now.
+            live = _files_containing(home, marker.encode())
+            wal = [p for p in home.rglob("*") if p.name.endswith(("-wal", ".wal")) or p.suffix == ".log"]
+            await r.stop_storage()  # then closed: what stays on disk
     finally:
         structlog.reset_defaults()
     log_file.write_text(stream.getvalue())
     assert stream.getvalue()  # the services did log: the search below covers real output
     needle = marker.encode()
+    assert live == [] and wal  # the running stores' write-ahead logs were among the files searched
     assert _files_containing(home, needle) == []
     assert needle not in log_file.read_bytes()
     assert any((home / "backups").iterdir())  # the backup was searched too
