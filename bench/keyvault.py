@@ -8,8 +8,9 @@ Informational only: the keyvault issue asks for the figures and sets no targets.
   creates the state there (it derives once itself; timed and reported apart).
   Then each run is a fresh child process that loads the state and times
   ``store.derive_master`` (Argon2id) plus ``store.open_keys``, the work an
-  unlock with the password does, and reports its own peak RSS before and after
-  (``ru_maxrss``), so the bench's memory does not hide the increase.
+  unlock with the password does, and reports its RSS before and its peak after
+  (``VmRSS`` then ``VmHWM``, the high-water mark restarted just before: see
+  :func:`bench.measure.reset_peak_rss`), so the bench's memory does not hide the increase.
 
 * Key fetch. Another temporary home runs the real broker and the real keyvault
   (``python -m services.broker``, ``python -m services.keyvault``) with a small
@@ -44,7 +45,7 @@ from shared import Argon2Profile, MeshClient, MeshConfig, MeshError, MeshHome, S
 from shared._provision import provision
 
 from .harness import REPO, BenchError, Children, child_env, remove_home
-from .measure import cpu_seconds, percentile
+from .measure import cpu_seconds, percentile, proc_status_kib, reset_peak_rss
 
 #: The identities of the key-fetch home (the broker's keypair is always made).
 IDENTITIES: Final = {"keyvault": "service", "storage": "service", "audit": "service"}
@@ -363,10 +364,17 @@ def measure(unlock_runs: int, calls: int, blocks: int, warmup: int) -> dict[str,
 # -- the child side -----------------------------------------------------------------------------
 
 
-def _rusage() -> tuple[int, float]:
-    """Peak RSS so far (KiB on Linux) and CPU seconds used by this process."""
+def _cpu() -> float:
+    """CPU seconds used by this process."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_maxrss, usage.ru_utime + usage.ru_stime
+    return usage.ru_utime + usage.ru_stime
+
+
+def _rss_start() -> tuple[int, bool]:
+    """This process's RSS now (KiB), with the high-water mark restarted from it (see
+    :func:`bench.measure.reset_peak_rss`), and whether the restart worked."""
+    reset = reset_peak_rss()
+    return proc_status_kib("VmRSS"), reset
 
 
 def _child(mode: str) -> dict[str, Any]:
@@ -378,31 +386,33 @@ def _child(mode: str) -> dict[str, Any]:
     config = load_config(home.root / "mesh.toml")
     password = bytearray(sys.stdin.buffer.read().strip())
     if mode == "init":
-        rss, _ = _rusage()
+        rss, _ = _rss_start()
         start = time.perf_counter()
         keystore, warning = initialise(home, config, password)
         elapsed = time.perf_counter() - start
         return {"initialise_s": round(elapsed, 4), "keystore": keystore, "warning": warning,
-                "rss_increase_kib": _rusage()[0] - rss}
+                "rss_increase_kib": proc_status_kib("VmHWM") - rss}
     if mode != "unlock":
         raise SystemExit(f"bench.keyvault: unknown mode {mode!r}")
     state = store.load(home)
     if state is None:
         raise SystemExit("bench.keyvault: no keyvault state in this home")
-    rss, cpu = _rusage()
+    rss, reset = _rss_start()
+    cpu = _cpu()
     start = time.perf_counter()
     master = store.derive_master(password, state)
     derived = time.perf_counter()
     keys = store.open_keys(state, master)
     end = time.perf_counter()
-    rss_after, cpu_after = _rusage()
+    rss_after, cpu_after = proc_status_kib("VmHWM"), _cpu()
     wipe(password)
     wipe(master)
     for key in keys.values():
         wipe(key)
     return {"unlock_s": round(end - start, 4), "derive_s": round(derived - start, 4),
             "open_keys_s": round(end - derived, 6), "keys": len(keys), "cpu_s": round(cpu_after - cpu, 3),
-            "rss_before_kib": rss, "rss_peak_kib": rss_after, "rss_increase_kib": rss_after - rss}
+            "rss_before_kib": rss, "rss_peak_kib": rss_after, "rss_increase_kib": rss_after - rss,
+            "hwm_reset": reset}
 
 
 if __name__ == "__main__":

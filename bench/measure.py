@@ -142,3 +142,25 @@ def percentile(samples: list[float], q: float) -> float:
         raise ValueError("no samples")
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
+
+
+def proc_status_kib(field: str) -> int:
+    """``field`` (``VmRSS``, ``VmHWM``) of /proc/self/status, in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise SystemExit(f"bench: no {field} in /proc/self/status")
+
+
+def reset_peak_rss() -> bool:
+    """Restart this process's resident high-water mark (``VmHWM``) from its current RSS; False when
+    the kernel does not allow it (then VmHWM includes everything since the process started).
+
+    Why not ``ru_maxrss``: on Linux it keeps the larger of this process's peak and the peak of the
+    image it replaced at exec, that is the bench parent's RSS at fork, so an increase smaller than
+    the parent's size is invisible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True

@@ -171,8 +171,8 @@ def keyvault_figures(kv: dict[str, Any]) -> dict[str, dict[str, Any]]:
                                        f"setup.initialise {unlock['initialise_s']:.2f} s (not included)"),
                             "runs": walls},
         "kv_unlock_rss_mib": {"label": "unlock peak RSS increase, max", "unit": "MiB", "value": max(rss), **base,
-                              "note": "ru_maxrss of the unlock child after minus before the unlock; not a target",
-                              "detail": f"median {statistics.median(rss):,.0f} MiB; the child's own ru_maxrss",
+                              "note": "the unlock child's peak RSS (VmHWM) minus its RSS before; not a target",
+                              "detail": f"median {statistics.median(rss):,.0f} MiB; the child's own VmHWM - VmRSS",
                               "runs": rss},
     }
     cpu = fetch["keyvault_cpu_us_per_call"]

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from .harness import REPO, BenchError
+from .measure import proc_status_kib, reset_peak_rss
 from .storage import MIB, PIECE_BYTES, Pair, Rounds, _timed, _values
 
 #: Items per KvStore.put_many (and raw write batch): what one group commit of puts may carry.
@@ -212,24 +213,13 @@ def measure_rss(work: Path, mib: int) -> dict[str, Any]:
     return result
 
 
-def _status_kib(field: str) -> int:
-    """``field`` (VmRSS, VmHWM) of /proc/self/status, in KiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise SystemExit(f"bench.storage rss: no {field} in /proc/self/status")
-
-
 def _rss_child(work: Path, size: int) -> dict[str, Any]:
     """Write ``size`` bytes as one file through FileStore (upload pieces, commit), read it back in the
     pieces ``storage.files.get`` returns, and report the peak resident memory that took.
 
-    Why not ``ru_maxrss`` alone: on Linux it keeps the largest of this process's peak and the peak of
-    the process image it replaced at exec, i.e. the bench parent's RSS at fork, so its "before" is
-    already the bench's size and an increase below that is invisible. The figure is therefore the
-    peak RSS of this image after the work (``VmHWM``, reset to the current RSS just before it by
-    writing 5 to ``/proc/self/clear_refs``) minus its RSS before (``VmRSS``); ``ru_maxrss`` before and
-    after are reported beside it."""
+    The figure is the peak RSS of this image after the work (``VmHWM``, reset just before it by
+    :func:`bench.measure.reset_peak_rss`, which says why not ``ru_maxrss``) minus its RSS before
+    (``VmRSS``); ``ru_maxrss`` before and after are reported beside it."""
     from services.storage.files import FileStore
     from services.storage.keys import KeySet, Namespace
     from services.storage.stream import DEFAULT_CHUNK_SIZE
@@ -244,12 +234,8 @@ def _rss_child(work: Path, size: int) -> dict[str, Any]:
     piece = secrets.token_bytes(PIECE_BYTES)
     gc.collect()
     ru_before = maxrss()
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # the high-water mark restarts from here
-        reset = True
-    except OSError:
-        reset = False
-    before = _status_kib("VmRSS")
+    reset = reset_peak_rss()  # the high-water mark restarts from here
+    before = proc_status_kib("VmRSS")
     start = time.perf_counter()
     upload = store.begin(keys, ns, "big.bin", size)
     for _ in range(size // PIECE_BYTES):
@@ -264,7 +250,7 @@ def _rss_child(work: Path, size: int) -> dict[str, Any]:
         data, offset = store.read(keys, ns, "big.bin", offset, PIECE_BYTES // DEFAULT_CHUNK_SIZE)
         read += len(data)
     end = time.perf_counter()
-    peak = _status_kib("VmHWM")
+    peak = proc_status_kib("VmHWM")
     if info.size != size or read != size:
         raise SystemExit(f"bench.storage rss: wrote {info.size} and read {read} bytes of {size}")
     return {"bytes": size, "write_s": round(written - start, 3), "read_s": round(end - written, 3),
