@@ -1,3 +1,3 @@
-"""The audit service: keeps the tamper-evident audit log (records and checkpoints come with the audit
-issue).
+"""The audit service: the tamper-evident, fail-closed audit log (Merkle tree, hash chain, signed
+checkpoints in SQLCipher) with anomaly alerts. :mod:`.service` runs it; docs/security.md describes it.
 """

@@ -1,3 +1,4 @@
-"""The keyvault service: keeps the master key and releases purpose keys (its key hierarchy comes with
-the keyvault issue).
+"""The keyvault service: the master key (Argon2id, platform keyring) and the wrapped purpose keys it
+releases to entitled identities; sealing, unlock, sessions, password change and rotation.
+:mod:`.service` runs it; docs/security.md describes it.
 """
