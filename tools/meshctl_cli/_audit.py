@@ -32,7 +32,7 @@ _TIMEOUT_S: Final = 30.0       # verify and export read the whole log
 _FOLLOW_POLL_S: Final = 1.0
 _MAX_TAIL: Final = 1000        # services/audit/schema.py MAX_TAIL
 _MAX_BUNDLE: Final = 1 << 30
-EXPORT_PAGE_RECORDS = 2000     # records asked per audit.export page (services/audit/service.py)
+EXPORT_PAGE_RECORDS = 2000     # records asked per audit.export page (services/audit/export.py)
 
 
 def when(timestamp: Any) -> str:

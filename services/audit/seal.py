@@ -1,0 +1,155 @@
+"""The audit service's seal state: fetching the keys, opening and verifying the log, wiping it all.
+
+:class:`SealMixin` is mixed into :class:`~.service.Audit`, which owns and initialises the state
+declared here and starts the background tasks (:meth:`SealMixin._keeper`, :meth:`SealMixin._watch`).
+Contract:
+
+- Keys come from keyvault over the mesh only (``audit-hmac``, from which the database key and the
+  details-hash key are derived; ``audit-signing``, the Ed25519 checkpoint key). They live in
+  bytearrays here only and are wiped by :meth:`SealMixin._seal` (on ``security.sealed`` from
+  keyvault, and at stop).
+- :meth:`SealMixin._try_unseal` moves ``state`` from ``sealed`` to ``ok`` (the whole log verified
+  against the trusted checkpoint, open alerts rebuilt from it), ``tampered`` (it logs the first
+  bad record and never rewrites the trusted copy to make a bad log pass) or ``failed`` (the
+  database cannot be opened). Failing to reach keyvault leaves it ``sealed``.
+- While sealed the keeper retries with a delay growing from :data:`KEY_RETRY_MIN_S` to
+  :data:`KEY_RETRY_MAX_S`, and at once on ``security.unsealed``; once unsealed it signs a
+  checkpoint every :data:`~.writer.CHECKPOINT_EVERY_S` seconds when records arrived since.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any, Final
+
+import structlog
+
+from shared import MeshConfig, MeshError, MeshHome, Timeout
+from shared._crypto import derive_subkey, wipe
+from shared._keystore import choose_keystore
+
+from .chain import Checkpoint, LogHead, public_key_of
+from .errors import TamperError
+from .store import AuditStore, StoreError, db_path, verify_store
+from .writer import CHECKPOINT_EVERY_S, WriterMixin
+
+log = structlog.get_logger("audit")  # one logger name for the whole service, as before the split
+
+KEY_RETRY_MIN_S: Final = 1.0            #: first retry of the key fetch while sealed
+KEY_RETRY_MAX_S: Final = 60.0           #: keyvault rate-limits and audits each fetch: back off
+KEY_CALL_TIMEOUT_S: Final = 5.0
+
+
+class SealMixin(WriterMixin):
+    """Unsealing (keys, open, verify) and sealing (final checkpoint, close, wipe) of the audit log."""
+
+    # Owned and initialised by the service (Audit.__init__, Service.__init__ for ``mesh``).
+    home: MeshHome
+    config: MeshConfig
+    mesh: Any
+    public_key: bytes | None
+    _db_key: bytearray | None
+    _hash_key: bytearray | None
+    _unseal_lock: asyncio.Lock
+    _wake: asyncio.Event
+
+    async def _keeper(self) -> None:
+        delay = KEY_RETRY_MIN_S
+        while True:
+            self._wake.clear()  # before the attempt, so a wake-up during it is not lost
+            if self.state == "sealed" and not await self._try_unseal():
+                timeout, delay = delay, min(delay * 2, KEY_RETRY_MAX_S)
+            else:
+                timeout, delay = CHECKPOINT_EVERY_S, KEY_RETRY_MIN_S
+                await self._checkpoint()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def _watch(self, subscription: Any) -> None:
+        while True:
+            try:
+                event = await subscription.next(timeout=3600)
+            except Timeout:
+                continue
+            if event.sender != "keyvault":  # only keyvault speaks for the seal state
+                continue
+            if event.topic == "security.unsealed":
+                self._wake.set()
+            elif event.topic == "security.sealed":
+                await self._seal("security.sealed")
+
+    async def _fetch_key(self, purpose: str) -> bytearray:
+        reply = await self.mesh.call("keyvault.keys.get", {"purpose": purpose}, timeout=KEY_CALL_TIMEOUT_S)
+        # The reply's bytes object cannot be wiped (shared/_crypto.py); the copy we keep can.
+        return bytearray(reply["key"])
+
+    async def _try_unseal(self) -> bool:
+        """Fetch the keys, open and verify the log. True when the service is no longer sealed."""
+        async with self._unseal_lock:
+            if self.state != "sealed":
+                return True
+            try:
+                hmac_key = await self._fetch_key("audit-hmac")
+                self._sign_key = await self._fetch_key("audit-signing")
+            except MeshError as exc:
+                log.info("sealed", reason=exc.code, detail=exc.message)
+                return False
+            try:
+                self._db_key = derive_subkey(hmac_key, "audit-db")
+                self._hash_key = derive_subkey(hmac_key, "audit-details")
+            finally:
+                wipe(hmac_key)
+            self.public_key = public_key_of(self._sign_key)
+            fingerprint = hashlib.sha256(self.public_key).hexdigest()[:16]
+            self.slot, warning = choose_keystore(self.config.keyvault.keystore, self.home.keys / "audit-checkpoint",
+                                                 f"audit-checkpoint:{fingerprint}")
+            if warning:
+                log.warning("checkpoint_slot_warning", warning="trusted checkpoint protected by file permissions only")
+            loop = asyncio.get_running_loop()
+            try:
+                store = await loop.run_in_executor(None, AuditStore.open, db_path(self.home), self._db_key)
+            except StoreError as exc:
+                self.state, self.problem = "failed", exc.message
+                log.error("audit_db_unusable", reason=exc.message)
+                return True
+            try:
+                head, latest, trusted = await loop.run_in_executor(None, self._verify, store)
+            except TamperError as exc:
+                store.close()
+                self.state, self.problem = "tampered", exc.message
+                log.error("audit_log_tampered", first_bad=exc.sequence, reason=exc.message)
+                return True
+            self.store, self.head, self.latest, self.state, self.problem = store, head, latest, "ok", None
+            log.info("unsealed", size=head.size, checkpoint_size=latest.tree_size if latest else 0)
+            if latest is not None and (trusted is None or trusted.tree_size < latest.tree_size):
+                await self._save_trusted(latest)  # a crash came between the checkpoint and the slot update
+            return True
+
+    def _verify(self, store: AuditStore) -> tuple[LogHead, Checkpoint | None, Checkpoint | None]:
+        assert self.public_key is not None and self.slot is not None
+        head, latest, trusted, entries = verify_store(store, self.public_key, self.slot)
+        # Only a verified log is evidence: the open alerts come back from it (a restart forgets nothing).
+        try:
+            reopened = self.alerts.engine.rebuild(entry.record for entry in entries)
+        except Exception as exc:  # noqa: BLE001 - the log is fine; losing open alerts must not seal audit
+            log.error("alerts_not_rebuilt", error_type=type(exc).__name__)
+        else:
+            if reopened:
+                log.warning("alerts_reopened", open=reopened)
+        return head, latest, trusted
+
+    async def _seal(self, reason: str) -> None:
+        async with self._write_lock:
+            if self.state == "ok":
+                await self._checkpoint_locked()  # so a clean stop leaves every record under a checkpoint
+            if self.store is not None:
+                self.store.close()
+            for key in (self._db_key, self._sign_key, self._hash_key):
+                if key is not None:
+                    wipe(key)
+            self.store = self.head = self._db_key = self._sign_key = self._hash_key = None
+            self.state, self.problem = "sealed", reason
+            log.info("sealed", reason=reason)
