@@ -60,7 +60,7 @@ CHILD_TIMEOUT: Final = 600.0     # one init or unlock child (a derivation takes 
 READY_TIMEOUT: Final = 60.0      # broker up, keyvault registered and unsealed
 CALL_TIMEOUT: Final = 10.0
 
-#: The audit record keyvault spools per release (services/keyvault/service.py, _audit).
+#: The audit record keyvault spools per release (services/keyvault/recording.py, _audit).
 _RELEASE_RECORD: Final = {"type": "keyvault.key_release", "actor": CALLER, "role": "service",
                           "purpose": PURPOSE, "version": 1}
 

@@ -14,60 +14,67 @@ is down). No record carries key material.
 Data keys live in bytearrays in this process only and are zeroed on lock.
 Operations that change the key hierarchy (password change, rotation) ask for
 the password afresh, whatever the session.
+
+The module split: this class is the wire surface (every handler, and the lifecycle hooks); the
+audit spool and the recording of key releases are :mod:`.recording`, the seal state (keys in
+memory, keystore, unseal and seal, the password check and its backoff) is :mod:`.seal`, and
+password change and rotation are :mod:`.hierarchy`. Names other code imports from here
+(``Keyvault``, the constants) stay importable from here (``__all__``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import hmac
-import secrets
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
 import structlog
 
 from shared import (
     PURPOSES,
-    AuditShipper,
     BadRequest,
     Forbidden,
     MeshConfig,
-    MeshError,
     MeshHome,
     NoFields,
     RateLimited,
     RequestContext,
     Sealed,
     Service,
-    Spool,
     TokenBucket,
     Unauthenticated,
-    Unavailable,
     config_path,
     handler,
     load_config,
 )
-from shared._crypto import derive_from_password, wipe
+from shared._crypto import wipe
 from shared._passwords import check_strength
 
 from . import store
-from .keystore import FileKeystore, Keystore, choose_keystore
+from .hierarchy import HierarchyMixin
+from .recording import (
+    AUDIT_CALL_TIMEOUT_S,
+    AUDIT_OWN_PURPOSES,
+    REFUSED_NOT_RECORDING,
+    SHIP_PERIOD_S,
+    RecordingMixin,
+)
 from .schema import KeyReply, KeyRequest, Password, PasswordChange, Rotate, Token
+from .seal import SealMixin
 from .sessions import Sessions, Throttle
+
+# What this module offered before the split, re-exported so its importers (tests/) keep
+# working; mypy --strict does not re-export implicitly.
+__all__ = ["AUDIT_CALL_TIMEOUT_S", "AUDIT_OWN_PURPOSES", "REFUSED_NOT_RECORDING", "SHIP_PERIOD_S", "Keyvault"]
 
 log = structlog.get_logger("keyvault")
 
-#: Keys audit fetches for itself: released without a live audit record (it cannot record yet).
-AUDIT_OWN_PURPOSES: Final = frozenset({"audit-hmac", "audit-signing"})
-AUDIT_CALL_TIMEOUT_S: Final = 2.0    #: how long a key release waits for audit to record it
-SHIP_PERIOD_S: Final = 1.0           #: the spool shipper's period when nothing new is spooled
-REFUSED_NOT_RECORDING: Final = "audit is not recording: key release refused"
 
-
-class Keyvault(Service):
-    """Mesh name ``keyvault``."""
+class Keyvault(HierarchyMixin, SealMixin, RecordingMixin, Service):
+    """Mesh name ``keyvault``. The machinery its handlers call lives in the mixins (see the
+    module docstring); every handler is declared here, where the dispatch table looks."""
 
     name = "keyvault"
 
@@ -80,12 +87,13 @@ class Keyvault(Service):
         self.sessions = Sessions(cfg.session_idle_s, clock)
         self.throttle = Throttle(cfg.unlock_backoff_base_ms / 1000, cfg.unlock_backoff_max_ms / 1000, clock)
         self.checkpoint = checkpoint or (lambda step: None)
-        self.keys: dict[tuple[str, int], bytearray] = {}
-        self.state: store.VaultState | None = None
-        self.keystore: Keystore | None = None
-        self.keystore_warning: str | None = None
-        self.spool: Spool | None = None
-        self.shipper: AuditShipper | None = None
+        # The types of this state are declared on the mixins that use it (.seal, .recording).
+        self.keys = {}
+        self.state = None
+        self.keystore = None
+        self.keystore_warning = None
+        self.spool = None
+        self.shipper = None
         self._lock = asyncio.Lock()
         self._fetch_buckets: dict[str, TokenBucket] = {}
         self.clock = clock
@@ -94,109 +102,20 @@ class Keyvault(Service):
 
     async def on_start(self) -> None:
         """Load the state (refusing a corrupt one) and unlock from the keystore if it holds the key."""
-        self.home.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.spool = Spool(self.home.spool / "keyvault-audit.spool", self.config.keyvault.audit_spool_max_records)
-        if self.mesh is not None:  # None only when handlers are called directly (tests)
-            self.shipper = AuditShipper(self.spool, self.mesh, name="keyvault-audit-shipper", period=SHIP_PERIOD_S)
-            self.shipper.start()
+        self._open_audit_spool()
         self.state = store.load(self.home)
         if self.state is None:
             log.warning("keyvault_not_initialised", hint="run `meshctl init`")
             return
-        self.keystore, self.keystore_warning = choose_keystore(self.config.keyvault.keystore, self.home,
-                                                               self.state.mesh_id)
-        if self.keystore_warning:
-            log.warning("keystore_warning", warning=self.keystore_warning)
-        master = self.keystore.get()
-        if master is None:
-            log.info("sealed", reason="no master key in the keystore")
-            return
-        try:
-            self.keys = store.open_keys(self.state, master)
-            log.info("unsealed", keystore=self.keystore.name)
-            self._forget_stale_file_keystore()
-        except store.IntegrityError:
-            # A stale key (e.g. a crash between a password change and the keystore update):
-            # stay sealed until the operator unlocks with the current password.
-            log.warning("sealed", reason="the keystore's master key does not open the state")
-        finally:
-            wipe(master)
+        self._unseal_from_keystore(self.state)
 
     async def on_stop(self) -> None:
         self._wipe()
-        if self.shipper is not None:
-            await self.shipper.stop()
-            self.shipper = None
-        if self.spool is not None:
-            self.spool.close()
-
-    def _forget_stale_file_keystore(self) -> None:
-        # The master key moved to a platform keyring: a copy left in the file fallback
-        # would be a master key on disk for nothing.
-        if self.keystore is not None and not isinstance(self.keystore, FileKeystore):
-            stale = FileKeystore(self.home.keys / "master.keystore")
-            if stale.path.exists():
-                stale.delete()
-                log.info("file_keystore_removed", reason="the master key is in the platform keyring")
-
-    def _wipe(self) -> None:
-        for key in self.keys.values():
-            wipe(key)
-        self.keys = {}
-
-    def _audit(self, event: str, ctx: RequestContext, **details: Any) -> None:
-        """Spool an audit record durably (fsync) before the operation answers: fail closed."""
-        assert self.spool is not None
-        record = {"type": event, "time": time.time(), "actor": ctx.caller, "role": ctx.role, **details}
-        if not self.spool.append(record):
-            raise Unavailable("the audit spool is full; refusing until audit catches up")
-        self.spool.sync()
-        if self.shipper is not None:
-            self.shipper.notify()
-
-    async def _record_release(self, ctx: RequestContext, purpose: str, version: int) -> None:
-        """Have audit record a key release durably before the key leaves; refuse otherwise."""
-        record = {"type": "keyvault.key_release", "outcome": "ok", "target": purpose,
-                  "details": {"subject": ctx.caller, "role": ctx.role, "purpose": purpose, "version": version}}
-        timeout = min(AUDIT_CALL_TIMEOUT_S, max(0.1, ctx.remaining() - 0.5))
-        try:
-            if self.mesh is None:
-                raise Unavailable("keyvault is not connected to the mesh")
-            await self.mesh.call("audit.append", {"records": [record]}, timeout=timeout)
-        except MeshError as exc:
-            log.warning("key_release_refused", purpose=purpose, caller=ctx.caller, reason=exc.code)
-            self._audit("keyvault.key_refused", ctx, purpose=purpose, version=version,
-                        reason="audit not recording", audit_error=exc.code)
-            raise Unavailable(REFUSED_NOT_RECORDING) from None
+        await self._close_audit_spool()
 
     def _require_operator(self, ctx: RequestContext) -> None:
         if ctx.role != "operator":
             raise Forbidden("only an operator may do this")
-
-    def _require_state(self) -> store.VaultState:
-        if self.state is None:
-            raise Unavailable("keyvault is not initialised: run `meshctl init`")
-        return self.state
-
-    async def _check_password(self, password: str) -> bytearray:
-        """The master key for ``password``, derived off the event loop; throttled when wrong."""
-        state = self._require_state()
-        self.throttle.check()
-        secret = bytearray(password.encode())
-        try:
-            master = await asyncio.get_running_loop().run_in_executor(None, store.derive_master, secret, state)
-        finally:
-            wipe(secret)
-        try:
-            keys = store.open_keys(state, master)
-        except store.IntegrityError:
-            wipe(master)
-            self.throttle.failed()
-            raise Unauthenticated("wrong password") from None
-        for key in keys.values():
-            wipe(key)
-        self.throttle.succeeded()
-        return master
 
     # -- status, seal and unlock ---------------------------------------------------
 
@@ -225,11 +144,7 @@ class Keyvault(Service):
             try:
                 # The record is durable before anything is unsealed: no audit, no unlock.
                 self._audit("keyvault.unlock", ctx, outcome="ok")
-                assert self.state is not None and self.keystore is not None
-                self._wipe()
-                self.keys = store.open_keys(self.state, master)
-                self.keystore.put(master)
-                self._forget_stale_file_keystore()
+                self._unseal_with(master)
             finally:
                 wipe(master)
         await self._announce("security.unsealed")
@@ -241,24 +156,11 @@ class Keyvault(Service):
         SEALED until ``meshctl security unlock``. ``meshctl security lock``."""
         self._require_operator(ctx)
         async with self._lock:
+            # The record is durable before anything is wiped: no audit, no lock.
             self._audit("keyvault.lock", ctx, outcome="ok")
-            self._wipe()
-            self.sessions.clear_all()
-            if self.keystore is not None:
-                self.keystore.delete()
+            self._seal()
         await self._announce("security.sealed")
         return {"sealed": True}
-
-    async def _announce(self, topic: str, **body: Any) -> None:
-        # Services that hold keys wipe them on security.sealed, and fetch the new version on
-        # security.key_rotated. Best effort: the change itself already happened here, and a
-        # service that misses the event gets SEALED from us (or finds the version at its next start).
-        if self.mesh is None:
-            return
-        try:
-            await self.mesh.publish(topic, {"by": "keyvault", **body}, timeout=2)
-        except MeshError as exc:
-            log.warning("announce_failed", topic=topic, error=exc.code)
 
     # -- CLI sessions --------------------------------------------------------------
 
@@ -307,37 +209,7 @@ class Keyvault(Service):
             except Unauthenticated:
                 self._audit("keyvault.password_change", ctx, outcome="wrong-password")
                 raise
-            state = self._require_state()
-            keys = store.open_keys(state, old_master)
-            wipe(old_master)
-            self.checkpoint("old-password-checked")
-            salt = secrets.token_bytes(16)
-            profile = self.config.argon2.master
-            secret = bytearray(req.new_password.encode())
-            new_master = await asyncio.get_running_loop().run_in_executor(
-                None, derive_from_password, secret, salt, profile)
-            wipe(secret)
-            self.checkpoint("new-master-derived")
-            was_sealed = not self.keys
-            try:
-                new_state = store.rewrap(state, keys, new_master, salt, profile)
-                self._audit("keyvault.password_change", ctx, outcome="started")
-                store.save(self.home, new_state, self.checkpoint)
-                self.state = new_state
-                assert self.keystore is not None
-                if was_sealed:
-                    # A password change does not unseal: the keystore stays empty and the
-                    # keys stay wiped until `meshctl security unlock`.
-                    for key in keys.values():
-                        wipe(key)
-                else:
-                    self.keystore.put(new_master)
-                    self.checkpoint("keystore-updated")
-                    self._wipe()
-                    self.keys = keys
-                self._audit("keyvault.password_change", ctx, outcome="ok")
-            finally:
-                wipe(new_master)
+            await self._rewrap_all(ctx, old_master, req.new_password)
         return {"changed": True}
 
     @handler("keys.rotate", request=Rotate, concurrent=True)
@@ -356,17 +228,7 @@ class Keyvault(Service):
             except Unauthenticated:
                 self._audit("keyvault.key_rotate", ctx, purpose=req.purpose, outcome="wrong-password")
                 raise
-            try:
-                # Work on a copy: if the write fails, the state in memory stays what is on disk.
-                state = copy.deepcopy(self._require_state())
-                self._audit("keyvault.key_rotate", ctx, purpose=req.purpose, outcome="started")
-                version, key = store.add_version(state, master, req.purpose)
-                store.save(self.home, state)
-                self.state = state
-                self.keys[(req.purpose, version)] = key
-                self._audit("keyvault.key_rotate", ctx, purpose=req.purpose, version=version, outcome="ok")
-            finally:
-                wipe(master)
+            version = self._add_version(ctx, req.purpose, master)
         await self._announce("security.key_rotated", purpose=req.purpose, version=version)
         return {"purpose": req.purpose, "version": version}
 
