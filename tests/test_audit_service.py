@@ -368,3 +368,46 @@ async def test_kill_9_while_producers_append_loses_nothing_acknowledged(short_tm
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_audit_hmac_rotation_rekeys_the_log_live_and_after_a_restart(short_tmp: Path) -> None:
+    async with rig(short_tmp / "h") as r:
+        await r.append(30)
+        rotated = await r.operator.call("keyvault.keys.rotate", {"purpose": "audit-hmac", "password": PASSWORD},
+                                        timeout=30)
+        assert rotated["version"] == 2
+        # audit hears security.key_rotated and re-keys the open database to version 2.
+        await eventually(lambda: _opens_with(r, 2), deadline=20)
+        await r.append(10)
+        assert (await r.operator.call("audit.verify", timeout=30))["ok"]
+        # A rotation while audit is stopped: at start it opens with version 2 and re-keys to 3.
+        await r.stop_audit()
+        assert (await r.operator.call("keyvault.keys.rotate", {"purpose": "audit-hmac", "password": PASSWORD},
+                                      timeout=30))["version"] == 3
+        await r.start_audit()
+        await eventually(lambda: _status(r, "ok"), deadline=20)
+        assert await _opens_with(r, 3) and not await _opens_with(r, 2)
+        await r.append(5)
+        result = await r.operator.call("audit.verify", timeout=30)
+        assert result["ok"] and result["size"] >= 45
+
+
+async def test_audit_signing_key_rotation_is_refused(short_tmp: Path) -> None:
+    async with rig(short_tmp / "h") as r:
+        with pytest.raises(MeshError) as refused:
+            await r.operator.call("keyvault.keys.rotate", {"purpose": "audit-signing", "password": PASSWORD},
+                                  timeout=30)
+        assert refused.value.code == "BAD_REQUEST" and "cannot be rotated" in refused.value.message
+        assert (await r.operator.call("audit.verify", timeout=30))["ok"]
+
+
+async def _opens_with(r: Rig, version: int) -> bool:
+    """True when the audit database opens with the key derived from ``audit-hmac`` ``version``."""
+    reply = await call_handler(r.vault, "keys.get", {"purpose": "audit-hmac", "version": version}, caller="audit",
+                               role="service")
+    key = derive_subkey(bytearray(reply["key"]), "audit-db")
+    try:
+        AuditStore.open(db_path(r.home), key).close()
+    except MeshError:
+        return False
+    return True

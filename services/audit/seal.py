@@ -15,12 +15,18 @@ Contract:
 - While sealed the keeper retries with a delay growing from :data:`KEY_RETRY_MIN_S` to
   :data:`KEY_RETRY_MAX_S`, and at once on ``security.unsealed``; once unsealed it signs a
   checkpoint every :data:`~.writer.CHECKPOINT_EVERY_S` seconds when records arrived since.
+- Rotation of ``audit-hmac``: on ``security.key_rotated`` the open database is re-keyed to the new
+  version (``PRAGMA rekey``) and new details are hashed with it; if the rotation happened while
+  audit was stopped or sealed, unsealing finds the older version that opens the database and
+  re-keys it. Hashed detail fields of older records stay hashed under the older version (they can
+  no longer be matched against new ones). ``audit-signing`` is not rotated: keyvault refuses it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+from pathlib import Path
 from typing import Any, Final
 
 import structlog
@@ -51,6 +57,8 @@ class SealMixin(WriterMixin):
     public_key: bytes | None
     _db_key: bytearray | None
     _hash_key: bytearray | None
+    #: The database key of an older ``audit-hmac`` version, held only while unsealing re-keys.
+    _older_db_key: bytearray | None = None
     _unseal_lock: asyncio.Lock
     _wake: asyncio.Event
 
@@ -78,13 +86,94 @@ class SealMixin(WriterMixin):
                 continue
             if event.topic == "security.unsealed":
                 self._wake.set()
+            elif event.topic == "security.key_rotated" and isinstance(event.body, dict) \
+                    and event.body.get("purpose") == "audit-hmac":
+                await self.rotate_db_key()
             elif event.topic == "security.sealed":
                 await self._seal("security.sealed")
 
-    async def _fetch_key(self, purpose: str) -> bytearray:
-        reply = await self.mesh.call("keyvault.keys.get", {"purpose": purpose}, timeout=KEY_CALL_TIMEOUT_S)
+    async def _fetch_key(self, purpose: str, version: int | None = None) -> tuple[int, bytearray]:
+        body: dict[str, Any] = {"purpose": purpose} if version is None else {"purpose": purpose, "version": version}
+        reply = await self.mesh.call("keyvault.keys.get", body, timeout=KEY_CALL_TIMEOUT_S)
         # The reply's bytes object cannot be wiped (shared/_crypto.py); the copy we keep can.
-        return bytearray(reply["key"])
+        return int(reply["version"]), bytearray(reply["key"])
+
+    def _open_store(self, path: Path, key: bytearray) -> AuditStore:
+        """Open the database with ``key``; re-key it to ``key`` when it is still under an older
+        ``audit-hmac`` version (the rotation happened while audit was stopped or sealed)."""
+        try:
+            return AuditStore.open(path, key)
+        except StoreError:
+            if self._older_db_key is None:
+                raise
+        store = AuditStore.open(path, self._older_db_key)
+        try:
+            store.rekey(key)
+        except BaseException:
+            store.close()
+            raise
+        log.warning("audit_db_rekeyed", reason="audit-hmac was rotated")
+        return store
+
+    async def _older_keys_if_needed(self, version: int, key: bytearray) -> None:
+        """When the current version's database key does not open the database, find the older one
+        that does (a rotation while audit was stopped or sealed)."""
+        db_key = derive_subkey(key, "audit-db")
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: AuditStore.open(db_path(self.home), db_key).close())
+            return
+        except StoreError:
+            await self._older_keys(version)
+        finally:
+            wipe(db_key)
+
+    async def _older_keys(self, version: int) -> None:
+        """Derive the database keys of the ``audit-hmac`` versions before ``version``, newest first,
+        for :meth:`_open_store` (only the one that opens the database is kept)."""
+        path = db_path(self.home)
+        for older in range(version - 1, 0, -1):
+            _, key = await self._fetch_key("audit-hmac", older)
+            try:
+                db_key = derive_subkey(key, "audit-db")
+            finally:
+                wipe(key)
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(None, lambda k=db_key: AuditStore.open(path, k).close())
+            except StoreError:
+                wipe(db_key)
+                continue
+            self._older_db_key = db_key
+            return
+
+    async def rotate_db_key(self) -> None:
+        """``security.key_rotated`` for ``audit-hmac``: re-key the open database to the new version and
+        hash new details with it. Appends wait meanwhile (the write lock)."""
+        async with self._write_lock:
+            if self.state != "ok" or self.store is None:
+                return  # the next unseal opens (and if need be re-keys) with the current version
+            try:
+                _, hmac_key = await self._fetch_key("audit-hmac")
+            except MeshError as exc:
+                log.warning("rotated_key_not_fetched", purpose="audit-hmac", reason=exc.code)
+                return
+            try:
+                db_key, hash_key = derive_subkey(hmac_key, "audit-db"), derive_subkey(hmac_key, "audit-details")
+            finally:
+                wipe(hmac_key)
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.store.rekey, db_key)
+            except StoreError as exc:
+                wipe(db_key)
+                wipe(hash_key)
+                log.error("audit_db_rekey_failed", reason=exc.message)
+                return
+            for old in (self._db_key, self._hash_key):
+                if old is not None:
+                    wipe(old)
+            self._db_key, self._hash_key = db_key, hash_key
+            log.warning("audit_db_rekeyed", reason="audit-hmac was rotated")
 
     async def _try_unseal(self) -> bool:
         """Fetch the keys, open and verify the log. True when the service is no longer sealed."""
@@ -92,8 +181,11 @@ class SealMixin(WriterMixin):
             if self.state != "sealed":
                 return True
             try:
-                hmac_key = await self._fetch_key("audit-hmac")
-                self._sign_key = await self._fetch_key("audit-signing")
+                hmac_version, hmac_key = await self._fetch_key("audit-hmac")
+                _, self._sign_key = await self._fetch_key("audit-signing")
+                self._older_db_key = None
+                if hmac_version > 1 and db_path(self.home).exists():
+                    await self._older_keys_if_needed(hmac_version, hmac_key)
             except MeshError as exc:
                 log.info("sealed", reason=exc.code, detail=exc.message)
                 return False
@@ -110,7 +202,7 @@ class SealMixin(WriterMixin):
                 log.warning("checkpoint_slot_warning", warning="trusted checkpoint protected by file permissions only")
             loop = asyncio.get_running_loop()
             try:
-                store = await loop.run_in_executor(None, AuditStore.open, db_path(self.home), self._db_key)
+                store = await loop.run_in_executor(None, self._open_store, db_path(self.home), self._db_key)
             except StoreError as exc:
                 self.state, self.problem = "failed", exc.message
                 log.error("audit_db_unusable", reason=exc.message)
@@ -122,6 +214,9 @@ class SealMixin(WriterMixin):
                 self.state, self.problem = "tampered", exc.message
                 log.error("audit_log_tampered", first_bad=exc.sequence, reason=exc.message)
                 return True
+            if self._older_db_key is not None:
+                wipe(self._older_db_key)
+                self._older_db_key = None
             self.store, self.head, self.latest, self.state, self.problem = store, head, latest, "ok", None
             log.info("unsealed", size=head.size, checkpoint_size=latest.tree_size if latest else 0)
             if latest is not None and (trusted is None or trusted.tree_size < latest.tree_size):

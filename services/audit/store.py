@@ -101,6 +101,20 @@ class AuditStore:
         os.chmod(path, 0o600)
         return cls(db, path)
 
+    def rekey(self, new_key: bytes | bytearray) -> None:
+        """Re-encrypt the database under ``new_key`` (``PRAGMA rekey``: the rewritten pages commit
+        atomically through the WAL, so a crash leaves the database under exactly one of the two
+        keys), then check that a fresh connection opens with it. :class:`StoreError` on failure."""
+        if len(new_key) != 32:
+            raise BadRequest("the audit database key must be 32 bytes")
+        try:
+            # As for PRAGMA key, the hex string cannot be wiped; it lives for this statement only.
+            self._db.execute(f"PRAGMA rekey = \"x'{new_key.hex()}'\"")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlcipher3.DatabaseError:
+            raise StoreError(f"{self.path}: re-keying the audit database failed") from None
+        AuditStore.open(self.path, new_key).close()
+
     def close(self) -> None:
         """Close the connection (SQLite checkpoints the WAL into the main file when it is the last)."""
         self._db.close()

@@ -220,6 +220,11 @@ class Keyvault(HierarchyMixin, SealMixin, RecordingMixin, Service):
         self._require_operator(ctx)
         if req.purpose not in PURPOSES:
             raise BadRequest(f"unknown purpose; purposes are {', '.join(PURPOSES)}")
+        if req.purpose == "audit-signing":
+            # Every stored checkpoint is verified against this key (and exports against its public
+            # half): a new version would make the existing log unverifiable, so it is refused.
+            raise BadRequest("audit-signing cannot be rotated: the audit log's checkpoints are verified "
+                             "against it")
         async with self._lock:
             if not self.keys:
                 raise Sealed("the mesh is sealed: run `meshctl security unlock`")
