@@ -15,6 +15,7 @@ orphaned child should the bench itself be killed.
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import shutil
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Final
+from typing import IO, Any, Final
 
 from shared import MeshHome
 from shared._provision import provision
@@ -79,6 +80,32 @@ def child_env(home: MeshHome) -> dict[str, str]:
     env["CURVEMESH_HOME"] = str(home.root)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return env
+
+
+def run_json_child(module_args: list[str], env: dict[str, str], what: str, timeout: float,
+                   stdin: bytes | None = None) -> dict[str, Any]:
+    """Run ``python -m bench.guard <module_args>`` (so it dies with the bench) and return the JSON
+    object on the last line of its stdout. Killed on any way out; every wait has a deadline; a
+    failure is a :class:`BenchError` naming ``what`` with the tail of the child's stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench.guard", *module_args], cwd=REPO, env=env,
+                            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0)
+    try:
+        out, err = proc.communicate(stdin, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{what}: no result within {timeout:.0f} s") from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=5)
+    if proc.returncode != 0:
+        tail = "\n".join(err.decode("utf-8", "replace").splitlines()[-15:])
+        raise BenchError(f"{what}: child exited with status {proc.returncode}\n{tail}")
+    try:
+        result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise BenchError(f"{what}: no result line from the child") from None
+    return result
 
 
 @dataclass

@@ -33,7 +33,6 @@ import json
 import os
 import resource
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ from typing import Any, Final
 from shared import Argon2Profile, MeshClient, MeshConfig, MeshError, MeshHome, Spool, load_config
 from shared._provision import provision
 
-from .harness import REPO, BenchError, Children, child_env, remove_home
+from .harness import REPO, BenchError, Children, child_env, remove_home, run_json_child
 from .measure import cpu_seconds, percentile, proc_status_kib, reset_peak_rss
 
 #: The identities of the key-fetch home (the broker's keypair is always made).
@@ -150,27 +149,9 @@ def _make_home(mesh_toml: str, identities: dict[str, str] | None = None) -> Mesh
 
 
 def _run_child(home: MeshHome, mode: str, password: str) -> dict[str, Any]:
-    """Run ``python -m bench.keyvault <mode>`` in ``home`` (through :mod:`bench.guard`, so it
-    dies with the bench); return its JSON line. Killed on any way out; waits have deadlines."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench.guard", "bench.keyvault", mode], cwd=REPO,
-                            env=child_env(home), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, process_group=0)
-    try:
-        out, err = proc.communicate(password.encode(), timeout=CHILD_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"keyvault {mode}: no result within {CHILD_TIMEOUT:.0f} s") from None
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=5)
-    if proc.returncode != 0:
-        tail = "\n".join(err.decode("utf-8", "replace").splitlines()[-15:])
-        raise BenchError(f"keyvault {mode}: child exited with status {proc.returncode}\n{tail}")
-    try:
-        result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise BenchError(f"keyvault {mode}: no result line from the child") from None
-    return result
+    """Run ``python -m bench.keyvault <mode>`` in ``home`` with the password on stdin; its JSON line."""
+    return run_json_child(["bench.keyvault", mode], child_env(home), f"keyvault {mode}", CHILD_TIMEOUT,
+                          stdin=password.encode())
 
 
 def measure_unlock(runs: int) -> dict[str, Any]:

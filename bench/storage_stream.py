@@ -20,19 +20,16 @@ fresh files in the temporary directory it is given, removed after:
 from __future__ import annotations
 
 import gc
-import json
 import os
 import resource
 import secrets
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from .harness import REPO, BenchError
+from .harness import REPO, BenchError, run_json_child
 from .measure import proc_status_kib, reset_peak_rss
 from .storage import MIB, PIECE_BYTES, Pair, Rounds, _timed, _values
 
@@ -190,24 +187,8 @@ def measure_rss(work: Path, mib: int) -> dict[str, Any]:
     """Run the RSS child on a ``mib`` MiB file in ``work``; its JSON result."""
     env = {k: v for k, v in os.environ.items() if k != "CURVEMESH_CONFIG"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    proc = subprocess.Popen([sys.executable, "-m", "bench.guard", "bench.storage", "rss", str(work), str(mib * MIB)],
-                            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, process_group=0)
-    try:
-        out, err = proc.communicate(timeout=CHILD_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"storage rss child: no result within {CHILD_TIMEOUT:.0f} s") from None
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=5)
-    if proc.returncode != 0:
-        tail = "\n".join(err.decode("utf-8", "replace").splitlines()[-15:])
-        raise BenchError(f"storage rss child exited with status {proc.returncode}\n{tail}")
-    try:
-        result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise BenchError("storage rss child: no result line") from None
+    result = run_json_child(["bench.storage", "rss", str(work), str(mib * MIB)], env, "storage rss child",
+                            CHILD_TIMEOUT)
     print(f"storage: {mib} MiB file through FileStore: write {result['write_mb_s']:,.0f} MB/s, read "
           f"{result['read_mb_s']:,.0f} MB/s, peak RSS +{result['rss_increase_kib'] / 1024:.1f} MiB", flush=True)
     return result
