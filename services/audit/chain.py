@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -228,12 +228,7 @@ class LogHead:
                                chain_head=self.chain_head, time=time)
 
 
-def _cut_or_restored(size: int, covered: int, what: str) -> TamperError:
-    return TamperError(f"the log has {size} records but {what} covers {covered}: records {size} to {covered - 1} "
-                       "were cut off, or an older copy of the log was restored", sequence=size)
-
-
-def verify_log(entries: Sequence[LogEntry], checkpoints: Sequence[Checkpoint], public_key: bytes,
+def verify_log(entries: Iterable[LogEntry], checkpoints: Sequence[Checkpoint], public_key: bytes,
                trusted_latest: Checkpoint | None = None) -> LogHead:
     """Verify a whole stored log, in order, and raise at the first thing that is wrong.
 
@@ -246,55 +241,11 @@ def verify_log(entries: Sequence[LogEntry], checkpoints: Sequence[Checkpoint], p
     back or rewritten. Raises :class:`TamperError` with the first bad ``sequence`` where a record
     is at fault, and :class:`BadRequest` for a malformed public key. Returns the verified log's
     :class:`LogHead`, ready to append to: the service need not hash its log twice at startup.
+
+    ``entries`` may be any iterable read once, in order (a list, or records streamed from the
+    database): the checks run one record at a time in :class:`.verifier.LogVerifier`, which holds
+    the chain head, the Merkle frontier and the checkpoints only, never the records.
     """
-    if trusted_latest is not None:
-        verify_checkpoint(public_key, trusted_latest)  # a forged "trusted" checkpoint vouches for nothing
-    frontier, head = Frontier(), GENESIS
-    vouched, previous, pending = 0, None, 0  # records [0, vouched) match a verified checkpoint
-
-    def check(cp: Checkpoint, what: str) -> None:
-        if cp.root == frontier.root() and cp.chain_head == head:
-            return
-        if frontier.size == vouched:  # no record to blame: two signed statements disagree
-            forked = ", which an earlier signed checkpoint vouches for: the log was forked" if previous else ""
-            raise TamperError(f"{what} at tree size {cp.tree_size} contradicts the first {vouched} records{forked}")
-        raise TamperError(f"records {vouched} to {frontier.size - 1} do not match {what} at tree size {cp.tree_size}: "
-                          "a record was modified, deleted or reordered and the hash chain after it rewritten",
-                          sequence=vouched)
-
-    for size in range(len(entries) + 1):
-        while pending < len(checkpoints) and checkpoints[pending].tree_size <= size:
-            cp = checkpoints[pending]
-            verify_checkpoint(public_key, cp)
-            if previous is not None and (cp.tree_size < previous.tree_size or cp.time < previous.time):
-                raise TamperError(f"the checkpoint at tree size {cp.tree_size} follows one at tree size "
-                                  f"{previous.tree_size}: checkpoints were reordered or an older one restored")
-            check(cp, "the signed checkpoint")
-            vouched, previous, pending = size, cp, pending + 1
-        if trusted_latest is not None and trusted_latest.tree_size == size:
-            check(trusted_latest, "the trusted latest checkpoint")
-        if size == len(entries):
-            break
-        entry = entries[size]
-        seq = entry.record.seq
-        if seq != size:
-            if seq > size and all(e.record.seq != size for e in entries[size + 1:]):
-                raise TamperError(f"record {size} is missing: it was deleted", sequence=size)
-            raise TamperError(f"record {size} is out of place, record {seq} stands in its position: the log was "
-                              "reordered or a record duplicated", sequence=size)
-        try:
-            canonical = encode_record(entry.record)
-        except BadRequest as exc:
-            raise TamperError(f"record {size} is corrupt: {exc.message}", sequence=size) from None
-        if entry.chain_hash != chain_hash(head, canonical):
-            also = f" (or record {size - 1} was, along with its chain hash)" if size else ""
-            raise TamperError(f"record {size} does not match its chain hash: it was modified{also}", sequence=size)
-        frontier.append(leaf_hash(canonical))
-        head = entry.chain_hash
-    if pending < len(checkpoints):
-        cp = checkpoints[pending]
-        verify_checkpoint(public_key, cp)
-        raise _cut_or_restored(len(entries), cp.tree_size, "a signed checkpoint in the log")
-    if trusted_latest is not None and trusted_latest.tree_size > len(entries):
-        raise _cut_or_restored(len(entries), trusted_latest.tree_size, "the trusted latest checkpoint")
-    return LogHead(len(entries), head, frontier)
+    # Imported here, not at the top: the verifier builds on this module's types and functions.
+    from .verifier import verify_entries
+    return verify_entries(entries, checkpoints, public_key, trusted_latest)

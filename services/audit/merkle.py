@@ -130,7 +130,7 @@ class MerkleTree:
 
     def __init__(self, leaf_hashes: Iterable[bytes]) -> None:
         level = list(leaf_hashes)
-        self._levels = [level]
+        self._levels: list[Sequence[bytes]] = [level]  # a subclass may pack them (.pages)
         while len(level) > 1:
             upper = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
             if len(level) & 1:

@@ -32,8 +32,8 @@ from .merkle import MerkleTree, leaf_hash, verify_inclusion
 
 __all__ = [
     "BUNDLE_FORMAT", "EXPORT_FORMAT", "Bundle",
-    "decode_checkpoint", "decode_record", "encode_checkpoint", "export_bundle", "pack_export", "verify_bundle",
-    "verify_export",
+    "decode_checkpoint", "decode_record", "encode_checkpoint", "export_bundle", "pack_bundle", "pack_export",
+    "verify_bundle", "verify_export",
 ]
 
 BUNDLE_FORMAT: Final = "curvemesh-audit-bundle/v1"
@@ -100,9 +100,16 @@ def export_bundle(records: Sequence[Record], checkpoint: Checkpoint, *, only: It
     chosen = range(size) if only is None else sorted(set(only))
     if any(type(seq) is not int for seq in chosen) or (chosen and not 0 <= chosen[0] <= chosen[-1] < size):
         raise BadRequest(f"only records 0 to {size - 1} can be proven against this checkpoint")
-    entries = [{"seq": seq, "record": canonical[seq], "proof": tree.inclusion_proof(seq)} for seq in chosen]
+    return pack_bundle(checkpoint, ((seq, canonical[seq], tree.inclusion_proof(seq)) for seq in chosen))
+
+
+def pack_bundle(checkpoint: Checkpoint, entries: Iterable[tuple[int, bytes, Sequence[bytes]]]) -> bytes:
+    """The bundle bytes for ``entries`` already proven against ``checkpoint``: each is (sequence
+    number, canonical record bytes, inclusion proof), in increasing order. The one place the
+    bundle layout is written (:func:`export_bundle`, and export pages from a cached tree)."""
+    records = [{"seq": seq, "record": canonical, "proof": list(proof)} for seq, canonical, proof in entries]
     data: bytes = msgpack.packb({"format": BUNDLE_FORMAT, "checkpoint": encode_checkpoint(checkpoint),
-                                 "records": entries}, use_bin_type=True)
+                                 "records": records}, use_bin_type=True)
     return data
 
 

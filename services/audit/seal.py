@@ -9,9 +9,10 @@ Contract:
   bytearrays here only and are wiped by :meth:`SealMixin._seal` (on ``security.sealed`` from
   keyvault, and at stop).
 - :meth:`SealMixin._try_unseal` moves ``state`` from ``sealed`` to ``ok`` (the whole log verified
-  against the trusted checkpoint, open alerts rebuilt from it), ``tampered`` (it logs the first
-  bad record and never rewrites the trusted copy to make a bad log pass) or ``failed`` (the
-  database cannot be opened). Failing to reach keyvault leaves it ``sealed``.
+  against the trusted checkpoint in one streamed pass, :mod:`.scan`, which also rebuilds the open
+  alerts), ``tampered`` (it logs the first bad record and never rewrites the trusted copy to make
+  a bad log pass) or ``failed`` (the database cannot be opened). Failing to reach keyvault leaves
+  it ``sealed``.
 - While sealed the keeper retries with a delay growing from :data:`KEY_RETRY_MIN_S` to
   :data:`KEY_RETRY_MAX_S`, and at once on ``security.unsealed``; once unsealed it signs a
   checkpoint every :data:`~.writer.CHECKPOINT_EVERY_S` seconds when records arrived since.
@@ -37,7 +38,9 @@ from shared._keystore import choose_keystore
 
 from .chain import Checkpoint, LogHead, public_key_of
 from .errors import TamperError
-from .store import AuditStore, StoreError, db_path, verify_store
+from .pages import TREES
+from .scan import scan
+from .store import AuditStore, StoreError, db_path
 from .writer import CHECKPOINT_EVERY_S, WriterMixin
 
 log = structlog.get_logger("audit")  # one logger name for the whole service, as before the split
@@ -224,17 +227,26 @@ class SealMixin(WriterMixin):
             return True
 
     def _verify(self, store: AuditStore) -> tuple[LogHead, Checkpoint | None, Checkpoint | None]:
+        """Verify the whole log in one streamed read that also rebuilds the open alerts.
+
+        Only a verified log is evidence: the open alerts come back from it (a restart forgets
+        nothing). The rebuild reads the verification stream itself, so the log is read once and
+        never held; it replaces the open alerts only after its loop, and the stream raises before
+        ending when anything is wrong, so a log that fails verification rebuilds nothing."""
         assert self.public_key is not None and self.slot is not None
-        head, latest, trusted, entries = verify_store(store, self.public_key, self.slot)
-        # Only a verified log is evidence: the open alerts come back from it (a restart forgets nothing).
-        try:
-            reopened = self.alerts.engine.rebuild(entry.record for entry in entries)
-        except Exception as exc:  # noqa: BLE001 - the log is fine; losing open alerts must not seal audit
-            log.error("alerts_not_rebuilt", error_type=type(exc).__name__)
-        else:
-            if reopened:
-                log.warning("alerts_reopened", open=reopened)
-        return head, latest, trusted
+        with scan(store, self.public_key, self.slot) as verified:
+            try:
+                reopened = self.alerts.engine.rebuild(verified.records())
+            except Exception as exc:
+                if verified.failed:  # the log (or reading it) failed, not the rebuild
+                    raise
+                # The log may well be fine: losing the open alerts must not seal audit.
+                log.error("alerts_not_rebuilt", error_type=type(exc).__name__)
+            else:
+                if reopened:
+                    log.warning("alerts_reopened", open=reopened)
+            head = verified.finish()  # whatever a failed rebuild left unread is verified all the same
+            return head, verified.latest, verified.trusted
 
     async def _seal(self, reason: str) -> None:
         async with self._write_lock:
@@ -246,5 +258,6 @@ class SealMixin(WriterMixin):
                 if key is not None:
                     wipe(key)
             self.store = self.head = self._db_key = self._sign_key = self._hash_key = None
+            TREES.forget(db_path(self.home))  # verified export trees live only while unsealed
             self.state, self.problem = "sealed", reason
             log.info("sealed", reason=reason)

@@ -26,7 +26,10 @@ them. Only that listener may append ``process.*`` records.
 
 The module split: this class is the wire surface (every handler, and the lifecycle hooks); the
 group-commit and checkpoint writer is :mod:`.writer`, the seal state (keys, unseal and verify,
-seal and wipe) is :mod:`.seal`, and export paging is :mod:`.export`. Names other code imports
+seal and wipe) is :mod:`.seal`, and export paging is :mod:`.export`. Verification of the stored
+log (at unseal, ``verify``, an export's first page) is one streamed pass, :mod:`.scan` over
+:mod:`.verifier`, in memory that does not grow with the log; export pages reuse the verified
+tree of their checkpoint (:mod:`.pages`). Names other code imports
 from here (``Audit``, ``export_page``, the constants) stay importable from here (``__all__``).
 """
 

@@ -9,10 +9,13 @@ Contracts:
 - Durable (invariant 9): WAL with ``synchronous = FULL``, so a commit is on disk when
   :meth:`AuditStore.append` returns. A batch (records and, optionally, a checkpoint) is one
   transaction: all of it or none of it.
-- The store does not judge what it reads back: :meth:`AuditStore.load` returns the rows as
-  :class:`~.chain.LogEntry` and :class:`~.chain.Checkpoint` in primary-key order, and
-  :func:`~.chain.verify_log` decides whether they are the log that was written. Only a row
-  that cannot even be decoded raises :class:`~.errors.TamperError` here, naming it.
+- The store does not judge what it reads back: :meth:`AuditStore.entries` streams the rows as
+  :class:`~.chain.LogEntry` in primary-key order (:data:`BATCH_ROWS` rows per query, one row
+  decoded at a time, so reading the log costs memory for one record, not the log),
+  :meth:`AuditStore.checkpoints` lists the :class:`~.chain.Checkpoint` rows, and the verifier
+  (:mod:`.scan`, :func:`~.chain.verify_log`) decides whether they are the log that was written.
+  Only a row that cannot even be decoded raises :class:`~.errors.TamperError` here, naming it.
+  :meth:`AuditStore.snapshot` makes several reads see one committed state of the database.
 
 A connection is used from one thread at a time: the service serialises writes, and readers
 (``tail``, ``verify``, ``export``) open a connection of their own (WAL lets them read while a
@@ -22,7 +25,8 @@ commit is in progress; opening with a raw key costs well under a millisecond).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -32,11 +36,17 @@ import sqlcipher3  # no stubs: pyproject.toml's mypy overrides ignore its import
 from shared import BadRequest, MeshError, MeshHome
 from shared._keystore import Keystore
 
-from .chain import Checkpoint, LogEntry, LogHead, Record, encode_record, verify_log
+from .chain import Checkpoint, LogEntry, LogHead, Record, encode_record
 from .errors import TamperError
 from .proofs import decode_checkpoint, decode_record, encode_checkpoint
+from .scan import read_trusted, scan, verify_head
 
-__all__ = ["AuditStore", "StoreError", "db_path", "read_trusted", "verify_report", "verify_store"]
+__all__ = ["BATCH_ROWS", "AuditStore", "StoreError", "db_path", "read_trusted", "verify_report", "verify_store"]
+
+#: Rows per query when the log is read in order. Each batch is one short statement (a cursor over
+#: ``seq >= last + 1``), its rows decoded one at a time, so memory holds one record at a time.
+BATCH_ROWS: Final = 10_000
+_LAST_SEQ: Final = (1 << 63) - 1  # SQLite's largest integer key: "no upper bound"
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS records (
@@ -152,20 +162,60 @@ class AuditStore:
     # -- reading ----------------------------------------------------------------------
 
     def load(self) -> tuple[list[LogEntry], list[Checkpoint]]:
-        """Every record and checkpoint, in primary-key order, for :func:`~.chain.verify_log`.
+        """Every record and checkpoint, in primary-key order, all in memory: for tests and tools over
+        small logs. The service streams instead (:meth:`entries`, :mod:`.scan`).
 
         Raises :class:`TamperError` naming the first row that does not decode at all.
         """
-        entries: list[LogEntry] = []
-        for seq, blob, chain in self._db.execute("SELECT seq, record, chain_hash FROM records ORDER BY seq"):
-            entries.append(LogEntry(_decode(seq, blob), bytes(chain)))
+        with self.snapshot():
+            return list(self.entries()), self.checkpoints()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see one committed state of the database: a read transaction (WAL lets the
+        writer go on meanwhile; its commits become visible after). Without it, a commit between two
+        batches of :meth:`entries`, or between the records and the checkpoints, could show a
+        checkpoint whose records are not there yet, which verification would call a truncation."""
+        if self._db.in_transaction:  # already inside one: it is the snapshot
+            yield
+            return
+        self._db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")  # nothing was written: ending the read is all it does
+
+    def entries(self, start: int = 0, stop: int | None = None, batch: int = BATCH_ROWS) -> Iterator[LogEntry]:
+        """The records whose row key is in ``[start, stop)``, in order, decoded one at a time.
+
+        Read ``batch`` rows per query, each query going on from the last key seen, so a reader
+        that pauses (the alert rebuild consuming the stream) holds no long-lived statement open.
+        Raises :class:`TamperError` naming a row that does not decode, when the stream reaches it.
+        """
+        end = _LAST_SEQ if stop is None else stop
+        query = "SELECT seq, record, chain_hash FROM records WHERE seq >= ? AND seq < ? ORDER BY seq LIMIT ?"
+        while start < end:
+            fetched = 0
+            for seq, blob, chain in self._db.execute(query, (start, end, batch)):
+                fetched += 1
+                start = seq + 1
+                yield LogEntry(_decode(seq, blob), bytes(chain))
+            if fetched < batch:
+                return
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every stored checkpoint in tree-size order (few: at most one per hundred records).
+        Raises :class:`TamperError` naming the first row that does not decode."""
         checkpoints: list[Checkpoint] = []
         for size, blob in self._db.execute("SELECT tree_size, blob FROM checkpoints ORDER BY tree_size"):
-            try:
-                checkpoints.append(decode_checkpoint(bytes(blob)))
-            except BadRequest as exc:
-                raise TamperError(f"the stored checkpoint at tree size {size} is corrupt: {exc.message}") from None
-        return entries, checkpoints
+            checkpoints.append(_decode_checkpoint(size, blob))
+        return checkpoints
+
+    def checkpoint_at(self, tree_size: int) -> Checkpoint | None:
+        """The stored checkpoint of ``tree_size``, or None. Its signature is not checked here."""
+        row = self._db.execute("SELECT tree_size, blob FROM checkpoints WHERE tree_size = ?", (tree_size,)).fetchone()
+        return None if row is None else _decode_checkpoint(row[0], row[1])
 
     def tail(self, limit: int, event: str | None = None, actor: str | None = None,
              scan_limit: int = 100_000) -> list[Record]:
@@ -197,19 +247,16 @@ def _decode(seq: int, blob: bytes) -> Record:
         raise TamperError(f"record {seq} is corrupt: {exc.message}", sequence=seq) from None
 
 
-# -- verification over a store (blocking; the service runs these off the event loop) ---------
-
-
-def read_trusted(slot: Keystore) -> Checkpoint | None:
-    """The trusted latest checkpoint kept in ``slot``, or None when the slot is empty.
-    A slot holding something that is not a checkpoint raises :class:`TamperError`."""
-    blob = slot.get()
-    if blob is None:
-        return None
+def _decode_checkpoint(size: int, blob: bytes) -> Checkpoint:
     try:
         return decode_checkpoint(bytes(blob))
     except BadRequest as exc:
-        raise TamperError(f"the trusted latest checkpoint is corrupt: {exc.message}") from None
+        raise TamperError(f"the stored checkpoint at tree size {size} is corrupt: {exc.message}") from None
+
+
+# -- verification over a store (blocking; the service runs these off the event loop) ---------
+#
+# The streaming pass itself is :mod:`.scan`; read_trusted lives there and is re-exported here.
 
 
 def verify_store(store: AuditStore, public_key: bytes,
@@ -217,29 +264,25 @@ def verify_store(store: AuditStore, public_key: bytes,
     """Verify everything in ``store`` against the trusted copy in ``slot``; return the log head,
     the latest checkpoint in the log, the trusted one, and the entries. Raises :class:`TamperError`.
 
-    The trusted copy is read first: the service updates it only after a newer checkpoint is
-    durable, so a commit racing this read can only make the log longer than it, never shorter.
+    This form returns (so holds) every entry: for tests and tools over small logs. The service's
+    own paths (unseal, ``audit.verify``, ``audit.export``) stream with :mod:`.scan` instead, which
+    runs the very same checks in constant memory.
     """
-    trusted = read_trusted(slot)
-    entries, checkpoints = store.load()
-    if trusted is None and checkpoints:
-        # Signed history but no trusted copy: the slot was wiped, or this log was planted. Nothing
-        # then vouches against a rollback, so refuse rather than guess.
-        raise TamperError(f"the trusted latest checkpoint is missing but the log holds {len(entries)} records "
-                          "and signed checkpoints: the slot was cleared or the log was replaced")
-    head = verify_log(entries, checkpoints, public_key, trusted)
-    return head, (checkpoints[-1] if checkpoints else None), trusted, entries
+    with scan(store, public_key, slot) as verified:
+        entries = list(verified.entries())
+        head = verified.finish()
+        return head, verified.latest, verified.trusted, entries
 
 
 def verify_report(path: Path, key: bytes | bytearray, public_key: bytes, slot: Keystore) -> dict[str, object]:
-    """``{ok, size, checkpoint_size, first_bad?, error?}`` for the database at ``path``."""
+    """``{ok, size, checkpoint_size, first_bad?, error?}`` for the database at ``path``. Streams the
+    log (:func:`.scan.verify_head`): memory does not grow with the log."""
     with AuditStore.open(path, key) as store:
         size = store.size()
         try:
-            head, latest, trusted, _ = verify_store(store, public_key, slot)
+            head, latest, trusted = verify_head(store, public_key, slot)
         except TamperError as exc:
             return {"ok": False, "size": size, "checkpoint_size": None, "first_bad": exc.sequence,
                     "error": exc.message}
     sizes = [c.tree_size for c in (latest, trusted) if c is not None]
     return {"ok": True, "size": head.size, "checkpoint_size": max(sizes, default=0)}
-

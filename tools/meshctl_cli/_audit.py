@@ -1,7 +1,7 @@
 """``meshctl audit tail|verify|export`` and ``meshctl alerts [ack ID]``.
 
 Each online command is a call to ``audit.<method>`` as the operator identity, through the broker
-and its ACL like any peer's. ``audit verify --offline FILE --public-key KEY`` needs no mesh: it
+and its ACL like any peer's. ``audit verify --offline FILE --public-key=KEY`` needs no mesh: it
 checks an export (pages of bundles, :func:`services.audit.proofs.verify_export`; a single bundle
 as older versions wrote is accepted too) with :func:`services.audit.proofs.verify_bundle` and the audit
 service's Ed25519 public key alone (Z85, 40 characters, or hex, 64), the key ``audit export``
@@ -17,6 +17,7 @@ import contextlib
 import datetime
 import json
 import os
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -226,7 +227,10 @@ def run_audit(args: argparse.Namespace, home: MeshHome) -> int:
                        f"audit public key (Z85): {result['public_key_z85']}\n"
                        f"audit public key (hex): {result['public_key_hex']}\n"
                        "give the key to the verifier by another channel than the file; they run:\n"
-                       f"  meshctl audit verify --offline {result['file']} --public-key {result['public_key_z85']}")
+                       f"  meshctl audit verify --offline {shlex.quote(result['file'])} "
+                       # One quoted word with "=": a Z85 key may start with "-" (argparse would take it
+                       # for an option) and holds characters the shell treats specially.
+                       f"{shlex.quote('--public-key=' + result['public_key_z85'])}")
     return 0
 
 
