@@ -34,6 +34,7 @@ import structlog
 
 from shared import MeshConfig, MeshError, MeshHome, Timeout
 from shared._crypto import derive_subkey, wipe
+from shared._keeper import keep_unsealed
 from shared._keystore import choose_keystore
 
 from .chain import Checkpoint, LogHead, public_key_of
@@ -66,18 +67,8 @@ class SealMixin(WriterMixin):
     _wake: asyncio.Event
 
     async def _keeper(self) -> None:
-        delay = KEY_RETRY_MIN_S
-        while True:
-            self._wake.clear()  # before the attempt, so a wake-up during it is not lost
-            if self.state == "sealed" and not await self._try_unseal():
-                timeout, delay = delay, min(delay * 2, KEY_RETRY_MAX_S)
-            else:
-                timeout, delay = CHECKPOINT_EVERY_S, KEY_RETRY_MIN_S
-                await self._checkpoint()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
+        await keep_unsealed(self._wake, lambda: self.state == "sealed", self._try_unseal, self._checkpoint,
+                            period=CHECKPOINT_EVERY_S, retry_min=KEY_RETRY_MIN_S, retry_max=KEY_RETRY_MAX_S)
 
     async def _watch(self, subscription: Any) -> None:
         while True:

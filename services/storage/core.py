@@ -37,6 +37,7 @@ from shared import (
     config_path,
     load_config,
 )
+from shared._keeper import keep_unsealed
 
 from .analytics import AnalyticsStore, StartupError
 from .errors import DamagedError
@@ -145,18 +146,8 @@ class StorageCore(Service):
             pool.shutdown(wait=True)
 
     async def _keeper(self) -> None:
-        delay = KEY_RETRY_MIN_S
-        while True:
-            self._wake.clear()  # before the attempt, so a wake-up during it is not lost
-            if self.state == "sealed" and not await self._try_unseal():
-                timeout, delay = delay, min(delay * 2, KEY_RETRY_MAX_S)
-            else:
-                timeout, delay = 60.0, KEY_RETRY_MIN_S
-                await self.after_unseal()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
+        await keep_unsealed(self._wake, lambda: self.state == "sealed", self._try_unseal, self.after_unseal,
+                            period=60.0, retry_min=KEY_RETRY_MIN_S, retry_max=KEY_RETRY_MAX_S)
 
     async def after_unseal(self) -> None:
         """Background work while unsealed (rotation); overridden by the service."""
