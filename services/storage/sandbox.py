@@ -1,4 +1,4 @@
-"""The DuckDB instances and files analytics uses, and what a caller's SQL may do inside an instance.
+"""The DuckDB instances analytics uses, and what a caller's SQL may do inside an instance.
 
 Contracts:
 
@@ -8,6 +8,8 @@ Contracts:
   (a query that needs more memory fails instead). It loads httpfs from the
   ``duckdb_extension_httpfs`` wheel by absolute path: without httpfs DuckDB has only a read-only
   crypto module and refuses to write encrypted files; ``force_mbedtls_unsafe`` is never set.
+- :func:`attach` opens a file with its ``ENCRYPTION_KEY`` (:func:`file_key`, a subkey of the
+  key version); :func:`file_name` derives the file's name from the namespace label under another.
 - :func:`confine` then turns external access off (no files, no network, no ATTACH, INSTALL or
   LOAD) and locks the configuration, so no later statement can undo it.
 - :func:`check_select` admits exactly one statement of type SELECT that starts with ``SELECT``,
@@ -17,25 +19,23 @@ Contracts:
 - Error messages: parser, binder and catalog errors go back with DuckDB's text (it echoes only the
   caller's own query and names). Errors raised while running (conversions, ``error()``, JSON) can
   quote stored values, so they go back as their kind only. Damage is :class:`DamagedError`.
+
+The checks and conversions of caller values (columns, parameters, ingest rows, results) are in
+:mod:`.analytics_values` and re-exported here; the files on disk (WAL, modes, publishing, copies)
+are in :mod:`.analytics_files`.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import datetime as dt
 import hashlib
 import hmac
 import importlib.metadata
 import importlib.util
-import json
-import os
 import re
 import secrets
-import shutil
 import threading
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
@@ -43,28 +43,32 @@ import duckdb
 
 from shared import BadRequest, MeshError, Timeout, Unavailable
 from shared._crypto import derive_subkey, wipe
-from shared._files import fsync_path
 
+from .analytics_values import (
+    MAX_COLUMNS,
+    MAX_PARAMS,
+    TYPES,
+    check_columns,
+    check_params,
+    encode_rows,
+    insert_sql,
+    to_wire,
+)
 from .errors import DamagedError
-from .records import StoreError, check_ident
+from .records_sql import StoreError
 
 __all__ = ["MAX_COLUMNS", "MAX_PARAMS", "MEMORY_LIMIT", "THREADS", "TYPES", "attach", "check_columns",
-           "check_params", "check_select", "confine", "copy_file", "crypto_selftest", "encode_rows", "engine",
-           "file_key", "file_name", "httpfs_path", "insert_sql", "instance", "mapped", "private_file",
-           "publish_file", "quote", "read_label", "remove_file", "run_select", "sql_text", "StartupError",
-           "table_columns", "table_names", "to_wire", "wal"]
+           "check_params", "check_select", "confine", "crypto_selftest", "encode_rows", "engine",
+           "file_key", "file_name", "httpfs_path", "insert_sql", "instance", "mapped", "quote", "read_label",
+           "run_select", "sql_text", "StartupError", "table_columns", "table_names", "to_wire"]
 
-MAX_COLUMNS: Final = 64
-MAX_PARAMS: Final = 256
 MEMORY_LIMIT: Final = "512MiB"
 THREADS: Final = 2
-TYPES: Final = frozenset({"BIGINT", "DOUBLE", "VARCHAR", "BOOLEAN", "TIMESTAMP", "BLOB", "DATE"})
 _CONFIG: Final[dict[str, str | int]] = {
     "autoinstall_known_extensions": False, "autoload_known_extensions": False,
     "allow_community_extensions": False, "allow_unsigned_extensions": False, "allow_persistent_secrets": False,
     "memory_limit": MEMORY_LIMIT, "threads": THREADS, "temp_directory": "",
 }
-_INT64: Final = (-(2**63), 2**63 - 1)
 _FIRST_WORD: Final = re.compile(r"\(|[A-Za-z]+")
 _LEADING_COMMENT: Final = re.compile(r"\s+|--[^\n]*|/\*.*?\*/", re.S)
 _SELECT_WORDS: Final = frozenset({"(", "SELECT", "WITH", "FROM", "VALUES", "TABLE"})
@@ -243,28 +247,6 @@ def mapped(exc: BaseException) -> MeshError:
     return BadRequest(f"the query failed while running ({type(exc).__name__})")
 
 
-def to_wire(value: Any) -> Any:
-    """``value`` as something msgpack carries: times as ISO strings, decimals and UUIDs as strings,
-    intervals as seconds, integers beyond 64 bits as strings, nested lists and maps converted."""
-    if value is None or isinstance(value, bool | float | str | bytes):
-        return value
-    if isinstance(value, int):
-        return value if _INT64[0] <= value < 2**64 else str(value)
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, bytearray | memoryview):
-        return bytes(value)
-    if isinstance(value, list | tuple):
-        return [to_wire(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): to_wire(v) for k, v in value.items()}
-    if isinstance(value, Decimal):
-        return str(value)
-    return str(value)
-
-
 @contextlib.contextmanager
 def engine() -> Iterator[None]:
     """DuckDB errors raised inside become mesh errors (see :func:`mapped`)."""
@@ -297,142 +279,3 @@ def table_names(con: Any) -> list[str]:
 def quote(name: str) -> str:
     """A quoted SQL identifier (names are validated before; quoting keeps keywords usable)."""
     return '"' + name.replace('"', '""') + '"'
-
-
-def check_columns(spec: object) -> list[tuple[str, str]]:
-    """``[(name, TYPE)]`` from a caller's column list; :class:`BadRequest` naming what is wrong."""
-    if not isinstance(spec, list) or not 1 <= len(spec) <= MAX_COLUMNS:
-        raise BadRequest(f"a table has 1 to {MAX_COLUMNS} columns")
-    out = []
-    for column in spec:
-        if not isinstance(column, list | tuple) or len(column) != 2:
-            raise BadRequest("each column is a [name, type] pair")
-        name, kind = check_ident(column[0], "a column name"), column[1]
-        if not isinstance(kind, str) or kind.upper() not in TYPES:
-            raise BadRequest(f"column {name!r}: the type must be one of {', '.join(sorted(TYPES))}")
-        out.append((name, kind.upper()))
-    if len({name for name, _ in out}) != len(out):
-        raise BadRequest("column names must be distinct")
-    return out
-
-
-def check_params(params: object) -> None:
-    """Query parameters: at most :data:`MAX_PARAMS` scalars."""
-    if not isinstance(params, list | tuple) or len(params) > MAX_PARAMS:
-        raise BadRequest(f"params must be a list of at most {MAX_PARAMS} values")
-    if not all(v is None or isinstance(v, bool | int | float | str | bytes) for v in params):
-        raise BadRequest("query parameters must be null, booleans, numbers, strings or bytes")
-
-
-# -- ingest ---------------------------------------------------------------------------
-
-
-def insert_sql(table: str, columns: list[tuple[str, str]]) -> str:
-    """One INSERT of every row in a single JSON parameter (see :func:`encode_rows`). ``table``,
-    column names and types were validated (identifiers, :data:`TYPES`) before they get here."""
-    exprs = [f"from_base64(r[{i}])" if kind == "BLOB" else f"CAST(r[{i}] AS {kind})"
-             for i, (_, kind) in enumerate(columns, start=1)]
-    names = ", ".join(f'"{name}"' for name, _ in columns)
-    return (f'INSERT INTO "{table}" ({names}) SELECT {", ".join(exprs)} '  # noqa: S608 - validated names only
-            """FROM (SELECT unnest(from_json(?, '[["VARCHAR"]]')) AS r)""")
-
-
-def encode_rows(columns: list[tuple[str, str]], rows: list[Any]) -> str:
-    """The rows as one JSON array of arrays of strings (or null), checked against the column types.
-
-    Why JSON: DuckDB's Python binding converts each bound value on its own (about 80 us a value, so
-    10,000 rows of 7 columns take seconds); one string parameter parsed by DuckDB takes milliseconds
-    and is just as parameterised. Every cell is checked here, so errors name the row and column
-    without quoting the value. TIMESTAMP takes a datetime or an ISO 8601 string (with an offset it
-    is converted to UTC; stored naive), DATE a date or ``YYYY-MM-DD``, BLOB bytes, DOUBLE any
-    number (NaN and infinities allowed), BIGINT a 64-bit integer.
-    """
-    out = []
-    for n, row in enumerate(rows):
-        if not isinstance(row, list | tuple) or len(row) != len(columns):
-            raise BadRequest(f"row {n} must be a list of {len(columns)} values")
-        out.append([_cell(n, name, kind, value) for (name, kind), value in zip(columns, row, strict=True)])
-    return json.dumps(out)
-
-
-def _cell(n: int, name: str, kind: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    text = _text(kind, value)
-    if text is None:
-        raise BadRequest(f"row {n}, column {name!r}: not a valid {kind} value")
-    return text
-
-
-def _text(kind: str, value: Any) -> str | None:
-    if kind == "VARCHAR":
-        return value if isinstance(value, str) else None
-    if isinstance(value, bool):
-        return ("true" if value else "false") if kind == "BOOLEAN" else None
-    if kind == "BIGINT":
-        return str(value) if isinstance(value, int) and _INT64[0] <= value <= _INT64[1] else None
-    if kind == "DOUBLE" and isinstance(value, int | float):
-        try:
-            return repr(float(value))
-        except OverflowError:  # an integer beyond the range of a double
-            return None
-    if kind == "BLOB":
-        return base64.b64encode(value).decode("ascii") if isinstance(value, bytes | bytearray) else None
-    if kind == "TIMESTAMP":
-        stamp = _parse(dt.datetime.fromisoformat, value) if isinstance(value, str) else value
-        if not isinstance(stamp, dt.datetime):
-            return None
-        if stamp.tzinfo is not None:
-            stamp = stamp.astimezone(dt.UTC).replace(tzinfo=None)
-        return stamp.isoformat(sep=" ")
-    if kind == "DATE":
-        day = _parse(dt.date.fromisoformat, value) if isinstance(value, str) else value
-        return day.isoformat() if isinstance(day, dt.date) and not isinstance(day, dt.datetime) else None
-    return None
-
-
-def _parse(parser: Any, text: str) -> Any:
-    try:
-        return parser(text)
-    except ValueError:
-        return None
-
-
-# -- files ----------------------------------------------------------------------------
-
-
-def wal(path: Path) -> Path:
-    """DuckDB's write-ahead log beside ``path``."""
-    return path.with_name(path.name + ".wal")
-
-
-def private_file(path: Path) -> None:
-    """Mode 0600 (DuckDB creates files 0644 under the usual umask; the directory is 0700 regardless)."""
-    with contextlib.suppress(FileNotFoundError):
-        os.chmod(path, 0o600)
-
-
-def remove_file(path: Path) -> None:
-    """Delete a database file and its WAL."""
-    path.unlink(missing_ok=True)
-    wal(path).unlink(missing_ok=True)
-
-
-def publish_file(part: Path, final: Path) -> None:
-    """Rename the complete ``part`` to ``final``, durably; a leftover WAL means it was not complete."""
-    if wal(part).exists():
-        raise StoreError(f"{final.name}: the new analytics file was left with a WAL; not published")
-    private_file(part)
-    fsync_path(part)
-    os.replace(part, final)
-    fsync_path(final.parent)
-
-
-def copy_file(source: Path, target: Path) -> Path:
-    """Copy ``source`` to ``target`` (0600), appearing only once complete and synced."""
-    part = target.with_name(target.name + ".part")
-    shutil.copyfile(source, part)
-    private_file(part)
-    fsync_path(part)
-    os.replace(part, target)
-    return target
