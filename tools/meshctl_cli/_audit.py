@@ -27,7 +27,7 @@ import zmq.utils.z85
 from shared import MeshError, MeshHome
 
 from ._mesh import connected
-from ._output import CliError, emit_json, table
+from ._output import CliError, emit, table
 
 _TIMEOUT_S: Final = 30.0       # verify and export read the whole log
 _FOLLOW_POLL_S: Final = 1.0
@@ -192,12 +192,6 @@ def alerts_table(rows: list[dict[str, Any]]) -> str:
                    when(a["opened"]), when(a["last_seen"])] for a in rows])
 
 
-def _out(args: argparse.Namespace, value: Any, text: str) -> None:
-    if args.json:
-        emit_json(value)
-    else:
-        print(text)
-
 
 def run_audit(args: argparse.Namespace, home: MeshHome) -> int:
     """``meshctl audit ACTION``."""
@@ -216,13 +210,13 @@ def run_audit(args: argparse.Namespace, home: MeshHome) -> int:
         if args.offline or args.public_key:
             return verify_offline_cmd(args)
         result = asyncio.run(verify(home))
-        _out(args, result, f"audit log verified: {result['size']} records, "
+        emit(args.json, result, f"audit log verified: {result['size']} records, "
                            f"trusted checkpoint at {result['checkpoint_size']}")
         return 0
     if not args.file:
         raise CliError("audit export needs a FILE to write", status=2)
     result = asyncio.run(export(home, Path(args.file)))
-    _out(args, result, f"wrote {result['records']} records with proofs to {result['file']} "
+    emit(args.json, result, f"wrote {result['records']} records with proofs to {result['file']} "
                        f"({result['pages']} pages, {result['bytes']} bytes)\n"
                        f"audit public key (Z85): {result['public_key_z85']}\n"
                        f"audit public key (hex): {result['public_key_hex']}\n"
@@ -241,7 +235,7 @@ def verify_offline_cmd(args: argparse.Namespace) -> int:
     if args.file:
         raise CliError("audit verify takes the bundle as --offline FILE", status=2)
     result = verify_offline(Path(args.offline), args.public_key)
-    _out(args, result, f"bundle verified: {result['records']} records proven against a signed checkpoint "
+    emit(args.json, result, f"bundle verified: {result['records']} records proven against a signed checkpoint "
                        f"of {result['checkpoint_size']} records ({when(result['checkpoint_time'])})")
     return 0
 
@@ -252,10 +246,10 @@ def run_alerts(args: argparse.Namespace, home: MeshHome) -> int:
         if args.id is None:
             raise CliError("alerts ack needs an ID (meshctl alerts lists them)", status=2)
         result = asyncio.run(ack(home, args.id))
-        _out(args, result, f"alert {result['id']} acknowledged (audit record {result['record']})")
+        emit(args.json, result, f"alert {result['id']} acknowledged (audit record {result['record']})")
         return 0
     if args.id is not None:
         raise CliError("alerts list takes no ID", status=2)
     rows = asyncio.run(alerts(home))
-    _out(args, rows, alerts_table(rows))
+    emit(args.json, rows, alerts_table(rows))
     return 0

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 from shared import PURPOSES, MeshHome, configure_logging
 
 from . import _audit, _init, _lifecycle, _logs, _mesh, _render, _security, _storage
-from ._output import CliError, emit_json
+from ._output import CliError, emit, emit_json
 from ._status import MeshProbe, collect
 from ._supervisor import Supervisor, load_credentials
 
@@ -122,22 +122,16 @@ def _parser() -> argparse.ArgumentParser:
     return top
 
 
-def _print(args: argparse.Namespace, value: Any, text: str) -> None:
-    if args.json:
-        emit_json(value)
-    else:
-        print(text)
-
 
 def _init_cmd(args: argparse.Namespace, home: MeshHome) -> int:
     result = _init.init(home, force=args.force, if_needed=args.if_needed, password_file=args.password_file)
-    _print(args, result, _render.init(result))
+    emit(args.json, result, _render.init(result))
     return 0
 
 
 def _down(args: argparse.Namespace, home: MeshHome) -> int:
     result = _lifecycle.down(home, timeout=args.timeout, quiet=args.json)
-    _print(args, result, "the mesh is down" if result["was_running"] or result["leftovers_stopped"]
+    emit(args.json, result, "the mesh is down" if result["was_running"] or result["leftovers_stopped"]
            else "the mesh was not running")
     return 0
 
@@ -147,7 +141,7 @@ def _up_or_status(args: argparse.Namespace, home: MeshHome) -> int:
         report = asyncio.run(_lifecycle.up(home, timeout=args.timeout, quiet=args.json))
     else:
         report = asyncio.run(_status(home))
-    _print(args, report, _render.status(report))
+    emit(args.json, report, _render.status(report))
     if not report["healthy"]:
         raise CliError(f"the mesh is not healthy: {report['verdict'].removeprefix('unhealthy: ')}")
     return 0
@@ -155,7 +149,8 @@ def _up_or_status(args: argparse.Namespace, home: MeshHome) -> int:
 
 def _restart(args: argparse.Namespace, home: MeshHome) -> int:
     row = asyncio.run(_lifecycle.restart(home, args.service, timeout=args.timeout))
-    _print(args, row, f"{row['name']}: {row['state']}, pid {row['pid']}, registered {_render.yes(row['registered'])}")
+    emit(args.json, row,
+         f"{row['name']}: {row['state']}, pid {row['pid']}, registered {_render.yes(row['registered'])}")
     if not row["healthy"]:
         if not args.json:
             print("\n".join(f"    {line}" for line in row.get("log_tail") or []))
@@ -165,7 +160,7 @@ def _restart(args: argparse.Namespace, home: MeshHome) -> int:
 
 def _ping(args: argparse.Namespace, home: MeshHome) -> int:
     result = asyncio.run(_mesh.ping(home, args.service, args.timeout))
-    _print(args, result, _render.ping(result))
+    emit(args.json, result, _render.ping(result))
     return 0
 
 
@@ -182,7 +177,7 @@ def _certs(args: argparse.Namespace, home: MeshHome) -> int:
     if args.action in ("accept", "reject", "revoke", "show") and not args.ref:
         raise CliError(f"certs {args.action} needs a REF (name, key or fingerprint)", status=2)
     result = asyncio.run(_mesh.certs(home, args.action, args.ref, args.name, args.role, args.state))
-    _print(args, result, _render.certs(args.action, result))
+    emit(args.json, result, _render.certs(args.action, result))
     return 0
 
 

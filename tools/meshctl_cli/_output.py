@@ -23,6 +23,14 @@ def emit_json(value: Any, stream: TextIO | None = None) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, default=str), file=stream or sys.stdout)
 
 
+def emit(as_json: bool, value: Any, text: str) -> None:
+    """Print a command's result: ``value`` as JSON with ``--json``, else ``text`` for people."""
+    if as_json:
+        emit_json(value)
+    else:
+        print(text)
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain left-aligned text table; ``None`` cells print as ``-``."""
     cells = [[("-" if v is None else str(v)) for v in row] for row in rows]

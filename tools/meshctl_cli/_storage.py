@@ -24,7 +24,7 @@ from shared._crypto import wipe
 
 from . import _intake
 from ._mesh import connected
-from ._output import CliError, emit_json, table
+from ._output import CliError, emit, table
 
 _TIMEOUT_S: Final = 30.0
 _POLL_S: Final = 0.2
@@ -158,24 +158,18 @@ def status_text(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _out(args: argparse.Namespace, value: Any, text: str) -> None:
-    if args.json:
-        emit_json(value)
-    else:
-        print(text)
-
 
 def run_storage(args: argparse.Namespace, home: MeshHome) -> int:
     """``meshctl storage status|verify``: verify exits 1 naming every damaged item."""
     if args.action == "status":
         result = asyncio.run(call(home, "storage.status"))
-        _out(args, result, status_text(result))
+        emit(args.json, result, status_text(result))
         return 0
     result = asyncio.run(call(home, "storage.verify"))
     if result["ok"]:
-        _out(args, result, f"storage verified: {', '.join(result['checked'])} intact ({result['seconds']} s)")
+        emit(args.json, result, f"storage verified: {', '.join(result['checked'])} intact ({result['seconds']} s)")
         return 0
-    _out(args, result, table(["STORE", "PROBLEM"], [[p["store"], p["problem"]] for p in result["problems"]]))
+    emit(args.json, result, table(["STORE", "PROBLEM"], [[p["store"], p["problem"]] for p in result["problems"]]))
     raise CliError(f"storage verification FAILED: {len(result['problems'])} problem(s)")
 
 
@@ -186,7 +180,7 @@ def run_backup(args: argparse.Namespace, home: MeshHome) -> int:
             raise CliError("backup create takes no FILE or --force (use --output F)", status=2)
         result = asyncio.run(create(home, args.passphrase_file, args.output))
         where = result.get("output") or result["path"]
-        _out(args, result, f"backup #{result['sequence']} written to {where} ({result['bytes']} bytes)")
+        emit(args.json, result, f"backup #{result['sequence']} written to {where} ({result['bytes']} bytes)")
         return 0
     if not args.file:
         raise CliError(f"backup {args.action} needs the archive FILE", status=2)
@@ -195,11 +189,11 @@ def run_backup(args: argparse.Namespace, home: MeshHome) -> int:
                        status=2)
     result = asyncio.run(open_archive(home, args.action, args.file, args.passphrase_file, args.force))
     if args.action == "verify":
-        _out(args, result, f"archive verified: backup #{result['sequence']}, {result['entries']} entries, "
+        emit(args.json, result, f"archive verified: backup #{result['sequence']}, {result['entries']} entries, "
                            f"{result['bytes']} bytes")
     else:
         note = " (a rollback, forced)" if result["rollback"] else ""
-        _out(args, result, f"restored backup #{result['sequence']}{note}: {result['kv']} key-value entries, "
+        emit(args.json, result, f"restored backup #{result['sequence']}{note}: {result['kv']} key-value entries, "
                            f"{result['records']} records, {result['analytics']} analytics databases, "
                            f"{result['files']} files")
     return 0
