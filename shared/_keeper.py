@@ -1,8 +1,9 @@
-"""The keeper loop of a service that holds keys: unseal, retry with back-off, do periodic work.
+"""The loops of a service that holds keys: unseal with back-off, and follow keyvault's events.
 
 Audit and storage both fetch their keys from keyvault and must keep trying while the mesh is
 sealed or keyvault is away, without hammering keyvault (it rate-limits and audits every fetch),
-and react at once when told the mesh was unsealed. :func:`keep_unsealed` is that loop, once.
+and react at once when keyvault announces ``security.*`` events. :func:`keep_unsealed` and
+:func:`follow_keyvault` are those loops, once.
 """
 
 from __future__ import annotations
@@ -10,6 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ._client import Subscription
+from ._errors import Timeout
+
+#: Events arrive rarely: the wait is long, and a timeout just waits again.
+_EVENT_WAIT_S = 3600.0
 
 
 async def keep_unsealed(wake: asyncio.Event, sealed: Callable[[], bool], try_unseal: Callable[[], Awaitable[bool]],
@@ -28,3 +36,16 @@ async def keep_unsealed(wake: asyncio.Event, sealed: Callable[[], bool], try_uns
             await while_unsealed()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout)
+
+
+async def follow_keyvault(subscription: Subscription, handle: Callable[[str, Any], Awaitable[None]]) -> None:
+    """Run until cancelled: call ``handle(topic, body)`` for every event of ``subscription`` that
+    keyvault published. Only keyvault speaks for the seal state and the keys: events anyone else
+    published on the same topics (the broker's ACL should already stop them) are ignored."""
+    while True:
+        try:
+            event = await subscription.next(timeout=_EVENT_WAIT_S)
+        except Timeout:
+            continue
+        if event.sender == "keyvault":
+            await handle(event.topic, event.body)

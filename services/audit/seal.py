@@ -32,9 +32,9 @@ from typing import Any, Final
 
 import structlog
 
-from shared import MeshConfig, MeshError, MeshHome, Timeout
+from shared import MeshConfig, MeshError, MeshHome
 from shared._crypto import derive_subkey, wipe
-from shared._keeper import keep_unsealed
+from shared._keeper import follow_keyvault, keep_unsealed
 from shared._keystore import choose_keystore
 
 from .chain import Checkpoint, LogHead, public_key_of
@@ -71,20 +71,15 @@ class SealMixin(WriterMixin):
                             period=CHECKPOINT_EVERY_S, retry_min=KEY_RETRY_MIN_S, retry_max=KEY_RETRY_MAX_S)
 
     async def _watch(self, subscription: Any) -> None:
-        while True:
-            try:
-                event = await subscription.next(timeout=3600)
-            except Timeout:
-                continue
-            if event.sender != "keyvault":  # only keyvault speaks for the seal state
-                continue
-            if event.topic == "security.unsealed":
-                self._wake.set()
-            elif event.topic == "security.key_rotated" and isinstance(event.body, dict) \
-                    and event.body.get("purpose") == "audit-hmac":
-                await self.rotate_db_key()
-            elif event.topic == "security.sealed":
-                await self._seal("security.sealed")
+        await follow_keyvault(subscription, self._on_security_event)
+
+    async def _on_security_event(self, topic: str, body: Any) -> None:
+        if topic == "security.unsealed":
+            self._wake.set()
+        elif topic == "security.key_rotated" and isinstance(body, dict) and body.get("purpose") == "audit-hmac":
+            await self.rotate_db_key()
+        elif topic == "security.sealed":
+            await self._seal("security.sealed")
 
     async def _fetch_key(self, purpose: str, version: int | None = None) -> tuple[int, bytearray]:
         body: dict[str, Any] = {"purpose": purpose} if version is None else {"purpose": purpose, "version": version}

@@ -33,11 +33,10 @@ from shared import (
     Sealed,
     Service,
     StateError,
-    Timeout,
     config_path,
     load_config,
 )
-from shared._keeper import keep_unsealed
+from shared._keeper import follow_keyvault, keep_unsealed
 
 from .analytics import AnalyticsStore, StartupError
 from .errors import DamagedError
@@ -153,19 +152,15 @@ class StorageCore(Service):
         """Background work while unsealed (rotation); overridden by the service."""
 
     async def _watch(self, subscription: Any) -> None:
-        while True:
-            try:
-                event = await subscription.next(timeout=3600)
-            except Timeout:
-                continue
-            if event.sender != "keyvault":  # only keyvault speaks for the seal state and the keys
-                continue
-            if event.topic == "security.sealed":
-                await self.seal("security.sealed")
-            elif event.topic in ("security.unsealed", "security.key_rotated"):
-                if event.topic == "security.key_rotated" and self.state == "ok":
-                    await self._refresh_current(event.body)
-                self._wake.set()
+        await follow_keyvault(subscription, self._on_security_event)
+
+    async def _on_security_event(self, topic: str, body: Any) -> None:
+        if topic == "security.sealed":
+            await self.seal("security.sealed")
+        elif topic in ("security.unsealed", "security.key_rotated"):
+            if topic == "security.key_rotated" and self.state == "ok":
+                await self._refresh_current(body)
+            self._wake.set()
 
     # -- keys -----------------------------------------------------------------------------
 
