@@ -339,7 +339,7 @@ async def test_kill_9_while_producers_append_loses_nothing_acknowledged(short_tm
                     reply = await r.producer.call("audit.append", {"records": [
                         {"type": "test.load", "outcome": "ok", "target": marker}]}, timeout=3)
                 except MeshError:
-                    await asyncio.sleep(0.01)  # audit is away: keep trying until told to stop
+                    await eventually(lambda: _status(r, "ok"), deadline=30)  # audit is away: wait for it
                     continue
                 acked[reply["first_seq"]] = marker
                 n += 1

@@ -36,7 +36,7 @@ async def test_kill_9_during_writes_loses_nothing_acknowledged(short_tmp: Path) 
                 try:
                     await r.authn.call("storage.kv.put", {**scope, "key": key, "value": value}, timeout=3)
                 except MeshError:
-                    await asyncio.sleep(0.02)  # storage is away: retry pacing, not synchronisation
+                    await eventually(lambda: r.storage_state("ok"), deadline=30)  # storage is away: wait for it
                     continue
                 acked_kv[key] = value
                 n += 1
@@ -49,7 +49,7 @@ async def test_kill_9_during_writes_loses_nothing_acknowledged(short_tmp: Path) 
                     reply = await r.authn.call("storage.records.insert", {**scope, "collection": "journal",
                                                                           "doc": doc}, timeout=3)
                 except MeshError:
-                    await asyncio.sleep(0.02)
+                    await eventually(lambda: r.storage_state("ok"), deadline=30)
                     continue
                 acked_docs[reply["id"]] = n
                 n += 1
