@@ -52,6 +52,17 @@ publish = ["outsider."]
 subscribe = ["outsider."]
 """
 
+# A tiny master Argon2 profile, allowed only with test_profiles: a derivation in milliseconds.
+TEST_ARGON2 = """
+[argon2]
+test_profiles = true
+
+[argon2.master]
+memory_kib = 1024
+iterations = 1
+parallelism = 1
+"""
+
 TEST_IDENTITIES = {
     "keyvault": "service", "storage": "service", "echo": "service", "meshctl": "operator",
     "flooder": "device", "outsider": "device",

@@ -21,10 +21,10 @@ from shared import MeshClient, MeshError
 from shared._runtime import ServiceRunner
 from shared.testing import InProcessMesh
 
-from .conftest import FAST_CONFIG, eventually
+from .conftest import FAST_CONFIG, TEST_ARGON2, eventually
 
 PASSWORD = "planted-Master-Passphrase-9431"
-CONFIG = FAST_CONFIG + """
+CONFIG = FAST_CONFIG + TEST_ARGON2 + """
 [acl.role.service]
 call = ["keyvault.keys.get", "keyvault.status", "audit.append", "audit.public_key",
         "storage.kv.*", "storage.records.*", "storage.analytics.*", "storage.files.*"]
@@ -40,14 +40,6 @@ subscribe = ["security."]
 
 [acl.identity.meshctl]
 call = ["keyvault.*", "audit.*", "storage.*"]
-
-[argon2]
-test_profiles = true
-
-[argon2.master]
-memory_kib = 1024
-iterations = 1
-parallelism = 1
 
 [argon2.file]
 memory_kib = 1024

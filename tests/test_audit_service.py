@@ -28,11 +28,11 @@ from shared._crypto import derive_subkey
 from shared._runtime import ServiceRunner
 from shared.testing import InProcessMesh, call_handler
 
-from .conftest import FAST_CONFIG, eventually
+from .conftest import FAST_CONFIG, TEST_ARGON2, eventually
 from .processes import kill_9, spawn_service, stop_service
 
 PASSWORD = "planted-Master-Passphrase-9431"
-CONFIG = FAST_CONFIG + """
+CONFIG = FAST_CONFIG + TEST_ARGON2 + """
 [acl.role.service]
 call = ["keyvault.keys.get", "keyvault.status", "audit.append", "audit.public_key"]
 subscribe = ["security."]
@@ -43,13 +43,6 @@ publish = ["security."]
 [acl.identity.meshctl]
 call = ["keyvault.*", "audit.*"]
 
-[argon2]
-test_profiles = true
-
-[argon2.master]
-memory_kib = 1024
-iterations = 1
-parallelism = 1
 """
 IDENTITIES = {"keyvault": "service", "audit": "service", "storage": "service", "meshctl": "operator"}
 

@@ -33,11 +33,11 @@ from shared import (
 )
 from shared.testing import InProcessMesh, call_handler
 
-from .conftest import FAST_CONFIG
+from .conftest import FAST_CONFIG, TEST_ARGON2
 
 PASSWORD = "planted-Master-Passphrase-9431"
 NEW_PASSWORD = "another-Planted-Passphrase-2817"
-KV_CONFIG = FAST_CONFIG + """
+KV_CONFIG = FAST_CONFIG + TEST_ARGON2 + """
 [acl.role.service]
 call = ["keyvault.keys.get", "keyvault.status", "audit.append"]
 
@@ -50,13 +50,6 @@ call = ["keyvault.*"]
 [keyvault]
 session_idle_s = 1800
 
-[argon2]
-test_profiles = true
-
-[argon2.master]
-memory_kib = 1024
-iterations = 1
-parallelism = 1
 """
 IDENTITIES = {"keyvault": "service", "storage": "service", "audit": "service", "meshctl": "operator",
               "other-operator": "operator"}

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from shared import MeshError
+
 from .storage_rig import storage_rig
 from .test_operations_audit import meshctl, one_line
 
@@ -44,9 +46,9 @@ async def test_storage_status_and_verify_name_damage(short_tmp: Path, capsys: py
         # The damaged file is refused loudly on read, never served.
         reply = r.authn.call("storage.files.get", {"subject": "alice", "category": "files", "name": "doc.pdf"},
                              timeout=10)
-        with pytest.raises(Exception) as refused:
+        with pytest.raises(MeshError) as refused:
             await reply
-        assert "integrity" in str(refused.value)
+        assert refused.value.code == "UNAVAILABLE" and "integrity" in refused.value.message
 
 
 async def test_backup_create_verify_and_restore_from_the_command_line(short_tmp: Path,
