@@ -88,13 +88,11 @@ class SealMixin(WriterMixin):
         return int(reply["version"]), bytearray(reply["key"])
 
     def _open_store(self, path: Path, key: bytearray) -> AuditStore:
-        """Open the database with ``key``; re-key it to ``key`` when it is still under an older
-        ``audit-hmac`` version (the rotation happened while audit was stopped or sealed)."""
-        try:
+        """Open the database with ``key``; when unsealing found it still under an older ``audit-hmac``
+        version (:meth:`_older_keys_if_needed`: the rotation happened while audit was stopped or
+        sealed), open it with that version's key and re-key it to ``key``."""
+        if self._older_db_key is None:
             return AuditStore.open(path, key)
-        except StoreError:
-            if self._older_db_key is None:
-                raise
         store = AuditStore.open(path, self._older_db_key)
         try:
             store.rekey(key)

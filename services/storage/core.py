@@ -228,7 +228,7 @@ class StorageCore(Service):
                 for version in range(keys.current - 1, 0, -1):
                     await self.fetch_key("sqlcipher", version)
                 found = await self.run("records", RecordStore.which_key, path,
-                                       {v: keys.key(v) for v in keys.versions()})
+                                       {v: keys.key(v) for v in keys.versions() if v != keys.current})
             if found is None:
                 raise DamagedError("records.db opens with no key version storage can fetch: it is damaged "
                                    "or not this mesh's")
