@@ -278,3 +278,28 @@ def test_file_pieces_shrink_to_fit_the_message_cap() -> None:
     assert piece_bytes(200_000, 65536) == 131072               # a smaller cap: whole chunks that fit
     with pytest.raises(StateError):
         piece_bytes(70_000, 65536)                              # not one chunk and its framing
+
+
+async def test_uploads_are_limited_per_caller_and_discarded_when_idle(short_tmp: Path) -> None:
+    from services.storage.files_api import MAX_UPLOADS, UPLOAD_IDLE_S
+
+    async with storage_rig(short_tmp / "h") as r:
+        assert r.storage is not None
+        now = [1000.0]
+        r.storage.clock = lambda: now[0]  # the idle timer reads this clock
+
+        def begin(client: Any, name: str) -> Any:  # the call, to await or to expect refused
+            return client.call("storage.files.put.begin", {"subject": "alice", "category": "files", "name": name},
+                               timeout=10)
+        first = [(await begin(r.authn, f"f{i}"))["upload"] for i in range(MAX_UPLOADS)]
+        assert await _code(begin(r.authn, "one-too-many")) == "RATE_LIMITED"
+        assert (await begin(r.pairing, "other-callers-own"))["upload"]  # a limit per caller
+        parts = r.home.data / "storage" / "files" / "tmp"
+        assert len(list(parts.iterdir())) == MAX_UPLOADS + 1
+        now[0] += UPLOAD_IDLE_S + 1
+        fresh = (await begin(r.authn, "after-the-pause"))["upload"]  # the idle ones were discarded
+        assert await _code(r.authn.call("storage.files.put.chunk", {"upload": first[0], "data": b"x"},
+                                        timeout=10)) == "NOT_FOUND"
+        assert (await r.authn.call("storage.files.put.chunk", {"upload": fresh, "data": b"x"}, timeout=10)) == \
+            {"received": 1}
+        assert len(list(parts.iterdir())) == 1  # their partial files are gone from the disk too

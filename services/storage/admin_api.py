@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shared import NoFields, RequestContext, handler
+from shared._crypto import wipe
 
 from .backup import BackupMixin
-from .jobs import JobBoard
+from .jobs import Job, JobBoard
 from .schema import BackupCreate, BackupOpen, JobId
 
 
@@ -30,6 +32,16 @@ class AdminApi(BackupMixin):
         if self._jobs is None:
             self._jobs = JobBoard()
         return self._jobs
+
+    def _start(self, kind: str, ctx: RequestContext, passphrase: bytearray | None,
+               work: Callable[[Job], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        """Start a job that owns ``passphrase`` (it wipes it); wipe it here if the job is refused."""
+        try:
+            return {"job": self.jobs.start(kind, ctx.caller, work).id}
+        except BaseException:
+            if passphrase is not None:
+                wipe(passphrase)
+            raise
 
     @handler("status")
     async def status(self, ctx: RequestContext, req: NoFields) -> dict[str, Any]:
@@ -71,8 +83,7 @@ class AdminApi(BackupMixin):
         self.require_operator(ctx)
         self.require()
         passphrase = _secret(req.passphrase)
-        job = self.jobs.start("backup", ctx.caller, lambda j: self.backup_job(j, passphrase))
-        return {"job": job.id}
+        return self._start("backup", ctx, passphrase, lambda j: self.backup_job(j, passphrase))
 
     @handler("backup.verify", request=BackupOpen, concurrent=True)
     async def backup_verify(self, ctx: RequestContext, req: BackupOpen) -> dict[str, Any]:
@@ -80,8 +91,7 @@ class AdminApi(BackupMixin):
         chunk and entry hash. ``meshctl backup verify FILE [--passphrase-file F]``."""
         self.require_operator(ctx)
         passphrase = _secret(req.passphrase)
-        job = self.jobs.start("verify", ctx.caller, lambda j: self.verify_job(j, req.archive, passphrase))
-        return {"job": job.id}
+        return self._start("verify", ctx, passphrase, lambda j: self.verify_job(j, req.archive, passphrase))
 
     @handler("backup.restore", request=BackupOpen, concurrent=True)
     async def backup_restore(self, ctx: RequestContext, req: BackupOpen) -> dict[str, Any]:
@@ -90,8 +100,8 @@ class AdminApi(BackupMixin):
         ``meshctl backup restore FILE [--passphrase-file F] [--force]``."""
         self.require_operator(ctx)
         passphrase = _secret(req.passphrase)
-        job = self.jobs.start("restore", ctx.caller, lambda j: self.restore_job(j, req.archive, passphrase, req.force))
-        return {"job": job.id}
+        return self._start("restore", ctx, passphrase,
+                           lambda j: self.restore_job(j, req.archive, passphrase, req.force))
 
     @handler("jobs", request=JobId)
     async def jobs_handler(self, ctx: RequestContext, req: JobId) -> dict[str, Any]:
