@@ -61,9 +61,22 @@ from ._logging import configure_logging, declare_sensitive, redact
 from ._ratelimit import TokenBucket
 from ._runtime import ServiceRunner, connect_patiently, run_service, serve
 from ._schema import Message, message, sensitive_fields
-from ._service import HandlerSpec, NoFields, RequestContext, Service, handler
+from ._service import (
+    DEGRADED,
+    FAILED,
+    READINESS_STATES,
+    READY,
+    SEALED,
+    HandlerSpec,
+    NoFields,
+    Readiness,
+    RequestContext,
+    Service,
+    handler,
+)
 from ._shipper import AuditShipper, append_record, append_records
 from ._spool import Spool
+from ._sqlcipher import damaged_pages, integrity_problems
 
 __all__ = [
     "PROTOCOL_VERSION", "WIRE_CODES", "ENV_HOME",
@@ -77,7 +90,8 @@ __all__ = [
     "Message", "message", "Event", "MeshClient", "Subscription", "Connection",
     "configure_logging", "declare_sensitive", "redact", "ServiceRunner", "connect_patiently", "run_service", "serve",
     "HandlerSpec", "NoFields", "RequestContext", "Service", "handler", "sensitive_fields",
-    "append_record", "append_records",
+    "DEGRADED", "FAILED", "READINESS_STATES", "READY", "SEALED", "Readiness",
+    "append_record", "append_records", "damaged_pages", "integrity_problems",
     "certs", "compile_grant", "config_path", "decode_body", "decode_delivered", "decode_header",
     "encode_body", "encode_header", "error_text", "error_from_wire", "load_config", "parse_config", "split_target",
 ]

@@ -14,10 +14,25 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._client import Subscription
-from ._errors import Timeout
+from ._errors import MeshError, Timeout
+from ._service import FAILED, SEALED, Readiness
 
 #: Events arrive rarely: the wait is long, and a timeout just waits again.
 _EVENT_WAIT_S = 3600.0
+
+
+#: What a key-holding service says while the mesh is locked.
+LOCKED_REASON = "the mesh is sealed: run `meshctl security unlock`"
+
+
+def without_keys(exc: MeshError, keys_from: str = "keyvault") -> Readiness:
+    """The readiness of a service whose key fetch from ``keys_from`` failed with ``exc``: ``sealed``
+    when the mesh is locked (the operator's choice), otherwise ``failed`` naming the dependency and
+    its answer, so that a service stuck behind a broken dependency is never reported ready (the
+    answer carries no key: keyvault's refusals are one-line reasons)."""
+    if exc.code == "SEALED":
+        return Readiness(SEALED, LOCKED_REASON, keys_from)
+    return Readiness(FAILED, f"cannot fetch its keys: {keys_from} answered {exc.code}: {exc.message}", keys_from)
 
 
 async def keep_unsealed(wake: asyncio.Event, sealed: Callable[[], bool], try_unseal: Callable[[], Awaitable[bool]],

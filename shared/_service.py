@@ -13,7 +13,8 @@
 When the class is defined, its handlers are collected into the explicit
 dispatch table :attr:`Service.handlers`; the runtime looks wire names up in
 that table only, never with ``getattr``. Names starting with ``_`` cannot be
-declared. Every service answers ``health``.
+declared. Every service answers ``health``, which reports its :class:`Readiness`: whether it can
+do its job now, and if not, why and which dependency is at fault.
 """
 
 from __future__ import annotations
@@ -25,13 +26,42 @@ import time
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Final, TypeVar
 
 from ._logging import declare_sensitive
 from ._schema import message, sensitive_fields
 
 _WIRE_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+#: The states a service reports in ``health``, from best to worst (docs/protocol.md §11.5).
+READY: Final = "ready"          # it can do its job now
+SEALED: Final = "sealed"        # it waits for the mesh to be unlocked (an operator's choice, not a fault)
+DEGRADED: Final = "degraded"    # it serves, but something is lost or only part of its job works
+FAILED: Final = "failed"        # it cannot do its job: its own fault, or the dependency it names
+READINESS_STATES: Final = (READY, SEALED, DEGRADED, FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """What ``<service>.health`` reports: ``state`` (one of :data:`READINESS_STATES`), a one-line
+    ``reason`` whenever the state is not ``ready``, and the ``dependency`` at fault when the cause is
+    another process (``keyvault``, ``audit``...) rather than this one. Reasons name no secret and no
+    user data: they are shown to operators."""
+
+    state: str
+    reason: str | None = None
+    dependency: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.state not in READINESS_STATES:
+            raise ValueError(f"readiness state {self.state!r} is not one of {', '.join(READINESS_STATES)}")
+        if self.state != READY and not self.reason:
+            raise ValueError(f"a {self.state!r} readiness needs a reason")
+
+    def to_wire(self) -> dict[str, str | None]:
+        return {"state": self.state, "reason": self.reason, "dependency": self.dependency}
 
 
 @message
@@ -123,9 +153,15 @@ class Service:
     async def on_stop(self) -> None:
         """Called once after in-flight work finished; close stores here."""
 
+    def readiness(self) -> Readiness:
+        """Whether this service can do its job now. A service that holds keys, waits on another
+        process or can fail at run time overrides this; it must be cheap and never block."""
+        return Readiness(READY)
+
     @handler("health")
     async def health(self, ctx: RequestContext, req: NoFields) -> dict[str, Any]:
-        """``<service>.health`` → ``{"service", "status", "pid", "uptime_s"}``.
+        """``<service>.health`` → ``{"service", "state", "reason", "dependency", "pid", "uptime_s"}``
+        (see :class:`Readiness`); a service may add fields of its own.
         ``meshctl ping SERVICE`` or ``meshctl call SERVICE.health``."""
-        return {"service": self.name, "status": "ok", "pid": os.getpid(),
+        return {"service": self.name, **self.readiness().to_wire(), "pid": os.getpid(),
                 "uptime_s": round(time.monotonic() - self.started, 3)}

@@ -67,7 +67,7 @@ class StorageRig:
     async def start_storage(self) -> Storage:
         self.storage = Storage(self.home, self.mesh.config)
         self.runner = await self.mesh.start_service(self.storage)
-        await eventually(lambda: self.storage_state("ok"), deadline=20)
+        await eventually(lambda: self.storage_state("ready"), deadline=20)
         return self.storage
 
     async def stop_storage(self) -> None:
@@ -83,7 +83,7 @@ class StorageRig:
             if exc.code in ("UNAVAILABLE", "TIMEOUT"):  # not registered (yet, or again)
                 return False
             raise
-        return bool(reply["status"] == want)
+        return bool(reply["state"] == want)
 
     async def put(self, client: MeshClient, key: bytes, value: bytes, subject: str = "alice",
                   category: str = "memories") -> Any:
@@ -154,4 +154,4 @@ async def storage_rig(root: Path, *, password: str = PASSWORD, start: bool = Tru
 
 async def _audit_ok(rig: StorageRig) -> bool:
     reply = await rig.operator.call("audit.health", timeout=5)
-    return bool(reply["status"] == "ok")
+    return bool(reply["state"] == "ready")

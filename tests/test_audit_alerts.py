@@ -304,6 +304,6 @@ async def _has(r: Rig, count: int) -> bool:
 
 async def _status_ok(r: Rig) -> bool:
     try:
-        return bool((await r.operator.call("audit.health", timeout=5))["status"] == "ok")
+        return bool((await r.operator.call("audit.health", timeout=5))["state"] == "ready")
     except MeshError:
         return False

@@ -127,7 +127,7 @@ async def test_append_tail_and_actor_from_the_broker(short_tmp: Path) -> None:
             await r.producer.call("audit.tail", {}, timeout=5)
         assert denied.value.code == "FORBIDDEN"
         health = await r.operator.call("audit.health", timeout=5)
-        assert health["status"] == "ok" and health["size"] == 2
+        assert health["state"] == "ready" and health["log"] == "ok" and health["size"] == 2
 
 
 async def test_group_commit_gives_contiguous_durable_sequences(short_tmp: Path) -> None:
@@ -209,7 +209,7 @@ async def test_tamper_suite_is_detected_and_located(short_tmp: Path, attack: str
             db.close()
         audit = await r.start_audit()  # detected at restart ...
         health = await r.operator.call("audit.health", timeout=5)
-        assert health["status"] == "tampered" and f"{first_bad}" in health["problem"]
+        assert health["log"] == "tampered" and health["state"] == "failed" and f"{first_bad}" in health["reason"]
         with pytest.raises(Unavailable, match="tampered"):
             await r.producer.call("audit.append", {"records": [{"type": "x", "outcome": "ok"}]}, timeout=5)
         result = await r.operator.call("audit.verify", timeout=10)  # ... and by verify, naming the record
@@ -239,7 +239,7 @@ async def test_sealed_until_keyvault_unlocks_and_seals_again_on_lock(short_tmp: 
 
 async def _status(r: Rig, want: str) -> bool:
     try:
-        return bool((await r.operator.call("audit.health", timeout=5))["status"] == want)
+        return bool((await r.operator.call("audit.health", timeout=5))["log"] == want)
     except Unavailable:  # not (yet, or no longer) registered with the broker
         return False
 

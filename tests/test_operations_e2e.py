@@ -157,7 +157,7 @@ def test_up_reaches_healthy(live: MeshHome) -> None:
     # The checkout's wrapper drives the same mesh.
     wrapper = subprocess.run([str(REPO / "tools" / "meshctl"), "ping", "storage"], env=_env(live),
                              capture_output=True, text=True, timeout=60, check=False)
-    assert wrapper.returncode == 0 and "storage: ok" in wrapper.stdout
+    assert wrapper.returncode == 0 and "storage: ready" in wrapper.stdout
     logs = meshctl(live, "logs", "broker", "-n", "500")
     assert logs.returncode == 0 and '"event": "broker_listening"' in logs.stdout
 

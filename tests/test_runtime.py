@@ -34,7 +34,7 @@ async def test_handlers_can_be_called_directly_without_a_mesh() -> None:
     echo = Echo()
     assert await call_handler(echo, "echo", {"value": [1, "two"]}, caller="tester") == {
         "value": [1, "two"], "caller": "tester", "role": "operator"}
-    assert (await call_handler(echo, "health"))["status"] == "ok"
+    assert (await call_handler(echo, "health"))["state"] == "ready"
     with pytest.raises(BadRequest, match="unknown field"):
         await call_handler(echo, "echo", {"value": 1, "other": 2})
 
@@ -207,7 +207,7 @@ async def test_services_and_subscriptions_come_back_after_a_broker_restart(mesh:
 
     async def healthy() -> bool:
         try:
-            return (await client.call("echo.health", timeout=0.5))["status"] == "ok"
+            return (await client.call("echo.health", timeout=0.5))["state"] == "ready"
         except MeshError:
             return False
 
@@ -271,7 +271,7 @@ async def test_a_service_dropped_for_silence_reconnects_and_registers_again(mesh
 
     async def back() -> bool:
         try:
-            return (await operator.call("echo.health", timeout=0.5))["status"] == "ok"
+            return (await operator.call("echo.health", timeout=0.5))["state"] == "ready"
         except MeshError:
             return False
 

@@ -36,7 +36,7 @@ async def test_kill_9_during_writes_loses_nothing_acknowledged(short_tmp: Path) 
                 try:
                     await r.authn.call("storage.kv.put", {**scope, "key": key, "value": value}, timeout=3)
                 except MeshError:
-                    await eventually(lambda: r.storage_state("ok"), deadline=30)  # storage is away: wait for it
+                    await eventually(lambda: r.storage_state("ready"), deadline=30)  # storage is away: wait for it
                     continue
                 acked_kv[key] = value
                 n += 1
@@ -49,13 +49,13 @@ async def test_kill_9_during_writes_loses_nothing_acknowledged(short_tmp: Path) 
                     reply = await r.authn.call("storage.records.insert", {**scope, "collection": "journal",
                                                                           "doc": doc}, timeout=3)
                 except MeshError:
-                    await eventually(lambda: r.storage_state("ok"), deadline=30)
+                    await eventually(lambda: r.storage_state("ready"), deadline=30)
                     continue
                 acked_docs[reply["id"]] = n
                 n += 1
 
         try:
-            await eventually(lambda: r.storage_state("ok"), deadline=30)
+            await eventually(lambda: r.storage_state("ready"), deadline=30)
             await r.authn.call("storage.records.collection", {**scope, "collection": "journal", "indexed": ["n"]},
                                timeout=10)
             writers = [asyncio.create_task(kv_writer(f"w{i}")) for i in range(3)] + \
@@ -64,7 +64,7 @@ async def test_kill_9_during_writes_loses_nothing_acknowledged(short_tmp: Path) 
             await kill_9(proc)
             before = len(acked_kv)
             proc = spawn_service("services.storage", r.home, log_path)
-            await eventually(lambda: r.storage_state("ok"), deadline=30)
+            await eventually(lambda: r.storage_state("ready"), deadline=30)
             await eventually(lambda: _true(len(acked_kv) >= before + 30), deadline=30)
             stop.set()
             await asyncio.wait_for(asyncio.gather(*writers), 15)

@@ -153,7 +153,7 @@ async def test_sealed_storage_wipes_keys_and_answers_sealed(short_tmp: Path) -> 
         assert r.storage is not None and all(not k.versions() for k in r.storage.keys.values())
         assert await _code(r.get(r.authn, b"k")) == "SEALED"
         await r.operator.call("keyvault.unlock", {"password": PASSWORD}, timeout=30)
-        await eventually(lambda: r.storage_state("ok"), deadline=20)
+        await eventually(lambda: r.storage_state("ready"), deadline=20)
         assert await r.get(r.authn, b"k") == b"v"
 
 

@@ -32,9 +32,9 @@ from typing import Any, Final
 
 import structlog
 
-from shared import MeshConfig, MeshError, MeshHome
+from shared import SEALED, MeshConfig, MeshError, MeshHome, Readiness
 from shared._crypto import derive_subkey, wipe
-from shared._keeper import follow_keyvault, keep_unsealed
+from shared._keeper import LOCKED_REASON, follow_keyvault, keep_unsealed, without_keys
 from shared._keystore import choose_keystore
 
 from .chain import Checkpoint, LogHead, public_key_of
@@ -65,6 +65,8 @@ class SealMixin(WriterMixin):
     _older_db_key: bytearray | None = None
     _unseal_lock: asyncio.Lock
     _wake: asyncio.Event
+    #: Why the service is sealed: the answer of its last key fetch (None once it has its keys).
+    without_keys: Readiness | None = None
 
     async def _keeper(self) -> None:
         await keep_unsealed(self._wake, lambda: self.state == "sealed", self._try_unseal, self._checkpoint,
@@ -175,7 +177,9 @@ class SealMixin(WriterMixin):
                     await self._older_keys_if_needed(hmac_version, hmac_key)
             except MeshError as exc:
                 log.info("sealed", reason=exc.code, detail=exc.message)
+                self.without_keys = without_keys(exc)
                 return False
+            self.without_keys = None
             try:
                 self._db_key = derive_subkey(hmac_key, "audit-db")
                 self._hash_key = derive_subkey(hmac_key, "audit-details")
@@ -200,6 +204,11 @@ class SealMixin(WriterMixin):
                 store.close()
                 self.state, self.problem = "tampered", exc.message
                 log.error("audit_log_tampered", first_bad=exc.sequence, reason=exc.message)
+                return True
+            except StoreError as exc:  # a damaged page (DamagedError names it): the log cannot be read
+                store.close()
+                self.state, self.problem = "failed", exc.message
+                log.error("audit_db_unusable", reason=exc.message)
                 return True
             if self._older_db_key is not None:
                 wipe(self._older_db_key)
@@ -244,4 +253,5 @@ class SealMixin(WriterMixin):
             self.store = self.head = self._db_key = self._sign_key = self._hash_key = None
             TREES.forget(db_path(self.home))  # verified export trees live only while unsealed
             self.state, self.problem = "sealed", reason
+            self.without_keys = Readiness(SEALED, LOCKED_REASON, "keyvault")
             log.info("sealed", reason=reason)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,12 +45,16 @@ from typing import Any, Final
 import structlog
 
 from shared import (
+    FAILED,
+    READY,
+    SEALED,
     BadRequest,
     Forbidden,
     MeshConfig,
     MeshError,
     MeshHome,
     NoFields,
+    Readiness,
     RequestContext,
     Sealed,
     Service,
@@ -200,13 +203,19 @@ class Audit(SealMixin, Service):
 
     @handler("verify", concurrent=True)
     async def verify(self, ctx: RequestContext, req: NoFields) -> dict[str, Any]:
-        """``audit.verify`` → ``{ok, size, checkpoint_size, first_bad?, error?}``: re-verifies the whole
-        database against the trusted checkpoint (operators). A failure also stops appends."""
+        """``audit.verify`` → ``{ok, size, checkpoint_size, first_bad?, error?, damaged?}``: re-verifies the
+        whole database against the trusted checkpoint (operators). ``damaged`` (``{file, pages, problems}``)
+        when the database's own integrity check fails, so no record can be blamed. A failure also stops
+        appends. ``meshctl audit verify``."""
         self._operator(ctx)
         result: dict[str, Any] = await ctx.run_blocking(verify_report, *self._paths())
         if not result["ok"] and self.state == "ok":
-            self.state, self.problem = "tampered", result["error"]
-            log.error("audit_log_tampered", first_bad=result["first_bad"], reason=result["error"])
+            if result.get("damaged"):
+                self.state, self.problem = "failed", result["error"]
+                log.error("audit_db_unusable", reason=result["error"])
+            else:
+                self.state, self.problem = "tampered", result["error"]
+                log.error("audit_log_tampered", first_bad=result["first_bad"], reason=result["error"])
         return result
 
     @handler("export", request=ExportRequest, concurrent=True)
@@ -259,11 +268,26 @@ class Audit(SealMixin, Service):
             raise Sealed("audit is sealed: the mesh is locked or keyvault is not reachable")
         return {"public_key": self.public_key, "fingerprint": hashlib.sha256(self.public_key).hexdigest()[:16]}
 
+    def readiness(self) -> Readiness:
+        """Ready only while the log is verified and its last write succeeded: a keyvault key release
+        waits for audit, so an audit that cannot record stops the mesh from unsealing anything."""
+        if self.state == "ok":
+            if self.write_failure:
+                return Readiness(FAILED, f"cannot write the audit log: {self.write_failure}")
+            return Readiness(READY)
+        if self.state == "sealed":
+            return self.without_keys or Readiness(SEALED, "waiting for its keys from keyvault", "keyvault")
+        if self.state == "tampered":
+            return Readiness(FAILED, f"the stored log failed verification: {self.problem}; "
+                                     "run `meshctl audit verify` for the first bad record")
+        return Readiness(FAILED, self.problem or "the audit database cannot be used")
+
     @handler("health")
     async def health(self, ctx: RequestContext, req: NoFields) -> dict[str, Any]:
-        """``audit.health`` → the usual fields, ``status`` being ``ok``, ``sealed``, ``tampered`` or
-        ``failed``, plus ``size``, ``checkpoint_size`` and ``problem``."""
-        return {"service": self.name, "status": self.state, "pid": os.getpid(),
-                "uptime_s": round(time.monotonic() - self.started, 3),
-                "size": self.head.size if self.head else None,
-                "checkpoint_size": self.latest.tree_size if self.latest else 0, "problem": self.problem}
+        """``audit.health`` → the usual fields (``state``, ``reason``, ``dependency``...) plus ``log``
+        (``ok``, ``sealed``, ``tampered`` or ``failed``: the stored log's own state), ``size`` and
+        ``checkpoint_size``."""
+        reply = await super().health(ctx, req)
+        reply.update(log=self.state, size=self.head.size if self.head else None,
+                     checkpoint_size=self.latest.tree_size if self.latest else 0)
+        return reply

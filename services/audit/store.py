@@ -33,7 +33,7 @@ from typing import Final
 
 import sqlcipher3  # no stubs: pyproject.toml's mypy overrides ignore its imports
 
-from shared import BadRequest, MeshError, MeshHome
+from shared import BadRequest, MeshError, MeshHome, damaged_pages, integrity_problems
 from shared._keystore import Keystore
 
 from .chain import Checkpoint, LogEntry, LogHead, Record, encode_record
@@ -41,7 +41,8 @@ from .errors import TamperError
 from .proofs import decode_checkpoint, decode_record, encode_checkpoint
 from .scan import read_trusted, scan, verify_head
 
-__all__ = ["BATCH_ROWS", "AuditStore", "StoreError", "db_path", "read_trusted", "verify_report", "verify_store"]
+__all__ = ["BATCH_ROWS", "AuditStore", "DamagedError", "StoreError", "db_path", "read_trusted", "verify_report",
+           "verify_store"]
 
 #: Rows per query when the log is read in order. Each batch is one short statement (a cursor over
 #: ``seq >= last + 1``), its rows decoded one at a time, so memory holds one record at a time.
@@ -66,6 +67,22 @@ class StoreError(MeshError):
     A local error: on the wire it answers ``UNAVAILABLE``; details stay in the local log."""
 
     code = "UNAVAILABLE"
+
+
+class DamagedError(StoreError):
+    """The database's own integrity checks fail (a changed or lost page on disk): its records cannot
+    all be read, so the log cannot be verified. Who is at fault: the disk, or whoever changed the
+    file. ``pages`` are the damaged pages SQLCipher named (empty when it named none)."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path, self.problems, self.pages = path, problems, damaged_pages(problems)
+        where = (f"page{'s' if len(self.pages) > 1 else ''} {', '.join(map(str, self.pages[:10]))}"
+                 if self.pages else "no page named")
+        finding = problems[0] if problems else "reads fail with 'database disk image is malformed'"
+        super().__init__(
+            f"{path}: the audit database failed its integrity check ({where}; {finding}): the log cannot be "
+            "verified. Keep a copy of the file as evidence (`meshctl audit tail` may still read the newest "
+            "records), then restore audit.db from a copy of the home made before the damage")
 
 
 def db_path(home: MeshHome) -> Path:
@@ -103,8 +120,8 @@ class AuditStore:
             db.executescript(_SCHEMA)
         except sqlcipher3.DatabaseError:
             db.close()
-            raise StoreError(f"{path}: cannot open the audit database (wrong key, or not an audit database)") \
-                from None
+            raise StoreError(f"{path}: cannot open the audit database (wrong key, or the file is damaged or not "
+                             "an audit database)") from None
         except BaseException:
             db.close()
             raise
@@ -128,6 +145,19 @@ class AuditStore:
     def close(self) -> None:
         """Close the connection (SQLite checkpoints the WAL into the main file when it is the last)."""
         self._db.close()
+
+    def damaged(self) -> DamagedError:
+        """What the integrity checks find, after a read failed inside SQLCipher (reads every page)."""
+        return DamagedError(self.path, integrity_problems(self._db))
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Turn a read that fails inside SQLCipher (a damaged page: "database disk image is malformed")
+        into :class:`DamagedError` naming the file and the damaged pages."""
+        try:
+            yield
+        except sqlcipher3.DatabaseError:
+            raise self.damaged() from None
 
     def __enter__(self) -> AuditStore:
         return self
@@ -197,24 +227,28 @@ class AuditStore:
         query = "SELECT seq, record, chain_hash FROM records WHERE seq >= ? AND seq < ? ORDER BY seq LIMIT ?"
         while start < end:
             fetched = 0
-            for seq, blob, chain in self._db.execute(query, (start, end, batch)):
-                fetched += 1
-                start = seq + 1
-                yield LogEntry(_decode(seq, blob), bytes(chain))
+            # Only the cursor's own reads are translated: what the consumer does between rows
+            # never raises inside this generator.
+            with self.reading():
+                for seq, blob, chain in self._db.execute(query, (start, end, batch)):
+                    fetched += 1
+                    start = seq + 1
+                    yield LogEntry(_decode(seq, blob), bytes(chain))
             if fetched < batch:
                 return
 
     def checkpoints(self) -> list[Checkpoint]:
         """Every stored checkpoint in tree-size order (few: at most one per hundred records).
         Raises :class:`TamperError` naming the first row that does not decode."""
-        checkpoints: list[Checkpoint] = []
-        for size, blob in self._db.execute("SELECT tree_size, blob FROM checkpoints ORDER BY tree_size"):
-            checkpoints.append(_decode_checkpoint(size, blob))
-        return checkpoints
+        with self.reading():
+            rows = self._db.execute("SELECT tree_size, blob FROM checkpoints ORDER BY tree_size").fetchall()
+        return [_decode_checkpoint(size, blob) for size, blob in rows]
 
     def checkpoint_at(self, tree_size: int) -> Checkpoint | None:
         """The stored checkpoint of ``tree_size``, or None. Its signature is not checked here."""
-        row = self._db.execute("SELECT tree_size, blob FROM checkpoints WHERE tree_size = ?", (tree_size,)).fetchone()
+        with self.reading():
+            row = self._db.execute("SELECT tree_size, blob FROM checkpoints WHERE tree_size = ?",
+                                   (tree_size,)).fetchone()
         return None if row is None else _decode_checkpoint(row[0], row[1])
 
     def tail(self, limit: int, event: str | None = None, actor: str | None = None,
@@ -226,18 +260,20 @@ class AuditStore:
         """
         found: list[Record] = []
         query = "SELECT seq, record FROM records ORDER BY seq DESC LIMIT ?"
-        for seq, blob in self._db.execute(query, (scan_limit,)):
-            record = _decode(seq, blob)
-            if (event is None or record.event == event) and (actor is None or record.actor == actor):
-                found.append(record)
-                if len(found) >= limit:
-                    break
+        with self.reading():
+            for seq, blob in self._db.execute(query, (scan_limit,)):
+                record = _decode(seq, blob)
+                if (event is None or record.event == event) and (actor is None or record.actor == actor):
+                    found.append(record)
+                    if len(found) >= limit:
+                        break
         found.reverse()
         return found
 
     def size(self) -> int:
         """The number of record rows."""
-        return int(self._db.execute("SELECT count(*) FROM records").fetchone()[0])
+        with self.reading():
+            return int(self._db.execute("SELECT count(*) FROM records").fetchone()[0])
 
 
 def _decode(seq: int, blob: bytes) -> Record:
@@ -278,9 +314,12 @@ def verify_report(path: Path, key: bytes | bytearray, public_key: bytes, slot: K
     """``{ok, size, checkpoint_size, first_bad?, error?}`` for the database at ``path``. Streams the
     log (:func:`.scan.verify_head`): memory does not grow with the log."""
     with AuditStore.open(path, key) as store:
-        size = store.size()
         try:
+            size = store.size()
             head, latest, trusted = verify_head(store, public_key, slot)
+        except DamagedError as exc:
+            return {"ok": False, "size": None, "checkpoint_size": None, "first_bad": None, "error": exc.message,
+                    "damaged": {"file": str(exc.path), "pages": exc.pages, "problems": exc.problems[:10]}}
         except TamperError as exc:
             return {"ok": False, "size": size, "checkpoint_size": None, "first_bad": exc.sequence,
                     "error": exc.message}

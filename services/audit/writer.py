@@ -58,6 +58,8 @@ class WriterMixin:
     _pending: list[Pending]
     _committer: asyncio.Task[None] | None
     _write_lock: asyncio.Lock
+    #: Why the last commit failed, until one succeeds: audit cannot record meanwhile (health says so).
+    write_failure: str | None = None
 
     def _refusal(self) -> MeshError:
         if self.state == "sealed":
@@ -101,11 +103,13 @@ class WriterMixin:
             await asyncio.get_running_loop().run_in_executor(None, self.store.append, entries, checkpoint)
         except StoreError as exc:
             self.head = backup  # nothing of the batch was written: the log continues from before it
+            self.write_failure = exc.message
             log.error("append_failed", reason=exc.message, records=len(entries))
             for future, _, _ in ranges:
                 if not future.done():
                     future.set_exception(Unavailable("the audit log could not be written; nothing was recorded"))
             return
+        self.write_failure = None
         for future, first, last in ranges:
             if not future.done():
                 future.set_result((first, last))

@@ -44,6 +44,9 @@ class RecordingMixin:
     mesh: Any
     spool: Spool | None
     shipper: AuditShipper | None
+    #: audit's answer when it last could not record a key release (None once it records again):
+    #: until then keyvault releases no key but audit's own, and its health says so.
+    audit_refusal: str | None = None
 
     def _open_audit_spool(self) -> None:
         """Open the spool and, when connected to the mesh, start shipping it to audit."""
@@ -82,7 +85,9 @@ class RecordingMixin:
                 raise Unavailable("keyvault is not connected to the mesh")
             await self.mesh.call("audit.append", {"records": [record]}, timeout=timeout)
         except MeshError as exc:
+            self.audit_refusal = f"{exc.code}: {exc.message}"
             log.warning("key_release_refused", purpose=purpose, caller=ctx.caller, reason=exc.code)
             self._audit("keyvault.key_refused", ctx, purpose=purpose, version=version,
                         reason="audit not recording", audit_error=exc.code)
             raise Unavailable(REFUSED_NOT_RECORDING) from None
+        self.audit_refusal = None

@@ -33,13 +33,18 @@ from typing import Any
 import structlog
 
 from shared import (
+    DEGRADED,
+    FAILED,
     PURPOSES,
+    READY,
+    SEALED,
     BadRequest,
     Forbidden,
     MeshConfig,
     MeshHome,
     NoFields,
     RateLimited,
+    Readiness,
     RequestContext,
     Sealed,
     Service,
@@ -50,6 +55,7 @@ from shared import (
     load_config,
 )
 from shared._crypto import wipe
+from shared._keeper import LOCKED_REASON
 from shared._passwords import check_strength
 
 from . import store
@@ -118,6 +124,17 @@ class Keyvault(HierarchyMixin, SealMixin, RecordingMixin, Service):
             raise Forbidden("only an operator may do this")
 
     # -- status, seal and unlock ---------------------------------------------------
+
+    def readiness(self) -> Readiness:
+        """Sealed until unlocked; degraded while audit cannot record key releases (fail closed: no key
+        but audit's own leaves meanwhile); failed when the home was never initialised."""
+        if self.state is None:
+            return Readiness(FAILED, "keyvault is not initialised: `meshctl down`, then `meshctl init`")
+        if not self.keys:
+            return Readiness(SEALED, LOCKED_REASON)
+        if self.audit_refusal is not None:
+            return Readiness(DEGRADED, f"releases no key: audit cannot record ({self.audit_refusal})", "audit")
+        return Readiness(READY)
 
     @handler("status")
     async def status(self, ctx: RequestContext, req: NoFields) -> dict[str, Any]:

@@ -5,7 +5,6 @@ grants services the data calls only; this check holds even if an ACL is widened 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -109,8 +108,3 @@ class AdminApi(BackupMixin):
         self.require_operator(ctx)
         return self.jobs.get(req.job, ctx.caller).to_wire()
 
-    @handler("health")
-    async def health(self, ctx: RequestContext, req: NoFields) -> dict[str, Any]:
-        """``storage.health`` → the usual fields; ``status`` is ``ok``, ``sealed`` or ``failed``."""
-        return {"service": self.name, "status": self.state, "pid": os.getpid(),
-                "uptime_s": round(time.monotonic() - self.started, 3), "problem": self.problem}

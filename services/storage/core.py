@@ -25,10 +25,14 @@ from typing import Any, Final, TypeVar
 import structlog
 
 from shared import (
+    FAILED,
+    READY,
+    SEALED,
     Forbidden,
     MeshConfig,
     MeshError,
     MeshHome,
+    Readiness,
     RequestContext,
     Sealed,
     Service,
@@ -36,7 +40,7 @@ from shared import (
     config_path,
     load_config,
 )
-from shared._keeper import follow_keyvault, keep_unsealed
+from shared._keeper import LOCKED_REASON, follow_keyvault, keep_unsealed, without_keys
 
 from .analytics import AnalyticsStore, StartupError
 from .errors import DamagedError
@@ -69,6 +73,8 @@ class StorageCore(Service):
         self.stored = StorageState()
         self.state = "sealed"                  # sealed | ok | failed
         self.problem: str | None = None        # why not ok; never holds user data
+        #: Why it is sealed: the answer of the last key fetch, or the store that would not open.
+        self.without_keys: Readiness | None = None
         self.keys = {purpose: KeySet(purpose) for purpose in PURPOSES}
         self.kv: KvStore | None = None
         self.records: RecordStore | None = None
@@ -94,6 +100,14 @@ class StorageCore(Service):
     def namespace(self, ctx: RequestContext, subject: str, category: str) -> Namespace:
         """The caller's namespace for ``subject`` and ``category``; the owner is the transport identity."""
         return Namespace(ctx.caller, subject, category)
+
+    def readiness(self) -> Readiness:
+        """Ready only with every store open under its keys: a write right after ``meshctl up`` succeeds."""
+        if self.state == "ok":
+            return Readiness(READY)
+        if self.state == "sealed":
+            return self.without_keys or Readiness(SEALED, "waiting for its keys from keyvault", "keyvault")
+        return Readiness(FAILED, self.problem or "storage cannot serve")
 
     def require(self) -> None:
         """Raise ``SEALED`` (or ``UNAVAILABLE``) unless the stores are open with their keys."""
@@ -187,9 +201,11 @@ class StorageCore(Service):
         async with self._unseal_lock:
             if self.state != "sealed":
                 return True
+            fetching = True
             try:
                 for purpose in PURPOSES:
                     await self.fetch_key(purpose)
+                fetching = False
                 await self._open_stores()
             except MeshError as exc:
                 await self._close_stores()
@@ -199,9 +215,12 @@ class StorageCore(Service):
                     self.state, self.problem = "failed", exc.message
                     log.error("storage_unusable", reason=exc.message)
                     return True
+                # Kept until the next attempt ends, so health does not flicker while one is in flight.
+                self.without_keys = without_keys(exc) if fetching else Readiness(
+                    FAILED, f"cannot open its stores: {exc.code}: {exc.message}")
                 log.info("sealed", reason=exc.code, detail=exc.message)
                 return False
-            self.state, self.problem = "ok", None
+            self.state, self.problem, self.without_keys = "ok", None, None
             log.info("unsealed", versions={p: k.current for p, k in self.keys.items()})
             return True
 
@@ -255,5 +274,6 @@ class StorageCore(Service):
             for keyset in self.keys.values():
                 keyset.wipe()
             self.state, self.problem = "sealed", reason
+            self.without_keys = Readiness(SEALED, LOCKED_REASON, "keyvault")
             log.info("sealed", reason=reason)
 

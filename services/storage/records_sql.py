@@ -30,7 +30,7 @@ from typing import Any, Final
 import msgpack
 import sqlcipher3  # no stubs: pyproject.toml's mypy overrides ignore its imports
 
-from shared import BadRequest, Unavailable
+from shared import BadRequest, Unavailable, integrity_problems
 
 from .errors import DamagedError
 
@@ -246,15 +246,7 @@ def verify_database(db: Any) -> list[str]:
     """Problems found in the database behind ``db`` (at most the first 50): page HMACs, SQLite's
     integrity check, then, if those pass, every document decoding and its index rows matching it.
     Reads the whole database; the caller holds the store's lock."""
-    problems: list[str] = []
-    for pragma in ("cipher_integrity_check", "integrity_check"):
-        try:
-            rows = db.execute(f"PRAGMA {pragma}").fetchall()
-        except sqlcipher3.Error as exc:
-            problems.append(f"{pragma} failed: {type(exc).__name__}")
-            continue
-        lines = [line for row in rows for line in str(row[0]).splitlines()]
-        problems += [f"{pragma}: {line[:200]}" for line in lines if line != "ok"]
+    problems = integrity_problems(db, _MAX_PROBLEMS)
     if not problems:
         # Documents are read only from pages that passed both checks: over damaged ones the reads fail or mislead.
         try:

@@ -26,10 +26,13 @@ from typing import Any, Final
 import structlog
 
 from shared import (
+    DEGRADED,
+    READY,
     AuditShipper,
     MeshConfig,
     MeshHome,
     NoFields,
+    Readiness,
     RequestContext,
     Service,
     ServiceRunner,
@@ -62,15 +65,21 @@ class SupervisorEvents(Service):
         super().__init__()
         self.forwarder = forwarder
 
+    def readiness(self) -> Readiness:
+        """``degraded`` once any event was dropped or lost since this process started: it still
+        forwards, but the record of what supervisord did has a gap an operator should know about."""
+        c = self.forwarder.health()
+        lost = {k: c[k] for k in ("dropped", "lost_upstream", "audit_dropped") if c[k]}
+        if lost:
+            return Readiness(DEGRADED, "process events were lost: " + ", ".join(f"{k} {v}" for k, v in lost.items()))
+        return Readiness(READY)
+
     @handler("health")
     async def health(self, ctx: RequestContext, req: NoFields) -> dict[str, Any]:
-        """``supervisor-events.health`` → the base health fields plus the forwarding counters;
-        ``status`` is ``degraded`` once anything was dropped or lost."""
+        """``supervisor-events.health`` → the base health fields (``state`` is ``degraded`` once anything
+        was dropped or lost) plus the forwarding counters."""
         reply = await super().health(ctx, req)
-        counters = self.forwarder.health()
-        reply.update(counters)
-        if counters["dropped"] or counters["lost_upstream"] or counters["audit_dropped"]:
-            reply["status"] = "degraded"
+        reply.update(self.forwarder.health())
         return reply
 
 

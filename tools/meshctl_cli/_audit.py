@@ -92,6 +92,8 @@ async def verify(home: MeshHome) -> dict[str, Any]:
     async with connected(home) as client:
         result: dict[str, Any] = await client.call("audit.verify", timeout=_TIMEOUT_S)
     if not result.get("ok"):
+        if result.get("damaged"):
+            raise CliError(f"audit log verification FAILED (the database is damaged): {result.get('error')}")
         raise CliError(_failure(result.get("first_bad"), str(result.get("error"))))
     return result
 

@@ -1,7 +1,9 @@
 """meshctl's command line: parse, run one command, print a table or JSON, exit with a status.
 
 Exit status: 0 success (for ``status`` and ``up``: the mesh is healthy), 1 failure
-(one line on stderr says why), 2 usage error, 130 interrupted.
+(for ``status`` and ``up``: unhealthy; one line on stderr says why), 2 usage error,
+3 the mesh is sealed, 4 degraded (``status``, ``up``, ``restart``; see :mod:`._verdict`),
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from . import _audit, _init, _lifecycle, _logs, _mesh, _render, _security, _stor
 from ._output import CliError, emit, emit_json
 from ._status import MeshProbe, collect
 from ._supervisor import Supervisor, load_credentials
+from ._verdict import EXIT_CODES
 
 _RPC_TIMEOUT_S = 30.0
 
@@ -142,8 +145,13 @@ def _up_or_status(args: argparse.Namespace, home: MeshHome) -> int:
     else:
         report = asyncio.run(_status(home))
     emit(args.json, report, _render.status(report))
+    if report["state"] == "sealed":
+        raise CliError("the mesh is sealed: run `meshctl security unlock`", status=report["exit_code"])
+    if report["state"] == "degraded":
+        raise CliError(f"the mesh is {report['verdict']}", status=report["exit_code"])
     if not report["healthy"]:
-        raise CliError(f"the mesh is not healthy: {report['verdict'].removeprefix('unhealthy: ')}")
+        raise CliError(f"the mesh is not healthy: {report['verdict'].removeprefix('unhealthy: ')}",
+                       status=report["exit_code"])
     return 0
 
 
@@ -151,10 +159,13 @@ def _restart(args: argparse.Namespace, home: MeshHome) -> int:
     row = asyncio.run(_lifecycle.restart(home, args.service, timeout=args.timeout))
     emit(args.json, row,
          f"{row['name']}: {row['state']}, pid {row['pid']}, registered {_render.yes(row['registered'])}")
+    if row["ready"]["state"] == "sealed" and row.get("mesh_state") == "sealed":
+        raise CliError(f"{args.service} is back and sealed with the mesh: run `meshctl security unlock`",
+                       status=EXIT_CODES["sealed"])
     if not row["healthy"]:
         if not args.json:
             print("\n".join(f"    {line}" for line in row.get("log_tail") or []))
-        raise CliError(f"{args.service} did not come back healthy: {row['problem']}")
+        raise CliError(f"{args.service} did not come back ready: {row['problem']}")
     return 0
 
 

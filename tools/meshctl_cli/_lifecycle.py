@@ -25,6 +25,8 @@ from ._supervisor import (
 )
 
 POLL_S: Final = 0.25
+#: The verdicts ``meshctl up`` stops waiting at (see :mod:`._verdict`).
+SETTLED: Final = ("healthy", "sealed", "degraded")
 _NOT_RUNNING_FAULT: Final = 70  # supervisor.xmlrpc.Faults.NOT_RUNNING
 
 
@@ -57,14 +59,17 @@ async def wait_for(home: MeshHome, supervisor: Supervisor, done: Callable[[dict[
     try:
         while True:
             status = await collect(home, supervisor, probe, details=False)
-            fatal = any(r["state"] == "FATAL" for r in status["services"])
+            # A FATAL process, or one that failed through its own fault (a damaged database, a tampered
+            # log), will not get better by waiting; one that waits on a dependency still may.
+            fatal = any(r["state"] == "FATAL" or (r["ready"]["state"] == "failed" and not r["ready"]["dependency"])
+                        for r in status["services"])
             if done(status) or fatal or time.monotonic() >= deadline:
                 break
             rows = status["services"]
             running = sum(r["state"] == "RUNNING" for r in rows)
             ready = [r["name"] for r in rows if r["healthy"]]
             waiting = [r["name"] for r in rows if not r["healthy"]]
-            progress.update(f"{what}: {running}/{len(rows)} running, {len(ready)}/{len(rows)} registered"
+            progress.update(f"{what}: {running}/{len(rows)} running, {len(ready)}/{len(rows)} ready"
                             f"; waiting for {', '.join(waiting[:4])}{' ...' if len(waiting) > 4 else ''}")
             await asyncio.sleep(POLL_S)  # poll interval inside the deadline loop
         progress.done()
@@ -79,7 +84,8 @@ def _say(text: str, quiet: bool) -> None:
 
 
 async def up(home: MeshHome, *, timeout: float, quiet: bool) -> dict[str, Any]:
-    """Start supervisord (or, if it runs, any stopped process) and wait until the mesh is healthy."""
+    """Start supervisord (or, if it runs, any stopped process) and wait until every process is ready, the
+    mesh is sealed or degraded (settled states), a process is FATAL, or ``timeout``; return the status."""
     if not is_initialised(home):
         raise CliError(f"the mesh home {home.root} is not initialised: run `meshctl init` first (make up does)")
     supervisor = Supervisor(home, load_credentials(home))
@@ -98,7 +104,9 @@ async def up(home: MeshHome, *, timeout: float, quiet: bool) -> dict[str, Any]:
             _terminate([pid for pid, _ in stale], grace=10.0)
         _say(f"starting supervisord for {home.root}", quiet)
         supervisor.start()
-    return await wait_for(home, supervisor, lambda s: bool(s["healthy"]), timeout, "starting the mesh")
+    # Healthy, sealed (the mesh waits for `meshctl security unlock`) and degraded are settled states;
+    # an unhealthy mesh may still be starting, so keep waiting for it until the timeout.
+    return await wait_for(home, supervisor, lambda s: s["state"] in SETTLED, timeout, "starting the mesh")
 
 
 def down(home: MeshHome, *, timeout: float, quiet: bool) -> dict[str, Any]:
@@ -158,10 +166,14 @@ async def restart(home: MeshHome, name: str, *, timeout: float) -> dict[str, Any
     supervisor.call("startProcess", full, False)
 
     def ready(status: dict[str, Any]) -> bool:
-        return any(r["name"] == name and r["healthy"] for r in status["services"])
+        # Ready, or sealed together with the rest of a sealed mesh: either way it is back.
+        return any(r["name"] == name and (r["healthy"] or (status["state"] == "sealed"
+                                                           and r["ready"]["state"] == "sealed"))
+                   for r in status["services"])
 
     status = await wait_for(home, supervisor, ready, timeout, f"restarting {name}")
     row: dict[str, Any] = next(r for r in status["services"] if r["name"] == name)
+    row["mesh_state"] = status["state"]
     return row
 
 

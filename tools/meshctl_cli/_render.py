@@ -19,7 +19,7 @@ def status(s: dict[str, Any]) -> str:
     """The status table: verdict, broker, keyring, one row per process, then problems."""
     broker = s["broker"]
     keyring = s.get("keyring") or {}
-    out = [f"mesh in {s['home']}: {'HEALTHY' if s['healthy'] else 'UNHEALTHY'}",
+    out = [f"mesh in {s['home']}: {s['state'].upper()}",
            f"broker: {', '.join(broker['endpoints'])}",
            f"  public key {broker['public_key']}  fingerprint {broker['fingerprint'][:16]}"]
     if keyring:
@@ -35,14 +35,19 @@ def status(s: dict[str, Any]) -> str:
         line = f"storage: {store['state']}, key versions " + ", ".join(
             f"{p} v{v}" for p, v in sorted(store["versions"].items()))
         out.append(line + "".join(f"; re-encrypting {p} {r['done']}/{r['total']}" for p, r in sorted(rotation.items())))
+    audit = s.get("audit")
+    if audit:
+        line = f"audit: log {audit['log']}, {audit['size'] if audit['size'] is not None else '?'} records, " \
+               f"checkpoint at {audit['checkpoint_size']}"
+        out.append(line + (f"; {audit['reason']}" if audit.get("reason") else ""))
     sup = s["supervisor"]
     out.append(f"supervisord: {'pid ' + str(sup['pid']) if sup['running'] else 'not running'}")
-    rows = [[r["name"], r["state"], r["pid"], duration(r["uptime_s"]), r.get("restarts"), yes(r["registered"]),
-             None if r["heartbeat_age_s"] is None else f"{r['heartbeat_age_s']:.1f}s",
+    rows = [[r["name"], r["state"], r["ready"]["state"], r["pid"], duration(r["uptime_s"]), r.get("restarts"),
+             yes(r["registered"]), None if r["heartbeat_age_s"] is None else f"{r['heartbeat_age_s']:.1f}s",
              r["msgs_in"], r["msgs_out"], r["errors"], millis(r["p50_ms"]), millis(r["p99_ms"])]
             for r in s["services"]]
-    out += ["", table(["PROCESS", "STATE", "PID", "UPTIME", "RESTARTS", "REGISTERED", "HEARTBEAT", "IN", "OUT",
-                       "ERRORS", "P50 MS", "P99 MS"], rows)]
+    out += ["", table(["PROCESS", "STATE", "READY", "PID", "UPTIME", "RESTARTS", "REGISTERED", "HEARTBEAT", "IN",
+                       "OUT", "ERRORS", "P50 MS", "P99 MS"], rows)]
     for warning in s.get("warnings", []):
         if warning in loud:
             continue  # shown with the keyvault line above
@@ -137,8 +142,9 @@ def ping(result: dict[str, Any]) -> str:
     extra = ""
     if "pid" in reply:
         extra = f" (pid {reply['pid']}, up {duration(reply.get('uptime_s'))})"
-    word = "pong" if result["target"] == "mesh.ping" else reply.get("status", "answered")
-    return f"{result['service']}: {word} in {result['rtt_ms']:.2f} ms{extra}"
+    word = "pong" if result["target"] == "mesh.ping" else reply.get("state", "answered")
+    why = f" ({reply['reason']})" if reply.get("reason") else ""
+    return f"{result['service']}: {word} in {result['rtt_ms']:.2f} ms{extra}{why}"
 
 
 def certs(action: str, result: Any) -> str:

@@ -1,9 +1,9 @@
 """``meshctl status``: supervisord's view and the broker's view of the mesh, joined per process.
 
-A process is healthy when supervisord has it RUNNING, it is registered with
-the broker (for the broker itself: it answers ``mesh.stats`` with its ZAP
-handler alive) and it answers ``<name>.health``. The mesh is healthy when
-supervisord runs and every process is healthy.
+A process is ready when supervisord has it RUNNING, it is registered with the
+broker (for the broker itself: it answers ``mesh.stats`` with its ZAP handler
+alive) and its ``<name>.health`` reports the state ``ready``. The mesh's verdict
+(healthy, sealed, degraded, unhealthy) and exit code are :mod:`._verdict`'s.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from shared._provision import MESH_IDENTITIES
 
 from ._output import CliError
 from ._supervisor import NotRunning, Supervisor
+from ._verdict import HEALTHY, describe, judge, readiness
 
 #: Every process supervisord runs for a mesh, in start order (supervisord.conf).
 PROCESSES: Final = ("broker", *(n for n, role in MESH_IDENTITIES.items() if role == "service"))
@@ -158,6 +159,15 @@ async def storage_view(probe: MeshProbe, registered: dict[str, Any]) -> dict[str
     return view
 
 
+def audit_view(health: Any) -> dict[str, Any] | None:
+    """The audit log's own state from ``audit.health``: ``log`` (ok, sealed, tampered, failed), the
+    number of records, the latest checkpoint, and the reason when it is not ok."""
+    if not isinstance(health, dict) or "log" not in health:
+        return None
+    return {"log": health["log"], "size": health.get("size"), "checkpoint_size": health.get("checkpoint_size"),
+            "reason": health.get("reason") if health["log"] != "ok" or health.get("state") != "ready" else None}
+
+
 def _row(name: str, proc: dict[str, Any] | None, stats: dict[str, Any] | None,
          registered: dict[str, Any], health: dict[str, Any]) -> dict[str, Any]:
     state = proc["statename"] if proc else "NOT RUNNING"
@@ -171,13 +181,22 @@ def _row(name: str, proc: dict[str, Any] | None, stats: dict[str, Any] | None,
         "requests": None, "p50_ms": None, "p99_ms": None, "health": None,
     }
     identities = (stats or {}).get("identities", {})
+    supervisor_state = state + (f" ({row['description']})" if row["description"] and not running else "")
     if name == "broker":
         row["registered"] = stats is not None and bool(stats.get("zap_alive"))
         if stats is not None:
             row["msgs_in"] = sum(c["msgs_in"] for c in identities.values())
             row["msgs_out"] = sum(c["msgs_out"] for c in identities.values())
             row["errors"] = sum(c["errors"] for c in identities.values())
-        problem = None if row["registered"] else ("ZAP handler is down" if stats else "not reachable")
+        # The broker answers for itself through mesh.stats: ready when its ZAP handler runs. Not
+        # answering yet is "down" (it may be starting); a dead ZAP handler is its own failure.
+        if stats is None:
+            row["ready"] = readiness(name, supervisor_state, False, None) if not running else {
+                "state": "down", "reason": "not reachable", "dependency": None}
+        else:
+            broker_health = {"state": "ready"} if row["registered"] else {"state": "failed",
+                                                                          "reason": "ZAP handler is down"}
+            row["ready"] = readiness(name, supervisor_state, True, broker_health)
     else:
         reg = registered.get(name)
         counters = identities.get(name, {})
@@ -186,21 +205,9 @@ def _row(name: str, proc: dict[str, Any] | None, stats: dict[str, Any] | None,
             row.update(heartbeat_age_s=reg["heartbeat_age_s"], errors=reg["errors"], requests=reg["requests"],
                        p50_ms=reg["p50_ms"], p99_ms=reg["p99_ms"])
         row["health"] = health.get(name)
-        status = row["health"].get("status") if isinstance(row["health"], dict) else None
-        if reg is None:
-            problem = "not registered"
-        elif status is None:
-            problem = "does not answer health"
-        elif status in ("ok", "degraded", "sealed"):
-            # Sealed is the operator's choice, shown on its own line, not a broken process.
-            problem = None
-        else:
-            detail = row["health"].get("problem")
-            problem = f"health is {status}" + (f": {detail}" if detail else "")
-    if not running:
-        problem = f"{state}" + (f" ({row['description']})" if row["description"] else "")
-    row["healthy"] = problem is None
-    row["problem"] = problem
+        row["ready"] = readiness(name, supervisor_state, reg is not None, row["health"])
+    row["healthy"] = row["ready"]["state"] == "ready"
+    row["problem"] = None if row["healthy"] else describe(row["ready"])
     return row
 
 
@@ -231,21 +238,18 @@ async def collect(home: MeshHome, supervisor: Supervisor, probe: MeshProbe, *, d
             row["log_tail"] = log_tail(supervisor, f"{row['group']}:{row['name']}")
     if supervisor_problem:
         # Nothing runs under supervision: one reason, not one per process.
-        problems = [f"the mesh is down ({supervisor_problem}); `meshctl up` starts it"]
+        outage, rows_judged = [f"the mesh is down ({supervisor_problem}); `meshctl up` starts it"], []
     elif mesh_problem:
         # Without the broker no one is registered: name that, and what supervisord sees.
-        problems = [mesh_problem, *(f"{r['name']}: {r['problem']}" for r in rows if r["state"] != "RUNNING")]
+        outage, rows_judged = [mesh_problem], [r for r in rows if r["state"] != "RUNNING"]
     else:
-        problems = [f"{r['name']}: {r['problem']}" for r in rows if r["problem"]]
+        outage, rows_judged = [], rows
+    verdict = judge(rows_judged, outage)
     warnings = []
     if stats is not None:
         warnings += [f"certificate store: {p['file']}: {p['problem']}" for p in stats["certificate_problems"]]
         if stats["pending_certificates"]:
             warnings.append(f"{stats['pending_certificates']} unknown key(s) tried to connect: meshctl certs pending")
-    for name, reply in health.items():
-        if isinstance(reply, dict) and reply.get("status") == "degraded":
-            lost = {k: reply[k] for k in ("dropped", "lost_upstream") if reply.get(k)}
-            warnings.append(f"{name} reports degraded" + (f": {lost}" if lost else ""))
     vault = await keyvault_view(probe, registered, config.argon2.test_profiles) if details else None
     storage = await storage_view(probe, registered) if details else None
     if storage is not None:
@@ -255,10 +259,9 @@ async def collect(home: MeshHome, supervisor: Supervisor, probe: MeshProbe, *, d
     keyring = keyring_backend() if details else None
     if keyring is not None and not keyring["usable"]:
         warnings.append("no usable platform keyring backend on this machine")
-    healthy = not problems
     return {
-        "healthy": healthy, "verdict": "healthy" if healthy else "unhealthy: " + "; ".join(problems),
-        "home": str(home.root), "time": time.time(),
+        "healthy": verdict["state"] == HEALTHY, "state": verdict["state"], "exit_code": verdict["exit_code"],
+        "verdict": verdict["verdict"], "home": str(home.root), "time": time.time(),
         "supervisor": {"running": supervisor_problem is None, "pid": supervisor.pid() if procs else None,
                        "socket": str(supervisor.socket)},
         "broker": {"endpoints": (stats or {}).get("endpoints") or [home.broker_endpoint, *config.broker.tcp_endpoints],
@@ -267,6 +270,6 @@ async def collect(home: MeshHome, supervisor: Supervisor, probe: MeshProbe, *, d
                    "connections": (stats or {}).get("connections"),
                    "handshake_failures": (stats or {}).get("handshake_failures"),
                    "pending_certificates": (stats or {}).get("pending_certificates")},
-        "keyring": keyring, "keyvault": vault, "storage": storage, "services": rows, "problems": problems,
-        "warnings": warnings,
+        "keyring": keyring, "keyvault": vault, "storage": storage, "audit": audit_view(health.get("audit")),
+        "services": rows, "problems": verdict["problems"], "warnings": warnings,
     }
