@@ -27,7 +27,7 @@ import pytest
 
 from shared import MeshClient, MeshHome, Sealed, certs
 
-from .test_operations_e2e import mesh_home, meshctl, write_fast_config
+from .test_operations_e2e import mesh_home, meshctl, wait_until, write_fast_config
 
 PASSPHRASE = re.compile(r"^    ([a-z2-9]{5}(?:-[a-z2-9]{5}){5})$", re.M)
 STRONG = "violet-harbour-quantum-47-ledger"
@@ -246,8 +246,11 @@ def test_lock_seals_the_mesh_and_unlock_restores_it(live: Live) -> None:
     assert locked.returncode == 0 and "SEALED" in locked.stdout, locked.stderr
     with pytest.raises(Sealed):
         fetch(live.home, "sqlcipher")
-    report = status(live)
-    assert report["healthy"] is True and report["keyvault"]["sealed"] is True  # sealed is not unhealthy
+    # Sealed is its own verdict (exit 3): neither healthy nor broken.
+    done = live.ctl("status", "--json")
+    report = json.loads(done.stdout)
+    assert done.returncode == 3 and report["state"] == "sealed" and report["healthy"] is False
+    assert report["keyvault"]["sealed"] is True and report["problems"] == []
     assert "SEALED: run meshctl security unlock" in report["warnings"]
     assert "keyvault: SEALED" in live.ctl("status").stdout
     # No terminal and no file: a usage error, not a prompt.
@@ -256,6 +259,8 @@ def test_lock_seals_the_mesh_and_unlock_restores_it(live: Live) -> None:
     unlocked = live.ctl("security", "unlock", "--password-file", live.file(live.password))
     assert unlocked.returncode == 0 and "unsealed" in unlocked.stdout, unlocked.stderr
     assert fetch(live.home, "sqlcipher")["key"] == before["key"]
+    # Storage and audit fetch their keys again on security.unsealed: healthy once they have them.
+    wait_until(lambda: live.ctl("status", "--json").returncode == 0, 20, "healthy after the unlock")
     assert status(live)["keyvault"]["sealed"] is False
 
 
