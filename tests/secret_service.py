@@ -28,8 +28,12 @@ def check_host() -> None:
     # The suite already runs in its venv: only the system tools are in question.
     done = subprocess.run([str(HOST_DEPS), "--check", "test"], env={**os.environ, "PY": sys.executable},
                           capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode == 1:
+        raise RuntimeError(done.stderr.strip())
     if done.returncode != 0:
-        raise RuntimeError(done.stderr.strip() or f"{HOST_DEPS} --check test exited {done.returncode}")
+        # 126/127: the script itself could not start, which leaves its own line unsaid.
+        raise RuntimeError(f"{HOST_DEPS} --check test could not run (exit {done.returncode}: "
+                           f"{done.stderr.strip()}): it needs bash on PATH")
 
 
 @contextmanager

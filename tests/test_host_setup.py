@@ -201,3 +201,19 @@ def test_make_up_checks_before_creating_the_venv(tmp_path: Path) -> None:
     venv = next(i for i, line in enumerate(lines) if "-m venv" in line)
     assert check < venv
     assert not any("tools/host-deps test" in line for line in lines)  # the mesh needs no keyring
+
+
+def test_the_suite_stops_at_once_naming_the_command(bin_dir: Path) -> None:
+    """pytest run directly (not through make test) on a machine without the daemon: the
+    session stops before any test with the one line, not one error per test."""
+    (bin_dir / "gnome-keyring-daemon").unlink()
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "tests/test_host_setup.py::test_unknown_arguments_are_a_usage_error"],
+        cwd=REPO, env={"PATH": str(bin_dir), "HOME": os.environ.get("HOME", "/root")},
+        capture_output=True, text=True, timeout=120, check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    command = f"{root_prefix()}apt-get update && {root_prefix()}{INSTALL} gnome-keyring"
+    assert command in output
+    assert "ERROR" not in output and "passed" not in output, output
