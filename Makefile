@@ -9,9 +9,19 @@ STAMP := $(VENV)/.curvemesh-installed
 CURVEMESH_HOME ?= $(CURDIR)/var
 MESHCTL = CURVEMESH_HOME="$(CURVEMESH_HOME)" $(PY) -m tools.meshctl_cli
 
-.PHONY: install up down status test lint bench clean
+# What the machine needs outside PyPI (system packages) is listed in one place,
+# tools/host-deps: as root it installs what is missing, otherwise it names the command.
+HOST_DEPS = PYTHON="$(PYTHON)" PY="$(PY)" tools/host-deps
 
+.PHONY: install up down status test host-test lint bench clean
+
+# The host check must finish before the venv is created or the suite runs: no parallel recipes.
+.NOTPARALLEL:
+
+# Every target that creates the venv first makes sure the host can (a Python 3.11+ with
+# its venv module; Debian ships that module in python3-venv).
 $(PY):
+	@$(HOST_DEPS) up
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
@@ -35,7 +45,13 @@ down:
 status: $(STAMP)
 	@$(MESHCTL) status
 
-test: $(STAMP)
+# The suite also needs system tools (dbus-daemon and gnome-keyring-daemon for a real
+# Secret Service, make): checked, and installed as root, before the venv and before pytest,
+# so that a fresh machine needs one apt-get update at most.
+host-test:
+	@$(HOST_DEPS) test
+
+test: host-test $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

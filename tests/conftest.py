@@ -16,7 +16,7 @@ import pytest_asyncio
 from shared import MeshHome
 from shared.testing import InProcessMesh
 
-from .secret_service import running_secret_service
+from .secret_service import check_host, running_secret_service
 
 # Fast timings so liveness and revocation tests finish quickly; limits stay on.
 FAST_CONFIG = """
@@ -72,6 +72,12 @@ TEST_IDENTITIES = {
 @pytest.fixture(scope="session", autouse=True)
 def secret_service() -> Iterator[str]:
     """Every test (and every process a test starts) talks to a real Secret Service."""
+    # Without the daemons every test would fail the same way: stop the session at once with
+    # the one line that names the command installing them (make test would have run it).
+    try:
+        check_host()
+    except RuntimeError as missing:
+        pytest.exit(str(missing), returncode=1)
     saved = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
     with running_secret_service() as address:
         os.environ["DBUS_SESSION_BUS_ADDRESS"] = address

@@ -12,17 +12,34 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+# The one list of what the suite needs from the system, and the command that installs it.
+HOST_DEPS = Path(__file__).resolve().parents[1] / "tools" / "host-deps"
+
+
+def check_host() -> None:
+    """Raise with tools/host-deps' one line (what is missing, the exact command to install
+    it) when the machine lacks a tool the suite needs; install nothing."""
+    # The suite already runs in its venv: only the system tools are in question.
+    done = subprocess.run([str(HOST_DEPS), "--check", "test"], env={**os.environ, "PY": sys.executable},
+                          capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode == 1:
+        raise RuntimeError(done.stderr.strip())
+    if done.returncode != 0:
+        # 126/127: the script itself could not start, which leaves its own line unsaid.
+        raise RuntimeError(f"{HOST_DEPS} --check test could not run (exit {done.returncode}: "
+                           f"{done.stderr.strip()}): it needs bash on PATH")
 
 
 @contextmanager
 def running_secret_service() -> Iterator[str]:
     """Yield the bus address of a fresh Secret Service; raise if the daemons are missing."""
-    for tool in ("dbus-daemon", "gnome-keyring-daemon"):
-        if shutil.which(tool) is None:
-            raise RuntimeError(f"{tool} is not installed: .ci/run installs dbus and gnome-keyring")
+    check_host()
     root = tempfile.mkdtemp(prefix="cmss")
     env = {**os.environ, "HOME": root, "XDG_DATA_HOME": f"{root}/data", "XDG_RUNTIME_DIR": root}
     bus = subprocess.run(
