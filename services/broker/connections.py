@@ -19,14 +19,23 @@ import os
 import secrets
 import sys
 from collections.abc import Container
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import structlog
+import zmq
+
+from shared import Certificate
+
+if TYPE_CHECKING:
+    from .core import Broker
+    from .state import Peer
 
 log = structlog.get_logger("broker")
 
 #: The ZAP metadata property carrying the connection token.
 CONN_PROPERTY: Final = "X-Conn"
+#: Told to a connection the broker dropped for missing heartbeats; the client reconnects.
+EXPIRED_MESSAGE: Final = "connection expired after missed heartbeats; reconnect"
 #: How many ended connections are remembered (their routing id and token).
 ENDED_MAX: Final = 10_000
 _ID_BATCH: Final = 512
@@ -43,6 +52,47 @@ def generated_shape(rid: bytes) -> bool:
 
     Necessary, not sufficient: a peer can choose an id of this shape too."""
     return len(rid) == 5 and rid[0] == 0
+
+
+class Admission:
+    """Mixin of :class:`~services.broker.core.Broker`: the first message of a connection
+    the broker does not track under its (routing id, token) pair."""
+
+    def _admit(self: Broker, rid: bytes, conn: str, cert: Certificate, header_frame: zmq.Frame,
+               now: float) -> Peer | None:
+        """Track a connection the broker does not know yet, or refuse its message (None).
+
+        Refused: a routing id libzmq would never generate; an id tracked or remembered for
+        another connection (libzmq's ids do not repeat within 2**32 connections, so the id
+        was chosen); an expired connection speaking again (told to reconnect)."""
+        if not generated_shape(rid):
+            self._refuse_chosen_id(rid, header_frame)
+            return None
+        holder = self.peers.get(rid)
+        if holder is not None:
+            # Another connection now holds the id the tracked one had, so that one is gone:
+            # its state dies now (deregistered, its in-flight requests failed or dropped),
+            # before anything of it could reach the newcomer.
+            self._drop_peer(holder, "routing id reused by another connection")
+            self._refuse_chosen_id(rid, header_frame)
+            return None
+        ended = self.ended.get(rid)
+        if ended is not None:
+            token, expired = ended
+            if token != conn:
+                self._refuse_chosen_id(rid, header_frame)
+                return None
+            if expired:
+                self.totals["expired_refused"] += 1
+                self._refuse(rid, header_frame, "UNAVAILABLE", EXPIRED_MESSAGE)
+                return None
+            # The same connection again (its key revoked, then allowed again): it starts
+            # afresh, with nothing of what it had before.
+        return self._new_peer(rid, conn, cert, now)
+
+    def _refuse_chosen_id(self: Broker, rid: bytes, header_frame: zmq.Frame) -> None:
+        self.totals["custom_routing_id_refused"] += 1
+        self._refuse(rid, header_frame, "BAD_REQUEST", "custom routing ids are not allowed")
 
 
 class RequestIds:

@@ -52,7 +52,7 @@ from shared import (
 from shared._files import write_atomic
 
 from .certstore import CertStore
-from .connections import CONN_PROPERTY, EndedConnections, RequestIds, generated_shape, seed_routing_id_counter
+from .connections import CONN_PROPERTY, Admission, EndedConnections, RequestIds, seed_routing_id_counter
 from .routing import Routing
 from .service import Introspection
 from .state import Counters, InFlight, Peer, Registration
@@ -65,14 +65,12 @@ _TICK: Final = 0.02
 _MORE: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
 _LAST: Final = int(zmq.NOBLOCK)
 _CURVE_OVERHEAD: Final = 64
-#: Told to a connection the broker dropped for missing heartbeats; the client reconnects.
-EXPIRED_MESSAGE: Final = "connection expired after missed heartbeats; reconnect"
 _BATCH: Final = 256
 #: The digest of the configuration file recorded at the last start, under the home's spool dir.
 CONFIG_DIGEST_FILE: Final = "config.sha256"
 
 
-class Broker(Routing, Upkeep):
+class Broker(Admission, Routing, Upkeep):
     """The mesh broker. ``bind()`` then ``run()`` (blocking) until ``stop()``."""
 
     def __init__(self, config: MeshConfig, home: MeshHome, *,
@@ -272,42 +270,6 @@ class Broker(Routing, Upkeep):
         except BadRequest:
             request_id = 0
         self._send(rid, self._error_frame(request_id, code, message))
-
-    def _admit(self, rid: bytes, conn: str, cert: Certificate, header_frame: zmq.Frame,
-               now: float) -> Peer | None:
-        """Track a connection the broker does not know yet, or refuse its message (None).
-
-        Refused: a routing id libzmq would never generate; an id tracked or remembered for
-        another connection (libzmq's ids do not repeat within 2**32 connections, so the id
-        was chosen); an expired connection speaking again (told to reconnect)."""
-        if not generated_shape(rid):
-            self._refuse_chosen_id(rid, header_frame)
-            return None
-        holder = self.peers.get(rid)
-        if holder is not None:
-            # Another connection now holds the id the tracked one had, so that one is gone:
-            # its state dies now (deregistered, its in-flight requests failed or dropped),
-            # before anything of it could reach the newcomer.
-            self._drop_peer(holder, "routing id reused by another connection")
-            self._refuse_chosen_id(rid, header_frame)
-            return None
-        ended = self.ended.get(rid)
-        if ended is not None:
-            token, expired = ended
-            if token != conn:
-                self._refuse_chosen_id(rid, header_frame)
-                return None
-            if expired:
-                self.totals["expired_refused"] += 1
-                self._refuse(rid, header_frame, "UNAVAILABLE", EXPIRED_MESSAGE)
-                return None
-            # The same connection again (its key revoked, then allowed again): it starts
-            # afresh, with nothing of what it had before.
-        return self._new_peer(rid, conn, cert, now)
-
-    def _refuse_chosen_id(self, rid: bytes, header_frame: zmq.Frame) -> None:
-        self.totals["custom_routing_id_refused"] += 1
-        self._refuse(rid, header_frame, "BAD_REQUEST", "custom routing ids are not allowed")
 
     def _new_peer(self, rid: bytes, conn: str, cert: Certificate, now: float) -> Peer:
         limit = (self.config.limits.identity.get(cert.name)
