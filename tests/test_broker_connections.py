@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -148,3 +151,39 @@ async def test_request_ids_a_service_sees_are_unpredictable(mesh: InProcessMesh)
         assert all(2**32 <= i < 2**63 for i in ids), ids
         assert not any(b - a == 1 for a, b in itertools.pairwise(ids)), ids
     assert set(first).isdisjoint(second)  # a restarted broker does not repeat itself
+
+
+FIRST_ROUTING_ID = """
+import asyncio, sys, tempfile
+from pathlib import Path
+from shared.testing import InProcessMesh
+from tests.conftest import FAST_CONFIG, TEST_IDENTITIES
+from tests.rawpeer import RawPeer
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="cm") as path:
+        async with InProcessMesh(Path(path) / "h", FAST_CONFIG, dict(TEST_IDENTITIES)) as mesh:
+            peer = RawPeer(mesh.context, mesh.home.broker_endpoint, keypair=mesh.pairs["meshctl"],
+                           broker_key=mesh.pairs["broker"].certificate.public_key)
+            try:
+                await peer.send({"v": 1, "k": "sub", "id": 1, "topic": "test."})
+                assert (await peer.recv(timeout=5))[0]["k"] == "rep"
+                print(next(iter(mesh.broker.peers)).hex())
+            finally:
+                peer.close()
+
+asyncio.run(main())
+"""
+
+
+def test_the_first_generated_routing_id_differs_between_broker_processes() -> None:
+    # A predictable id start would let a peer claim the id the next connection gets, and
+    # libzmq aborts the broker when its generated id is already taken (protocol §1.1).
+    firsts = set()
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", FIRST_ROUTING_ID], capture_output=True, text=True,
+                              timeout=60, check=True, cwd=Path(__file__).resolve().parent.parent)
+        rid = bytes.fromhex(done.stdout.strip().splitlines()[-1])
+        assert len(rid) == 5 and rid[0] == 0
+        firsts.add(rid)
+    assert len(firsts) == 2
