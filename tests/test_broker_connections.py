@@ -58,8 +58,14 @@ async def test_chosen_routing_ids_of_every_shape_are_refused(mesh: InProcessMesh
     try:
         await first.send({"v": 1, "k": "sub", "id": 1, "topic": "test."})
         assert (await first.recv(timeout=2))[0]["k"] == "rep"
+        tracked = (await operator.call("mesh.stats", timeout=2))["connections"]
     finally:
         first.close()
+
+    async def first_dropped() -> bool:  # libzmq has released the id (see the next test)
+        return (await operator.call("mesh.stats", timeout=2))["connections"] == tracked - 1
+
+    await eventually(first_dropped)
     second = raw(mesh, "meshctl", routing_id=b"\x00zzzz")
     try:
         await expect_custom_id_refusal(second, {"v": 1, "k": "sub", "id": 1, "topic": "test."}, 1)
@@ -87,9 +93,19 @@ async def test_new_connection_on_a_closed_connections_id_inherits_nothing(mesh: 
         await asyncio.wait_for(echo.entered.wait(), 5)
         await old_service.send({"v": 1, "k": "reg", "id": 1, "name": "storage"})
         assert (await old_service.recv(timeout=2))[0]["k"] == "rep"
+        tracked = (await operator.call("mesh.stats", timeout=2))["connections"]
     finally:
         old_caller.close()
         old_service.close()
+
+    # Wait until the broker has found both connections closed (its disconnect probe hits
+    # EHOSTUNREACH), which also means libzmq has released their ids: a new connection
+    # that claims an id still held is parked by libzmq, which then takes its first frame
+    # for an id. A caller that is not a registered service used to stay tracked forever.
+    async def closed_connections_dropped() -> bool:
+        return (await operator.call("mesh.stats", timeout=2))["connections"] == tracked - 2
+
+    await eventually(closed_connections_dropped)
     # Same keys, same ids, new connections.
     new_caller = raw(mesh, "meshctl", routing_id=caller_id)
     new_service = raw(mesh, "storage", routing_id=service_id)
