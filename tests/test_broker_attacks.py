@@ -188,17 +188,25 @@ async def test_corrupt_certificate_file_does_not_keep_a_revoked_key_allowed(mesh
     operator = await mesh.client("meshctl")
     assert (await victim.call("echo.health", timeout=2))["status"] == "ok"
     allowed = mesh.home.certs / "allowed"
-    # The victim's file is replaced by garbage in place (same name), a second corrupt file
-    # appears, and the key is listed as revoked: any one of these must keep it out.
-    (allowed / "outsider.key").write_bytes(b"metadata\n    name = \"outsider\"\ncurve\n    public-key = \"\x00\"\n")
+    outsider = mesh.pairs["outsider"].certificate
+    original = (allowed / "outsider.key").read_bytes()
+    # Corrupt files appear beside the victim's intact allow-list file: garbage, and a
+    # damaged copy naming the same identity. They are reported, and by themselves they
+    # cut nobody off, so the refusal below can only come from the revocation.
     (allowed / "junk.key").write_bytes(os.urandom(64))
-    certs.save_public(mesh.pairs["outsider"].certificate,
-                      mesh.home.certs / "revoked" / f"{mesh.pairs['outsider'].certificate.fingerprint}.key")
+    damaged = b"metadata\n    name = \"outsider\"\ncurve\n    public-key = \"\x00\"\n"
+    (allowed / "outsider-copy.key").write_bytes(damaged)
     reply = await operator.call("mesh.certs.reload", timeout=2)
-    problems = {p["file"] for p in reply["problems"]}
-    assert {"allowed/outsider.key", "allowed/junk.key"} <= problems
-    with pytest.raises((Unauthenticated, HandshakeError)):
+    assert {p["file"] for p in reply["problems"]} == {"allowed/junk.key", "allowed/outsider-copy.key"}
+    assert (await victim.call("echo.health", timeout=2))["status"] == "ok"
+    certs.save_public(outsider, mesh.home.certs / "revoked" / f"{outsider.fingerprint}.key")
+    reply = await operator.call("mesh.certs.reload", timeout=2)
+    assert {"file": "allowed/outsider.key", "problem": "key is revoked"} in reply["problems"]
+    with pytest.raises((Unauthenticated, HandshakeError), match="revoked"):
         await victim.call("echo.health", timeout=1)
+    # The allow-list file was never touched: the revocation alone keeps the key out.
+    assert (allowed / "outsider.key").read_bytes() == original
+    assert certs.load_certificate(allowed / "outsider.key").public_key == outsider.public_key
     assert (await operator.call("echo.health", timeout=2))["status"] == "ok"
 
 

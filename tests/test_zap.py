@@ -34,11 +34,15 @@ def parse_metadata(data: bytes) -> dict[str, bytes]:
 
 
 def test_a_known_key_is_admitted_with_its_name_role_and_key() -> None:
-    decision = decide(request(), b"curvemesh", ALLOWED)
+    decision = decide(request(), b"curvemesh", ALLOWED, "c0ffee")
     version, rid, status, _, user_id, metadata = decision.reply
     assert (version, rid, status, user_id) == (b"1.0", b"rid-1", b"200", b"storage")
-    assert parse_metadata(metadata) == {"X-Role": b"service", "X-Key": CERT.public_key}
+    assert parse_metadata(metadata) == {"X-Role": b"service", "X-Key": CERT.public_key, "X-Conn": b"c0ffee"}
     assert decision.unknown_key is None
+    # Without a given token every handshake gets a fresh 128-bit one (hex: no NUL byte,
+    # which zmq_msg_gets would cut the value at).
+    tokens = {parse_metadata(decide(request(), b"curvemesh", ALLOWED).reply[5])["X-Conn"] for _ in range(2)}
+    assert len(tokens) == 2 and all(len(t) == 32 and int(t, 16) >= 0 for t in tokens)
 
 
 def test_everything_else_is_refused() -> None:

@@ -7,16 +7,17 @@ applies the rate limit and the ACL, and forwards the body frame untouched.
 Bodies are never decoded here except for the broker's own ``mesh.*`` methods.
 
 Replies are routed to the connection the request came from, remembered in the
-in-flight table under a broker-chosen id; a reply is accepted only from the
-connection the request was forwarded to. Routing ids are always assigned by
-the broker's socket: a peer that chooses its own is refused.
+in-flight table under a broker-chosen random id; a reply is accepted only from
+the connection the request was forwarded to. State is bound to a connection,
+not to its routing id: each message carries its connection's token (``X-Conn``,
+from ZAP), and a routing id that is not libzmq's shape, or that shows up with
+another connection's token, is refused (see :mod:`.connections`).
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import itertools
 import math
 import os
 import socket
@@ -51,6 +52,7 @@ from shared import (
 from shared._files import write_atomic
 
 from .certstore import CertStore
+from .connections import CONN_PROPERTY, Admission, EndedConnections, RequestIds, seed_routing_id_counter
 from .routing import Routing
 from .service import Introspection
 from .state import Counters, InFlight, Peer, Registration
@@ -63,14 +65,12 @@ _TICK: Final = 0.02
 _MORE: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
 _LAST: Final = int(zmq.NOBLOCK)
 _CURVE_OVERHEAD: Final = 64
-#: Told to a connection the broker dropped for missing heartbeats; the client reconnects.
-EXPIRED_MESSAGE: Final = "connection expired after missed heartbeats; reconnect"
 _BATCH: Final = 256
 #: The digest of the configuration file recorded at the last start, under the home's spool dir.
 CONFIG_DIGEST_FILE: Final = "config.sha256"
 
 
-class Broker(Routing, Upkeep):
+class Broker(Admission, Routing, Upkeep):
     """The mesh broker. ``bind()`` then ``run()`` (blocking) until ``stop()``."""
 
     def __init__(self, config: MeshConfig, home: MeshHome, *,
@@ -88,6 +88,8 @@ class Broker(Routing, Upkeep):
         self.keypair = certs.load_keypair(home.secret_key_path("broker"))
         self.store = CertStore(home.certs, self.cfg.pending_max, self.cfg.pending_per_address_per_minute)
         self.spool = Spool(home.spool / "broker-audit.spool", self.cfg.spool_max_records)
+        # Before the context makes its first ROUTER socket (ZAP's, then the broker's).
+        seed_routing_id_counter()
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.zap = ZapHandler(self.context, self.cfg.zap_domain, lambda: self.store.snapshot.by_raw)
         self.endpoints: list[str] = []
@@ -97,7 +99,9 @@ class Broker(Routing, Upkeep):
         self.deadlines: list[tuple[float, int]] = []
         self.counters: dict[str, Counters] = {}
         self.buckets: dict[str, TokenBucket] = {}
-        self.expired: dict[bytes, None] = {}
+        #: Connections dropped since start (bounded): told to reconnect if they speak again
+        #: after expiry, and their routing ids refused to any other connection.
+        self.ended = EndedConnections()
         self._reported_totals: dict[str, int] = {}
         self.handshake_failures: dict[str, int] = dict.fromkeys(HANDSHAKE_EVENTS.values(), 0)
         self._handshake_reported = 0
@@ -106,7 +110,7 @@ class Broker(Routing, Upkeep):
                        "expired_refused": 0, "audit_ship_failures": 0}
         self.audit_shipped = 0  # spooled audit records audit has acknowledged
         self.started = wall()
-        self._ids = itertools.count(1)
+        self._ids = RequestIds()
         self._stop = threading.Event()
         self._by_text = self.store.snapshot.by_text
         self.introspection = Introspection(self)
@@ -219,7 +223,9 @@ class Broker(Routing, Upkeep):
         header_frame = frames[1] if len(frames) > 1 else frames[0]
         rid = frames[0].bytes
         try:
-            cert = self._by_text.get(header_frame.get("X-Key"))
+            get = header_frame.get
+            cert = self._by_text.get(get("X-Key"))
+            conn = get(CONN_PROPERTY)
         except zmq.ZMQError:  # no ZAP metadata on the message: never admit it.
             cert = None
         if cert is None:
@@ -227,17 +233,12 @@ class Broker(Routing, Upkeep):
             self.totals["revoked_refused"] += 1
             self._refuse(rid, header_frame, "UNAUTHENTICATED", "certificate revoked")
             return
-        if rid[0] != 0:
-            self.totals["custom_routing_id_refused"] += 1
-            self._refuse(rid, header_frame, "BAD_REQUEST", "custom routing ids are not allowed")
-            return
         peer = self.peers.get(rid)
-        if peer is None:
-            if rid in self.expired:
-                self.totals["expired_refused"] += 1
-                self._refuse(rid, header_frame, "UNAVAILABLE", EXPIRED_MESSAGE)
+        if peer is None or peer.conn != conn:
+            admitted = self._admit(rid, conn, cert, header_frame, now)
+            if admitted is None:
                 return
-            peer = self._new_peer(rid, cert, now)
+            peer = admitted
         elif peer.cert is not cert:
             # A reload made new certificate objects; the same certificate keeps its peer
             # (and its registration), a different one on this routing id starts afresh.
@@ -245,7 +246,7 @@ class Broker(Routing, Upkeep):
                 peer.cert = cert
             else:
                 self._drop_peer(peer, "certificate changed")
-                peer = self._new_peer(rid, cert, now)
+                peer = self._new_peer(rid, conn, cert, now)
         peer.last_seen = now
         counters = peer.counters
         counters.msgs_in += 1
@@ -270,7 +271,7 @@ class Broker(Routing, Upkeep):
             request_id = 0
         self._send(rid, self._error_frame(request_id, code, message))
 
-    def _new_peer(self, rid: bytes, cert: Certificate, now: float) -> Peer:
+    def _new_peer(self, rid: bytes, conn: str, cert: Certificate, now: float) -> Peer:
         limit = (self.config.limits.identity.get(cert.name)
                  or self.config.limits.role.get(cert.role) or self.config.limits.default)
         counters = self.counters.setdefault(cert.name, Counters())
@@ -279,8 +280,10 @@ class Broker(Routing, Upkeep):
         bucket = self.buckets.get(cert.name)
         if bucket is None:
             bucket = self.buckets[cert.name] = TokenBucket(limit.rate, limit.burst, now)
-        peer = Peer(rid, cert, compile_grant(self.config.acl, cert.name, cert.role), bucket, counters, now, now)
+        peer = Peer(rid, conn, cert, compile_grant(self.config.acl, cert.name, cert.role), bucket, counters,
+                    now, now)
         self.peers[rid] = peer
+        self.ended.forget(rid)
         return peer
 
     # -- sending --------------------------------------------------------------
@@ -302,6 +305,12 @@ class Broker(Routing, Upkeep):
             if exc.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
                 raise
             self.totals["undeliverable"] += 1
+            if exc.errno == errno.EHOSTUNREACH:
+                # No connection holds this routing id any more: whatever the broker still
+                # tracks for it dies now, so a later connection on the id inherits nothing.
+                gone = self.peers.get(rid)
+                if gone is not None:
+                    self._drop_peer(gone, "connection closed")
             return False
         return True
 

@@ -68,7 +68,7 @@ class Routing:
         if registration is None:
             self._fail(peer, request_id, Unavailable(f"service {service!r} is not registered"))
             return
-        broker_id = next(self._ids)
+        broker_id = self._ids.take(self.in_flight)
         deadline = now + ttl / 1000.0
         out = [encode_header({"v": PROTOCOL_VERSION, "k": "req", "id": broker_id, "to": target,
                               "ttl": ttl, "from": peer.cert.name, "role": peer.cert.role})]

@@ -22,9 +22,12 @@ class Counters:
 
 @dataclass(slots=True)
 class Peer:
-    """One authenticated connection, keyed by its broker-assigned routing id."""
+    """One authenticated connection: its libzmq routing id and its connection token
+    (``X-Conn``, see :mod:`.connections`). Everything below belongs to that connection and
+    is dropped with it; a later connection is never given it, whatever its routing id."""
 
     rid: bytes
+    conn: str
     cert: Certificate
     grant: Grant
     bucket: TokenBucket

@@ -97,7 +97,7 @@ class Upkeep:
         if registration is None:
             return
         records = append_records(self.spool.pending(SHIP_BATCH), self.cfg.max_message_bytes // 2)
-        broker_id = next(self._ids)
+        broker_id = self._ids.take(self.in_flight)
         ttl = min(SHIP_TTL_MS, self.cfg.max_ttl_ms)
         out = [encode_header({"v": PROTOCOL_VERSION, "k": "req", "id": broker_id, "to": "audit.append",
                               "ttl": ttl, "from": "broker", "role": "service"}),
@@ -146,43 +146,48 @@ class Upkeep:
         liveness = self.cfg.liveness_ms / 1000.0
         for rid, peer in list(self.peers.items()):
             if now - peer.last_seen > liveness:
-                self._drop_peer(peer, "heartbeat lost")
-                # Remember the connection: if it speaks again it is told to reconnect
+                # Remembered as expired: if it speaks again it is told to reconnect
                 # rather than silently becoming a fresh, unregistered peer.
-                self.expired[rid] = None
-                if len(self.expired) > 10_000:
-                    del self.expired[next(iter(self.expired))]
+                self._drop_peer(peer, "heartbeat lost", expired=True)
             else:
                 self._send(rid, [self._hb_frame])
 
-    def _drop_peer(self: Broker, peer: Peer, reason: str) -> None:
-        self.peers.pop(peer.rid, None)
+    def _drop_peer(self: Broker, peer: Peer, reason: str, *, expired: bool = False) -> None:
+        """Forget a connection and everything that belongs to it: its registration (its
+        in-flight requests fail), its subscriptions and call cache (they live on the Peer),
+        and replies to its own requests (no longer forwarded, see ``_on_reply``). The
+        connection's routing id and token are remembered (:class:`.connections.EndedConnections`)."""
+        if self.peers.get(peer.rid) is not peer:
+            return  # already dropped
+        del self.peers[peer.rid]
+        self.ended.remember(peer.rid, peer.conn, expired=expired)
         if peer.registration is not None:
             self._deregister(peer.registration, reason)
 
-    def _probe_services(self: Broker) -> None:
-        """A connection closed: find out at once whether it was a registered service's."""
-        router = self.router
-        assert router is not None
-        for peer in [p for p in self.peers.values() if p.registration is not None]:
+    def _probe_connections(self: Broker) -> None:
+        """A connection closed: find out at once which tracked peer it was, so its state dies
+        before another connection could take its routing id. A send to a routing id no
+        connection holds fails (``ROUTER_MANDATORY``), and ``_send`` drops that peer."""
+        for peer in list(self.peers.values()):
             try:
-                router.send_multipart([peer.rid, self._hb_frame], zmq.NOBLOCK)
-            except zmq.Again:
-                continue  # its queue is full: busy, not gone.
-            except zmq.ZMQError:
+                self._send(peer.rid, [self._hb_frame])
+            except zmq.ZMQError:  # any other failure to reach it: treat it as gone too
                 self._drop_peer(peer, "connection closed")
 
     def _on_monitor(self: Broker, monitor: zmq.Socket[bytes]) -> None:
+        disconnected = False
         while True:
             try:
                 frames = monitor.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             event = int.from_bytes(frames[0][:2], "little")
             if event == zmq.EVENT_DISCONNECTED:
-                self._probe_services()
+                disconnected = True
             elif event in HANDSHAKE_EVENTS:
                 self.handshake_failures[HANDSHAKE_EVENTS[event]] += 1
+        if disconnected:  # one probe for a burst of disconnections
+            self._probe_connections()
 
     def _note_unknown_keys(self: Broker) -> None:
         unknown = self.zap.unknown

@@ -21,6 +21,8 @@ import zmq
 
 from shared import Certificate
 
+from .connections import new_token
+
 ZAP_ENDPOINT: Final = "inproc://zeromq.zap.01"
 _VERSION: Final = b"1.0"
 log = structlog.get_logger("broker.zap")
@@ -46,13 +48,17 @@ def _metadata(**props: bytes) -> bytes:
     return bytes(out)
 
 
-def decide(frames: list[bytes], domain: bytes, allowed: Mapping[bytes, Certificate]) -> ZapDecision:
+def decide(frames: list[bytes], domain: bytes, allowed: Mapping[bytes, Certificate],
+           token: str | None = None) -> ZapDecision:
     """Answer one ZAP request.
 
     ``allowed`` maps raw 32-byte public keys to certificates. Admits only the
     CURVE mechanism, only our domain, only a key on the allow-list; the user
     id is the certificate's name and the metadata carry its role and Z85 key
-    (``X-Role``, ``X-Key``) so the broker can re-check the key on every message.
+    (``X-Role``, ``X-Key``) so the broker can re-check the key on every message,
+    and ``X-Conn``, the connection token (``token``, or a fresh random one when
+    None), so the broker can tell this connection from any later one that
+    reuses its routing id (see :mod:`.connections`).
     """
     if len(frames) < 6:
         return ZapDecision([_VERSION, frames[1] if len(frames) > 1 else b"", b"500", b"malformed", b"", b""])
@@ -72,7 +78,8 @@ def decide(frames: list[bytes], domain: bytes, allowed: Mapping[bytes, Certifica
     cert = allowed.get(key)
     if cert is None:
         return ZapDecision(refuse(b"400", b"unknown certificate"), key, address.decode("utf-8", "replace"))
-    meta = _metadata(X_Role=cert.role.encode(), X_Key=cert.public_key)
+    conn = (new_token() if token is None else token).encode("ascii")
+    meta = _metadata(X_Role=cert.role.encode(), X_Key=cert.public_key, X_Conn=conn)
     return ZapDecision([_VERSION, request_id, b"200", b"OK", cert.name.encode(), meta])
 
 
