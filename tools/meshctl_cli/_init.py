@@ -98,7 +98,7 @@ def _reset_keyvault(home: MeshHome, config: MeshConfig) -> list[str]:
         state = None  # corrupt: nothing to look up in the keyring; the file goes below.
     if state is not None:
         try:
-            choose_keystore(config.keyvault.keystore, home, state.mesh_id)[0].delete()
+            choose_keystore(config, home, state.mesh_id)[0].delete()
         except Exception as exc:  # noqa: BLE001 - a keyring that fails here must not block a re-init.
             print(f"meshctl: could not remove the old master key from the keystore ({type(exc).__name__}); "
                   "it opens nothing once the state is gone", file=sys.stderr)
