@@ -136,9 +136,15 @@ def _initialise_keyvault(home: MeshHome, config: MeshConfig, password: bytearray
     finally:
         _intake.wipe(password)
     elapsed = time.monotonic() - started
-    print(f"master key derived and stored in {elapsed:.1f} s", file=sys.stderr, flush=True)
+    starts_sealed = config.keyvault.keystore == "password"
+    if starts_sealed:
+        print(f"master key derived in {elapsed:.1f} s and not stored (keystore = password): the mesh starts "
+              "sealed; after every `meshctl up`, run `meshctl security unlock`", file=sys.stderr, flush=True)
+    else:
+        print(f"master key derived and stored in {elapsed:.1f} s", file=sys.stderr, flush=True)
     state = keyvault_store.load(home)
     return {"mesh_id": state.mesh_id, "keystore": keystore, "keystore_warning": warning,
+            "starts_sealed": starts_sealed,
             "argon2": {"memory_kib": profile.memory_kib, "iterations": profile.iterations,
                        "parallelism": profile.parallelism}, "derive_s": round(elapsed, 2),
             "test_profiles": config.argon2.test_profiles}
