@@ -194,3 +194,22 @@ def test_init_with_the_password_keystore_says_the_mesh_starts_sealed(fast_home: 
     state = store.load(fast_home)
     assert state is not None and keyring.get_password("curvemesh", f"master:{state.mesh_id}") is None
     assert not (fast_home.keys / "master.keystore").exists()
+
+
+def test_supervisord_logs_left_readable_are_closed_before_it_starts(short_tmp: Path) -> None:
+    """Older runs left ``log/supervisord.log`` and its rotated backups 0644; the start path of
+    ``meshctl up`` closes them (new ones are created 0600: supervisord starts under umask 077)."""
+    from tools.meshctl_cli._supervisor import tighten_logs
+    home = MeshHome(short_tmp / "h")
+    home.ensure()
+    for name in ("supervisord.log", "supervisord.log.1", "keyvault.log"):
+        (home.log / name).write_text("old lines\n")
+        (home.log / name).chmod(0o644)
+    outside = short_tmp / "outside.log"
+    outside.write_text("not the mesh's\n")
+    outside.chmod(0o644)
+    (home.log / "linked.log").symlink_to(outside)
+    tighten_logs(home)
+    for name in ("supervisord.log", "supervisord.log.1", "keyvault.log"):
+        assert stat.S_IMODE(os.stat(home.log / name).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(outside).st_mode) == 0o644  # a symlink is not followed out of the home
