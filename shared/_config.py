@@ -165,11 +165,17 @@ class KeyvaultConfig:
     """``[keyvault]``: where the master key is kept and who may fetch which data keys.
 
     ``keystore``: ``auto`` (the platform keyring when a secure backend works, else a
-    0600 file in the home with a loud warning), ``keyring`` (refuse to start without
-    one) or ``file``. ``entitlements`` replaces the default table as a whole.
+    0600 file in the anchor directory with a loud warning), ``keyring`` (refuse to start
+    without one), ``file`` (the anchor directory) or ``password`` (the master key is never
+    stored: keyvault starts sealed until ``meshctl security unlock``; the other anchors
+    behave as with ``auto``). ``anchor_dir``: where file-kept anchors live, outside the
+    home (empty: ``${XDG_STATE_HOME:-$HOME/.local/state}/curvemesh``); an absolute path,
+    checked against the home when a service starts. ``entitlements`` replaces the
+    default table as a whole.
     """
 
     keystore: str = "auto"
+    anchor_dir: str = ""
     session_idle_s: int = field(default=1800, metadata=_range(10, 86_400))
     unlock_backoff_base_ms: int = field(default=1000, metadata=_range(1, 60_000))
     unlock_backoff_max_ms: int = field(default=300_000, metadata=_range(1, 86_400_000))
@@ -181,8 +187,15 @@ class KeyvaultConfig:
     entitlements: Mapping[str, tuple[str, ...]] = field(default_factory=_default_entitlements)
 
     def __post_init__(self) -> None:
-        if self.keystore not in ("auto", "keyring", "file"):
-            raise ConfigError("keyvault.keystore: must be auto, keyring or file")
+        if self.keystore not in ("auto", "keyring", "file", "password"):
+            raise ConfigError("keyvault.keystore: must be auto, keyring, file or password")
+        if self.anchor_dir:
+            # Only the shape is checked here; where it is (outside the home, owned by us,
+            # 0700) is checked against the real filesystem when a service starts.
+            anchors = Path(self.anchor_dir)
+            if "\0" in self.anchor_dir or not anchors.is_absolute() or ".." in anchors.parts:
+                raise ConfigError("keyvault.anchor_dir: must be an absolute path without '..' "
+                                  "(a directory outside the mesh home)")
         for name, purposes in self.entitlements.items():
             if not NAME_RE.match(name):
                 raise ConfigError(f"keyvault.entitlements.{name}: not a valid identity name")

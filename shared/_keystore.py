@@ -1,11 +1,12 @@
 """Secret slots: where a process keeps one secret between runs (keyvault's master key,
-audit's latest checkpoint), so the mesh restarts unattended.
+audit's latest checkpoint, storage's backup lineage), so the mesh restarts unattended.
 
 The platform keyring (Linux Secret Service, macOS Keychain, Windows Credential
 Manager) through ``keyring``, or, only when chosen in mesh.toml or when no
-secure keyring works, a 0600 file in the home. A plaintext or null keyring
-backend is never used: ``auto`` falls back to the file with a loud warning
-(logs and ``meshctl status``) instead.
+secure keyring works, a 0600 file in the anchor directory outside the home
+(:mod:`shared._anchors`), named after the keyring account. A plaintext or null
+keyring backend is never used: ``auto`` falls back to the file with a loud
+warning (logs and ``meshctl status``) instead.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ import keyring.errors
 import structlog
 
 from . import _certs as certs
+from ._anchors import anchor_dir, slot_file
+from ._config import KeyvaultConfig
 from ._errors import ConfigError
+from ._home import MeshHome
 
 log = structlog.get_logger("keystore")
 
@@ -75,7 +79,8 @@ class KeyringKeystore:
 
 @dataclass
 class FileKeystore:
-    """A secret in a file of its own (under ``<home>/keys``), mode 0600, written atomically."""
+    """A secret in a file of its own (in the anchor directory), mode 0600, written atomically:
+    a new file (``O_EXCL``, fsynced), renamed over the old one, then the directory fsynced."""
 
     path: Path
     name: str = "file"
@@ -94,6 +99,13 @@ class FileKeystore:
         tmp.unlink(missing_ok=True)
         certs.write_exclusive(tmp, base64.b64encode(secret), 0o600)
         os.replace(tmp, self.path)
+        # The rename is durable only once the directory entry is: a crash must not bring the
+        # old secret back (an older checkpoint or lineage is exactly a rollback).
+        fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -115,19 +127,27 @@ def _secure_backend() -> keyring.backend.KeyringBackend | None:
     return None
 
 
-def choose_keystore(choice: str, file_path: Path, account: str) -> tuple[Keystore, str | None]:
-    """The slot for ``choice`` (``auto``, ``keyring`` or ``file``), and a warning to show, if any.
+def keyring_slot(account: str) -> KeyringKeystore | None:
+    """The slot of ``account`` in a secure platform keyring, or None when none is usable."""
+    backend = _secure_backend()
+    return None if backend is None else KeyringKeystore(account, backend)
 
-    ``auto`` takes a secure platform keyring when one works, else the file at ``file_path``
-    with a loud warning; ``keyring`` refuses to go without one.
+
+def choose_keystore(settings: KeyvaultConfig, home: MeshHome, account: str) -> tuple[Keystore, str | None]:
+    """The slot of keyring ``account`` for ``[keyvault]`` ``settings``, and a warning to show, if any.
+
+    ``keystore`` = ``auto`` (and ``password``, for every slot but the master key's, which
+    keyvault never stores in that mode) takes a secure platform keyring when one works, else
+    the file of ``account`` in the anchor directory with a loud warning; ``keyring`` refuses
+    to go without one; ``file`` takes the file. The anchor directory is checked (and created)
+    only when a file slot is chosen.
     """
-    file_store = FileKeystore(file_path)
-    if choice == "file":
-        return file_store, FILE_WARNING
+    if settings.keystore == "file":
+        return FileKeystore(slot_file(anchor_dir(home, settings.anchor_dir), account)), FILE_WARNING
     backend = _secure_backend()
     if backend is not None:
         return KeyringKeystore(account, backend), None
-    if choice == "keyring":
+    if settings.keystore == "keyring":
         raise ConfigError("keyvault.keystore = keyring, but no secure platform keyring is usable")
     log.warning("keystore_fallback_to_file", warning=FILE_WARNING)
-    return file_store, FILE_WARNING
+    return FileKeystore(slot_file(anchor_dir(home, settings.anchor_dir), account)), FILE_WARNING

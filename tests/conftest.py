@@ -90,6 +90,23 @@ def secret_service() -> Iterator[str]:
                 os.environ["DBUS_SESSION_BUS_ADDRESS"] = saved
 
 
+@pytest.fixture(scope="session", autouse=True)
+def anchor_home() -> Iterator[Path]:
+    """The default anchor directory (``$XDG_STATE_HOME/curvemesh``) of every test and of every
+    process a test starts is in a temporary directory of this session: tests never read or
+    write the user's own ``~/.local/state``, and a test that needs its own sets ``anchor_dir``."""
+    saved = os.environ.get("XDG_STATE_HOME")
+    with tempfile.TemporaryDirectory(prefix="cmstate") as path:
+        os.environ["XDG_STATE_HOME"] = path
+        try:
+            yield Path(path)
+        finally:
+            if saved is None:
+                os.environ.pop("XDG_STATE_HOME", None)
+            else:
+                os.environ["XDG_STATE_HOME"] = saved
+
+
 @pytest.fixture
 def fast_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[MeshHome]:
     """An empty home with the fast test configuration, for in-process ``meshctl init``

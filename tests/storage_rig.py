@@ -129,9 +129,11 @@ class StorageRig:
 
 
 @contextlib.asynccontextmanager
-async def storage_rig(root: Path, *, password: str = PASSWORD, start: bool = True) -> AsyncIterator[StorageRig]:
-    """The rig, with storage started unless ``start`` is false."""
-    mesh = InProcessMesh(root, CONFIG, dict(IDENTITIES))
+async def storage_rig(root: Path, *, password: str = PASSWORD, start: bool = True,
+                      config: str = CONFIG) -> AsyncIterator[StorageRig]:
+    """The rig, with storage started unless ``start`` is false; ``config`` extends :data:`CONFIG`
+    (e.g. a ``[keyvault]`` table choosing the file keystore)."""
+    mesh = InProcessMesh(root, config, dict(IDENTITIES))
     initialise(mesh.home, mesh.config, bytearray(password.encode()))
     async with mesh:
         mesh.broker._ship_after = math.inf  # the broker's own audit records are not what these tests count

@@ -85,8 +85,9 @@ class Rig:
 
 
 @asynccontextmanager
-async def rig(root: Path, *, audit: bool = True, ship: bool = False, kind: type[Rig] = Rig) -> AsyncIterator[Any]:
-    mesh = InProcessMesh(root, CONFIG, dict(IDENTITIES))
+async def rig(root: Path, *, audit: bool = True, ship: bool = False, kind: type[Rig] = Rig,
+              config: str = CONFIG) -> AsyncIterator[Any]:
+    mesh = InProcessMesh(root, config, dict(IDENTITIES))
     initialise(mesh.home, mesh.config, bytearray(PASSWORD.encode()))
     async with mesh:
         # Most of these tests count audit's records exactly, so unless ``ship`` is set the

@@ -239,6 +239,13 @@ def test_status_shows_the_keyvault(live: Live) -> None:
     assert "keyvault: unsealed, master key in keyring" in text and "WARNING: TEST ARGON2 PROFILES IN USE" in text
 
 
+def test_status_says_what_protects_the_master_key(live: Live) -> None:
+    line = ("platform keyring (SecretService): a copy of the home or of the disk reads nothing without your "
+            "login keyring")
+    assert status(live)["keyvault"]["protection"] == line
+    assert f"  master key: {line}" in live.ctl("status").stdout.splitlines()
+
+
 def test_lock_seals_the_mesh_and_unlock_restores_it(live: Live) -> None:
     before = fetch(live.home, "sqlcipher")
     assert len(before["key"]) == 32

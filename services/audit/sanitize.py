@@ -48,6 +48,8 @@ _PROCESS: Final = {name: TEXT for name in ("process", "group", "state", "from_st
 _ALERT: Final = {"rule": TEXT, "subject": TEXT, "count": NUMBER, "threshold": NUMBER, "window_s": NUMBER,
                  "first_seq": NUMBER, "last_seq": NUMBER}
 _KEYVAULT_PLAIN: Final = _WHO | {"reason": TEXT}
+#: A trust anchor moved off the home (or a stored copy removed): which one, from where, to where.
+_ANCHOR: Final = _WHO | {"anchor": TEXT, "source": TEXT, "destination": TEXT, "reason": TEXT}
 #: Event type -> {field: treatment}. ``alert.*`` (other than ``alert.ack``) share ``alert.*``.
 EVENT_SCHEMAS: Final[Mapping[str, Mapping[str, str]]] = {
     # broker (spooled; the acting peer arrives as ``subject``)
@@ -72,12 +74,16 @@ EVENT_SCHEMAS: Final[Mapping[str, Mapping[str, str]]] = {
     "keyvault.session_end": _KEYVAULT_PLAIN | {"session": HASH},
     "keyvault.password_change": _KEYVAULT_PLAIN,
     "keyvault.key_rotate": _WHO | {"purpose": TEXT, "version": NUMBER},
+    "keyvault.anchor_moved": _ANCHOR,
+    "keyvault.anchor_removed": _ANCHOR,
     # storage (``subject``: the operator who asked, or the caller who read)
     "storage.read": _WHO | {"category": TEXT, "bytes": NUMBER, "count": NUMBER},
     "storage.backup": _WHO | {"archive": TEXT, "sequence": NUMBER, "bytes": NUMBER, "portable": FLAG},
     "storage.restore": _WHO | {"archive": TEXT, "sequence": NUMBER, "rollback": FLAG},
     "storage.key_retired": {"purpose": TEXT, "versions": TEXT},
+    "storage.anchor_moved": _ANCHOR,
     # audit's own records
+    "audit.anchor_moved": _ANCHOR,
     "alert.*": _ALERT,
     "alert.ack": {"alert_id": NUMBER, "rule": TEXT, "subject": TEXT, "count": NUMBER},
     "process.crash": _PROCESS,

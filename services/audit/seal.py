@@ -27,19 +27,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from pathlib import Path
 from typing import Any, Final
 
 import structlog
 
 from shared import SEALED, MeshConfig, MeshError, MeshHome, Readiness
+from shared._anchors import Move, begin_move
 from shared._crypto import derive_subkey, wipe
 from shared._keeper import LOCKED_REASON, follow_keyvault, keep_unsealed, without_keys
 from shared._keystore import choose_keystore
 
-from .chain import Checkpoint, LogHead, public_key_of
+from .chain import Checkpoint, LogHead, Record, public_key_of
 from .errors import TamperError
 from .pages import TREES
+from .sanitize import sanitize_details
 from .scan import scan
 from .store import AuditStore, StoreError, db_path
 from .writer import CHECKPOINT_EVERY_S, WriterMixin
@@ -49,6 +52,7 @@ log = structlog.get_logger("audit")  # one logger name for the whole service, as
 KEY_RETRY_MIN_S: Final = 1.0            #: first retry of the key fetch while sealed
 KEY_RETRY_MAX_S: Final = 60.0           #: keyvault rate-limits and audits each fetch: back off
 KEY_CALL_TIMEOUT_S: Final = 5.0
+LEGACY_SLOT: Final = "audit-checkpoint"  #: the trusted checkpoint's file in <home>/keys before anchors moved out
 
 
 class SealMixin(WriterMixin):
@@ -187,8 +191,16 @@ class SealMixin(WriterMixin):
                 wipe(hmac_key)
             self.public_key = public_key_of(self._sign_key)
             fingerprint = hashlib.sha256(self.public_key).hexdigest()[:16]
-            self.slot, warning = choose_keystore(self.config.keyvault.keystore, self.home.keys / "audit-checkpoint",
-                                                 f"audit-checkpoint:{fingerprint}")
+            try:
+                self.slot, warning = choose_keystore(self.config.keyvault, self.home,
+                                                     f"audit-checkpoint:{fingerprint}")
+                # An older version kept the trusted checkpoint in the home, where restoring an older
+                # home rolled it back with the log: it moves to the slot (off the home) first.
+                move = begin_move(self.home.keys / LEGACY_SLOT, self.slot, "audit's trusted checkpoint")
+            except MeshError as exc:
+                self.state, self.problem = "failed", exc.message
+                log.error("checkpoint_slot_unusable", reason=exc.message)
+                return True
             if warning:
                 log.warning("checkpoint_slot_warning", warning="trusted checkpoint protected by file permissions only")
             loop = asyncio.get_running_loop()
@@ -215,9 +227,27 @@ class SealMixin(WriterMixin):
                 self._older_db_key = None
             self.store, self.head, self.latest, self.state, self.problem = store, head, latest, "ok", None
             log.info("unsealed", size=head.size, checkpoint_size=latest.tree_size if latest else 0)
+            if move is not None:
+                await self._record_move(move)
             if latest is not None and (trusted is None or trusted.tree_size < latest.tree_size):
                 await self._save_trusted(latest)  # a crash came between the checkpoint and the slot update
             return True
+
+    async def _record_move(self, move: Move) -> None:
+        """Record the move of the trusted checkpoint off the home, then remove the old copy. Until
+        the record is durable the old copy stays, so the next start records the move again."""
+        assert self._hash_key is not None
+        details = sanitize_details({"anchor": "trusted checkpoint", "source": str(move.old),
+                                    "destination": move.new}, self._hash_key, "audit.anchor_moved")
+        record = Record(seq=0, time=time.time(), actor="audit", event="audit.anchor_moved", outcome="ok",
+                        details=details)
+        try:
+            await self._enqueue([record])
+        except MeshError as exc:
+            log.error("anchor_move_not_recorded", reason=exc.message)
+            return
+        move.finish()
+        log.warning("anchor_moved", anchor="trusted checkpoint", destination=move.new)
 
     def _verify(self, store: AuditStore) -> tuple[LogHead, Checkpoint | None, Checkpoint | None]:
         """Verify the whole log in one streamed read that also rebuilds the open alerts.

@@ -64,10 +64,12 @@ class RecordingMixin:
         if self.spool is not None:
             self.spool.close()
 
-    def _audit(self, event: str, ctx: RequestContext, **details: Any) -> None:
-        """Spool an audit record durably (fsync) before the operation answers: fail closed."""
+    def _audit(self, event: str, ctx: RequestContext | None, **details: Any) -> None:
+        """Spool an audit record durably (fsync) before the operation answers: fail closed.
+        ``ctx`` None: keyvault acting on its own (a migration at start), not for a caller."""
         assert self.spool is not None
-        record = {"type": event, "time": time.time(), "actor": ctx.caller, "role": ctx.role, **details}
+        actor, role = (ctx.caller, ctx.role) if ctx is not None else ("keyvault", "service")
+        record = {"type": event, "time": time.time(), "actor": actor, "role": role, **details}
         if not self.spool.append(record):
             raise Unavailable("the audit spool is full; refusing until audit catches up")
         self.spool.sync()

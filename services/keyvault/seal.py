@@ -11,7 +11,13 @@ declared here; its handlers (``unlock``, ``lock``, ...) audit each step and call
   stale key.
 - :meth:`SealMixin._unseal_with` keeps the master key in the keystore; :meth:`SealMixin._seal`
   wipes the keys, ends every CLI session and deletes the master key from the keystore.
-- Once the master key sits in a platform keyring, a copy in the file fallback is deleted.
+- Anchors off the home (DESIGN.md invariant 12): with the file keystore, a master key an older
+  version kept in ``<home>/keys/master.keystore`` is moved into the anchor directory at start,
+  audited (``keyvault.anchor_moved``) before the old copy is removed; two copies that differ stop
+  the start (:class:`~shared.StateError`). Once the master key sits in a platform keyring, file
+  copies (in the home or the anchor directory) are deleted; with ``keystore = "password"`` every
+  stored copy (files and keyring entry) is deleted at start. Each removal is audited first
+  (``keyvault.anchor_removed``).
 - :meth:`SealMixin._check_password` derives off the event loop and applies the wrong-password
   backoff (:class:`~.sessions.Throttle`): ``RATE_LIMITED`` while backing off, ``UNAUTHENTICATED``
   for a wrong password.
@@ -21,15 +27,26 @@ declared here; its handlers (``unlock``, ``lock``, ...) audit each step and call
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
-from shared import MeshConfig, MeshError, MeshHome, Unauthenticated, Unavailable
+from shared import ConfigError, MeshConfig, MeshError, MeshHome, Unauthenticated, Unavailable
+from shared._anchors import anchor_dir, begin_move, slot_file
 from shared._crypto import wipe
+from shared._keystore import keyring_slot
 
 from . import store
-from .keystore import FileKeystore, Keystore, choose_keystore
+from .keystore import (
+    FileKeystore,
+    KeyringKeystore,
+    Keystore,
+    PasswordKeystore,
+    choose_keystore,
+    legacy_master_file,
+    master_account,
+)
 from .sessions import Sessions, Throttle
 
 log = structlog.get_logger("keyvault")  # one logger name for the whole service, as before the split
@@ -49,16 +66,24 @@ class SealMixin:
     keystore_warning: str | None
     sessions: Sessions
     throttle: Throttle
+    # RecordingMixin._audit, declared without a value so it does not shadow the real one.
+    _audit: Callable[..., None]
 
     def _unseal_from_keystore(self, state: store.VaultState) -> None:
         """Choose the keystore and unseal with the master key it holds, if that key opens ``state``."""
-        self.keystore, self.keystore_warning = choose_keystore(self.config.keyvault.keystore, self.home,
-                                                               state.mesh_id)
+        if self.config.keyvault.anchor_dir:
+            # A configured anchor directory is checked at every start, keyring or not: one inside
+            # the home is refused here rather than the day the keyring goes away.
+            anchor_dir(self.home, self.config.keyvault.anchor_dir)
+        self.keystore, self.keystore_warning = choose_keystore(self.config, self.home, state.mesh_id)
         if self.keystore_warning:
             log.warning("keystore_warning", warning=self.keystore_warning)
+        self._settle_master_anchor(state.mesh_id)
         master = self.keystore.get()
         if master is None:
-            log.info("sealed", reason="no master key in the keystore")
+            reason = ("keystore = password: the master key is never stored"
+                      if isinstance(self.keystore, PasswordKeystore) else "no master key in the keystore")
+            log.info("sealed", reason=reason, hint="meshctl security unlock")
             return
         try:
             self.keys = store.open_keys(state, master)
@@ -86,14 +111,60 @@ class SealMixin:
         if self.keystore is not None:
             self.keystore.delete()
 
+    def _settle_master_anchor(self, mesh_id: str) -> None:
+        """At start: move a master key an older version kept in the home into the anchor directory
+        (file keystore), or delete every stored copy (``keystore = "password"``)."""
+        if isinstance(self.keystore, FileKeystore):
+            move = begin_move(legacy_master_file(self.home), self.keystore, "the master key")
+            if move is not None:
+                # The record is durable before the old copy goes; a crash in between leaves two
+                # equal copies, and the next start finishes the move (and records it again).
+                self._audit("keyvault.anchor_moved", None, anchor="master key", source=str(move.old),
+                            destination=move.new)
+                move.finish()
+                log.warning("anchor_moved", anchor="master key", destination=move.new)
+        elif isinstance(self.keystore, PasswordKeystore):
+            places: list[Keystore] = [FileKeystore(legacy_master_file(self.home)),
+                                      FileKeystore(slot_file(anchor_dir(self.home, self.config.keyvault.anchor_dir),
+                                                             master_account(mesh_id)))]
+            slot = keyring_slot(master_account(mesh_id))
+            if slot is not None:
+                places.append(slot)
+            self._forget_copies(places, "keystore = password: the master key is never stored")
+
     def _forget_stale_file_keystore(self) -> None:
-        # The master key moved to a platform keyring: a copy left in the file fallback
-        # would be a master key on disk for nothing.
-        if self.keystore is not None and not isinstance(self.keystore, FileKeystore):
-            stale = FileKeystore(self.home.keys / "master.keystore")
-            if stale.path.exists():
-                stale.delete()
-                log.info("file_keystore_removed", reason="the master key is in the platform keyring")
+        # The master key moved to a platform keyring: a copy left in a file (in the home, or in
+        # the anchor directory) would be a master key on disk for nothing.
+        if isinstance(self.keystore, KeyringKeystore) and self.state is not None:
+            places: list[Keystore] = [FileKeystore(legacy_master_file(self.home))]
+            try:
+                places.append(FileKeystore(slot_file(anchor_dir(self.home, self.config.keyvault.anchor_dir),
+                                                     master_account(self.state.mesh_id))))
+            except ConfigError as exc:
+                # No usable anchor directory (the default one may be unusable here): nothing
+                # can be stored there either, and the keyring works, so keyvault goes on.
+                log.info("anchor_dir_unusable", reason=exc.message)
+            self._forget_copies(places, "the master key is in the platform keyring")
+
+    def _forget_copies(self, places: list[Keystore], reason: str) -> None:
+        """Delete the stored copies of the master key among ``places``, audited first."""
+        found = [place for place in places if self._holds(place)]
+        if not found:
+            return
+        where = ", ".join(str(getattr(place, "path", place.name)) for place in found)
+        self._audit("keyvault.anchor_removed", None, anchor="master key", source=where, reason=reason)
+        for place in found:
+            place.delete()
+        log.info("stored_master_key_removed", reason=reason, places=len(found))
+
+    @staticmethod
+    def _holds(place: Keystore) -> bool:
+        if isinstance(place, FileKeystore):
+            return place.path.exists()  # even a damaged or too open copy must go
+        held = place.get()
+        if held is not None:
+            wipe(held)
+        return held is not None
 
     def _wipe(self) -> None:
         for key in self.keys.values():

@@ -60,6 +60,7 @@ from shared._passwords import check_strength
 
 from . import store
 from .hierarchy import HierarchyMixin
+from .keystore import protection
 from .recording import (
     AUDIT_CALL_TIMEOUT_S,
     AUDIT_OWN_PURPOSES,
@@ -138,10 +139,12 @@ class Keyvault(HierarchyMixin, SealMixin, RecordingMixin, Service):
 
     @handler("status")
     async def status(self, ctx: RequestContext, req: NoFields) -> dict[str, Any]:
-        """``keyvault.status`` → initialised, sealed, keystore, warnings. ``meshctl status``."""
+        """``keyvault.status`` → initialised, sealed, keystore, warnings, and ``protection``: one
+        line saying what protects the master key and what that does not. ``meshctl status``."""
         return {"initialised": self.state is not None, "sealed": not self.keys,
                 "keystore": self.keystore.name if self.keystore else None,
                 "keystore_warning": self.keystore_warning,
+                "protection": protection(self.keystore) if self.keystore else None,
                 "test_profiles": self.config.argon2.test_profiles,
                 "current_versions": dict(self.state.current) if self.state else {}}
 

@@ -27,7 +27,7 @@ def initialise(home: MeshHome, config: MeshConfig, password: bytearray) -> tuple
     finally:
         wipe(password)
     try:
-        keystore, warning = choose_keystore(config.keyvault.keystore, home, state.mesh_id)
+        keystore, warning = choose_keystore(config, home, state.mesh_id)
         store.save(home, state)
         keystore.put(master)
     finally:

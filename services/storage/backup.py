@@ -71,8 +71,32 @@ class BackupMixin(RotationMixin):
     def lineage(self) -> Lineage:
         """The second copy of the backup lineage (:class:`.state.Lineage`), made on first use."""
         if self._lineage is None:
-            self._lineage = Lineage(self.home, self.config.keyvault.keystore)
+            self._lineage = Lineage(self.home, self.config.keyvault)
         return self._lineage
+
+    async def settled_lineage(self) -> Lineage:
+        """The lineage, once a copy an older version left in the home has moved into its slot, the
+        move recorded by audit before the old copy goes (``UNAVAILABLE`` if audit does not record
+        it: retried next time; :class:`~shared.StateError` when the two copies differ)."""
+        move = await self.run("admin", self.lineage.begin_move)
+        if move is not None:
+            try:
+                await self._append_audit([{"type": "storage.anchor_moved", "outcome": "ok", "details": {
+                    "anchor": "backup lineage", "source": str(move.old), "destination": move.new}}])
+            except MeshError as exc:
+                raise Unavailable(f"audit did not record the move of the backup lineage off the home ({exc.code})"
+                                  ) from None
+            await self.run("admin", move.finish)
+            log.warning("anchor_moved", anchor="backup lineage", destination=move.new)
+        return self.lineage
+
+    async def after_unseal(self) -> None:
+        """Move the backup lineage off the home (see :meth:`settled_lineage`), then rotate."""
+        try:
+            await self.settled_lineage()
+        except MeshError as exc:  # backups and restores refuse with the same message meanwhile
+            log.error("backup_lineage_not_moved", reason=exc.message)
+        await super().after_unseal()
 
     async def _audit(self, event: str, outcome: str, job: Job, **details: Any) -> None:
         """Append one record (``subject``: the operator who started ``job``) and wait until audit says it
@@ -108,7 +132,7 @@ class BackupMixin(RotationMixin):
         await self.run("files", self.files.snapshot, work / "files")
         entries = [(str(p.relative_to(work)), p) for p in sorted(work.rglob("*")) if p.is_file()]
         keys = self._keys_blob()
-        mesh_id, newest = await self.run("admin", self.lineage.newest, self.stored)
+        mesh_id, newest = await self.run("admin", (await self.settled_lineage()).newest, self.stored)
         if mesh_id != self.stored.mesh_id:
             # The state file was lost or replaced; the slot remembers this mesh's lineage.
             self.stored.mesh_id = mesh_id
@@ -204,7 +228,7 @@ class BackupMixin(RotationMixin):
             self.require()
             path = self.archive_path(name)
             header = await self.run("admin", archive.read_header, path)
-            mesh_id, newest = await self.run("admin", self.lineage.newest, self.stored)
+            mesh_id, newest = await self.run("admin", (await self.settled_lineage()).newest, self.stored)
             rollback = header.mesh_id == mesh_id and header.sequence < newest
             if rollback and not force:
                 raise Conflict(f"archive #{header.sequence} is older than #{newest}, the newest this mesh has "

@@ -17,7 +17,8 @@ from typing import Any
 
 import msgpack
 
-from shared import MeshHome, StateError
+from shared import KeyvaultConfig, MeshHome, StateError
+from shared._anchors import Move, begin_move
 from shared._certs import load_certificate
 from shared._files import write_atomic
 from shared._keystore import choose_keystore
@@ -108,14 +109,21 @@ class StorageState:
 
 class Lineage:
     """The backup lineage ``(mesh_id, sequence)`` kept outside the home too, in a secret slot (the
-    platform keyring; a 0600 file in ``<home>/keys`` when there is none), named after storage's own
-    certificate. Wiping ``data/storage`` (state file included) then does not erase what rollback
-    detection compares against: :meth:`newest` is the higher of the two copies."""
+    platform keyring; a 0600 file in the anchor directory when there is none, never in the home),
+    named after storage's own certificate. Wiping ``data/storage`` (state file included), or
+    restoring an older copy of the home, then does not erase or roll back what rollback detection
+    compares against: :meth:`newest` is the higher of the two copies."""
 
-    def __init__(self, home: MeshHome, keystore_choice: str) -> None:
+    def __init__(self, home: MeshHome, settings: KeyvaultConfig) -> None:
         fingerprint = load_certificate(home.public_key_path("storage")).fingerprint[:16]
-        self.slot, self.warning = choose_keystore(keystore_choice, home.keys / "storage-backup-lineage",
-                                                  f"storage-backup-lineage:{fingerprint}")
+        self.slot, self.warning = choose_keystore(settings, home, f"storage-backup-lineage:{fingerprint}")
+        #: Where versions before the anchor directory kept the file slot: inside the home.
+        self.legacy = home.keys / "storage-backup-lineage"
+
+    def begin_move(self) -> Move | None:
+        """Copy a lineage an older version kept in the home into the slot (see
+        :func:`shared._anchors.begin_move`); the caller audits, then calls ``finish``."""
+        return begin_move(self.legacy, self.slot, "the backup lineage")
 
     def read(self) -> tuple[str, int] | None:
         """The slot's lineage, or None when it holds none (or something that does not decode)."""

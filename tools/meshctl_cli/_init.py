@@ -98,7 +98,7 @@ def _reset_keyvault(home: MeshHome, config: MeshConfig) -> list[str]:
         state = None  # corrupt: nothing to look up in the keyring; the file goes below.
     if state is not None:
         try:
-            choose_keystore(config.keyvault.keystore, home, state.mesh_id)[0].delete()
+            choose_keystore(config, home, state.mesh_id)[0].delete()
         except Exception as exc:  # noqa: BLE001 - a keyring that fails here must not block a re-init.
             print(f"meshctl: could not remove the old master key from the keystore ({type(exc).__name__}); "
                   "it opens nothing once the state is gone", file=sys.stderr)
@@ -136,9 +136,15 @@ def _initialise_keyvault(home: MeshHome, config: MeshConfig, password: bytearray
     finally:
         _intake.wipe(password)
     elapsed = time.monotonic() - started
-    print(f"master key derived and stored in {elapsed:.1f} s", file=sys.stderr, flush=True)
+    starts_sealed = config.keyvault.keystore == "password"
+    if starts_sealed:
+        print(f"master key derived in {elapsed:.1f} s and not stored (keystore = password): the mesh starts "
+              "sealed; after every `meshctl up`, run `meshctl security unlock`", file=sys.stderr, flush=True)
+    else:
+        print(f"master key derived and stored in {elapsed:.1f} s", file=sys.stderr, flush=True)
     state = keyvault_store.load(home)
     return {"mesh_id": state.mesh_id, "keystore": keystore, "keystore_warning": warning,
+            "starts_sealed": starts_sealed,
             "argon2": {"memory_kib": profile.memory_kib, "iterations": profile.iterations,
                        "parallelism": profile.parallelism}, "derive_s": round(elapsed, 2),
             "test_profiles": config.argon2.test_profiles}

@@ -27,6 +27,8 @@ def status(s: dict[str, Any]) -> str:
         out.append(f"keyring: {keyring.get('backend')}{usable}")
     vault = s.get("keyvault")
     out.append(keyvault_line(vault))
+    if vault and vault.get("protection"):
+        out.append(f"  master key: {vault['protection']}")
     loud = set((vault or {}).get("warnings") or [])
     out += [f"  WARNING: {w}" for w in (vault or {}).get("warnings") or []]
     store = s.get("storage")

@@ -115,13 +115,15 @@ async def keyvault_view(probe: MeshProbe, registered: dict[str, Any], test_profi
     """``keyvault.status`` and the warnings it calls for. Sealed is a warning, not a problem:
     the processes are fine, the data is waiting for ``meshctl security unlock``."""
     vault: dict[str, Any] = {"reachable": False, "initialised": None, "sealed": None, "keystore": None,
-                             "keystore_warning": None, "test_profiles": test_profiles, "error": None}
+                             "keystore_warning": None, "protection": None, "test_profiles": test_profiles,
+                             "error": None}
     if "keyvault" not in registered:
         vault["error"] = "keyvault is not registered"
     else:
         try:
             reply = await (await probe.get()).call("keyvault.status", timeout=2.0)
-            vault.update({k: reply.get(k) for k in ("initialised", "sealed", "keystore", "keystore_warning")},
+            vault.update({k: reply.get(k) for k in ("initialised", "sealed", "keystore", "keystore_warning",
+                                                    "protection")},
                          reachable=True, test_profiles=bool(reply.get("test_profiles")) or test_profiles)
         except MeshError as exc:
             vault["error"] = f"keyvault.status: {exc.code}"

@@ -155,17 +155,32 @@ class Supervisor:
         env.update(CURVEMESH_HOME=str(self.home.root), CURVEMESH_PYTHON=sys.executable, CURVEMESH_REPO=str(REPO),
                    CURVEMESH_SUPERVISOR_USER=self.credentials.username,
                    CURVEMESH_SUPERVISOR_PASSWORD_SHA=self.credentials.supervisord_hash())
+        tighten_logs(self.home)
         try:
-            # A fixed argv (our interpreter, our config), no shell.
+            # A fixed argv (our interpreter, our config), no shell. umask 077 from the first
+            # instruction: supervisord opens its own log before it applies umask=077 from its
+            # config, so without this the log (and every rotation of it) came out 0644.
             argv = [sys.executable, "-m", "supervisor.supervisord", "-c", str(CONF)]
             done = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True,  # noqa: S603
-                                  timeout=60, check=False)
+                                  timeout=60, check=False, umask=0o077)
         except subprocess.TimeoutExpired:
             raise CliError("supervisord did not daemonize within 60 s") from None
         if done.returncode != 0:
             lines = [ln for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]
             reason = lines[-1] if lines else f"exit status {done.returncode}"
             raise CliError(f"supervisord did not start: {reason}")
+
+
+def tighten_logs(home: MeshHome) -> None:
+    """Close to group and others the log files an earlier supervisord left readable (its own log
+    and its rotated backups were created 0644 before it was started with umask 077). Symlinks
+    are left alone: chmod would follow them out of the home."""
+    if not home.log.is_dir():
+        return
+    for path in home.log.iterdir():
+        info = os.lstat(path)
+        if stat.S_ISREG(info.st_mode) and info.st_mode & 0o077:
+            os.chmod(path, 0o600)
 
 
 def _environ(pid: str) -> list[bytes]:
