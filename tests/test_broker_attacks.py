@@ -154,7 +154,7 @@ async def test_duplicate_routing_id_cannot_steal_replies(mesh: InProcessMesh) ->
 async def test_revoked_peer_on_a_live_connection_is_cut_off(mesh: InProcessMesh) -> None:
     await mesh.start_service(Echo())
     victim = await mesh.client("outsider")
-    assert (await victim.call("echo.health", timeout=2))["status"] == "ok"
+    assert (await victim.call("echo.health", timeout=2))["state"] == "ready"
     operator = await mesh.client("meshctl")
     await operator.call("mesh.certs.revoke", {"ref": "outsider"}, timeout=2)
     # Refused by the broker on the request itself (UNAUTHENTICATED), or already known to be
@@ -169,7 +169,7 @@ async def test_revoked_peer_on_a_live_connection_is_cut_off(mesh: InProcessMesh)
 async def test_removing_a_certificate_file_cuts_off_within_one_second(mesh: InProcessMesh) -> None:
     victim = await mesh.client("outsider")
     await mesh.start_service(Echo())
-    assert (await victim.call("echo.health", timeout=2))["status"] == "ok"
+    assert (await victim.call("echo.health", timeout=2))["state"] == "ready"
     (mesh.home.certs / "allowed" / "outsider.key").unlink()
 
     async def refused() -> bool:
@@ -186,7 +186,7 @@ async def test_corrupt_certificate_file_does_not_keep_a_revoked_key_allowed(mesh
     await mesh.start_service(Echo())
     victim = await mesh.client("outsider")
     operator = await mesh.client("meshctl")
-    assert (await victim.call("echo.health", timeout=2))["status"] == "ok"
+    assert (await victim.call("echo.health", timeout=2))["state"] == "ready"
     allowed = mesh.home.certs / "allowed"
     outsider = mesh.pairs["outsider"].certificate
     original = (allowed / "outsider.key").read_bytes()
@@ -198,7 +198,7 @@ async def test_corrupt_certificate_file_does_not_keep_a_revoked_key_allowed(mesh
     (allowed / "outsider-copy.key").write_bytes(damaged)
     reply = await operator.call("mesh.certs.reload", timeout=2)
     assert {p["file"] for p in reply["problems"]} == {"allowed/junk.key", "allowed/outsider-copy.key"}
-    assert (await victim.call("echo.health", timeout=2))["status"] == "ok"
+    assert (await victim.call("echo.health", timeout=2))["state"] == "ready"
     certs.save_public(outsider, mesh.home.certs / "revoked" / f"{outsider.fingerprint}.key")
     reply = await operator.call("mesh.certs.reload", timeout=2)
     assert {"file": "allowed/outsider.key", "problem": "key is revoked"} in reply["problems"]
@@ -207,7 +207,7 @@ async def test_corrupt_certificate_file_does_not_keep_a_revoked_key_allowed(mesh
     # The allow-list file was never touched: the revocation alone keeps the key out.
     assert (allowed / "outsider.key").read_bytes() == original
     assert certs.load_certificate(allowed / "outsider.key").public_key == outsider.public_key
-    assert (await operator.call("echo.health", timeout=2))["status"] == "ok"
+    assert (await operator.call("echo.health", timeout=2))["state"] == "ready"
 
 
 async def test_acl_deny_is_answered_and_audited(mesh: InProcessMesh) -> None:
@@ -248,13 +248,13 @@ async def test_malformed_and_oversize_messages_are_refused_while_others_are_serv
             await attacker.send(header)
             reply, _ = await attacker.recv(timeout=2)
             assert reply["k"] == "err" and reply["code"] == "BAD_REQUEST", header
-            assert (await bystander.call("echo.health", timeout=2))["status"] == "ok"
+            assert (await bystander.call("echo.health", timeout=2))["state"] == "ready"
         await attacker.sock.send_multipart([encode_header({"v": 1, "k": "hb"}), b"a", b"b"])
         assert (await attacker.recv(timeout=2))[0]["code"] == "BAD_REQUEST"
         # Over MAXMSGSIZE: libzmq drops the connection; the broker never sees the message.
         await attacker.sock.send_multipart([encode_header({"v": 1, "k": "hb"}), b"x" * (2 << 20)])
         assert zmq.EVENT_DISCONNECTED in await attacker.events({zmq.EVENT_DISCONNECTED}, 3)
-        assert (await bystander.call("echo.health", timeout=2))["status"] == "ok"
+        assert (await bystander.call("echo.health", timeout=2))["state"] == "ready"
     finally:
         attacker.close()
 
@@ -265,7 +265,7 @@ async def test_unknown_and_underscore_methods_are_refused(mesh: InProcessMesh) -
     for target in ("echo.nope", "echo._private", "echo.__init__", "mesh.nope", "mesh._stop", "noservice"):
         with pytest.raises(BadRequest):
             await operator.call(target, timeout=2)
-    assert (await operator.call("echo.health", timeout=2))["status"] == "ok"
+    assert (await operator.call("echo.health", timeout=2))["state"] == "ready"
 
 
 async def test_unknown_protocol_version_is_refused(mesh: InProcessMesh) -> None:
@@ -327,7 +327,7 @@ async def test_flooding_identity_is_rate_limited_while_others_are_not(mesh: InPr
     served = [r for r in results if isinstance(r, dict)]
     assert len(served) <= 6 and len(limited) >= 24 and len(served) + len(limited) == 30
     for _ in range(30):
-        assert (await operator.call("echo.health", timeout=2))["status"] == "ok"
+        assert (await operator.call("echo.health", timeout=2))["state"] == "ready"
     # A second connection of the same identity shares the limit instead of doubling it.
     second = await mesh.client("flooder")
     with pytest.raises(RateLimited):
