@@ -127,12 +127,13 @@ def write_exclusive(path: Path, data: bytes, mode: int) -> None:
 
 
 def save_public(cert: Certificate, path: Path) -> None:
-    """Write a public certificate (mode 0644) at ``path``; refuses to overwrite."""
-    write_exclusive(path, _render(cert, None).encode("ascii"), 0o644)
+    """Write a public certificate (mode 0600, like every file of the mesh: a public key is no secret,
+    but nothing in the home is anyone else's to read) at ``path``; refuses to overwrite."""
+    write_exclusive(path, _render(cert, None).encode("ascii"), 0o600)
 
 
 def save_keypair(pair: KeyPair, directory: Path) -> tuple[Path, Path]:
-    """Write ``<name>.key`` (0644) and ``<name>.key_secret`` (0600, O_EXCL) into ``directory``."""
+    """Write ``<name>.key`` and ``<name>.key_secret`` (both 0600, O_EXCL) into ``directory``."""
     name = pair.certificate.name
     public_path = directory / f"{name}.key"
     secret_path = directory / f"{name}.key_secret"

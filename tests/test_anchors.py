@@ -196,20 +196,23 @@ def test_init_with_the_password_keystore_says_the_mesh_starts_sealed(fast_home: 
     assert not (fast_home.keys / "master.keystore").exists()
 
 
-def test_supervisord_logs_left_readable_are_closed_before_it_starts(short_tmp: Path) -> None:
-    """Older runs left ``log/supervisord.log`` and its rotated backups 0644; the start path of
-    ``meshctl up`` closes them (new ones are created 0600: supervisord starts under umask 077)."""
-    from tools.meshctl_cli._supervisor import tighten_logs
+def test_files_left_readable_by_older_versions_are_closed_before_it_starts(short_tmp: Path) -> None:
+    """Older runs left ``log/supervisord.log`` and its rotated backups, and the public certificates,
+    0644; the start path of ``meshctl up`` closes them (new ones are created 0600)."""
+    from tools.meshctl_cli._supervisor import tighten_files
     home = MeshHome(short_tmp / "h")
     home.ensure()
-    for name in ("supervisord.log", "supervisord.log.1", "keyvault.log"):
-        (home.log / name).write_text("old lines\n")
-        (home.log / name).chmod(0o644)
+    (home.certs / "allowed").mkdir(mode=0o700)
+    old_files = [home.log / "supervisord.log", home.log / "supervisord.log.1", home.log / "keyvault.log",
+                 home.keys / "broker.key", home.certs / "allowed" / "storage.key"]
+    for path in old_files:
+        path.write_text("old lines\n")
+        path.chmod(0o644)
     outside = short_tmp / "outside.log"
     outside.write_text("not the mesh's\n")
     outside.chmod(0o644)
     (home.log / "linked.log").symlink_to(outside)
-    tighten_logs(home)
-    for name in ("supervisord.log", "supervisord.log.1", "keyvault.log"):
-        assert stat.S_IMODE(os.stat(home.log / name).st_mode) == 0o600
+    tighten_files(home)
+    for path in old_files:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
     assert stat.S_IMODE(os.stat(outside).st_mode) == 0o644  # a symlink is not followed out of the home

@@ -20,7 +20,7 @@ def test_keypair_files_have_safe_modes_and_round_trip(tmp_path: Path) -> None:
     finally:
         os.umask(0o022)
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
-    assert stat.S_IMODE(public.stat().st_mode) == 0o644
+    assert stat.S_IMODE(public.stat().st_mode) == 0o600
     loaded = certs.load_keypair(secret)
     assert loaded.certificate == pair.certificate and loaded.secret_key == pair.secret_key
     assert certs.load_certificate(public) == pair.certificate

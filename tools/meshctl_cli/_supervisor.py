@@ -155,7 +155,7 @@ class Supervisor:
         env.update(CURVEMESH_HOME=str(self.home.root), CURVEMESH_PYTHON=sys.executable, CURVEMESH_REPO=str(REPO),
                    CURVEMESH_SUPERVISOR_USER=self.credentials.username,
                    CURVEMESH_SUPERVISOR_PASSWORD_SHA=self.credentials.supervisord_hash())
-        tighten_logs(self.home)
+        tighten_files(self.home)
         try:
             # A fixed argv (our interpreter, our config), no shell. umask 077 from the first
             # instruction: supervisord opens its own log before it applies umask=077 from its
@@ -171,16 +171,18 @@ class Supervisor:
             raise CliError(f"supervisord did not start: {reason}")
 
 
-def tighten_logs(home: MeshHome) -> None:
-    """Close to group and others the log files an earlier supervisord left readable (its own log
-    and its rotated backups were created 0644 before it was started with umask 077). Symlinks
-    are left alone: chmod would follow them out of the home."""
-    if not home.log.is_dir():
-        return
-    for path in home.log.iterdir():
-        info = os.lstat(path)
-        if stat.S_ISREG(info.st_mode) and info.st_mode & 0o077:
-            os.chmod(path, 0o600)
+def tighten_files(home: MeshHome) -> None:
+    """Close to group and others the files an earlier version left readable: supervisord's own log
+    and its rotated backups (created 0644 before supervisord was started with umask 077), and the
+    public certificates in ``keys/`` and ``certs/`` (written 0644 before every file of the mesh was
+    made 0600). Symlinks are left alone: chmod would follow them out of the home."""
+    for top in (home.log, home.keys, home.certs):
+        if not top.is_dir():
+            continue
+        for path in top.rglob("*"):
+            info = os.lstat(path)
+            if stat.S_ISREG(info.st_mode) and info.st_mode & 0o077:
+                os.chmod(path, 0o600)
 
 
 def _environ(pid: str) -> list[bytes]:
