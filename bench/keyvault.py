@@ -195,7 +195,7 @@ def _check_key(reply: Any) -> None:
 
 
 def _check_health(reply: Any) -> None:
-    if not (isinstance(reply, dict) and reply.get("status") == "ok"):
+    if not (isinstance(reply, dict) and reply.get("state") == "ready"):
         raise BenchError(f"keyvault.health: unexpected reply {reply!r}")
 
 
@@ -236,10 +236,10 @@ async def _wait_unsealed(client: MeshClient, kids: Children) -> dict[str, Any]:
                 try:
                     audit = await client.call("audit.health", timeout=2.0)
                 except MeshError as exc:
-                    audit = {"status": exc.code}
-                if audit.get("status") == "ok":
+                    audit = {"state": exc.code}
+                if audit.get("state") == "ready":
                     return status
-                last = f"audit {audit.get('status')}"
+                last = f"audit {audit.get('state')}: {audit.get('reason')}"
                 await asyncio.sleep(0.1)  # poll interval
                 continue
             last = f"status {status}"

@@ -185,15 +185,15 @@ async def start_mesh(kids: Children) -> MeshClient:
             if not status.get("initialised") or status.get("sealed"):
                 return f"keyvault {status}"
             audit = await operator.call("audit.health", timeout=2.0)
-            return None if audit.get("status") == "ok" else f"audit {audit.get('status')}"
+            return None if audit.get("state") == "ready" else f"audit {audit.get('state')}: {audit.get('reason')}"
         await _until(kids, "keyvault unsealed and audit ok", vault)
         kids.spawn("storage", "services.storage", guard=True)
 
         async def health() -> str | None:
             reply = await operator.call("storage.health", timeout=2.0)
-            if reply.get("status") == "failed":
-                raise BenchError(f"storage.health: failed: {reply.get('problem')}")
-            return None if reply.get("status") == "ok" else f"status {reply.get('status')}: {reply.get('problem')}"
+            if reply.get("state") == "failed" and not reply.get("dependency"):
+                raise BenchError(f"storage.health: failed: {reply.get('reason')}")
+            return None if reply.get("state") == "ready" else f"state {reply.get('state')}: {reply.get('reason')}"
         await _until(kids, "storage.health ok", health)
     except BaseException:
         await operator.close()
