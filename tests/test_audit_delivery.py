@@ -122,6 +122,30 @@ async def _true(value: bool) -> bool:
     return value
 
 
+async def test_the_shipper_stops_even_when_notified_as_it_stops(short_tmp: Path) -> None:
+    """A record spooled just as its service stops must not keep the shipper running: with
+    ``asyncio.wait_for`` on Python 3.11 the wake-up won, the cancellation was lost, and ``stop()``
+    (awaited by the service's on_stop) waited forever."""
+    spool = Spool(short_tmp / "p.spool", 10)
+    spool.append({"type": "test.event", "time": 1.0})
+    client = FlakyAudit([])
+    shipper = AuditShipper(spool, client, period=3600)
+    shipper.start()
+    task = shipper._task
+    assert task is not None
+    try:
+        await eventually(lambda: _true(len(spool) == 0))  # shipped and acked: it now waits to be woken
+        shipper.notify()  # a new record, and the stop, in the same turn of the event loop
+        # stop() swallows a cancellation of its own caller, so the deadline's expiry is asked, not raised.
+        async with asyncio.timeout(5) as deadline:
+            await shipper.stop()
+        assert not deadline.expired(), "the shipper ignored its cancellation: stop() waited for the deadline"
+        assert task.cancelled()
+    finally:
+        task.cancel()
+        spool.close()
+
+
 # -- over a real mesh --------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from shared import (
     message,
     serve,
 )
+from shared._keeper import keep_unsealed
 from shared.testing import InProcessMesh, call_handler
 
 from .conftest import eventually, holds
@@ -308,3 +309,31 @@ async def test_answered_requests_do_not_pile_up_in_the_deadline_heap(mesh: InPro
     await client.call("echo.health", timeout=5)
     assert not mesh.broker.in_flight
     assert len(mesh.broker.deadlines) <= 2 * 1 + 1024 + 1  # the bound, with one request in flight
+
+
+async def test_a_keeper_loop_stops_when_cancelled_as_it_is_woken() -> None:
+    """A service's keeper loop (shared/_keeper.py) must end when its service stops, even if the stop
+    comes in the same turn of the event loop as a wake-up. With ``asyncio.wait_for`` on Python 3.11
+    the wake-up won and the cancellation was lost, so audit, stopped just as keyvault announced
+    ``security.unsealed``, never finished stopping."""
+    wake = asyncio.Event()
+    rounds = 0
+
+    async def unsealed_round() -> None:
+        nonlocal rounds
+        rounds += 1
+
+    async def never_called() -> bool:
+        raise AssertionError("the keeper is not sealed here")
+
+    keeper = asyncio.create_task(keep_unsealed(wake, lambda: False, never_called, unsealed_round, period=3600,
+                                               retry_min=1, retry_max=1))
+    try:
+        await eventually(lambda: holds(rounds == 1))  # its first round is done: it now waits to be woken
+        wake.set()
+        keeper.cancel()  # no await in between: the wake-up and the cancellation race
+        done, _ = await asyncio.wait({keeper}, timeout=5)
+        assert keeper in done and keeper.cancelled(), f"the keeper ignored its cancellation ({rounds} rounds)"
+        assert rounds == 1
+    finally:
+        keeper.cancel()
