@@ -337,3 +337,41 @@ async def test_a_keeper_loop_stops_when_cancelled_as_it_is_woken() -> None:
         assert rounds == 1
     finally:
         keeper.cancel()
+
+
+async def test_a_request_cancelled_as_its_reply_arrives_is_cancelled(mesh: InProcessMesh) -> None:
+    """A caller stopped just as its reply arrives must stop: with ``asyncio.wait_for`` on Python 3.11
+    the reply won and the cancellation was lost, so a service stopping mid-call (audit fetching its
+    keys as it was stopped) carried on and its stop never ended."""
+    echo = Echo()
+    await mesh.start_service(echo)
+    client = await mesh.client("meshctl")
+    connection = client.connection
+    call = asyncio.create_task(client.call("echo.block", timeout=30))
+    try:
+        await asyncio.wait_for(echo.entered.wait(), 5)  # the request is out; echo holds its reply
+        (waiting,) = connection._waiting.values()
+        waiting.set_result(({"k": "rep"}, None))  # the reply arrives ...
+        call.cancel()  # ... in the same turn of the event loop as the cancellation
+        done, _ = await asyncio.wait({call}, timeout=5)
+        assert call in done and call.cancelled()
+    finally:
+        call.cancel()
+        echo.release.set()
+
+
+async def test_waiting_for_an_event_cancelled_as_it_arrives_is_cancelled(mesh: InProcessMesh) -> None:
+    """The same race for a subscriber (audit and storage follow keyvault's ``security.*`` events):
+    the event must not win over the cancellation."""
+    client = await mesh.client("meshctl")
+    subscription = await client.subscribe("test.")
+    waiter = asyncio.create_task(subscription.next(timeout=30))
+    try:
+        await eventually(lambda: holds(len(subscription.queue._getters) == 1))  # type: ignore[attr-defined]
+        client._on_event("test.raced", "meshctl", None)  # the event arrives ...
+        waiter.cancel()  # ... in the same turn of the event loop as the cancellation
+        done, _ = await asyncio.wait({waiter}, timeout=5)
+        assert waiter in done and waiter.cancelled()
+        assert (await subscription.next(timeout=1)).topic == "test.raced"  # the event stays queued
+    finally:
+        waiter.cancel()
