@@ -245,7 +245,7 @@ class Workload:
         elif method == "records_get":
             ok = reply.get("found") is True and reply.get("doc") == self.docs[body["id"]]
         else:
-            ok = reply.get("status") == "ok"
+            ok = reply.get("state") == "ready"
         if not ok:
             raise BenchError(f"{method}: unexpected reply {str(reply)[:200]}")
 

@@ -58,8 +58,11 @@ class Subscription:
 
     async def next(self, timeout: float) -> Event:
         """The next event; :class:`Timeout` if none arrives within ``timeout`` seconds."""
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns an event that arrives in the
+        # same turn as a cancellation and loses the cancellation (the caller's task never stops).
         try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
+            async with asyncio.timeout(timeout):
+                return await self.queue.get()
         except TimeoutError:
             raise Timeout(f"no event on {self.prefix!r} within {timeout:.3f} s") from None
 

@@ -246,7 +246,10 @@ class Connection:
         self._waiting[request_id] = future
         try:
             await self.send([encode_header(header)] if body is None else [encode_header(header), body])
-            return await asyncio.wait_for(future, timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns a reply that arrives in the
+            # same turn as a cancellation and loses the cancellation (the caller's task never stops).
+            async with asyncio.timeout(timeout):
+                return await future
         except TimeoutError:
             raise Timeout(f"no reply within {timeout:.3f} s") from None
         finally:

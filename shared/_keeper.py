@@ -49,8 +49,11 @@ async def keep_unsealed(wake: asyncio.Event, sealed: Callable[[], bool], try_uns
         else:
             timeout, delay = period, retry_min
             await while_unsealed()
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the wake-up and loses a
+        # cancellation that arrives in the same turn, and the service's stop then never ends.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await wake.wait()
 
 
 async def follow_keyvault(subscription: Subscription, handle: Callable[[str, Any], Awaitable[None]]) -> None:

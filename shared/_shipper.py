@@ -167,5 +167,8 @@ class AuditShipper:
             self.last_error = None
             if sent and len(self.spool):
                 continue  # more waiting: the next batch at once
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the wake-up and loses a
+            # cancellation that arrives in the same turn, and stop() then never returns.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.period)
+                async with asyncio.timeout(self.period):
+                    await self._wake.wait()

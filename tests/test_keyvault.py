@@ -20,6 +20,7 @@ from services.keyvault.keystore import KeyringKeystore
 from services.keyvault.service import Keyvault
 from services.keyvault.setup import initialise
 from shared import (
+    BadRequest,
     ConfigError,
     Forbidden,
     MeshHome,
@@ -208,18 +209,46 @@ async def test_sensitive_operations_ask_for_the_password_afresh(short_tmp: Path)
     home, mesh = make_home(short_tmp / "h")
     clock = Clock()
     vault = await started(home, mesh.config, clock=clock)
-    await call_handler(vault, "login", {"password": PASSWORD})  # a session changes nothing below
-    with pytest.raises(Unauthenticated):
-        await call_handler(vault, "keys.rotate", {"purpose": "sqlcipher", "password": "wrong-one"})
-    clock.now += 1.1  # past the wrong-password delay
+    token = (await call_handler(vault, "login", {"password": PASSWORD}))["token"]
+    # The session is live and belongs to this operator: it opens what a session is for.
+    assert len(await call_handler(vault, "keys.list", {"token": token})) == 10
+    # A live session in place of the password is refused before any handler runs: neither request
+    # has a place for a session token, and the refusal names the only fields each one takes.
+    with pytest.raises(BadRequest, match=re.escape("Rotate: 1 unknown field(s); allowed: password, purpose")):
+        await call_handler(vault, "keys.rotate", {"purpose": "sqlcipher", "token": token})
+    with pytest.raises(BadRequest, match=re.escape(
+            "PasswordChange: 1 unknown field(s); allowed: new_password, old_password")):
+        await call_handler(vault, "passwd", {"token": token, "new_password": NEW_PASSWORD})
+    # Nor does the session token work when it is handed over where the password goes, and a wrong
+    # password stays wrong while the session is live. Each wrong password doubles the delay before
+    # the next check, so the clock moves past it each time.
+    attempts = [("keys.rotate", {"purpose": "sqlcipher", "password": token}),
+                ("passwd", {"old_password": token, "new_password": NEW_PASSWORD}),
+                ("keys.rotate", {"purpose": "sqlcipher", "password": "wrong-one"}),
+                ("passwd", {"old_password": "wrong-one", "new_password": NEW_PASSWORD})]
+    for delay, (method, body) in zip((1, 2, 4, 8), attempts, strict=True):
+        with pytest.raises(Unauthenticated, match=r"^wrong password$"):
+            await call_handler(vault, method, body)
+        clock.now += delay + 0.1
+    refused = [(r["type"], r["outcome"]) for r in vault.spool.pending(len(vault.spool))  # type: ignore[union-attr]
+               if r.get("outcome") == "wrong-password"]
+    assert refused == [("keyvault.key_rotate", "wrong-password"), ("keyvault.password_change", "wrong-password")] * 2
+    # None of those changed anything: the key is at version 1 and the session is still live.
+    assert (await call_handler(vault, "status"))["current_versions"]["sqlcipher"] == 1
+    assert (await call_handler(vault, "session", {"token": token}))["active"] is True
+    # With the right password both succeed.
     old = await get_key(vault)
     rotated = await call_handler(vault, "keys.rotate", {"purpose": "sqlcipher", "password": PASSWORD})
     assert rotated == {"purpose": "sqlcipher", "version": 2}
     new = await get_key(vault)
     assert new["version"] == 2 and new["key"] != old["key"]
     assert await get_key(vault, version=1) == old  # older versions stay readable
-    with pytest.raises(Unauthenticated):
-        await call_handler(vault, "passwd", {"old_password": "wrong-one", "new_password": NEW_PASSWORD})
+    assert await call_handler(vault, "passwd", {"old_password": PASSWORD, "new_password": NEW_PASSWORD}) == {
+        "changed": True}
+    with pytest.raises(Unauthenticated, match=r"^wrong password$"):  # the old password no longer opens it
+        await call_handler(vault, "login", {"password": PASSWORD})
+    clock.now += 1.1
+    assert (await call_handler(vault, "login", {"password": NEW_PASSWORD}))["token"]
     await vault.on_stop()
 
 

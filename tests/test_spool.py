@@ -7,6 +7,7 @@ itself with ``os._exit`` at one named step, like kill -9, and then reopen the sp
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import subprocess
@@ -322,8 +323,13 @@ def test_spool_files_are_private_and_a_symlink_is_refused(tmp_path: Path) -> Non
     assert reopened(path) == [8, 9]
     link = tmp_path / "link.spool"
     link.symlink_to(path)
-    with pytest.raises(OSError):
+    before = path.read_bytes()
+    # The open itself refuses the link (O_NOFOLLOW answers ELOOP), before anything is read or written
+    # through it; a spool that followed it and failed later for another reason would not be this.
+    with pytest.raises(OSError) as refused:
         Spool(link, 100)
+    assert refused.value.errno == errno.ELOOP and refused.value.filename == str(link)
+    assert path.read_bytes() == before and link.is_symlink()
 
 
 if __name__ == "__main__":

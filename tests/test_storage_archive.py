@@ -3,6 +3,7 @@ truncated, edited or hostile archive before anything is written."""
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import subprocess
@@ -182,7 +183,7 @@ def test_any_flipped_byte_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["../evil", "/etc/passwd", "a/../../b", "a//b", "./a", "a\\..\\b", "a\x00b", "",
                                   "MANIFEST", "a/\n"])
 def test_hostile_entry_names_are_refused(tmp_path: Path, name: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="archive entry name"):
         archive.check_entry_name(name)
     path = tmp_path / "a.cmbak"
     with ArchiveWriter(path, mesh_id="m", sequence=1, backup_key=BACKUP_KEY) as writer:
@@ -225,9 +226,12 @@ def test_destination_and_sources_are_checked(tmp_path: Path) -> None:
     (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(ValueError, match="empty"):
         extract_archive(path, key, tmp_path / "link")
+    # A source that is a symlink (here to a real, readable file) is refused by the open itself
+    # (O_NOFOLLOW answers ELOOP), not by some later failure, and no archive is left behind.
     (tmp_path / "s" / "sym").symlink_to(files[1][1])
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as refused:
         make(tmp_path / "b.cmbak", [("sym", tmp_path / "s" / "sym")])
+    assert refused.value.errno == errno.ELOOP and refused.value.filename == str(tmp_path / "s" / "sym")
     assert not (tmp_path / "b.cmbak").exists() and not list(tmp_path.glob(".b.cmbak*"))
 
 

@@ -225,7 +225,23 @@ while True:
 """
 
 
+#: Set to the seed a failing run printed to replay its crash points.
+SEED_VARIABLE = "CURVEMESH_TEST_SEED"
+
+
+def seeded_random() -> random.Random:
+    """A random source whose seed is printed, so that pytest shows it with a failure, and which
+    replays that seed when ``CURVEMESH_TEST_SEED`` is set."""
+    given = os.environ.get(SEED_VARIABLE, "").strip()
+    if given and not given.isdigit():
+        pytest.fail(f"{SEED_VARIABLE} must be a non-negative integer, not {given!r}")
+    seed = int(given) if given else secrets.randbits(32)
+    print(f"random crash points: replay with {SEED_VARIABLE}={seed}")
+    return random.Random(seed)
+
+
 def test_rekey_survives_sigkill_at_a_random_moment(tmp_path: Path, key: bytearray) -> None:
+    rng = seeded_random()
     path = tmp_path / "records.db"
     store = RecordStore.open(path, key)
     store.create_collection(ALICE, "notes", ["kind"])
@@ -235,15 +251,18 @@ def test_rekey_survives_sigkill_at_a_random_moment(tmp_path: Path, key: bytearra
     other = new_key()
     versions = {1: key, 2: other}
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for _ in range(3):
+    for round_no in range(3):
         opener = versions[RecordStore.which_key(path, versions) or 0]
         child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), opener.hex(),
                                   (other if opener is key else key).hex()],
                                  stdout=subprocess.PIPE, env=env, cwd=ROOT)
         assert child.stdout is not None and child.stdout.readline() == b"ready\n"
-        # The random delay picks the crash moment inside the rekey loop; it orders nothing.
+        # The random delay picks the crash moment inside the rekey loop; it orders nothing. The seed
+        # replays the delays; where in a rekey they land also depends on the machine's speed.
+        delay = rng.uniform(0.0, 0.3)
+        print(f"round {round_no}: SIGKILL after {delay:.4f} s")
         with pytest.raises(subprocess.TimeoutExpired):
-            child.wait(timeout=random.uniform(0.0, 0.3))
+            child.wait(timeout=delay)
         child.send_signal(signal.SIGKILL)
         child.wait()
         child.stdout.close()
