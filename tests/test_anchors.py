@@ -212,7 +212,12 @@ def test_files_left_readable_by_older_versions_are_closed_before_it_starts(short
     outside.write_text("not the mesh's\n")
     outside.chmod(0o644)
     (home.log / "linked.log").symlink_to(outside)
+    exposed_secret = home.keys / "storage.key_secret"
+    exposed_secret.write_text("a secret key someone made readable\n")
+    exposed_secret.chmod(0o644)
     tighten_files(home)
     for path in old_files:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+    # Left as found: storage refuses to start with it, so the exposure is not hidden.
+    assert stat.S_IMODE(os.stat(exposed_secret).st_mode) == 0o644
     assert stat.S_IMODE(os.stat(outside).st_mode) == 0o644  # a symlink is not followed out of the home

@@ -175,11 +175,13 @@ def tighten_files(home: MeshHome) -> None:
     """Close to group and others the files an earlier version left readable: supervisord's own log
     and its rotated backups (created 0644 before supervisord was started with umask 077), and the
     public certificates in ``keys/`` and ``certs/`` (written 0644 before every file of the mesh was
-    made 0600). Symlinks are left alone: chmod would follow them out of the home."""
-    for top in (home.log, home.keys, home.certs):
+    made 0600). Symlinks are left alone: chmod would follow them out of the home. A secret key
+    others could read is never "fixed" here: the process that owns it refuses to start (fail
+    closed), and the operator learns that it was exposed."""
+    for top, pattern in ((home.log, "*"), (home.keys, "*.key"), (home.certs, "*.key")):
         if not top.is_dir():
             continue
-        for path in top.rglob("*"):
+        for path in top.rglob(pattern):
             info = os.lstat(path)
             if stat.S_ISREG(info.st_mode) and info.st_mode & 0o077:
                 os.chmod(path, 0o600)
