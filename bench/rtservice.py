@@ -20,10 +20,9 @@ from shared import (
     RequestContext,
     Service,
     ServiceRunner,
-    config_path,
     configure_logging,
     handler,
-    load_config,
+    mesh_config,
 )
 from shared import message as mesh_message
 
@@ -60,7 +59,7 @@ async def run() -> None:
     """Connect, register, say ``ready``, serve until stopped, then deregister."""
     parent = os.getppid()
     home = MeshHome.from_env()
-    config = load_config(config_path(home.root))
+    config = mesh_config(home.root)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -57,6 +57,10 @@ from ._errors import (
     error_from_wire,
 )
 from ._home import ENV_HOME, MeshHome
+from ._layers import Layers as ConfigLayers
+from ._layers import config_files, mesh_config
+from ._layers import provenance as config_provenance
+from ._layers import read_layers as config_layers
 from ._logging import configure_logging, declare_sensitive, redact
 from ._ratelimit import TokenBucket
 from ._runtime import ServiceRunner, connect_patiently, run_service, serve
@@ -92,6 +96,8 @@ __all__ = [
     "HandlerSpec", "NoFields", "RequestContext", "Service", "handler", "sensitive_fields",
     "DEGRADED", "FAILED", "READINESS_STATES", "READY", "SEALED", "Readiness",
     "append_record", "append_records", "damaged_pages", "integrity_problems",
-    "certs", "compile_grant", "config_path", "decode_body", "decode_delivered", "decode_header",
+    "certs", "compile_grant", "config_files", "config_layers", "config_path", "config_provenance", "mesh_config",
+    "ConfigLayers",
+    "decode_body", "decode_delivered", "decode_header",
     "encode_body", "encode_header", "error_text", "error_from_wire", "load_config", "parse_config", "split_target",
 ]

@@ -24,10 +24,11 @@ import zmq.asyncio
 
 from ._certs import load_certificate, load_keypair
 from ._codec import decode_body, encode_body
-from ._config import MeshConfig, RuntimeConfig, config_path, load_config
+from ._config import MeshConfig, RuntimeConfig
 from ._connection import Connection
 from ._errors import Timeout
 from ._home import MeshHome
+from ._layers import mesh_config
 
 _MAX_BODY = 64 << 20
 
@@ -97,7 +98,7 @@ class MeshClient:
 
         The broker key is pinned from ``home/keys/broker.key`` unless given.
         """
-        config = config or load_config(config_path(home.root))
+        config = config or mesh_config(home.root)
         keypair = load_keypair(home.secret_key_path(name))
         if broker_key is None:
             broker_key = load_certificate(home.public_key_path("broker")).public_key

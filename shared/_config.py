@@ -331,6 +331,12 @@ def parse_config(text: str, source: str = "mesh.toml") -> MeshConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML ({exc})") from None
+    return build_config(data, source)
+
+
+def build_config(data: dict[str, Any], source: str) -> MeshConfig:
+    """Build the configuration from parsed TOML ``data`` (strictly, as :func:`parse_config`);
+    errors name ``source`` and the key."""
     try:
         config: MeshConfig = _build(MeshConfig, data, "")
     except ConfigError as exc:
@@ -342,8 +348,9 @@ DEFAULT_CONFIG_PATH: Final = Path(__file__).resolve().parent.parent / "mesh.toml
 
 
 def config_path(home: Path | None) -> Path:
-    """Where the configuration comes from: ``$CURVEMESH_CONFIG``, else ``<home>/mesh.toml``
-    when it exists, else the repository's ``mesh.toml``."""
+    """The base layer of the configuration: ``$CURVEMESH_CONFIG``, else ``<home>/mesh.toml``
+    when it exists, else the repository's ``mesh.toml``. The home's ``mesh.d/*.toml``
+    fragments merge over it (:mod:`._layers`, :func:`shared.mesh_config`)."""
     explicit = os.environ.get("CURVEMESH_CONFIG")
     if explicit:
         return Path(explicit)

@@ -25,7 +25,7 @@ import structlog
 
 from ._client import MeshClient
 from ._codec import PROTOCOL_VERSION, decode_body, encode_body, encode_header, error_text
-from ._config import MeshConfig, RuntimeConfig, config_path, load_config
+from ._config import MeshConfig, RuntimeConfig
 from ._errors import (
     BadRequest,
     CertificateError,
@@ -37,6 +37,7 @@ from ._errors import (
     Unavailable,
 )
 from ._home import MeshHome
+from ._layers import mesh_config
 from ._logging import configure_logging
 from ._service import HandlerSpec, RequestContext, Service
 
@@ -197,7 +198,7 @@ class ServiceRunner:
 
 async def serve(service: Service, home: MeshHome, *, stop: asyncio.Event) -> None:
     """Connect ``service`` to the mesh in ``home`` and run it until ``stop`` is set."""
-    config = load_config(config_path(home.root))
+    config = mesh_config(home.root)
     client = await connect_patiently(home, service.name, config)
     runner = ServiceRunner(service, client, config.runtime, config.broker.max_message_bytes)
     try:

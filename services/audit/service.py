@@ -59,9 +59,8 @@ from shared import (
     Sealed,
     Service,
     Unavailable,
-    config_path,
     handler,
-    load_config,
+    mesh_config,
 )
 from shared._keystore import Keystore
 
@@ -99,7 +98,7 @@ class Audit(SealMixin, Service):
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__()
         self.home = home or MeshHome.from_env()
-        self.config = config or load_config(config_path(self.home.root))
+        self.config = config or mesh_config(self.home.root)
         # The types of this state are declared on the mixins that use it (.writer, .seal).
         self.state = "sealed"            # sealed | ok | tampered | failed
         self.problem = None              # why, when not ok; never holds record contents

@@ -7,7 +7,7 @@ import sys
 
 import structlog
 
-from shared import CertificateError, ConfigError, MeshHome, config_path, configure_logging, load_config
+from shared import CertificateError, ConfigError, MeshHome, configure_logging, mesh_config
 
 from .core import Broker
 
@@ -17,7 +17,7 @@ def main() -> int:
     log = structlog.get_logger("broker")
     try:
         home = MeshHome.from_env()
-        broker = Broker(load_config(config_path(home.root)), home)
+        broker = Broker(mesh_config(home.root), home)
         broker.bind()
     except (ConfigError, CertificateError, RuntimeError) as exc:
         reason = exc.message if isinstance(exc, (ConfigError, CertificateError)) else str(exc)

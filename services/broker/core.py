@@ -44,7 +44,7 @@ from shared import (
     TokenBucket,
     certs,
     compile_grant,
-    config_path,
+    config_files,
     decode_header,
     encode_header,
     error_text,
@@ -78,8 +78,8 @@ class Broker(Admission, Routing, Upkeep):
                  wall: Callable[[], float] = time.time,
                  config_file: Path | None = None) -> None:
         self.config = config
-        #: The file the configuration was read from (audited at start as ``mesh.config``).
-        self.config_file = config_file if config_file is not None else config_path(home.root)
+        #: The files the configuration was read from, base first (audited at start as ``mesh.config``).
+        self.config_files = (config_file,) if config_file is not None else config_files(home.root)
         self.cfg = config.broker
         self.home = home
         self.clock = clock
@@ -344,7 +344,7 @@ class Broker(Admission, Routing, Upkeep):
             log.warning("audit_spool_full", dropped=self.spool.dropped)
 
     def audit_config(self) -> None:
-        """Spool a ``mesh.config`` record: the config file's SHA-256, the one recorded at the last
+        """Spool a ``mesh.config`` record: the configuration files' SHA-256, the one recorded at the last
         start and whether it changed. The digest is then kept in ``<home>/spool/config.sha256``
         (written atomically, 0600) for the next start. Never stops the broker from starting."""
         state = self.home.spool / CONFIG_DIGEST_FILE
@@ -352,9 +352,13 @@ class Broker(Admission, Routing, Upkeep):
             previous: str | None = state.read_text("ascii").strip() or None
         except (OSError, UnicodeDecodeError):
             previous = None
-        record: dict[str, Any] = {"outcome": "ok", "path": str(self.config_file)}
+        record: dict[str, Any] = {"outcome": "ok", "path": " + ".join(str(p) for p in self.config_files)}
         try:
-            digest: str | None = hashlib.sha256(self.config_file.read_bytes()).hexdigest()
+            digests = [(hashlib.sha256(path.read_bytes()).hexdigest(), path) for path in self.config_files]
+            # One file: its own SHA-256 (what `sha256sum mesh.toml` prints). With fragments: the
+            # SHA-256 of their sha256sum-style listing, so adding, removing or editing any changes it.
+            listing = "".join(f"{d}  {p}\n" for d, p in digests)
+            digest: str | None = digests[0][0] if len(digests) == 1 else hashlib.sha256(listing.encode()).hexdigest()
         except OSError as exc:
             digest = None
             record.update(outcome="unreadable", error=exc.strerror or type(exc).__name__)

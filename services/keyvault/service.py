@@ -50,9 +50,8 @@ from shared import (
     Service,
     TokenBucket,
     Unauthenticated,
-    config_path,
     handler,
-    load_config,
+    mesh_config,
 )
 from shared._crypto import wipe
 from shared._keeper import LOCKED_REASON
@@ -89,7 +88,7 @@ class Keyvault(HierarchyMixin, SealMixin, RecordingMixin, Service):
                  clock: Callable[[], float] = time.monotonic, checkpoint: store.Checkpoint | None = None) -> None:
         super().__init__()
         self.home = home or MeshHome.from_env()
-        self.config = config or load_config(config_path(self.home.root))
+        self.config = config or mesh_config(self.home.root)
         cfg = self.config.keyvault
         self.sessions = Sessions(cfg.session_idle_s, clock)
         self.throttle = Throttle(cfg.unlock_backoff_base_ms / 1000, cfg.unlock_backoff_max_ms / 1000, clock)

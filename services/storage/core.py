@@ -37,8 +37,7 @@ from shared import (
     Sealed,
     Service,
     StateError,
-    config_path,
-    load_config,
+    mesh_config,
 )
 from shared._keeper import LOCKED_REASON, follow_keyvault, keep_unsealed, without_keys
 
@@ -68,7 +67,7 @@ class StorageCore(Service):
     def __init__(self, home: MeshHome | None = None, config: MeshConfig | None = None) -> None:
         super().__init__()
         self.home = home or MeshHome.from_env()
-        self.config = config or load_config(config_path(self.home.root))
+        self.config = config or mesh_config(self.home.root)
         self.layout = Layout.of(self.home)
         self.stored = StorageState()
         self.state = "sealed"                  # sealed | ok | failed

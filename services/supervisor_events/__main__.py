@@ -13,9 +13,8 @@ from shared import (
     HandshakeError,
     MeshHome,
     Spool,
-    config_path,
     configure_logging,
-    load_config,
+    mesh_config,
 )
 
 from .protocol import ProtocolError
@@ -28,7 +27,7 @@ def main() -> int:
     log = structlog.get_logger(NAME)
     try:
         home = MeshHome.from_env()
-        config = load_config(config_path(home.root))
+        config = mesh_config(home.root)
         home.ensure()
         spool = Spool(home.spool / f"{NAME}.spool", SPOOL_MAX_RECORDS)
         audit_spool = Spool(home.spool / AUDIT_SPOOL_NAME, AUDIT_SPOOL_MAX_RECORDS)

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 from shared import PURPOSES, MeshHome, configure_logging
 
-from . import _audit, _init, _lifecycle, _logs, _mesh, _render, _security, _storage
+from . import _audit, _config_show, _init, _lifecycle, _logs, _mesh, _render, _security, _storage
 from ._output import CliError, emit, emit_json
 from ._status import MeshProbe, collect
 from ._supervisor import Supervisor, load_credentials
@@ -118,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
                         "machine); verify, restore: open the archive with it")
     p.add_argument("--output", metavar="FILE", help="create: also copy the archive to FILE")
     p.add_argument("--force", action="store_true", help="restore: accept an archive older than the newest backup")
+    p = add("config", "show: the merged configuration (mesh.toml, then <home>/mesh.d/*.toml), each value with "
+            "the file that set it")
+    p.add_argument("action", choices=["show"])
     p = add("logs", "a process's log (JSON lines)")
     p.add_argument("service")
     p.add_argument("-f", "--follow", action="store_true")
@@ -201,6 +204,12 @@ def _events(args: argparse.Namespace, home: MeshHome) -> int:
     return 0
 
 
+def _config_cmd(args: argparse.Namespace, home: MeshHome) -> int:
+    result = _config_show.show(home)
+    emit(args.json, result, _config_show.render(result))
+    return 0
+
+
 def _logs_cmd(args: argparse.Namespace, home: MeshHome) -> int:
     try:
         supervisor: Supervisor | None = Supervisor(home, load_credentials(home))
@@ -215,7 +224,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, MeshHome], int]] = {
     "init": _init_cmd, "up": _up_or_status, "status": _up_or_status, "down": _down, "restart": _restart,
     "ping": _ping, "call": _call, "certs": _certs, "events": _events, "logs": _logs_cmd,
     "security": _security.run, "keys": _security.run, "audit": _audit.run_audit, "alerts": _audit.run_alerts,
-    "storage": _storage.run_storage, "backup": _storage.run_backup,
+    "storage": _storage.run_storage, "backup": _storage.run_backup, "config": _config_cmd,
 }
 
 

@@ -24,7 +24,7 @@ from typing import Any, Final, TypeVar
 from services.keyvault import setup as keyvault_setup
 from services.keyvault import store as keyvault_store
 from services.keyvault.keystore import choose_keystore
-from shared import Argon2Profile, ConfigError, MeshConfig, MeshError, MeshHome, config_path, load_config
+from shared import Argon2Profile, ConfigError, MeshConfig, MeshError, MeshHome, mesh_config
 from shared._certs import write_exclusive
 from shared._provision import provision
 
@@ -61,7 +61,7 @@ def _write_marker(home: MeshHome, info: dict[str, Any]) -> None:
 
 def _config(home: MeshHome) -> MeshConfig:
     try:
-        return load_config(config_path(home.root))
+        return mesh_config(home.root)
     except ConfigError as exc:
         raise CliError(exc.message) from None
 

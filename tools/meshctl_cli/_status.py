@@ -13,7 +13,7 @@ import re
 import time
 from typing import Any, Final
 
-from shared import HandshakeError, MeshClient, MeshError, MeshHome, Unavailable, certs, config_path, load_config
+from shared import HandshakeError, MeshClient, MeshError, MeshHome, Unavailable, certs, mesh_config
 from shared._provision import MESH_IDENTITIES
 
 from ._output import CliError
@@ -221,7 +221,7 @@ async def collect(home: MeshHome, supervisor: Supervisor, probe: MeshProbe, *, d
     the polling loops of ``up`` and ``restart`` leave them out until the end.
     """
     try:
-        config = load_config(config_path(home.root))
+        config = mesh_config(home.root)
         broker_cert = certs.load_certificate(home.public_key_path("broker"))
     except MeshError as exc:
         raise CliError(exc.message) from None
