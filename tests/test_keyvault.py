@@ -182,6 +182,31 @@ async def test_wrong_passwords_are_refused_with_growing_delays(short_tmp: Path) 
     assert (home.spool / "keyvault-audit.spool").read_bytes().count(b"wrong-password") == 2
 
 
+async def test_throttled_attempts_are_audited_once_per_wait_and_counted(short_tmp: Path) -> None:
+    """A refusal while backing off is a deny too (invariant 3): the first of each wait is recorded as it
+    happens, the rest are counted into the next record, so a flood cannot fill the audit spool."""
+    home, mesh = make_home(short_tmp / "h")
+    clock = Clock()
+    vault = await started(home, mesh.config, clock=clock)
+    await call_handler(vault, "lock")
+    with pytest.raises(Unauthenticated):
+        await call_handler(vault, "unlock", {"password": "not-the-password"})
+    for _ in range(5):
+        with pytest.raises(RateLimited):
+            await call_handler(vault, "unlock", {"password": PASSWORD})
+    with pytest.raises(RateLimited):
+        await call_handler(vault, "login", {"password": PASSWORD})
+    clock.now += 1.1
+    await call_handler(vault, "unlock", {"password": PASSWORD})
+    assert vault.spool is not None
+    records = [(r["type"], r["outcome"], r.get("refused")) for r in vault.spool.pending(len(vault.spool))
+               if r["type"] in ("keyvault.unlock", "keyvault.session_start")]
+    # 6 refused (5 unlocks, 1 login): the first recorded as it happened, the other 5 counted in one record.
+    assert records == [("keyvault.unlock", "wrong-password", None), ("keyvault.unlock", "throttled", None),
+                       ("keyvault.unlock", "throttled", 5), ("keyvault.unlock", "ok", None)]
+    await vault.on_stop()
+
+
 async def test_sessions_expire_after_inactivity_and_are_bound_to_the_operator(short_tmp: Path) -> None:
     home, mesh = make_home(short_tmp / "h")
     clock = Clock()

@@ -47,7 +47,8 @@ _PROCESS: Final = {name: TEXT for name in ("process", "group", "state", "from_st
     name: NUMBER for name in ("pid", "tries", "serial")} | {"expected": FLAG}
 _ALERT: Final = {"rule": TEXT, "subject": TEXT, "count": NUMBER, "threshold": NUMBER, "window_s": NUMBER,
                  "first_seq": NUMBER, "last_seq": NUMBER}
-_KEYVAULT_PLAIN: Final = _WHO | {"reason": TEXT}
+#: ``refused``: attempts refused while backing off after wrong passwords, since the last recorded one.
+_KEYVAULT_PLAIN: Final = _WHO | {"reason": TEXT, "refused": NUMBER}
 #: A trust anchor moved off the home (or a stored copy removed): which one, from where, to where.
 _ANCHOR: Final = _WHO | {"anchor": TEXT, "source": TEXT, "destination": TEXT, "reason": TEXT}
 #: Event type -> {field: treatment}. ``alert.*`` (other than ``alert.ack``) share ``alert.*``.
@@ -73,7 +74,7 @@ EVENT_SCHEMAS: Final[Mapping[str, Mapping[str, str]]] = {
     "keyvault.session_start": _KEYVAULT_PLAIN | {"session": HASH},
     "keyvault.session_end": _KEYVAULT_PLAIN | {"session": HASH},
     "keyvault.password_change": _KEYVAULT_PLAIN,
-    "keyvault.key_rotate": _WHO | {"purpose": TEXT, "version": NUMBER},
+    "keyvault.key_rotate": _WHO | {"purpose": TEXT, "version": NUMBER, "refused": NUMBER},
     "keyvault.anchor_moved": _ANCHOR,
     "keyvault.anchor_removed": _ANCHOR,
     # storage (``subject``: the operator who asked, or the caller who read)

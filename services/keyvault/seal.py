@@ -32,7 +32,16 @@ from typing import Any
 
 import structlog
 
-from shared import ConfigError, MeshConfig, MeshError, MeshHome, Unauthenticated, Unavailable
+from shared import (
+    ConfigError,
+    MeshConfig,
+    MeshError,
+    MeshHome,
+    RateLimited,
+    RequestContext,
+    Unauthenticated,
+    Unavailable,
+)
 from shared._anchors import anchor_dir, begin_move, slot_file
 from shared._crypto import wipe
 from shared._keystore import keyring_slot
@@ -176,10 +185,23 @@ class SealMixin:
             raise Unavailable("keyvault is not initialised: run `meshctl init`")
         return self.state
 
-    async def _check_password(self, password: str) -> bytearray:
-        """The master key for ``password``, derived off the event loop; throttled when wrong."""
+    async def _check_password(self, password: str, ctx: RequestContext, event: str, **details: Any) -> bytearray:
+        """The master key for ``password``, derived off the event loop; throttled when wrong.
+
+        Every refusal is audited as ``event`` (invariant 3) before it answers: ``wrong-password``,
+        and ``throttled`` for the first attempt refused while backing off (later ones in the same
+        wait are counted, not recorded one by one, so a flood cannot fill the audit spool: the next
+        attempt let through first records how many more were refused, as ``refused``)."""
         state = self._require_state()
-        self.throttle.check()
+        try:
+            self.throttle.check()
+        except RateLimited:
+            if self.throttle.refused == 1:
+                self._audit(event, ctx, outcome="throttled", **details)
+            raise
+        refused = self.throttle.take_refused()
+        if refused > 1:  # the first was recorded as it happened; the rest, in one record, now
+            self._audit(event, ctx, outcome="throttled", refused=refused - 1, **details)
         secret = bytearray(password.encode())
         try:
             # Argon2 takes seconds: off the loop, so health, status and key fetches are answered.
@@ -191,6 +213,7 @@ class SealMixin:
         except store.IntegrityError:
             wipe(master)
             self.throttle.failed()
+            self._audit(event, ctx, outcome="wrong-password", **details)
             raise Unauthenticated("wrong password") from None
         # Opening the keys was only the proof that the password is right: wipe them at once.
         for key in keys.values():

@@ -49,7 +49,6 @@ from shared import (
     Sealed,
     Service,
     TokenBucket,
-    Unauthenticated,
     handler,
     mesh_config,
 )
@@ -155,11 +154,7 @@ class Keyvault(HierarchyMixin, SealMixin, RecordingMixin, Service):
         ``meshctl security unlock``."""
         self._require_operator(ctx)
         async with self._lock:
-            try:
-                master = await self._check_password(req.password)
-            except Unauthenticated:
-                self._audit("keyvault.unlock", ctx, outcome="wrong-password")
-                raise
+            master = await self._check_password(req.password, ctx, "keyvault.unlock")
             try:
                 # The record is durable before anything is unsealed: no audit, no unlock.
                 self._audit("keyvault.unlock", ctx, outcome="ok")
@@ -189,11 +184,7 @@ class Keyvault(HierarchyMixin, SealMixin, RecordingMixin, Service):
         certificate. ``meshctl security login``."""
         self._require_operator(ctx)
         async with self._lock:
-            try:
-                wipe(await self._check_password(req.password))
-            except Unauthenticated:
-                self._audit("keyvault.session_start", ctx, outcome="wrong-password")
-                raise
+            wipe(await self._check_password(req.password, ctx, "keyvault.session_start"))
         token = self.sessions.open(ctx.caller)
         self._audit("keyvault.session_start", ctx, outcome="ok")
         return {"token": token, "idle_s": self.sessions.idle_s}
@@ -223,11 +214,7 @@ class Keyvault(HierarchyMixin, SealMixin, RecordingMixin, Service):
             raise BadRequest("the new password is the old one")
         check_strength(req.new_password)
         async with self._lock:
-            try:
-                old_master = await self._check_password(req.old_password)
-            except Unauthenticated:
-                self._audit("keyvault.password_change", ctx, outcome="wrong-password")
-                raise
+            old_master = await self._check_password(req.old_password, ctx, "keyvault.password_change")
             await self._rewrap_all(ctx, old_master, req.new_password)
         return {"changed": True}
 
@@ -247,11 +234,7 @@ class Keyvault(HierarchyMixin, SealMixin, RecordingMixin, Service):
         async with self._lock:
             if not self.keys:
                 raise Sealed("the mesh is sealed: run `meshctl security unlock`")
-            try:
-                master = await self._check_password(req.password)
-            except Unauthenticated:
-                self._audit("keyvault.key_rotate", ctx, purpose=req.purpose, outcome="wrong-password")
-                raise
+            master = await self._check_password(req.password, ctx, "keyvault.key_rotate", purpose=req.purpose)
             version = self._add_version(ctx, req.purpose, master)
         await self._announce("security.key_rotated", purpose=req.purpose, version=version)
         return {"purpose": req.purpose, "version": version}

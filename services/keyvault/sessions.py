@@ -78,11 +78,20 @@ class Throttle:
         self.clock = clock
         self.failures = 0
         self.not_before = 0.0
+        #: Attempts refused while backing off, since the last attempt that was let through.
+        self.refused = 0
 
     def check(self) -> None:
+        """Raise ``RATE_LIMITED`` while backing off (counting the refusal in :attr:`refused`)."""
         wait = self.not_before - self.clock()
         if wait > 0:
+            self.refused += 1
             raise RateLimited(f"too many wrong passwords: try again in {math.ceil(wait)} s")
+
+    def take_refused(self) -> int:
+        """The refusals since the last attempt let through, counted anew from now on."""
+        refused, self.refused = self.refused, 0
+        return refused
 
     def failed(self) -> None:
         self.failures += 1
