@@ -131,7 +131,10 @@ class ServiceRunner:
             request = spec.request.from_wire(None if body is None else decode_body(body, self.max_body))
             ctx = RequestContext(caller=str(header.get("from")), role=str(header.get("role")),
                                  method=spec.wire_name, deadline=deadline)
-            result = await asyncio.wait_for(spec.function(self.service, ctx, request), remaining)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for hands back a result that lands in
+            # the same turn as a cancellation (the runtime stopping) and loses the cancellation.
+            async with asyncio.timeout(remaining):
+                result = await spec.function(self.service, ctx, request)
             frames = [encode_header({"v": PROTOCOL_VERSION, "k": "rep", "id": header["id"]}),
                       self._check_reply(spec, result)]
         except MeshError as exc:
@@ -184,7 +187,8 @@ class ServiceRunner:
             log.warning("deregister_failed", reason=exc.message)
         grace = self.config.shutdown_grace_ms / 1000
         try:
-            await asyncio.wait_for(self.mailbox.join(), grace)
+            async with asyncio.timeout(grace):
+                await self.mailbox.join()
             if self._concurrent:
                 await asyncio.wait(set(self._concurrent), timeout=grace)
         except TimeoutError:

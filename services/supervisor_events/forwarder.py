@@ -25,6 +25,7 @@ The audit spool is bounded too; a full one counts what it could not keep and spo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any, Final
@@ -198,11 +199,12 @@ class Forwarder:
             if delay is None and len(self.spool) == 0:
                 await self.wakeup.wait()
             else:
-                # A poll: retry after a pause, sooner if a new event arrives.
-                try:
-                    await asyncio.wait_for(self.wakeup.wait(), delay or _RETRY_S)
-                except TimeoutError:
-                    pass
+                # A poll: retry after a pause, sooner if a new event arrives. asyncio.timeout, not
+                # wait_for: on Python 3.11 wait_for returns a wake-up that arrives in the same turn
+                # as a cancellation and loses the cancellation, and the listener's stop never ends.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay or _RETRY_S):
+                        await self.wakeup.wait()
 
     async def _flush(self, client: MeshClient) -> float | None:
         """Publish what is spooled; None when done, else seconds to wait before retrying."""
