@@ -1,9 +1,20 @@
 """curvemesh's shared runtime: what every service, the broker and the tools build on.
 
-The public API is re-exported here; the ``_modules`` behind it are private.
+The public API is what this package exports and its public modules; the ``_modules`` behind
+them are private (tests/test_import_graph.py fails when code outside ``shared/`` imports one):
+
+- ``shared``: services (:class:`Service`, :func:`handler`, :class:`ServiceRunner`), clients,
+  the wire codec, configuration, errors, logging, the audit shipper and spool;
+- :mod:`shared.certs`: CURVE certificates; :mod:`shared.provision`: a home's keypairs;
+- :mod:`shared.crypto`: sealing, key derivation and wiping (the recipes), over
+  :mod:`shared.hazmat` (raw primitives, for building formats only);
+- :mod:`shared.keystore`: where anchors and other secrets are kept between runs;
+- :mod:`shared.keeper`: the unseal and event loops of a service that holds keys;
+- :mod:`shared.files`: atomic and exclusive private file writes;
+- :mod:`shared.passwords`: password strength; :mod:`shared.testing`: test helpers.
 """
 
-from . import _certs as certs
+from . import certs
 from ._acl import Grant, compile_grant
 from ._certs import Certificate, KeyPair
 from ._client import Event, MeshClient, Subscription
@@ -18,6 +29,7 @@ from ._codec import (
     split_target,
 )
 from ._config import (
+    DEFAULT_CONFIG_PATH,
     PURPOSES,
     AclConfig,
     AclRule,
@@ -79,7 +91,7 @@ from ._spool import Spool
 from ._sqlcipher import damaged_pages, integrity_problems
 
 __all__ = [
-    "PROTOCOL_VERSION", "WIRE_CODES", "ENV_HOME",
+    "PROTOCOL_VERSION", "WIRE_CODES", "ENV_HOME", "DEFAULT_CONFIG_PATH",
     "AclConfig", "AclRule", "AlertRule", "AlertRules", "AuditConfig",
     "Argon2Config", "Argon2Profile", "BrokerConfig", "KeyvaultConfig", "PURPOSES",
     "LimitsConfig", "MeshConfig", "RateLimit", "RuntimeConfig",
