@@ -157,7 +157,7 @@ def test_anchor_dir_is_checked(short_tmp: Path) -> None:
     for bad in ("relative/dir", "/a/../b"):
         with pytest.raises(ConfigError, match=r"keyvault\.anchor_dir"):
             parse_config(FILE_CONFIG + f'anchor_dir = "{bad}"\n')
-    from shared._anchors import anchor_dir
+    from shared.keystore import anchor_dir
     home = MeshHome(short_tmp / "h")
     home.ensure()
     with pytest.raises(ConfigError, match=r"keyvault\.anchor_dir: .* is inside the mesh home"):

@@ -24,7 +24,7 @@ from shared import (
     message,
     serve,
 )
-from shared._keeper import keep_unsealed
+from shared.keeper import keep_unsealed
 from shared.testing import InProcessMesh, call_handler
 
 from .conftest import eventually, holds

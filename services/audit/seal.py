@@ -34,10 +34,9 @@ from typing import Any, Final
 import structlog
 
 from shared import SEALED, MeshConfig, MeshError, MeshHome, Readiness
-from shared._anchors import Move, begin_move
-from shared._crypto import derive_subkey, wipe
-from shared._keeper import LOCKED_REASON, follow_events_of, keep_unsealed, without_keys
-from shared._keystore import choose_keystore
+from shared.crypto import derive_subkey, wipe
+from shared.keeper import LOCKED_REASON, follow_events_of, keep_unsealed, without_keys
+from shared.keystore import Move, begin_move, choose_keystore
 
 from .chain import Checkpoint, LogHead, Record, public_key_of
 from .errors import TamperError

@@ -40,7 +40,7 @@ from shared import (
     config_path,
     load_config,
 )
-from shared._keeper import LOCKED_REASON, follow_events_of, keep_unsealed, without_keys
+from shared.keeper import LOCKED_REASON, follow_events_of, keep_unsealed, without_keys
 
 from .analytics import AnalyticsStore, StartupError
 from .errors import DamagedError
