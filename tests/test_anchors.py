@@ -21,8 +21,9 @@ from services.keyvault import store
 from services.keyvault.keystore import FILE_WARNING
 from services.keyvault.setup import initialise
 from shared import ConfigError, MeshHome, Sealed, StateError, parse_config
-from shared.testing import InProcessMesh, call_handler
+from shared.testing import call_handler
 
+from .mesh import InProcessMesh
 from .test_keyvault import IDENTITIES, KV_CONFIG, PASSWORD, get_key, started
 from .test_operations_security import run
 

@@ -25,9 +25,10 @@ from services.keyvault.service import Keyvault
 from services.keyvault.setup import initialise
 from shared import MeshClient, MeshError, Sealed, ServiceRunner, Unavailable, configure_logging
 from shared.crypto import derive_subkey
-from shared.testing import InProcessMesh, call_handler
+from shared.testing import call_handler
 
 from .conftest import FAST_CONFIG, TEST_ARGON2, eventually
+from .mesh import InProcessMesh
 from .processes import kill_9, spawn_service, stop_service
 
 PASSWORD = "planted-Master-Passphrase-9431"

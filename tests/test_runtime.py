@@ -25,10 +25,11 @@ from shared import (
     serve,
 )
 from shared.keeper import keep_unsealed
-from shared.testing import InProcessMesh, call_handler
+from shared.testing import call_handler
 
 from .conftest import eventually, holds
 from .echo_service import Echo
+from .mesh import InProcessMesh
 from .rawpeer import RawPeer
 
 
