@@ -1,9 +1,6 @@
 """Testing helpers: a real in-process mesh with real CURVE keys in a temporary home.
 
-::
-
-    from services.broker import Broker
-    from shared.testing import InProcessMesh
+With the project's broker class (``from services.broker import Broker``)::
 
     async with InProcessMesh(tmp_path, config_text, broker=Broker) as mesh:
         await mesh.start_service(MyService())
