@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import IO, Any, Final
 
 from shared import MeshHome
-from shared._provision import provision
+from shared.provision import provision
 
 from .wire import IDENTITIES
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from shared import Argon2Profile, MeshClient, MeshConfig, MeshError, MeshHome, Spool, load_config
-from shared._provision import provision
+from shared.provision import provision
 
 from .harness import REPO, BenchError, Children, child_env, remove_home, run_json_child
 from .measure import cpu_seconds, percentile, proc_status_kib, reset_peak_rss
@@ -361,7 +361,7 @@ def _rss_start() -> tuple[int, bool]:
 def _child(mode: str) -> dict[str, Any]:
     from services.keyvault import store
     from services.keyvault.setup import initialise
-    from shared._crypto import wipe
+    from shared.crypto import wipe
 
     home = MeshHome.from_env()
     config = load_config(home.root / "mesh.toml")

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from shared import Argon2Profile, MeshClient, MeshConfig, MeshError, MeshHome, load_config
-from shared._provision import provision
+from shared.provision import provision
 
 from .harness import REPO, BenchError, Children, remove_home
 from .measure import percentile

@@ -1,9 +1,20 @@
 """curvemesh's shared runtime: what every service, the broker and the tools build on.
 
-The public API is re-exported here; the ``_modules`` behind it are private.
+The public API is what this package exports and its public modules; the ``_modules`` behind
+them are private (tests/test_import_graph.py fails when code outside ``shared/`` imports one):
+
+- ``shared``: services (:class:`Service`, :func:`handler`, :class:`ServiceRunner`), clients,
+  the wire codec, configuration, errors, logging, the audit shipper and spool;
+- :mod:`shared.certs`: CURVE certificates; :mod:`shared.provision`: a home's keypairs;
+- :mod:`shared.crypto`: sealing, key derivation and wiping (the recipes), over
+  :mod:`shared.hazmat` (raw primitives, for building formats only);
+- :mod:`shared.keystore`: where anchors and other secrets are kept between runs;
+- :mod:`shared.keeper`: the unseal and event loops of a service that holds keys;
+- :mod:`shared.files`: atomic and exclusive private file writes;
+- :mod:`shared.passwords`: password strength; :mod:`shared.testing`: test helpers.
 """
 
-from . import _certs as certs
+from . import certs
 from ._acl import Grant, compile_grant
 from ._certs import Certificate, KeyPair
 from ._client import Event, MeshClient, Subscription
@@ -18,6 +29,7 @@ from ._codec import (
     split_target,
 )
 from ._config import (
+    DEFAULT_CONFIG_PATH,
     PURPOSES,
     AclConfig,
     AclRule,
@@ -57,8 +69,10 @@ from ._errors import (
     error_from_wire,
 )
 from ._home import ENV_HOME, MeshHome
+from ._layers import BUILT_IN as CONFIG_BUILT_IN
 from ._layers import Layers as ConfigLayers
 from ._layers import config_files, mesh_config
+from ._layers import merge as merge_config
 from ._layers import provenance as config_provenance
 from ._layers import read_layers as config_layers
 from ._logging import configure_logging, declare_sensitive, redact
@@ -83,7 +97,7 @@ from ._spool import Spool
 from ._sqlcipher import damaged_pages, integrity_problems
 
 __all__ = [
-    "PROTOCOL_VERSION", "WIRE_CODES", "ENV_HOME",
+    "PROTOCOL_VERSION", "WIRE_CODES", "ENV_HOME", "DEFAULT_CONFIG_PATH",
     "AclConfig", "AclRule", "AlertRule", "AlertRules", "AuditConfig",
     "Argon2Config", "Argon2Profile", "BrokerConfig", "KeyvaultConfig", "PURPOSES",
     "LimitsConfig", "MeshConfig", "RateLimit", "RuntimeConfig",
@@ -97,7 +111,7 @@ __all__ = [
     "DEGRADED", "FAILED", "READINESS_STATES", "READY", "SEALED", "Readiness",
     "append_record", "append_records", "damaged_pages", "integrity_problems",
     "certs", "compile_grant", "config_files", "config_layers", "config_path", "config_provenance", "mesh_config",
-    "ConfigLayers",
+    "ConfigLayers", "CONFIG_BUILT_IN", "merge_config",
     "decode_body", "decode_delivered", "decode_header",
     "encode_body", "encode_header", "error_text", "error_from_wire", "load_config", "parse_config", "split_target",
 ]

@@ -1,9 +1,10 @@
-"""The loops of a service that holds keys: unseal with back-off, and follow keyvault's events.
+"""The loops of a service that holds keys: unseal with back-off, and follow its key source's events.
 
-Audit and storage both fetch their keys from keyvault and must keep trying while the mesh is
-sealed or keyvault is away, without hammering keyvault (it rate-limits and audits every fetch),
-and react at once when keyvault announces ``security.*`` events. :func:`keep_unsealed` and
-:func:`follow_keyvault` are those loops, once.
+A service that fetches its keys from another (in this mesh, audit and storage from keyvault) must
+keep trying while the mesh is sealed or the key source is away, without hammering it (a key source
+rate-limits and audits every fetch), and react at once when the key source announces ``security.*``
+events. :func:`keep_unsealed` and :func:`follow_events_of` are those loops, once; the key source's
+identity is the caller's to name, so nothing here names a service.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ _EVENT_WAIT_S = 3600.0
 LOCKED_REASON = "the mesh is sealed: run `meshctl security unlock`"
 
 
-def without_keys(exc: MeshError, keys_from: str = "keyvault") -> Readiness:
-    """The readiness of a service whose key fetch from ``keys_from`` failed with ``exc``: ``sealed``
-    when the mesh is locked (the operator's choice), otherwise ``failed`` naming the dependency and
-    its answer, so that a service stuck behind a broken dependency is never reported ready (the
-    answer carries no key: keyvault's refusals are one-line reasons)."""
+def without_keys(exc: MeshError, *, keys_from: str) -> Readiness:
+    """The readiness of a service whose key fetch from the identity ``keys_from`` failed with ``exc``:
+    ``sealed`` when the mesh is locked (the operator's choice), otherwise ``failed`` naming the
+    dependency and its answer, so that a service stuck behind a broken dependency is never reported
+    ready (the answer carries no key: a key source's refusals are one-line reasons)."""
     if exc.code == "SEALED":
         return Readiness(SEALED, LOCKED_REASON, keys_from)
     return Readiness(FAILED, f"cannot fetch its keys: {keys_from} answered {exc.code}: {exc.message}", keys_from)
@@ -56,14 +57,16 @@ async def keep_unsealed(wake: asyncio.Event, sealed: Callable[[], bool], try_uns
                 await wake.wait()
 
 
-async def follow_keyvault(subscription: Subscription, handle: Callable[[str, Any], Awaitable[None]]) -> None:
-    """Run until cancelled: call ``handle(topic, body)`` for every event of ``subscription`` that
-    keyvault published. Only keyvault speaks for the seal state and the keys: events anyone else
-    published on the same topics (the broker's ACL should already stop them) are ignored."""
+async def follow_events_of(publisher: str, subscription: Subscription,
+                           handle: Callable[[str, Any], Awaitable[None]]) -> None:
+    """Run until cancelled: call ``handle(topic, body)`` for every event of ``subscription`` that the
+    identity ``publisher`` published (the sender the broker stamped, never a claim in the message).
+    Only the key source speaks for the seal state and the keys: events anyone else published on the
+    same topics (the broker's ACL should already stop them) are ignored."""
     while True:
         try:
             event = await subscription.next(timeout=_EVENT_WAIT_S)
         except Timeout:
             continue
-        if event.sender == "keyvault":
+        if event.sender == publisher:
             await handle(event.topic, event.body)

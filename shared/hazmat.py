@@ -1,7 +1,7 @@
 """Raw cryptographic primitives: hazardous materials.
 
 Like ``cryptography.hazmat``, this module is for the people who build the safe
-recipes (:mod:`shared._crypto`) and the storage formats on top of them, not for
+recipes (:mod:`shared.crypto`) and the storage formats on top of them, not for
 services. Nothing here picks a nonce, checks a format version, enforces a cost
 floor or turns a failure into a curvemesh error: the caller must get every one of
 those right. Services use the recipes.

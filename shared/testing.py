@@ -1,16 +1,18 @@
 """Testing helpers: a real in-process mesh with real CURVE keys in a temporary home.
 
-::
+With the project's broker class (``from services.broker import Broker``)::
 
-    async with InProcessMesh(tmp_path, config_text) as mesh:
+    async with InProcessMesh(tmp_path, config_text, broker=Broker) as mesh:
         await mesh.start_service(MyService())
         client = await mesh.client("meshctl")
         assert (await client.call("my.health", timeout=2))["status"] == "ok"
 
-The broker runs in a thread with its own zmq Context (so its ZAP handler is
-real), services and clients run on the test's event loop. Everything is torn
-down on exit. To call one handler directly, without a mesh, use
-:func:`call_handler` with a :class:`~shared.RequestContext` you build.
+The broker is a service, not part of ``shared``, so the mesh is given one: ``broker`` is any
+:data:`BrokerFactory`, called with the parsed configuration and the home, whose result has the
+:class:`InProcessBroker` methods (the project's ``services.broker.Broker`` class is one). It runs in
+a thread with its own zmq Context (so its ZAP handler is real); services and clients run on the
+test's event loop. Everything is torn down on exit. To call one handler directly, without a mesh,
+use :func:`call_handler` with a :class:`~shared.RequestContext` you build.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol, TypeAlias
 
 import zmq.asyncio
 
@@ -30,6 +33,23 @@ from ._home import MeshHome
 from ._provision import MESH_IDENTITIES, add_identity, provision
 from ._runtime import ServiceRunner
 from ._service import RequestContext, Service
+
+__all__ = ["BrokerFactory", "InProcessBroker", "InProcessMesh", "call_handler"]
+
+
+class InProcessBroker(Protocol):
+    """What :class:`InProcessMesh` needs of a broker: ``bind()`` its endpoints (raising if it cannot),
+    then ``run()`` its loop, blocking, until ``stop()`` (called from another thread) ends it."""
+
+    def bind(self) -> None: ...
+
+    def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+#: Makes the broker of a mesh from its configuration and home (a broker class is one).
+BrokerFactory: TypeAlias = Callable[[MeshConfig, MeshHome], InProcessBroker]
 
 
 async def call_handler(service: Service, method: str, body: Any = None, *, caller: str = "test",
@@ -43,16 +63,25 @@ async def call_handler(service: Service, method: str, body: Any = None, *, calle
 
 
 class InProcessMesh:
-    """A broker thread plus services and clients on the current event loop."""
+    """A broker thread plus services and clients on the current event loop.
 
-    def __init__(self, root: Path, config_text: str = "", identities: dict[str, str] | None = None) -> None:
+    ``root`` becomes the mesh home, provisioned with a keypair for the broker and for each of
+    ``identities`` (name to role; :data:`~shared.provision.MESH_IDENTITIES` when None);
+    ``config_text`` is the mesh.toml written into it; ``broker`` makes the broker that
+    :meth:`start_broker` (and entering the context) starts.
+    """
+
+    def __init__(self, root: Path, config_text: str = "", identities: dict[str, str] | None = None, *,
+                 broker: BrokerFactory) -> None:
+        self.broker_factory = broker
         self.home = MeshHome(root)
         self.config_text = config_text
         self.config: MeshConfig = parse_config(config_text, "test mesh.toml")
         self.pairs = provision(self.home, identities if identities is not None else dict(MESH_IDENTITIES))
         (self.home.root / "mesh.toml").write_text(config_text)
         self.context = zmq.asyncio.Context()
-        self.broker: Any = None
+        #: The running broker (what the factory made), None while stopped.
+        self.broker: InProcessBroker | None = None
         self._thread: threading.Thread | None = None
         self.runners: list[ServiceRunner] = []
         self.clients: list[MeshClient] = []
@@ -61,10 +90,10 @@ class InProcessMesh:
         add_identity(self.home, name, role, self.pairs)
 
     def start_broker(self) -> None:
-        from services.broker.core import Broker  # the broker is a service, not part of shared/.
-        self.broker = Broker(self.config, self.home)
-        self.broker.bind()
-        self._thread = threading.Thread(target=self.broker.run, name="broker", daemon=True)
+        """Make a fresh broker with the factory, bind it and run it in a thread."""
+        self.broker = broker = self.broker_factory(self.config, self.home)
+        broker.bind()
+        self._thread = threading.Thread(target=broker.run, name="broker", daemon=True)
         self._thread.start()
 
     def stop_broker(self) -> None:

@@ -14,8 +14,8 @@ import pytest
 import pytest_asyncio
 
 from shared import MeshHome
-from shared.testing import InProcessMesh
 
+from .mesh import InProcessMesh
 from .secret_service import check_host, running_secret_service
 
 # Fast timings so liveness and revocation tests finish quickly; limits stay on.

@@ -17,11 +17,10 @@ from services.audit.service import Audit
 from services.keyvault.service import Keyvault
 from services.keyvault.setup import initialise
 from services.storage.service import Storage
-from shared import MeshClient, MeshError
-from shared._runtime import ServiceRunner
-from shared.testing import InProcessMesh
+from shared import MeshClient, MeshError, ServiceRunner
 
 from .conftest import FAST_CONFIG, TEST_ARGON2, eventually
+from .mesh import InProcessMesh
 
 PASSWORD = "planted-Master-Passphrase-9431"
 CONFIG = FAST_CONFIG + TEST_ARGON2 + """

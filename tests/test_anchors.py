@@ -21,8 +21,9 @@ from services.keyvault import store
 from services.keyvault.keystore import FILE_WARNING
 from services.keyvault.setup import initialise
 from shared import ConfigError, MeshHome, Sealed, StateError, parse_config
-from shared.testing import InProcessMesh, call_handler
+from shared.testing import call_handler
 
+from .mesh import InProcessMesh
 from .test_keyvault import IDENTITIES, KV_CONFIG, PASSWORD, get_key, started
 from .test_operations_security import run
 
@@ -157,7 +158,7 @@ def test_anchor_dir_is_checked(short_tmp: Path) -> None:
     for bad in ("relative/dir", "/a/../b"):
         with pytest.raises(ConfigError, match=r"keyvault\.anchor_dir"):
             parse_config(FILE_CONFIG + f'anchor_dir = "{bad}"\n')
-    from shared._anchors import anchor_dir
+    from shared.keystore import anchor_dir
     home = MeshHome(short_tmp / "h")
     home.ensure()
     with pytest.raises(ConfigError, match=r"keyvault\.anchor_dir: .* is inside the mesh home"):

@@ -17,9 +17,9 @@ from services.audit.service import Audit
 from services.keyvault.setup import initialise
 from services.supervisor_events.forwarder import audit_record
 from shared import AuditConfig, ConfigError, MeshError, parse_config
-from shared.testing import InProcessMesh
 
 from .conftest import eventually
+from .mesh import InProcessMesh
 from .test_audit_service import CONFIG, IDENTITIES, PASSWORD, Rig
 
 RULES = """

@@ -35,7 +35,7 @@ from services.audit.proofs import (
 from services.audit.seal import SealMixin
 from services.audit.store import BATCH_ROWS, AuditStore, verify_report, verify_store
 from shared import AuditConfig
-from shared._keystore import FileKeystore
+from shared.keystore import FileKeystore
 
 N = 20_000                      # two batches of BATCH_ROWS: the boundary is crossed
 EVERY = 100                     # a checkpoint per 100 records, as the service signs them
@@ -345,7 +345,7 @@ from pathlib import Path
 from services.audit.chain import public_key_of
 from services.audit.export import export_page
 from services.audit.store import AuditStore, verify_report
-from shared._keystore import FileKeystore
+from shared.keystore import FileKeystore
 
 def kib(field):
     for line in Path("/proc/self/status").read_text().splitlines():

@@ -23,12 +23,12 @@ from services.audit.service import Audit, export_page
 from services.audit.store import AuditStore, db_path
 from services.keyvault.service import Keyvault
 from services.keyvault.setup import initialise
-from shared import MeshClient, MeshError, Sealed, Unavailable, configure_logging
-from shared._crypto import derive_subkey
-from shared._runtime import ServiceRunner
-from shared.testing import InProcessMesh, call_handler
+from shared import MeshClient, MeshError, Sealed, ServiceRunner, Unavailable, configure_logging
+from shared.crypto import derive_subkey
+from shared.testing import call_handler
 
 from .conftest import FAST_CONFIG, TEST_ARGON2, eventually
+from .mesh import InProcessMesh
 from .processes import kill_9, spawn_service, stop_service
 
 PASSWORD = "planted-Master-Passphrase-9431"

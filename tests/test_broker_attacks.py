@@ -21,10 +21,10 @@ from shared import (
     certs,
     encode_header,
 )
-from shared.testing import InProcessMesh
 
 from .conftest import eventually
 from .echo_service import Echo
+from .mesh import InProcessMesh
 from .rawpeer import RawPeer
 
 

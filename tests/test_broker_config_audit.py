@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from services.broker.core import CONFIG_DIGEST_FILE
-from shared.testing import InProcessMesh
 
 from .conftest import FAST_CONFIG
+from .mesh import InProcessMesh
 from .test_broker_attacks import read_spool
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from shared import Unavailable
-from shared.testing import InProcessMesh
 
 from .conftest import eventually
 from .echo_service import Echo
+from .mesh import InProcessMesh
 from .rawpeer import RawPeer
 
 #: The refusal every message over a chosen routing id gets (protocol §9.2 step 2).
@@ -172,7 +172,7 @@ async def test_request_ids_a_service_sees_are_unpredictable(mesh: InProcessMesh)
 FIRST_ROUTING_ID = """
 import asyncio, sys, tempfile
 from pathlib import Path
-from shared.testing import InProcessMesh
+from tests.mesh import InProcessMesh
 from tests.conftest import FAST_CONFIG, TEST_IDENTITIES
 from tests.rawpeer import RawPeer
 

@@ -10,6 +10,7 @@ import pytest
 import zmq
 
 from shared import CertificateError, certs
+from shared.files import write_exclusive
 
 
 def test_keypair_files_have_safe_modes_and_round_trip(tmp_path: Path) -> None:
@@ -47,7 +48,7 @@ def test_secret_not_matching_its_public_key_is_refused(tmp_path: Path) -> None:
     _, secret = certs.save_keypair(pair, tmp_path)
     text = secret.read_text().replace(pair.secret_key.decode(), other.secret_key.decode())
     secret.unlink()
-    certs.write_exclusive(secret, text.encode(), 0o600)
+    write_exclusive(secret, text.encode(), 0o600)
     with pytest.raises(CertificateError, match="does not match") as info:
         certs.load_keypair(secret)
     assert other.secret_key.decode() not in str(info.value)

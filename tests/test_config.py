@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import ConfigError, MeshConfig, load_config, parse_config
-from shared._config import DEFAULT_CONFIG_PATH
+from shared import DEFAULT_CONFIG_PATH, ConfigError, MeshConfig, load_config, parse_config
 
 
 def test_the_repository_mesh_toml_parses_to_the_documented_defaults() -> None:
@@ -67,7 +66,7 @@ def test_a_partial_table_keeps_the_contexts_own_defaults() -> None:
 
 
 def test_call_groups_grant_a_dotted_method_prefix_and_nothing_else() -> None:
-    from shared._acl import compile_grant
+    from shared import compile_grant
 
     config = parse_config('[acl.role.service]\ncall = ["storage.kv.*", "storage.files.put.*"]\n', "test")
     grant = compile_grant(config.acl, "authn", "service")

@@ -18,8 +18,16 @@ from pathlib import Path
 import pytest
 
 from services.broker.core import Broker
-from shared import ConfigError, MeshHome, config_layers, config_provenance, mesh_config, parse_config
-from shared._layers import BUILT_IN, merge
+from shared import (
+    CONFIG_BUILT_IN,
+    ConfigError,
+    MeshHome,
+    config_layers,
+    config_provenance,
+    merge_config,
+    mesh_config,
+    parse_config,
+)
 from tools.meshctl_cli import main as meshctl_main
 
 from .processes import REPO
@@ -69,7 +77,7 @@ def test_fragments_merge_by_key_in_name_order(tmp_path: Path, monkeypatch: pytes
 
 
 def test_merge_replaces_values_and_merges_tables() -> None:
-    assert merge({"a": {"x": 1, "y": [1]}, "b": 1}, {"a": {"y": [2], "z": 3}}) == {
+    assert merge_config({"a": {"x": 1, "y": [1]}, "b": 1}, {"a": {"y": [2], "z": 3}}) == {
         "a": {"x": 1, "y": [2], "z": 3}, "b": 1}
 
 
@@ -125,7 +133,7 @@ def test_provenance_names_the_layer_of_every_value(tmp_path: Path, monkeypatch: 
     rows = {key: (value, source) for key, value, source in config_provenance(config_layers(home.root))}
     assert rows["broker.liveness_ms"] == (7000, str(home.root / "mesh.d" / "10-notes.toml"))
     assert rows["acl.identity.notes.call"] == (["storage.kv.*", "audit.append"], str(home.root / "mesh.toml"))
-    assert rows["broker.max_message_bytes"] == (1048576, BUILT_IN)
+    assert rows["broker.max_message_bytes"] == (1048576, CONFIG_BUILT_IN)
 
 
 def test_meshctl_config_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 from cryptography_vectors import open_vector_file
 
-from shared import ConfigError, hazmat
-from shared._config import Argon2Config, Argon2Profile
-from shared._crypto import (
+from shared import Argon2Config, Argon2Profile, ConfigError, hazmat
+from shared.crypto import (
     KEY_BYTES,
     SEAL_OVERHEAD,
     IntegrityError,
@@ -377,7 +376,7 @@ def test_wipe_refuses_what_it_cannot_wipe() -> None:
 
 
 def test_secrets_open_into_a_wipeable_buffer() -> None:
-    from shared._crypto import open_sealed_secret
+    from shared.crypto import open_sealed_secret
     key = random_key()
     blob = seal(key, b"data key bytes", b"aad")
     opened = open_sealed_secret(key, blob, b"aad")

@@ -32,9 +32,10 @@ from shared import (
     configure_logging,
     parse_config,
 )
-from shared.testing import InProcessMesh, call_handler
+from shared.testing import call_handler
 
 from .conftest import FAST_CONFIG, TEST_ARGON2
+from .mesh import InProcessMesh
 
 PASSWORD = "planted-Master-Passphrase-9431"
 NEW_PASSWORD = "another-Planted-Passphrase-2817"

@@ -16,9 +16,9 @@ import pytest
 
 from services.keyvault.service import REFUSED_NOT_RECORDING, Keyvault
 from shared import Forbidden, Sealed, Unauthenticated, Unavailable
-from shared.testing import InProcessMesh
 
 from .conftest import eventually
+from .mesh import InProcessMesh
 from .test_audit_delivery import DeliveryRig
 from .test_audit_service import PASSWORD
 from .test_audit_service import rig as audit_rig

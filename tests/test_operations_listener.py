@@ -13,9 +13,9 @@ from services.keyvault.setup import initialise
 from services.supervisor_events.forwarder import Forwarder, to_record
 from services.supervisor_events.protocol import OK, READY, Notification, ProtocolError, serve_events
 from shared import AuditShipper, Spool
-from shared.testing import InProcessMesh
 
 from .conftest import eventually, holds
+from .mesh import InProcessMesh
 from .test_audit_service import CONFIG, IDENTITIES, PASSWORD, Rig
 
 LISTENER_CONFIG = """

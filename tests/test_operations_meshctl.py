@@ -15,7 +15,7 @@ from supervisor.datatypes import RestartUnconditionally
 from supervisor.options import EventListenerPoolConfig, ServerOptions
 
 from shared import MeshHome, certs
-from shared._provision import MESH_IDENTITIES, provision
+from shared.provision import MESH_IDENTITIES, provision
 from tools.meshctl_cli import main
 from tools.meshctl_cli._supervisor import CONF, REPO, Credentials, create_credentials, load_credentials
 

@@ -24,11 +24,12 @@ from shared import (
     message,
     serve,
 )
-from shared._keeper import keep_unsealed
-from shared.testing import InProcessMesh, call_handler
+from shared.keeper import keep_unsealed
+from shared.testing import call_handler
 
 from .conftest import eventually, holds
 from .echo_service import Echo
+from .mesh import InProcessMesh
 from .rawpeer import RawPeer
 
 

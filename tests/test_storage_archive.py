@@ -17,8 +17,7 @@ import pytest
 from services.storage import archive
 from services.storage.archive import ArchiveWriter, extract_archive, read_header, verify_archive, write_archive
 from services.storage.errors import DamagedError, MissingKeyError
-from shared import BadRequest, Unauthenticated
-from shared._config import Argon2Profile
+from shared import Argon2Profile, BadRequest, Unauthenticated
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = Argon2Profile(memory_kib=8, iterations=1, parallelism=1)

@@ -22,7 +22,7 @@ from services.storage.errors import DamagedError, MissingKeyError
 from services.storage.keys import KeySet, Namespace
 from services.storage.kv import MAX_NAME_BYTES, MAX_VALUE_BYTES, KvStore
 from shared import BadRequest, Unavailable
-from shared._crypto import derive_subkey
+from shared.crypto import derive_subkey
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = Namespace("notes-app", "alice", "memories")

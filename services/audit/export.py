@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Final
 
 from shared import BadRequest, message
-from shared._keystore import Keystore
+from shared.keystore import Keystore
 
 from .chain import Checkpoint, encode_record
 from .errors import TamperError

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from shared import BadRequest
-from shared._keystore import Keystore
+from shared.keystore import Keystore
 
 from .chain import Checkpoint, LogEntry, LogHead, Record
 from .errors import TamperError

@@ -34,10 +34,9 @@ from typing import Any, Final
 import structlog
 
 from shared import SEALED, MeshConfig, MeshError, MeshHome, Readiness
-from shared._anchors import Move, begin_move
-from shared._crypto import derive_subkey, wipe
-from shared._keeper import LOCKED_REASON, follow_keyvault, keep_unsealed, without_keys
-from shared._keystore import choose_keystore
+from shared.crypto import derive_subkey, wipe
+from shared.keeper import LOCKED_REASON, follow_events_of, keep_unsealed, without_keys
+from shared.keystore import Move, begin_move, choose_keystore
 
 from .chain import Checkpoint, LogHead, Record, public_key_of
 from .errors import TamperError
@@ -77,7 +76,7 @@ class SealMixin(WriterMixin):
                             period=CHECKPOINT_EVERY_S, retry_min=KEY_RETRY_MIN_S, retry_max=KEY_RETRY_MAX_S)
 
     async def _watch(self, subscription: Any) -> None:
-        await follow_keyvault(subscription, self._on_security_event)
+        await follow_events_of("keyvault", subscription, self._on_security_event)
 
     async def _on_security_event(self, topic: str, body: Any) -> None:
         if topic == "security.unsealed":
@@ -181,7 +180,7 @@ class SealMixin(WriterMixin):
                     await self._older_keys_if_needed(hmac_version, hmac_key)
             except MeshError as exc:
                 log.info("sealed", reason=exc.code, detail=exc.message)
-                self.without_keys = without_keys(exc)
+                self.without_keys = without_keys(exc, keys_from="keyvault")
                 return False
             self.without_keys = None
             try:

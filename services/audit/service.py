@@ -62,7 +62,7 @@ from shared import (
     handler,
     mesh_config,
 )
-from shared._keystore import Keystore
+from shared.keystore import Keystore
 
 from .alerts import SUPERVISOR_SENDER, AlertDesk
 from .chain import Record, encode_record

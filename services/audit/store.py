@@ -34,7 +34,7 @@ from typing import Final
 import sqlcipher3  # no stubs: pyproject.toml's mypy overrides ignore its imports
 
 from shared import BadRequest, MeshError, MeshHome, damaged_pages, integrity_problems
-from shared._keystore import Keystore
+from shared.keystore import Keystore
 
 from .chain import Checkpoint, LogEntry, LogHead, Record, encode_record
 from .errors import TamperError

@@ -27,7 +27,7 @@ from typing import Final
 import structlog
 
 from shared import MeshError, Sealed, Unavailable
-from shared._keystore import Keystore
+from shared.keystore import Keystore
 
 from .alerts import AlertDesk
 from .chain import Checkpoint, LogHead, Record

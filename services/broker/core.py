@@ -49,7 +49,7 @@ from shared import (
     encode_header,
     error_text,
 )
-from shared._files import write_atomic
+from shared.files import write_atomic
 
 from .certstore import CertStore
 from .connections import CONN_PROPERTY, Admission, EndedConnections, RequestIds, seed_routing_id_counter

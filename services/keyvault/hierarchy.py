@@ -23,7 +23,7 @@ import copy
 import secrets
 
 from shared import RequestContext
-from shared._crypto import derive_from_password, wipe
+from shared.crypto import derive_from_password, wipe
 
 from . import store
 from .recording import RecordingMixin

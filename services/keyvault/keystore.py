@@ -1,5 +1,5 @@
 """Where keyvault keeps the derived master key: the platform keyring, a 0600 file in the anchor
-directory outside the home (see :mod:`shared._keystore`, :mod:`shared._anchors`), both under
+directory outside the home (see :mod:`shared.keystore`), both under
 account ``master:<mesh id>``, or nowhere (``keystore = "password"``)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared import MeshConfig, MeshHome
-from shared._keystore import FILE_WARNING, FileKeystore, KeyringKeystore, Keystore
-from shared._keystore import choose_keystore as _choose
+from shared.keystore import FILE_WARNING, FileKeystore, KeyringKeystore, Keystore
+from shared.keystore import choose_keystore as _choose
 
 __all__ = ["FILE_WARNING", "FileKeystore", "KeyringKeystore", "Keystore", "PasswordKeystore", "choose_keystore",
            "legacy_master_file", "master_account", "protection"]

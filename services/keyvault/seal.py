@@ -42,9 +42,8 @@ from shared import (
     Unauthenticated,
     Unavailable,
 )
-from shared._anchors import anchor_dir, begin_move, slot_file
-from shared._crypto import wipe
-from shared._keystore import keyring_slot
+from shared.crypto import wipe
+from shared.keystore import anchor_dir, begin_move, keyring_slot, slot_file
 
 from . import store
 from .keystore import (

@@ -52,9 +52,9 @@ from shared import (
     handler,
     mesh_config,
 )
-from shared._crypto import wipe
-from shared._keeper import LOCKED_REASON
-from shared._passwords import check_strength
+from shared.crypto import wipe
+from shared.keeper import LOCKED_REASON
+from shared.passwords import check_strength
 
 from . import store
 from .hierarchy import HierarchyMixin

@@ -6,7 +6,7 @@ Run by ``meshctl init`` before the mesh starts (keyvault need not be running).
 from __future__ import annotations
 
 from shared import Conflict, MeshConfig, MeshHome
-from shared._crypto import wipe
+from shared.crypto import wipe
 
 from . import store
 from .keystore import choose_keystore

@@ -27,7 +27,7 @@ from typing import Any
 import msgpack
 
 from shared import PURPOSES, Argon2Profile, MeshHome, StateError
-from shared._crypto import (
+from shared.crypto import (
     IntegrityError,
     derive_from_password,
     derive_subkey,
@@ -37,7 +37,7 @@ from shared._crypto import (
     seal,
     wipe,
 )
-from shared._files import write_atomic
+from shared.files import write_atomic
 
 FORMAT = 1
 _VERIFIER = b"curvemesh master key verifier"

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shared import NoFields, RequestContext, handler
-from shared._crypto import wipe
+from shared.crypto import wipe
 
 from .backup import BackupMixin
 from .jobs import Job, JobBoard

@@ -43,7 +43,7 @@ from typing import Any, Final
 import duckdb
 
 from shared import BadRequest, Conflict, MeshError, NotFound, Unavailable
-from shared._files import fsync_path
+from shared.files import fsync_path
 
 from . import analytics_files, sandbox
 from .analytics_slots import Slot, Slots

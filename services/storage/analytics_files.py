@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from shared._files import fsync_path
+from shared.files import fsync_path
 
 from . import sandbox
 from .analytics_slots import Slots

@@ -27,9 +27,9 @@ from typing import Any, Final, cast
 
 import msgpack
 
-from shared._config import Argon2Profile
-from shared._crypto import derive_from_password, random_key, seal, wipe
-from shared._files import fsync_path
+from shared import Argon2Profile
+from shared.crypto import derive_from_password, random_key, seal, wipe
+from shared.files import fsync_path
 
 from .archive_format import (
     FORMAT_VERSION,

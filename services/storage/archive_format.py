@@ -17,7 +17,7 @@ Format, version 1 (integers big-endian)::
     9+n        body: a STREAM (stream.py) under the archive key, key version 0, whose associated
                data is bytes [0, 9+n): editing any header byte (a sequence, a wrap) fails every chunk
 
-The archive key is random (256 bits) and wrapped with ``shared._crypto.seal``: kind ``backup-key``
+The archive key is random (256 bits) and wrapped with ``shared.crypto.seal``: kind ``backup-key``
 (version = the mesh's ``backups`` key version; restores on the same mesh) and, optionally, kind
 ``passphrase`` (version None; key = Argon2id of the passphrase with ``kdf``'s profile and salt;
 restores anywhere). A wrap's associated data is a label, the header without the sealed keys, and the
@@ -47,9 +47,8 @@ from typing import Any, BinaryIO, Final
 
 import msgpack
 
-from shared import BadRequest, ConfigError, Unauthenticated
-from shared._config import Argon2Profile
-from shared._crypto import IntegrityError, check_profile, derive_from_password, open_sealed_secret, wipe
+from shared import Argon2Profile, BadRequest, ConfigError, Unauthenticated
+from shared.crypto import IntegrityError, check_profile, derive_from_password, open_sealed_secret, wipe
 
 from .errors import DamagedError, MissingKeyError
 

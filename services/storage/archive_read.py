@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 import msgpack
 
-from shared._crypto import wipe
+from shared.crypto import wipe
 
 from .archive_format import (
     MANIFEST_NAME,

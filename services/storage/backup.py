@@ -32,7 +32,7 @@ import msgpack
 import structlog
 
 from shared import BadRequest, Conflict, MeshError, NotFound, Unauthenticated, Unavailable
-from shared._crypto import wipe
+from shared.crypto import wipe
 
 from . import archive
 from .jobs import Job

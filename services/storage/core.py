@@ -39,7 +39,7 @@ from shared import (
     StateError,
     mesh_config,
 )
-from shared._keeper import LOCKED_REASON, follow_keyvault, keep_unsealed, without_keys
+from shared.keeper import LOCKED_REASON, follow_events_of, keep_unsealed, without_keys
 
 from .analytics import AnalyticsStore, StartupError
 from .errors import DamagedError
@@ -165,7 +165,7 @@ class StorageCore(Service):
         """Background work while unsealed (rotation); overridden by the service."""
 
     async def _watch(self, subscription: Any) -> None:
-        await follow_keyvault(subscription, self._on_security_event)
+        await follow_events_of("keyvault", subscription, self._on_security_event)
 
     async def _on_security_event(self, topic: str, body: Any) -> None:
         if topic == "security.sealed":
@@ -215,7 +215,7 @@ class StorageCore(Service):
                     log.error("storage_unusable", reason=exc.message)
                     return True
                 # Kept until the next attempt ends, so health does not flicker while one is in flight.
-                self.without_keys = without_keys(exc) if fetching else Readiness(
+                self.without_keys = without_keys(exc, keys_from="keyvault") if fetching else Readiness(
                     FAILED, f"cannot open its stores: {exc.code}: {exc.message}")
                 log.info("sealed", reason=exc.code, detail=exc.message)
                 return False

@@ -48,8 +48,8 @@ from typing import BinaryIO, Final
 import msgpack
 
 from shared import BadRequest
-from shared._crypto import IntegrityError, derive_subkey, open_sealed, seal, wipe
-from shared._files import fsync_path
+from shared.crypto import IntegrityError, derive_subkey, open_sealed, seal, wipe
+from shared.files import fsync_path
 
 from .errors import DamagedError
 from .keys import KeySet, Namespace

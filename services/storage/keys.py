@@ -18,7 +18,7 @@ from typing import Final
 import msgpack
 
 from shared import BadRequest
-from shared._crypto import wipe
+from shared.crypto import wipe
 
 from .errors import MissingKeyError
 

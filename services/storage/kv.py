@@ -40,7 +40,7 @@ from typing import Final
 import rocksdict
 
 from shared import BadRequest, Unavailable
-from shared._crypto import derive_subkey, wipe
+from shared.crypto import derive_subkey, wipe
 
 from . import sealing
 from .errors import DamagedError

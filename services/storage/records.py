@@ -44,8 +44,8 @@ import msgpack
 import sqlcipher3  # no stubs: pyproject.toml's mypy overrides ignore its imports
 
 from shared import BadRequest, Conflict, NotFound
-from shared._crypto import wipe
-from shared._files import fsync_path
+from shared.crypto import wipe
+from shared.files import fsync_path
 
 from . import records_sql
 from .errors import DamagedError

@@ -42,7 +42,7 @@ from typing import Any, Final
 import duckdb
 
 from shared import BadRequest, MeshError, Timeout, Unavailable
-from shared._crypto import derive_subkey, wipe
+from shared.crypto import derive_subkey, wipe
 
 from .analytics_values import (
     MAX_COLUMNS,

@@ -44,7 +44,7 @@ from typing import Final, NamedTuple
 import msgpack
 
 from shared import BadRequest
-from shared._crypto import SEAL_OVERHEAD, IntegrityError, open_sealed, seal
+from shared.crypto import SEAL_OVERHEAD, IntegrityError, open_sealed, seal
 
 from .errors import DamagedError
 from .keys import Namespace

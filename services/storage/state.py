@@ -2,7 +2,7 @@
 
 ``<home>/data/storage/state`` holds no user data and no key: the mesh's backup lineage (an id and
 the sequence number of the newest backup made or restored, for rollback detection) and which key
-versions storage has retired. It is msgpack, rewritten with :func:`shared._files.write_atomic`
+versions storage has retired. It is msgpack, rewritten with :func:`shared.files.write_atomic`
 (0600, fsynced, crash-safe). A state file that does not decode is refused, never reset: resetting
 it would silently disable rollback detection.
 """
@@ -18,10 +18,9 @@ from typing import Any
 import msgpack
 
 from shared import KeyvaultConfig, MeshHome, StateError
-from shared._anchors import Move, begin_move
-from shared._certs import load_certificate
-from shared._files import write_atomic
-from shared._keystore import choose_keystore
+from shared.certs import load_certificate
+from shared.files import write_atomic
+from shared.keystore import Move, begin_move, choose_keystore
 
 STATE_VERSION = 1
 
@@ -122,7 +121,7 @@ class Lineage:
 
     def begin_move(self) -> Move | None:
         """Copy a lineage an older version kept in the home into the slot (see
-        :func:`shared._anchors.begin_move`); the caller audits, then calls ``finish``."""
+        :func:`shared.keystore.begin_move`); the caller audits, then calls ``finish``."""
         return begin_move(self.legacy, self.slot, "the backup lineage")
 
     def read(self) -> tuple[str, int] | None:

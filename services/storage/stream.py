@@ -37,7 +37,7 @@ fail under "not last"), reordered or swapped chunks (the index is in the nonce),
 from another stream (another key and prefix), an edited header (it is associated data of every
 chunk) and any flipped bit.
 
-Why :mod:`shared.hazmat`: the recipes in :mod:`shared._crypto` pick a random nonce per seal, while
+Why :mod:`shared.hazmat`: the recipes in :mod:`shared.crypto` pick a random nonce per seal, while
 STREAM's security rests on nonces derived from the chunk index and the last-chunk flag; that
 derivation is this module's format, so it uses the raw primitive and owns nonce uniqueness (a fresh
 key per stream, a distinct index per chunk).
@@ -53,7 +53,7 @@ from types import TracebackType
 from typing import BinaryIO, Final
 
 from shared import BadRequest, hazmat
-from shared._crypto import wipe
+from shared.crypto import wipe
 
 from .errors import DamagedError
 

@@ -25,8 +25,8 @@ from services.keyvault import setup as keyvault_setup
 from services.keyvault import store as keyvault_store
 from services.keyvault.keystore import choose_keystore
 from shared import Argon2Profile, ConfigError, MeshConfig, MeshError, MeshHome, mesh_config
-from shared._certs import write_exclusive
-from shared._provision import provision
+from shared.files import write_exclusive
+from shared.provision import provision
 
 from . import _intake
 from ._output import CliError

@@ -24,8 +24,8 @@ import sys
 from typing import Final
 
 from shared import BadRequest
-from shared._crypto import wipe
-from shared._passwords import check_strength
+from shared.crypto import wipe
+from shared.passwords import check_strength
 
 from ._output import CliError
 

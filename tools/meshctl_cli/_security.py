@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from shared import MeshHome, Unauthenticated
-from shared._certs import write_exclusive
+from shared.files import write_exclusive
 
 from . import _intake, _render
 from ._mesh import connected

@@ -14,7 +14,7 @@ import time
 from typing import Any, Final
 
 from shared import HandshakeError, MeshClient, MeshError, MeshHome, Unavailable, certs, mesh_config
-from shared._provision import MESH_IDENTITIES
+from shared.provision import MESH_IDENTITIES
 
 from ._output import CliError
 from ._supervisor import NotRunning, Supervisor

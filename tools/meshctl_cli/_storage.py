@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from shared import MeshHome
-from shared._crypto import wipe
+from shared.crypto import wipe
 
 from . import _intake
 from ._mesh import connected

@@ -26,7 +26,7 @@ from typing import Any, Final
 from supervisor.xmlrpc import SupervisorTransport  # type: ignore[import-untyped]
 
 from shared import MeshHome
-from shared._certs import write_exclusive
+from shared.files import write_exclusive
 
 from ._output import CliError
 

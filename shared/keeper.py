@@ -1,0 +1,18 @@
+"""For a service that holds keys fetched from another (its *key source*): the loops and states.
+
+- :func:`keep_unsealed` retries the unseal with doubling back-off while the mesh is sealed, and runs
+  a periodic task while it is not; setting its ``wake`` event ends any wait at once;
+- :func:`follow_events_of` hands the events one identity published (the key source's ``security.*``
+  announcements) to a handler, ignoring anyone else's;
+- :func:`without_keys` turns a failed key fetch into the service's :class:`~shared.Readiness`
+  (``sealed`` with :data:`LOCKED_REASON`, or ``failed`` naming the key source and its answer).
+
+The key source is named by the caller (``"keyvault"`` in this mesh). The code is in
+:mod:`shared._keeper`.
+"""
+
+from __future__ import annotations
+
+from ._keeper import LOCKED_REASON, follow_events_of, keep_unsealed, without_keys
+
+__all__ = ["LOCKED_REASON", "follow_events_of", "keep_unsealed", "without_keys"]
