@@ -15,6 +15,7 @@ subclass the broker or the service answered.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -29,6 +30,7 @@ from ._connection import Connection
 from ._errors import Timeout
 from ._home import MeshHome
 from ._layers import mesh_config
+from ._provision import missing_keypair
 
 _MAX_BODY = 64 << 20
 
@@ -96,9 +98,12 @@ class MeshClient:
                       timeout: float | None = None) -> MeshClient:
         """Connect as identity ``name`` with the keypair in ``home/keys``.
 
-        The broker key is pinned from ``home/keys/broker.key`` unless given.
+        The broker key is pinned from ``home/keys/broker.key`` unless given. No keypair for
+        ``name`` raises :class:`~shared.CertificateError` naming its path and what creates it.
         """
         config = config or mesh_config(home.root)
+        if not os.path.lexists(home.secret_key_path(name)):
+            raise missing_keypair(home, name)  # say where it should be and what creates it
         keypair = load_keypair(home.secret_key_path(name))
         if broker_key is None:
             broker_key = load_certificate(home.public_key_path("broker")).public_key

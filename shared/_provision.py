@@ -7,6 +7,7 @@ from types import MappingProxyType
 from typing import Final
 
 from ._certs import KeyPair, generate, save_keypair, save_public
+from ._errors import CertificateError
 from ._home import MeshHome
 
 #: Every process of the mesh and the role its certificate carries (the broker has none:
@@ -44,3 +45,14 @@ def add_identity(home: MeshHome, name: str, role: str, pairs: dict[str, KeyPair]
     if pairs is not None:
         pairs[name] = pair
     return pair
+
+
+def missing_keypair(home: MeshHome, name: str) -> CertificateError:
+    """The error for identity ``name`` having no secret key file: its full path, and the
+    command that creates it (``meshctl init`` for the mesh's own processes; for any other
+    identity, the operator creates a keypair and admits its public key)."""
+    path = home.secret_key_path(name)
+    if name == "broker" or name in MESH_IDENTITIES:
+        return CertificateError(f"no keypair for {name!r} at {path}: create the mesh's keys with `meshctl init`")
+    return CertificateError(f"no keypair for {name!r} at {path}: create one and put its public key "
+                            f"on the allow-list (meshctl certs accept)")

@@ -9,7 +9,7 @@ import zmq
 import zmq.utils.z85
 
 from services.broker.certstore import CertStore
-from shared import Conflict, NotFound, certs
+from shared import BadRequest, Conflict, NotFound, certs
 
 
 def store_with(tmp_path: Path, *names: str, pending_max: int = 4, per_minute: int = 2) -> CertStore:
@@ -78,3 +78,41 @@ def test_accept_reject_revoke_lifecycle(tmp_path: Path) -> None:
     assert "phone" not in store.snapshot.by_name
     with pytest.raises(NotFound):
         store.find_key("nobody")
+
+
+def test_unrevoke_restores_name_and_role_and_never_takes_a_name_in_use(tmp_path: Path) -> None:
+    store = store_with(tmp_path)
+    old = certs.generate("phone", "device").certificate
+    certs.save_public(old, store.root / "allowed" / "phone.key")
+    store.reload()
+    store.revoke("phone")
+    assert store.find_key("phone") == ("revoked", old.public_key)  # a revoked name still resolves
+    newer = certs.generate("phone", "device").certificate
+    certs.save_public(newer, store.root / "allowed" / "phone.key")
+    store.reload()
+    # Two keys under one name would both be refused: the old one cannot come back while the name is held.
+    with pytest.raises(Conflict, match="now held by another key"):
+        store.unrevoke(old.fingerprint)
+    assert store.snapshot.by_name["phone"] == newer and old.public_key in store.revoked
+    store.revoke("phone")
+    with pytest.raises(BadRequest, match="more than one revoked key"):
+        store.unrevoke("phone")
+    assert store.unrevoke(old.fingerprint[:12]) == old
+    assert store.snapshot.by_name["phone"] == old and old.public_key not in store.revoked
+    assert (store.root / "allowed" / "phone.key").is_file()
+    assert not (store.root / "revoked" / f"{old.fingerprint}.key").exists()
+
+
+def test_unrevoke_interrupted_after_writing_the_allow_list_keeps_the_key_refused_and_finishes_again(
+        tmp_path: Path) -> None:
+    store = store_with(tmp_path, "a")
+    cert = store.snapshot.by_name["a"]
+    store.revoke("a")
+    # What a crash between the two writes leaves: the allow-list file back, the revocation still there.
+    certs.save_public(cert, store.root / "allowed" / "a.key")
+    store.reload()
+    assert "a" not in store.snapshot.by_name
+    assert store.unrevoke("a") == cert and store.snapshot.by_name["a"] == cert
+    store.revoke("a")
+    with pytest.raises(NotFound, match=r"that key is revoked; to let it back in, run meshctl certs unrevoke a$"):
+        store.accept("a", "a", "service")

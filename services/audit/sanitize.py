@@ -61,6 +61,7 @@ EVENT_SCHEMAS: Final[Mapping[str, Mapping[str, str]]] = {
     "mesh.cert_accept": _WHO | {"name": TEXT, "cert_role": TEXT, "fingerprint": TEXT},
     "mesh.cert_reject": _WHO | {"fingerprint": TEXT},
     "mesh.cert_revoke": _WHO | {"name": TEXT, "fingerprint": TEXT},
+    "mesh.cert_unrevoke": _WHO | {"name": TEXT, "cert_role": TEXT, "fingerprint": TEXT},
     "mesh.handshake_failed": {"count": NUMBER, "by_reason": COUNTS},
     "mesh.rate_limited": {"identity": TEXT, "count": NUMBER},
     "mesh.config": {"path": TEXT, "sha256": TEXT, "previous_sha256": TEXT, "changed": FLAG, "error": TEXT},

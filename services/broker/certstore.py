@@ -3,7 +3,7 @@
 Layout under ``<home>/certs`` (salt-key style)::
 
     allowed/<name>.key      public certificates the broker admits
-    revoked/<fingerprint>.key   certificates revoked by an operator
+    revoked/<fingerprint>.key   certificates revoked by an operator (unrevoke moves one back)
     pending/<fingerprint>.json  unknown keys that tried to connect
     rejected/<fingerprint>.json unknown keys an operator refused
 
@@ -19,8 +19,7 @@ from __future__ import annotations
 import collections
 import json
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -30,18 +29,12 @@ import zmq.utils.z85
 from shared import BadRequest, Certificate, CertificateError, Conflict, NotFound
 from shared import certs as certlib
 
+from . import certviews
+from .certviews import AllowList
+
+__all__ = ["STATES", "AllowList", "CertStore", "PendingKey"]
+
 STATES = ("allowed", "revoked", "pending", "rejected")
-
-
-@dataclass(frozen=True, slots=True)
-class AllowList:
-    """An immutable snapshot: raw key and Z85 key to certificate."""
-
-    by_raw: Mapping[bytes, Certificate] = field(default_factory=lambda: MappingProxyType({}))
-    by_z85: Mapping[bytes, Certificate] = field(default_factory=lambda: MappingProxyType({}))
-    by_name: Mapping[str, Certificate] = field(default_factory=lambda: MappingProxyType({}))
-    #: Keyed by the Z85 key as text, the form libzmq hands back in ``X-Key`` message metadata.
-    by_text: Mapping[str, Certificate] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(slots=True)
@@ -207,31 +200,16 @@ class CertStore:
     # -- operator actions -------------------------------------------------
 
     def find_key(self, ref: str) -> tuple[str, bytes]:
-        """Resolve a name, a Z85 key or a fingerprint (or a unique prefix of at least 8
-        hex digits) to ``(state, key)``; raise :class:`NotFound` or :class:`BadRequest`."""
-        ref = ref.strip()
-        cert = self.snapshot.by_name.get(ref)
-        if cert is not None:
-            return "allowed", cert.public_key
-        everything: list[tuple[str, bytes]] = [("allowed", k) for k in self.snapshot.by_z85]
-        everything += [("pending", k) for k in self.pending]
-        everything += [("rejected", k) for k in self.rejected]
-        everything += [("revoked", k) for k in self.revoked]
-        exact = [(s, k) for s, k in everything if k.decode() == ref]
-        if exact:
-            return exact[0]
-        if len(ref) < 8 or any(c not in "0123456789abcdef" for c in ref.lower()):
-            raise NotFound("no certificate with that name, key or fingerprint")
-        hits = {(s, k) for s, k in everything if certlib.fingerprint(k).startswith(ref.lower())}
-        if not hits:
-            raise NotFound("no certificate with that name, key or fingerprint")
-        if len(hits) > 1:
-            raise BadRequest("fingerprint prefix is ambiguous; give more digits")
-        return hits.pop()
+        """Resolve ``ref`` to ``(state, key)``: see :func:`.certviews.find_key`."""
+        return certviews.find_key(ref, self.snapshot, self.pending, self.rejected, self.revoked)
 
     def accept(self, ref: str, name: str, role: str) -> Certificate:
-        """Move a pending (or rejected) key to the allow-list under ``name`` and ``role``."""
+        """Move a pending (or rejected) key to the allow-list under ``name`` and ``role``.
+        A revoked key never goes back through here: :class:`NotFound` points at :meth:`unrevoke`."""
         state, key = self.find_key(ref)
+        if state == "revoked":
+            raise NotFound(f"no pending key {ref.strip()!r}: that key is revoked; to let it back in, "
+                           f"run meshctl certs unrevoke {ref.strip()}")
         if state not in ("pending", "rejected"):
             raise Conflict(f"that key is {state}, not pending")
         try:
@@ -277,6 +255,39 @@ class CertStore:
         self.reload()
         return cert
 
+    def unrevoke(self, ref: str) -> Certificate:
+        """Let a revoked certificate back in under the name and role it had. The allow-list
+        entry is written before the revocation is removed: a crash between the two leaves the
+        key refused (an allowed file whose key is revoked is skipped), and calling again finishes."""
+        state, key = self.find_key(ref)
+        if state != "revoked":
+            raise Conflict(f"that key is {state}, not revoked")
+        cert = self.revoked[key]
+        holder = self.snapshot.by_name.get(cert.name)
+        target = self.root / "allowed" / f"{cert.name}.key"
+        # Two keys under one name are both refused: never let this one take a name in use.
+        if holder is not None and holder.public_key != key:
+            raise Conflict(f"the name {cert.name!r} is now held by another key; revoke that one first")
+        if os.path.lexists(target):
+            try:
+                present: Certificate | None = certlib.load_certificate(target)
+            except CertificateError:
+                present = None
+            if present != cert:
+                raise Conflict(f"allowed/{target.name} holds another certificate; remove it first")
+        else:
+            certlib.save_public(cert, target)
+        for path in (self.root / "revoked").glob("*.key"):
+            try:
+                if certlib.load_certificate(path).public_key == key:
+                    path.unlink()
+            except CertificateError:
+                continue
+        self.reload()
+        if key not in self.snapshot.by_z85:  # never report a key let back in that is still refused
+            raise Conflict("the key is still refused after the reload; meshctl certs reload names the problem")
+        return cert
+
     def _unlink(self, state: str, key: bytes) -> None:
         try:
             (self.root / state / f"{certlib.fingerprint(key)}.json").unlink()
@@ -284,24 +295,5 @@ class CertStore:
             pass
 
     def entries(self, state: str | None = None) -> list[dict[str, Any]]:
-        """Every known key, as plain dicts for introspection."""
-        out: list[dict[str, Any]] = []
-        if state in (None, "allowed"):
-            out += [_cert_entry("allowed", c) for c in self.snapshot.by_z85.values()]
-        if state in (None, "revoked"):
-            out += [_cert_entry("revoked", c) for c in self.revoked.values()]
-        if state in (None, "pending"):
-            out += [{"state": "pending", "name": None, "role": None, "public_key": p.public_key.decode(),
-                     "fingerprint": certlib.fingerprint(p.public_key), "address": p.address,
-                     "first_seen": p.first_seen, "last_seen": p.last_seen, "attempts": p.attempts}
-                    for p in self.pending.values()]
-        if state in (None, "rejected"):
-            out += [{"state": "rejected", "name": None, "role": None, "public_key": k.decode(),
-                     "fingerprint": certlib.fingerprint(k)} for k in self.rejected]
-        return sorted(out, key=lambda e: (e["state"], e["name"] or "", e["fingerprint"]))
-
-
-def _cert_entry(state: str, cert: Certificate) -> dict[str, Any]:
-    return {"state": state, "name": cert.name, "role": cert.role,
-            "public_key": cert.public_key.decode(), "fingerprint": cert.fingerprint}
-
+        """Every known key, as plain dicts for introspection (see :func:`.certviews.entries`)."""
+        return certviews.entries(state, self.snapshot, self.pending, self.rejected, self.revoked)

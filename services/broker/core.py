@@ -53,6 +53,7 @@ from shared.files import write_atomic
 
 from .certstore import CertStore
 from .connections import CONN_PROPERTY, Admission, EndedConnections, RequestIds, seed_routing_id_counter
+from .denials import DenyLog, caller_message
 from .routing import Routing
 from .service import Introspection
 from .state import Counters, InFlight, Peer, Registration
@@ -114,6 +115,7 @@ class Broker(Admission, Routing, Upkeep):
         self._stop = threading.Event()
         self._by_text = self.store.snapshot.by_text
         self.introspection = Introspection(self)
+        self.denials = DenyLog()
         self._kinds: dict[str, Callable[[Peer, dict[str, Any], zmq.Frame | None, float], None]] = {
             "req": self._on_request, "rep": self._on_reply, "err": self._on_reply,
             "pub": self._on_publish, "sub": self._on_subscribe, "unsub": self._on_unsubscribe,
@@ -376,7 +378,8 @@ class Broker(Admission, Routing, Upkeep):
     def _deny(self, peer: Peer, request_id: int, action: str, target: str) -> None:
         peer.counters.denies += 1
         self.audit("mesh.deny", peer, action=action, target=target)
-        self._fail(peer, request_id, Forbidden(f"not allowed to {action} {target!r}"))
+        self.denials.note(peer.cert.name, peer.cert.role, action, target, self.clock())
+        self._fail(peer, request_id, Forbidden(caller_message(peer.cert.name, action, target)))
 
     def _limited(self, peer: Peer, request_id: int, now: float) -> bool:
         if peer.bucket.take(now):

@@ -40,6 +40,7 @@ class Introspection:
             "certs.accept": (CertAccept, self.certs_accept),
             "certs.reject": (CertRef, self.certs_reject),
             "certs.revoke": (CertRef, self.certs_revoke),
+            "certs.unrevoke": (CertRef, self.certs_unrevoke),
             "certs.reload": (Empty, self.certs_reload),
         }
 
@@ -118,7 +119,8 @@ class Introspection:
         return next(e for e in self.broker.store.entries(state) if e["public_key"] == key.decode())
 
     def certs_accept(self, peer: Peer, req: CertAccept) -> dict[str, Any]:
-        """``mesh.certs.accept {ref, name, role}``. ``meshctl certs accept REF --name N --role R``."""
+        """``mesh.certs.accept {ref, name, role}``: a pending or rejected key only; a revoked one
+        answers ``NOT_FOUND`` naming ``meshctl certs unrevoke``. ``meshctl certs accept REF --name N --role R``."""
         cert = self.broker.store.accept(req.ref, req.name, req.role)
         self.broker.reload_certs("certificate accepted")
         self.broker.audit("mesh.cert_accept", peer, name=cert.name, cert_role=cert.role,
@@ -141,6 +143,17 @@ class Introspection:
         self.broker.audit("mesh.cert_revoke", peer, name=cert.name, fingerprint=cert.fingerprint)
         self.broker.spool.sync()
         return {"name": cert.name, "fingerprint": cert.fingerprint}
+
+    def certs_unrevoke(self, peer: Peer, req: CertRef) -> dict[str, Any]:
+        """``mesh.certs.unrevoke {ref}`` → ``{"name", "role", "fingerprint"}``: a revoked key is
+        allowed again under the name and role it had; its next handshake is admitted.
+        ``meshctl certs unrevoke REF``."""
+        cert = self.broker.store.unrevoke(req.ref)
+        self.broker.reload_certs("certificate unrevoked")
+        self.broker.audit("mesh.cert_unrevoke", peer, name=cert.name, cert_role=cert.role,
+                          fingerprint=cert.fingerprint)
+        self.broker.spool.sync()  # durable before the operator is told it is done
+        return {"name": cert.name, "role": cert.role, "fingerprint": cert.fingerprint}
 
     def certs_reload(self, peer: Peer, _: Empty) -> dict[str, Any]:
         """``mesh.certs.reload``: re-read the store now. ``meshctl certs reload``."""

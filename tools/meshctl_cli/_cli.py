@@ -71,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--body", default=None, help="request body as JSON")
     p.add_argument("--timeout", type=float, default=10.0)
     p = add("certs", "the broker's certificate store")
-    p.add_argument("action", choices=["list", "pending", "accept", "reject", "revoke", "show", "reload"])
+    p.add_argument("action", choices=["list", "pending", "accept", "reject", "revoke", "unrevoke", "show", "reload"],
+                   help="unrevoke: let a revoked key back in under its old name and role")
     p.add_argument("ref", nargs="?", help="name, Z85 public key, or fingerprint (8+ hex digits)")
     p.add_argument("--state", choices=["allowed", "pending", "rejected", "revoked"], help="list: only this state")
     p.add_argument("--name", help="accept: the identity name to give the key")
@@ -188,7 +189,7 @@ def _call(args: argparse.Namespace, home: MeshHome) -> int:
 
 
 def _certs(args: argparse.Namespace, home: MeshHome) -> int:
-    if args.action in ("accept", "reject", "revoke", "show") and not args.ref:
+    if args.action in ("accept", "reject", "revoke", "unrevoke", "show") and not args.ref:
         raise CliError(f"certs {args.action} needs a REF (name, key or fingerprint)", status=2)
     result = asyncio.run(_mesh.certs(home, args.action, args.ref, args.name, args.role, args.state))
     emit(args.json, result, _render.certs(args.action, result))

@@ -162,7 +162,7 @@ def certs(action: str, result: Any) -> str:
         lines = [f"certificates reloaded: {result['allowed']} allowed"]
         lines += [f"problem: {p['file']}: {p['problem']}" for p in result["problems"]]
         return "\n".join(lines)
-    verb = {"accept": "accepted", "reject": "rejected", "revoke": "revoked"}[action]
+    verb = {"accept": "accepted", "reject": "rejected", "revoke": "revoked", "unrevoke": "unrevoked"}[action]
     who = f"{result['name']} " if result.get("name") else ""
     return f"{verb} {who}(fingerprint {result['fingerprint'][:16]})"
 
