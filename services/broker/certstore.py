@@ -246,14 +246,19 @@ class CertStore:
         target = self.root / "revoked" / f"{cert.fingerprint}.key"
         if not target.exists():
             certlib.save_public(cert, target)
-        for path in (self.root / "allowed").glob("*.key"):
+        self._remove_files_of(key, "allowed")
+        self.reload()
+        return cert
+
+    def _remove_files_of(self, key: bytes, folder: str) -> None:
+        """Remove every certificate file of ``key`` from ``folder`` (``allowed`` or ``revoked``); a
+        file that does not parse belongs to no key and is left for ``certs reload`` to report."""
+        for path in (self.root / folder).glob("*.key"):
             try:
                 if certlib.load_certificate(path).public_key == key:
                     path.unlink()
             except CertificateError:
                 continue
-        self.reload()
-        return cert
 
     def unrevoke(self, ref: str) -> Certificate:
         """Let a revoked certificate back in under the name and role it had. The allow-list
@@ -277,12 +282,7 @@ class CertStore:
                 raise Conflict(f"allowed/{target.name} holds another certificate; remove it first")
         else:
             certlib.save_public(cert, target)
-        for path in (self.root / "revoked").glob("*.key"):
-            try:
-                if certlib.load_certificate(path).public_key == key:
-                    path.unlink()
-            except CertificateError:
-                continue
+        self._remove_files_of(key, "revoked")
         self.reload()
         if key not in self.snapshot.by_z85:  # never report a key let back in that is still refused
             raise Conflict("the key is still refused after the reload; meshctl certs reload names the problem")
