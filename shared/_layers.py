@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from ._config import MeshConfig, build_config, config_path, parse_config
+from ._config import MeshConfig, build_config, config_path
 from ._errors import ConfigError
 
 FRAGMENTS_DIR: Final = "mesh.d"
@@ -89,8 +89,12 @@ def _read(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
-    parse_config(text, str(path))  # alone first: a bad key is reported with its own file
-    return tomllib.loads(text)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    build_config(data, str(path))  # alone first: a bad key is reported with its own file
+    return data
 
 
 def config_files(home: Path | None) -> tuple[Path, ...]:
