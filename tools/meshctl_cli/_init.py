@@ -29,6 +29,7 @@ from shared.files import write_exclusive
 from shared.provision import provision
 
 from . import _intake
+from ._mesh import OPERATOR
 from ._output import CliError
 from ._security import SESSION_FILE
 from ._supervisor import create_credentials, credentials_path, home_processes
@@ -217,7 +218,8 @@ def init(home: MeshHome, *, force: bool, if_needed: bool, password_file: str | N
 
     def keys() -> tuple[list[str], dict[str, Any], str]:
         removed = [*_wipe(home), *_reset_keyvault(home, config)] if force else []
-        pairs = provision(home)
+        # Every declared identity (the project's services and any a fragment declares), and ours.
+        pairs = provision(home, {**config.identities(), OPERATOR: "operator"})
         return removed, pairs, create_credentials(home).username
 
     vault, shown, (removed, pairs, user) = _with_password(home, config, password_file, keys)
@@ -228,7 +230,7 @@ def init(home: MeshHome, *, force: bool, if_needed: bool, password_file: str | N
         "identities": [{"name": name, "role": pair.certificate.role if name != "broker" else "broker",
                         "public_key": pair.certificate.public_key.decode(),
                         "fingerprint": pair.certificate.fingerprint} for name, pair in sorted(pairs.items())],
-        "operator_certificate": str(home.secret_key_path("meshctl")),
+        "operator_certificate": str(home.secret_key_path(OPERATOR)),
         "supervisord_credentials": str(credentials_path(home)), "supervisord_user": user,
         "keyvault": vault, "recovery_passphrase": shown,
     }
