@@ -87,6 +87,8 @@ def check_entry(entry: str) -> None:
         if not colon or not _PATH_RE.match(target) or "/../" in target or "/./" in target:
             raise ConfigError(f"entry: {entry!r} is not /absolute/path/file.py:Class (letters, digits, "
                               "'_', '.', '-', '+' and '/' only)")
+    elif target.endswith(".py"):
+        raise ConfigError(f"entry: {entry!r}: a file is named by its absolute path (/path/to/file.py:Class)")
     elif not _MODULE_RE.match(target):
         raise ConfigError(f"entry: {entry!r} is not package.module, package.module:Class or "
                           "/absolute/path/file.py:Class")
