@@ -1,4 +1,4 @@
-"""One verification pass over the stored log, streamed: every check of :func:`.chain.verify_log`
+"""One verification pass over the stored log, streamed: every check of :func:`.verifier.verify_log`
 against the trusted checkpoint, in memory that does not grow with the log.
 
 Contract of :func:`scan` (a context manager yielding a :class:`LogScan`):

@@ -13,7 +13,7 @@ Contracts:
   :class:`~.chain.LogEntry` in primary-key order (:data:`BATCH_ROWS` rows per query, one row
   decoded at a time, so reading the log costs memory for one record, not the log),
   :meth:`AuditStore.checkpoints` lists the :class:`~.chain.Checkpoint` rows, and the verifier
-  (:mod:`.scan`, :func:`~.chain.verify_log`) decides whether they are the log that was written.
+  (:mod:`.scan`, :func:`~.verifier.verify_log`) decides whether they are the log that was written.
   Only a row that cannot even be decoded raises :class:`~.errors.TamperError` here, naming it.
   :meth:`AuditStore.snapshot` makes several reads see one committed state of the database.
 
