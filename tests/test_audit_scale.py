@@ -18,7 +18,7 @@ import pytest
 import sqlcipher3
 
 from services.audit import chain
-from services.audit.alerts import AlertEngine
+from services.audit.alert_engine import AlertEngine
 from services.audit.chain import LogEntry, LogHead, public_key_of, sign_checkpoint
 from services.audit.errors import TamperError
 from services.audit.export import export_page

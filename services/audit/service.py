@@ -64,7 +64,8 @@ from shared import (
 )
 from shared.keystore import Keystore
 
-from .alerts import SUPERVISOR_SENDER, AlertDesk
+from .alert_desk import AlertDesk
+from .alerts import SUPERVISOR_SENDER
 from .chain import Record, encode_record
 from .errors import TamperError
 from .export import EXPORT_MARGIN, EXPORT_PAGE_RECORDS, MAX_EXPORT_PAGE_RECORDS, ExportRequest, export_page
