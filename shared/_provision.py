@@ -54,8 +54,9 @@ def missing_keypair(home: MeshHome, name: str, config: MeshConfig) -> Certificat
 
 
 def remove_identity(home: MeshHome, name: str) -> list[Path]:
-    """Delete identity ``name``'s keypair and every certificate file of its key in the allow-list
-    store (allowed, revoked, pending), and return what was deleted.
+    """Delete identity ``name``'s keypair and its key's certificate on the allow-list, and return
+    what was deleted. A revocation stays: it is the record that this key must never be let in
+    again (a copy of the secret key could survive the files deleted here).
 
     The allow-list entries go first and the secret key last, so an interrupted removal leaves a key
     that is refused rather than a key that is admitted with nothing to show for it. A running
@@ -65,9 +66,9 @@ def remove_identity(home: MeshHome, name: str) -> list[Path]:
     """
     public = load_certificate(home.public_key_path(name)).public_key
     removed: list[Path] = []
-    for folder in ("allowed", "revoked", "pending"):
-        directory = home.certs / folder
-        for path in sorted(directory.glob("*.key")) if directory.is_dir() else []:
+    directory = home.certs / "allowed"
+    if directory.is_dir():
+        for path in sorted(directory.glob("*.key")):
             try:
                 if load_certificate(path).public_key != public:
                     continue

@@ -16,7 +16,7 @@ was parsed (no spaces, quotes or ``%``), so it goes into the command line as it 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from shared import MeshConfig, MeshHome, ServiceDeclaration
 from shared.files import write_atomic
@@ -119,8 +119,3 @@ def _drop(supervisor: Supervisor, group: str) -> None:
         if exc.code not in (_BAD_NAME_FAULT, _NOT_RUNNING_FAULT):
             raise
     supervisor.call("removeProcessGroup", group)
-
-
-def program_info(supervisor: Supervisor, name: str) -> dict[str, Any] | None:
-    """supervisord's record of process ``name``, or None when it runs no such process."""
-    return next((p for p in supervisor.processes() if p["name"] == name), None)
