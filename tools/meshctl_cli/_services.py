@@ -38,7 +38,7 @@ from shared import (
     merge_config,
     mesh_config,
 )
-from shared.certs import NAME_RE
+from shared.certs import check_name
 from shared.files import write_exclusive
 from shared.provision import add_identity, remove_identity
 
@@ -87,8 +87,11 @@ def declaration(entry: str, *, expose: dict[str, list[str]], publish: list[str],
 def _check_new(home: MeshHome, name: str, table: dict[str, Any]) -> MeshConfig:
     """The configuration the mesh would run with once ``name`` is declared; refuse a name taken or
     a declaration the configuration refuses (its message names the key)."""
-    if not NAME_RE.match(name):
-        raise CliError(f"{name!r} is not a service name: a-z, 0-9, '-' and '_', starting with a letter", status=2)
+    try:
+        check_name(name)
+    except MeshError:
+        raise CliError(f"{name!r} is not a service name: a-z, 0-9, '-' and '_', starting with a letter",
+                       status=2) from None
     try:
         layers = config_layers(home.root)
         data: dict[str, Any] = {}
