@@ -47,7 +47,8 @@ def missing_keypair(home: MeshHome, name: str, config: MeshConfig) -> Certificat
     path = home.secret_key_path(name)
     init = "`meshctl init` creates the keys of the broker, every declared service and meshctl"
     if name == BROKER or name in config.identities():
-        return CertificateError(f"no keypair for {name!r} at {path}: {init}")
+        return CertificateError(f"no keypair for {name!r} at {path}: {init} (`meshctl init --if-needed` those "
+                                "of a service declared after init)")
     return CertificateError(f"no keypair for {name!r} at {path}: {init}; a service the mesh does not "
                             f"declare yet is added with `meshctl service add {name} --entry ENTRY` "
                             "(docs/services.md), which creates its keypair and admits it")

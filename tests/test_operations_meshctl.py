@@ -181,3 +181,19 @@ def test_supervisord_refuses_to_start_without_its_environment(home: MeshHome,
     home.ensure()
     with pytest.raises(SystemExit):
         ServerOptions().realize(args=["-c", str(CONF)])
+
+
+def test_init_if_needed_gives_a_service_declared_after_init_its_keys(home: MeshHome,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "--home", str(home.root), "init")[0] == 0
+    (home.root / "mesh.d").mkdir(mode=0o700)
+    (home.root / "mesh.d" / "30-notes.toml").write_text('[services.notes]\nentry = "/opt/notes.py:Notes"\n')
+    untouched = {p: p.read_bytes() for p in home.keys.iterdir()}
+    status, out, _ = run(capsys, "--home", str(home.root), "init", "--if-needed", "--json")
+    assert status == 0 and json.loads(out)["added_identities"] == ["notes"]
+    cert = certs.load_certificate(home.certs / "allowed" / "notes.key")
+    assert (cert.name, cert.role) == ("notes", "service")
+    assert stat.S_IMODE(os.stat(home.secret_key_path("notes")).st_mode) == 0o600
+    assert all(p.read_bytes() == data for p, data in untouched.items())  # nothing else replaced
+    status, out, _ = run(capsys, "--home", str(home.root), "init", "--if-needed")
+    assert status == 0 and "newly declared" not in out  # once only

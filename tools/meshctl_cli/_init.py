@@ -26,7 +26,7 @@ from services.keyvault import store as keyvault_store
 from services.keyvault.keystore import choose_keystore
 from shared import Argon2Profile, ConfigError, MeshConfig, MeshError, MeshHome, mesh_config
 from shared.files import write_exclusive
-from shared.provision import provision
+from shared.provision import add_identity, provision
 
 from . import _intake
 from ._mesh import OPERATOR
@@ -65,6 +65,18 @@ def _config(home: MeshHome) -> MeshConfig:
         return mesh_config(home.root)
     except ConfigError as exc:
         raise CliError(exc.message) from None
+
+
+def _add_declared(home: MeshHome, config: MeshConfig) -> list[str]:
+    """Create and admit the keypair of every declared identity that has none yet (a declaration
+    written by hand into mesh.d/ after init); return their names. A half-present keypair is left
+    alone: the process's start names it."""
+    added = []
+    for name, role in config.identities().items():
+        if not home.secret_key_path(name).exists() and not home.public_key_path(name).exists():
+            add_identity(home, name, role)
+            added.append(name)
+    return added
 
 
 def profile_text(profile: Argon2Profile) -> str:
@@ -196,7 +208,8 @@ def init(home: MeshHome, *, force: bool, if_needed: bool, password_file: str | N
     vault_exists = keyvault_store.state_path(home).exists()
     legacy = info is not None and "keyvault" not in info and not vault_exists
     if is_initialised(home) and if_needed and not force and not legacy:
-        return {"home": str(home.root), "created": False, "reason": "already initialised"}
+        return {"home": str(home.root), "created": False, "reason": "already initialised",
+                "added_identities": _add_declared(home, _config(home))}
     try:
         home.broker_endpoint  # noqa: B018 - raises if the home is too deep for a unix socket path
     except ConfigError as exc:

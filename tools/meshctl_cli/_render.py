@@ -65,7 +65,9 @@ def status(s: dict[str, Any]) -> str:
 
 def init(result: dict[str, Any]) -> str:
     if not result["created"]:
-        return f"{result['home']}: {result['reason']}"
+        added = result.get("added_identities")
+        return f"{result['home']}: {result['reason']}" + (
+            f"; created and admitted the keys of newly declared {', '.join(added)}" if added else "")
     vault = result["keyvault"]
     lines = []
     if result.get("keyvault_only"):
