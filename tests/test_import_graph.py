@@ -117,3 +117,90 @@ def test_the_checker_sees_every_form_of_import() -> None:
 def test_shared_names_no_service_and_nothing_outside_reaches_into_it() -> None:
     problems = violations()
     assert not problems, "imports that break the layering:\n" + "\n".join(problems)
+
+
+def package_name(package_dir: Path) -> str:
+    """The dotted name of the package at ``package_dir``: its path below the project root
+    (``services.broker``), or its folder's name for a package elsewhere (a test's temporary one)."""
+    try:
+        return ".".join(package_dir.resolve().relative_to(ROOT).parts)
+    except ValueError:
+        return package_dir.name
+
+
+def import_edges(package_dir: Path) -> dict[str, set[str]]:
+    """Module -> the modules of the same package it imports, from every import in its source:
+    at the top, under ``if TYPE_CHECKING:`` (a cycle a type checker sees is a cycle in the design) and
+    inside functions (a deferred import hides a cycle, it does not remove it). The package itself
+    (its ``__init__``) is never an edge's target: Python imports a package before any of its modules."""
+    top = package_name(package_dir)
+    names: dict[str, Path] = {}
+    for path in sorted(p for p in package_dir.rglob("*.py") if "__pycache__" not in p.parts):
+        parts = [top, *path.relative_to(package_dir).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts.pop()
+        names[".".join(parts)] = path
+    edges: dict[str, set[str]] = {name: set() for name in names}
+    for name, path in names.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for _, module in imported_modules(tree, package):
+            if module in names and module != top and module != name:
+                edges[name].add(module)
+    return edges
+
+
+def import_cycles(package_dir: Path) -> list[list[str]]:
+    """Every import cycle among the modules of the package at ``package_dir``: each strongly connected
+    component of :func:`import_edges` with more than one module, as a sorted list of dotted names
+    (``services.broker.core``), the components in sorted order. Empty when the imports form a DAG."""
+    edges = import_edges(package_dir)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's algorithm; the packages here are small enough to recurse
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(edges[node]):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return sorted(cycles)
+
+
+def test_the_cycle_finder_counts_type_checking_and_function_level_imports(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from .a import A\n")
+    (package / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import B\nA = 1\n")
+    (package / "b.py").write_text("def late():\n    from pkg import c\n")
+    (package / "c.py").write_text("from . import a\n")
+    (package / "d.py").write_text("from .a import A\n")  # imports into the cycle, is not part of it
+    assert import_cycles(package) == [["pkg.a", "pkg.b", "pkg.c"]]
+    (package / "c.py").write_text("import json\n")
+    assert import_cycles(package) == []
+
+
+def test_the_broker_package_has_no_import_cycle() -> None:
+    cycles = import_cycles(ROOT / "services" / "broker")
+    assert not cycles, "import cycles in services/broker:\n" + "\n".join(" <-> ".join(c) for c in cycles)
