@@ -1,28 +1,51 @@
-"""The broker's configuration files: the digest that names them, recorded at every start.
+"""The broker's configuration: the digest that names its files, and reloading it while it runs.
 
 :func:`config_digest` identifies the configuration files' content (the base ``mesh.toml`` and the
 home's ``mesh.d`` fragments). The ``mesh.config`` audit record of every start carries it, beside the
 digest recorded at the previous start (:func:`record_config_at_start`).
+
+:class:`Configuration` answers ``mesh.config.reload``: the layered configuration is read again
+(:func:`shared.mesh_config`) and, if it is valid, its ACL and rate limits are put in force at once
+for every connection (:meth:`.state.MeshState.apply`). Everything else is read once, at start: the
+broker's own sockets and limits, and the sections other processes read. A reload does not pretend to
+apply those; it names every such key whose value differs as ``restart_needed``. An invalid
+configuration changes nothing: the running one stays in force.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import structlog
 
-from shared import MeshHome
+from shared import (
+    BadRequest,
+    ConfigError,
+    Conflict,
+    MeshConfig,
+    MeshHome,
+    RequestContext,
+    config_files,
+    handler,
+    mesh_config,
+)
 from shared.files import write_atomic
 
 from .auditing import AuditTrail
+from .schema import Empty
+from .service import MeshHandlers
+from .state import MeshState
 
 log = structlog.get_logger("broker")
 
 #: The digest of the configuration files recorded at the last start, under the home's spool dir.
 CONFIG_DIGEST_FILE: Final = "config.sha256"
+#: The sections a reload puts in force; every other key takes effect when its process restarts.
+APPLIED_ON_RELOAD: Final = ("acl", "limits")
 
 
 def config_digest(files: Sequence[Path]) -> str:
@@ -67,3 +90,85 @@ def record_config_at_start(trail: AuditTrail, home: MeshHome, files: Sequence[Pa
         except OSError as exc:
             log.warning("config_digest_not_saved", error=exc.strerror)
     return digest
+
+
+def settings(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Every leaf setting of a configuration (or of one of its sections) by dotted key, in the
+    order of the configuration's sections and fields; a table's entries are keyed by name
+    (``keyvault.entitlements.storage``)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        found: dict[str, Any] = {}
+        for spec in dataclasses.fields(value):
+            found.update(settings(getattr(value, spec.name), f"{prefix}.{spec.name}" if prefix else spec.name))
+        return found
+    if isinstance(value, Mapping):
+        found = {}
+        for key, item in value.items():
+            found.update(settings(item, f"{prefix}.{key}"))
+        return found
+    return {prefix: value}
+
+
+def restart_needed(running: MeshConfig, new: MeshConfig) -> list[str]:
+    """The dotted keys whose value differs between ``running`` and ``new`` (a key only one of them
+    has differs too) outside the sections a reload applies, in the new configuration's order."""
+    before, after = settings(running), settings(new)
+    keys = [*after, *(key for key in before if key not in after)]
+    missing = object()
+    return [key for key in keys
+            if key.split(".", 1)[0] not in APPLIED_ON_RELOAD and before.get(key, missing) != after.get(key, missing)]
+
+
+class Configuration(MeshHandlers):
+    """The configuration in force: its digest, recorded at start, and ``mesh.config.reload``."""
+
+    def __init__(self, home: MeshHome, state: MeshState, trail: AuditTrail, clock: Callable[[], float]) -> None:
+        self.home = home
+        self.state = state
+        self.trail = trail
+        self._clock = clock
+        #: The files the configuration was read from at start, base first.
+        self.files = config_files(home.root)
+        #: The digest of the configuration in force (None when a file could not be read at start).
+        self.digest: str | None = None
+
+    def record_start(self) -> str | None:
+        """Spool this start's ``mesh.config`` record and keep its digest as the one in force."""
+        self.digest = record_config_at_start(self.trail, self.home, self.files)
+        return self.digest
+
+    @handler("config.reload", request=Empty)
+    async def reload(self, ctx: RequestContext, _: Empty) -> dict[str, Any]:
+        """``mesh.config.reload`` (no body) → ``{"sha256", "previous_sha256", "restart_needed": [key, …]}``.
+
+        Reads ``mesh.toml`` and ``<home>/mesh.d/*.toml`` again. Invalid (a bad key or value, bad
+        TOML, a fragment someone else could have written): ``BAD_REQUEST`` with the configuration
+        error, which names the file and the key, and nothing changes. Valid: the new ACL and rate
+        limits apply to every connection from its next message on (a right taken away is refused at
+        once, a right given is granted without reconnecting); ``restart_needed`` lists the other keys
+        that differ from the configuration in force (endpoints, socket limits, ``zap_domain``, other
+        processes' sections ...), which take effect when their process restarts. ``sha256`` is the
+        digest of the files read (as in the ``mesh.config`` record at start), ``previous_sha256`` the
+        one in force before. Audited as ``mesh.config_reloaded``, durably before the answer.
+        ``meshctl config reload``."""
+        root = self.home.root
+        try:
+            before = config_digest(config_files(root))
+            config = mesh_config(root)
+            after = config_digest(config_files(root))
+        except ConfigError as exc:
+            raise BadRequest(exc.message) from None
+        except OSError as exc:  # a file its digest could not read: said as the layers' reader says it
+            raise BadRequest(f"{exc.filename}: cannot be read ({exc.strerror})") from None
+        if before != after:
+            # The digest must name what is put in force, so a file edited mid-read is not applied.
+            raise Conflict("the configuration files changed while they were read; reload again")
+        running = self.state.config
+        restart = restart_needed(running, config)
+        self.state.apply(dataclasses.replace(running, acl=config.acl, limits=config.limits), self._clock())
+        previous, self.digest = self.digest, after
+        self.trail.record("mesh.config_reloaded", actor=ctx.caller, role=ctx.role,
+                          previous_sha256=previous, sha256=after)
+        self.trail.sync()  # durable before the operator is told it is done
+        log.info("config_reloaded", sha256=after, previous_sha256=previous, restart_needed=restart)
+        return {"sha256": after, "previous_sha256": previous, "restart_needed": restart}

@@ -35,12 +35,12 @@ from typing import Final
 import structlog
 import zmq
 
-from shared import BadRequest, MeshConfig, MeshHome, Spool, certs, config_files, decode_header
+from shared import BadRequest, MeshConfig, MeshHome, Spool, certs, decode_header
 
 from .allowlist import CertMethods, CertWatch
 from .auditing import AuditDelivery, AuditTrail
 from .certstore import CertStore
-from .configuration import record_config_at_start
+from .configuration import Configuration
 from .connections import CONN_PROPERTY, Admission, seed_routing_id_counter
 from .outbox import Outbox
 from .routing import Routing
@@ -66,8 +66,6 @@ class Broker:
         self.home = home
         self.clock = clock
         home.ensure()
-        #: The files the configuration was read from, base first (audited at start as ``mesh.config``).
-        self.config_files = config_files(home.root)
         self.keypair = certs.load_keypair(home.secret_key_path("broker"))
         self.store = CertStore(home.certs, cfg.pending_max, cfg.pending_per_address_per_minute)
         self.spool = Spool(home.spool / "broker-audit.spool", cfg.spool_max_records)
@@ -85,6 +83,7 @@ class Broker:
         self.trail = trail = AuditTrail(self.spool, wall)
         self.outbox = outbox = Outbox(state, cfg.max_header_bytes)
         self.admission = Admission(state, outbox)
+        self.configuration = Configuration(home, state, trail, clock)
         self.certwatch = watch = CertWatch(self.store, state, outbox, trail, self.zap.unknown, wall,
                                            cfg.cert_reload_interval_ms / 1000.0)
         self.delivery = delivery = AuditDelivery(state, outbox, self.spool, cfg, clock)
@@ -93,6 +92,7 @@ class Broker:
             Introspection(state=state, store=self.store, spool=self.spool, delivery=delivery, zap=self.zap,
                           certificate=self.keypair.certificate, endpoints=self.endpoints, clock=clock, wall=wall),
             CertMethods(self.store, watch, trail),
+            self.configuration,
             max_body=cfg.max_message_bytes)
         self.routing = Routing(state, outbox, trail, self.store, self.mesh, delivery, cfg, clock)
         self._peers = state.peers
@@ -132,7 +132,7 @@ class Broker:
 
     def audit_config(self) -> str | None:
         """Spool the ``mesh.config`` record of this start (see :func:`.configuration.record_config_at_start`)."""
-        return record_config_at_start(self.trail, self.home, self.config_files)
+        return self.configuration.record_start()
 
     def _claim_ipc(self) -> None:
         path = self.home.broker_socket

@@ -68,8 +68,8 @@ class Peer:
     registration: Registration | None = None
     said_goodbye: bool = False
     subscriptions: set[str] = field(default_factory=set)
-    # Call decisions are cached per peer: the grant is immutable for the life of the
-    # connection (a config change needs a broker restart, a revocation drops the peer).
+    # Call decisions are cached per peer, because the ACL is evaluated on every request. The
+    # cache belongs to the grant: whoever replaces the grant (a configuration reload) empties it.
     call_cache: dict[str, bool] = field(default_factory=dict)
 
 
@@ -147,8 +147,8 @@ class EndedConnections:
 
 class MeshState:
     """Every table of the running broker. The containers are created once and never replaced,
-    so the hot path may keep references to them; ``config`` is the configuration the ACL and
-    the rate limits of new connections are compiled from."""
+    so the hot path may keep references to them; ``config`` is the configuration in force for
+    the ACL and the rate limits (a reload replaces it through :meth:`apply`)."""
 
     def __init__(self, config: MeshConfig) -> None:
         self.config = config
@@ -158,8 +158,8 @@ class MeshState:
         #: (deadline, broker id), a heap; answered requests leave theirs behind (lazy deletion).
         self.deadlines: list[tuple[float, int]] = []
         self.counters: dict[str, Counters] = {}
-        #: One token bucket per identity, shared by all its connections.
-        self.buckets: dict[str, TokenBucket] = {}
+        #: One token bucket per identity, shared by all its connections, and the role it was sized for.
+        self.buckets: dict[str, tuple[TokenBucket, str]] = {}
         #: Connections dropped since start (bounded): told to reconnect if they speak again
         #: after expiry, and their routing ids refused to any other connection.
         self.ended = EndedConnections()
@@ -173,11 +173,11 @@ class MeshState:
         """Track a connection: its rights compiled from the configuration in force."""
         counters = self.counters.setdefault(cert.name, Counters())
         # One bucket per identity: opening more connections must not multiply its rate.
-        bucket = self.buckets.get(cert.name)
-        if bucket is None:
+        held = self.buckets.get(cert.name)
+        if held is None:
             limit = self._limit(cert.name, cert.role)
-            bucket = self.buckets[cert.name] = TokenBucket(limit.rate, limit.burst, now)
-        peer = Peer(rid, conn, cert, compile_grant(self.config.acl, cert.name, cert.role), bucket, counters,
+            held = self.buckets[cert.name] = (TokenBucket(limit.rate, limit.burst, now), cert.role)
+        peer = Peer(rid, conn, cert, compile_grant(self.config.acl, cert.name, cert.role), held[0], counters,
                     now, now)
         self.peers[rid] = peer
         self.ended.forget(rid)
@@ -233,6 +233,31 @@ class MeshState:
                 entry.service.in_flight.discard(broker_id)
                 out.append((broker_id, entry))
         return out
+
+    # -- configuration ------------------------------------------------------------
+
+    def apply(self, config: MeshConfig, now: float) -> None:
+        """Put ``config``'s ACL and rate limits in force for every tracked connection at once.
+
+        Each peer's grant is compiled again and its call cache emptied, so a right taken away is
+        refused on the very next message; a subscription the new grant no longer allows is
+        dropped. A bucket keeps the tokens it holds (up to its new burst), so a reload neither
+        refills a limited identity nor takes away what it saved."""
+        self.config = config
+        for peer in self.peers.values():
+            peer.grant = grant = compile_grant(config.acl, peer.cert.name, peer.cert.role)
+            peer.call_cache = {}
+            # "" is how a "*" subscription is kept (see routing); every other entry is a prefix.
+            kept = {p for p in peer.subscriptions if grant.may_subscribe(p or "*")}
+            if kept != peer.subscriptions:
+                log.info("subscriptions_withdrawn", identity=peer.cert.name,
+                         topics=sorted(peer.subscriptions - kept))
+                peer.subscriptions = kept
+        for name, (bucket, role) in self.buckets.items():
+            limit = self._limit(name, role)
+            tokens = min(bucket.burst, bucket.tokens + (now - bucket.stamp) * bucket.rate)
+            bucket.rate, bucket.burst = limit.rate, float(limit.burst)
+            bucket.tokens, bucket.stamp = min(tokens, bucket.burst), now
 
     def _limit(self, name: str, role: str) -> RateLimit:
         limits = self.config.limits
