@@ -122,13 +122,14 @@ def restart_needed(running: MeshConfig, new: MeshConfig) -> list[str]:
 class Configuration(MeshHandlers):
     """The configuration in force: its digest, recorded at start, and ``mesh.config.reload``."""
 
-    def __init__(self, home: MeshHome, state: MeshState, trail: AuditTrail, clock: Callable[[], float]) -> None:
+    def __init__(self, home: MeshHome, files: Sequence[Path], state: MeshState, trail: AuditTrail,
+                 clock: Callable[[], float]) -> None:
         self.home = home
         self.state = state
         self.trail = trail
         self._clock = clock
         #: The files the configuration was read from at start, base first.
-        self.files = config_files(home.root)
+        self.files = tuple(files)
         #: The digest of the configuration in force (None when a file could not be read at start).
         self.digest: str | None = None
 

@@ -35,7 +35,7 @@ from typing import Final
 import structlog
 import zmq
 
-from shared import BadRequest, MeshConfig, MeshHome, Spool, certs, decode_header
+from shared import BadRequest, MeshConfig, MeshHome, Spool, certs, config_files, decode_header
 
 from .allowlist import CertMethods, CertWatch
 from .auditing import AuditDelivery, AuditTrail
@@ -66,6 +66,8 @@ class Broker:
         self.home = home
         self.clock = clock
         home.ensure()
+        # The configuration's files are checked (owner, mode) before anything is opened.
+        files = config_files(home.root)
         self.keypair = certs.load_keypair(home.secret_key_path("broker"))
         self.store = CertStore(home.certs, cfg.pending_max, cfg.pending_per_address_per_minute)
         self.spool = Spool(home.spool / "broker-audit.spool", cfg.spool_max_records)
@@ -83,7 +85,7 @@ class Broker:
         self.trail = trail = AuditTrail(self.spool, wall)
         self.outbox = outbox = Outbox(state, cfg.max_header_bytes)
         self.admission = Admission(state, outbox)
-        self.configuration = Configuration(home, state, trail, clock)
+        self.configuration = Configuration(home, files, state, trail, clock)
         self.certwatch = watch = CertWatch(self.store, state, outbox, trail, self.zap.unknown, wall,
                                            cfg.cert_reload_interval_ms / 1000.0)
         self.delivery = delivery = AuditDelivery(state, outbox, self.spool, cfg, clock)
