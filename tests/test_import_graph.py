@@ -1,6 +1,7 @@
-"""The shape of the import graph: ``shared/`` names no service or tool, and nothing outside
+"""The shape of the import graph: ``shared/`` names no service or tool, nothing outside
 ``shared/`` reaches into its private ``shared._x`` modules (DESIGN.md: every service, ours or a
-companion's, builds on shared's public API; issue 12).
+companion's, builds on shared's public API; issue 12), and the broker's modules import each other
+in one direction only (:func:`import_cycles`).
 
 Every ``.py`` file under the project's code folders is parsed with :mod:`ast` (nothing is imported,
 so a module with side effects cannot hide or fake an import), and each offending import is reported

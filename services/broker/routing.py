@@ -94,6 +94,8 @@ class Routing:
     # -- requests and replies ---------------------------------------------------------
 
     def on_request(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
+        """``req``: rate limit, ACL, ttl bound; then ``mesh.*`` is answered here and anything else
+        is forwarded to the registered service, stamped with the caller's identity and role."""
         request_id = header["id"]
         if self._limited(peer, request_id, now):
             return
@@ -145,6 +147,8 @@ class Routing:
         self.outbox.ok(peer, request_id, reply)
 
     def on_reply(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
+        """``rep``/``err``: forwarded to the caller only from the connection the request went to,
+        and only while the caller is still tracked; an unknown error code becomes ``INTERNAL``."""
         entry = self._in_flight.get(header["id"])
         if entry is None or entry.service.peer is not peer:
             # Late (after a timeout) or not ours to answer: never forwarded.
@@ -178,6 +182,7 @@ class Routing:
     # -- events -------------------------------------------------------------------------
 
     def on_publish(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
+        """``pub``: rate limit and the topic right, then delivery (:meth:`publish`) and ``rep``."""
         request_id, topic = header["id"], header["topic"]
         if self._limited(peer, request_id, now):
             return
@@ -202,6 +207,8 @@ class Routing:
         return delivered
 
     def on_subscribe(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
+        """``sub``: rate limit and the prefix right (a prefix allows only what every topic it
+        matches is allowed), at most 64 per connection."""
         request_id, topic = header["id"], header["topic"]
         if self._limited(peer, request_id, now):
             return
@@ -216,6 +223,7 @@ class Routing:
         self.outbox.ok(peer, request_id)
 
     def on_unsubscribe(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
+        """``unsub``: forget one prefix of this connection (answered ``rep`` even if it had none)."""
         if self._limited(peer, header["id"], now):
             return
         peer.subscriptions.discard("" if header["topic"] == "*" else header["topic"])
@@ -224,6 +232,8 @@ class Routing:
     # -- registration and liveness ----------------------------------------------------
 
     def on_register(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
+        """``reg``: a ``service`` certificate registers under its own name only, once per connection;
+        a registration of the same name on another connection is replaced (a restart)."""
         request_id, name = header["id"], header["name"]
         if self._limited(peer, request_id, now):
             return
@@ -244,6 +254,7 @@ class Routing:
         self.outbox.ok(peer, request_id)
 
     def on_bye(self, peer: Peer, header: dict[str, Any], body: zmq.Frame | None, now: float) -> None:
+        """``bye``: no new requests are routed to this connection's service."""
         # Stop routing new requests to it, but keep what is in flight: a stopping
         # service finishes its work and its replies are still forwarded.
         if self._limited(peer, header["id"], now):
