@@ -136,7 +136,7 @@ async def storage_rig(root: Path, *, password: str = PASSWORD, start: bool = Tru
     mesh = InProcessMesh(root, config, {**IDENTITIES, **parse_config(config).identities()})
     initialise(mesh.home, mesh.config, bytearray(password.encode()))
     async with mesh:
-        mesh.broker._ship_after = math.inf  # the broker's own audit records are not what these tests count
+        mesh.broker.delivery.ship_after = math.inf  # the broker's own audit records are not what these tests count
         rig = StorageRig(mesh)
         await mesh.start_service(rig.vault)
         rig.operator = await mesh.client("meshctl")

@@ -94,7 +94,7 @@ async def rig(root: Path, *, audit: bool = True, ship: bool = False, kind: type[
         # producers' own audit spools (the broker's registrations, keyvault's releases of
         # audit's keys) are not shipped; tests/test_audit_delivery.py ships them.
         if not ship:
-            mesh.broker._ship_after = math.inf
+            mesh.broker.delivery.ship_after = math.inf
         r = kind(mesh)
         await mesh.start_service(r.vault)
         if not ship and r.vault.shipper is not None:

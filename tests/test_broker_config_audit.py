@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.broker.core import CONFIG_DIGEST_FILE
+from services.broker.configuration import CONFIG_DIGEST_FILE
 
 from .conftest import FAST_CONFIG
 from .mesh import InProcessMesh

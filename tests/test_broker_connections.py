@@ -184,7 +184,7 @@ async def main() -> None:
             try:
                 await peer.send({"v": 1, "k": "sub", "id": 1, "topic": "test."})
                 assert (await peer.recv(timeout=5))[0]["k"] == "rep"
-                print(next(iter(mesh.broker.peers)).hex())
+                print(next(iter(mesh.broker.state.peers)).hex())
             finally:
                 peer.close()
 

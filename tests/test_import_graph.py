@@ -282,3 +282,10 @@ def test_shared_and_meshctl_import_one_way(package: str) -> None:
     under keystores under the anchor move), and so is meshctl's package."""
     cycles = import_cycles(ROOT / package)
     assert not cycles, f"import cycles in {package}:\n" + "\n".join(cycles)
+
+
+def test_the_broker_package_has_no_import_cycle() -> None:
+    """services/broker: the core loop owns its parts and calls them; routing, upkeep, admission, the
+    allow-list watch and the mesh.* handlers use the state tables and the outbox, never the core."""
+    cycles = import_cycles(ROOT / "services" / "broker")
+    assert not cycles, "import cycles in services/broker:\n" + "\n".join(cycles)

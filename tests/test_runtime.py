@@ -91,7 +91,7 @@ async def test_mailbox_takes_one_message_at_a_time_unless_concurrent(mesh: InPro
     await asyncio.wait_for(echo.entered.wait(), 5)
     health = asyncio.create_task(client.call("echo.health", timeout=5))
     # All four requests reached the service (in flight at the broker); only one runs.
-    await eventually(lambda: holds(len(mesh.broker.in_flight) == 4))
+    await eventually(lambda: holds(len(mesh.broker.state.in_flight) == 4))
     assert echo.active == 1 and not health.done()
     echo.release.set()
     await asyncio.gather(*calls, health)
@@ -308,8 +308,8 @@ async def test_answered_requests_do_not_pile_up_in_the_deadline_heap(mesh: InPro
     # The heap is compacted when a request is pushed onto a heap more than twice the size
     # of what is in flight (plus slack): one more request after the bursts triggers it.
     await client.call("echo.health", timeout=5)
-    assert not mesh.broker.in_flight
-    assert len(mesh.broker.deadlines) <= 2 * 1 + 1024 + 1  # the bound, with one request in flight
+    assert not mesh.broker.state.in_flight
+    assert len(mesh.broker.state.deadlines) <= 2 * 1 + 1024 + 1  # the bound, with one request in flight
 
 
 async def test_a_keeper_loop_stops_when_cancelled_as_it_is_woken() -> None:

@@ -8,27 +8,31 @@ handshake a random connection token, carried as the ``X-Conn`` metadata property
 every message of that connection; a :class:`~.state.Peer` records it, and a message
 whose (routing id, token) pair is not the tracked one comes from another connection.
 
-This module also holds the broker's unpredictable request ids and the seeding of the
-counter libzmq starts its generated routing ids from.
+:class:`Admission` decides about a message from a connection the broker does not track under
+its (routing id, token) pair. ZAP has already admitted the key; what is decided here is whether
+this *connection* may be served. libzmq generates routing ids of one shape and never repeats one
+within 2**32 connections, so an id of another shape, or one the broker tracks or remembers for
+another connection, was chosen by the peer: refused. A connection the broker dropped for missed
+heartbeats is told to reconnect. Anything else starts as a new peer with nothing of what an
+earlier connection had.
+
+The module also seeds the counter libzmq starts its generated routing ids from.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 import secrets
 import sys
-from collections.abc import Container
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import structlog
 import zmq
 
 from shared import Certificate
 
-if TYPE_CHECKING:
-    from .core import Broker
-    from .state import Peer
+from .outbox import Outbox
+from .state import MeshState, Peer
 
 log = structlog.get_logger("broker")
 
@@ -36,9 +40,6 @@ log = structlog.get_logger("broker")
 CONN_PROPERTY: Final = "X-Conn"
 #: Told to a connection the broker dropped for missing heartbeats; the client reconnects.
 EXPIRED_MESSAGE: Final = "connection expired after missed heartbeats; reconnect"
-#: How many ended connections are remembered (their routing id and token).
-ENDED_MAX: Final = 10_000
-_ID_BATCH: Final = 512
 
 
 def new_token() -> str:
@@ -55,11 +56,14 @@ def generated_shape(rid: bytes) -> bool:
 
 
 class Admission:
-    """Mixin of :class:`~services.broker.core.Broker`: the first message of a connection
-    the broker does not track under its (routing id, token) pair."""
+    """Decides about connections new to the broker, and about a tracked one whose key changed."""
 
-    def _admit(self: Broker, rid: bytes, conn: str, cert: Certificate, header_frame: zmq.Frame,
-               now: float) -> Peer | None:
+    def __init__(self, state: MeshState, outbox: Outbox) -> None:
+        self.state = state
+        self.outbox = outbox
+
+    def admit(self, rid: bytes, conn: str, cert: Certificate, header_frame: zmq.Frame,
+              now: float) -> Peer | None:
         """Track a connection the broker does not know yet, or refuse its message (None).
 
         Refused: a routing id libzmq would never generate; an id tracked or remembered for
@@ -68,78 +72,42 @@ class Admission:
         if not generated_shape(rid):
             self._refuse_chosen_id(rid, header_frame)
             return None
-        holder = self.peers.get(rid)
+        holder = self.state.peers.get(rid)
         if holder is not None:
             # Another connection now holds the id the tracked one had, so that one is gone:
             # its state dies now (deregistered, its in-flight requests failed or dropped),
             # before anything of it could reach the newcomer.
-            self._drop_peer(holder, "routing id reused by another connection")
+            self.outbox.drop(holder, "routing id reused by another connection")
             self._refuse_chosen_id(rid, header_frame)
             return None
-        ended = self.ended.get(rid)
+        ended = self.state.ended.get(rid)
         if ended is not None:
             token, expired = ended
             if token != conn:
                 self._refuse_chosen_id(rid, header_frame)
                 return None
             if expired:
-                self.totals["expired_refused"] += 1
-                self._refuse(rid, header_frame, "UNAVAILABLE", EXPIRED_MESSAGE)
+                self.state.totals["expired_refused"] += 1
+                self.outbox.refuse(rid, header_frame, "UNAVAILABLE", EXPIRED_MESSAGE)
                 return None
             # The same connection again (its key revoked, then allowed again): it starts
             # afresh, with nothing of what it had before.
-        return self._new_peer(rid, conn, cert, now)
+        return self.state.new_peer(rid, conn, cert, now)
 
-    def _refuse_chosen_id(self: Broker, rid: bytes, header_frame: zmq.Frame) -> None:
-        self.totals["custom_routing_id_refused"] += 1
-        self._refuse(rid, header_frame, "BAD_REQUEST", "custom routing ids are not allowed")
+    def rekeyed(self, peer: Peer, cert: Certificate, now: float) -> Peer:
+        """The peer to serve when a reload made a new certificate object for a tracked connection's key.
 
+        The same certificate (name, role, key) keeps its peer and registration; a different one on
+        this connection starts afresh, as a new peer, and the old peer is dropped."""
+        if peer.cert == cert:
+            peer.cert = cert
+            return peer
+        self.outbox.drop(peer, "certificate changed")
+        return self.state.new_peer(peer.rid, peer.conn, cert, now)
 
-class RequestIds:
-    """Broker-assigned request ids: 63-bit values from the OS CSPRNG, never 0, never one
-    that is in flight. Random bytes are drawn in batches so the hot path only pops a list."""
-
-    __slots__ = ("_pool",)
-
-    def __init__(self) -> None:
-        self._pool: list[int] = []
-
-    def take(self, in_use: Container[int]) -> int:
-        """A new id that is not in ``in_use`` (the in-flight table)."""
-        pool = self._pool
-        while True:
-            if not pool:
-                pool.extend(memoryview(os.urandom(8 * _ID_BATCH)).cast("Q").tolist())
-            value = pool.pop() >> 1  # 63 bits: fits a signed 64-bit integer everywhere
-            if value and value not in in_use:
-                return value
-
-
-class EndedConnections:
-    """The most recent :data:`ENDED_MAX` connections the broker dropped: routing id →
-    (token, whether it was expired for missed heartbeats). Older entries are forgotten
-    first; a forgotten id is served as a new connection, which inherits nothing."""
-
-    __slots__ = ("_ended",)
-
-    def __init__(self) -> None:
-        self._ended: dict[bytes, tuple[str, bool]] = {}
-
-    def remember(self, rid: bytes, token: str, *, expired: bool) -> None:
-        ended = self._ended
-        ended.pop(rid, None)  # re-inserted last: the newest entry is the last evicted
-        ended[rid] = (token, expired)
-        if len(ended) > ENDED_MAX:
-            del ended[next(iter(ended))]
-
-    def get(self, rid: bytes) -> tuple[str, bool] | None:
-        return self._ended.get(rid)
-
-    def forget(self, rid: bytes) -> None:
-        self._ended.pop(rid, None)
-
-    def __len__(self) -> int:
-        return len(self._ended)
+    def _refuse_chosen_id(self, rid: bytes, header_frame: zmq.Frame) -> None:
+        self.state.totals["custom_routing_id_refused"] += 1
+        self.outbox.refuse(rid, header_frame, "BAD_REQUEST", "custom routing ids are not allowed")
 
 
 def seed_routing_id_counter() -> bool:

@@ -1,72 +1,145 @@
-"""The broker's own ``mesh.*`` methods: introspection and the certificate store.
+"""The broker's own service, ``mesh``: its methods are handlers like every other service's.
 
-Dispatch goes through the explicit table :attr:`Introspection.methods`;
-anything else is ``BAD_REQUEST``. Who may call which method is the mesh ACL's
-decision (the operator role by default), made before a call gets here.
-Changes to the store are audited: the record is durable in the broker's spool (fsync)
-before the change is answered, and shipped to the audit service from there.
+Each group of ``mesh.*`` methods is a :class:`MeshHandlers` class whose methods are declared with
+:func:`shared.handler`; as for a :class:`shared.Service`, the decorator only records a
+:class:`~shared.HandlerSpec` (wire name, request schema, sensitive fields) and the class collects
+the specs into its explicit table :attr:`MeshHandlers.handlers`. :class:`MeshService` joins the
+groups' tables and dispatches on them alone, never with ``getattr`` on a wire name: the body is
+decoded and checked against the handler's declared request type, exactly as the service runtime
+does, and anything not in a table is ``BAD_REQUEST``.
+
+The broker is the server, so it answers ``mesh.*`` in its own process and loop, which cannot wait:
+a handler is declared ``async`` (the mechanism is shared) but must finish without suspending, and
+is run to completion at once (:func:`run_to_completion`). Who may call which method is the mesh
+ACL's decision (the operator role by default), made before a call gets here.
+
+This module also holds the introspection group (``ping``, ``services``, ``stats``); the
+certificate methods are in :mod:`.allowlist`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import zmq
 
-from shared import BadRequest, MeshError, certs, decode_body, encode_body
+from shared import (
+    BadRequest,
+    Certificate,
+    HandlerSpec,
+    Internal,
+    RequestContext,
+    Spool,
+    decode_body,
+    encode_body,
+    handler,
+)
 
-from .schema import CertAccept, CertList, CertRef, Empty
-from .state import Peer, percentile
-
-if TYPE_CHECKING:
-    from .core import Broker
-
-Method = Callable[[Peer, Any], Any]
+from .auditing import AuditDelivery
+from .certstore import CertStore
+from .schema import Empty
+from .state import MeshState, percentile
+from .zap import ZapHandler
 
 
-class Introspection:
-    """Handlers for ``mesh.<method>``."""
+class MeshHandlers:
+    """Base of a group of ``mesh.*`` handlers: collects the specs ``@handler`` recorded on the class
+    (and its bases) into :attr:`handlers`, wire name to spec, the way :class:`shared.Service` does."""
 
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-        self.methods: dict[str, tuple[type[Any], Method]] = {
-            "ping": (Empty, self.ping),
-            "services": (Empty, self.services),
-            "stats": (Empty, self.stats),
-            "certs.list": (CertList, self.certs_list),
-            "certs.pending": (Empty, self.certs_pending),
-            "certs.show": (CertRef, self.certs_show),
-            "certs.accept": (CertAccept, self.certs_accept),
-            "certs.reject": (CertRef, self.certs_reject),
-            "certs.revoke": (CertRef, self.certs_revoke),
-            "certs.unrevoke": (CertRef, self.certs_unrevoke),
-            "certs.reload": (Empty, self.certs_reload),
-        }
+    handlers: ClassVar[Mapping[str, HandlerSpec]] = MappingProxyType({})
 
-    def handle(self, peer: Peer, request_id: int, method: str, body: zmq.Frame | None) -> None:
-        entry = self.methods.get(method)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        table: dict[str, HandlerSpec] = {}
+        for klass in reversed(cls.__mro__):
+            for value in vars(klass).values():
+                spec = getattr(value, "__curvemesh_handler__", None)
+                if isinstance(spec, HandlerSpec):
+                    table[spec.wire_name] = spec
+        cls.handlers = MappingProxyType(table)
+
+
+def run_to_completion(awaitable: Awaitable[Any]) -> Any:
+    """The result of a coroutine that finishes without suspending; a handler that would wait is a
+    bug in the broker, raised as :class:`RuntimeError` (answered ``INTERNAL``, logged)."""
+    if not isinstance(awaitable, Coroutine):
+        raise TypeError("a mesh.* handler must be a coroutine function")
+    try:
+        awaitable.send(None)
+    except StopIteration as done:
+        return done.value
+    awaitable.close()
+    raise RuntimeError("a mesh.* handler tried to wait; the broker's loop cannot")
+
+
+class MeshService:
+    """Dispatches ``mesh.<method>`` to the one handler of the groups that declares it."""
+
+    name: ClassVar[str] = "mesh"
+
+    def __init__(self, *groups: MeshHandlers, max_body: int) -> None:
+        table: dict[str, tuple[MeshHandlers, HandlerSpec]] = {}
+        for group in groups:
+            for wire_name, spec in type(group).handlers.items():
+                if wire_name in table:
+                    raise ValueError(f"mesh.{wire_name} is declared twice")
+                table[wire_name] = (group, spec)
+        #: Wire name (``certs.list``) -> the group that answers it and its handler's spec.
+        self.table: Mapping[str, tuple[MeshHandlers, HandlerSpec]] = MappingProxyType(table)
+        self._max_body = max_body
+
+    def call(self, method: str, body: zmq.Frame | None, caller: Certificate, deadline: float) -> bytes:
+        """Run ``mesh.<method>`` for ``caller`` and return the encoded reply body; a refusal is
+        raised as its :class:`~shared.MeshError`."""
+        entry = self.table.get(method)
+        if entry is None:
+            raise BadRequest(f"unknown method mesh.{method}")
+        group, spec = entry
+        value = decode_body(body.bytes, self._max_body) if body is not None else None
+        request = spec.request.from_wire(value)
+        ctx = RequestContext(caller=caller.name, role=caller.role, method=spec.wire_name, deadline=deadline)
+        result = run_to_completion(spec.function(group, ctx, request))
         try:
-            if entry is None:
-                raise BadRequest(f"unknown method mesh.{method}")
-            schema, fn = entry
-            value = decode_body(body.bytes, self.broker.cfg.max_message_bytes) if body is not None else None
-            reply = fn(peer, schema.from_wire(value))
-            self.broker._ok(peer, request_id, encode_body(reply))
-        except MeshError as exc:
-            self.broker._fail(peer, request_id, exc)
+            if spec.reply is not None and not isinstance(result, spec.reply):
+                result = spec.reply.from_wire(result)
+        except BadRequest:  # the handler broke its own declared reply: the broker's bug
+            raise Internal("internal error") from None
+        return encode_body(result.to_wire() if hasattr(result, "to_wire") else result)
 
-    # -- introspection ----------------------------------------------------------
 
-    def ping(self, peer: Peer, _: Empty) -> dict[str, Any]:
+class Introspection(MeshHandlers):
+    """``mesh.ping``, ``mesh.services`` and ``mesh.stats``: what the broker sees of the mesh."""
+
+    def __init__(self, *, state: MeshState, store: CertStore, spool: Spool, delivery: AuditDelivery,
+                 zap: ZapHandler, certificate: Certificate, endpoints: list[str],
+                 clock: Callable[[], float], wall: Callable[[], float]) -> None:
+        self.state = state
+        self.store = store
+        self.spool = spool
+        self.delivery = delivery
+        self.zap = zap
+        self.certificate = certificate
+        #: The broker's bound endpoints: the core's own list, filled when it binds.
+        self.endpoints = endpoints
+        self._clock = clock
+        self._wall = wall
+        self.started = wall()
+
+    @handler("ping", request=Empty)
+    async def ping(self, ctx: RequestContext, _: Empty) -> dict[str, Any]:
         """``mesh.ping`` → ``{"pong": true, "time": <unix seconds>}``. ``meshctl ping mesh``."""
-        return {"pong": True, "time": self.broker.wall()}
+        return {"pong": True, "time": self._wall()}
 
-    def services(self, peer: Peer, _: Empty) -> list[dict[str, Any]]:
-        """``mesh.services`` → one map per registered service. ``meshctl status``."""
-        now = self.broker.clock()
+    @handler("services", request=Empty)
+    async def services(self, ctx: RequestContext, _: Empty) -> list[dict[str, Any]]:
+        """``mesh.services`` → one map per registered service, sorted by name: ``name``,
+        ``fingerprint``, ``registered_for_s``, ``heartbeat_age_s``, ``in_flight``, ``requests``,
+        ``errors``, ``p50_ms``, ``p99_ms`` (nil before the first reply). ``meshctl status``."""
+        now = self._clock()
         out = []
-        for name, reg in sorted(self.broker.services.items()):
+        for name, reg in sorted(self.state.services.items()):
             p50 = percentile(reg.latencies, 0.5)
             p99 = percentile(reg.latencies, 0.99)
             out.append({
@@ -79,84 +152,26 @@ class Introspection:
             })
         return out
 
-    def stats(self, peer: Peer, _: Empty) -> dict[str, Any]:
-        """``mesh.stats`` → counters per identity, totals, handshake failures, endpoints. ``meshctl status``."""
-        b = self.broker
+    @handler("stats", request=Empty)
+    async def stats(self, ctx: RequestContext, _: Empty) -> dict[str, Any]:
+        """``mesh.stats`` → counters per identity, totals, handshake failures, endpoints, the
+        certificate store and the audit spool (docs/protocol.md §11.3). ``meshctl status``."""
+        state, store, spool = self.state, self.store, self.spool
         return {
-            "endpoints": list(b.endpoints),
-            "public_key": b.keypair.certificate.public_key.decode(),
-            "fingerprint": b.keypair.certificate.fingerprint,
-            "uptime_s": round(b.wall() - b.started, 3),
-            "zap_alive": b.zap.alive(), "zap_errors": b.zap.errors,
+            "endpoints": list(self.endpoints),
+            "public_key": self.certificate.public_key.decode(),
+            "fingerprint": self.certificate.fingerprint,
+            "uptime_s": round(self._wall() - self.started, 3),
+            "zap_alive": self.zap.alive(), "zap_errors": self.zap.errors,
             "identities": {name: {"msgs_in": c.msgs_in, "msgs_out": c.msgs_out, "denies": c.denies,
                                   "errors": c.errors, "rate_limited": c.rate_limited}
-                           for name, c in sorted(b.counters.items())},
-            "connections": len(b.peers),
-            "in_flight": len(b.in_flight),
-            "totals": dict(b.totals),
-            "handshake_failures": dict(b.handshake_failures),
-            "pending_certificates": len(b.store.pending),
-            "pending_dropped": b.store.pending_dropped, "pending_throttled": b.store.pending_throttled,
-            "certificate_problems": [{"file": f, "problem": p} for f, p in b.store.problems],
-            "audit_spool": {"records": len(b.spool), "dropped": b.spool.dropped, "shipped": b.audit_shipped},
+                           for name, c in sorted(state.counters.items())},
+            "connections": len(state.peers),
+            "in_flight": len(state.in_flight),
+            "totals": dict(state.totals),
+            "handshake_failures": dict(state.handshake_failures),
+            "pending_certificates": len(store.pending),
+            "pending_dropped": store.pending_dropped, "pending_throttled": store.pending_throttled,
+            "certificate_problems": [{"file": f, "problem": p} for f, p in store.problems],
+            "audit_spool": {"records": len(spool), "dropped": spool.dropped, "shipped": self.delivery.shipped},
         }
-
-    # -- certificates -------------------------------------------------------------
-
-    def certs_list(self, peer: Peer, req: CertList) -> list[dict[str, Any]]:
-        """``mesh.certs.list {state?}``: every key, or those in one state. ``meshctl certs list``."""
-        if req.state is not None and req.state not in ("allowed", "pending", "rejected", "revoked"):
-            raise BadRequest("state must be allowed, pending, rejected or revoked")
-        return self.broker.store.entries(req.state)
-
-    def certs_pending(self, peer: Peer, _: Empty) -> list[dict[str, Any]]:
-        """``mesh.certs.pending``: unknown keys that tried to connect. ``meshctl certs pending``."""
-        return self.broker.store.entries("pending")
-
-    def certs_show(self, peer: Peer, req: CertRef) -> dict[str, Any]:
-        """``mesh.certs.show {ref}``: one key. ``meshctl certs show REF``."""
-        state, key = self.broker.store.find_key(req.ref)
-        return next(e for e in self.broker.store.entries(state) if e["public_key"] == key.decode())
-
-    def certs_accept(self, peer: Peer, req: CertAccept) -> dict[str, Any]:
-        """``mesh.certs.accept {ref, name, role}``: a pending or rejected key only; a revoked one
-        answers ``NOT_FOUND`` naming ``meshctl certs unrevoke``. ``meshctl certs accept REF --name N --role R``."""
-        cert = self.broker.store.accept(req.ref, req.name, req.role)
-        self.broker.reload_certs("certificate accepted")
-        self.broker.audit("mesh.cert_accept", peer, name=cert.name, cert_role=cert.role,
-                          fingerprint=cert.fingerprint)
-        self.broker.spool.sync()  # durable before the operator is told it is done
-        return {"name": cert.name, "role": cert.role, "fingerprint": cert.fingerprint}
-
-    def certs_reject(self, peer: Peer, req: CertRef) -> dict[str, Any]:
-        """``mesh.certs.reject {ref}``. ``meshctl certs reject REF``."""
-        key = self.broker.store.reject(req.ref)
-        self.broker.audit("mesh.cert_reject", peer, fingerprint=certs.fingerprint(key))
-        self.broker.spool.sync()
-        return {"fingerprint": certs.fingerprint(key)}
-
-    def certs_revoke(self, peer: Peer, req: CertRef) -> dict[str, Any]:
-        """``mesh.certs.revoke {ref}``: takes effect on the next message of live connections.
-        ``meshctl certs revoke REF``."""
-        cert = self.broker.store.revoke(req.ref)
-        self.broker.reload_certs("certificate revoked")
-        self.broker.audit("mesh.cert_revoke", peer, name=cert.name, fingerprint=cert.fingerprint)
-        self.broker.spool.sync()
-        return {"name": cert.name, "fingerprint": cert.fingerprint}
-
-    def certs_unrevoke(self, peer: Peer, req: CertRef) -> dict[str, Any]:
-        """``mesh.certs.unrevoke {ref}`` → ``{"name", "role", "fingerprint"}``: a revoked key is
-        allowed again under the name and role it had; its next handshake is admitted.
-        ``meshctl certs unrevoke REF``."""
-        cert = self.broker.store.unrevoke(req.ref)
-        self.broker.reload_certs("certificate unrevoked")
-        self.broker.audit("mesh.cert_unrevoke", peer, name=cert.name, cert_role=cert.role,
-                          fingerprint=cert.fingerprint)
-        self.broker.spool.sync()  # durable before the operator is told it is done
-        return {"name": cert.name, "role": cert.role, "fingerprint": cert.fingerprint}
-
-    def certs_reload(self, peer: Peer, _: Empty) -> dict[str, Any]:
-        """``mesh.certs.reload``: re-read the store now. ``meshctl certs reload``."""
-        problems = self.broker.reload_certs("operator request")
-        return {"allowed": len(self.broker.store.snapshot.by_z85),
-                "problems": [{"file": f, "problem": p} for f, p in problems]}

@@ -181,7 +181,8 @@ def event_json(e: Event) -> str:
 
 def config_reload(r: dict[str, Any]) -> str:
     """``meshctl config reload``: what the broker applied, and what needs a restart."""
-    out = [f"broker applied the configuration {str(r.get('digest', ''))[:16]}"]
+    out = [f"broker applied the configuration {str(r.get('sha256', ''))[:16]}" + (
+        " (unchanged)" if r.get('sha256') == r.get('previous_sha256') else "")]
     if r.get("restart_needed"):
         out.append(f"  takes effect only at `meshctl restart broker`: {', '.join(r['restart_needed'])}")
     return "\n".join(out)
