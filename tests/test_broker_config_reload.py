@@ -221,3 +221,19 @@ async def test_the_request_body_is_checked_against_the_declared_schema(mesh: InP
     with pytest.raises(BadRequest, match=r"^Empty: 1 unknown field\(s\); allowed: none$"):
         await operator.call("mesh.config.reload", {"path": "/etc/passwd"}, timeout=2)
     assert not records(mesh, "mesh.config_reloaded")
+
+
+async def test_a_declaration_added_by_a_fragment_is_in_force_and_needs_no_restart(mesh: InProcessMesh) -> None:
+    """``meshctl service add`` writes a ``[services.x]`` fragment and reloads: what the declaration
+    exposes is granted at once, and its keys (keyvault follows the files) and its program
+    (supervisord, applied by meshctl) are not reported as needing a broker restart."""
+    await mesh.start_service(Echo())
+    outsider = await mesh.client("outsider")
+    with pytest.raises(Forbidden):
+        await outsider.call("echo.echo", {"value": 1}, timeout=2)
+    operator = await mesh.client("meshctl")
+    write_fragment(mesh, "service-echo", '[services.echo]\nentry = "/opt/echo.py:Echo"\nkeys = ["files"]\n'
+                                         '[services.echo.expose]\n"echo" = ["outsider"]\n')
+    reply = await operator.call("mesh.config.reload", timeout=5)
+    assert reply["restart_needed"] == []
+    assert await outsider.call("echo.echo", {"value": 1}, timeout=2) is not None

@@ -46,6 +46,10 @@ log = structlog.get_logger("broker")
 CONFIG_DIGEST_FILE: Final = "config.sha256"
 #: The sections a reload puts in force; every other key takes effect when its process restarts.
 APPLIED_ON_RELOAD: Final = ("acl", "limits")
+#: Keys other parts take up while running, so no restart is needed for them: the declarations
+#: (their rights are the derived ACL above; their programs are supervisord's, applied by meshctl) and
+#: keyvault's entitlements (keyvault follows the configuration files).
+TAKEN_UP_ELSEWHERE: Final = ("services.", "keyvault.entitlements.")
 
 
 def config_digest(files: Sequence[Path]) -> str:
@@ -116,7 +120,8 @@ def restart_needed(running: MeshConfig, new: MeshConfig) -> list[str]:
     keys = [*after, *(key for key in before if key not in after)]
     missing = object()
     return [key for key in keys
-            if key.split(".", 1)[0] not in APPLIED_ON_RELOAD and before.get(key, missing) != after.get(key, missing)]
+            if key.split(".", 1)[0] not in APPLIED_ON_RELOAD and not key.startswith(TAKEN_UP_ELSEWHERE)
+            and before.get(key, missing) != after.get(key, missing)]
 
 
 class Configuration(MeshHandlers):

@@ -57,6 +57,7 @@ from shared.keeper import LOCKED_REASON
 from shared.passwords import check_strength
 
 from . import store
+from .entitlements import Entitlements
 from .hierarchy import HierarchyMixin
 from .keystore import protection
 from .recording import (
@@ -88,6 +89,8 @@ class Keyvault(HierarchyMixin, SealMixin, RecordingMixin, Service):
         super().__init__()
         self.home = home or MeshHome.from_env()
         self.config = config or mesh_config(self.home.root)
+        # Read from the files, the entitlements follow them (meshctl service add/remove).
+        self.entitlements = Entitlements(self.home.root, self.config, follow=config is None)
         cfg = self.config.keyvault
         self.sessions = Sessions(cfg.session_idle_s, clock)
         self.throttle = Throttle(cfg.unlock_backoff_base_ms / 1000, cfg.unlock_backoff_max_ms / 1000, clock)
@@ -261,7 +264,7 @@ class Keyvault(HierarchyMixin, SealMixin, RecordingMixin, Service):
         identity only (the current version unless one is named). The release is recorded by audit
         first; ``UNAVAILABLE`` when audit cannot record it (audit's own keys excepted, see the
         module docstring). Not a meshctl command."""
-        entitled = self.config.keyvault.entitlements.get(ctx.caller, ())
+        entitled = self.entitlements.of(ctx.caller)
         per_minute = self.config.keyvault.key_fetches_per_minute
         bucket = self._fetch_buckets.setdefault(ctx.caller, TokenBucket(per_minute / 60, per_minute, self.clock()))
         if not bucket.take(self.clock()):
