@@ -75,6 +75,7 @@ from ._layers import config_files, mesh_config
 from ._layers import merge as merge_config
 from ._layers import provenance as config_provenance
 from ._layers import read_layers as config_layers
+from ._layers import settings as config_settings
 from ._logging import configure_logging, declare_sensitive, redact
 from ._ratelimit import TokenBucket
 from ._runtime import ServiceRunner, connect_patiently, run_service, serve
@@ -91,6 +92,7 @@ from ._service import (
     RequestContext,
     Service,
     handler,
+    handler_table,
 )
 from ._shipper import AuditShipper, append_record, append_records
 from ._spool import Spool
@@ -107,11 +109,11 @@ __all__ = [
     "AuditShipper", "Certificate", "Grant", "KeyPair", "MeshHome", "Spool", "TokenBucket",
     "Message", "message", "Event", "MeshClient", "Subscription", "Connection",
     "configure_logging", "declare_sensitive", "redact", "ServiceRunner", "connect_patiently", "run_service", "serve",
-    "HandlerSpec", "NoFields", "RequestContext", "Service", "handler", "sensitive_fields",
+    "HandlerSpec", "NoFields", "RequestContext", "Service", "handler", "handler_table", "sensitive_fields",
     "DEGRADED", "FAILED", "READINESS_STATES", "READY", "SEALED", "Readiness",
     "append_record", "append_records", "damaged_pages", "integrity_problems",
     "certs", "compile_grant", "config_files", "config_layers", "config_path", "config_provenance", "mesh_config",
-    "build_config",
+    "build_config", "config_settings",
     "ConfigLayers", "CONFIG_BUILT_IN", "merge_config",
     "decode_body", "decode_delivered", "decode_header",
     "encode_body", "encode_header", "error_text", "error_from_wire", "load_config", "parse_config", "split_target",

@@ -146,7 +146,7 @@ def provenance(layers: Layers) -> list[tuple[str, Any, str]]:
         for key, value in _leaves(table):
             origin[key], written[key] = str(path), value
     rows: list[tuple[str, Any, str]] = []
-    for key, value in _effective(build(layers), ""):
+    for key, value in settings(build(layers)).items():
         source = origin.get(key, BUILT_IN)
         if key.startswith(_DERIVED_SECTIONS) and value != written.get(key):
             # The ACL and entitlements in force add the declarations' rules to what a file wrote.
@@ -163,15 +163,18 @@ def _leaves(table: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]
     return keys
 
 
-def _effective(value: Any, prefix: str) -> list[tuple[str, Any]]:
+def settings(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Every leaf setting of a configuration (or of one of its sections) by dotted key, in the order
+    of the configuration's sections and fields; a table's entries are keyed by name
+    (``keyvault.entitlements.storage``), and tuples are shown as lists."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        rows: list[tuple[str, Any]] = []
+        found: dict[str, Any] = {}
         for spec in dataclasses.fields(value):
-            rows += _effective(getattr(value, spec.name), f"{prefix}.{spec.name}" if prefix else spec.name)
-        return rows
+            found.update(settings(getattr(value, spec.name), f"{prefix}.{spec.name}" if prefix else spec.name))
+        return found
     if isinstance(value, Mapping):
-        rows = []
+        found = {}
         for key, item in value.items():
-            rows += _effective(item, f"{prefix}.{key}")
-        return rows
-    return [(prefix, list(value) if isinstance(value, tuple) else value)]
+            found.update(settings(item, f"{prefix}.{key}"))
+        return found
+    return {prefix: list(value) if isinstance(value, tuple) else value}

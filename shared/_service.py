@@ -125,6 +125,19 @@ def handler(name: str | None = None, *, request: type[Any] = NoFields, reply: ty
     return record
 
 
+def handler_table(cls: type) -> dict[str, HandlerSpec]:
+    """The dispatch table of ``cls``: wire name to the :class:`HandlerSpec` ``@handler`` recorded on
+    it and its bases (a subclass's handler replaces a base's of the same wire name). It is built once,
+    from declarations, so a wire message can only ever reach a method that was declared a handler."""
+    table: dict[str, HandlerSpec] = {}
+    for klass in reversed(cls.__mro__):
+        for value in vars(klass).values():
+            spec = getattr(value, "__curvemesh_handler__", None)
+            if isinstance(spec, HandlerSpec):
+                table[spec.wire_name] = spec
+    return table
+
+
 class Service:
     """Base class of every mesh service; subclasses set :attr:`name` and declare handlers."""
 
@@ -133,13 +146,7 @@ class Service:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        table: dict[str, HandlerSpec] = {}
-        for klass in reversed(cls.__mro__):
-            for value in vars(klass).values():
-                spec = getattr(value, "__curvemesh_handler__", None)
-                if isinstance(spec, HandlerSpec):
-                    table[spec.wire_name] = spec
-        cls.handlers = table
+        cls.handlers = handler_table(cls)
 
     def __init__(self) -> None:
         self.started = time.monotonic()

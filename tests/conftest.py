@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import structlog
 
 from shared import MeshHome
 
@@ -110,6 +111,15 @@ def anchor_home() -> Iterator[Path]:
                 os.environ.pop("XDG_STATE_HOME", None)
             else:
                 os.environ["XDG_STATE_HOME"] = saved
+
+
+@pytest.fixture(autouse=True)
+def logging_of_this_test_only() -> Iterator[None]:
+    """structlog's configuration is process-wide: a test that runs meshctl in-process (which sets
+    the level to critical) must not silence the log lines a later test captures and asserts on."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -30,6 +30,7 @@ from shared import (
     MeshHome,
     RequestContext,
     config_files,
+    config_settings,
     handler,
     mesh_config,
 )
@@ -96,27 +97,10 @@ def record_config_at_start(trail: AuditTrail, home: MeshHome, files: Sequence[Pa
     return digest
 
 
-def settings(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Every leaf setting of a configuration (or of one of its sections) by dotted key, in the
-    order of the configuration's sections and fields; a table's entries are keyed by name
-    (``keyvault.entitlements.storage``)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        found: dict[str, Any] = {}
-        for spec in dataclasses.fields(value):
-            found.update(settings(getattr(value, spec.name), f"{prefix}.{spec.name}" if prefix else spec.name))
-        return found
-    if isinstance(value, Mapping):
-        found = {}
-        for key, item in value.items():
-            found.update(settings(item, f"{prefix}.{key}"))
-        return found
-    return {prefix: value}
-
-
 def restart_needed(running: MeshConfig, new: MeshConfig) -> list[str]:
     """The dotted keys whose value differs between ``running`` and ``new`` (a key only one of them
     has differs too) outside the sections a reload applies, in the new configuration's order."""
-    before, after = settings(running), settings(new)
+    before, after = config_settings(running), config_settings(new)
     keys = [*after, *(key for key in before if key not in after)]
     missing = object()
     return [key for key in keys

@@ -35,6 +35,7 @@ from shared import (
     decode_body,
     encode_body,
     handler,
+    handler_table,
 )
 
 from .auditing import AuditDelivery
@@ -52,13 +53,7 @@ class MeshHandlers:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        table: dict[str, HandlerSpec] = {}
-        for klass in reversed(cls.__mro__):
-            for value in vars(klass).values():
-                spec = getattr(value, "__curvemesh_handler__", None)
-                if isinstance(spec, HandlerSpec):
-                    table[spec.wire_name] = spec
-        cls.handlers = MappingProxyType(table)
+        cls.handlers = MappingProxyType(handler_table(cls))
 
 
 def run_to_completion(awaitable: Awaitable[Any]) -> Any:
