@@ -13,8 +13,9 @@ import duckdb
 import pytest
 
 from services.storage.analytics import MAX_INGEST_ROWS, AnalyticsStore, httpfs_path
-from services.storage.errors import DamagedError, MissingKeyError
-from services.storage.keys import KeySet, Namespace
+from services.storage.core.errors import DamagedError, MissingKeyError
+from services.storage.core.keys import KeySet
+from services.storage.core.namespace import Namespace
 from services.storage.sandbox import attach, file_key, file_name
 from shared import BadRequest, Conflict, NotFound, Timeout
 

@@ -16,7 +16,7 @@ import pytest
 
 from services.storage import archive
 from services.storage.archive import ArchiveWriter, extract_archive, read_header, verify_archive, write_archive
-from services.storage.errors import DamagedError, MissingKeyError
+from services.storage.core.errors import DamagedError, MissingKeyError
 from shared import Argon2Profile, BadRequest, Unauthenticated
 
 REPO = Path(__file__).resolve().parent.parent
@@ -239,7 +239,8 @@ MEMORY = textwrap.dedent("""
     from pathlib import Path
     from services.storage import archive
     from services.storage.files import FileStore
-    from services.storage.keys import KeySet, Namespace
+    from services.storage.core.keys import KeySet
+    from services.storage.core.namespace import Namespace
 
     work = Path(sys.argv[1])
     big = work / "big"

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from services.storage import stream
-from services.storage.errors import DamagedError
+from services.storage.core import stream
+from services.storage.core.errors import DamagedError
+from services.storage.core.keys import KeySet
+from services.storage.core.namespace import Namespace
+from services.storage.core.stream import StreamReader, StreamWriter, iter_plaintext, read_chunk
 from services.storage.files import FileStore
-from services.storage.keys import KeySet, Namespace
-from services.storage.stream import StreamReader, StreamWriter, iter_plaintext, read_chunk
 from shared import BadRequest, NotFound
 
 REPO = Path(__file__).resolve().parent.parent
@@ -302,7 +303,8 @@ CRASH = """
 import os, sys
 from pathlib import Path
 from services.storage.files import FileStore
-from services.storage.keys import KeySet, Namespace
+from services.storage.core.keys import KeySet
+from services.storage.core.namespace import Namespace
 root, mode, step, k1, k2 = sys.argv[1:6]
 keys = KeySet("files")
 keys.add(1, bytearray.fromhex(k1))

@@ -18,8 +18,9 @@ import pytest
 import rocksdict
 
 from services.storage import sealing
-from services.storage.errors import DamagedError, MissingKeyError
-from services.storage.keys import KeySet, Namespace
+from services.storage.core.errors import DamagedError, MissingKeyError
+from services.storage.core.keys import KeySet
+from services.storage.core.namespace import Namespace
 from services.storage.kv import MAX_NAME_BYTES, MAX_VALUE_BYTES, KvStore
 from shared import BadRequest, Unavailable
 from shared.crypto import derive_subkey
@@ -355,7 +356,8 @@ def test_key_cache_follows_the_keyset(store: KvStore, raw_keys: dict[int, bytes]
 CHILD = """
 import sys
 from pathlib import Path
-from services.storage.keys import KeySet, Namespace
+from services.storage.core.keys import KeySet
+from services.storage.core.namespace import Namespace
 from services.storage.kv import KvStore
 keys = KeySet("rocksdb")
 keys.add(1, bytearray.fromhex(sys.stdin.readline().strip()))

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import sqlcipher3
 
-from services.storage.errors import DamagedError
-from services.storage.keys import Namespace
+from services.storage.core.errors import DamagedError
+from services.storage.core.namespace import Namespace
 from services.storage.records import MAX_DOC_BYTES, RecordStore, query_sql
 from shared import BadRequest, Conflict, NotFound
 

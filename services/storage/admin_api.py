@@ -13,7 +13,7 @@ from shared import NoFields, RequestContext, handler
 from shared.crypto import wipe
 
 from .backup import BackupMixin
-from .jobs import Job, JobBoard
+from .core.jobs import Job, JobBoard
 from .schema import BackupCreate, BackupOpen, JobId
 
 
@@ -22,7 +22,7 @@ def _secret(text: str | None) -> bytearray | None:
 
 
 class AdminApi(BackupMixin):
-    """Operator handlers; long operations run as jobs (:mod:`.jobs`)."""
+    """Operator handlers; long operations run as jobs (:mod:`.core.jobs`)."""
 
     _jobs: JobBoard | None = None
 

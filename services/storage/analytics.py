@@ -47,9 +47,9 @@ from shared.files import fsync_path
 
 from . import analytics_files, sandbox
 from .analytics_slots import Slot, Slots
-from .errors import DamagedError
-from .keys import KeySet, Namespace
-from .records_sql import check_ident
+from .core.errors import DamagedError
+from .core.keys import KeySet
+from .core.namespace import Namespace, check_ident
 from .sandbox import StartupError, httpfs_path
 
 __all__ = ["MAX_INGEST_ROWS", "MAX_OPEN", "AnalyticsStore", "StartupError", "httpfs_path"]

@@ -11,8 +11,8 @@ from typing import Any, Final
 
 from shared import BadRequest, RequestContext, handler
 
-from .core import StorageCore
-from .records_api import encoded_size
+from .core.context import StorageCore
+from .core.metering import encoded_size
 from .schema import AnalyticsIngest, AnalyticsQuery, AnalyticsScope, AnalyticsTable
 
 MAX_QUERY_ROWS: Final = 10_000

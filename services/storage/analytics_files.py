@@ -37,9 +37,8 @@ from shared.files import fsync_path
 
 from . import sandbox
 from .analytics_slots import Slots
-from .errors import DamagedError
-from .keys import KeySet
-from .records_sql import StoreError
+from .core.errors import DamagedError, StoreError
+from .core.keys import KeySet
 
 __all__ = ["NAME_RE", "check_file", "copied_from", "copy_file", "create_file", "durable", "namespace_files",
            "open_file", "private_file", "publish_file", "reencrypt", "remove_file", "resolve", "version_of", "wal"]

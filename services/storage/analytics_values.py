@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from shared import BadRequest
 
-from .records_sql import check_ident
+from .core.namespace import check_ident
 
 __all__ = ["MAX_COLUMNS", "MAX_PARAMS", "TYPES", "check_columns", "check_params", "encode_rows", "insert_sql",
            "to_wire"]

@@ -57,7 +57,7 @@ from .archive_format import (
     read_header,
 )
 from .archive_read import extract_archive, verify_archive
-from .stream import DEFAULT_CHUNK_SIZE, StreamWriter
+from .core.stream import DEFAULT_CHUNK_SIZE, StreamWriter
 
 __all__ = [
     "FORMAT_VERSION", "MAGIC", "MANIFEST_NAME", "MAX_ARGON2_MEMORY_KIB", "MAX_BYTES_ENTRY", "MAX_FRAME_BYTES",

@@ -50,7 +50,7 @@ import msgpack
 from shared import Argon2Profile, BadRequest, ConfigError, Unauthenticated
 from shared.crypto import IntegrityError, check_profile, derive_from_password, open_sealed_secret, wipe
 
-from .errors import DamagedError, MissingKeyError
+from .core.errors import DamagedError, MissingKeyError
 
 MAGIC: Final = b"CMBK"
 FORMAT_VERSION: Final = 1

@@ -38,8 +38,8 @@ from .archive_format import (
     parse_header,
     require,
 )
-from .errors import DamagedError
-from .stream import StreamReader
+from .core.errors import DamagedError
+from .core.stream import StreamReader
 
 
 class _Plain:

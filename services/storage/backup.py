@@ -1,4 +1,4 @@
-"""Backup and restore of every store, as jobs (:mod:`.jobs`) run by the storage service.
+"""Backup and restore of every store, as jobs (:mod:`.core.jobs`) run by the storage service.
 
 Backup (``storage.backup.create``): each store is snapshotted while the mesh runs, on its own worker
 thread so the copy is consistent (SQLite backup API, RocksDB checkpoint, DuckDB checkpointed copy,
@@ -35,11 +35,11 @@ from shared import BadRequest, Conflict, MeshError, NotFound, Unauthenticated, U
 from shared.crypto import wipe
 
 from . import archive
-from .jobs import Job
-from .keys import KeySet
+from .core.jobs import Job
+from .core.keys import KeySet
+from .core.state import Lineage
 from .records import RecordStore
 from .rotation import RotationMixin
-from .state import Lineage
 
 log = structlog.get_logger("storage")
 
@@ -69,7 +69,7 @@ class BackupMixin(RotationMixin):
 
     @property
     def lineage(self) -> Lineage:
-        """The second copy of the backup lineage (:class:`.state.Lineage`), made on first use."""
+        """The second copy of the backup lineage (:class:`.core.state.Lineage`), made on first use."""
         if self._lineage is None:
             self._lineage = Lineage(self.home, self.config.keyvault)
         return self._lineage

@@ -51,9 +51,10 @@ from shared import BadRequest
 from shared.crypto import IntegrityError, derive_subkey, open_sealed, seal, wipe
 from shared.files import fsync_path
 
-from .errors import DamagedError
-from .keys import KeySet, Namespace
-from .stream import HEADER_BYTES, StreamHeader, StreamReader, StreamWriter, chunk_count, header_of
+from .core.errors import DamagedError
+from .core.keys import KeySet
+from .core.namespace import Namespace
+from .core.stream import HEADER_BYTES, StreamHeader, StreamReader, StreamWriter, chunk_count, header_of
 
 META_SLOT: Final = 1536
 MAGIC: Final = b"CMF1"

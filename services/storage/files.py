@@ -29,11 +29,12 @@ from typing import BinaryIO, Final
 
 from shared import BadRequest, NotFound
 
-from .errors import DamagedError
+from .core.errors import DamagedError
+from .core.keys import KeySet
+from .core.namespace import Namespace
+from .core.stream import DEFAULT_CHUNK_SIZE, StreamWriter
 from .file_blobs import META_SLOT as META_SLOT  # Re-exported: public here before the split.
 from .file_blobs import Blob, BlobDir, iter_blobs, open_blob, stream_aad
-from .keys import KeySet, Namespace
-from .stream import DEFAULT_CHUNK_SIZE, StreamWriter
 
 MAX_NAME_CHARS: Final = 255
 MAX_PIECE_BYTES: Final = 256 * 1024

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from shared import NotFound, RateLimited, RequestContext, StateError, handler
 
-from .core import StorageCore
+from .core.context import StorageCore
 from .files import Upload
 from .schema import FILE_PIECE_BYTES, FileBegin, FileList, FileName, FilePiece, FileRead, FileUpload
 

@@ -1,7 +1,7 @@
 """Key-value handlers (RocksDB, :mod:`.kv`): ``storage.kv.put|get|delete|scan``.
 
 Values and names are sealed by :mod:`.sealing` before they reach RocksDB; puts are group-committed
-(:mod:`.batching`) and answered only once their synced write batch is on disk.
+(:mod:`.core.batching`) and answered only once their synced write batch is on disk.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from typing import Any
 
 from shared import RequestContext, handler
 
-from .batching import GroupCommit
-from .core import StorageCore
-from .keys import Namespace
+from .core.batching import GroupCommit
+from .core.context import StorageCore
+from .core.namespace import Namespace
 from .schema import KvKey, KvPut, KvScan
 
 

@@ -19,15 +19,16 @@
 - Queries: equality on indexed fields (AND), by id, paged by an id cursor, walking the
   ``(ns, collection, field, value, id)`` index (never a scan of the collection).
 - Damage is loud: a page failing its HMAC or a document that does not decode raises
-  :class:`~.errors.DamagedError`; nothing is guessed or repaired. Messages hold no data or keys.
+  :class:`~.core.errors.DamagedError`; nothing is guessed or repaired. Messages hold no data or keys.
 
 Threading: one connection behind a lock; any thread may call, calls are serialised. ``rekey``,
 ``verify`` and ``backup_to`` read or rewrite the whole database while holding it.
 
 This module is the store: opening, the lock, transactions and the public API. The SQL side (the
 connection's pragmas, schema, statement text, document encoding and the verify pass) is
-:mod:`.records_sql`; names callers import from here (``StoreError``, ``check_ident``, ``query_sql``,
-the limits) are re-exported.
+:mod:`.records_sql`; names callers import from here (``query_sql``, the limits) are re-exported.
+Identifiers (:func:`~.core.namespace.check_ident`) and :class:`~.core.errors.StoreError` are
+shared with the analytics engine and live in the core.
 """
 
 from __future__ import annotations
@@ -48,21 +49,12 @@ from shared.crypto import wipe
 from shared.files import fsync_path
 
 from . import records_sql
-from .errors import DamagedError
-from .keys import Namespace
-from .records_sql import (
-    IDENT_RE,
-    MAX_DOC_BYTES,
-    MAX_INDEXED,
-    MAX_INDEXED_VALUE_BYTES,
-    Scalar,
-    StoreError,
-    check_ident,
-    query_sql,
-)
+from .core.errors import DamagedError, StoreError
+from .core.namespace import Namespace, check_ident
+from .records_sql import MAX_DOC_BYTES, MAX_INDEXED, MAX_INDEXED_VALUE_BYTES, Scalar, query_sql
 
 __all__ = ["MAX_BATCH", "MAX_DOC_BYTES", "MAX_INDEXED", "MAX_INDEXED_VALUE_BYTES", "MAX_LIMIT",
-           "IDENT_RE", "RecordStore", "StoreError", "check_ident", "query_sql"]
+           "RecordStore", "query_sql"]
 
 MAX_BATCH: Final = 1000
 MAX_LIMIT: Final = 1000

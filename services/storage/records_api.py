@@ -8,19 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgpack
-
 from shared import RequestContext, handler
 
-from .batching import GroupCommit
-from .core import StorageCore
-from .keys import Namespace
+from .core.batching import GroupCommit
+from .core.context import StorageCore
+from .core.metering import encoded_size
+from .core.namespace import Namespace
 from .schema import Collection, RecordId, RecordInsert, RecordQuery, RecordUpdate
-
-
-def encoded_size(doc: Any) -> int:
-    """Bytes of ``doc`` on the wire (what read metering counts)."""
-    return 0 if doc is None else len(msgpack.packb(doc, use_bin_type=True))
 
 
 class RecordsApi(StorageCore):

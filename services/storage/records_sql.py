@@ -2,7 +2,7 @@
 
 Contract:
 
-- No SQL from callers. Names must match :data:`IDENT_RE` (:func:`check_ident`) and, like every
+- No SQL from callers. Names must be identifiers (:func:`~.core.namespace.check_ident`) and, like every
   value, are bound as parameters; statement text is only fixed fragments and aliases we number
   (:func:`query_sql`).
 - Layout (:data:`SCHEMA`): ``collections`` holds each declared collection's indexed field names,
@@ -30,16 +30,16 @@ from typing import Any, Final
 import msgpack
 import sqlcipher3  # no stubs: pyproject.toml's mypy overrides ignore its imports
 
-from shared import BadRequest, Unavailable, integrity_problems
+from shared import BadRequest, integrity_problems
 
-from .errors import DamagedError
+from .core.errors import DamagedError, StoreError
+from .core.namespace import check_ident
 
-__all__ = ["IDENT_RE", "MAX_DOC_BYTES", "MAX_INDEXED", "MAX_INDEXED_VALUE_BYTES", "SCHEMA", "Scalar",
-           "StoreError", "check_fields", "check_id", "check_ident", "configure", "connect", "decode",
+__all__ = ["MAX_DOC_BYTES", "MAX_INDEXED", "MAX_INDEXED_VALUE_BYTES", "SCHEMA", "Scalar",
+           "check_fields", "check_id", "configure", "connect", "decode",
            "index_value", "mapped", "opens_with", "prepare", "query_sql", "read_fields", "verify_database",
            "write_index"]
 
-IDENT_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,62}")
 _ID_RE: Final = re.compile(r"[0-9a-f]{32}")
 MAX_INDEXED: Final = 16
 MAX_DOC_BYTES: Final = 512 * 1024
@@ -61,17 +61,6 @@ CREATE INDEX IF NOT EXISTS idx_doc ON idx (ns, coll, id);
 """
 
 Scalar = str | int | float | bool | None
-
-
-class StoreError(Unavailable):
-    """A store failed for a reason other than damage (disk full, I/O error, closed): ``UNAVAILABLE``."""
-
-
-def check_ident(name: object, what: str) -> str:
-    """``name`` if it is a valid identifier, else :class:`BadRequest` (not echoing the value)."""
-    if not isinstance(name, str) or not IDENT_RE.fullmatch(name):
-        raise BadRequest(f"{what} must be 1-63 characters of a-z, 0-9 and _, starting with a letter")
-    return name
 
 
 def check_id(doc_id: object, what: str = "id") -> None:

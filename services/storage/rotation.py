@@ -28,7 +28,7 @@ import structlog
 
 from shared import MeshError
 
-from .core import StorageCore
+from .core.context import StorageCore
 
 log = structlog.get_logger("storage")
 

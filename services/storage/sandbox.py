@@ -54,8 +54,7 @@ from .analytics_values import (
     insert_sql,
     to_wire,
 )
-from .errors import DamagedError
-from .records_sql import StoreError
+from .core.errors import DamagedError, StoreError
 
 __all__ = ["MAX_COLUMNS", "MAX_PARAMS", "MEMORY_LIMIT", "THREADS", "TYPES", "attach", "check_columns",
            "check_params", "check_select", "confine", "crypto_selftest", "encode_rows", "engine",

@@ -1,7 +1,7 @@
 """Wire messages of the storage service (checked strictly by :func:`shared.message`).
 
 Every user-data request names its ``subject`` (the user the data belongs to) and ``category``;
-with the caller's authenticated identity they make the namespace (:class:`~.keys.Namespace`).
+with the caller's authenticated identity they make the namespace (:class:`~.core.namespace.Namespace`).
 Fields that carry user data (keys, values, documents, rows, queries, file names and contents) are
 marked sensitive: the log redaction processor never lets them through.
 """

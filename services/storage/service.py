@@ -6,7 +6,7 @@ Four engines behind the mesh, each in its own module with its handlers in a mixi
 - records in SQLCipher (:mod:`.records`, :mod:`.records_api`): msgpack documents, indexed fields;
 - analytics in DuckDB (:mod:`.analytics`, :mod:`.analytics_api`): encrypted per namespace, sandboxed
   read-only SELECTs;
-- files (:mod:`.files`, :mod:`.files_api`): a STREAM format (:mod:`.stream`), uploaded and read in pieces.
+- files (:mod:`.files`, :mod:`.files_api`): a STREAM format (:mod:`.core.stream`), uploaded and read in pieces.
 
 Keys, sealing and worker threads are in :mod:`.core`; re-encryption after a key rotation in
 :mod:`.rotation`; backup and restore in :mod:`.backup`; operator handlers in :mod:`.admin_api`.
@@ -19,10 +19,10 @@ import shutil
 
 from .admin_api import AdminApi
 from .analytics_api import AnalyticsApi
+from .core.stream import DEFAULT_CHUNK_SIZE
 from .files_api import FilesApi, piece_bytes
 from .kv_api import KvApi
 from .records_api import RecordsApi
-from .stream import DEFAULT_CHUNK_SIZE
 
 
 class Storage(KvApi, RecordsApi, AnalyticsApi, FilesApi, AdminApi):

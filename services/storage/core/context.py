@@ -41,18 +41,18 @@ from shared import (
 )
 from shared.keeper import LOCKED_REASON, follow_events_of, keep_unsealed, without_keys
 
-from .analytics import AnalyticsStore, StartupError
+from ..analytics import AnalyticsStore, StartupError
+from ..files import FileStore
+from ..kv import KvStore
+from ..records import RecordStore
 from .errors import DamagedError
-from .files import FileStore
-from .keys import KeySet, Namespace
-from .kv import KvStore
+from .keys import PURPOSES, KeySet
 from .metering import ReadMeter
-from .records import RecordStore
+from .namespace import Namespace
 from .state import Layout, StorageState
 
 log = structlog.get_logger("storage")
 
-PURPOSES: Final = ("sqlcipher", "duckdb", "rocksdb", "files", "backups")
 KEY_RETRY_MIN_S: Final = 1.0
 KEY_RETRY_MAX_S: Final = 60.0
 KEY_CALL_TIMEOUT_S: Final = 5.0

@@ -18,17 +18,23 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+import msgpack
 import structlog
 
 from shared import MeshError
 
-from .keys import Namespace
+from .namespace import Namespace
 
 log = structlog.get_logger("storage")
 
 FLUSH_S: Final = 10.0
 MAX_PENDING: Final = 10_000
 _RECORDS_PER_CALL: Final = 500
+
+
+def encoded_size(doc: Any) -> int:
+    """Bytes of ``doc`` on the wire (what read metering counts for documents, rows and results)."""
+    return 0 if doc is None else len(msgpack.packb(doc, use_bin_type=True))
 
 
 class ReadMeter:

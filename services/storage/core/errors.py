@@ -18,3 +18,7 @@ class DamagedError(Unavailable):
 
 class MissingKeyError(Unavailable):
     """Data is sealed under a key version storage does not hold (retired, or never released)."""
+
+
+class StoreError(Unavailable):
+    """A store failed for a reason other than damage (disk full, I/O error, closed): ``UNAVAILABLE``."""

@@ -1,53 +1,21 @@
-"""Namespaces and the data keys storage holds in memory.
+"""The data keys storage holds in memory, one :class:`KeySet` per purpose.
 
-A :class:`Namespace` is where one caller's data of one subject and category lives. Its ``owner`` is
-always the caller the broker authenticated (``RequestContext.caller``), never a field of the
-request: that is what makes another caller's namespace unreachable (DESIGN.md invariant 2).
-
-A :class:`KeySet` is the versions of one purpose's key (``sqlcipher``, ``duckdb``, ``rocksdb``,
-``files``, ``backups``) fetched from keyvault. Keys are ``bytearray`` held here only, never written
-anywhere, and wiped by :meth:`KeySet.wipe` when the mesh is sealed (invariant 6).
+A :class:`KeySet` is the versions of one purpose's key (:data:`PURPOSES`) fetched from keyvault.
+Keys are ``bytearray`` held here only, never written anywhere, and wiped by :meth:`KeySet.wipe`
+when the mesh is sealed (DESIGN.md invariant 6). Which version is current moves forward when
+keyvault rotates a key; older versions stay held while data is still sealed under them.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Final
 
-import msgpack
-
-from shared import BadRequest
 from shared.crypto import wipe
 
 from .errors import MissingKeyError
 
-SUBJECT_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}")
-CATEGORY_RE: Final = re.compile(r"[a-z][a-z0-9_-]{0,31}")
-OWNER_RE: Final = re.compile(r"[a-z][a-z0-9-]{0,63}")
-
-
-@dataclass(frozen=True, slots=True)
-class Namespace:
-    """``(owner, subject, category)``: owner is the authenticated caller, subject the user the data
-    belongs to, category the kind of data (``memories``, ``conversations``...)."""
-
-    owner: str
-    subject: str
-    category: str
-
-    def __post_init__(self) -> None:
-        if not OWNER_RE.fullmatch(self.owner):
-            raise BadRequest("namespace owner is not a mesh identity")
-        if not SUBJECT_RE.fullmatch(self.subject):
-            raise BadRequest("subject must be 1-128 characters of letters, digits and . _ @ : + -")
-        if not CATEGORY_RE.fullmatch(self.category):
-            raise BadRequest("category must be 1-32 characters: lowercase letters, digits, _ and -, "
-                             "starting with a letter")
-
-    def label(self) -> bytes:
-        """A canonical, unambiguous encoding: associated data and input of namespace tags."""
-        return msgpack.packb(["ns1", self.owner, self.subject, self.category], use_bin_type=True)
+#: The keyvault purposes storage fetches: one per engine, and ``backups`` for archives.
+PURPOSES: Final = ("sqlcipher", "duckdb", "rocksdb", "files", "backups")
 
 
 class KeySet:
