@@ -3,7 +3,7 @@
 Run by :func:`bench.storage.measure_engines` in interleaved rounds whose order alternates, each in
 fresh files in the temporary directory it is given, removed after:
 
-* RocksDB through :class:`services.storage.kv.KvStore` (application sealing, ``put_many`` batches,
+* RocksDB through :class:`services.storage.kv.store.KvStore` (application sealing, ``put_many`` batches,
   ``get``) against raw ``rocksdict`` put/get of the same values with the store's options and synced
   write batches of the same size: the ratio is what sealing and keyed name hashing cost.
 * STREAM (:mod:`services.storage.core.stream`) against raw AES-256-GCM (``cryptography``'s ``AESGCM``,
@@ -44,9 +44,9 @@ CHILD_TIMEOUT: Final = 900.0     # one RSS child (a 1 GiB write and read, fsynce
 def _rocks_round(work: Path, sealed: bool, names: list[bytes], values: list[bytes]) -> Pair:
     import rocksdict
 
-    from services.storage import kv
     from services.storage.core.keys import KeySet
     from services.storage.core.namespace import Namespace
+    from services.storage.kv import store as kv
 
     ns = Namespace("authn", "alice", "memories")
     path = work / ("sealed" if sealed else "raw")

@@ -22,38 +22,6 @@ _IDENT = {"max_len": 63}
 FILE_PIECE_BYTES = 256 * 1024
 
 
-# -- key-value (RocksDB) --------------------------------------------------------------------
-
-@message
-class KvKey:
-    """``storage.kv.get`` / ``storage.kv.delete {subject, category, key}``."""
-
-    subject: str = field(metadata=_SUBJECT)
-    category: str = field(metadata=_CATEGORY)
-    key: bytes = field(metadata={"sensitive": True, "max_len": 1024})
-
-
-@message
-class KvPut:
-    """``storage.kv.put {subject, category, key, value}``."""
-
-    subject: str = field(metadata=_SUBJECT)
-    category: str = field(metadata=_CATEGORY)
-    key: bytes = field(metadata={"sensitive": True, "max_len": 1024})
-    value: bytes = field(metadata={"sensitive": True, "max_len": 512 * 1024})
-
-
-@message
-class KvScan:
-    """``storage.kv.scan {subject, category, prefix?, after?, limit?}``."""
-
-    subject: str = field(metadata=_SUBJECT)
-    category: str = field(metadata=_CATEGORY)
-    prefix: bytes = field(default=b"", metadata={"sensitive": True, "max_len": 1024})
-    after: bytes | None = field(default=None, metadata={"sensitive": True, "max_len": 1024})
-    limit: int = 100
-
-
 # -- records (SQLCipher) --------------------------------------------------------------------
 
 @message

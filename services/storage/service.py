@@ -2,7 +2,7 @@
 
 Four engines behind the mesh, each in its own module with its handlers in a mixin:
 
-- key-value in RocksDB (:mod:`.kv`, :mod:`.kv_api`): values and names sealed by the application;
+- key-value in RocksDB (:mod:`.kv`): values and names sealed by the application;
 - records in SQLCipher (:mod:`.records`, :mod:`.records_api`): msgpack documents, indexed fields;
 - analytics in DuckDB (:mod:`.analytics`, :mod:`.analytics_api`): encrypted per namespace, sandboxed
   read-only SELECTs;
@@ -21,7 +21,7 @@ from .admin_api import AdminApi
 from .analytics_api import AnalyticsApi
 from .core.stream import DEFAULT_CHUNK_SIZE
 from .files_api import FilesApi, piece_bytes
-from .kv_api import KvApi
+from .kv.engine import KvApi
 from .records_api import RecordsApi
 
 

@@ -1,7 +1,7 @@
-"""Key-value handlers (RocksDB, :mod:`.kv`): ``storage.kv.put|get|delete|scan``.
+"""Key-value handlers (RocksDB, :mod:`.store`): ``storage.kv.put|get|delete|scan``.
 
 Values and names are sealed by :mod:`.sealing` before they reach RocksDB; puts are group-committed
-(:mod:`.core.batching`) and answered only once their synced write batch is on disk.
+(:mod:`..core.batching`) and answered only once their synced write batch is on disk.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from typing import Any
 
 from shared import RequestContext, handler
 
-from .core.batching import GroupCommit
-from .core.context import StorageCore
-from .core.namespace import Namespace
+from ..core.batching import GroupCommit
+from ..core.context import StorageCore
+from ..core.namespace import Namespace
 from .schema import KvKey, KvPut, KvScan
 
 
 class KvApi(StorageCore):
-    """Handlers over :class:`~.kv.KvStore`."""
+    """Handlers over :class:`~.store.KvStore`."""
 
     _kv_puts: GroupCommit[tuple[Namespace, bytes, bytes], None] | None = None
 

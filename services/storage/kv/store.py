@@ -15,7 +15,7 @@ Contracts:
   a time, so rotation can crash and resume. Entries under a version storage does not hold are
   invisible (their keys cannot even be computed): retire a version only when ``count`` says 0.
 - Damage is reported, never repaired: a value that fails its check raises
-  :class:`~.core.errors.DamagedError` naming its position (version and tag prefixes), never its bytes.
+  :class:`~..core.errors.DamagedError` naming its position (version and tag prefixes), never its bytes.
 
 Scanning costs memory. Names are hashed on disk, so RocksDB has no order to scan by: the first
 :meth:`KvStore.scan` of a namespace opens every entry of that namespace (under every held version)
@@ -42,10 +42,10 @@ import rocksdict
 from shared import BadRequest, Unavailable
 from shared.crypto import derive_subkey, wipe
 
+from ..core.errors import DamagedError
+from ..core.keys import KeySet
+from ..core.namespace import Namespace
 from . import sealing
-from .core.errors import DamagedError
-from .core.keys import KeySet
-from .core.namespace import Namespace
 
 __all__ = ["MAX_BATCH_ITEMS", "MAX_NAME_BYTES", "MAX_SCAN_LIMIT", "MAX_VALUE_BYTES", "KvStore"]
 
@@ -333,7 +333,7 @@ class KvStore:
         ``source_keys``) into this one, re-sealed under ``keys.current``; how many were copied.
 
         Nothing is guessed: an entry under a version ``source_keys`` lacks raises
-        :class:`~.core.errors.MissingKeyError`, a damaged one :class:`DamagedError`. Each batch is durable
+        :class:`~..core.errors.MissingKeyError`, a damaged one :class:`DamagedError`. Each batch is durable
         on its own, so a failure leaves the batches before it; restore into an empty store.
         """
         copied = 0

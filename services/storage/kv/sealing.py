@@ -29,7 +29,7 @@ Why each part is there:
   with the tags of the key they were found under: a writer bug that filed an entry under the
   wrong tags is reported instead of served.
 
-Every failure raises :class:`~.core.errors.DamagedError` naming the entry by version and tag prefixes
+Every failure raises :class:`~..core.errors.DamagedError` naming the entry by version and tag prefixes
 (:func:`describe`), never by its contents or any key bytes. HMAC keys pass through ``hmac`` and
 OpenSSL, which keep short-lived copies (shared/_crypto.py lists the limits of wiping).
 """
@@ -46,8 +46,8 @@ import msgpack
 from shared import BadRequest
 from shared.crypto import SEAL_OVERHEAD, IntegrityError, open_sealed, seal
 
-from .core.errors import DamagedError
-from .core.namespace import Namespace
+from ..core.errors import DamagedError
+from ..core.namespace import Namespace
 
 __all__ = [
     "ENTRY_FORMAT", "ENTRY_KEY_BYTES", "ENTRY_PREFIX", "HEADER_BYTES", "NAMES_LABEL", "NAME_TAG_BYTES",
