@@ -38,7 +38,7 @@ from . import archive
 from .core.jobs import Job
 from .core.keys import KeySet
 from .core.state import Lineage
-from .records import RecordStore
+from .records.store import RecordStore
 from .rotation import RotationMixin
 
 log = structlog.get_logger("storage")

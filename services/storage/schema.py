@@ -22,61 +22,6 @@ _IDENT = {"max_len": 63}
 FILE_PIECE_BYTES = 256 * 1024
 
 
-# -- records (SQLCipher) --------------------------------------------------------------------
-
-@message
-class Collection:
-    """``storage.records.collection {subject, category, collection, indexed}``."""
-
-    subject: str = field(metadata=_SUBJECT)
-    category: str = field(metadata=_CATEGORY)
-    collection: str = field(metadata=_IDENT)
-    indexed: list[str] = field(default_factory=list, metadata={"max_len": 16})
-
-
-@message
-class RecordInsert:
-    """``storage.records.insert {subject, category, collection, doc}``."""
-
-    subject: str = field(metadata=_SUBJECT)
-    category: str = field(metadata=_CATEGORY)
-    collection: str = field(metadata=_IDENT)
-    doc: dict[str, Any] = field(metadata={"sensitive": True, "max_len": 4096})
-
-
-@message
-class RecordId:
-    """``storage.records.get`` / ``storage.records.delete {subject, category, collection, id}``."""
-
-    subject: str = field(metadata=_SUBJECT)
-    category: str = field(metadata=_CATEGORY)
-    collection: str = field(metadata=_IDENT)
-    id: str = field(metadata={"max_len": 64})
-
-
-@message
-class RecordUpdate:
-    """``storage.records.update {subject, category, collection, id, doc}``."""
-
-    subject: str = field(metadata=_SUBJECT)
-    category: str = field(metadata=_CATEGORY)
-    collection: str = field(metadata=_IDENT)
-    id: str = field(metadata={"max_len": 64})
-    doc: dict[str, Any] = field(metadata={"sensitive": True, "max_len": 4096})
-
-
-@message
-class RecordQuery:
-    """``storage.records.query {subject, category, collection, where?, after?, limit?}``."""
-
-    subject: str = field(metadata=_SUBJECT)
-    category: str = field(metadata=_CATEGORY)
-    collection: str = field(metadata=_IDENT)
-    where: dict[str, Any] = field(default_factory=dict, metadata={"sensitive": True, "max_len": 16})
-    after: str | None = field(default=None, metadata={"max_len": 64})
-    limit: int = 100
-
-
 # -- analytics (DuckDB) ---------------------------------------------------------------------
 
 @message

@@ -3,7 +3,7 @@
 Four engines behind the mesh, each in its own module with its handlers in a mixin:
 
 - key-value in RocksDB (:mod:`.kv`): values and names sealed by the application;
-- records in SQLCipher (:mod:`.records`, :mod:`.records_api`): msgpack documents, indexed fields;
+- records in SQLCipher (:mod:`.records`): msgpack documents, indexed fields;
 - analytics in DuckDB (:mod:`.analytics`, :mod:`.analytics_api`): encrypted per namespace, sandboxed
   read-only SELECTs;
 - files (:mod:`.files`, :mod:`.files_api`): a STREAM format (:mod:`.core.stream`), uploaded and read in pieces.
@@ -22,7 +22,7 @@ from .analytics_api import AnalyticsApi
 from .core.stream import DEFAULT_CHUNK_SIZE
 from .files_api import FilesApi, piece_bytes
 from .kv.engine import KvApi
-from .records_api import RecordsApi
+from .records.engine import RecordsApi
 
 
 class Storage(KvApi, RecordsApi, AnalyticsApi, FilesApi, AdminApi):

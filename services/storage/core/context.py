@@ -44,7 +44,7 @@ from shared.keeper import LOCKED_REASON, follow_events_of, keep_unsealed, withou
 from ..analytics import AnalyticsStore, StartupError
 from ..files import FileStore
 from ..kv.store import KvStore
-from ..records import RecordStore
+from ..records.store import RecordStore
 from .errors import DamagedError
 from .keys import PURPOSES, KeySet
 from .metering import ReadMeter

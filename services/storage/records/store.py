@@ -19,15 +19,15 @@
 - Queries: equality on indexed fields (AND), by id, paged by an id cursor, walking the
   ``(ns, collection, field, value, id)`` index (never a scan of the collection).
 - Damage is loud: a page failing its HMAC or a document that does not decode raises
-  :class:`~.core.errors.DamagedError`; nothing is guessed or repaired. Messages hold no data or keys.
+  :class:`~..core.errors.DamagedError`; nothing is guessed or repaired. Messages hold no data or keys.
 
 Threading: one connection behind a lock; any thread may call, calls are serialised. ``rekey``,
 ``verify`` and ``backup_to`` read or rewrite the whole database while holding it.
 
 This module is the store: opening, the lock, transactions and the public API. The SQL side (the
 connection's pragmas, schema, statement text, document encoding and the verify pass) is
-:mod:`.records_sql`; names callers import from here (``query_sql``, the limits) are re-exported.
-Identifiers (:func:`~.core.namespace.check_ident`) and :class:`~.core.errors.StoreError` are
+:mod:`.sql`; names callers import from here (``query_sql``, the limits) are re-exported.
+Identifiers (:func:`~..core.namespace.check_ident`) and :class:`~..core.errors.StoreError` are
 shared with the analytics engine and live in the core.
 """
 
@@ -48,10 +48,10 @@ from shared import BadRequest, Conflict, NotFound
 from shared.crypto import wipe
 from shared.files import fsync_path
 
-from . import records_sql
-from .core.errors import DamagedError, StoreError
-from .core.namespace import Namespace, check_ident
-from .records_sql import MAX_DOC_BYTES, MAX_INDEXED, MAX_INDEXED_VALUE_BYTES, Scalar, query_sql
+from ..core.errors import DamagedError, StoreError
+from ..core.namespace import Namespace, check_ident
+from . import sql
+from .sql import MAX_DOC_BYTES, MAX_INDEXED, MAX_INDEXED_VALUE_BYTES, Scalar, query_sql
 
 __all__ = ["MAX_BATCH", "MAX_DOC_BYTES", "MAX_INDEXED", "MAX_INDEXED_VALUE_BYTES", "MAX_LIMIT",
            "RecordStore", "query_sql"]
@@ -82,9 +82,9 @@ class RecordStore:
             # Created 0600 before SQLite opens it, so the -wal and -shm it makes inherit that mode.
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
         os.chmod(path, 0o600)
-        db = records_sql.connect(path, key)
+        db = sql.connect(path, key)
         try:
-            records_sql.configure(db)
+            sql.configure(db)
         except BaseException as exc:
             db.close()
             if not isinstance(exc, sqlcipher3.DatabaseError):
@@ -112,7 +112,7 @@ class RecordStore:
             try:
                 yield self._db
             except sqlcipher3.Error as exc:
-                raise records_sql.mapped(exc) from None
+                raise sql.mapped(exc) from None
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Any]:
@@ -131,10 +131,10 @@ class RecordStore:
         """Declare ``collection`` with ``indexed`` fields (at most 16). Idempotent with the same set of
         fields; :class:`Conflict` if the collection exists with others."""
         check_ident(collection, "a collection name")
-        fields = records_sql.check_fields(indexed)
+        fields = sql.check_fields(indexed)
         label = ns.label()
         with self._transaction() as db:
-            stored = records_sql.read_fields(db, label, collection)
+            stored = sql.read_fields(db, label, collection)
             if stored is None:
                 db.execute("INSERT INTO collections (ns, name, fields) VALUES (?, ?, ?)",
                            (label, collection, msgpack.packb(list(fields))))
@@ -148,7 +148,7 @@ class RecordStore:
         check_ident(collection, "a collection name")
         fields = self._fields.get((label, collection))
         if fields is None:
-            fields = records_sql.read_fields(db, label, collection)
+            fields = sql.read_fields(db, label, collection)
             if fields is None:
                 raise NotFound(f"no collection {collection!r} in this namespace")
             self._fields[(label, collection)] = fields
@@ -167,40 +167,40 @@ class RecordStore:
             rows = []
             for ns, coll, doc in items:
                 label, fields = self._collection(db, ns, coll)
-                rows.append((label, coll, secrets.token_hex(16), *records_sql.prepare(doc, fields)))
+                rows.append((label, coll, secrets.token_hex(16), *sql.prepare(doc, fields)))
             with self._transaction():
                 for label, coll, doc_id, body, entries in rows:
                     db.execute("INSERT INTO docs (ns, coll, id, body) VALUES (?, ?, ?, ?)", (label, coll, doc_id, body))
-                    records_sql.write_index(db, label, coll, doc_id, entries)
+                    sql.write_index(db, label, coll, doc_id, entries)
         return [row[2] for row in rows]
 
     def get(self, ns: Namespace, collection: str, doc_id: str) -> dict[str, Any] | None:
         """The document ``doc_id`` of ``collection``, or None."""
-        records_sql.check_id(doc_id)
+        sql.check_id(doc_id)
         with self._locked() as db:
             label, _ = self._collection(db, ns, collection)
             row = db.execute("SELECT body FROM docs WHERE ns = ? AND coll = ? AND id = ?",
                              (label, collection, doc_id)).fetchone()
-        return None if row is None else records_sql.decode(row[0])
+        return None if row is None else sql.decode(row[0])
 
     def update(self, ns: Namespace, collection: str, doc_id: str, doc: dict[str, Any]) -> bool:
         """Replace document ``doc_id`` by ``doc`` and reindex it, in one transaction; False if absent."""
-        records_sql.check_id(doc_id)
+        sql.check_id(doc_id)
         with self._locked() as db:
             label, fields = self._collection(db, ns, collection)
-            body, entries = records_sql.prepare(doc, fields)
+            body, entries = sql.prepare(doc, fields)
             with self._transaction():
                 cur = db.execute("UPDATE docs SET body = ? WHERE ns = ? AND coll = ? AND id = ?",
                                  (body, label, collection, doc_id))
                 if cur.rowcount == 0:
                     return False
                 db.execute("DELETE FROM idx WHERE ns = ? AND coll = ? AND id = ?", (label, collection, doc_id))
-                records_sql.write_index(db, label, collection, doc_id, entries)
+                sql.write_index(db, label, collection, doc_id, entries)
         return True
 
     def delete(self, ns: Namespace, collection: str, doc_id: str) -> bool:
         """Delete document ``doc_id`` and its index entries; False if absent."""
-        records_sql.check_id(doc_id)
+        sql.check_id(doc_id)
         with self._locked() as db:
             label, _ = self._collection(db, ns, collection)
             with self._transaction():
@@ -216,7 +216,7 @@ class RecordStore:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
             raise BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}")
         if after is not None:
-            records_sql.check_id(after, "after")
+            sql.check_id(after, "after")
         if not isinstance(where, dict):
             raise BadRequest("where must be a map of indexed field names to values")
         with self._locked() as db:
@@ -226,10 +226,10 @@ class RecordStore:
                 check_ident(name, "a field name in where")
                 if name not in fields:
                     raise BadRequest(f"field {name!r} is not indexed in collection {collection!r}")
-                conditions.append((name, records_sql.index_value(name, where[name])))
-            sql, params = query_sql(label, collection, conditions, after or "", limit + 1)
-            rows = db.execute(sql, params).fetchall()
-        page = [(str(doc_id), records_sql.decode(body)) for doc_id, body in rows[:limit]]
+                conditions.append((name, sql.index_value(name, where[name])))
+            statement, params = query_sql(label, collection, conditions, after or "", limit + 1)
+            rows = db.execute(statement, params).fetchall()
+        page = [(str(doc_id), sql.decode(body)) for doc_id, body in rows[:limit]]
         return page, (page[-1][0] if len(rows) > limit else None)
 
     def count(self) -> int:
@@ -264,7 +264,7 @@ class RecordStore:
         if not path.exists():
             return None
         for version in sorted(candidates, reverse=True):
-            if records_sql.opens_with(path, candidates[version]):
+            if sql.opens_with(path, candidates[version]):
                 return version
         return None
 
@@ -278,7 +278,7 @@ class RecordStore:
             part.unlink(missing_ok=True)
             os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
             try:
-                target = records_sql.connect(part, self._key)
+                target = sql.connect(part, self._key)
                 try:
                     # Holding the lock makes the copy one consistent snapshot: no write can interleave.
                     db.backup(target)
@@ -295,5 +295,5 @@ class RecordStore:
         """Problems found (empty when none): page HMACs, SQLite's integrity check, every document
         decoding, and index rows matching the documents. Reads the whole database under the lock."""
         with self._locked() as db:
-            problems: list[str] = records_sql.verify_database(db)
+            problems: list[str] = sql.verify_database(db)
         return problems

@@ -2,7 +2,7 @@
 
 Contract:
 
-- No SQL from callers. Names must be identifiers (:func:`~.core.namespace.check_ident`) and, like every
+- No SQL from callers. Names must be identifiers (:func:`~..core.namespace.check_ident`) and, like every
   value, are bound as parameters; statement text is only fixed fragments and aliases we number
   (:func:`query_sql`).
 - Layout (:data:`SCHEMA`): ``collections`` holds each declared collection's indexed field names,
@@ -15,8 +15,8 @@ Contract:
 - :func:`mapped` turns a SQLCipher exception into :class:`DamagedError` or :class:`StoreError`;
   messages hold no data or keys. :func:`verify_database` reports problems, repairing nothing.
 
-:class:`~.records.RecordStore` owns the connection, its lock and transactions; these functions run
-on a connection it hands them. Split out of ``records.py``, which re-exports the public names.
+:class:`~.store.RecordStore` owns the connection, its lock and transactions; these functions run
+on a connection it hands them. Split out of the store (:mod:`.store`), which re-exports the public names.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import sqlcipher3  # no stubs: pyproject.toml's mypy overrides ignore its import
 
 from shared import BadRequest, integrity_problems
 
-from .core.errors import DamagedError, StoreError
-from .core.namespace import check_ident
+from ..core.errors import DamagedError, StoreError
+from ..core.namespace import check_ident
 
 __all__ = ["MAX_DOC_BYTES", "MAX_INDEXED", "MAX_INDEXED_VALUE_BYTES", "SCHEMA", "Scalar",
            "check_fields", "check_id", "configure", "connect", "decode",

@@ -1,4 +1,4 @@
-"""Record handlers (SQLCipher, :mod:`.records`): ``storage.records.collection|insert|get|query|update|delete``.
+"""Record handlers (SQLCipher, :mod:`.store`): ``storage.records.collection|insert|get|query|update|delete``.
 
 Callers send parameters only, never SQL: collections and field names are validated identifiers, values
 are bound parameters. Inserts are group-committed and answered once their transaction is durable.
@@ -10,15 +10,15 @@ from typing import Any
 
 from shared import RequestContext, handler
 
-from .core.batching import GroupCommit
-from .core.context import StorageCore
-from .core.metering import encoded_size
-from .core.namespace import Namespace
+from ..core.batching import GroupCommit
+from ..core.context import StorageCore
+from ..core.metering import encoded_size
+from ..core.namespace import Namespace
 from .schema import Collection, RecordId, RecordInsert, RecordQuery, RecordUpdate
 
 
 class RecordsApi(StorageCore):
-    """Handlers over :class:`~.records.RecordStore`."""
+    """Handlers over :class:`~.store.RecordStore`."""
 
     _inserts: GroupCommit[tuple[Namespace, str, dict[str, Any]], str] | None = None
 
