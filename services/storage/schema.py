@@ -9,7 +9,6 @@ marked sensitive: the log redaction processor never lets them through.
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Any
 
 from shared import message
 
@@ -20,47 +19,6 @@ _IDENT = {"max_len": 63}
 
 #: Bytes of file content one ``files.put.chunk`` carries, and one ``files.get`` returns, at most.
 FILE_PIECE_BYTES = 256 * 1024
-
-
-# -- analytics (DuckDB) ---------------------------------------------------------------------
-
-@message
-class AnalyticsScope:
-    """``storage.analytics.tables {subject, category}``."""
-
-    subject: str = field(metadata=_SUBJECT)
-    category: str = field(metadata=_CATEGORY)
-
-
-@message
-class AnalyticsTable:
-    """``storage.analytics.table {subject, category, table, columns: [[name, type], ...]}``."""
-
-    subject: str = field(metadata=_SUBJECT)
-    category: str = field(metadata=_CATEGORY)
-    table: str = field(metadata=_IDENT)
-    columns: list[list[str]] = field(metadata={"max_len": 64})
-
-
-@message
-class AnalyticsIngest:
-    """``storage.analytics.ingest {subject, category, table, rows: [[...], ...]}``."""
-
-    subject: str = field(metadata=_SUBJECT)
-    category: str = field(metadata=_CATEGORY)
-    table: str = field(metadata=_IDENT)
-    rows: list[list[Any]] = field(metadata={"sensitive": True, "max_len": 10_000})
-
-
-@message
-class AnalyticsQuery:
-    """``storage.analytics.query {subject, category, sql, params?, max_rows?}``."""
-
-    subject: str = field(metadata=_SUBJECT)
-    category: str = field(metadata=_CATEGORY)
-    sql: str = field(metadata={"sensitive": True, "max_len": 16384})
-    params: list[Any] = field(default_factory=list, metadata={"sensitive": True, "max_len": 256})
-    max_rows: int = 1000
 
 
 # -- files ----------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Four engines behind the mesh, each in its own module with its handlers in a mixi
 
 - key-value in RocksDB (:mod:`.kv`): values and names sealed by the application;
 - records in SQLCipher (:mod:`.records`): msgpack documents, indexed fields;
-- analytics in DuckDB (:mod:`.analytics`, :mod:`.analytics_api`): encrypted per namespace, sandboxed
+- analytics in DuckDB (:mod:`.analytics`): encrypted per namespace, sandboxed
   read-only SELECTs;
 - files (:mod:`.files`, :mod:`.files_api`): a STREAM format (:mod:`.core.stream`), uploaded and read in pieces.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import shutil
 
 from .admin_api import AdminApi
-from .analytics_api import AnalyticsApi
+from .analytics.engine import AnalyticsApi
 from .core.stream import DEFAULT_CHUNK_SIZE
 from .files_api import FilesApi, piece_bytes
 from .kv.engine import KvApi

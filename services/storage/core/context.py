@@ -41,7 +41,7 @@ from shared import (
 )
 from shared.keeper import LOCKED_REASON, follow_events_of, keep_unsealed, without_keys
 
-from ..analytics import AnalyticsStore, StartupError
+from ..analytics.store import AnalyticsStore, StartupError
 from ..files import FileStore
 from ..kv.store import KvStore
 from ..records.store import RecordStore

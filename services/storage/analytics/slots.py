@@ -11,8 +11,8 @@ Contract:
 - At most ``max_open`` instances stay open: :meth:`Slots.evict` closes the least recently used
   idle ones and never waits for a busy one (an instance costs memory and threads while open).
 
-Nothing here knows about keys, files or SQL: :class:`~.analytics.AnalyticsStore` decides what to
-open under a held slot. Split out of ``analytics.py``.
+Nothing here knows about keys, files or SQL: :class:`~.store.AnalyticsStore` decides what to
+open under a held slot. Split out of the store (:mod:`.store`).
 """
 
 from __future__ import annotations

@@ -8,13 +8,13 @@ Contracts:
   namespace's name is :class:`DamagedError`, never served.
 - Encryption: DuckDB's AES-GCM file format with ``ENCRYPTION_KEY`` = hex of
   ``derive_subkey(key_v, "storage-duckdb-file")``; data, metadata and WAL are encrypted, temp files
-  never exist (``sandbox.py``). The hex is an immutable ``str`` we cannot wipe (as for SQLCipher in
+  never exist (:mod:`.sandbox`). The hex is an immutable ``str`` we cannot wipe (as for SQLCipher in
   ``services/audit/store.py``); DuckDB holds the key until the instance closes (:meth:`close`).
 - Durability: :meth:`AnalyticsStore.ingest` is one transaction and DuckDB fsyncs its WAL at every
   commit (seen with strace on 1.5.5); we fsync the directory when a WAL file first appears. New
   files appear by rename only once complete, so a crash never leaves half a file under a real name.
 - Isolation: one DuckDB instance per namespace with only its own file attached, confined
-  (``sandbox.py``): a query cannot name, read or even attach another namespace's file.
+  (:mod:`.sandbox`): a query cannot name, read or even attach another namespace's file.
 - Rotation (:meth:`rotate_step`): one file at a time is copied into a new file under the current
   key (``<name>.rot`` until complete, then renamed) and the old file deleted. A leftover ``.rot``
   is deleted and redone; an old file whose new copy exists (a crash between rename and delete) is
@@ -26,8 +26,8 @@ closes first). Costs: opening an instance takes ~0.1 s (loading httpfs); each ma
 ``sandbox.MEMORY_LIMIT`` of memory and ``sandbox.THREADS`` threads while it runs a query.
 
 This module is the store's API and the order of its steps. The locks and open instances are
-:mod:`.analytics_slots`; naming, making, opening, re-encrypting and checking one file is
-:mod:`.analytics_files`; instances and caller SQL are :mod:`.sandbox`.
+:mod:`.slots`; naming, making, opening, re-encrypting and checking one file is
+:mod:`.dbfiles`; instances and caller SQL are :mod:`.sandbox`.
 """
 
 from __future__ import annotations
@@ -45,12 +45,12 @@ import duckdb
 from shared import BadRequest, Conflict, MeshError, NotFound, Unavailable
 from shared.files import fsync_path
 
-from . import analytics_files, sandbox
-from .analytics_slots import Slot, Slots
-from .core.errors import DamagedError
-from .core.keys import KeySet
-from .core.namespace import Namespace, check_ident
+from ..core.errors import DamagedError
+from ..core.keys import KeySet
+from ..core.namespace import Namespace, check_ident
+from . import dbfiles, sandbox
 from .sandbox import StartupError, httpfs_path
+from .slots import Slot, Slots
 
 __all__ = ["MAX_INGEST_ROWS", "MAX_OPEN", "AnalyticsStore", "StartupError", "httpfs_path"]
 
@@ -110,7 +110,7 @@ class AnalyticsStore:
             if len(sandbox.table_names(con)) >= MAX_TABLES:
                 raise BadRequest(f"a namespace holds at most {MAX_TABLES} tables")
             spec = ", ".join(f"{sandbox.quote(name)} {kind}" for name, kind in cols)
-            with analytics_files.durable(slot.path):
+            with dbfiles.durable(slot.path):
                 con.execute(f"CREATE TABLE {sandbox.quote(table)} ({spec})")
 
     def ingest(self, keys: KeySet, ns: Namespace, table: str, rows: list[list[Any]]) -> int:
@@ -126,7 +126,7 @@ class AnalyticsStore:
             if not cols:
                 raise NotFound(f"no table {table!r} in this namespace")
             payload = sandbox.encode_rows(cols, rows)
-            with analytics_files.durable(slot.path):
+            with dbfiles.durable(slot.path):
                 try:
                     con.execute("BEGIN")
                     con.execute(sandbox.insert_sql(table, cols), [payload])
@@ -176,11 +176,11 @@ class AnalyticsStore:
 
     def count(self, version: int) -> int:
         """How many namespace files are under key ``version``."""
-        return len(analytics_files.namespace_files(self.root, version))
+        return len(dbfiles.namespace_files(self.root, version))
 
     def is_empty(self) -> bool:
         """True when no namespace file exists."""
-        return not analytics_files.namespace_files(self.root, None)
+        return not dbfiles.namespace_files(self.root, None)
 
     def rotate_step(self, keys: KeySet, from_version: int) -> int:
         """Move one namespace file from key ``from_version`` to ``keys.current``; return 1, or 0 when
@@ -191,21 +191,21 @@ class AnalyticsStore:
         with self._rotating:
             for leftover in self.root.glob("*.rot*"):
                 leftover.unlink(missing_ok=True)
-            files = analytics_files.namespace_files(self.root, from_version)
+            files = dbfiles.namespace_files(self.root, from_version)
             if not files:
                 return 0
             with self._slots.hold(files[0].name) as slot:
                 self._slots.shut(slot)
                 if slot.path.exists():
-                    final, copied = analytics_files.reencrypt(self._slots, self._httpfs(), slot.path, old_key,
+                    final, copied = dbfiles.reencrypt(self._slots, self._httpfs(), slot.path, old_key,
                                                               from_version, keys, replace=False)
                     # Both files after a crash between rename and delete: the new one is complete if it says it
                     # was copied from this version (a file made afresh under the new key must not cost old data).
-                    if not copied and analytics_files.copied_from(self._slots, self._httpfs(), final,
+                    if not copied and dbfiles.copied_from(self._slots, self._httpfs(), final,
                                                                   keys.key()) != from_version:
                         raise Conflict(f"{slot.path.name}: the namespace has files under two key versions; "
                                        "resolve by hand")
-                    analytics_files.remove_file(slot.path)
+                    dbfiles.remove_file(slot.path)
                     fsync_path(self.root)
                 # Waiters on this slot then look the namespace up again and find the new file.
                 self._slots.retire(slot)
@@ -216,10 +216,10 @@ class AnalyticsStore:
         a restore extracts it) into this store under ``keys.current``; how many. Each replaces the
         same namespace's file, so an interrupted import can run again."""
         with self._rotating:
-            files = analytics_files.namespace_files(source, None)
+            files = dbfiles.namespace_files(source, None)
             for path in files:
-                version = analytics_files.version_of(path)
-                analytics_files.reencrypt(self._slots, self._httpfs(), path, source_keys.key(version), version, keys,
+                version = dbfiles.version_of(path)
+                dbfiles.reencrypt(self._slots, self._httpfs(), path, source_keys.key(version), version, keys,
                                           replace=True)
             return len(files)
 
@@ -227,8 +227,8 @@ class AnalyticsStore:
         """Problems found (empty when none): each file is reopened and every table read in full, so
         GCM tags and block checksums are checked; files under key versions not held are problems."""
         problems = []
-        for path in analytics_files.namespace_files(self.root, None):
-            version = analytics_files.version_of(path)
+        for path in dbfiles.namespace_files(self.root, None):
+            version = dbfiles.version_of(path)
             if not keys.has(version):
                 problems.append(f"{path.name}: under key version {version}, which storage does not hold")
                 continue
@@ -238,7 +238,7 @@ class AnalyticsStore:
                 # Closed first, so every block is read from disk rather than from the instance's cache.
                 self._slots.shut(slot)
                 try:
-                    analytics_files.check_file(self._httpfs(), path, keys.key(version))
+                    dbfiles.check_file(self._httpfs(), path, keys.key(version))
                 except MeshError as exc:
                     problems.append(f"{path.name}: {exc.message}")
         return problems
@@ -248,18 +248,18 @@ class AnalyticsStore:
         ``dest_dir``; each copy is consistent (taken under the namespace's lock). Returns the copies."""
         dest_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         copies = []
-        for path in analytics_files.namespace_files(self.root, None):
+        for path in dbfiles.namespace_files(self.root, None):
             with self._slots.hold(path.name) as slot, sandbox.engine():
                 if not path.exists():
                     continue
                 if slot.con is not None:
                     slot.con.execute("CHECKPOINT")
-                elif analytics_files.wal(path).exists() and keys.has(analytics_files.version_of(path)):
-                    con = sandbox.attach(self._httpfs(), path, keys.key(analytics_files.version_of(path)))
+                elif dbfiles.wal(path).exists() and keys.has(dbfiles.version_of(path)):
+                    con = sandbox.attach(self._httpfs(), path, keys.key(dbfiles.version_of(path)))
                     con.close()  # closing checkpoints the WAL into the file
-                for source in (path, analytics_files.wal(path)):
+                for source in (path, dbfiles.wal(path)):
                     if source.exists():  # a WAL is left only under a key version not held
-                        copies.append(analytics_files.copy_file(source, dest_dir / source.name))
+                        copies.append(dbfiles.copy_file(source, dest_dir / source.name))
         fsync_path(dest_dir)
         return copies
 
@@ -278,7 +278,7 @@ class AnalyticsStore:
         """The namespace's slot, locked, with its instance open (creating the file if ``create``)."""
         label = ns.label()
         while True:
-            version, name, exists = analytics_files.resolve(self.root, keys, label)
+            version, name, exists = dbfiles.resolve(self.root, keys, label)
             if not exists and not create:
                 raise NotFound("this namespace has no analytics tables")
             with self._slots.hold(name) as slot:
@@ -286,8 +286,8 @@ class AnalyticsStore:
                     if not slot.path.exists():
                         if exists:  # rotation moved it since we looked: look again
                             continue
-                        analytics_files.create_file(self._httpfs(), slot.path, keys.key(version), label)
-                    slot.con = analytics_files.open_file(self._httpfs(), slot.path, keys.key(version), label)
+                        dbfiles.create_file(self._httpfs(), slot.path, keys.key(version), label)
+                    slot.con = dbfiles.open_file(self._httpfs(), slot.path, keys.key(version), label)
                     self._slots.evict(slot)
                 self._slots.touch(slot)
                 try:
@@ -303,7 +303,7 @@ class AnalyticsStore:
         its check, since a caller can forge DuckDB's wording (``error()``, or text it stored)."""
         self._slots.shut(slot)
         try:
-            analytics_files.check_file(self._httpfs(), slot.path, keys.key(analytics_files.version_of(slot.path)))
+            dbfiles.check_file(self._httpfs(), slot.path, keys.key(dbfiles.version_of(slot.path)))
         except DamagedError as found:
             return found
         return BadRequest("the statement failed while running")

@@ -10,7 +10,7 @@ Contract:
 - :func:`to_wire` turns what DuckDB returns into values msgpack carries (times as ISO strings,
   intervals as seconds, integers beyond 64 bits, decimals and UUIDs as strings).
 
-Pure functions, no DuckDB instance: split out of ``sandbox.py``, which re-exports every public name
+Pure functions, no DuckDB instance: split out of :mod:`.sandbox`, which re-exports every public name
 here, so ``sandbox.encode_rows`` and the others keep working.
 """
 
@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from shared import BadRequest
 
-from .core.namespace import check_ident
+from ..core.namespace import check_ident
 
 __all__ = ["MAX_COLUMNS", "MAX_PARAMS", "TYPES", "check_columns", "check_params", "encode_rows", "insert_sql",
            "to_wire"]

@@ -1,8 +1,8 @@
-"""Analytics handlers (DuckDB, :mod:`.analytics`): ``storage.analytics.table|ingest|query|tables``.
+"""Analytics handlers (DuckDB, :mod:`.store`): ``storage.analytics.table|ingest|query|tables``.
 
 Each namespace has its own encrypted DuckDB database; a query runs in an instance where only that
 database is attached, external access is disabled and the configuration is locked, and it must be a
-single ``SELECT``. See :mod:`.analytics` for what is refused and how.
+single ``SELECT``. See :mod:`.store` and :mod:`.sandbox` for what is refused and how.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any, Final
 
 from shared import BadRequest, RequestContext, handler
 
-from .core.context import StorageCore
-from .core.metering import encoded_size
+from ..core.context import StorageCore
+from ..core.metering import encoded_size
 from .schema import AnalyticsIngest, AnalyticsQuery, AnalyticsScope, AnalyticsTable
 
 MAX_QUERY_ROWS: Final = 10_000
@@ -20,7 +20,7 @@ MAX_QUERY_S: Final = 30.0
 
 
 class AnalyticsApi(StorageCore):
-    """Handlers over :class:`~.analytics.AnalyticsStore`."""
+    """Handlers over :class:`~.store.AnalyticsStore`."""
 
     @handler("analytics.table", request=AnalyticsTable, concurrent=True)
     async def analytics_table(self, ctx: RequestContext, req: AnalyticsTable) -> dict[str, Any]:

@@ -21,8 +21,8 @@ Contracts:
   quote stored values, so they go back as their kind only. Damage is :class:`DamagedError`.
 
 The checks and conversions of caller values (columns, parameters, ingest rows, results) are in
-:mod:`.analytics_values` and re-exported here; the files on disk (WAL, modes, publishing, copies)
-are in :mod:`.analytics_files`.
+:mod:`.values` and re-exported here; the files on disk (WAL, modes, publishing, copies)
+are in :mod:`.dbfiles`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ import duckdb
 from shared import BadRequest, MeshError, Timeout, Unavailable
 from shared.crypto import derive_subkey, wipe
 
-from .analytics_values import (
+from ..core.errors import DamagedError, StoreError
+from .values import (
     MAX_COLUMNS,
     MAX_PARAMS,
     TYPES,
@@ -54,7 +55,6 @@ from .analytics_values import (
     insert_sql,
     to_wire,
 )
-from .core.errors import DamagedError, StoreError
 
 __all__ = ["MAX_COLUMNS", "MAX_PARAMS", "MEMORY_LIMIT", "THREADS", "TYPES", "attach", "check_columns",
            "check_params", "check_select", "confine", "crypto_selftest", "encode_rows", "engine",

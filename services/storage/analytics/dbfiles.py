@@ -11,15 +11,15 @@ Contract:
 - New files appear by rename only once complete, synced, and 0600 (:func:`publish_file`,
   :func:`copy_file`), so a crash never leaves half a file under a real name. A part left with a
   WAL was not complete and is not published.
-- Locking: nothing here locks on its own account except as noted. :class:`~.analytics.AnalyticsStore`
-  calls the per-file functions holding that file's slot (:mod:`.analytics_slots`), with its
+- Locking: nothing here locks on its own account except as noted. :class:`~.store.AnalyticsStore`
+  calls the per-file functions holding that file's slot (:mod:`.slots`), with its
   instance closed where a second instance must not open the file (an imported file comes from
   outside the store and has no slot). :func:`reencrypt` and :func:`copied_from` take the slot of
   the store file they write or read themselves, closing its instance first: nothing may keep
   serving a file being replaced.
 
-Split out of ``analytics.py`` (naming, opening, rotation and import copies, checks) and
-``sandbox.py`` (the WAL, mode and publishing helpers).
+Split out of the store (:mod:`.store`) (naming, opening, rotation and import copies, checks) and
+:mod:`.sandbox` (the WAL, mode and publishing helpers).
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from typing import Any, Final
 
 from shared.files import fsync_path
 
+from ..core.errors import DamagedError, StoreError
+from ..core.keys import KeySet
 from . import sandbox
-from .analytics_slots import Slots
-from .core.errors import DamagedError, StoreError
-from .core.keys import KeySet
+from .slots import Slots
 
 __all__ = ["NAME_RE", "check_file", "copied_from", "copy_file", "create_file", "durable", "namespace_files",
            "open_file", "private_file", "publish_file", "reencrypt", "remove_file", "resolve", "version_of", "wal"]
