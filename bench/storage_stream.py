@@ -11,7 +11,7 @@ fresh files in the temporary directory it is given, removed after:
   the ratio is what STREAM adds over the cipher (a key per stream by HKDF, the header as associated
   data of every chunk, chunk bookkeeping).
 * Peak resident memory of writing and reading one large file (1 GiB; smaller with ``--quick``)
-  through :class:`services.storage.files.FileStore`, in a child process
+  through :class:`services.storage.files.store.FileStore`, in a child process
   (``python -m bench.storage rss DIR BYTES``, whose entry point calls :func:`_rss_child`) that
   measures itself (see :func:`_rss_child` for why it reads /proc rather than trusting ``ru_maxrss``
   alone). Target: < 64 MiB, i.e. a file is streamed, never held whole.
@@ -205,7 +205,7 @@ def _rss_child(work: Path, size: int) -> dict[str, Any]:
     from services.storage.core.keys import KeySet
     from services.storage.core.namespace import Namespace
     from services.storage.core.stream import DEFAULT_CHUNK_SIZE
-    from services.storage.files import FileStore
+    from services.storage.files.store import FileStore
 
     def maxrss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux

@@ -238,7 +238,7 @@ MEMORY = textwrap.dedent("""
     import os, resource, sys
     from pathlib import Path
     from services.storage import archive
-    from services.storage.files import FileStore
+    from services.storage.files.store import FileStore
     from services.storage.core.keys import KeySet
     from services.storage.core.namespace import Namespace
 

@@ -6,7 +6,7 @@ Four engines behind the mesh, each in its own module with its handlers in a mixi
 - records in SQLCipher (:mod:`.records`): msgpack documents, indexed fields;
 - analytics in DuckDB (:mod:`.analytics`): encrypted per namespace, sandboxed
   read-only SELECTs;
-- files (:mod:`.files`, :mod:`.files_api`): a STREAM format (:mod:`.core.stream`), uploaded and read in pieces.
+- files (:mod:`.files`): a STREAM format (:mod:`.core.stream`), uploaded and read in pieces.
 
 Keys, sealing and worker threads are in :mod:`.core`; re-encryption after a key rotation in
 :mod:`.rotation`; backup and restore in :mod:`.backup`; operator handlers in :mod:`.admin_api`.
@@ -20,7 +20,7 @@ import shutil
 from .admin_api import AdminApi
 from .analytics.engine import AnalyticsApi
 from .core.stream import DEFAULT_CHUNK_SIZE
-from .files_api import FilesApi, piece_bytes
+from .files.engine import FilesApi, piece_bytes
 from .kv.engine import KvApi
 from .records.engine import RecordsApi
 

@@ -42,7 +42,7 @@ from shared import (
 from shared.keeper import LOCKED_REASON, follow_events_of, keep_unsealed, without_keys
 
 from ..analytics.store import AnalyticsStore, StartupError
-from ..files import FileStore
+from ..files.store import FileStore
 from ..kv.store import KvStore
 from ..records.store import RecordStore
 from .errors import DamagedError

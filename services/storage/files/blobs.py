@@ -1,10 +1,10 @@
 """The on-disk format of a file blob, and the durable steps that put one in place or remove it.
 
-Contract: :mod:`.files` decides *what* is stored (names, uploads, which key version wins, when a
+Contract: :mod:`.store` decides *what* is stored (names, uploads, which key version wins, when a
 blob is rotated or removed, and the lock that orders it all); this module owns *how* a blob looks
 on disk: the keyed path tags, the fixed metadata slot and its sealing, the ``.part`` files content
 is streamed into, and the fsync / rename / unlink steps that make each change durable. It was split
-out of ``files.py`` so the format and its durability rules can be read and audited in one place.
+out of the store (:mod:`.store`) so the format and its durability rules can be read and audited in one place.
 Nothing here takes the store's lock: methods marked "under the lock" expect the caller to hold it.
 
 Layout under ``root`` (directories 0700, files 0600)::
@@ -24,7 +24,7 @@ Blob format, version 1 (integers big-endian)::
     6     n     seal(K_meta, msgpack([1, owner, subject, category, name, size, chunks, created]), aad)
     6+n         zero bytes up to META_SLOT (1536): a fixed-size slot, written at commit (when size and
                 chunk count are known) in front of the content streamed before it
-    1536        STREAM (stream.py) of the content, aad = msgpack(["file1", ns.label(), name])
+    1536        STREAM (core/stream.py) of the content, aad = msgpack(["file1", ns.label(), name])
 
 K_meta = derive_subkey(files key, "storage-file-meta"). The metadata's aad is a label, both path tags,
 the key version and the STREAM header: a blob renamed to another name's path, or metadata paired
@@ -51,10 +51,10 @@ from shared import BadRequest
 from shared.crypto import IntegrityError, derive_subkey, open_sealed, seal, wipe
 from shared.files import fsync_path
 
-from .core.errors import DamagedError
-from .core.keys import KeySet
-from .core.namespace import Namespace
-from .core.stream import HEADER_BYTES, StreamHeader, StreamReader, StreamWriter, chunk_count, header_of
+from ..core.errors import DamagedError
+from ..core.keys import KeySet
+from ..core.namespace import Namespace
+from ..core.stream import HEADER_BYTES, StreamHeader, StreamReader, StreamWriter, chunk_count, header_of
 
 META_SLOT: Final = 1536
 MAGIC: Final = b"CMF1"

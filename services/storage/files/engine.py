@@ -1,4 +1,4 @@
-"""File handlers (:mod:`.files`): ``storage.files.put.begin|chunk|commit|abort``, ``get``, ``info``,
+"""File handlers (:mod:`.store`): ``storage.files.put.begin|chunk|commit|abort``, ``get``, ``info``,
 ``list``, ``delete``.
 
 Files travel in pieces so no message comes near the size cap: an upload is begun, fed pieces of at
@@ -20,9 +20,9 @@ from typing import Any, Final
 
 from shared import NotFound, RateLimited, RequestContext, StateError, handler
 
-from .core.context import StorageCore
-from .files import Upload
+from ..core.context import StorageCore
 from .schema import FILE_PIECE_BYTES, FileBegin, FileList, FileName, FilePiece, FileRead, FileUpload
+from .store import Upload
 
 UPLOAD_IDLE_S: Final = 600.0
 MAX_UPLOADS: Final = 8
@@ -49,7 +49,7 @@ class _OpenUpload:
 
 
 class FilesApi(StorageCore):
-    """Handlers over :class:`~.files.FileStore`. ``clock`` (monotonic seconds) times idle uploads."""
+    """Handlers over :class:`~.store.FileStore`. ``clock`` (monotonic seconds) times idle uploads."""
 
     clock: Callable[[], float] = staticmethod(time.monotonic)
     _uploads: dict[str, _OpenUpload] | None = None

@@ -3,7 +3,7 @@
 Contract: this module holds the store's public API (:class:`FileStore`, :class:`Upload`,
 :class:`FileInfo`, :func:`check_name`) and its rules: valid names, how uploads become files, which
 key version wins, rotation, import, verification, snapshots, and the one lock ordering mutations.
-The on-disk blob format and its durable steps live in :mod:`.file_blobs`, with the format notes.
+The on-disk blob format and its durable steps live in :mod:`.blobs`, with the format notes.
 
 Uploads are encrypted as they arrive into a ``.part`` file (plaintext never touches disk) that
 commit fsyncs and renames into place; ``.part`` files left by a crash (mid-upload or mid-rotation)
@@ -29,12 +29,12 @@ from typing import BinaryIO, Final
 
 from shared import BadRequest, NotFound
 
-from .core.errors import DamagedError
-from .core.keys import KeySet
-from .core.namespace import Namespace
-from .core.stream import DEFAULT_CHUNK_SIZE, StreamWriter
-from .file_blobs import META_SLOT as META_SLOT  # Re-exported: public here before the split.
-from .file_blobs import Blob, BlobDir, iter_blobs, open_blob, stream_aad
+from ..core.errors import DamagedError
+from ..core.keys import KeySet
+from ..core.namespace import Namespace
+from ..core.stream import DEFAULT_CHUNK_SIZE, StreamWriter
+from .blobs import META_SLOT as META_SLOT  # Re-exported: public here before the split.
+from .blobs import Blob, BlobDir, iter_blobs, open_blob, stream_aad
 
 MAX_NAME_CHARS: Final = 255
 MAX_PIECE_BYTES: Final = 256 * 1024
