@@ -12,9 +12,9 @@ from typing import Any
 from shared import NoFields, RequestContext, handler
 from shared.crypto import wipe
 
-from .backup import BackupMixin
+from .archive.backup import BackupMixin
+from .archive.schema import BackupCreate, BackupOpen, JobId
 from .core.jobs import Job, JobBoard
-from .schema import BackupCreate, BackupOpen, JobId
 
 
 def _secret(text: str | None) -> bytearray | None:

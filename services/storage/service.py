@@ -9,7 +9,7 @@ Four engines behind the mesh, each in its own module with its handlers in a mixi
 - files (:mod:`.files`): a STREAM format (:mod:`.core.stream`), uploaded and read in pieces.
 
 Keys, sealing and worker threads are in :mod:`.core`; re-encryption after a key rotation in
-:mod:`.rotation`; backup and restore in :mod:`.backup`; operator handlers in :mod:`.admin_api`.
+:mod:`.rotation`; backup and restore in :mod:`.archive.backup`; operator handlers in :mod:`.admin_api`.
 docs/storage.md describes the formats, the namespaces and what each call guarantees.
 """
 

@@ -1,15 +1,10 @@
-"""The backup archive: one file holding a snapshot of encrypted stores and the keys that open them.
+"""Writing a backup archive: one file holding a snapshot of encrypted stores and the keys that open them.
 
-Contract: this is the module callers import. It writes archives (:class:`ArchiveWriter`,
-:func:`write_archive`) and re-exports every public name of the two modules it was split into, so
-``from services.storage.archive import ...`` and ``archive.<name>`` keep working unchanged:
-
-* :mod:`.archive_format`: the format (described there), reader limits, the header and its wraps,
-  the two openers (:func:`open_with_backup_key`, :func:`open_with_passphrase`), the manifest
-  records and the entry-name rule, shared by the writer and the reader;
-* :mod:`.archive_read`: the reading side, :func:`verify_archive` and :func:`extract_archive`.
-
-The split keeps the writer, the format and the untrusted-input reader each readable on its own.
+Contract: :class:`ArchiveWriter` adds entries in order and publishes the archive, durably and 0600,
+only once its manifest is written; :func:`write_archive` packs a list of files and byte entries in
+one go. The format itself (header, key wraps, manifest records, entry-name rule) is
+:mod:`.format`; reading an archive back (verify, extract) is :mod:`.reader`. The three were split
+so the writer, the format and the untrusted-input reader can each be read on their own.
 """
 
 from __future__ import annotations
@@ -31,15 +26,13 @@ from shared import Argon2Profile
 from shared.crypto import derive_from_password, random_key, seal, wipe
 from shared.files import fsync_path
 
-from .archive_format import (
+from ..core.stream import DEFAULT_CHUNK_SIZE, StreamWriter
+from .format import (
     FORMAT_VERSION,
     MAGIC,
     MANIFEST_NAME,
     MAX_ARGON2_MEMORY_KIB,
     MAX_BYTES_ENTRY,
-    MAX_FRAME_BYTES,
-    MAX_HEADER_BYTES,
-    MAX_MANIFEST_BYTES,
     PREFIX,
     U32,
     ArchiveHeader,
@@ -48,23 +41,12 @@ from .archive_format import (
     Progress,
     Wrap,
     build_wrap_aad,
-    check_archive_profile,
     check_entry_name,
     kdf_wire,
     no_progress,
-    open_with_backup_key,
-    open_with_passphrase,
-    read_header,
 )
-from .archive_read import extract_archive, verify_archive
-from .core.stream import DEFAULT_CHUNK_SIZE, StreamWriter
 
-__all__ = [
-    "FORMAT_VERSION", "MAGIC", "MANIFEST_NAME", "MAX_ARGON2_MEMORY_KIB", "MAX_BYTES_ENTRY", "MAX_FRAME_BYTES",
-    "MAX_HEADER_BYTES", "MAX_MANIFEST_BYTES", "ArchiveHeader", "ArchiveInfo", "ArchiveWriter", "Manifest",
-    "ManifestEntry", "Progress", "Wrap", "check_archive_profile", "check_entry_name", "extract_archive",
-    "open_with_backup_key", "open_with_passphrase", "read_header", "verify_archive", "write_archive",
-]
+__all__ = ["ArchiveInfo", "ArchiveWriter", "write_archive"]
 
 #: How much of a source file the writer reads at a time.
 _PIECE: Final = 1 << 20

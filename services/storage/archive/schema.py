@@ -1,9 +1,8 @@
-"""Wire messages of the storage service (checked strictly by :func:`shared.message`).
+"""Wire messages of the operator calls ``storage.backup.*`` and ``storage.jobs`` (checked strictly
+by :func:`shared.message`).
 
-Every user-data request names its ``subject`` (the user the data belongs to) and ``category``;
-with the caller's authenticated identity they make the namespace (:class:`~.core.namespace.Namespace`).
-Fields that carry user data (keys, values, documents, rows, queries, file names and contents) are
-marked sensitive: the log redaction processor never lets them through.
+Passphrases are marked sensitive: the log redaction processor never lets them through. An archive
+is named by its file name inside ``<home>/backups``, never by a path.
 """
 
 from __future__ import annotations
@@ -12,12 +11,6 @@ from dataclasses import field
 
 from shared import message
 
-_DATA = {"sensitive": True}
-_SUBJECT = {"max_len": 128, "sensitive": True}
-_CATEGORY = {"max_len": 32}
-_IDENT = {"max_len": 63}
-
-# -- operations (operators) -----------------------------------------------------------------
 
 @message
 class BackupCreate:

@@ -5,9 +5,8 @@ been checked: every chunk authenticates, the final chunk is there, every entry's
 and SHA-256 match the manifest, and no entry is missing, extra, repeated or reordered. Extraction
 makes a full verify pass first and writes only in a second pass, through directory descriptors that
 never follow a symlink or replace a file, removing what it wrote if that pass fails. The format
-itself (header, wraps, openers, manifest records, entry-name rule) is in :mod:`.archive_format`.
-This module was split out of ``archive.py`` so the untrusted-input side can be read on its own;
-callers keep importing its public names from :mod:`.archive`, which re-exports them.
+itself (header, wraps, openers, manifest records, entry-name rule) is in :mod:`.format`. This
+module is apart from the writer (:mod:`.writer`) so the untrusted-input side can be read on its own.
 """
 
 from __future__ import annotations
@@ -22,7 +21,9 @@ import msgpack
 
 from shared.crypto import wipe
 
-from .archive_format import (
+from ..core.errors import DamagedError
+from ..core.stream import StreamReader
+from .format import (
     MANIFEST_NAME,
     MAX_BYTES_ENTRY,
     MAX_FRAME_BYTES,
@@ -38,8 +39,6 @@ from .archive_format import (
     parse_header,
     require,
 )
-from .core.errors import DamagedError
-from .core.stream import StreamReader
 
 
 class _Plain:

@@ -1,10 +1,9 @@
-"""The backup archive's format, shared by its writer (``archive.py``) and reader (``archive_read.py``).
+"""The backup archive's format, shared by its writer (:mod:`.writer`) and reader (:mod:`.reader`).
 
 Contract: this module defines what an archive *is*: its constants and reader limits, the header and
 its key wraps (parsing them, and the two openers that unwrap the archive key), the manifest records,
-and the rule for entry names. It does no body I/O. It was split out of ``archive.py`` so the writer
-and the reader each depend on one definition of the format instead of on each other; callers keep
-importing every public name from :mod:`.archive`, which re-exports them.
+and the rule for entry names. It does no body I/O. It is a module of its own so the writer and the
+reader each depend on one definition of the format instead of on each other.
 
 Format, version 1 (integers big-endian)::
 
@@ -14,7 +13,7 @@ Format, version 1 (integers big-endian)::
     9      n   header, msgpack: {"created": float, "mesh_id": str, "sequence": int,
                "kdf": None | [memory_kib, iterations, parallelism, salt (16 bytes)],
                "wraps": [[kind, version, sealed archive key], ...]}
-    9+n        body: a STREAM (stream.py) under the archive key, key version 0, whose associated
+    9+n        body: a STREAM (core/stream.py) under the archive key, key version 0, whose associated
                data is bytes [0, 9+n): editing any header byte (a sequence, a wrap) fails every chunk
 
 The archive key is random (256 bits) and wrapped with ``shared.crypto.seal``: kind ``backup-key``
@@ -50,7 +49,7 @@ import msgpack
 from shared import Argon2Profile, BadRequest, ConfigError, Unauthenticated
 from shared.crypto import IntegrityError, check_profile, derive_from_password, open_sealed_secret, wipe
 
-from .core.errors import DamagedError, MissingKeyError
+from ..core.errors import DamagedError, MissingKeyError
 
 MAGIC: Final = b"CMBK"
 FORMAT_VERSION: Final = 1

@@ -1,10 +1,10 @@
-"""Backup and restore of every store, as jobs (:mod:`.core.jobs`) run by the storage service.
+"""Backup and restore of every store, as jobs (:mod:`..core.jobs`) run by the storage service.
 
 Backup (``storage.backup.create``): each store is snapshotted while the mesh runs, on its own worker
 thread so the copy is consistent (SQLite backup API, RocksDB checkpoint, DuckDB checkpointed copy,
 the file blobs). The snapshot files stay encrypted under storage's data keys; those keys travel in
 the archive too (inside its encryption), so a new machine with different keys can restore it. The
-archive (:mod:`.archive`) is encrypted with a random archive key, wrapped by keyvault's ``backups``
+archive (:mod:`.writer`) is encrypted with a random archive key, wrapped by keyvault's ``backups``
 key and, when the operator gives one, by a passphrase (Argon2id ``file`` profile) for off-device
 restores. Archives are written to ``<home>/backups`` (0700) and numbered: the newest number this mesh
 made is kept in storage's state, for rollback detection. The snapshot is consistent per store; writes
@@ -34,12 +34,14 @@ import structlog
 from shared import BadRequest, Conflict, MeshError, NotFound, Unauthenticated, Unavailable
 from shared.crypto import wipe
 
-from . import archive
-from .core.jobs import Job
-from .core.keys import KeySet
-from .core.state import Lineage
-from .records.store import RecordStore
-from .rotation import RotationMixin
+from ..core.jobs import Job
+from ..core.keys import KeySet
+from ..records.store import RecordStore
+from ..rotation import RotationMixin
+from .format import ArchiveHeader, open_with_backup_key, open_with_passphrase, read_header
+from .lineage import Lineage
+from .reader import extract_archive, verify_archive
+from .writer import write_archive
 
 log = structlog.get_logger("storage")
 
@@ -63,13 +65,13 @@ def _private_dir(path: Path) -> Path:
 
 
 class BackupMixin(RotationMixin):
-    """The backup and restore jobs (the handlers are in :mod:`.admin_api`)."""
+    """The backup and restore jobs (the handlers are in :mod:`..admin_api`)."""
 
     _lineage: Lineage | None = None
 
     @property
     def lineage(self) -> Lineage:
-        """The second copy of the backup lineage (:class:`.core.state.Lineage`), made on first use."""
+        """The second copy of the backup lineage (:class:`.lineage.Lineage`), made on first use."""
         if self._lineage is None:
             self._lineage = Lineage(self.home, self.config.keyvault)
         return self._lineage
@@ -142,7 +144,7 @@ class BackupMixin(RotationMixin):
         backup_keys = self.keys["backups"]
         meta = {"mesh_id": self.stored.mesh_id, "sequence": sequence, "records_version": self.records_version}
         await self._audit("storage.backup", "started", job, archive=name, sequence=sequence)
-        info = await self.run("admin", archive.write_archive, path, entries, {KEYS_ENTRY: keys}, meta,
+        info = await self.run("admin", write_archive, path, entries, {KEYS_ENTRY: keys}, meta,
                               (backup_keys.current, backup_keys.key()), passphrase, self.config.argon2.file,
                               job.progress("pack"))
         try:
@@ -183,9 +185,9 @@ class BackupMixin(RotationMixin):
             raise NotFound(f"no archive {name} in the backups directory")
         return path
 
-    async def _archive_key(self, header: archive.ArchiveHeader, passphrase: bytearray | None) -> bytearray:
+    async def _archive_key(self, header: ArchiveHeader, passphrase: bytearray | None) -> bytearray:
         if passphrase is not None:
-            return await self.run("admin", archive.open_with_passphrase, header, passphrase,
+            return await self.run("admin", open_with_passphrase, header, passphrase,
                                   self.config.argon2.test_profiles)
         version = header.backup_key_version
         if version is None:
@@ -198,7 +200,7 @@ class BackupMixin(RotationMixin):
                 raise BadRequest("this archive was not made by this mesh (or its backup key version is gone): "
                                  "give its passphrase") from None
         try:
-            return archive.open_with_backup_key(header, keys.key(version))
+            return open_with_backup_key(header, keys.key(version))
         except Unauthenticated:
             raise BadRequest(f"version {version} of this mesh's backup key does not open the archive: it was made "
                              "by another mesh (or its header was changed); give its passphrase") from None
@@ -208,10 +210,10 @@ class BackupMixin(RotationMixin):
         try:
             self.require()
             path = self.archive_path(name)
-            header = await self.run("admin", archive.read_header, path)
+            header = await self.run("admin", read_header, path)
             key = await self._archive_key(header, passphrase)
             try:
-                manifest = await self.run("admin", archive.verify_archive, path, key, job.progress("verify"))
+                manifest = await self.run("admin", verify_archive, path, key, job.progress("verify"))
             finally:
                 wipe(key)
             return {"archive": name, "sequence": header.sequence, "mesh_id": header.mesh_id, "created": header.created,
@@ -227,7 +229,7 @@ class BackupMixin(RotationMixin):
         try:
             self.require()
             path = self.archive_path(name)
-            header = await self.run("admin", archive.read_header, path)
+            header = await self.run("admin", read_header, path)
             mesh_id, newest = await self.run("admin", (await self.settled_lineage()).newest, self.stored)
             rollback = header.mesh_id == mesh_id and header.sequence < newest
             if rollback and not force:
@@ -238,12 +240,12 @@ class BackupMixin(RotationMixin):
             key = await self._archive_key(header, passphrase)
             work = self.layout.work / f"restore-{job.id}"
             try:
-                await self.run("admin", archive.verify_archive, path, key, job.progress("verify"))
+                await self.run("admin", verify_archive, path, key, job.progress("verify"))
                 await self._audit("storage.restore", "started", job, archive=name, sequence=header.sequence,
                                   rollback=rollback)
                 self.stored.restoring = name
                 self.stored.save(self.layout.state)
-                manifest = await self.run("admin", archive.extract_archive, path, key, work,
+                manifest = await self.run("admin", extract_archive, path, key, work,
                                           job.progress("extract"))
             finally:
                 wipe(key)
