@@ -36,8 +36,8 @@ from shared.crypto import wipe
 
 from ..core.jobs import Job
 from ..core.keys import KeySet
+from ..core.rotation import RotationMixin
 from ..records.store import RecordStore
-from ..rotation import RotationMixin
 from .format import ArchiveHeader, open_with_backup_key, open_with_passphrase, read_header
 from .lineage import Lineage
 from .reader import extract_archive, verify_archive

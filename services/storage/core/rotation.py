@@ -28,7 +28,7 @@ import structlog
 
 from shared import MeshError
 
-from .core.context import StorageCore
+from .context import StorageCore
 
 log = structlog.get_logger("storage")
 
