@@ -5,17 +5,25 @@ this mesh has made or restored, to refuse a rollback unless forced. That lineage
 state file (:class:`~..core.state.StorageState`), which lives in the home, and the home may be
 copied, synced or rolled back as a unit (DESIGN.md invariant 12): so a second copy lives outside it,
 and rollback detection takes the higher of the two.
+
+:class:`Lineage` is that second copy's slot. :class:`BackupLineage` is how backups and restores
+use it: the slot is made on first use, a copy an older version left inside the home is moved out
+(audited) before the slot is read, and the slot is updated after the state file.
 """
 
 from __future__ import annotations
 
 import msgpack
+import structlog
 
-from shared import KeyvaultConfig, MeshHome
+from shared import KeyvaultConfig, MeshError, MeshHome, Unavailable
 from shared.certs import load_certificate
 from shared.keystore import Move, begin_move, choose_keystore
 
+from ..core.context import ADMIN_POOL, StorageCore
 from ..core.state import StorageState
+
+log = structlog.get_logger("storage")
 
 
 class Lineage:
@@ -60,3 +68,56 @@ class Lineage:
     def save(self, mesh_id: str, sequence: int) -> None:
         """Record the lineage in the slot (after the state file)."""
         self.slot.put(bytearray(msgpack.packb([mesh_id, sequence], use_bin_type=True)))
+
+
+class BackupLineage:
+    """The lineage as the backup and restore jobs use it (see the module docstring)."""
+
+    def __init__(self, core: StorageCore) -> None:
+        self.core = core
+        self._slot: Lineage | None = None
+
+    @property
+    def slot(self) -> Lineage:
+        """The second copy's slot, made on first use (it reads storage's certificate)."""
+        if self._slot is None:
+            self._slot = Lineage(self.core.home, self.core.config.keyvault)
+        return self._slot
+
+    async def settled(self) -> Lineage:
+        """The slot, once a copy an older version left in the home has moved into it, the move
+        recorded by audit before the old copy goes (``UNAVAILABLE`` if audit does not record it:
+        retried next time; :class:`~shared.StateError` when the two copies differ)."""
+        core = self.core
+        move = await core.run(ADMIN_POOL, self.slot.begin_move)
+        if move is not None:
+            try:
+                await core.append_audit([{"type": "storage.anchor_moved", "outcome": "ok", "details": {
+                    "anchor": "backup lineage", "source": str(move.old), "destination": move.new}}])
+            except MeshError as exc:
+                raise Unavailable(f"audit did not record the move of the backup lineage off the home ({exc.code})"
+                                  ) from None
+            await core.run(ADMIN_POOL, move.finish)
+            log.warning("anchor_moved", anchor="backup lineage", destination=move.new)
+        return self.slot
+
+    async def move_off_home(self) -> None:
+        """:meth:`settled`, as background work after an unseal: a failure is logged, and backups and
+        restores refuse with the same message until a later attempt succeeds."""
+        try:
+            await self.settled()
+        except MeshError as exc:
+            log.error("backup_lineage_not_moved", reason=exc.message)
+
+    async def newest(self) -> tuple[str, int]:
+        """The lineage archives are compared with (:meth:`Lineage.newest`), once settled."""
+        return await self.core.run(ADMIN_POOL, (await self.settled()).newest, self.core.stored)
+
+    async def save(self) -> None:
+        """Copy the state file's lineage into the slot; a failure is logged loudly, not raised (the
+        state file has it, the second copy lags until the next backup or restore)."""
+        stored = self.core.stored
+        try:
+            await self.core.run(ADMIN_POOL, self.slot.save, stored.mesh_id, stored.backup_seq)
+        except Exception as exc:  # noqa: BLE001 - the state file has it; say loudly that the second copy lags
+            log.error("backup_lineage_not_saved", error_type=type(exc).__name__)

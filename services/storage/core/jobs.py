@@ -18,6 +18,7 @@ from typing import Any, Final
 import structlog
 
 from shared import Conflict, MeshError, NotFound
+from shared.crypto import wipe
 
 log = structlog.get_logger("storage")
 
@@ -63,8 +64,18 @@ class JobBoard:
         self._jobs: dict[str, Job] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def start(self, kind: str, owner: str, work: Callable[[Job], Awaitable[dict[str, Any]]]) -> Job:
-        """Run ``work(job)`` in the background; ``CONFLICT`` while another job runs."""
+    def start(self, kind: str, owner: str, work: Callable[[Job], Awaitable[dict[str, Any]]], *,
+              secret: bytearray | None = None) -> Job:
+        """Run ``work(job)`` in the background; ``CONFLICT`` while another job runs. ``secret`` is a
+        passphrase ``work`` owns (it wipes it when it ends): when the job is refused it is wiped here."""
+        try:
+            return self._start(kind, owner, work)
+        except BaseException:
+            if secret is not None:
+                wipe(secret)
+            raise
+
+    def _start(self, kind: str, owner: str, work: Callable[[Job], Awaitable[dict[str, Any]]]) -> Job:
         if any(job.state == "running" for job in self._jobs.values()):
             raise Conflict("another backup, verify or restore job is running; wait for it (storage.jobs)")
         job = Job(secrets.token_hex(8), kind, owner)

@@ -55,7 +55,8 @@ class Namespace:
 
     def label(self) -> bytes:
         """A canonical, unambiguous encoding: associated data and input of namespace tags."""
-        return msgpack.packb(["ns1", self.owner, self.subject, self.category], use_bin_type=True)
+        label: bytes = msgpack.packb(["ns1", self.owner, self.subject, self.category], use_bin_type=True)
+        return label
 
 
 def check_ident(name: object, what: str) -> str:

@@ -2,14 +2,17 @@
 
 When keyvault rotates ``rocksdb``, ``files``, ``duckdb`` or ``sqlcipher`` it announces
 ``security.key_rotated``; storage fetches the new current version and new writes use it at once.
-Then :class:`RotationMixin` moves what is still sealed under older versions, a small step at a
+Then :class:`Rotation` moves what is still sealed under older versions, a small step at a
 time on the engine's own worker thread, so requests keep being served between steps:
 
-- RocksDB: :meth:`KvStore.reseal_step` re-seals a batch of entries in one synced write batch;
-- files: :meth:`FileStore.rotate_step` re-encrypts one blob into a new file and renames it;
-- DuckDB: :meth:`AnalyticsStore.rotate_step` copies one namespace's database into a new encrypted
+- RocksDB: ``KvStore.reseal_step`` re-seals a batch of entries in one synced write batch;
+- files: ``FileStore.rotate_step`` re-encrypts one blob into a new file and renames it;
+- DuckDB: ``AnalyticsStore.rotate_step`` copies one namespace's database into a new encrypted
   file and swaps it in atomically;
-- SQLCipher: :meth:`RecordStore.rekey` (``PRAGMA rekey``) re-encrypts ``records.db`` in one go.
+- SQLCipher: ``RecordStore.rekey`` (``PRAGMA rekey``) re-encrypts ``records.db`` in one go.
+
+The first three are :class:`~.engine.StepwiseEngine` objects (``count`` and ``rotate_step``); the
+records engine is :class:`Rekeyable`: one database under one key version at a time.
 
 Each step is atomic on disk, so a crash mid-rotation loses nothing: at the next start storage
 finds data still under an older version (the version is in every entry, file name or header; for
@@ -21,19 +24,38 @@ retirement is recorded in storage's state file. Progress is in ``storage.status`
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Protocol
 
 import structlog
 
 from shared import MeshError
 
 from .context import StorageCore
+from .engine import StepwiseEngine
+from .keys import KeySet
 
 log = structlog.get_logger("storage")
 
-#: Which engine holds data under which purpose's key.
-ENGINES: Final = {"rocksdb": "kv", "files": "files", "duckdb": "analytics"}
+
+class Rekeyable(Protocol):
+    """An engine whose one database is under one key version, re-encrypted as a whole."""
+
+    @property
+    def purpose(self) -> str:
+        """The keyvault purpose of its key."""
+
+    @property
+    def key_version(self) -> int:
+        """The key version the database is encrypted with now."""
+
+    @property
+    def keys(self) -> KeySet:
+        """The versions of its key held now."""
+
+    async def rekey(self) -> None:
+        """Re-encrypt the database under the current key version (durable on return)."""
 
 
 @dataclass
@@ -56,78 +78,76 @@ class Progress:
                 "finished": self.finished, "problem": self.problem}
 
 
-class RotationMixin(StorageCore):
-    """Drives re-encryption from :meth:`after_unseal` (the keeper calls it while unsealed)."""
+class Rotation:
+    """Drives re-encryption (the keeper calls :meth:`run` while unsealed): the ``stepwise`` engines
+    one after another, then the ``rekeyed`` one."""
 
-    _progress: dict[str, Progress] | None = None
+    def __init__(self, core: StorageCore, stepwise: Sequence[StepwiseEngine], rekeyed: Rekeyable) -> None:
+        self.core = core
+        self.stepwise = tuple(stepwise)
+        self.rekeyed = rekeyed
+        self._progress: dict[str, Progress] = {}
 
-    def rotation_status(self) -> dict[str, Any]:
-        return {p: prog.to_wire() for p, prog in (self._progress or {}).items()}
+    def status(self) -> dict[str, Any]:
+        """Each purpose's latest rotation, as ``storage.status`` shows it."""
+        return {p: prog.to_wire() for p, prog in self._progress.items()}
 
-    async def after_unseal(self) -> None:
+    async def run(self) -> None:
         """Re-encrypt whatever is under an older key version, then retire those versions."""
-        if self._progress is None:
-            self._progress = {}
-        for purpose in ("rocksdb", "files", "duckdb", "sqlcipher"):
-            if self.state != "ok":
+        engines: tuple[StepwiseEngine | Rekeyable, ...] = (*self.stepwise, self.rekeyed)
+        for engine in engines:
+            if self.core.state != "ok":
                 return
             try:
-                await self._rotate(purpose)
+                if isinstance(engine, StepwiseEngine):
+                    await self._rotate_stepwise(engine)
+                else:
+                    await self._rekey(engine)
             except MeshError as exc:
-                progress = self._progress.get(purpose)
+                progress = self._progress.get(engine.purpose)
                 if progress is not None:
                     progress.state, progress.problem = "failed", exc.message
-                log.error("rotation_failed", purpose=purpose, reason=exc.message)
+                log.error("rotation_failed", purpose=engine.purpose, reason=exc.message)
 
-    def _engine(self, purpose: str) -> Any:
-        return {"kv": self.kv, "files": self.files, "analytics": self.analytics}[ENGINES[purpose]]
-
-    async def _rotate(self, purpose: str) -> None:
-        keys = self.keys[purpose]
+    async def _rotate_stepwise(self, engine: StepwiseEngine) -> None:
+        keys = engine.keys
         old = [v for v in keys.versions() if v != keys.current]
-        if purpose == "sqlcipher":
-            if self.records_version != keys.current:
-                await self._rekey_records()
-        elif old:
-            engine, pool = self._engine(purpose), ENGINES[purpose]
-            counts = {v: await self.run(pool, engine.count, v) for v in old}
-            assert self._progress is not None
-            progress = Progress(purpose, keys.current, old, sum(counts.values()), started=time.time())
-            self._progress[purpose] = progress
-            step = engine.reseal_step if purpose == "rocksdb" else engine.rotate_step
+        if old:
+            counts = {v: await engine.run(engine.count, v) for v in old}
+            progress = Progress(engine.purpose, keys.current, old, sum(counts.values()), started=time.time())
+            self._progress[engine.purpose] = progress
             for version in old:
-                while self.state == "ok" and (moved := await self.run(pool, step, keys, version)) > 0:
+                while self.core.state == "ok" and (moved := await engine.run(engine.rotate_step, version)) > 0:
                     progress.done += moved
-                if self.state != "ok":
+                if self.core.state != "ok":
                     return
             progress.state, progress.finished = "done", time.time()
-        await self._retire(purpose, old)
+        await self._retire(engine.purpose, old)
 
-    async def _rekey_records(self) -> None:
-        assert self.records is not None and self._progress is not None
-        keys = self.keys["sqlcipher"]
-        progress = Progress("sqlcipher", keys.current, [self.records_version], 1, started=time.time())
-        self._progress["sqlcipher"] = progress
-        await self.run("records", self.records.rekey, keys.key())
-        self.records_version = keys.current
-        progress.done, progress.state, progress.finished = 1, "done", time.time()
+    async def _rekey(self, engine: Rekeyable) -> None:
+        keys = engine.keys
+        if engine.key_version != keys.current:
+            progress = Progress(engine.purpose, keys.current, [engine.key_version], 1, started=time.time())
+            self._progress[engine.purpose] = progress
+            await engine.rekey()
+            progress.done, progress.state, progress.finished = 1, "done", time.time()
+        # Every version but the current one: the database is under the current one now.
+        await self._retire(engine.purpose, [v for v in keys.versions() if v != keys.current])
 
     async def _retire(self, purpose: str, versions: list[int]) -> None:
-        keys = self.keys[purpose]
-        if purpose == "sqlcipher":
-            versions = [v for v in keys.versions() if v != keys.current]
         if not versions:
             return
-        retired = self.stored.retired.setdefault(purpose, [])
+        keys, stored = self.core.keys[purpose], self.core.stored
+        retired = stored.retired.setdefault(purpose, [])
         for version in versions:
             keys.retire(version)
             if version not in retired:
                 retired.append(version)
-        self.stored.save(self.layout.state)
+        stored.save(self.core.layout.state)
         log.info("key_versions_retired", purpose=purpose, versions=versions)
         try:
-            await self._append_audit([{"type": "storage.key_retired", "outcome": "ok", "target": purpose,
-                                       "details": {"purpose": purpose, "versions": ",".join(map(str, versions))}}])
+            await self.core.append_audit([{"type": "storage.key_retired", "outcome": "ok", "target": purpose,
+                                           "details": {"purpose": purpose, "versions": ",".join(map(str, versions))}}])
         except MeshError as exc:
             # The retirement already happened (nothing is sealed under those versions any more);
             # the missing record is reported here rather than undoing it.
