@@ -111,17 +111,19 @@ class StepwiseEngine(Engine):
         """Open the store itself (the keys are fetched)."""
 
     @abstractmethod
-    def count(self, version: int) -> int:
-        """Blocking: how many items are sealed under key ``version``."""
+    async def count(self, version: int, pool: str | None = None) -> int:
+        """How many items are sealed under key ``version``, counted on the worker thread(s) of
+        ``pool`` (default: the engine's own)."""
 
     @abstractmethod
-    def rotate_step(self, version: int) -> int:
-        """Blocking: move some items from ``version`` to the current version, each move atomic on
-        disk; how many moved, 0 when none are left."""
+    async def rotate_step(self, version: int) -> int:
+        """Move some items from ``version`` to the current version, each move atomic on disk; how
+        many moved, 0 when none are left."""
 
     async def fetch_older_keys(self) -> None:
-        """Fetch each older version of the key that is not retired and still seals data."""
+        """Fetch each older version of the key that is not retired and still seals data (counted on
+        the admin pool, so requests on the engine's own threads are not held up)."""
         retired = self.core.stored.retired.get(self.purpose, [])
         for version in range(1, self.keys.current):
-            if version not in retired and await self.core.run(ADMIN_POOL, self.count, version) > 0:
+            if version not in retired and await self.count(version, ADMIN_POOL) > 0:
                 await self.core.fetch_key(self.purpose, version)

@@ -113,11 +113,11 @@ class Rotation:
         keys = engine.keys
         old = [v for v in keys.versions() if v != keys.current]
         if old:
-            counts = {v: await engine.run(engine.count, v) for v in old}
+            counts = {v: await engine.count(v) for v in old}
             progress = Progress(engine.purpose, keys.current, old, sum(counts.values()), started=time.time())
             self._progress[engine.purpose] = progress
             for version in old:
-                while self.core.state == "ok" and (moved := await engine.run(engine.rotate_step, version)) > 0:
+                while self.core.state == "ok" and (moved := await engine.rotate_step(version)) > 0:
                     progress.done += moved
                 if self.core.state != "ok":
                     return

@@ -87,11 +87,11 @@ class KvEngine(StepwiseEngine):
             await self.run(self.store.close)
         self.store = None
 
-    def count(self, version: int) -> int:
-        return self._opened().count(version)
+    async def count(self, version: int, pool: str | None = None) -> int:
+        return await self.core.run(pool or self.name, self._opened().count, version)
 
-    def rotate_step(self, version: int) -> int:
-        return self._opened().reseal_step(self.keys, version)
+    async def rotate_step(self, version: int) -> int:
+        return await self.run(self._opened().reseal_step, self.keys, version)
 
     async def verify(self) -> list[str]:
         return await self.run(self._opened().verify, self.keys)
