@@ -55,7 +55,7 @@ test: host-test $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check shared services tools tests bench
+	$(VENV)/bin/ruff check shared services tools tests bench examples
 	$(VENV)/bin/mypy shared
 
 bench: $(STAMP)

@@ -16,6 +16,7 @@ them are private (tests/test_import_graph.py fails when code outside ``shared/``
 
 from . import certs
 from ._acl import Grant, compile_grant
+from ._argon2 import Argon2Profile
 from ._certs import Certificate, KeyPair
 from ._client import Event, MeshClient, Subscription
 from ._codec import (
@@ -31,12 +32,9 @@ from ._codec import (
 from ._config import (
     DEFAULT_CONFIG_PATH,
     PURPOSES,
-    AclConfig,
-    AclRule,
     AlertRule,
     AlertRules,
     Argon2Config,
-    Argon2Profile,
     AuditConfig,
     BrokerConfig,
     KeyvaultConfig,
@@ -44,11 +42,13 @@ from ._config import (
     MeshConfig,
     RateLimit,
     RuntimeConfig,
+    build_config,
     config_path,
     load_config,
     parse_config,
 )
 from ._connection import Connection
+from ._declarations import BROKER, BROKER_ADDRESS, AclConfig, AclRule, ServiceDeclaration
 from ._errors import (
     WIRE_CODES,
     BadRequest,
@@ -100,7 +100,7 @@ __all__ = [
     "PROTOCOL_VERSION", "WIRE_CODES", "ENV_HOME", "DEFAULT_CONFIG_PATH",
     "AclConfig", "AclRule", "AlertRule", "AlertRules", "AuditConfig",
     "Argon2Config", "Argon2Profile", "BrokerConfig", "KeyvaultConfig", "PURPOSES",
-    "LimitsConfig", "MeshConfig", "RateLimit", "RuntimeConfig",
+    "LimitsConfig", "MeshConfig", "RateLimit", "RuntimeConfig", "ServiceDeclaration", "BROKER", "BROKER_ADDRESS",
     "BadRequest", "CertificateError", "ConfigError", "Conflict", "Forbidden", "HandshakeError",
     "Internal", "MeshError", "NotFound", "RateLimited", "Sealed", "StateError", "Timeout", "Unauthenticated",
     "Unavailable",
@@ -111,6 +111,7 @@ __all__ = [
     "DEGRADED", "FAILED", "READINESS_STATES", "READY", "SEALED", "Readiness",
     "append_record", "append_records", "damaged_pages", "integrity_problems",
     "certs", "compile_grant", "config_files", "config_layers", "config_path", "config_provenance", "mesh_config",
+    "build_config",
     "ConfigLayers", "CONFIG_BUILT_IN", "merge_config",
     "decode_body", "decode_delivered", "decode_header",
     "encode_body", "encode_header", "error_text", "error_from_wire", "load_config", "parse_config", "split_target",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._config import AclConfig, AclRule
+from ._declarations import AclConfig, AclRule
 
 
 @dataclass(frozen=True, slots=True)

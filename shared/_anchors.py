@@ -14,11 +14,8 @@ Contract:
   else or open to group or others; it creates a missing one 0700.
 - :func:`slot_file` names a slot after its keyring account (``master:<mesh id>`` becomes
   ``master_<mesh id>``), so two meshes never share a slot.
-- :func:`begin_move` and :meth:`Move.finish` move a slot a previous version kept in the home
-  into its new place in two steps, so the caller can make its audit record durable in between:
-  a crash before :meth:`Move.finish` leaves two equal copies, and the next start finishes the
-  move. Two copies that differ are refused (:class:`StateError`): one of them is not what the
-  mesh last wrote, and guessing which could roll a checkpoint back or lose a key.
+- Moving a slot a previous version kept in the home into its new place is :mod:`._anchor_move`'s
+  (it needs the keystores, which need this module).
 """
 
 from __future__ import annotations
@@ -26,15 +23,11 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-from ._errors import ConfigError, StateError
+from ._errors import ConfigError
 from ._home import MeshHome
-
-if TYPE_CHECKING:  # the keystore module imports this one
-    from ._keystore import Keystore
 
 ENV_STATE: Final = "XDG_STATE_HOME"
 SETTING: Final = "keyvault.anchor_dir"
@@ -83,56 +76,3 @@ def anchor_dir(home: MeshHome, setting: str) -> Path:
 def slot_file(directory: Path, account: str) -> Path:
     """The file of the slot of keyring account ``account`` in ``directory``."""
     return directory / _UNSAFE.sub("_", account)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@dataclass(frozen=True, slots=True)
-class Move:
-    """A slot copied from ``old`` (in the home) into its new place; ``old`` is still there."""
-
-    old: Path
-    new: str  #: where the slot is now, for the audit record (a path, or the keyring's name)
-
-    def finish(self) -> None:
-        """Remove the old copy, durably. Call it once the move's audit record is durable."""
-        self.old.unlink(missing_ok=True)
-        _fsync_dir(self.old.parent)
-
-
-def begin_move(old: Path, slot: Keystore, what: str) -> Move | None:
-    """Copy the slot a previous version kept at ``old`` into ``slot`` (when ``slot`` is empty).
-
-    None when there is no ``old``. The same value in both is a move a crash interrupted: it is
-    finished the same way. Different values raise :class:`StateError` naming both places.
-    ``what`` names the anchor in that message (``the master key``).
-    """
-    from ._keystore import FileKeystore  # late: that module imports this one
-
-    try:
-        os.lstat(old)
-    except FileNotFoundError:
-        return None
-    legacy = FileKeystore(old).get()
-    if legacy is None:
-        return None
-    destination = str(getattr(slot, "path", slot.name))
-    current = slot.get()
-    try:
-        if current is None:
-            slot.put(legacy)
-        elif bytes(current) != bytes(legacy):
-            raise StateError(f"{what} is kept both in {old} (left by an older curvemesh) and in {destination}, "
-                             "and the two differ: refusing to guess which is current. Keep the one the mesh "
-                             "last used, delete the other, then start again")
-    finally:
-        for buffer in (legacy, current):
-            if buffer is not None:
-                buffer[:] = bytes(len(buffer))
-    return Move(old, destination)

@@ -103,7 +103,7 @@ class MeshClient:
         """
         config = config or mesh_config(home.root)
         if not os.path.lexists(home.secret_key_path(name)):
-            raise missing_keypair(home, name)  # say where it should be and what creates it
+            raise missing_keypair(home, name, config)  # say where it should be and what creates it
         keypair = load_keypair(home.secret_key_path(name))
         if broker_key is None:
             broker_key = load_certificate(home.public_key_path("broker")).public_key

@@ -18,7 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from ._argon2 import Argon2Profile, check_profile
 from ._certs import NAME_RE, ROLES
+from ._declarations import (
+    CALL_RE,
+    TOPIC_RE,
+    AclConfig,
+    ServiceDeclaration,
+    check_names,
+    derive_acl,
+    derive_entitlements,
+    identities,
+    processes,
+)
 from ._errors import ConfigError
 
 CONFIG_VERSION: Final = 1
@@ -27,9 +39,6 @@ CONFIG_VERSION: Final = 1
 def _empty() -> Mapping[str, Any]:
     return types.MappingProxyType({})
 
-# svc.method, svc.* (every method), svc.group.* (methods under one dotted group), *.method.
-_CALL_RE: Final = re.compile(r"^(\*|[a-z][a-z0-9_-]*)\.(\*|[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*(\.\*)?)$")
-_TOPIC_RE: Final = re.compile(r"^(\*|[a-z0-9][a-z0-9_.:-]*)$")
 
 
 def _range(lo: float, hi: float) -> dict[str, float]:
@@ -102,32 +111,6 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class AclRule:
-    """What one identity or role may do. Patterns: ``svc.method``, ``svc.*``, ``*.method``."""
-
-    call: tuple[str, ...] = ()
-    publish: tuple[str, ...] = ()
-    subscribe: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class AclConfig:
-    """``[acl]``: deny by default; rules for a role apply to every identity of that role."""
-
-    role: Mapping[str, AclRule] = field(default_factory=_empty)
-    identity: Mapping[str, AclRule] = field(default_factory=_empty)
-
-
-@dataclass(frozen=True, slots=True)
-class Argon2Profile:
-    """An Argon2id cost profile (memory in KiB)."""
-
-    memory_kib: int = field(default=65536, metadata=_range(8, 4 << 20))
-    iterations: int = field(default=1, metadata=_range(1, 100))
-    parallelism: int = field(default=1, metadata=_range(1, 64))
-
-
-@dataclass(frozen=True, slots=True)
 class Argon2Config:
     """``[argon2]``: the four context profiles of DESIGN.md."""
 
@@ -139,8 +122,6 @@ class Argon2Config:
     test_profiles: bool = False
 
     def __post_init__(self) -> None:
-        from ._crypto import check_profile  # late: the recipes module imports this one.
-
         for context in ("master", "database", "file", "authentication"):
             check_profile(context, getattr(self, context), self.test_profiles)
 
@@ -148,16 +129,6 @@ class Argon2Config:
 #: Every purpose a data key can have (DESIGN.md, keyvault issue).
 PURPOSES: Final = ("sqlcipher", "duckdb", "rocksdb", "files", "audit-hmac", "audit-signing",
                    "token-signing", "pairing", "plugins", "backups")
-
-
-def _default_entitlements() -> Mapping[str, tuple[str, ...]]:
-    return types.MappingProxyType({
-        "storage": ("sqlcipher", "duckdb", "rocksdb", "files", "backups"),
-        "audit": ("audit-hmac", "audit-signing"),
-        "authn": ("token-signing",),
-        "pairing": ("pairing",),
-        "plugin-host": ("plugins",),
-    })
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +141,8 @@ class KeyvaultConfig:
     stored: keyvault starts sealed until ``meshctl security unlock``; the other anchors
     behave as with ``auto``). ``anchor_dir``: where file-kept anchors live, outside the
     home (empty: ``${XDG_STATE_HOME:-$HOME/.local/state}/curvemesh``); an absolute path,
-    checked against the home when a service starts. ``entitlements`` replaces the
-    default table as a whole.
+    checked against the home when a service starts. ``entitlements`` names data keys an identity
+    may fetch beyond the ``keys`` its ``[services.<name>]`` declaration lists (the two add up).
     """
 
     keystore: str = "auto"
@@ -184,7 +155,7 @@ class KeyvaultConfig:
     key_fetches_per_minute: int = field(default=60, metadata=_range(1, 10_000_000))
     #: Audit records keyvault keeps until the audit service takes them (fail closed when full).
     audit_spool_max_records: int = field(default=1_000_000, metadata=_range(100, 100_000_000))
-    entitlements: Mapping[str, tuple[str, ...]] = field(default_factory=_default_entitlements)
+    entitlements: Mapping[str, tuple[str, ...]] = field(default_factory=_empty)
 
     def __post_init__(self) -> None:
         if self.keystore not in ("auto", "keyring", "file", "password"):
@@ -248,10 +219,18 @@ class MeshConfig:
     argon2: Argon2Config = Argon2Config()
     keyvault: KeyvaultConfig = KeyvaultConfig()
     audit: AuditConfig = AuditConfig()
+    #: ``[services.<name>]``: every process of the mesh, declared once (:mod:`._declarations`).
+    services: Mapping[str, ServiceDeclaration] = field(default_factory=_empty)
 
     def __post_init__(self) -> None:
         if self.version != CONFIG_VERSION:
             raise ConfigError(f"version: this curvemesh reads version {CONFIG_VERSION}, not {self.version}")
+        check_names(self.services)
+        for name, declaration in self.services.items():
+            for purpose in declaration.keys:
+                if purpose not in PURPOSES:
+                    raise ConfigError(f"services.{name}.keys: unknown purpose {purpose!r}; purposes are "
+                                      f"{', '.join(PURPOSES)}")
         for section, table in (("acl.role", self.acl.role), ("limits.role", self.limits.role)):
             for role in table:
                 if role not in ROLES:
@@ -263,13 +242,27 @@ class MeshConfig:
         for where, rules in (("role", self.acl.role), ("identity", self.acl.identity)):
             for who, rule in rules.items():
                 for pattern in rule.call:
-                    if not _CALL_RE.match(pattern) or pattern == "*.*":
+                    if not CALL_RE.match(pattern) or pattern == "*.*":
                         raise ConfigError(f"acl.{where}.{who}.call: {pattern!r} is not svc.method, svc.*, "
                                           "svc.group.* or *.method")
                 for key in ("publish", "subscribe"):
                     for topic in getattr(rule, key):
-                        if not _TOPIC_RE.match(topic):
+                        if not TOPIC_RE.match(topic):
                             raise ConfigError(f"acl.{where}.{who}.{key}: {topic!r} is not a topic prefix or '*'")
+        # The ACL and the entitlements in force are the explicit rules plus what the declarations
+        # imply; both are derived here, once, so every reader of the configuration (the broker,
+        # keyvault, meshctl) sees the same rights. Deriving twice adds nothing (a union).
+        object.__setattr__(self, "acl", derive_acl(self.acl, self.services))
+        entitlements = derive_entitlements(self.keyvault.entitlements, self.services)
+        object.__setattr__(self, "keyvault", dataclasses.replace(self.keyvault, entitlements=entitlements))
+
+    def identities(self) -> dict[str, str]:
+        """Every declared identity (the broker excepted) with the role its certificate carries."""
+        return identities(self.services)
+
+    def processes(self) -> list[str]:
+        """The declared processes supervisord runs, in start order."""
+        return processes(self.services)
 
 
 def _convert(tp: Any, value: Any, where: str, base: Any = None) -> Any:

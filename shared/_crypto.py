@@ -29,8 +29,8 @@ import secrets
 from typing import Final
 
 from . import hazmat
-from ._config import Argon2Profile
-from ._errors import ConfigError, MeshError
+from ._argon2 import Argon2Profile, check_profile
+from ._errors import MeshError
 
 __all__ = [
     "KEY_BYTES",
@@ -60,14 +60,6 @@ _HKDF_INFO_PREFIX: Final = b"curvemesh/v1/"
 _LABEL_RE: Final = re.compile(r"[a-z0-9._-]{1,64}")
 # Derived keys shorter than 128 bits are too weak to be worth offering.
 _SUBKEY_MIN_BYTES: Final = 16
-
-# OWASP Password Storage Cheat Sheet, Argon2id minimums: 19 MiB with t=2, or 46 MiB
-# with t=1. Anything weaker makes an offline guess too cheap.
-_FLOOR_LOW_MEMORY_KIB: Final = 19 * 1024
-_FLOOR_LOW_MEMORY_ITERATIONS: Final = 2
-_FLOOR_HIGH_MEMORY_KIB: Final = 46 * 1024
-_FLOOR_HIGH_MEMORY_ITERATIONS: Final = 1
-
 
 class IntegrityError(MeshError):
     """Sealed data failed its check: it was tampered with, truncated, or the key or
@@ -179,28 +171,6 @@ def derive_from_password(password: bytes | bytearray, salt: bytes, profile: Argo
         lanes=profile.parallelism,
         memory_kib=profile.memory_kib,
     )
-
-
-def check_profile(context: str, profile: Argon2Profile, allow_test: bool) -> None:
-    """Refuse an Argon2id profile below the OWASP floor, naming ``argon2.<context>``.
-
-    The floor: at least 19 MiB with 2 iterations, or 46 MiB with 1 iteration.
-    ``allow_test`` lifts the floor so tests can use tiny profiles; it never lifts
-    Argon2's own minimum of 8 KiB per lane. Raises :class:`~shared.ConfigError`.
-    """
-    if profile.memory_kib < 8 * profile.parallelism:
-        raise ConfigError(f"argon2.{context}.memory_kib: must be at least 8 KiB per lane (8 * parallelism)")
-    if allow_test:
-        return
-    low_memory_ok = profile.memory_kib >= _FLOOR_LOW_MEMORY_KIB and profile.iterations >= _FLOOR_LOW_MEMORY_ITERATIONS
-    high_memory_ok = (
-        profile.memory_kib >= _FLOOR_HIGH_MEMORY_KIB and profile.iterations >= _FLOOR_HIGH_MEMORY_ITERATIONS
-    )
-    if not (low_memory_ok or high_memory_ok):
-        raise ConfigError(
-            f"argon2.{context}: memory_kib={profile.memory_kib} with iterations={profile.iterations} is below "
-            f"the OWASP minimum (19456 KiB with 2 iterations, or 47104 KiB with 1)"
-        )
 
 
 def wipe(buf: bytearray) -> None:

@@ -15,8 +15,9 @@ Contract:
 - A fragment grants rights, so it must be the operator's: a regular file (no symlink) owned by the
   user the mesh runs as, writable by nobody else, in a directory that is the same. Anything else is
   refused at start, fail closed. Files not ending in ``.toml`` are ignored (editor backups).
-- :func:`provenance` says, for every effective key, which layer set it (or that it is built in),
-  for ``meshctl config show``.
+- :func:`provenance` says, for every effective key, which layer set it (or that it is built in, or
+  that the ``[services.*]`` declarations gave it: the ACL and entitlements in force), for
+  ``meshctl config show``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from ._errors import ConfigError
 
 FRAGMENTS_DIR: Final = "mesh.d"
 BUILT_IN: Final = "built-in default"
+#: The source of an ACL or entitlement value that the ``[services.*]`` declarations gave.
+DERIVED: Final = "[services.*] declarations"
+_DERIVED_SECTIONS: Final = ("acl.", "keyvault.entitlements.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,20 +141,25 @@ def provenance(layers: Layers) -> list[tuple[str, Any, str]]:
     """``(key, value, source)`` for every effective setting, in the order of the configuration's
     sections: ``source`` is the last layer that set the key, or :data:`BUILT_IN`."""
     origin: dict[str, str] = {}
+    written: dict[str, Any] = {}
     for path, table in zip(layers.files, layers.tables, strict=True):
-        for key in _leaves(table):
-            origin[key] = str(path)
+        for key, value in _leaves(table):
+            origin[key], written[key] = str(path), value
     rows: list[tuple[str, Any, str]] = []
     for key, value in _effective(build(layers), ""):
-        rows.append((key, value, origin.get(key, BUILT_IN)))
+        source = origin.get(key, BUILT_IN)
+        if key.startswith(_DERIVED_SECTIONS) and value != written.get(key):
+            # The ACL and entitlements in force add the declarations' rules to what a file wrote.
+            source = DERIVED if key not in origin else f"{source} + {DERIVED}"
+        rows.append((key, value, source))
     return rows
 
 
-def _leaves(table: Mapping[str, Any], prefix: str = "") -> list[str]:
-    keys: list[str] = []
+def _leaves(table: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    keys: list[tuple[str, Any]] = []
     for key, value in table.items():
         where = f"{prefix}.{key}" if prefix else key
-        keys += _leaves(value, where) if isinstance(value, dict) else [where]
+        keys += _leaves(value, where) if isinstance(value, dict) else [(where, value)]
     return keys
 
 

@@ -18,7 +18,8 @@ The code and the full contracts are in :mod:`shared._keystore` and :mod:`shared.
 
 from __future__ import annotations
 
-from ._anchors import Move, anchor_dir, begin_move, slot_file
+from ._anchor_move import Move, begin_move
+from ._anchors import anchor_dir, slot_file
 from ._keystore import FILE_WARNING, FileKeystore, KeyringKeystore, Keystore, choose_keystore, keyring_slot
 
 __all__ = [

@@ -30,7 +30,7 @@ import zmq.asyncio
 from ._client import MeshClient
 from ._config import MeshConfig, parse_config
 from ._home import MeshHome
-from ._provision import MESH_IDENTITIES, add_identity, provision
+from ._provision import add_identity, provision
 from ._runtime import ServiceRunner
 from ._service import RequestContext, Service
 
@@ -66,7 +66,7 @@ class InProcessMesh:
     """A broker thread plus services and clients on the current event loop.
 
     ``root`` becomes the mesh home, provisioned with a keypair for the broker and for each of
-    ``identities`` (name to role; :data:`~shared.provision.MESH_IDENTITIES` when None);
+    ``identities`` (name to role; when None, the identities ``config_text`` declares);
     ``config_text`` is the mesh.toml written into it; ``broker`` makes the broker that
     :meth:`start_broker` (and entering the context) starts.
     """
@@ -77,7 +77,7 @@ class InProcessMesh:
         self.home = MeshHome(root)
         self.config_text = config_text
         self.config: MeshConfig = parse_config(config_text, "test mesh.toml")
-        self.pairs = provision(self.home, identities if identities is not None else dict(MESH_IDENTITIES))
+        self.pairs = provision(self.home, identities if identities is not None else self.config.identities())
         (self.home.root / "mesh.toml").write_text(config_text)
         self.context = zmq.asyncio.Context()
         #: The running broker (what the factory made), None while stopped.

@@ -50,6 +50,11 @@ call = ["echo.echo"]
 call = ["echo.health"]
 publish = ["outsider."]
 subscribe = ["outsider."]
+
+# The data keys of the project's services (mesh.toml declares them as each service's `keys`).
+[keyvault.entitlements]
+storage = ["sqlcipher", "duckdb", "rocksdb", "files", "backups"]
+audit = ["audit-hmac", "audit-signing"]
 """
 
 # A tiny master Argon2 profile, allowed only with test_profiles: a derivation in milliseconds.

@@ -17,7 +17,7 @@ from services.audit.service import Audit
 from services.keyvault.service import Keyvault
 from services.keyvault.setup import initialise
 from services.storage.service import Storage
-from shared import MeshClient, MeshError, ServiceRunner
+from shared import MeshClient, MeshError, ServiceRunner, parse_config
 
 from .conftest import FAST_CONFIG, TEST_ARGON2, eventually
 from .mesh import InProcessMesh
@@ -131,8 +131,9 @@ class StorageRig:
 async def storage_rig(root: Path, *, password: str = PASSWORD, start: bool = True,
                       config: str = CONFIG) -> AsyncIterator[StorageRig]:
     """The rig, with storage started unless ``start`` is false; ``config`` extends :data:`CONFIG`
-    (e.g. a ``[keyvault]`` table choosing the file keystore)."""
-    mesh = InProcessMesh(root, config, dict(IDENTITIES))
+    (e.g. a ``[keyvault]`` table choosing the file keystore, or a ``[services.x]`` declaration, whose
+    identity gets its keypair too)."""
+    mesh = InProcessMesh(root, config, {**IDENTITIES, **parse_config(config).identities()})
     initialise(mesh.home, mesh.config, bytearray(password.encode()))
     async with mesh:
         mesh.broker._ship_after = math.inf  # the broker's own audit records are not what these tests count

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from services.audit.alerts import AlertEngine
+from services.audit.alert_engine import AlertEngine
 from services.audit.chain import Record
 from services.audit.service import Audit
 from services.keyvault.setup import initialise

@@ -30,7 +30,6 @@ from services.audit.chain import (
     public_key_of,
     sign_checkpoint,
     verify_checkpoint,
-    verify_log,
 )
 from services.audit.errors import TamperError
 from services.audit.merkle import (
@@ -50,6 +49,7 @@ from services.audit.proofs import (
     export_bundle,
     verify_bundle,
 )
+from services.audit.verifier import verify_log
 from shared import BadRequest, MeshError
 
 # --- RFC 9162, transcribed naively from sections 2.1.1, 2.1.3.1 and 2.1.4.1 -----------------------

@@ -18,7 +18,7 @@ import pytest
 import sqlcipher3
 
 from services.audit import chain
-from services.audit.alerts import AlertEngine
+from services.audit.alert_engine import AlertEngine
 from services.audit.chain import LogEntry, LogHead, public_key_of, sign_checkpoint
 from services.audit.errors import TamperError
 from services.audit.export import export_page
@@ -32,8 +32,9 @@ from services.audit.proofs import (
     verify_bundle,
     verify_export,
 )
+from services.audit.scan import verify_report, verify_store
 from services.audit.seal import SealMixin
-from services.audit.store import BATCH_ROWS, AuditStore, verify_report, verify_store
+from services.audit.store import BATCH_ROWS, AuditStore
 from shared import AuditConfig
 from shared.keystore import FileKeystore
 
@@ -344,7 +345,8 @@ import json, sys
 from pathlib import Path
 from services.audit.chain import public_key_of
 from services.audit.export import export_page
-from services.audit.store import AuditStore, verify_report
+from services.audit.scan import verify_report
+from services.audit.store import AuditStore
 from shared.keystore import FileKeystore
 
 def kib(field):

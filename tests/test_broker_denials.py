@@ -29,8 +29,9 @@ async def test_a_denied_call_names_caller_and_target_and_the_log_names_the_rule(
     [entry] = denied(logs)
     assert (entry["identity"], entry["role"], entry["action"], entry["target"]) == (
         "outsider", "device", "call", "echo.echo")
-    assert entry["allow_with"] == ('add "echo.echo" to call in [acl.identity.outsider] of mesh.toml '
-                                   "(or in [acl.role.device] for every device), then meshctl restart broker")
+    assert entry["allow_with"] == ('add "echo" = ["outsider"] (or ["device"] for every device) to '
+                                   "[services.echo.expose] where echo is declared (mesh.toml or <home>/mesh.d/; "
+                                   "meshctl service list), then meshctl config reload")
     assert entry["log_level"] == "warning"
     # Still audited as before.
     assert any(r["type"] == "mesh.deny" and r["target"] == "echo.echo" for r in read_spool(mesh))
@@ -46,8 +47,8 @@ async def test_publish_subscribe_and_register_denies_carry_their_own_hint(mesh: 
         with pytest.raises(Forbidden, match=r"^'outsider' is not allowed to register 'outsider'"):
             await outsider.connection.request({"k": "reg", "name": "outsider"}, None, 2)
     hints = {e["action"]: e["allow_with"] for e in denied(logs)}
-    assert hints["publish"].startswith('add "test.x" to publish in [acl.identity.outsider] of mesh.toml')
-    assert hints["subscribe"].startswith('add "alerts." to subscribe in [acl.identity.outsider] of mesh.toml')
+    assert hints["publish"].startswith('add "test.x" to publish in [services.outsider] where it is declared')
+    assert hints["subscribe"].startswith('add "alerts." to subscribe in [services.outsider] where it is declared')
     assert hints["register"] == ("a service registers only under its own certificate's name with role "
                                  "service (this certificate: 'outsider', role 'device')")
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = "shared"
@@ -117,3 +120,165 @@ def test_the_checker_sees_every_form_of_import() -> None:
 def test_shared_names_no_service_and_nothing_outside_reaches_into_it() -> None:
     problems = violations()
     assert not problems, "imports that break the layering:\n" + "\n".join(problems)
+
+
+# -- cycles among the modules of one package ----------------------------------------------------
+#
+# A circle between modules (a imports b, b imports a, directly or through others) means neither can
+# be understood, tested or moved without the other, and it only works as long as the import order
+# happens to suit it. Every import counts: one at the top, one inside a function (a late import that
+# dodges the circle at load time is still the circle), and one under ``if TYPE_CHECKING:`` (the
+# types still tie the two modules together). :func:`imported_modules` walks the whole tree, so it
+# reports all three.
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    """The dotted module name of ``path`` under ``root`` (a package's ``__init__.py`` is the package)."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_imports(package: Path, root: Path = ROOT) -> dict[str, dict[str, str]]:
+    """The import graph among the modules of the package folder ``package`` (its subpackages too):
+    for each module, the modules of the package it imports, each with the ``file:line`` of the
+    first import that reaches it. Imports of anything outside the package are left out.
+
+    An imported name resolves to the deepest module of the package it names (``from .chain import
+    Record`` reaches ``chain``). Importing a submodule runs its parent package's ``__init__`` first,
+    but that is the package, not a circle: when one import statement reaches both a package and a
+    module inside it (``from . import chain``), only the module counts."""
+    files = {module_name(p, root): p for p in sorted(package.rglob("*.py"))}
+    graph: dict[str, dict[str, str]] = {}
+    for name, path in files.items():
+        relative = path.relative_to(root)
+        inside = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(relative))
+        by_line: dict[int, set[str]] = {}
+        for line, imported in imported_modules(tree, inside):
+            parts = imported.split(".")
+            # Deepest first: "a.b.Name" is module "a.b" when no module "a.b.Name" exists.
+            target = next((".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in files),
+                          None)
+            if target is not None:
+                by_line.setdefault(line, set()).add(target)
+        edges = graph.setdefault(name, {})
+        for line, targets in sorted(by_line.items()):
+            for target in sorted(targets):
+                if any(other.startswith(target + ".") for other in targets) or target == name:
+                    continue  # the parent package of a module this statement imports, or itself
+                edges.setdefault(target, f"{relative}:{line}")
+    return graph
+
+
+def import_cycles(package: Path, root: Path = ROOT) -> list[str]:
+    """Every import cycle among the modules of the package folder ``package``, one line each: the
+    modules of one strongly connected component, walked as one concrete circle with the
+    ``file:line`` of each import on it. Empty when every import goes one way."""
+    graph = module_imports(package, root)
+    # Tarjan's algorithm, iterative so a deep package cannot hit the recursion limit.
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work: list[tuple[str, Iterator[str]]] = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, successors = work[-1]
+            for succ in successors:
+                if succ not in index:
+                    index[succ] = low[succ] = len(index)
+                    stack.append(succ)
+                    on_stack.add(succ)
+                    work.append((succ, iter(sorted(graph[succ]))))
+                    break
+                if succ in on_stack:
+                    low[node] = min(low[node], index[succ])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    if len(component) > 1:
+                        components.append(sorted(component))
+    return [_describe_cycle(component, graph) for component in sorted(components)]
+
+
+def _describe_cycle(component: list[str], graph: dict[str, dict[str, str]]) -> str:
+    """One circle through the first module of ``component`` (breadth-first, so the shortest one),
+    written as ``a -> b (a.py:3) -> a (b.py:7)``, and the size of the whole component."""
+    members, start = set(component), component[0]
+    came_from: dict[str, str] = {}
+    queue = [start]
+    while queue and start not in came_from:
+        node = queue.pop(0)
+        for succ in sorted(graph[node]):
+            if succ in members and succ not in came_from:
+                came_from[succ] = node
+                queue.append(succ)
+    path = [start]
+    while True:  # walk back from start to start; the component guarantees the way exists
+        path.append(came_from[path[-1]])
+        if path[-1] == start:
+            break
+    path.reverse()
+    hops = " -> ".join(f"{b} ({graph[a][b]})" for a, b in pairwise(path))
+    return f"{start} -> {hops}" + (f" [one of {len(component)} modules in a knot]" if len(component) > 2 else "")
+
+
+def test_the_cycle_finder_counts_late_and_type_checking_imports(tmp_path: Path) -> None:
+    """The finder sees a circle closed by a function-level import and one closed by an ``if
+    TYPE_CHECKING:`` import, resolves relative imports, and passes a package whose imports go one way."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    sources = {
+        "__init__.py": "from . import top\n",
+        "top.py": "from .low import x\nfrom pkg import mid\n",
+        "mid.py": "import pkg.low\n",
+        "low.py": "x = 1\n",
+        "a.py": "from .b import f\n",
+        "b.py": "def f():\n    from .a import g  # late\n    return g\n",
+        "c.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .d import D\n",
+        "d.py": "from . import c\n",
+        "e.py": "from .f import x\n",
+        "f.py": "from .g import y\n",
+        "g.py": "from .e import z\n",
+    }
+    for name, text in sources.items():
+        (package / name).write_text(text, encoding="utf-8")
+    assert import_cycles(package, tmp_path) == [
+        "pkg.a -> pkg.b (pkg/a.py:1) -> pkg.a (pkg/b.py:2)",
+        "pkg.c -> pkg.d (pkg/c.py:3) -> pkg.c (pkg/d.py:1)",
+        "pkg.e -> pkg.f (pkg/e.py:1) -> pkg.g (pkg/f.py:1) -> pkg.e (pkg/g.py:1) [one of 3 modules in a knot]",
+    ]
+    for name in ("a.py", "b.py", "c.py", "d.py", "e.py", "f.py", "g.py"):
+        (package / name).unlink()
+    assert import_cycles(package, tmp_path) == []  # __init__ -> top -> mid -> low: one way
+
+
+def test_audit_modules_import_each_other_one_way() -> None:
+    """services/audit is layered: errors and merkle at the bottom, the record chain and its
+    verifier and codecs above them, the store and the streamed scan over it, the service on top."""
+    cycles = import_cycles(ROOT / "services" / "audit")
+    assert not cycles, "import cycles in services/audit:\n" + "\n".join(cycles)
+
+
+@pytest.mark.parametrize("package", ["shared", "tools/meshctl_cli"])
+def test_shared_and_meshctl_import_one_way(package: str) -> None:
+    """shared/ is layered (errors, codecs and configuration at the bottom; the declarations under the
+    configuration; the Argon2 profiles under both the configuration and the crypto recipes; anchors
+    under keystores under the anchor move), and so is meshctl's package."""
+    cycles = import_cycles(ROOT / package)
+    assert not cycles, f"import cycles in {package}:\n" + "\n".join(cycles)

@@ -144,7 +144,9 @@ def live() -> Iterator[MeshHome]:
 def test_up_reaches_healthy(live: MeshHome) -> None:
     report = status(live)
     assert report["healthy"] is True, report["verdict"]
-    assert [r["name"] for r in report["services"]] == ["broker", *SERVICES, "supervisor-events"]
+    # Every declared process, in start order (priority, then as mesh.toml declares them).
+    assert [r["name"] for r in report["services"]] == ["broker", "keyvault", "supervisor-events", "audit", "storage",
+                                                        "authn", "authz", "pairing", "plugin-host"]
     for r in report["services"]:
         assert r["state"] == "RUNNING" and r["registered"] is True and isinstance(r["pid"], int), r
     broker_key = certs.load_certificate(live.public_key_path("broker")).public_key.decode()

@@ -14,12 +14,16 @@ import pytest
 from supervisor.datatypes import RestartUnconditionally
 from supervisor.options import EventListenerPoolConfig, ServerOptions
 
-from shared import MeshHome, certs
-from shared.provision import MESH_IDENTITIES, provision
+from shared import DEFAULT_CONFIG_PATH, MeshHome, certs, load_config
+from shared.provision import provision
 from tools.meshctl_cli import main
+from tools.meshctl_cli._programs import write_programs
 from tools.meshctl_cli._supervisor import CONF, REPO, Credentials, create_credentials, load_credentials
 
-MESH_PROGRAMS = ["broker", "keyvault", "authn", "authz", "storage", "audit", "pairing", "plugin-host"]
+from .mesh import PROJECT_IDENTITIES
+
+PROJECT = load_config(DEFAULT_CONFIG_PATH)
+MESH_PROGRAMS = ["broker", "keyvault", "audit", "storage", "authn", "authz", "pairing", "plugin-host"]
 
 
 @pytest.fixture
@@ -45,11 +49,11 @@ def test_init_creates_every_key_and_the_credentials(home: MeshHome, capsys: pyte
     assert status == 0
     result = json.loads(out)
     names = {i["name"] for i in result["identities"]}
-    assert names == {"broker", *MESH_IDENTITIES}
+    assert names == {"broker", *PROJECT_IDENTITIES}
     assert "supervisor-events" in names and "meshctl" in names
     for name in names:
         assert stat.S_IMODE(os.stat(home.secret_key_path(name)).st_mode) == 0o600
-    for name, role in MESH_IDENTITIES.items():
+    for name, role in PROJECT_IDENTITIES.items():
         cert = certs.load_certificate(home.certs / "allowed" / f"{name}.key")
         assert (cert.name, cert.role) == (name, role)
     assert stat.S_IMODE(os.stat(home.keys / "supervisord.credentials").st_mode) == 0o600
@@ -72,7 +76,7 @@ def test_init_refuses_an_initialised_home_unless_forced(home: MeshHome, capsys: 
 
 
 def test_init_refuses_a_half_initialised_home(home: MeshHome, capsys: pytest.CaptureFixture[str]) -> None:
-    provision(home)  # keys, but no completed init (as if init had been interrupted)
+    provision(home, PROJECT_IDENTITIES)  # keys, but no completed init (as if init had been interrupted)
     status, _, err = run(capsys, "--home", str(home.root), "init")
     assert status == 1 and "never completely initialised" in one_line(err)
     assert run(capsys, "--home", str(home.root), "init", "--force")[0] == 0
@@ -114,7 +118,8 @@ def test_status_of_a_stopped_mesh(home: MeshHome, capsys: pytest.CaptureFixture[
     assert status == 1 and "down" in one_line(err)
     report = json.loads(out)
     assert report["healthy"] is False and report["supervisor"]["running"] is False
-    assert [s["name"] for s in report["services"]] == [*MESH_PROGRAMS, "supervisor-events"]
+    # Every declared process, in start order: the broker, keyvault, the event listener, the rest.
+    assert [s["name"] for s in report["services"]] == [*MESH_PROGRAMS[:2], "supervisor-events", *MESH_PROGRAMS[2:]]
     assert all(s["state"] == "NOT RUNNING" and s["registered"] is False for s in report["services"])
     assert report["broker"]["public_key"] == certs.load_certificate(home.public_key_path("broker")).public_key.decode()
     assert report["broker"]["endpoints"] == [home.broker_endpoint]
@@ -127,6 +132,7 @@ def _supervisord_options(home: MeshHome, monkeypatch: pytest.MonkeyPatch) -> Ser
                        "CURVEMESH_REPO": str(REPO), "CURVEMESH_SUPERVISOR_USER": creds.username,
                        "CURVEMESH_SUPERVISOR_PASSWORD_SHA": creds.supervisord_hash()}.items():
         monkeypatch.setenv(key, value)
+    write_programs(home, PROJECT)  # what meshctl up renders from the declarations before it starts supervisord
     options = ServerOptions()
     options.realize(args=["-c", str(CONF)])
     return options
@@ -135,8 +141,9 @@ def _supervisord_options(home: MeshHome, monkeypatch: pytest.MonkeyPatch) -> Ser
 def test_supervisord_conf_runs_every_process_supervised(home: MeshHome, monkeypatch: pytest.MonkeyPatch) -> None:
     options = _supervisord_options(home, monkeypatch)
     groups = {g.name: g for g in options.process_group_configs}
-    assert set(groups) == {"mesh", "supervisor-events"}
-    programs = groups["mesh"].process_configs
+    # One group per program: adding or removing a service never stops another.
+    assert set(groups) == {*MESH_PROGRAMS, "supervisor-events"}
+    programs = [p for name in MESH_PROGRAMS for p in groups[name].process_configs]
     assert [p.name for p in programs] == MESH_PROGRAMS
     priority = {p.name: p.priority for p in programs}
     assert priority["broker"] < priority["keyvault"] < min(v for k, v in priority.items()
@@ -174,3 +181,19 @@ def test_supervisord_refuses_to_start_without_its_environment(home: MeshHome,
     home.ensure()
     with pytest.raises(SystemExit):
         ServerOptions().realize(args=["-c", str(CONF)])
+
+
+def test_init_if_needed_gives_a_service_declared_after_init_its_keys(home: MeshHome,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "--home", str(home.root), "init")[0] == 0
+    (home.root / "mesh.d").mkdir(mode=0o700)
+    (home.root / "mesh.d" / "30-notes.toml").write_text('[services.notes]\nentry = "/opt/notes.py:Notes"\n')
+    untouched = {p: p.read_bytes() for p in home.keys.iterdir()}
+    status, out, _ = run(capsys, "--home", str(home.root), "init", "--if-needed", "--json")
+    assert status == 0 and json.loads(out)["added_identities"] == ["notes"]
+    cert = certs.load_certificate(home.certs / "allowed" / "notes.key")
+    assert (cert.name, cert.role) == ("notes", "service")
+    assert stat.S_IMODE(os.stat(home.secret_key_path("notes")).st_mode) == 0o600
+    assert all(p.read_bytes() == data for p, data in untouched.items())  # nothing else replaced
+    status, out, _ = run(capsys, "--home", str(home.root), "init", "--if-needed")
+    assert status == 0 and "newly declared" not in out  # once only

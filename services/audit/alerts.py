@@ -34,40 +34,41 @@ The rules (the record fields each one reads; producers that do not exist yet are
 ==========================  =====================================================================
 
 Open alerts are kept in memory and rebuilt from the log when audit unseals
-(:meth:`AlertEngine.rebuild`): every ``alert.<rule>`` record written by audit with no later
-``alert.ack`` for its id is open again, with the matching records after it counted on it, unless
-its rule's window has passed since the last of them (record times). The sliding windows of bursts
-that had not yet fired are not rebuilt. ``alert.*`` records only come from audit itself (the
-service refuses them from producers), so a forged acknowledgement cannot close an alert.
+(:meth:`.alert_engine.AlertEngine.rebuild`): every ``alert.<rule>`` record written by audit with
+no later ``alert.ack`` for its id is open again, with the matching records after it counted on it,
+unless its rule's window has passed since the last of them (record times). The sliding windows of
+bursts that had not yet fired are not rebuilt. ``alert.*`` records only come from audit itself
+(the service refuses them from producers), so a forged acknowledgement cannot close an alert.
+
+The module split, each layer importing only the ones before it: this module holds the rules (what a
+record matches) and the :class:`Alert` with its record form, both ways (:meth:`Alert.record`,
+:func:`alert_of`); :mod:`.alert_engine` the windows and the open alerts (pure, synchronous);
+:mod:`.alert_desk` the service side (appending alert records, publishing, acknowledgements).
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
-
-import structlog
-
-from shared import AlertRule, AuditConfig, MeshError, NotFound
 
 from .chain import Record
 
-log = structlog.get_logger("audit.alerts")
+__all__ = [
+    "ACK_EVENT", "ALERT_ACTOR", "CERT_EVENTS", "DENY_EVENTS", "FAILURE_OUTCOMES", "RULES", "SUPERVISOR_SENDER",
+    "Alert", "Match", "alert_of", "crash_loop", "failed_logins_account", "failed_logins_source", "large_read",
+    "rate_limited", "repeated_denies", "unknown_certs",
+]
 
 ALERT_ACTOR: Final = "audit"
 ACK_EVENT: Final = "alert.ack"
-MAX_TRACKED: Final = 10_000     #: subjects with a live window, per rule; stale ones are swept first
-MAX_SUBJECT: Final = 256        #: characters of a subject kept
 FAILURE_OUTCOMES: Final = frozenset({"failure", "failed", "denied"})
 DENY_EVENTS: Final = frozenset({"mesh.deny", "mesh.refused", "authz.deny"})
 CERT_EVENTS: Final = frozenset({"mesh.handshake_failed", "mesh.cert_pending"})
 #: The only identity that may append ``process.*`` records (it speaks for supervisord).
 SUPERVISOR_SENDER: Final = "supervisor-events"
 
+#: What a rule makes of a record: (subject, amount), or None when the record is not its kind.
 Match = tuple[str, int] | None
 
 
@@ -173,147 +174,9 @@ class Alert:
                                "first_seq": self.first_seq, "last_seq": self.last_seq})
 
 
-@dataclass(slots=True)
-class _Window:
-    hits: deque[tuple[float, int, int]] = field(default_factory=deque)  # (time, amount, seq)
-    total: int = 0
-
-    def add(self, now: float, amount: int, seq: int, window_s: float) -> None:
-        self.hits.append((now, amount, seq))
-        self.total += amount
-        self.expire(now, window_s)
-
-    def expire(self, now: float, window_s: float) -> None:
-        while self.hits and self.hits[0][0] < now - window_s:
-            self.total -= self.hits.popleft()[1]
-
-
-class AlertEngine:
-    """The rule state: sliding windows per (rule, subject) and the alerts that are open.
-
-    Pure and synchronous (no I/O); ``clock`` gives the time windows are measured in."""
-
-    def __init__(self, config: AuditConfig, clock: Callable[[], float] = time.time) -> None:
-        self.config = config
-        self.clock = clock
-        self.rules: dict[str, AlertRule] = {name: getattr(config.rules, name) for name in RULES}
-        self._windows: dict[str, dict[str, _Window]] = {name: {} for name in RULES}
-        self._alerts: dict[tuple[str, str], Alert] = {}   # open or about to be (record not durable yet)
-
-    def observe(self, records: Iterable[Record]) -> list[Alert]:
-        """Feed durable records in log order; return the alerts that fire (their records are not
-        written yet: the caller appends them and then calls :meth:`opened`)."""
-        fired: list[Alert] = []
-        now = self.clock()
-        self._expire(now)
-        for record in records:
-            for name, match in RULES.items():
-                rule = self.rules[name]
-                hit = match(record) if rule.enabled else None
-                if hit is None:
-                    continue
-                subject, amount = hit[0][:MAX_SUBJECT], hit[1]
-                alert = self._alerts.get((name, subject))
-                if alert is not None:  # deduplicated: counted on the alert that is open
-                    alert.count += amount
-                    alert.last_seen, alert.last_seq = now, record.seq
-                    continue
-                windows = self._windows[name]
-                window = windows.get(subject)
-                if window is None:
-                    window = windows[subject] = _Window()
-                    if len(windows) > MAX_TRACKED:
-                        self._sweep(name, now)
-                window.add(now, amount, record.seq, rule.window_s)
-                if window.total >= rule.threshold:
-                    alert = Alert(rule=name, subject=subject, count=window.total, threshold=rule.threshold,
-                                  window_s=rule.window_s, opened=now, last_seen=now,
-                                  first_seq=window.hits[0][2], last_seq=record.seq)
-                    del windows[subject]  # the alert consumed them: after an ack it takes a new burst
-                    self._alerts[(name, subject)] = alert
-                    fired.append(alert)
-        return fired
-
-    def rebuild(self, records: Iterable[Record]) -> int:
-        """Replace the open alerts with those the log says are open (records in log order, the
-        whole verified log): alert records by audit not acknowledged later and, counting the
-        matching records after them as :meth:`observe` does, seen within their rule's window.
-        Alerts still waiting for their record are kept. Returns how many are open."""
-        opened: dict[tuple[str, str], Alert] = {}
-        for record in records:
-            if record.event == ACK_EVENT:
-                alert_id = record.details.get("alert_id")
-                for key, acked in list(opened.items()):
-                    if acked.id == alert_id:
-                        del opened[key]
-                continue
-            announced = _alert_of(record)
-            if announced is not None:
-                if announced.rule in self.rules:
-                    announced.window_s = self.rules[announced.rule].window_s
-                    opened[(announced.rule, announced.subject)] = announced
-                continue
-            if not opened:
-                continue
-            for name, match in RULES.items():
-                hit = match(record) if self.rules[name].enabled else None
-                if hit is not None and (open_alert := opened.get((name, hit[0][:MAX_SUBJECT]))) is not None:
-                    open_alert.count += hit[1]
-                    open_alert.last_seen, open_alert.last_seq = record.time, record.seq
-        now = self.clock()
-        pending = {key: alert for key, alert in self._alerts.items() if alert.id is None}
-        live = {key: alert for key, alert in opened.items() if now - alert.last_seen <= alert.window_s}
-        self._alerts = {**dict(sorted(live.items(), key=lambda item: item[1].id or 0)), **pending}
-        self._expire(now)
-        return len(self.open_alerts())
-
-    def _sweep(self, name: str, now: float) -> None:
-        windows, window_s = self._windows[name], self.rules[name].window_s
-        for subject in list(windows):
-            windows[subject].expire(now, window_s)
-            if not windows[subject].hits:
-                del windows[subject]
-        while len(windows) > MAX_TRACKED:  # still too many live subjects: forget the oldest-tracked
-            del windows[next(iter(windows))]
-
-    def _expire(self, now: float) -> None:
-        for key, alert in list(self._alerts.items()):
-            if alert.id is not None and now - alert.last_seen > alert.window_s:
-                del self._alerts[key]
-                log.info("alert_expired", id=alert.id, rule=alert.rule)
-        opened = [key for key, alert in self._alerts.items() if alert.id is not None]  # oldest first
-        for key in opened[:max(0, len(opened) - self.config.max_open_alerts)]:
-            del self._alerts[key]
-
-    def opened(self, alert: Alert, seq: int) -> None:
-        """The alert's record is durable at ``seq``: the alert is open under that id."""
-        alert.id = seq
-
-    def discard(self, alert: Alert) -> None:
-        """The alert's record could not be written: forget it, so the next burst raises it again."""
-        if self._alerts.get((alert.rule, alert.subject)) is alert:
-            del self._alerts[(alert.rule, alert.subject)]
-
-    def open_alerts(self) -> list[Alert]:
-        """Open alerts (records durable), oldest first."""
-        self._expire(self.clock())
-        return sorted((a for a in self._alerts.values() if a.id is not None), key=lambda a: a.id or 0)
-
-    def take(self, alert_id: int) -> Alert:
-        """Remove the open alert ``alert_id`` (for an acknowledgement); :class:`NotFound` if none."""
-        for alert in self.open_alerts():
-            if alert.id == alert_id:
-                del self._alerts[(alert.rule, alert.subject)]
-                return alert
-        raise NotFound(f"no open alert {alert_id} (acknowledged already, expired, or never raised)")
-
-    def restore(self, alert: Alert) -> None:
-        """Put back an alert whose acknowledgement could not be recorded."""
-        self._alerts.setdefault((alert.rule, alert.subject), alert)
-
-
-def _alert_of(record: Record) -> Alert | None:
-    """The open alert an ``alert.<rule>`` record announced, or None if ``record`` is not one."""
+def alert_of(record: Record) -> Alert | None:
+    """The open alert an ``alert.<rule>`` record announced, or None if ``record`` is not one: the
+    inverse of :meth:`Alert.record`, with the record's sequence number as the alert's id."""
     if record.actor != ALERT_ACTOR or not record.event.startswith("alert.") or record.outcome != "open":
         return None
     d = record.details
@@ -329,72 +192,3 @@ def _alert_of(record: Record) -> Alert | None:
                  window_s=float(window) if isinstance(window, (int, float)) else 0.0,
                  opened=record.time, last_seen=record.time, first_seq=int(d["first_seq"]),
                  last_seq=last_seq if isinstance(last_seq, int) else record.seq, id=record.seq)
-
-
-Enqueue = Callable[[list[Record]], "asyncio.Future[tuple[int, int]]"]
-Publish = Callable[[str, Any], Awaitable[None]]
-
-
-class AlertDesk:
-    """The service side of alerts: appends alert records through the service's commit path
-    (``enqueue``), publishes ``alerts.<rule>`` once they are durable (``publish``), and records
-    acknowledgements."""
-
-    def __init__(self, config: AuditConfig, enqueue: Enqueue, publish: Publish,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.engine = AlertEngine(config, clock)
-        self._enqueue = enqueue
-        self._publish = publish
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def after_commit(self, records: list[Record]) -> None:
-        """Called by the committer with the records it just made durable, in log order. Never
-        raises: a fault in the rules must not break the commit path."""
-        try:
-            fired = self.engine.observe(records)
-        except Exception as exc:  # noqa: BLE001 - logged; the records are durable regardless
-            log.error("alert_rules_failed", error_type=type(exc).__name__)
-            return
-        for alert in fired:
-            future = self._enqueue([alert.record(time.time())])
-            task = asyncio.create_task(self._announce(alert, future), name=f"audit-alert-{alert.rule}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _announce(self, alert: Alert, future: asyncio.Future[tuple[int, int]]) -> None:
-        try:
-            seq, _ = await future
-        except MeshError as exc:
-            self.engine.discard(alert)
-            log.error("alert_not_recorded", rule=alert.rule, reason=exc.code)
-            return
-        self.engine.opened(alert, seq)
-        log.warning("alert", id=seq, rule=alert.rule, count=alert.count, threshold=alert.threshold)
-        try:
-            await self._publish(f"alerts.{alert.rule}", alert.to_wire())
-        except MeshError as exc:  # the record is the alert; the event is a courtesy
-            log.warning("alert_not_published", id=seq, rule=alert.rule, reason=exc.code,
-                        hint="grant publish 'alerts.' to audit")
-
-    def open(self) -> list[dict[str, Any]]:
-        return [alert.to_wire() for alert in self.engine.open_alerts()]
-
-    async def ack(self, alert_id: int, caller: str) -> dict[str, Any]:
-        """Acknowledge an open alert; answered once the ``alert.ack`` record is durable."""
-        alert = self.engine.take(alert_id)
-        record = Record(seq=0, time=time.time(), actor=caller, event=ACK_EVENT, outcome="ok",
-                        target=f"alert:{alert_id}",
-                        details={"alert_id": alert_id, "rule": alert.rule, "subject": alert.subject,
-                                 "count": alert.count})
-        try:
-            seq, _ = await asyncio.shield(self._enqueue([record]))
-        except MeshError:
-            self.engine.restore(alert)
-            raise
-        return {"id": alert_id, "acknowledged": True, "record": seq}
-
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-

@@ -1,4 +1,4 @@
-"""Audit records, their hash chain, signed checkpoints, and verification of a whole stored log.
+"""Audit records, their hash chain and signed checkpoints: the core every other audit module builds on.
 
 Three layers of evidence, each catching what the one before cannot:
 
@@ -15,6 +15,8 @@ Three layers of evidence, each catching what the one before cannot:
 
 Everything here is pure: bytes and objects in, objects out, no storage and no clock. Failed
 verification raises :class:`TamperError`; malformed arguments raise :class:`shared.BadRequest`.
+Verifying a whole stored log against these pieces is :func:`.verifier.verify_log`, one layer up:
+this module imports no other audit module but :mod:`.errors` and :mod:`.merkle`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -36,7 +38,7 @@ from .merkle import HASH_BYTES, Frontier, leaf_hash
 
 __all__ = [
     "GENESIS", "MAX_RECORD_BYTES", "RECORD_VERSION", "Checkpoint", "LogEntry", "LogHead", "Record", "chain_hash",
-    "checkpoint_message", "encode_record", "public_key_of", "sign_checkpoint", "verify_checkpoint", "verify_log",
+    "checkpoint_message", "encode_record", "public_key_of", "sign_checkpoint", "verify_checkpoint",
 ]
 
 GENESIS: Final = bytes(HASH_BYTES)  # the chain hash "before" record 0
@@ -191,9 +193,9 @@ class LogHead:
 
     The audit service keeps one in memory and appends through it, so each record costs one
     encoding, two hashes and an amortised node hash; :meth:`checkpoint` signs the current state.
-    :func:`verify_log` returns the head of the log it verified; a service can also store ``size``,
-    ``chain_head`` and ``frontier.nodes`` and rebuild the head from them. To undo a batch whose
-    write failed, keep a :meth:`copy` from before it.
+    :func:`.verifier.verify_log` returns the head of the log it verified; a service can also store
+    ``size``, ``chain_head`` and ``frontier.nodes`` and rebuild the head from them. To undo a batch
+    whose write failed, keep a :meth:`copy` from before it.
     """
 
     def __init__(self, size: int = 0, chain_head: bytes = GENESIS, frontier: Frontier | None = None) -> None:
@@ -227,25 +229,3 @@ class LogHead:
         return sign_checkpoint(private_key, tree_size=self.size, root=self.frontier.root(),
                                chain_head=self.chain_head, time=time)
 
-
-def verify_log(entries: Iterable[LogEntry], checkpoints: Sequence[Checkpoint], public_key: bytes,
-               trusted_latest: Checkpoint | None = None) -> LogHead:
-    """Verify a whole stored log, in order, and raise at the first thing that is wrong.
-
-    Checks that sequence numbers run 0, 1, 2 ... (a gap is a deletion, a number out of place a
-    reordering); that each stored chain hash matches (an edit); that every checkpoint is validly
-    signed, follows the one before it (size and time never decrease), and matches the Merkle root
-    and chain head of the records it covers (an edit with the chain rewritten after it); and that
-    the log still holds everything a checkpoint covers. ``trusted_latest`` is the latest checkpoint
-    as kept outside the log: the log must contain its records exactly, or it was cut short, rolled
-    back or rewritten. Raises :class:`TamperError` with the first bad ``sequence`` where a record
-    is at fault, and :class:`BadRequest` for a malformed public key. Returns the verified log's
-    :class:`LogHead`, ready to append to: the service need not hash its log twice at startup.
-
-    ``entries`` may be any iterable read once, in order (a list, or records streamed from the
-    database): the checks run one record at a time in :class:`.verifier.LogVerifier`, which holds
-    the chain head, the Merkle frontier and the checkpoints only, never the records.
-    """
-    # Imported here, not at the top: the verifier builds on this module's types and functions.
-    from .verifier import verify_entries
-    return verify_entries(entries, checkpoints, public_key, trusted_latest)

@@ -88,7 +88,7 @@ def export_bundle(records: Sequence[Record], checkpoint: Checkpoint, *, only: It
     ``records`` is the log from record 0 (at least ``checkpoint.tree_size`` records); ``only``
     picks the sequence numbers to export (default: every record the checkpoint covers). The log
     is checked against the checkpoint's root first, so a bundle that cannot verify is never
-    written: a mismatch raises :class:`TamperError` (run :func:`.chain.verify_log` to locate it).
+    written: a mismatch raises :class:`TamperError` (run :func:`.verifier.verify_log` to locate it).
     """
     size = checkpoint.tree_size
     if len(records) < size:

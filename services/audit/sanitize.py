@@ -66,6 +66,9 @@ EVENT_SCHEMAS: Final[Mapping[str, Mapping[str, str]]] = {
     "mesh.rate_limited": {"identity": TEXT, "count": NUMBER},
     "mesh.config": {"path": TEXT, "sha256": TEXT, "previous_sha256": TEXT, "changed": FLAG, "error": TEXT},
     "spool.overflow": {"dropped": NUMBER},
+    # meshctl service add / remove (the operator is the record's actor)
+    "service.added": {"entry": TEXT, "declaration": TEXT, "fingerprint": TEXT},
+    "service.removed": {"entry": TEXT, "revoked": FLAG, "files": NUMBER},
     # keyvault
     "keyvault.key_release": _WHO | {"purpose": TEXT, "version": NUMBER},
     "keyvault.key_refused": _WHO | {"purpose": TEXT, "version": NUMBER, "reason": TEXT, "audit_error": TEXT},

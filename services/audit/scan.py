@@ -1,4 +1,4 @@
-"""One verification pass over the stored log, streamed: every check of :func:`.chain.verify_log`
+"""One verification pass over the stored log, streamed: every check of :func:`.verifier.verify_log`
 against the trusted checkpoint, in memory that does not grow with the log.
 
 Contract of :func:`scan` (a context manager yielding a :class:`LogScan`):
@@ -21,6 +21,10 @@ Contract of :func:`scan` (a context manager yielding a :class:`LogScan`):
 - Any :class:`~.errors.TamperError` out of the pass drops the export cache for that database
   (:data:`.pages.TREES`), so no later export page is served from a tree verified before.
 
+Whole-log forms over the same pass: :func:`verify_head` (the head and checkpoints),
+:func:`verify_report` (``audit.verify``'s reply, a damaged database included) and
+:func:`verify_store` (everything in memory, for tests and tools over small logs).
+
 Blocking (SQLite and hashing): the service runs it off the event loop.
 """
 
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from shared import BadRequest
 from shared.keystore import Keystore
@@ -37,12 +41,10 @@ from .chain import Checkpoint, LogEntry, LogHead, Record
 from .errors import TamperError
 from .pages import TREES
 from .proofs import decode_checkpoint
+from .store import AuditStore, DamagedError
 from .verifier import LogVerifier
 
-if TYPE_CHECKING:  # store.py imports this module; the store is only passed in here
-    from .store import AuditStore
-
-__all__ = ["LogScan", "read_trusted", "scan", "verify_head"]
+__all__ = ["LogScan", "read_trusted", "scan", "verify_head", "verify_report", "verify_store"]
 
 
 def read_trusted(slot: Keystore) -> Checkpoint | None:
@@ -151,3 +153,42 @@ def verify_head(store: AuditStore, public_key: bytes,
     trusted one. Raises :class:`TamperError` naming the first bad record."""
     with scan(store, public_key, slot) as verified:
         return verified.finish(), verified.latest, verified.trusted
+
+
+# -- the whole log at once, for audit.verify, tests and tools ---------------------------------
+#
+# verify_store takes an open store, verify_report opens its own; both run the pass above to its
+# end. They live here, not in .store, because the store only reads and writes rows and this module
+# is what judges them: the store never imports the verification built on it.
+
+
+def verify_store(store: AuditStore, public_key: bytes,
+                 slot: Keystore) -> tuple[LogHead, Checkpoint | None, Checkpoint | None, list[LogEntry]]:
+    """Verify everything in ``store`` against the trusted copy in ``slot``; return the log head,
+    the latest checkpoint in the log, the trusted one, and the entries. Raises :class:`TamperError`.
+
+    This form returns (so holds) every entry: for tests and tools over small logs. The service's
+    own paths (unseal, ``audit.verify``, ``audit.export``) stream with :func:`scan` instead, which
+    runs the very same checks in constant memory.
+    """
+    with scan(store, public_key, slot) as verified:
+        entries = list(verified.entries())
+        head = verified.finish()
+        return head, verified.latest, verified.trusted, entries
+
+
+def verify_report(path: Path, key: bytes | bytearray, public_key: bytes, slot: Keystore) -> dict[str, object]:
+    """``{ok, size, checkpoint_size, first_bad?, error?, damaged?}`` for the database at ``path``: the
+    reply of ``audit.verify``. Streams the log (:func:`verify_head`): memory does not grow with the log."""
+    with AuditStore.open(path, key) as store:
+        try:
+            size = store.size()
+            head, latest, trusted = verify_head(store, public_key, slot)
+        except DamagedError as exc:
+            return {"ok": False, "size": None, "checkpoint_size": None, "first_bad": None, "error": exc.message,
+                    "damaged": {"file": str(exc.path), "pages": exc.pages, "problems": exc.problems[:10]}}
+        except TamperError as exc:
+            return {"ok": False, "size": size, "checkpoint_size": None, "first_bad": exc.sequence,
+                    "error": exc.message}
+    sizes = [c.tree_size for c in (latest, trusted) if c is not None]
+    return {"ok": True, "size": head.size, "checkpoint_size": max(sizes, default=0)}

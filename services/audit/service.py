@@ -64,14 +64,16 @@ from shared import (
 )
 from shared.keystore import Keystore
 
-from .alerts import SUPERVISOR_SENDER, AlertDesk
+from .alert_desk import AlertDesk
+from .alerts import SUPERVISOR_SENDER
 from .chain import Record, encode_record
 from .errors import TamperError
 from .export import EXPORT_MARGIN, EXPORT_PAGE_RECORDS, MAX_EXPORT_PAGE_RECORDS, ExportRequest, export_page
 from .sanitize import sanitize_details
+from .scan import verify_report
 from .schema import MAX_TAIL, AckRequest, AppendRequest, TailRequest, record_to_wire
 from .seal import KEY_CALL_TIMEOUT_S, KEY_RETRY_MAX_S, KEY_RETRY_MIN_S, SealMixin
-from .store import AuditStore, db_path, verify_report
+from .store import AuditStore, db_path
 from .writer import CHECKPOINT_EVERY_RECORDS, CHECKPOINT_EVERY_S, Pending
 
 # What this module offered before the split, re-exported so its importers (tests/, storage_rig)

@@ -13,9 +13,11 @@ Contracts:
   :class:`~.chain.LogEntry` in primary-key order (:data:`BATCH_ROWS` rows per query, one row
   decoded at a time, so reading the log costs memory for one record, not the log),
   :meth:`AuditStore.checkpoints` lists the :class:`~.chain.Checkpoint` rows, and the verifier
-  (:mod:`.scan`, :func:`~.chain.verify_log`) decides whether they are the log that was written.
+  (:mod:`.scan`, :func:`~.verifier.verify_log`) decides whether they are the log that was written.
   Only a row that cannot even be decoded raises :class:`~.errors.TamperError` here, naming it.
   :meth:`AuditStore.snapshot` makes several reads see one committed state of the database.
+- The store knows nothing of verification: :mod:`.scan` builds on it (the streamed pass, and
+  ``audit.verify``'s report), never the other way round.
 
 A connection is used from one thread at a time: the service serialises writes, and readers
 (``tail``, ``verify``, ``export``) open a connection of their own (WAL lets them read while a
@@ -34,15 +36,12 @@ from typing import Final
 import sqlcipher3  # no stubs: pyproject.toml's mypy overrides ignore its imports
 
 from shared import BadRequest, MeshError, MeshHome, damaged_pages, integrity_problems
-from shared.keystore import Keystore
 
-from .chain import Checkpoint, LogEntry, LogHead, Record, encode_record
+from .chain import Checkpoint, LogEntry, Record, encode_record
 from .errors import TamperError
 from .proofs import decode_checkpoint, decode_record, encode_checkpoint
-from .scan import read_trusted, scan, verify_head
 
-__all__ = ["BATCH_ROWS", "AuditStore", "DamagedError", "StoreError", "db_path", "read_trusted", "verify_report",
-           "verify_store"]
+__all__ = ["BATCH_ROWS", "AuditStore", "DamagedError", "StoreError", "db_path"]
 
 #: Rows per query when the log is read in order. Each batch is one short statement (a cursor over
 #: ``seq >= last + 1``), its rows decoded one at a time, so memory holds one record at a time.
@@ -289,39 +288,3 @@ def _decode_checkpoint(size: int, blob: bytes) -> Checkpoint:
     except BadRequest as exc:
         raise TamperError(f"the stored checkpoint at tree size {size} is corrupt: {exc.message}") from None
 
-
-# -- verification over a store (blocking; the service runs these off the event loop) ---------
-#
-# The streaming pass itself is :mod:`.scan`; read_trusted lives there and is re-exported here.
-
-
-def verify_store(store: AuditStore, public_key: bytes,
-                 slot: Keystore) -> tuple[LogHead, Checkpoint | None, Checkpoint | None, list[LogEntry]]:
-    """Verify everything in ``store`` against the trusted copy in ``slot``; return the log head,
-    the latest checkpoint in the log, the trusted one, and the entries. Raises :class:`TamperError`.
-
-    This form returns (so holds) every entry: for tests and tools over small logs. The service's
-    own paths (unseal, ``audit.verify``, ``audit.export``) stream with :mod:`.scan` instead, which
-    runs the very same checks in constant memory.
-    """
-    with scan(store, public_key, slot) as verified:
-        entries = list(verified.entries())
-        head = verified.finish()
-        return head, verified.latest, verified.trusted, entries
-
-
-def verify_report(path: Path, key: bytes | bytearray, public_key: bytes, slot: Keystore) -> dict[str, object]:
-    """``{ok, size, checkpoint_size, first_bad?, error?}`` for the database at ``path``. Streams the
-    log (:func:`.scan.verify_head`): memory does not grow with the log."""
-    with AuditStore.open(path, key) as store:
-        try:
-            size = store.size()
-            head, latest, trusted = verify_head(store, public_key, slot)
-        except DamagedError as exc:
-            return {"ok": False, "size": None, "checkpoint_size": None, "first_bad": None, "error": exc.message,
-                    "damaged": {"file": str(exc.path), "pages": exc.pages, "problems": exc.problems[:10]}}
-        except TamperError as exc:
-            return {"ok": False, "size": size, "checkpoint_size": None, "first_bad": exc.sequence,
-                    "error": exc.message}
-    sizes = [c.tree_size for c in (latest, trusted) if c is not None]
-    return {"ok": True, "size": head.size, "checkpoint_size": max(sizes, default=0)}

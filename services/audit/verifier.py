@@ -1,11 +1,14 @@
-"""Verification of a stored log one record at a time: the engine behind :func:`.chain.verify_log`.
+"""Verification of a whole stored log, one record at a time: :func:`verify_log` and its engine.
 
-:class:`LogVerifier` runs exactly the checks :func:`.chain.verify_log` documents, in the same
-order and with the same messages, but takes the records one by one (:meth:`LogVerifier.add`) and
-keeps only what the checks need: the chain head, the Merkle frontier (one hash per set bit of the
-size), the checkpoints (few: one per :data:`~.writer.CHECKPOINT_EVERY_RECORDS` records at most)
-and three counters. So a log of any length verifies in constant memory, whether its records come
-from a list (:func:`verify_entries`) or from the database in batches (:mod:`.scan`).
+:class:`LogVerifier` runs exactly the checks :func:`verify_log` documents, in the same order and
+with the same messages, but takes the records one by one (:meth:`LogVerifier.add`) and keeps only
+what the checks need: the chain head, the Merkle frontier (one hash per set bit of the size), the
+checkpoints (few: one per :data:`~.writer.CHECKPOINT_EVERY_RECORDS` records at most) and three
+counters. So a log of any length verifies in constant memory, whether its records come from a list
+(:func:`verify_log`) or from the database in batches (:mod:`.scan`).
+
+This module sits on top of :mod:`.chain` (records, chain hashes, checkpoints, the log head) and
+:mod:`.merkle`; neither of them imports it.
 
 Contract of the streaming form: a record passed to :meth:`LogVerifier.add` without an exception
 matches its sequence number and its chain hash, but a checkpoint further on may still convict it
@@ -26,7 +29,7 @@ from .chain import GENESIS, Checkpoint, LogEntry, LogHead, chain_hash, encode_re
 from .errors import TamperError
 from .merkle import Frontier, leaf_hash
 
-__all__ = ["LogVerifier", "verify_entries"]
+__all__ = ["LogVerifier", "verify_log"]
 
 
 def _cut_or_restored(size: int, covered: int, what: str) -> TamperError:
@@ -119,9 +122,24 @@ class LogVerifier:
         return LogHead(size, self._head, self._frontier)
 
 
-def verify_entries(entries: Iterable[LogEntry], checkpoints: Sequence[Checkpoint], public_key: bytes,
-                   trusted_latest: Checkpoint | None = None) -> LogHead:
-    """:func:`.chain.verify_log` over any iterable of entries (a list, or a stream read in batches)."""
+def verify_log(entries: Iterable[LogEntry], checkpoints: Sequence[Checkpoint], public_key: bytes,
+               trusted_latest: Checkpoint | None = None) -> LogHead:
+    """Verify a whole stored log, in order, and raise at the first thing that is wrong.
+
+    Checks that sequence numbers run 0, 1, 2 ... (a gap is a deletion, a number out of place a
+    reordering); that each stored chain hash matches (an edit); that every checkpoint is validly
+    signed, follows the one before it (size and time never decrease), and matches the Merkle root
+    and chain head of the records it covers (an edit with the chain rewritten after it); and that
+    the log still holds everything a checkpoint covers. ``trusted_latest`` is the latest checkpoint
+    as kept outside the log: the log must contain its records exactly, or it was cut short, rolled
+    back or rewritten. Raises :class:`TamperError` with the first bad ``sequence`` where a record
+    is at fault, and :class:`BadRequest` for a malformed public key. Returns the verified log's
+    :class:`~.chain.LogHead`, ready to append to: the service need not hash its log twice at startup.
+
+    ``entries`` may be any iterable read once, in order (a list, or records streamed from the
+    database): the checks run one record at a time in :class:`LogVerifier`, which holds the chain
+    head, the Merkle frontier and the checkpoints only, never the records.
+    """
     verifier = LogVerifier(checkpoints, public_key, trusted_latest)
     stream: Iterator[LogEntry] = iter(entries)
     for entry in stream:

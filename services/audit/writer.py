@@ -29,7 +29,7 @@ import structlog
 from shared import MeshError, Sealed, Unavailable
 from shared.keystore import Keystore
 
-from .alerts import AlertDesk
+from .alert_desk import AlertDesk
 from .chain import Checkpoint, LogHead, Record
 from .proofs import encode_checkpoint
 from .store import AuditStore, StoreError

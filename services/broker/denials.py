@@ -26,14 +26,21 @@ def caller_message(name: str, action: str, target: str) -> str:
 
 
 def allow_hint(name: str, role: str, action: str, target: str) -> str:
-    """The ``mesh.toml`` change that would allow this, for the operator's log."""
+    """The declaration that would allow this, for the operator's log: a call is allowed by the
+    target service's ``expose``, a topic by the caller's own ``publish``/``subscribe`` (or an
+    ``[acl.identity]`` rule for an identity that is not a declared service)."""
     if action == "register":
         return (f"a service registers only under its own certificate's name with role service "
                 f"(this certificate: {name!r}, role {role!r})")
     if action == "subscribe" and not target:
         return 'a subscription needs a topic prefix ("*" for every topic)'
-    return (f'add "{target}" to {action} in [acl.identity.{name}] of mesh.toml '
-            f"(or in [acl.role.{role}] for every {role}), then meshctl restart broker")
+    if action == "call" and "." in target:
+        service, _, method = target.partition(".")
+        return (f'add "{method}" = ["{name}"] (or ["{role}"] for every {role}) to [services.{service}.expose] '
+                f"where {service} is declared (mesh.toml or <home>/mesh.d/; meshctl service list), then "
+                "meshctl config reload")
+    return (f'add "{target}" to {action} in [services.{name}] where it is declared (or in '
+            f"[acl.identity.{name}] in <home>/mesh.d/ if it is not a declared service), then meshctl config reload")
 
 
 class DenyLog:

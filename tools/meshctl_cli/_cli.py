@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 from shared import PURPOSES, MeshHome, configure_logging
 
-from . import _audit, _config_show, _init, _lifecycle, _logs, _mesh, _render, _security, _storage
+from . import _audit, _config_show, _init, _lifecycle, _logs, _mesh, _render, _security, _services, _storage
 from ._output import CliError, emit, emit_json
 from ._status import MeshProbe, collect
 from ._supervisor import Supervisor, load_credentials
@@ -120,8 +120,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="FILE", help="create: also copy the archive to FILE")
     p.add_argument("--force", action="store_true", help="restore: accept an archive older than the newest backup")
     p = add("config", "show: the merged configuration (mesh.toml, then <home>/mesh.d/*.toml), each value with "
-            "the file that set it")
-    p.add_argument("action", choices=["show"])
+            "the file that set it; reload: have the running broker apply it (ACL, rate limits) without a restart")
+    p.add_argument("action", choices=["show", "reload"])
+    p = add("service", "the mesh's declared services: list them, add a companion's own service (keypair, "
+            "declaration in <home>/mesh.d/, supervisord program; waits until it is ready), remove one added so")
+    p.add_argument("action", choices=["list", "add", "remove"])
+    p.add_argument("name", nargs="?", metavar="NAME", help="add, remove: the service's name (its identity)")
+    p.add_argument("--entry", metavar="ENTRY",
+                   help="add: what runs it: /absolute/path/file.py:Class, package.module:Class or package.module")
+    p.add_argument("--expose", action="append", default=[], metavar="METHOD=WHO[,WHO]",
+                   help="add: who may call which methods ('*=operator', 'get=service,reminders', 'drafts.*=x'); "
+                        "repeatable; default: '*=operator' only")
+    p.add_argument("--publish", action="append", default=[], metavar="PREFIX", help="add: topics it may publish")
+    p.add_argument("--subscribe", action="append", default=[], metavar="PREFIX",
+                   help="add: topics it may subscribe to")
+    p.add_argument("--keys", action="append", default=[], choices=PURPOSES, metavar="PURPOSE",
+                   help=f"add: a data key keyvault releases to it ({', '.join(PURPOSES)}); repeatable")
+    p.add_argument("--priority", type=int, default=None, help="add: start order under supervisord (default 100)")
+    p.add_argument("--timeout", type=float, default=60.0, help="add: seconds to wait until it is ready")
     p = add("logs", "a process's log (JSON lines)")
     p.add_argument("service")
     p.add_argument("-f", "--follow", action="store_true")
@@ -206,8 +222,39 @@ def _events(args: argparse.Namespace, home: MeshHome) -> int:
 
 
 def _config_cmd(args: argparse.Namespace, home: MeshHome) -> int:
+    if args.action == "reload":
+        result = asyncio.run(_mesh.call(home, "mesh.config.reload", None, _RPC_TIMEOUT_S))
+        emit(args.json, result, _render.config_reload(result))
+        return 0
     result = _config_show.show(home)
     emit(args.json, result, _config_show.render(result))
+    return 0
+
+
+def _service_cmd(args: argparse.Namespace, home: MeshHome) -> int:
+    if args.action == "list":
+        listing = _services.list_services(home)
+        emit(args.json, listing, _render.service_list(listing))
+        return 0
+    if not args.name:
+        raise CliError(f"service {args.action} needs a NAME", status=2)
+    if args.action == "remove":
+        result = asyncio.run(_services.remove(home, args.name))
+        emit(args.json, result, _render.service_removed(result))
+        return 0
+    if not args.entry:
+        raise CliError("service add needs --entry ENTRY (/absolute/path/file.py:Class, package.module:Class or "
+                       "package.module)", status=2)
+    table = _services.declaration(args.entry, expose=_services.parse_expose(args.expose), publish=args.publish,
+                                  subscribe=args.subscribe, keys=args.keys, priority=args.priority)
+    row = asyncio.run(_services.add(home, args.name, table, timeout=args.timeout))
+    emit(args.json, row, _render.service_added(row))
+    if not row["healthy"]:
+        if not args.json:
+            print("\n".join(f"    {line}" for line in row.get("log_tail") or []))
+        raise CliError(f"{args.name} was added but is not ready: {row.get('problem')}; it stays declared "
+                       f"(meshctl logs {args.name}; fix it and `meshctl restart {args.name}`, or "
+                       f"`meshctl service remove {args.name}`)")
     return 0
 
 
@@ -226,6 +273,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, MeshHome], int]] = {
     "ping": _ping, "call": _call, "certs": _certs, "events": _events, "logs": _logs_cmd,
     "security": _security.run, "keys": _security.run, "audit": _audit.run_audit, "alerts": _audit.run_alerts,
     "storage": _storage.run_storage, "backup": _storage.run_backup, "config": _config_cmd,
+    "service": _service_cmd,
 }
 
 

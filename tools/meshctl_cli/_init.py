@@ -26,9 +26,10 @@ from services.keyvault import store as keyvault_store
 from services.keyvault.keystore import choose_keystore
 from shared import Argon2Profile, ConfigError, MeshConfig, MeshError, MeshHome, mesh_config
 from shared.files import write_exclusive
-from shared.provision import provision
+from shared.provision import add_identity, provision
 
 from . import _intake
+from ._mesh import OPERATOR
 from ._output import CliError
 from ._security import SESSION_FILE
 from ._supervisor import create_credentials, credentials_path, home_processes
@@ -64,6 +65,18 @@ def _config(home: MeshHome) -> MeshConfig:
         return mesh_config(home.root)
     except ConfigError as exc:
         raise CliError(exc.message) from None
+
+
+def _add_declared(home: MeshHome, config: MeshConfig) -> list[str]:
+    """Create and admit the keypair of every declared identity that has none yet (a declaration
+    written by hand into mesh.d/ after init); return their names. A half-present keypair is left
+    alone: the process's start names it."""
+    added = []
+    for name, role in config.identities().items():
+        if not home.secret_key_path(name).exists() and not home.public_key_path(name).exists():
+            add_identity(home, name, role)
+            added.append(name)
+    return added
 
 
 def profile_text(profile: Argon2Profile) -> str:
@@ -195,7 +208,8 @@ def init(home: MeshHome, *, force: bool, if_needed: bool, password_file: str | N
     vault_exists = keyvault_store.state_path(home).exists()
     legacy = info is not None and "keyvault" not in info and not vault_exists
     if is_initialised(home) and if_needed and not force and not legacy:
-        return {"home": str(home.root), "created": False, "reason": "already initialised"}
+        return {"home": str(home.root), "created": False, "reason": "already initialised",
+                "added_identities": _add_declared(home, _config(home))}
     try:
         home.broker_endpoint  # noqa: B018 - raises if the home is too deep for a unix socket path
     except ConfigError as exc:
@@ -217,7 +231,8 @@ def init(home: MeshHome, *, force: bool, if_needed: bool, password_file: str | N
 
     def keys() -> tuple[list[str], dict[str, Any], str]:
         removed = [*_wipe(home), *_reset_keyvault(home, config)] if force else []
-        pairs = provision(home)
+        # Every declared identity (the project's services and any a fragment declares), and ours.
+        pairs = provision(home, {**config.identities(), OPERATOR: "operator"})
         return removed, pairs, create_credentials(home).username
 
     vault, shown, (removed, pairs, user) = _with_password(home, config, password_file, keys)
@@ -228,7 +243,7 @@ def init(home: MeshHome, *, force: bool, if_needed: bool, password_file: str | N
         "identities": [{"name": name, "role": pair.certificate.role if name != "broker" else "broker",
                         "public_key": pair.certificate.public_key.decode(),
                         "fingerprint": pair.certificate.fingerprint} for name, pair in sorted(pairs.items())],
-        "operator_certificate": str(home.secret_key_path("meshctl")),
+        "operator_certificate": str(home.secret_key_path(OPERATOR)),
         "supervisord_credentials": str(credentials_path(home)), "supervisord_user": user,
         "keyvault": vault, "recovery_passphrase": shown,
     }

@@ -10,10 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from shared import ConfigError, MeshHome
+from shared import ConfigError, MeshError, MeshHome, mesh_config
 
 from ._init import is_initialised
 from ._output import CliError, Progress
+from ._programs import apply_programs, write_programs
 from ._status import MeshProbe, collect
 from ._supervisor import (
     NotRunning,
@@ -88,8 +89,18 @@ async def up(home: MeshHome, *, timeout: float, quiet: bool) -> dict[str, Any]:
     mesh is sealed or degraded (settled states), a process is FATAL, or ``timeout``; return the status."""
     if not is_initialised(home):
         raise CliError(f"the mesh home {home.root} is not initialised: run `meshctl init` first (make up does)")
+    try:
+        config = mesh_config(home.root)  # a bad declaration or fragment stops here, naming file and key
+    except MeshError as exc:
+        raise CliError(exc.message) from None
     supervisor = Supervisor(home, load_credentials(home))
     if supervisor.running():
+        # The declarations may have changed since supervisord started (a fragment edited by hand):
+        # bring its programs in line first, as `supervisorctl update` would.
+        changes = apply_programs(supervisor, home, config)
+        for what, groups in changes.items():
+            if groups:
+                _say(f"programs {what}: {', '.join(groups)}", quiet)
         started = []
         for proc in supervisor.processes():
             if proc["statename"] in ("STOPPED", "EXITED", "FATAL"):
@@ -103,6 +114,7 @@ async def up(home: MeshHome, *, timeout: float, quiet: bool) -> dict[str, Any]:
             _say(f"stopping {len(stale)} leftover process(es) of this home from an earlier run", quiet)
             _terminate([pid for pid, _ in stale], grace=10.0)
         _say(f"starting supervisord for {home.root}", quiet)
+        write_programs(home, config)
         supervisor.start()
     # Healthy, sealed (the mesh waits for `meshctl security unlock`) and degraded are settled states;
     # an unhealthy mesh may still be starting, so keep waiting for it until the timeout.

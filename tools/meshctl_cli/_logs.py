@@ -14,10 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from shared import MeshHome
+from shared import MeshError, MeshHome, mesh_config
 
 from ._output import CliError
-from ._status import PROCESSES
 from ._supervisor import NotRunning, Supervisor
 
 POLL_S: Final = 0.25
@@ -39,8 +38,12 @@ def log_path(home: MeshHome, supervisor: Supervisor | None, name: str) -> Path:
                 value = proc.get(key)
                 if value and value != "NONE" and Path(value).exists():
                     return Path(value)
-    if name not in PROCESSES:
-        raise CliError(f"no process named {name!r}; processes: {', '.join(PROCESSES)}")
+    try:
+        declared = mesh_config(home.root).processes()
+    except MeshError as exc:
+        raise CliError(exc.message) from None
+    if name not in declared:
+        raise CliError(f"no process named {name!r}; processes: {', '.join(declared)}")
     return home.log / f"{name}.log"
 
 

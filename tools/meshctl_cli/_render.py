@@ -65,7 +65,9 @@ def status(s: dict[str, Any]) -> str:
 
 def init(result: dict[str, Any]) -> str:
     if not result["created"]:
-        return f"{result['home']}: {result['reason']}"
+        added = result.get("added_identities")
+        return f"{result['home']}: {result['reason']}" + (
+            f"; created and admitted the keys of newly declared {', '.join(added)}" if added else "")
     vault = result["keyvault"]
     lines = []
     if result.get("keyvault_only"):
@@ -175,3 +177,35 @@ def event(e: Event) -> str:
 def event_json(e: Event) -> str:
     return json.dumps({"received": datetime.datetime.now(datetime.UTC).isoformat(), "topic": e.topic,
                        "sender": e.sender, "body": e.body}, sort_keys=True, default=str)
+
+
+def config_reload(r: dict[str, Any]) -> str:
+    """``meshctl config reload``: what the broker applied, and what needs a restart."""
+    out = [f"broker applied the configuration {str(r.get('digest', ''))[:16]}"]
+    if r.get("restart_needed"):
+        out.append(f"  takes effect only at `meshctl restart broker`: {', '.join(r['restart_needed'])}")
+    return "\n".join(out)
+
+
+def service_list(listing: dict[str, Any]) -> str:
+    """``meshctl service list``: one row per declaration."""
+    rows = [[s["name"], s["entry"] or "-", s["process"], s["priority"], s["state"] or "-",
+             ", ".join(f"{k}: {'/'.join(v)}" for k, v in s["expose"].items()) or "-",
+             ("added: " if s["added"] else "") + s["declared_in"]] for s in listing["services"]]
+    return table(["SERVICE", "ENTRY", "PROCESS", "PRIORITY", "STATE", "EXPOSES", "DECLARED IN"], rows)
+
+
+def service_added(row: dict[str, Any]) -> str:
+    """``meshctl service add``: where its declaration is, its key, and whether it is ready."""
+    ready = row.get("ready") or {}
+    return "\n".join([f"{row['name']}: declared in {row['declaration']}",
+                      f"  key fingerprint {row['fingerprint'][:16]}, admitted",
+                      f"  {row.get('state', '?')}, pid {row.get('pid')}, ready: {ready.get('state', 'no')}"])
+
+
+def service_removed(r: dict[str, Any]) -> str:
+    """``meshctl service remove``: what went, and what stays."""
+    out = [f"{r['name']}: stopped, {'revoked' if r['revoked'] else 'key was not admitted'}, removed:"]
+    out += [f"  {path}" for path in r["removed"]]
+    out.append(f"kept: {r['kept']}")
+    return "\n".join(out)

@@ -14,14 +14,11 @@ import time
 from typing import Any, Final
 
 from shared import HandshakeError, MeshClient, MeshError, MeshHome, Unavailable, certs, mesh_config
-from shared.provision import MESH_IDENTITIES
 
 from ._output import CliError
 from ._supervisor import NotRunning, Supervisor
 from ._verdict import HEALTHY, describe, judge, readiness
 
-#: Every process supervisord runs for a mesh, in start order (supervisord.conf).
-PROCESSES: Final = ("broker", *(n for n, role in MESH_IDENTITIES.items() if role == "service"))
 _LOG_TAIL_LINES: Final = 12
 _LOG_TAIL_BYTES: Final = 8192
 _SPAWNED = re.compile(r"spawned: '([^']+)' with pid")
@@ -231,7 +228,8 @@ async def collect(home: MeshHome, supervisor: Supervisor, probe: MeshProbe, *, d
     except NotRunning as exc:
         procs, supervisor_problem = {}, exc.message
     stats, registered, health, mesh_problem = await _mesh_view(probe)
-    names = [*PROCESSES, *sorted(set(procs) - set(PROCESSES))]
+    declared = config.processes()  # every declared process, in start order, running or not
+    names = [*declared, *sorted(set(procs) - set(declared))]
     rows = [_row(name, procs.get(name), stats, registered, health) for name in names]
     restarts = restart_counts(supervisor) if details and procs else {}
     for row in rows:
