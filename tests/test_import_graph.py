@@ -282,3 +282,33 @@ def test_shared_and_meshctl_import_one_way(package: str) -> None:
     under keystores under the anchor move), and so is meshctl's package."""
     cycles = import_cycles(ROOT / package)
     assert not cycles, f"import cycles in {package}:\n" + "\n".join(cycles)
+
+
+def test_storage_modules_import_each_other_one_way() -> None:
+    """services/storage has no import cycle: the core (errors, namespaces, keys, STREAM, the state
+    file, the shared context, the engine interface, the keeper, rotation) at the bottom, one package
+    per engine over it (kv, records, analytics, files, archive), the service on top."""
+    cycles = import_cycles(ROOT / "services" / "storage")
+    assert not cycles, "import cycles in services/storage:\n" + "\n".join(cycles)
+
+
+def storage_layer(module: str) -> str:
+    """Which layer of services/storage ``module`` is in: ``service`` (the package itself, the
+    service class and ``__main__``), ``core``, or the name of the engine package it belongs to."""
+    parts = module.split(".")[2:]  # what follows "services.storage"
+    if not parts or parts[0] in ("service", "__main__"):
+        return "service"
+    return parts[0]
+
+
+def test_storage_imports_point_service_engines_core() -> None:
+    """Storage's imports go one way by layer, service -> engines -> core (issue 12): the core imports
+    no engine and not the service, an engine imports the core and its own modules but never another
+    engine or the service, and only the service composes the engines."""
+    graph = module_imports(ROOT / "services" / "storage")
+    wrong = [f"{module} imports {target} ({where})"
+             for module, targets in sorted(graph.items()) for target, where in sorted(targets.items())
+             if storage_layer(module) != "service"
+             and storage_layer(target) not in ("core", storage_layer(module))]
+    assert not wrong, "imports against the layering of services/storage:\n" + "\n".join(wrong)
+    assert {storage_layer(m) for m in graph} == {"service", "core", "kv", "records", "analytics", "files", "archive"}
