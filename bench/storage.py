@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Final
 
 MIB: Final = 1 << 20
-#: Plaintext bytes of one file upload piece (services/storage/schema.py FILE_PIECE_BYTES).
+#: Plaintext bytes of one file upload piece (services/storage/files/schema.py FILE_PIECE_BYTES).
 PIECE_BYTES: Final = 256 * 1024
 
 

@@ -146,7 +146,7 @@ def sqlcipher_rounds(work: Path, rounds: int, count: int) -> tuple[Rounds, dict[
 
 def _duck_open(extension: Path, path: Path, key: str | None, version: str) -> Any:
     """A DuckDB instance with the store's settings and ``path`` attached as ``db`` (and used)."""
-    from services.storage import sandbox
+    from services.storage.analytics import sandbox
 
     con = sandbox.instance(extension)  # the store's memory limit, threads, no temp directory, httpfs loaded
     try:
@@ -174,7 +174,7 @@ def _duck_pair(work: Path, payloads: list[str], rows: int, scan_rows: int, exten
     """Both twins open side by side; every step alternates between them so drift hits both alike.
     Steps: the store's ingest statement per payload (one transaction each, as one
     ``storage.analytics.ingest`` call each), an engine-bound write, then cold scans; rows/s of each."""
-    from services.storage import sandbox
+    from services.storage.analytics import sandbox
 
     keys = {"encrypted": secrets.token_hex(32), "plain": None}
     order = ["plain", "encrypted"] if flip else ["encrypted", "plain"]
@@ -241,8 +241,8 @@ def duckdb_rounds(work: Path, rounds: int, count: int, scan_rows: int) -> tuple[
     """Encrypted and plain DuckDB, interleaved; rows/s of each workload per round."""
     import duckdb
 
-    from services.storage.analytics import MAX_INGEST_ROWS
-    from services.storage.sandbox import encode_rows, httpfs_path
+    from services.storage.analytics.sandbox import encode_rows, httpfs_path
+    from services.storage.analytics.store import MAX_INGEST_ROWS
 
     extension = httpfs_path()
     probe = _duck_open(extension, work / "probe.duckdb", secrets.token_hex(32), "")

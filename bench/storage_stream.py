@@ -3,15 +3,15 @@
 Run by :func:`bench.storage.measure_engines` in interleaved rounds whose order alternates, each in
 fresh files in the temporary directory it is given, removed after:
 
-* RocksDB through :class:`services.storage.kv.KvStore` (application sealing, ``put_many`` batches,
+* RocksDB through :class:`services.storage.kv.store.KvStore` (application sealing, ``put_many`` batches,
   ``get``) against raw ``rocksdict`` put/get of the same values with the store's options and synced
   write batches of the same size: the ratio is what sealing and keyed name hashing cost.
-* STREAM (:mod:`services.storage.stream`) against raw AES-256-GCM (``cryptography``'s ``AESGCM``,
+* STREAM (:mod:`services.storage.core.stream`) against raw AES-256-GCM (``cryptography``'s ``AESGCM``,
   one object per stream) over the same bytes, the same chunk size, the same file writes and reads:
   the ratio is what STREAM adds over the cipher (a key per stream by HKDF, the header as associated
   data of every chunk, chunk bookkeeping).
 * Peak resident memory of writing and reading one large file (1 GiB; smaller with ``--quick``)
-  through :class:`services.storage.files.FileStore`, in a child process
+  through :class:`services.storage.files.store.FileStore`, in a child process
   (``python -m bench.storage rss DIR BYTES``, whose entry point calls :func:`_rss_child`) that
   measures itself (see :func:`_rss_child` for why it reads /proc rather than trusting ``ru_maxrss``
   alone). Target: < 64 MiB, i.e. a file is streamed, never held whole.
@@ -44,8 +44,9 @@ CHILD_TIMEOUT: Final = 900.0     # one RSS child (a 1 GiB write and read, fsynce
 def _rocks_round(work: Path, sealed: bool, names: list[bytes], values: list[bytes]) -> Pair:
     import rocksdict
 
-    from services.storage import kv
-    from services.storage.keys import KeySet, Namespace
+    from services.storage.core.keys import KeySet
+    from services.storage.core.namespace import Namespace
+    from services.storage.kv import store as kv
 
     ns = Namespace("authn", "alice", "memories")
     path = work / ("sealed" if sealed else "raw")
@@ -119,7 +120,7 @@ def _stream_round(path: Path, lib: bool, pool: bytes, total: int) -> Pair:
     """Write then read ``total`` bytes through STREAM (``lib``) or raw AESGCM; MB/s both ways."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    from services.storage import stream
+    from services.storage.core import stream
 
     key, aad, chunk = secrets.token_bytes(32), b"bench-aad", stream.DEFAULT_CHUNK_SIZE
     if lib:
@@ -163,7 +164,7 @@ def _stream_round(path: Path, lib: bool, pool: bytes, total: int) -> Pair:
 
 def stream_rounds(work: Path, rounds: int, mib: int) -> tuple[Rounds, dict[str, Any]]:
     """STREAM and raw AESGCM, interleaved; MB/s written and read per round."""
-    from services.storage import stream
+    from services.storage.core import stream
 
     pool = secrets.token_bytes(16 * MIB)
     total = mib * MIB
@@ -201,9 +202,10 @@ def _rss_child(work: Path, size: int) -> dict[str, Any]:
     The figure is the peak RSS of this image after the work (``VmHWM``, reset just before it by
     :func:`bench.measure.reset_peak_rss`, which says why not ``ru_maxrss``) minus its RSS before
     (``VmRSS``); ``ru_maxrss`` before and after are reported beside it."""
-    from services.storage.files import FileStore
-    from services.storage.keys import KeySet, Namespace
-    from services.storage.stream import DEFAULT_CHUNK_SIZE
+    from services.storage.core.keys import KeySet
+    from services.storage.core.namespace import Namespace
+    from services.storage.core.stream import DEFAULT_CHUNK_SIZE
+    from services.storage.files.store import FileStore
 
     def maxrss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux

@@ -268,24 +268,39 @@ def test_the_cycle_finder_counts_late_and_type_checking_imports(tmp_path: Path) 
     assert import_cycles(package, tmp_path) == []  # __init__ -> top -> mid -> low: one way
 
 
-def test_audit_modules_import_each_other_one_way() -> None:
-    """services/audit is layered: errors and merkle at the bottom, the record chain and its
-    verifier and codecs above them, the store and the streamed scan over it, the service on top."""
-    cycles = import_cycles(ROOT / "services" / "audit")
-    assert not cycles, "import cycles in services/audit:\n" + "\n".join(cycles)
+def storage_layer(module: str) -> str:
+    """Which layer of services/storage ``module`` is in: ``service`` (the package itself, the
+    service class and ``__main__``), ``core``, or the name of the engine package it belongs to."""
+    parts = module.split(".")[2:]  # what follows "services.storage"
+    if not parts or parts[0] in ("service", "__main__"):
+        return "service"
+    return parts[0]
 
 
-@pytest.mark.parametrize("package", ["shared", "tools/meshctl_cli"])
-def test_shared_and_meshctl_import_one_way(package: str) -> None:
-    """shared/ is layered (errors, codecs and configuration at the bottom; the declarations under the
-    configuration; the Argon2 profiles under both the configuration and the crypto recipes; anchors
-    under keystores under the anchor move), and so is meshctl's package."""
+def test_storage_imports_point_service_engines_core() -> None:
+    """Storage's imports go one way by layer, service -> engines -> core (issue 12): the core imports
+    no engine and not the service, an engine imports the core and its own modules but never another
+    engine or the service, and only the service composes the engines."""
+    graph = module_imports(ROOT / "services" / "storage")
+    wrong = [f"{module} imports {target} ({where})"
+             for module, targets in sorted(graph.items()) for target, where in sorted(targets.items())
+             if storage_layer(module) != "service"
+             and storage_layer(target) not in ("core", storage_layer(module))]
+    assert not wrong, "imports against the layering of services/storage:\n" + "\n".join(wrong)
+    assert {storage_layer(m) for m in graph} == {"service", "core", "kv", "records", "analytics", "files", "archive"}
+
+
+#: Every package of the project's code: shared, meshctl's package, and each service.
+PACKAGES = ["shared", "tools/meshctl_cli", *sorted(f"services/{p.name}" for p in (ROOT / "services").iterdir()
+                                                   if (p / "__init__.py").is_file())]
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_package_imports_one_way(package: str) -> None:
+    """No package has an import cycle (issue 12), late and ``TYPE_CHECKING`` imports included. The
+    layering this keeps: shared's errors, codecs and declarations under its configuration, the Argon2
+    profiles under both configuration and crypto, anchors under keystores under the anchor move; the
+    broker's core loop over its parts over the state tables; audit's chain and verifier under its
+    store under the scan; storage's core under its engines under the service."""
     cycles = import_cycles(ROOT / package)
     assert not cycles, f"import cycles in {package}:\n" + "\n".join(cycles)
-
-
-def test_the_broker_package_has_no_import_cycle() -> None:
-    """services/broker: the core loop owns its parts and calls them; routing, upkeep, admission, the
-    allow-list watch and the mesh.* handlers use the state tables and the outbox, never the core."""
-    cycles = import_cycles(ROOT / "services" / "broker")
-    assert not cycles, "import cycles in services/broker:\n" + "\n".join(cycles)

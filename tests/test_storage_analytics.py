@@ -12,10 +12,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from services.storage.analytics import MAX_INGEST_ROWS, AnalyticsStore, httpfs_path
-from services.storage.errors import DamagedError, MissingKeyError
-from services.storage.keys import KeySet, Namespace
-from services.storage.sandbox import attach, file_key, file_name
+from services.storage.analytics.sandbox import attach, file_key, file_name
+from services.storage.analytics.store import MAX_INGEST_ROWS, AnalyticsStore, httpfs_path
+from services.storage.core.errors import DamagedError, MissingKeyError
+from services.storage.core.keys import KeySet
+from services.storage.core.namespace import Namespace
 from shared import BadRequest, Conflict, NotFound, Timeout
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,7 +73,7 @@ def test_without_the_httpfs_extension_storage_refuses_to_start(tmp_path: Path) -
     shadow = tmp_path / "shadow" / "duckdb_extension_httpfs"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("")
-    code = ("import sys; from pathlib import Path; from services.storage.analytics import AnalyticsStore\n"
+    code = ("import sys; from pathlib import Path; from services.storage.analytics.store import AnalyticsStore\n"
             "try:\n    AnalyticsStore(Path(sys.argv[1])).check_crypto()\n"
             "except Exception as exc:\n    print(type(exc).__name__, exc)\n")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "root")], capture_output=True, timeout=60,

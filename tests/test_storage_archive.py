@@ -1,5 +1,6 @@
-"""The backup archive container (archive.py): round trips, both openers, and refusal of every damaged,
-truncated, edited or hostile archive before anything is written."""
+"""The backup archive container (archive/format.py, writer.py, reader.py): round trips, both
+openers, and refusal of every damaged, truncated, edited or hostile archive before anything is
+written."""
 
 from __future__ import annotations
 
@@ -14,9 +15,16 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from services.storage import archive
-from services.storage.archive import ArchiveWriter, extract_archive, read_header, verify_archive, write_archive
-from services.storage.errors import DamagedError, MissingKeyError
+from services.storage.archive.format import (
+    ManifestEntry,
+    check_entry_name,
+    open_with_backup_key,
+    open_with_passphrase,
+    read_header,
+)
+from services.storage.archive.reader import extract_archive, verify_archive
+from services.storage.archive.writer import ArchiveInfo, ArchiveWriter, write_archive
+from services.storage.core.errors import DamagedError, MissingKeyError
 from shared import Argon2Profile, BadRequest, Unauthenticated
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,13 +50,13 @@ def source(tmp_path: Path) -> list[tuple[str, Path]]:
 
 
 def make(path: Path, files: list[tuple[str, Path]], *, passphrase: bytes | None = PASSPHRASE,
-         chunk_size: int = 64 * 1024) -> archive.ArchiveInfo:
+         chunk_size: int = 64 * 1024) -> ArchiveInfo:
     return write_archive(path, files, {"KEYS": b"k" * 96}, META, BACKUP_KEY,
                          bytearray(passphrase) if passphrase else None, TINY, chunk_size=chunk_size)
 
 
 def key_of(path: Path) -> bytearray:
-    return archive.open_with_backup_key(read_header(path), BACKUP_KEY[1])
+    return open_with_backup_key(read_header(path), BACKUP_KEY[1])
 
 
 def assert_refused(path: Path, key: bytearray, dest: Path, match: str | None = None) -> None:
@@ -79,8 +87,8 @@ def test_round_trip_with_either_opener(tmp_path: Path, source: list[tuple[str, P
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
     header = read_header(tmp_path / "a.cmbak")
     assert (header.mesh_id, header.sequence, header.backup_key_version, header.has_passphrase) == ("mesh-1", 7, 3, True)
-    by_backup = archive.open_with_backup_key(header, lambda v: BACKUP_KEY[1] if v == 3 else bytearray(32))
-    by_passphrase = archive.open_with_passphrase(header, bytearray(PASSPHRASE), allow_test_profiles=True)
+    by_backup = open_with_backup_key(header, lambda v: BACKUP_KEY[1] if v == 3 else bytearray(32))
+    by_passphrase = open_with_passphrase(header, bytearray(PASSPHRASE), allow_test_profiles=True)
     assert by_backup == by_passphrase and len(by_backup) == 32
     manifest = verify_archive(tmp_path / "a.cmbak", by_backup)
     assert manifest.meta == META and manifest.total_bytes == total and manifest.extras == {}
@@ -100,20 +108,20 @@ def test_wrong_openers_are_refused(tmp_path: Path) -> None:
     make(path, small(tmp_path))
     header = read_header(path)
     with pytest.raises(Unauthenticated, match="passphrase does not open this archive"):
-        archive.open_with_passphrase(header, bytearray(b"wrong passphrase"), allow_test_profiles=True)
+        open_with_passphrase(header, bytearray(b"wrong passphrase"), allow_test_profiles=True)
     with pytest.raises(Unauthenticated, match="backup key does not open"):
-        archive.open_with_backup_key(header, bytearray(32))
+        open_with_backup_key(header, bytearray(32))
     def retired(version: int) -> bytearray:
         raise MissingKeyError(f"version {version} is retired")
 
     with pytest.raises(MissingKeyError):
-        archive.open_with_backup_key(header, retired)
+        open_with_backup_key(header, retired)
     # A tiny profile is refused unless test profiles are allowed: an edited header cannot weaken it.
     with pytest.raises(DamagedError, match="below the minimum"):
-        archive.open_with_passphrase(header, bytearray(PASSPHRASE))
+        open_with_passphrase(header, bytearray(PASSPHRASE))
     make(tmp_path / "b.cmbak", small(tmp_path), passphrase=None)
     with pytest.raises(BadRequest, match="no passphrase"):
-        archive.open_with_passphrase(read_header(tmp_path / "b.cmbak"), bytearray(PASSPHRASE), True)
+        open_with_passphrase(read_header(tmp_path / "b.cmbak"), bytearray(PASSPHRASE), True)
     with pytest.raises(FileExistsError):
         make(path, small(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".part") == []
@@ -134,13 +142,13 @@ def test_header_edits_are_refused(tmp_path: Path) -> None:
     key = key_of(path)
     rewrite_header(path, sequence=8)  # a rollback disguised as a newer archive
     with pytest.raises(Unauthenticated):
-        archive.open_with_backup_key(read_header(path), BACKUP_KEY[1])
+        open_with_backup_key(read_header(path), BACKUP_KEY[1])
     assert_refused(path, key, tmp_path / "out", "archive chunk 0 failed its integrity check")
     make(tmp_path / "b.cmbak", small(tmp_path))
     header = read_header(tmp_path / "b.cmbak")
     rewrite_header(tmp_path / "b.cmbak", kdf=[64 << 20, 1, 1, header.kdf[1]])  # 64 GiB: refused before Argon2 runs
     with pytest.raises(DamagedError, match="beyond the allowed cost"):
-        archive.open_with_passphrase(read_header(tmp_path / "b.cmbak"), bytearray(PASSPHRASE), True)
+        open_with_passphrase(read_header(tmp_path / "b.cmbak"), bytearray(PASSPHRASE), True)
     raw = path.read_bytes()
     path.write_bytes(raw[:4] + b"\x02" + raw[5:])
     with pytest.raises(DamagedError, match="format version 2 is not supported"):
@@ -183,7 +191,7 @@ def test_any_flipped_byte_is_refused(tmp_path: Path) -> None:
                                   "MANIFEST", "a/\n"])
 def test_hostile_entry_names_are_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(ValueError, match="archive entry name"):
-        archive.check_entry_name(name)
+        check_entry_name(name)
     path = tmp_path / "a.cmbak"
     with ArchiveWriter(path, mesh_id="m", sequence=1, backup_key=BACKUP_KEY) as writer:
         writer.add_bytes("ok", b"fine")
@@ -198,11 +206,11 @@ def test_inconsistent_entries_are_refused(tmp_path: Path) -> None:
     cases = {
         "twice": lambda w: [w._entries.append(w._write_entry("x", "file", 1, [b"1"])) for _ in range(2)],
         "not in the manifest": lambda w: w._write_entry("x", "file", 1, [b"1"]),
-        "missing": lambda w: w._entries.append(archive.ManifestEntry("x", "file", 1, bytes(32))),
+        "missing": lambda w: w._entries.append(ManifestEntry("x", "file", 1, bytes(32))),
         "both a file and a directory": lambda w: [w._entries.append(w._write_entry(n, "file", 1, [b"1"]))
                                                   for n in ("a", "a/b")],
         "does not match the manifest": lambda w: w._entries.append(
-            archive.ManifestEntry(w._write_entry("x", "file", 1, [b"1"]).name, "file", 1, bytes(32))),
+            ManifestEntry(w._write_entry("x", "file", 1, [b"1"]).name, "file", 1, bytes(32))),
     }
     for i, (message, craft) in enumerate(cases.items()):
         path = tmp_path / f"{i}.cmbak"
@@ -237,9 +245,12 @@ def test_destination_and_sources_are_checked(tmp_path: Path) -> None:
 MEMORY = textwrap.dedent("""
     import os, resource, sys
     from pathlib import Path
-    from services.storage import archive
-    from services.storage.files import FileStore
-    from services.storage.keys import KeySet, Namespace
+    from services.storage.archive.format import open_with_backup_key
+    from services.storage.archive.reader import verify_archive
+    from services.storage.archive.writer import write_archive
+    from services.storage.files.store import FileStore
+    from services.storage.core.keys import KeySet
+    from services.storage.core.namespace import Namespace
 
     work = Path(sys.argv[1])
     big = work / "big"
@@ -250,9 +261,9 @@ MEMORY = textwrap.dedent("""
     keys.add(1, bytearray(os.urandom(32)))
     store, ns = FileStore(work / "files"), Namespace("app", "alice", "docs")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    info = archive.write_archive(work / "a.cmbak", [("big", big)], {}, {"mesh_id": "m", "sequence": 1},
-                                 (1, bytearray(32)))
-    manifest = archive.verify_archive(work / "a.cmbak", archive.open_with_backup_key(info.header, bytearray(32)))
+    info = write_archive(work / "a.cmbak", [("big", big)], {}, {"mesh_id": "m", "sequence": 1},
+                         (1, bytearray(32)))
+    manifest = verify_archive(work / "a.cmbak", open_with_backup_key(info.header, bytearray(32)))
     assert manifest.total_bytes == 64 << 20
     upload = store.begin(keys, ns, "big", None)
     with open(big, "rb") as f:

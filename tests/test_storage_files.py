@@ -1,4 +1,4 @@
-"""The STREAM chunk format (stream.py) and the encrypted file store (files.py): round trips, every
+"""The STREAM chunk format (core/stream.py) and the encrypted file store (files/store.py): round trips, every
 kind of tampering, crash recovery of uploads and rotation, names that never reach the disk."""
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from services.storage import stream
-from services.storage.errors import DamagedError
-from services.storage.files import FileStore
-from services.storage.keys import KeySet, Namespace
-from services.storage.stream import StreamReader, StreamWriter, iter_plaintext, read_chunk
+from services.storage.core import stream
+from services.storage.core.errors import DamagedError
+from services.storage.core.keys import KeySet
+from services.storage.core.namespace import Namespace
+from services.storage.core.stream import StreamReader, StreamWriter, iter_plaintext, read_chunk
+from services.storage.files.store import FileStore
 from shared import BadRequest, NotFound
 
 REPO = Path(__file__).resolve().parent.parent
@@ -301,8 +302,9 @@ def test_rotation_moves_every_blob(store: FileStore, keys: KeySet) -> None:
 CRASH = """
 import os, sys
 from pathlib import Path
-from services.storage.files import FileStore
-from services.storage.keys import KeySet, Namespace
+from services.storage.files.store import FileStore
+from services.storage.core.keys import KeySet
+from services.storage.core.namespace import Namespace
 root, mode, step, k1, k2 = sys.argv[1:6]
 keys = KeySet("files")
 keys.add(1, bytearray.fromhex(k1))

@@ -1,4 +1,4 @@
-"""The RocksDB key-value engine (services/storage/kv.py, sealing.py): a real RocksDB in tmp_path,
+"""The RocksDB key-value engine (services/storage/kv/store.py, sealing.py): a real RocksDB in tmp_path,
 real keys from os.urandom, raw rocksdict handles to play the attacker who edits files."""
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import rocksdict
 
-from services.storage import sealing
-from services.storage.errors import DamagedError, MissingKeyError
-from services.storage.keys import KeySet, Namespace
-from services.storage.kv import MAX_NAME_BYTES, MAX_VALUE_BYTES, KvStore
+from services.storage.core.errors import DamagedError, MissingKeyError
+from services.storage.core.keys import KeySet
+from services.storage.core.namespace import Namespace
+from services.storage.kv import sealing
+from services.storage.kv.store import MAX_NAME_BYTES, MAX_VALUE_BYTES, KvStore
 from shared import BadRequest, Unavailable
 from shared.crypto import derive_subkey
 
@@ -355,8 +356,9 @@ def test_key_cache_follows_the_keyset(store: KvStore, raw_keys: dict[int, bytes]
 CHILD = """
 import sys
 from pathlib import Path
-from services.storage.keys import KeySet, Namespace
-from services.storage.kv import KvStore
+from services.storage.core.keys import KeySet
+from services.storage.core.namespace import Namespace
+from services.storage.kv.store import KvStore
 keys = KeySet("rocksdb")
 keys.add(1, bytearray.fromhex(sys.stdin.readline().strip()))
 store = KvStore.open(Path(sys.argv[1]))

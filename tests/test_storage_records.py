@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import sqlcipher3
 
-from services.storage.errors import DamagedError
-from services.storage.keys import Namespace
-from services.storage.records import MAX_DOC_BYTES, RecordStore, query_sql
+from services.storage.core.errors import DamagedError
+from services.storage.core.namespace import Namespace
+from services.storage.records.store import MAX_DOC_BYTES, RecordStore, query_sql
 from shared import BadRequest, Conflict, NotFound
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,7 +214,7 @@ def test_rekey_then_only_the_new_key_opens(tmp_path: Path, key: bytearray) -> No
 CHILD = """
 import sys
 from pathlib import Path
-from services.storage.records import RecordStore
+from services.storage.records.store import RecordStore
 keys = [bytes.fromhex(sys.argv[2]), bytes.fromhex(sys.argv[3])]
 store = RecordStore.open(Path(sys.argv[1]), keys[0])
 print("ready", flush=True)

@@ -271,7 +271,7 @@ async def test_reads_are_metered_into_audit_per_user(short_tmp: Path) -> None:
 
 
 def test_file_pieces_shrink_to_fit_the_message_cap() -> None:
-    from services.storage.files_api import piece_bytes
+    from services.storage.files.engine import piece_bytes
     from shared import StateError
 
     assert piece_bytes(1 << 20, 65536) == 256 * 1024           # the default cap: four 64 KiB chunks
@@ -281,7 +281,7 @@ def test_file_pieces_shrink_to_fit_the_message_cap() -> None:
 
 
 async def test_uploads_are_limited_per_caller_and_discarded_when_idle(short_tmp: Path) -> None:
-    from services.storage.files_api import MAX_UPLOADS, UPLOAD_IDLE_S
+    from services.storage.files.engine import MAX_UPLOADS, UPLOAD_IDLE_S
 
     async with storage_rig(short_tmp / "h") as r:
         assert r.storage is not None

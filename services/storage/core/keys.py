@@ -1,0 +1,68 @@
+"""The data keys storage holds in memory, one :class:`KeySet` per purpose.
+
+A :class:`KeySet` is the versions of one purpose's key (:data:`PURPOSES`) fetched from keyvault.
+Keys are ``bytearray`` held here only, never written anywhere, and wiped by :meth:`KeySet.wipe`
+when the mesh is sealed (DESIGN.md invariant 6). Which version is current moves forward when
+keyvault rotates a key; older versions stay held while data is still sealed under them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from shared.crypto import wipe
+
+from .errors import MissingKeyError
+
+#: The keyvault purposes storage fetches: one per engine, and ``backups`` for archives.
+PURPOSES: Final = ("sqlcipher", "duckdb", "rocksdb", "files", "backups")
+
+
+class KeySet:
+    """Versions of one purpose's key. ``current`` is the version new writes use."""
+
+    def __init__(self, purpose: str) -> None:
+        self.purpose = purpose
+        self.current = 0
+        self._keys: dict[int, bytearray] = {}
+
+    def add(self, version: int, key: bytearray, *, current: bool = False) -> None:
+        """Hold ``key`` as ``version`` (taking ownership of the bytearray)."""
+        if len(key) != 32 or version < 1:
+            raise ValueError("a data key is 32 bytes with a version >= 1")
+        old = self._keys.get(version)
+        if old is not None and old is not key:
+            wipe(old)
+        self._keys[version] = key
+        if current or self.current == 0:
+            self.current = version
+
+    def key(self, version: int | None = None) -> bytearray:
+        """The key of ``version`` (default: the current one); :class:`MissingKeyError` when not held."""
+        v = self.current if version is None else version
+        try:
+            return self._keys[v]
+        except KeyError:
+            raise MissingKeyError(f"storage does not hold version {v} of its {self.purpose} key") from None
+
+    def versions(self) -> list[int]:
+        """Held versions, oldest first."""
+        return sorted(self._keys)
+
+    def has(self, version: int) -> bool:
+        return version in self._keys
+
+    def retire(self, version: int) -> None:
+        """Forget ``version`` (after nothing is sealed under it any more) and wipe it."""
+        if version == self.current:
+            raise ValueError("the current version cannot be retired")
+        key = self._keys.pop(version, None)
+        if key is not None:
+            wipe(key)
+
+    def wipe(self) -> None:
+        """Wipe and forget every version."""
+        for key in self._keys.values():
+            wipe(key)
+        self._keys.clear()
+        self.current = 0

@@ -1,0 +1,181 @@
+"""Sealing of RocksDB entries: pure functions over bytes, no database.
+
+RocksDB has no usable encrypted environment, so storage seals every entry itself (DESIGN.md
+invariant 5). Record names may carry user data, so neither names nor namespaces appear on disk
+in the clear: the RocksDB key is made of keyed hashes, and the name is stored sealed in the value.
+
+Layout of one entry sealed under version ``v`` of the ``rocksdb`` key ``K_v``::
+
+    names_v   = derive_subkey(K_v, "storage-kv-names")              # HKDF-SHA256, cached per version
+    ns_tag    = HMAC-SHA256(names_v, ns.label())[:16]
+    name_tag  = HMAC-SHA256(names_v, ns.label() + name)             # 32 bytes
+    rocks key = b"e" || v (u32 BE) || ns_tag || name_tag            # 53 bytes
+    header    = 0x01 (entry format) || v (u32 BE)                   # 5 bytes
+    value     = header || seal(K_v, msgpack([[owner, subject, category], name, value]),
+                               aad = header || rocks key)
+
+``ns.label()`` is a msgpack array and so self-delimiting: ``label + name`` is unambiguous. All of
+a namespace's entries under one version share the 21-byte prefix ``b"e" || v || ns_tag``, which is
+how a namespace is iterated without knowing its names.
+
+Why each part is there:
+
+- The rocks key is associated data, so a value copied to another key (another name, namespace
+  or version) fails to open. The header is associated data too and must name the same version
+  as the key, so editing it is detected before any key is tried.
+- The namespace is sealed inside the value because rotation must compute the entry's key under
+  the new version, and the old key holds only a one-way tag of it.
+- After decrypting, the namespace and name are hashed again and compared (in constant time)
+  with the tags of the key they were found under: a writer bug that filed an entry under the
+  wrong tags is reported instead of served.
+
+Every failure raises :class:`~..core.errors.DamagedError` naming the entry by version and tag prefixes
+(:func:`describe`), never by its contents or any key bytes. HMAC keys pass through ``hmac`` and
+OpenSSL, which keep short-lived copies (shared/_crypto.py lists the limits of wiping).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from typing import Final, NamedTuple
+
+import msgpack
+
+from shared import BadRequest
+from shared.crypto import SEAL_OVERHEAD, IntegrityError, open_sealed, seal
+
+from ..core.errors import DamagedError
+from ..core.namespace import Namespace
+
+__all__ = [
+    "ENTRY_FORMAT", "ENTRY_KEY_BYTES", "ENTRY_PREFIX", "HEADER_BYTES", "NAMES_LABEL", "NAME_TAG_BYTES",
+    "NS_TAG_BYTES", "Entry", "describe", "entry_key", "entry_version", "name_tag", "namespace_prefix",
+    "namespace_tag", "open_entry", "parse_entry_key", "seal_entry", "version_prefix",
+]
+
+#: The first byte of every RocksDB key that holds an entry (other record kinds get other letters).
+ENTRY_PREFIX: Final = b"e"
+#: The first byte of every entry value; a new layout takes a new byte.
+ENTRY_FORMAT: Final = 0x01
+#: The HKDF label of the subkey that hashes namespaces and names.
+NAMES_LABEL: Final = "storage-kv-names"
+NS_TAG_BYTES: Final = 16
+NAME_TAG_BYTES: Final = 32
+_VERSION: Final = struct.Struct(">I")
+HEADER_BYTES: Final = 1 + _VERSION.size
+_NS_START: Final = len(ENTRY_PREFIX) + _VERSION.size
+_NS_END: Final = _NS_START + NS_TAG_BYTES
+ENTRY_KEY_BYTES: Final = _NS_END + NAME_TAG_BYTES
+
+
+class Entry(NamedTuple):
+    """What an opened entry holds."""
+
+    namespace: Namespace
+    name: bytes
+    value: bytes
+
+
+def namespace_tag(subkey: bytes | bytearray, ns: Namespace) -> bytes:
+    """The 16-byte tag of ``ns`` under one version's names subkey."""
+    return hmac.new(subkey, ns.label(), hashlib.sha256).digest()[:NS_TAG_BYTES]
+
+
+def name_tag(subkey: bytes | bytearray, ns: Namespace, name: bytes) -> bytes:
+    """The 32-byte tag of ``name`` in ``ns`` under one version's names subkey."""
+    return hmac.new(subkey, ns.label() + name, hashlib.sha256).digest()
+
+
+def version_prefix(version: int) -> bytes:
+    """The key prefix shared by every entry sealed under ``version``."""
+    if not 1 <= version < 2**32:
+        raise ValueError("a key version is 1 to 2**32 - 1")
+    return ENTRY_PREFIX + _VERSION.pack(version)
+
+
+def namespace_prefix(version: int, ns_tag: bytes) -> bytes:
+    """The key prefix shared by one namespace's entries under ``version``."""
+    if len(ns_tag) != NS_TAG_BYTES:
+        raise ValueError(f"a namespace tag is {NS_TAG_BYTES} bytes")
+    return version_prefix(version) + ns_tag
+
+
+def entry_key(version: int, ns_tag: bytes, name_tag: bytes) -> bytes:
+    """The RocksDB key of an entry. Wrong tag lengths are a caller bug (``ValueError``)."""
+    if len(name_tag) != NAME_TAG_BYTES:
+        raise ValueError(f"a name tag is {NAME_TAG_BYTES} bytes")
+    return namespace_prefix(version, ns_tag) + name_tag
+
+
+def parse_entry_key(rocks_key: bytes) -> tuple[int, bytes, bytes]:
+    """``(version, ns_tag, name_tag)`` of an entry key; :class:`DamagedError` when it is not one."""
+    if len(rocks_key) != ENTRY_KEY_BYTES or not rocks_key.startswith(ENTRY_PREFIX):
+        raise DamagedError(f"rocksdb holds a key that is not an entry key ({len(rocks_key)} bytes)")
+    (version,) = _VERSION.unpack_from(rocks_key, len(ENTRY_PREFIX))
+    if version == 0:
+        raise DamagedError("rocksdb holds an entry key with key version 0")
+    return version, rocks_key[_NS_START:_NS_END], rocks_key[_NS_END:]
+
+
+def describe(rocks_key: bytes) -> str:
+    """Where an entry is, for messages: version and tag prefixes, nothing that was sealed."""
+    if len(rocks_key) != ENTRY_KEY_BYTES:
+        return f"rocksdb key of {len(rocks_key)} bytes"
+    (version,) = _VERSION.unpack_from(rocks_key, len(ENTRY_PREFIX))
+    return (f"rocksdb entry v{version} in namespace #{rocks_key[_NS_START:_NS_START + 4].hex()} "
+            f"(name #{rocks_key[_NS_END:_NS_END + 4].hex()})")
+
+
+def seal_entry(key: bytes | bytearray, version: int, rocks_key: bytes, ns: Namespace, name: bytes,
+               value: bytes) -> bytes:
+    """Seal ``(ns, name, value)`` as the value stored at ``rocks_key`` under key ``version``.
+
+    ``rocks_key`` must be the :func:`entry_key` of this version (a mismatch is a caller bug,
+    ``ValueError``); the caller has validated name and value sizes.
+    """
+    if parse_entry_key(rocks_key)[0] != version:
+        raise ValueError("an entry is sealed under the version its key names")
+    header = bytes([ENTRY_FORMAT]) + _VERSION.pack(version)
+    plaintext = msgpack.packb([[ns.owner, ns.subject, ns.category], name, value], use_bin_type=True)
+    return header + seal(key, plaintext, header + rocks_key)
+
+
+def entry_version(blob: bytes) -> int:
+    """The key version an entry value's header names; :class:`DamagedError` when it has none."""
+    if len(blob) < HEADER_BYTES or blob[0] != ENTRY_FORMAT:
+        raise DamagedError("a rocksdb entry value has no valid header")
+    (version,) = _VERSION.unpack_from(blob, 1)
+    return int(version)
+
+
+def open_entry(key: bytes | bytearray, subkey: bytes | bytearray, rocks_key: bytes, blob: bytes) -> Entry:
+    """Check and open the value ``blob`` found at ``rocks_key``.
+
+    ``key`` and ``subkey`` are the data key and names subkey of the version the rocks key names.
+    Raises :class:`DamagedError` when the key or value is malformed, the header names another
+    version, the seal does not open (flipped byte, moved value, wrong key) or the sealed
+    namespace and name do not hash to the key's tags.
+    """
+    version, ns_tag, tag = parse_entry_key(rocks_key)
+    where = describe(rocks_key)
+    if (len(blob) < HEADER_BYTES + SEAL_OVERHEAD or blob[0] != ENTRY_FORMAT
+            or _VERSION.unpack_from(blob, 1)[0] != version):
+        raise DamagedError(f"{where} has a malformed header: it failed its integrity check")
+    try:
+        plaintext = open_sealed(key, blob[HEADER_BYTES:], blob[:HEADER_BYTES] + rocks_key)
+    except IntegrityError:
+        raise DamagedError(f"{where} failed its integrity check") from None
+    try:
+        (owner, subject, category), name, value = msgpack.unpackb(plaintext, raw=False)
+        if not (isinstance(name, bytes) and isinstance(value, bytes)):
+            raise TypeError("name and value are bytes")
+        ns = Namespace(owner, subject, category)
+    except (ValueError, TypeError, BadRequest, msgpack.UnpackException):
+        # A payload that opens but does not decode was sealed by a buggy writer: still damage.
+        raise DamagedError(f"{where} opened but does not decode as an entry") from None
+    if not (hmac.compare_digest(namespace_tag(subkey, ns), ns_tag)
+            and hmac.compare_digest(name_tag(subkey, ns, name), tag)):
+        raise DamagedError(f"{where} holds a record of another name or namespace")
+    return Entry(ns, name, value)

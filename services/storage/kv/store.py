@@ -1,0 +1,440 @@
+"""The RocksDB key-value engine: sealed entries in one RocksDB database, by namespace and name.
+
+Contracts:
+
+- Encrypted at rest (DESIGN.md invariant 5): RocksDB sees only keyed hashes as keys and sealed
+  blobs as values; namespaces, names and values never reach a file (SST, WAL, MANIFEST, LOG) in
+  the clear. The layout is described in :mod:`.sealing`: ``b"e" || version || ns_tag || name_tag``
+  keys, ``header || AES-256-GCM(namespace, name, value)`` values bound to their key. The directory
+  is 0700; RocksDB's info LOG holds options and statistics only and is kept small.
+- Durable (invariant 9): every write is one RocksDB ``WriteBatch`` written with ``sync``, so a
+  call that returned is on disk and survives kill -9. A batch is all or nothing.
+- Key versions: writes seal under ``keys.current`` and, in the same batch, delete the name under
+  every other held version, so a name is never stored twice. Reads try the current version, then
+  the others. :meth:`KvStore.reseal_step` moves entries to the current version one atomic batch at
+  a time, so rotation can crash and resume. Entries under a version storage does not hold are
+  invisible (their keys cannot even be computed): retire a version only when ``count`` says 0.
+- Damage is reported, never repaired: a value that fails its check raises
+  :class:`~..core.errors.DamagedError` naming its position (version and tag prefixes), never its bytes.
+
+Scanning costs memory. Names are hashed on disk, so RocksDB has no order to scan by: the first
+:meth:`KvStore.scan` of a namespace opens every entry of that namespace (under every held version)
+and keeps its names in a sorted in-memory list, which put and delete then keep current. That
+first scan costs one decryption per entry; the list costs the namespace's names in memory until
+:meth:`KvStore.forget_keys` or :meth:`KvStore.close` drops it; each insert costs O(names).
+
+One :class:`KvStore` owns its directory (RocksDB's LOCK file refuses a second opener). Methods are
+blocking; the service calls them from a worker thread, and a lock serialises them anyway.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+import rocksdict
+
+from shared import BadRequest, Unavailable
+from shared.crypto import derive_subkey, wipe
+
+from ..core.errors import DamagedError
+from ..core.keys import KeySet
+from ..core.namespace import Namespace
+from . import sealing
+
+__all__ = ["MAX_BATCH_ITEMS", "MAX_NAME_BYTES", "MAX_SCAN_LIMIT", "MAX_VALUE_BYTES", "KvStore"]
+
+MAX_NAME_BYTES: Final = 1024
+MAX_VALUE_BYTES: Final = 512 * 1024
+MAX_SCAN_LIMIT: Final = 1000
+#: Items of one put_many: bounds the batch (and the memory it takes) to about 512 MiB.
+MAX_BATCH_ITEMS: Final = 1000
+#: Problems verify lists one by one before it only counts them.
+MAX_PROBLEMS: Final = 1000
+# Entries read per RocksDB iterator (iterators keep the database open, so none outlives a chunk),
+# and the value bytes after which a chunk ends early, so 1000 large values are never held at once.
+_CHUNK: Final = 1000
+_CHUNK_BYTES: Final = 16 * 1024 * 1024
+_LOG_FILE_BYTES: Final = 256 * 1024
+
+
+def _options() -> rocksdict.Options:
+    opts = rocksdict.Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.set_paranoid_checks(True)
+    # Sealed values and hashed keys do not compress; trying only costs CPU.
+    opts.set_compression_type(rocksdict.DBCompressionType.none())
+    # Synced writes make every acknowledged batch whole in the WAL; a torn tail is a batch that was
+    # never acknowledged, and point-in-time recovery drops exactly that.
+    opts.set_wal_recovery_mode(rocksdict.DBRecoveryMode.point_in_time())
+    opts.set_keep_log_file_num(2)
+    opts.set_max_log_file_size(_LOG_FILE_BYTES)
+    opts.set_stats_dump_period_sec(0)
+    opts.set_max_background_jobs(2)
+    return opts
+
+
+def _private_dir(path: Path) -> None:
+    """Create ``path`` and its missing parents 0700 (mkdir's ``parents`` would use the umask)."""
+    missing = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key after every key starting with ``prefix`` (None: no such key)."""
+    stripped = prefix.rstrip(b"\xff")
+    return stripped[:-1] + bytes([stripped[-1] + 1]) if stripped else None
+
+
+def _check_name(name: bytes, what: str = "record name") -> None:
+    if not isinstance(name, bytes) or not 1 <= len(name) <= MAX_NAME_BYTES:
+        raise BadRequest(f"a {what} is 1 to {MAX_NAME_BYTES} bytes")
+
+
+class KvStore:
+    """One open RocksDB database of sealed entries. Use :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, db: rocksdict.Rdict, path: Path) -> None:
+        self.path = path
+        self._db: rocksdict.Rdict | None = db
+        self._sync = rocksdict.WriteOptions()
+        self._sync.sync = True
+        self._lock = threading.RLock()
+        # version -> (the KeySet's key it was derived from, names subkey); the identity check notices
+        # a KeySet that replaced the key of a version.
+        self._subkeys: dict[int, tuple[bytearray, bytearray]] = {}
+        self._index: dict[Namespace, list[bytes]] = {}
+        # The versions each namespace's index was built from: a version the KeySet gained since (an
+        # older key fetched late) may hold names the index lacks, so it is rebuilt.
+        self._indexed: dict[Namespace, frozenset[int]] = {}
+        # version -> where the last reseal batch stopped, so a step does not re-skip the tombstones
+        # of the batches before it.
+        self._reseal_at: dict[int, bytes] = {}
+
+    @classmethod
+    def open(cls, path: Path) -> KvStore:
+        """Open (creating it 0700 when missing) the database in directory ``path``. Raises
+        :class:`~shared.Unavailable` when RocksDB refuses (locked by another opener, corrupt)."""
+        _private_dir(path)
+        os.chmod(path, 0o700)  # an existing directory is tightened too
+        try:
+            db = rocksdict.Rdict(str(path), _options())
+        except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception for every RocksDB status
+            raise Unavailable(f"{path}: cannot open the rocksdb store: {str(exc)[:200]}") from None
+        return cls(db, path)
+
+    def close(self) -> None:
+        """Forget keys and names, flush and close (idempotent)."""
+        with self._lock:
+            self.forget_keys()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> KvStore:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def forget_keys(self) -> None:
+        """Wipe the cached names subkeys and drop the name index (the mesh is sealing)."""
+        with self._lock:
+            for _, subkey in self._subkeys.values():
+                wipe(subkey)
+            self._subkeys.clear()
+            self._index.clear()
+            self._indexed.clear()
+            self._reseal_at.clear()
+
+    # -- records ------------------------------------------------------------------------
+
+    def put(self, keys: KeySet, ns: Namespace, name: bytes, value: bytes) -> None:
+        """Store ``value`` as ``name`` in ``ns``, durably (see :meth:`put_many`)."""
+        self.put_many(keys, [(ns, name, value)])
+
+    def put_many(self, keys: KeySet, items: list[tuple[Namespace, bytes, bytes]]) -> None:
+        """Store every ``(ns, name, value)`` in one synced batch under ``keys.current``, deleting each
+        name under the other held versions; a later item of the same name wins. All or nothing."""
+        if len(items) > MAX_BATCH_ITEMS:
+            raise BadRequest(f"at most {MAX_BATCH_ITEMS} records are written at once")
+        for _, name, value in items:
+            _check_name(name)
+            if not isinstance(value, bytes) or len(value) > MAX_VALUE_BYTES:
+                raise BadRequest(f"a record value is at most {MAX_VALUE_BYTES} bytes")
+        with self._lock:
+            key, current = keys.key(), keys.current
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            for ns, name, value in items:
+                rocks_key = self._rocks_key(keys, current, ns, name)
+                batch.put(rocks_key, sealing.seal_entry(key, current, rocks_key, ns, name, value))
+                for version in keys.versions():
+                    if version != current:
+                        batch.delete(self._rocks_key(keys, version, ns, name))
+            self._write(batch)
+            for ns, name, _ in items:
+                names = self._index.get(ns)
+                if names is not None:
+                    at = bisect.bisect_left(names, name)
+                    if at == len(names) or names[at] != name:
+                        names.insert(at, name)
+
+    def get(self, keys: KeySet, ns: Namespace, name: bytes) -> bytes | None:
+        """The value of ``name`` in ``ns``, or None. :class:`DamagedError` if it fails its check."""
+        _check_name(name)
+        with self._lock:
+            for version in self._search_order(keys):
+                rocks_key = self._rocks_key(keys, version, ns, name)
+                blob = self._get(rocks_key)
+                if blob is not None:
+                    return self._open(keys, version, rocks_key, blob).value
+            return None
+
+    def delete(self, keys: KeySet, ns: Namespace, name: bytes) -> bool:
+        """Durably delete ``name`` from ``ns`` under every held version; True if it existed."""
+        _check_name(name)
+        with self._lock:
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            for version in self._search_order(keys):
+                rocks_key = self._rocks_key(keys, version, ns, name)
+                if self._get(rocks_key) is not None:
+                    batch.delete(rocks_key)
+            if batch.is_empty():
+                return False
+            self._write(batch)
+            names = self._index.get(ns)
+            if names is not None:
+                at = bisect.bisect_left(names, name)
+                if at < len(names) and names[at] == name:
+                    del names[at]
+            return True
+
+    def scan(self, keys: KeySet, ns: Namespace, prefix: bytes, after: bytes | None,
+             limit: int) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+        """Up to ``limit`` ``(name, value)`` of ``ns`` whose name starts with ``prefix`` and sorts
+        strictly after ``after``, by name; and the cursor of the next page (the last name) or None
+        when there is no more. The first scan of a namespace builds its name index (module notes)."""
+        if not isinstance(prefix, bytes) or len(prefix) > MAX_NAME_BYTES:
+            raise BadRequest(f"a name prefix is at most {MAX_NAME_BYTES} bytes")
+        if after is not None:
+            _check_name(after, "scan cursor")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_SCAN_LIMIT:
+            raise BadRequest(f"a scan limit is 1 to {MAX_SCAN_LIMIT}")
+        with self._lock:
+            names = self._names(keys, ns)
+            at = bisect.bisect_left(names, prefix)
+            if after is not None:
+                at = max(at, bisect.bisect_right(names, after))
+            page: list[tuple[bytes, bytes]] = []
+            while at < len(names) and names[at].startswith(prefix) and len(page) < limit:
+                value = self.get(keys, ns, names[at])
+                # None only if the KeySet retired the version holding it since: invisible to get too.
+                if value is not None:
+                    page.append((names[at], value))
+                at += 1
+            more = at < len(names) and names[at].startswith(prefix)
+            return page, (page[-1][0] if more and page else None)
+
+    # -- rotation and checks -------------------------------------------------------------
+
+    def reseal_step(self, keys: KeySet, from_version: int, batch: int = 1000) -> int:
+        """Move up to ``batch`` entries (fewer when their values pass 16 MiB) from ``from_version`` to
+        ``keys.current`` in one synced batch (opened with the old key, sealed with the new, old deleted);
+        how many moved, 0 when none are left. A crash between steps loses nothing: each step is atomic
+        and the next resumes. A damaged entry stops rotation with :class:`DamagedError`."""
+        if not 1 <= batch <= 10 * _CHUNK:
+            raise ValueError(f"a reseal batch is 1 to {10 * _CHUNK} entries")
+        with self._lock:
+            current, new_key = keys.current, keys.key()
+            if from_version == current:
+                raise ValueError("entries are resealed from a version other than the current one")
+            keys.key(from_version)  # MissingKeyError before anything is read
+            prefix = sealing.version_prefix(from_version)
+            chunk = self._read(self._reseal_at.get(from_version, prefix), _prefix_end(prefix), batch)
+            if not chunk and from_version in self._reseal_at:
+                # Before answering "none left", look once from the start of the version.
+                del self._reseal_at[from_version]
+                chunk = self._read(prefix, _prefix_end(prefix), batch)
+            if not chunk:
+                return 0
+            out = rocksdict.WriteBatch(raw_mode=True)
+            for rocks_key, blob in chunk:
+                entry = self._open(keys, from_version, rocks_key, blob)
+                new_rocks_key = self._rocks_key(keys, current, entry.namespace, entry.name)
+                # An entry under the current version was written later: never overwrite it with this one.
+                if self._get(new_rocks_key) is None:
+                    ns, name, value = entry
+                    out.put(new_rocks_key, sealing.seal_entry(new_key, current, new_rocks_key, ns, name, value))
+                out.delete(rocks_key)
+            self._write(out)
+            self._reseal_at[from_version] = chunk[-1][0] + b"\x00"
+            return len(chunk)
+
+    def count(self, version: int) -> int:
+        """How many entries are sealed under ``version`` (one pass over its keys)."""
+        prefix = sealing.version_prefix(version)
+        return sum(len(chunk) for chunk in self._chunks(prefix, values=False))
+
+    def verify(self, keys: KeySet) -> list[str]:
+        """Open every entry; the problems found, each naming a position, never contents (empty: fine).
+        Entries under a version ``keys`` does not hold are counted as one problem per version."""
+        problems: list[str] = []
+        damaged = 0
+        unheld: dict[int, int] = {}
+        for chunk in self._chunks(b""):
+            with self._lock:
+                for rocks_key, blob in chunk:
+                    try:
+                        version = sealing.parse_entry_key(rocks_key)[0]
+                        if not keys.has(version):
+                            unheld[version] = unheld.get(version, 0) + 1
+                            continue
+                        self._open(keys, version, rocks_key, blob)
+                    except DamagedError as exc:
+                        damaged += 1
+                        if damaged <= MAX_PROBLEMS:
+                            problems.append(exc.message)
+        if damaged > MAX_PROBLEMS:
+            problems.append(f"... and {damaged - MAX_PROBLEMS} more damaged entries")
+        for version, n in sorted(unheld.items()):
+            problems.append(f"{n} rocksdb entries are sealed under version {version} which storage does not hold")
+        return problems
+
+    def checkpoint(self, dest: Path) -> None:
+        """A consistent copy of the database in the new directory ``dest`` (for backups). SST files
+        are hard-linked when ``dest`` is on the same filesystem; everything in it is sealed."""
+        if dest.exists() or dest.is_symlink():
+            raise FileExistsError(f"{dest}: a checkpoint goes into a directory that does not exist yet")
+        _private_dir(dest.parent)
+        with self._lock:
+            checkpoint = rocksdict.Checkpoint(self._live())
+            try:
+                checkpoint.create_checkpoint(str(dest))
+            except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception for every RocksDB status
+                raise Unavailable(f"{dest}: the rocksdb checkpoint failed: {str(exc)[:200]}") from None
+            finally:
+                # A live Checkpoint keeps the database open after close().
+                del checkpoint
+        os.chmod(dest, 0o700)
+
+    def import_from(self, source: Path, source_keys: KeySet, keys: KeySet) -> int:
+        """Copy every entry of the store directory ``source`` (a restored checkpoint sealed under
+        ``source_keys``) into this one, re-sealed under ``keys.current``; how many were copied.
+
+        Nothing is guessed: an entry under a version ``source_keys`` lacks raises
+        :class:`~..core.errors.MissingKeyError`, a damaged one :class:`DamagedError`. Each batch is durable
+        on its own, so a failure leaves the batches before it; restore into an empty store.
+        """
+        copied = 0
+        with KvStore.open(source) as origin:
+            for chunk in origin._chunks(b""):
+                items = []
+                for rocks_key, blob in chunk:
+                    version = sealing.parse_entry_key(rocks_key)[0]
+                    ns, name, value = origin._open(source_keys, version, rocks_key, blob)
+                    items.append((ns, name, value))
+                self.put_many(keys, items)
+                copied += len(items)
+        return copied
+
+    def is_empty(self) -> bool:
+        """True when the database holds no key at all."""
+        return not self._read(b"", None, 1, values=False)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _live(self) -> rocksdict.Rdict:
+        if self._db is None:
+            raise Unavailable("the rocksdb store is closed")
+        return self._db
+
+    def _get(self, rocks_key: bytes) -> bytes | None:
+        db = self._live()
+        try:
+            blob: bytes | None = db.get(rocks_key)
+        except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception for every RocksDB status
+            raise Unavailable(f"reading the rocksdb store failed: {str(exc)[:200]}") from None
+        return blob
+
+    def _write(self, batch: rocksdict.WriteBatch) -> None:
+        try:
+            self._live().write(batch, self._sync)
+        except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception for every RocksDB status
+            raise Unavailable(f"the rocksdb write failed: {str(exc)[:200]}") from None
+
+    def _subkey(self, keys: KeySet, version: int) -> bytearray:
+        key = keys.key(version)
+        cached = self._subkeys.get(version)
+        if cached is not None and cached[0] is key:
+            return cached[1]
+        if cached is not None:
+            wipe(cached[1])
+        subkey = derive_subkey(key, sealing.NAMES_LABEL)
+        self._subkeys[version] = (key, subkey)
+        return subkey
+
+    def _rocks_key(self, keys: KeySet, version: int, ns: Namespace, name: bytes) -> bytes:
+        subkey = self._subkey(keys, version)
+        return sealing.entry_key(version, sealing.namespace_tag(subkey, ns), sealing.name_tag(subkey, ns, name))
+
+    def _open(self, keys: KeySet, version: int, rocks_key: bytes, blob: bytes) -> sealing.Entry:
+        return sealing.open_entry(keys.key(version), self._subkey(keys, version), rocks_key, blob)
+
+    def _search_order(self, keys: KeySet) -> list[int]:
+        """The current version first, then the other held ones, newest first."""
+        keys.key()  # MissingKeyError when nothing is held
+        return [keys.current, *sorted((v for v in keys.versions() if v != keys.current), reverse=True)]
+
+    def _names(self, keys: KeySet, ns: Namespace) -> list[bytes]:
+        names = self._index.get(ns)
+        if names is None or not self._indexed[ns].issuperset(keys.versions()):
+            found: set[bytes] = set()
+            for version in self._search_order(keys):
+                prefix = sealing.namespace_prefix(version, sealing.namespace_tag(self._subkey(keys, version), ns))
+                for chunk in self._chunks(prefix):
+                    found.update(self._open(keys, version, k, blob).name for k, blob in chunk)
+            names = self._index[ns] = sorted(found)
+            self._indexed[ns] = frozenset(keys.versions())
+        return names
+
+    def _chunks(self, prefix: bytes, *, values: bool = True) -> Iterator[list[tuple[bytes, bytes]]]:
+        """Every entry under ``prefix``, in key order, as lists of at most ``_CHUNK``."""
+        start, end = prefix, _prefix_end(prefix)
+        while chunk := self._read(start, end, _CHUNK, values=values):
+            yield chunk
+            start = chunk[-1][0] + b"\x00"
+
+    def _read(self, start: bytes, end: bytes | None, limit: int, *, values: bool = True) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` ``(key, value)`` from ``start`` (inclusive) to ``end`` (exclusive), fewer
+        once ``_CHUNK_BYTES`` of values are read; values are ``b""`` when not wanted."""
+        with self._lock:
+            opts = rocksdict.ReadOptions()
+            if end is not None:
+                opts.set_iterate_upper_bound(end)
+            it = self._live().iter(opts)
+            out: list[tuple[bytes, bytes]] = []
+            size = 0
+            try:
+                it.seek(start)
+                while it.valid() and len(out) < limit and size < _CHUNK_BYTES:
+                    out.append((it.key(), it.value() if values else b""))
+                    size += len(out[-1][1])
+                    it.next()
+                # An I/O error or corruption ends iteration as if the range were over; status() says which.
+                it.status()
+            except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception for every RocksDB status
+                raise Unavailable(f"reading the rocksdb store failed: {str(exc)[:200]}") from None
+            finally:
+                del it
+            return out
