@@ -6,6 +6,12 @@ ENTRY is ``package.module:ClassName`` (imported from ``sys.path``) or
 must be a :class:`~shared.Service` subclass with a valid ``name``; that name is its
 mesh identity, so its keypair is ``$CURVEMESH_HOME/keys/<name>.key_secret``.
 
+``--as NAME`` (what meshctl's generated supervisord program passes: the name the service is declared
+as) makes the class's ``name`` a checked claim: a file declared as ``notes`` whose class says
+``storage`` would otherwise run with storage's keypair, so it is refused. A file is loaded only when
+it and its folder are the user's (or root's) and nobody else can write them: its code runs with the
+service's keys.
+
 Once loaded, the service runs exactly as the project's own ``python -m services.<name>``
 do, through :func:`~shared.run_service`: same logging, SIGTERM/SIGINT for a graceful
 stop (exit 0), exit 2 with one line on stderr when it cannot start. A bad ENTRY also
@@ -18,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import os
+import stat
 import sys
 import traceback
 from pathlib import Path
@@ -29,7 +37,7 @@ from ._errors import CertificateError
 from ._runtime import run_service
 from ._service import Service
 
-USAGE: Final = "usage: python -m shared.run package.module:ClassName | path/to/file.py:ClassName"
+USAGE: Final = "usage: python -m shared.run package.module:ClassName | path/to/file.py:ClassName [--as NAME]"
 _RESERVED: Final = frozenset({"broker", "mesh"})
 _FORMS: Final = "expected package.module:ClassName or path/to/file.py:ClassName"
 
@@ -61,10 +69,23 @@ def _import_module(dotted: str) -> ModuleType:
         raise _failed_import(f"module {dotted!r}", exc) from None
 
 
+def _check_private(path: Path) -> None:
+    """Refuse code that someone other than us (or root) owns or could change."""
+    for place in (path, path.parent):
+        info = place.stat()
+        if info.st_uid not in (os.getuid(), 0):
+            raise EntryError(f"{place} belongs to another user (uid {info.st_uid}); the code runs with the "
+                             "service's keys, so it must be yours")
+        if info.st_mode & 0o022:
+            raise EntryError(f"{place} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}); "
+                             f"the code runs with the service's keys: run `chmod go-w {place}`")
+
+
 def _load_file(text: str) -> ModuleType:
     path = Path(text).absolute()
     if not path.is_file():
         raise EntryError(f"no file at {path}; {_FORMS}")
+    _check_private(path)
     # A name of its own, so the file never shadows an installed module of the same stem.
     module_name = f"curvemesh_entry_{hashlib.sha256(str(path).encode()).hexdigest()[:16]}"
     spec = importlib.util.spec_from_file_location(module_name, path)
@@ -82,9 +103,9 @@ def _load_file(text: str) -> ModuleType:
     return module
 
 
-def load_entry(entry: str) -> type[Service]:
-    """Resolve ENTRY to a :class:`~shared.Service` subclass with a valid name, or raise
-    :class:`EntryError` naming what is wrong."""
+def load_entry(entry: str, declared_as: str | None = None) -> type[Service]:
+    """Resolve ENTRY to a :class:`~shared.Service` subclass with a valid name (``declared_as``, when
+    given), or raise :class:`EntryError` naming what is wrong."""
     source, colon, class_name = entry.rpartition(":")
     if not colon or not source or not class_name:
         raise EntryError(f"{entry!r} has no ':ClassName'; {_FORMS}")
@@ -107,6 +128,9 @@ def load_entry(entry: str) -> type[Service]:
     if found.name in _RESERVED:
         # "broker" would be the broker's own keypair, and "mesh" is the broker's service name.
         raise EntryError(f"{source}:{class_name} has name {found.name!r}, reserved for the broker; choose another")
+    if declared_as is not None and found.name != declared_as:
+        raise EntryError(f"{source}:{class_name} has name {found.name!r} but is declared as {declared_as!r}: a "
+                         "process runs only under the identity it is declared as")
     return found
 
 
@@ -116,11 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     if args in (["-h"], ["--help"]):
         print(USAGE)
         return 0
+    declared_as = None
+    if len(args) == 3 and args[1] == "--as":
+        declared_as = args[2]
+        args = args[:1]
     if len(args) != 1:
-        print(f"shared.run: give exactly one ENTRY; {USAGE}", file=sys.stderr)
+        print(f"shared.run: give exactly one ENTRY (and optionally --as NAME); {USAGE}", file=sys.stderr)
         return 2
     try:
-        service_class = load_entry(args[0])
+        service_class = load_entry(args[0], declared_as)
     except EntryError as exc:
         print(f"shared.run: {exc}", file=sys.stderr)
         return 2

@@ -127,7 +127,8 @@ def test_programs_are_rendered_from_the_declarations() -> None:
     assert sections.sections() == [*(f"program:{n}" if n != "supervisor-events" else f"eventlistener:{n}"
                                      for n in config.processes()), "program:notes"]
     assert sections["program:broker"]["command"] == "%(ENV_CURVEMESH_PYTHON)s -m services.broker"
-    assert sections["program:notes"]["command"] == "%(ENV_CURVEMESH_PYTHON)s -m shared.run /opt/notes/notes.py:Notes"
+    assert sections["program:notes"]["command"] == \
+        "%(ENV_CURVEMESH_PYTHON)s -m shared.run /opt/notes/notes.py:Notes --as notes"
     assert sections["program:notes"]["priority"] == "200"
     assert sections["eventlistener:supervisor-events"]["events"] == "PROCESS_STATE"
     assert sections["eventlistener:supervisor-events"]["stdout_logfile"] == "NONE"

@@ -183,3 +183,30 @@ def test_a_bad_entry_as_a_process_prints_one_line_and_no_traceback(short_tmp: Pa
     done = subprocess.run([sys.executable, "-m", "shared.run"], cwd=REPO, capture_output=True, text=True,
                           timeout=30, check=False)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "usage:" in done.stderr
+
+
+def test_a_class_that_claims_another_identity_than_its_declaration_is_refused(
+        short_tmp: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file declared as ``notes`` whose class says ``storage`` would run with storage's keypair."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    entry = f"{notes_file(short_tmp)}:Notes"
+    assert main([entry, "--as", "storage"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"shared.run: {short_tmp}/notes_service.py:Notes has name 'notes' but is declared as 'storage': "
+                   "a process runs only under the identity it is declared as\n")
+
+
+@pytest.mark.parametrize("target", ["file", "folder"])
+def test_code_someone_else_could_change_is_not_run(target: str, short_tmp: Path,
+                                                  capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    path = notes_file(short_tmp)
+    place = path if target == "file" else path.parent
+    os.chmod(place, 0o777 if target == "folder" else 0o666)
+    try:
+        assert main([f"{path}:Notes", "--as", "notes"]) == 2
+    finally:
+        os.chmod(place, 0o700 if target == "folder" else 0o600)
+    err = capsys.readouterr().err
+    assert err.startswith(f"shared.run: {place} is writable by group or others") and "chmod go-w" in err, err

@@ -63,10 +63,11 @@ stderr_logfile_backups=5
 """
 
 
-def command(declaration: ServiceDeclaration) -> str:
-    """The command line supervisord runs for ``declaration`` (its interpreter comes from meshctl)."""
+def command(name: str, declaration: ServiceDeclaration) -> str:
+    """The command line supervisord runs for ``declaration`` (its interpreter comes from meshctl).
+    Through the runner, the class must carry the name it is declared as (``--as``)."""
     if ":" in declaration.entry:
-        return f"%(ENV_CURVEMESH_PYTHON)s -m shared.run {declaration.entry}"
+        return f"%(ENV_CURVEMESH_PYTHON)s -m shared.run {declaration.entry} --as {name}"
     return f"%(ENV_CURVEMESH_PYTHON)s -m {declaration.entry}"
 
 
@@ -78,10 +79,10 @@ def render(config: MeshConfig) -> str:
         declaration = config.services[name]
         common = _COMMON.format(priority=declaration.priority)
         if declaration.process == "eventlistener":
-            blocks.append(f"[eventlistener:{name}]\ncommand={command(declaration)}\n"
+            blocks.append(f"[eventlistener:{name}]\ncommand={command(name, declaration)}\n"
                           f"events={','.join(declaration.events)}\n{common}{_LISTENER_LOG}")
         else:
-            blocks.append(f"[program:{name}]\ncommand={command(declaration)}\n{common}{_PROGRAM_LOG}")
+            blocks.append(f"[program:{name}]\ncommand={command(name, declaration)}\n{common}{_PROGRAM_LOG}")
     return "\n".join(blocks)
 
 

@@ -102,9 +102,13 @@ def _check_new(home: MeshHome, name: str, table: dict[str, Any]) -> MeshConfig:
         if home.secret_key_path(name).exists() or home.public_key_path(name).exists():
             raise CliError(f"a keypair for {name!r} already exists in {home.keys} without a declaration; "
                            "choose another name, or delete that keypair if nothing uses it")
-        return build_config(merge_config(data, {"services": {name: table}}), str(fragment_path(home, name)))
+        config = build_config(merge_config(data, {"services": {name: table}}), str(fragment_path(home, name)))
     except ConfigError as exc:
         raise CliError(exc.message) from None
+    source = table["entry"].partition(":")[0]
+    if source.startswith("/") and not Path(source).is_file():
+        raise CliError(f"--entry: no file at {source}")
+    return config
 
 
 def _running_supervisor(home: MeshHome) -> Supervisor:
