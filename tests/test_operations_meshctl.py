@@ -197,3 +197,18 @@ def test_init_if_needed_gives_a_service_declared_after_init_its_keys(home: MeshH
     assert all(p.read_bytes() == data for p, data in untouched.items())  # nothing else replaced
     status, out, _ = run(capsys, "--home", str(home.root), "init", "--if-needed")
     assert status == 0 and "newly declared" not in out  # once only
+
+
+def test_service_add_and_remove_need_the_running_mesh_and_write_nothing_without_it(
+        home: MeshHome, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "--home", str(home.root), "init")[0] == 0
+    entry = f"{REPO}/examples/notes/notes.py:Notes"
+    status, _, err = run(capsys, "--home", str(home.root), "service", "add", "notes", "--entry", entry)
+    assert status == 1 and "is not running: `meshctl up` first" in one_line(err)
+    assert not home.secret_key_path("notes").exists() and not (home.root / "mesh.d").exists()
+    status, out, _ = run(capsys, "--home", str(home.root), "service", "list", "--json")
+    listed = json.loads(out)["services"]
+    assert status == 0 and "notes" not in {s["name"] for s in listed}
+    assert {s["name"] for s in listed} == set(PROJECT.services) and all(s["state"] is None for s in listed)
+    status, _, err = run(capsys, "--home", str(home.root), "service", "remove", "notes")
+    assert status == 1 and "no service named 'notes' is declared" in one_line(err)
