@@ -101,6 +101,8 @@ async def test_an_invalid_fragment_is_refused_and_the_running_acl_stays(
     with pytest.raises(Forbidden):
         await late.call("echo.echo", {"value": 1}, timeout=2)
     assert not records(mesh, "mesh.config_reloaded")
+    [refusal] = records(mesh, "mesh.config_refused")  # audited: who asked, and the error it got
+    assert refusal["actor"] == "meshctl" and refusal["error"] == refused.value.message
 
 
 async def test_a_file_edited_while_it_is_read_is_not_applied(mesh: InProcessMesh,

@@ -66,6 +66,7 @@ EVENT_SCHEMAS: Final[Mapping[str, Mapping[str, str]]] = {
     "mesh.rate_limited": {"identity": TEXT, "count": NUMBER},
     "mesh.config": {"path": TEXT, "sha256": TEXT, "previous_sha256": TEXT, "changed": FLAG, "error": TEXT},
     "mesh.config_reloaded": _WHO | {"sha256": TEXT, "previous_sha256": TEXT},
+    "mesh.config_refused": _WHO | {"sha256": TEXT, "error": TEXT},
     "spool.overflow": {"dropped": NUMBER},
     # meshctl service add / remove (the operator is the record's actor)
     "service.added": {"entry": TEXT, "declaration": TEXT, "fingerprint": TEXT},

@@ -127,6 +127,14 @@ class Configuration(MeshHandlers):
         self.digest = record_config_at_start(self.trail, self.home, self.files)
         return self.digest
 
+    def _refused(self, ctx: RequestContext, error: BadRequest | Conflict) -> BadRequest | Conflict:
+        """Record a refused reload (who asked, and why: the configuration error names file and key,
+        never a value's secret, as configuration holds none) and hand back the error to raise."""
+        self.trail.record("mesh.config_refused", actor=ctx.caller, role=ctx.role, sha256=self.digest,
+                          error=error.message)
+        self.trail.sync()
+        return error
+
     @handler("config.reload", request=Empty)
     async def reload(self, ctx: RequestContext, _: Empty) -> dict[str, Any]:
         """``mesh.config.reload`` (no body) → ``{"sha256", "previous_sha256", "restart_needed": [key, …]}``.
@@ -139,7 +147,8 @@ class Configuration(MeshHandlers):
         that differ from the configuration in force (endpoints, socket limits, ``zap_domain``, other
         processes' sections ...), which take effect when their process restarts. ``sha256`` is the
         digest of the files read (as in the ``mesh.config`` record at start), ``previous_sha256`` the
-        one in force before. Audited as ``mesh.config_reloaded``, durably before the answer.
+        one in force before. Audited as ``mesh.config_reloaded`` (a refusal as ``mesh.config_refused``
+        with the error), durably before the answer.
         ``meshctl config reload``."""
         root = self.home.root
         try:
@@ -147,12 +156,12 @@ class Configuration(MeshHandlers):
             config = mesh_config(root)
             after = config_digest(config_files(root))
         except ConfigError as exc:
-            raise BadRequest(exc.message) from None
+            raise self._refused(ctx, BadRequest(exc.message)) from None
         except OSError as exc:  # a file its digest could not read: said as the layers' reader says it
-            raise BadRequest(f"{exc.filename}: cannot be read ({exc.strerror})") from None
+            raise self._refused(ctx, BadRequest(f"{exc.filename}: cannot be read ({exc.strerror})")) from None
         if before != after:
             # The digest must name what is put in force, so a file edited mid-read is not applied.
-            raise Conflict("the configuration files changed while they were read; reload again")
+            raise self._refused(ctx, Conflict("the configuration files changed while they were read; reload again"))
         running = self.state.config
         restart = restart_needed(running, config)
         self.state.apply(dataclasses.replace(running, acl=config.acl, limits=config.limits), self._clock())
