@@ -24,12 +24,12 @@ from typing import Any, Final, TypeVar
 from services.keyvault import setup as keyvault_setup
 from services.keyvault import store as keyvault_store
 from services.keyvault.keystore import choose_keystore
-from shared import Argon2Profile, ConfigError, MeshConfig, MeshError, MeshHome, mesh_config
+from shared import Argon2Profile, ConfigError, MeshConfig, MeshError, MeshHome
 from shared.files import write_exclusive
 from shared.provision import add_identity, provision
 
 from . import _intake
-from ._mesh import OPERATOR
+from ._mesh import OPERATOR, home_config
 from ._output import CliError
 from ._security import SESSION_FILE
 from ._supervisor import create_credentials, credentials_path, home_processes
@@ -58,13 +58,6 @@ def _write_marker(home: MeshHome, info: dict[str, Any]) -> None:
     tmp.unlink(missing_ok=True)
     write_exclusive(tmp, json.dumps(info).encode(), 0o600)
     os.replace(tmp, home.root / MARKER)
-
-
-def _config(home: MeshHome) -> MeshConfig:
-    try:
-        return mesh_config(home.root)
-    except ConfigError as exc:
-        raise CliError(exc.message) from None
 
 
 def _add_declared(home: MeshHome, config: MeshConfig) -> list[str]:
@@ -209,13 +202,13 @@ def init(home: MeshHome, *, force: bool, if_needed: bool, password_file: str | N
     legacy = info is not None and "keyvault" not in info and not vault_exists
     if is_initialised(home) and if_needed and not force and not legacy:
         return {"home": str(home.root), "created": False, "reason": "already initialised",
-                "added_identities": _add_declared(home, _config(home))}
+                "added_identities": _add_declared(home, home_config(home))}
     try:
         home.broker_endpoint  # noqa: B018 - raises if the home is too deep for a unix socket path
     except ConfigError as exc:
         raise CliError(exc.message) from None
     home.ensure()
-    config = _config(home)
+    config = home_config(home)
     if legacy and not force:
         assert info is not None
         return _add_keyvault(home, config, info, password_file, if_needed)

@@ -10,9 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from shared import ConfigError, MeshError, MeshHome, mesh_config
+from shared import ConfigError, MeshHome
 
 from ._init import is_initialised
+from ._mesh import home_config
 from ._output import CliError, Progress
 from ._programs import apply_programs, write_programs
 from ._status import MeshProbe, collect
@@ -89,10 +90,7 @@ async def up(home: MeshHome, *, timeout: float, quiet: bool) -> dict[str, Any]:
     mesh is sealed or degraded (settled states), a process is FATAL, or ``timeout``; return the status."""
     if not is_initialised(home):
         raise CliError(f"the mesh home {home.root} is not initialised: run `meshctl init` first (make up does)")
-    try:
-        config = mesh_config(home.root)  # a bad declaration or fragment stops here, naming file and key
-    except MeshError as exc:
-        raise CliError(exc.message) from None
+    config = home_config(home)  # a bad declaration or fragment stops here, naming file and key
     supervisor = Supervisor(home, load_credentials(home))
     if supervisor.running():
         # The declarations may have changed since supervisord started (a fragment edited by hand):

@@ -13,11 +13,20 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
-from shared import Event, HandshakeError, MeshClient, MeshError, MeshHome, Unavailable
+from shared import Event, HandshakeError, MeshClient, MeshConfig, MeshError, MeshHome, Unavailable, mesh_config
 
 from ._output import CliError
 
 OPERATOR: Final = "meshctl"
+
+
+def home_config(home: MeshHome) -> MeshConfig:
+    """The configuration the mesh in ``home`` runs with (its layers, checked as at start); a bad
+    file or key becomes the one-line error naming it."""
+    try:
+        return mesh_config(home.root)
+    except MeshError as exc:
+        raise CliError(exc.message) from None
 
 
 @contextlib.asynccontextmanager

@@ -36,14 +36,13 @@ from shared import (
     build_config,
     config_layers,
     merge_config,
-    mesh_config,
 )
 from shared.certs import check_name
 from shared.files import write_exclusive
 from shared.provision import add_identity, remove_identity
 
 from ._lifecycle import wait_for
-from ._mesh import OPERATOR, connected
+from ._mesh import OPERATOR, connected, home_config
 from ._output import CliError
 from ._programs import apply_programs
 from ._supervisor import Supervisor, load_credentials
@@ -149,7 +148,7 @@ async def add(home: MeshHome, name: str, table: dict[str, Any], *, timeout: floa
             path.parent.mkdir(mode=0o700, exist_ok=True)
             write_exclusive(path, tomli_w.dumps({"services": {name: table}}).encode(), 0o600)
             written = True
-            config = mesh_config(home.root)  # exactly what every process will read
+            config = home_config(home)  # exactly what every process will read
             await client.call("mesh.certs.reload", timeout=_RPC_S)  # admitted now, not at the next poll
             await client.call("mesh.config.reload", timeout=_RPC_S)
             await _audit(client, "service.added", name, {"entry": table["entry"], "declaration": str(path),
@@ -176,7 +175,7 @@ def _row(status: dict[str, Any], name: str) -> dict[str, Any]:
 async def remove(home: MeshHome, name: str) -> dict[str, Any]:
     """``meshctl service remove``: see the module documentation. Returns what was removed."""
     path = fragment_path(home, name)
-    config = _config(home)
+    config = home_config(home)
     if name not in config.services:
         raise CliError(f"no service named {name!r} is declared (meshctl service list)")
     if not path.exists():
@@ -187,7 +186,7 @@ async def remove(home: MeshHome, name: str) -> dict[str, Any]:
         await _require_audit(client)
         entry = config.services[name].entry
         os.unlink(path)
-        apply_programs(supervisor, home, _config(home))  # stops its program and drops it
+        apply_programs(supervisor, home, home_config(home))  # stops its program and drops it
         revoked = True
         try:
             await client.call("mesh.certs.revoke", {"ref": name}, timeout=_RPC_S)
@@ -204,13 +203,6 @@ async def remove(home: MeshHome, name: str) -> dict[str, Any]:
             "kept": f"data it stored under {name!r} stays in storage; a service added later as {name!r} reads it"}
 
 
-def _config(home: MeshHome) -> MeshConfig:
-    try:
-        return mesh_config(home.root)
-    except MeshError as exc:
-        raise CliError(exc.message) from None
-
-
 def declared_in(home: MeshHome, name: str) -> str:
     """The last configuration file that declares ``name``."""
     layers = config_layers(home.root)
@@ -221,7 +213,7 @@ def declared_in(home: MeshHome, name: str) -> str:
 
 def list_services(home: MeshHome) -> dict[str, Any]:
     """``meshctl service list``: every declaration, where it is written, and its process's state."""
-    config = _config(home)
+    config = home_config(home)
     procs: dict[str, dict[str, Any]] = {}
     with contextlib.suppress(CliError):
         supervisor = Supervisor(home, load_credentials(home))
