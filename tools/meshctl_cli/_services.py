@@ -19,6 +19,7 @@ is audited or it does not happen.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Final
@@ -185,13 +186,17 @@ async def remove(home: MeshHome, name: str) -> dict[str, Any]:
     async with connected(home) as client:
         await _require_audit(client)
         entry = config.services[name].entry
-        os.unlink(path)
-        apply_programs(supervisor, home, home_config(home))  # stops its program and drops it
+        # The program goes first, from the configuration without this service: the declaration is
+        # deleted only once nothing runs it, so an interrupted removal can simply be run again.
+        without = dict(config.services)
+        del without[name]
+        apply_programs(supervisor, home, dataclasses.replace(config, services=without))
         revoked = True
         try:
             await client.call("mesh.certs.revoke", {"ref": name}, timeout=_RPC_S)
         except (Conflict, NotFound):
             revoked = False  # already revoked (or never admitted): nothing to cut
+        os.unlink(path)
         await client.call("mesh.config.reload", timeout=_RPC_S)
         removed = [str(p) for p in remove_identity(home, name)] if home.public_key_path(name).exists() else []
         for log in sorted(home.log.glob(f"{name}.log*")):
