@@ -80,6 +80,7 @@ def test_bad_additions_are_refused_and_leave_nothing(live: MeshHome) -> None:
         (["mesh", "--entry", f"{NOTES}:Notes"], 1, "the name of the broker's own methods"),
         (["notes"], 2, "needs --entry"),
         (["notes", "--entry", "/nonexistent/notes.py:Notes"], 1, "no file at /nonexistent/notes.py"),
+        (["notes", "--entry", "services.storage"], 2, "name the class"),
     ]:
         done = meshctl(live, "service", "add", *args)
         assert done.returncode == code and says in done.stderr, (args, done.stderr)

@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "add", "remove"])
     p.add_argument("name", nargs="?", metavar="NAME", help="add, remove: the service's name (its identity)")
     p.add_argument("--entry", metavar="ENTRY",
-                   help="add: what runs it: /absolute/path/file.py:Class, package.module:Class or package.module")
+                   help="add: what runs it: /absolute/path/file.py:Class or package.module:Class")
     p.add_argument("--expose", action="append", default=[], metavar="METHOD=WHO[,WHO]",
                    help="add: who may call which methods ('*=operator', 'get=service,reminders', 'drafts.*=x'); "
                         "repeatable; default: '*=operator' only")
@@ -243,8 +243,8 @@ def _service_cmd(args: argparse.Namespace, home: MeshHome) -> int:
         emit(args.json, result, _render.service_removed(result))
         return 0
     if not args.entry:
-        raise CliError("service add needs --entry ENTRY (/absolute/path/file.py:Class, package.module:Class or "
-                       "package.module)", status=2)
+        raise CliError("service add needs --entry ENTRY (/absolute/path/file.py:Class or package.module:Class)",
+                       status=2)
     table = _services.declaration(args.entry, expose=_services.parse_expose(args.expose), publish=args.publish,
                                   subscribe=args.subscribe, keys=args.keys, priority=args.priority)
     row = asyncio.run(_services.add(home, args.name, table, timeout=args.timeout))
