@@ -155,6 +155,13 @@ def check_names(services: Mapping[str, ServiceDeclaration]) -> None:
                               "starting with a letter)")
         if name == BROKER_ADDRESS:
             raise ConfigError(f"services.{name}: the name of the broker's own methods; choose another")
+        module = declaration.entry.rpartition(".")[2]
+        if declaration.entry and ":" not in declaration.entry and module != name.replace("-", "_"):
+            # A module run with -m picks its identity itself; only a matching name shows that the
+            # declaration and the process are the same identity (a Class entry is checked by the runner).
+            raise ConfigError(f"services.{name}.entry: {declaration.entry!r} runs as whatever name its "
+                              f"__main__ chooses; give the class (module:Class), or declare a module whose last "
+                              f"part is {name.replace('-', '_')!r}")
         if name == BROKER and (declaration.keys or declaration.publish or declaration.subscribe
                                or declaration.process != "program"):
             raise ConfigError(f"services.{BROKER}: the broker is the mesh's server: it takes no keys "
