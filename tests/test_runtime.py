@@ -24,6 +24,7 @@ from shared import (
     message,
     serve,
 )
+from shared._runtime import unknown_method
 from shared.keeper import keep_unsealed
 from shared.testing import call_handler
 
@@ -81,6 +82,27 @@ async def test_schema_violations_are_bad_requests(mesh: InProcessMesh) -> None:
     assert await client.call("echo.pong", {"value": 3}, timeout=2) == {"pong": 3}
     with pytest.raises(Internal):  # the handler broke its declared reply type: its fault
         await client.call("echo.pong", {"value": "three"}, timeout=2)
+
+
+async def test_an_unknown_method_lists_the_services_methods(mesh: InProcessMesh) -> None:
+    await mesh.start_service(Echo())
+    client = await mesh.client("meshctl")
+    with pytest.raises(BadRequest) as info:
+        await client.call("echo.nope", timeout=2)
+    assert info.value.message == ("unknown method echo.nope; methods: block, block_concurrent, echo, fail, "
+                                  "health, login, pong, refuse, verbose")
+    with pytest.raises(BadRequest) as info:  # nothing in that namespace: no list at all
+        await client.call("echo.drafts.nope", timeout=2)
+    assert info.value.message == "unknown method echo.drafts.nope"
+
+
+def test_an_unknown_method_in_a_group_lists_only_that_group() -> None:
+    # A caller granted only storage.kv.* reaches storage.kv.nope: it must not learn backup.* or files.*.
+    from services.storage.service import Storage
+
+    assert unknown_method(Storage, "kv.nope") == ("unknown method storage.kv.nope; methods: kv.delete, kv.get, "
+                                                    "kv.put, kv.scan")
+    assert "backup.create" in unknown_method(Storage, "nope")
 
 
 async def test_mailbox_takes_one_message_at_a_time_unless_concurrent(mesh: InProcessMesh) -> None:
