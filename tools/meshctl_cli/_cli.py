@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 from shared import PURPOSES, MeshHome, configure_logging
 
 from . import _audit, _config_show, _init, _lifecycle, _logs, _mesh, _render, _security, _services, _storage
-from ._output import CliError, emit, emit_json
+from ._output import CliError, emit, emit_json, report_error
 from ._status import MeshProbe, collect
 from ._supervisor import Supervisor, load_credentials
 from ._verdict import EXIT_CODES
@@ -298,20 +298,26 @@ async def _status(home: MeshHome) -> dict[str, Any]:
         await probe.close()
 
 
+def _wants_json(argv: list[str]) -> bool:
+    # Decided from the words, not the parsed namespace: a usage error happens before there is one,
+    # and its JSON error object is owed all the same. Words after "--" are operands, not options.
+    words = argv[:argv.index("--")] if "--" in argv else argv
+    return "--json" in words
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run meshctl; return the exit status (the console script exits with it)."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    as_json = _wants_json(words)
     socket.setdefaulttimeout(_RPC_TIMEOUT_S)  # XML-RPC to supervisord must never hang forever.
     try:
-        args = _parser().parse_args(argv)
+        args = _parser().parse_args(words)
         return _run(args)
     except CliError as exc:
-        print(f"meshctl: {exc.message}", file=sys.stderr)
-        return exc.status
+        return report_error(exc, as_json)
     except KeyboardInterrupt:
-        print("meshctl: interrupted", file=sys.stderr)
-        return 130
+        return report_error(CliError("interrupted", status=130), as_json)
     except Exception as exc:
         if os.environ.get("MESHCTL_DEBUG"):
             raise
-        print(f"meshctl: unexpected {type(exc).__name__}; please report it", file=sys.stderr)
-        return 1
+        return report_error(CliError(f"unexpected {type(exc).__name__}; please report it", kind="internal"), as_json)

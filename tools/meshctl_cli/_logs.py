@@ -31,7 +31,7 @@ def log_path(home: MeshHome, supervisor: Supervisor | None, name: str) -> Path:
         except NotRunning:
             procs = {}
         if procs and name not in procs:
-            raise CliError(f"no process named {name!r}; processes: {', '.join(sorted(procs))}")
+            raise CliError(f"no process named {name!r}; processes: {', '.join(sorted(procs))}", kind="not_found")
         if name in procs:
             proc = procs[name]
             for key in ("stdout_logfile", "stderr_logfile"):
@@ -43,7 +43,7 @@ def log_path(home: MeshHome, supervisor: Supervisor | None, name: str) -> Path:
     except MeshError as exc:
         raise CliError(exc.message) from None
     if name not in declared:
-        raise CliError(f"no process named {name!r}; processes: {', '.join(declared)}")
+        raise CliError(f"no process named {name!r}; processes: {', '.join(declared)}", kind="not_found")
     return home.log / f"{name}.log"
 
 

@@ -6,21 +6,50 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
+
+#: The ``code`` of a JSON error when the failure names none: by exit status (README: exit codes).
+_CODE_BY_STATUS: Final = {2: "usage", 3: "sealed", 4: "degraded", 130: "interrupted"}
 
 
 class CliError(Exception):
-    """A failure meshctl reports as one line on stderr before exiting with ``status``."""
+    """A failure meshctl reports as one line on stderr (or, with ``--json``, as an error object on
+    stdout) before exiting with ``status``.
 
-    def __init__(self, message: str, status: int = 1) -> None:
+    ``kind`` is the JSON error's ``code``, a short stable word for machines (``usage``,
+    ``unavailable``, ``not_initialised``, ``forbidden``, ``not_found``, ...): the mesh's wire code
+    in lower case when the mesh refused, else the word for the exit status, else ``failed``.
+    """
+
+    def __init__(self, message: str, status: int = 1, kind: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        # Not named ``code``: SupervisorFault keeps supervisord's numeric fault code under that name.
+        self.kind = kind or _CODE_BY_STATUS.get(status, "failed")
+
+
+class _Stdout:
+    # Whether a command already printed its JSON result: a failure after it (an unhealthy
+    # `status`, a failed `storage verify`) must not append a second document to stdout.
+    printed_json = False
 
 
 def emit_json(value: Any, stream: TextIO | None = None) -> None:
     """Print ``value`` as indented JSON (what ``--json`` promises)."""
     print(json.dumps(value, indent=2, sort_keys=True, default=str), file=stream or sys.stdout)
+    if stream is None or stream is sys.stdout:
+        _Stdout.printed_json = True
+
+
+def report_error(exc: CliError, as_json: bool) -> int:
+    """Say why meshctl failed and return the exit status: one line on stderr, and with ``--json``
+    also ``{"error": {"code", "message"}}`` on stdout unless the result was printed already."""
+    print(f"meshctl: {exc.message}", file=sys.stderr)
+    if as_json and not _Stdout.printed_json:
+        print(json.dumps({"error": {"code": exc.kind, "message": exc.message, "exit_code": exc.status}},
+                         sort_keys=True))
+    return exc.status
 
 
 def emit(as_json: bool, value: Any, text: str) -> None:

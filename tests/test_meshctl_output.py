@@ -1,0 +1,76 @@
+"""meshctl's output through the real CLI (a subprocess), without a running mesh: JSON error objects
+with the exit code, no escape codes on a pipe, readable logs, ``backup list``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+import pytest
+
+from shared import MeshHome
+
+from .test_operations_e2e import MESHCTL, REPO, _env
+
+ESC = "\x1b["
+
+
+def meshctl(home: MeshHome, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    # Pipes on stdout and stderr, no terminal on stdin: what a script or CI sees.
+    return subprocess.run([*MESHCTL, *args], cwd=REPO, env={**_env(home), **(env or {})}, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=120, check=False)
+
+
+def json_error(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The error object on stdout, checked against the exit status and the one line on stderr."""
+    error: dict[str, Any] = json.loads(done.stdout)["error"]
+    assert error["exit_code"] == done.returncode != 0
+    assert done.stderr.strip() == f"meshctl: {error['message']}"
+    assert "\n" not in error["message"] and "Traceback" not in done.stderr
+    return error
+
+
+@pytest.fixture
+def initialised(fast_home: MeshHome) -> MeshHome:
+    done = meshctl(fast_home, "init")
+    assert done.returncode == 0, done.stderr
+    return fast_home
+
+
+@pytest.mark.parametrize("argv", [["--json", "ping"], ["ping", "--json"], ["--json", "certs", "nope"],
+                                  ["status", "--json", "--bogus"], ["call", "storage.get", "--body", "{", "--json"]])
+def test_a_usage_error_is_a_json_error_with_exit_2(fast_home: MeshHome, argv: list[str]) -> None:
+    done = meshctl(fast_home, *argv)
+    assert done.returncode == 2
+    assert json_error(done)["code"] == "usage"
+
+
+@pytest.mark.parametrize("argv", [["status"], ["certs", "list"], ["ping", "storage"], ["alerts"]])
+def test_an_uninitialised_home_is_a_json_error(fast_home: MeshHome, argv: list[str]) -> None:
+    for words in ([*argv, "--json"], ["--json", *argv]):  # before or after the subcommand
+        done = meshctl(fast_home, *words)
+        error = json_error(done)
+        assert done.returncode == 1 and error["code"] == "not_initialised", done.stdout
+        assert "meshctl init" in error["message"]
+
+
+def test_a_mesh_that_is_down_is_a_json_error(initialised: MeshHome) -> None:
+    for argv in (["ping", "storage"], ["certs", "list"], ["call", "storage.nope"], ["audit", "tail"]):
+        done = meshctl(initialised, *argv, "--json")
+        error = json_error(done)
+        assert (done.returncode, error["code"]) == (1, "unavailable"), done.stdout
+        assert "meshctl up" in error["message"]
+        assert meshctl(initialised, *argv).returncode == 1  # the same status without --json
+    # status reports a mesh that is down as its result: one JSON document, never an error after it.
+    done = meshctl(initialised, "status", "--json")
+    report = json.loads(done.stdout)
+    assert done.returncode == report["exit_code"] == 1 and report["state"] == "unhealthy"
+
+
+def test_text_on_a_pipe_has_no_escape_codes(initialised: MeshHome) -> None:
+    for env in ({}, {"NO_COLOR": "1"}, {"FORCE_COLOR": "1", "NO_COLOR": "1"}):
+        done = meshctl(initialised, "status", env=env)
+        assert done.returncode == 1 and "PROCESS" in done.stdout
+        assert ESC not in done.stdout and ESC not in done.stderr
+        assert "pid None" not in done.stdout
