@@ -4,7 +4,12 @@ with the exit code, no escape codes on a pipe, readable logs, ``backup list``.""
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
+import signal
 import subprocess
+import time
 from typing import Any
 
 import pytest
@@ -74,3 +79,45 @@ def test_text_on_a_pipe_has_no_escape_codes(initialised: MeshHome) -> None:
         assert done.returncode == 1 and "PROCESS" in done.stdout
         assert ESC not in done.stdout and ESC not in done.stderr
         assert "pid None" not in done.stdout
+
+
+def on_a_terminal(home: MeshHome, *args: str, env: dict[str, str] | None = None, until: str | None = None,
+                  interrupt: bool = False, deadline_s: float = 60.0) -> tuple[int, str]:
+    """Run meshctl with a pseudo-terminal as stdin, stdout and stderr; read what it writes (every
+    read against a deadline) until it exits, or until ``until`` has appeared twice, then send Ctrl-C
+    if ``interrupt``. Returns the exit status and everything it wrote."""
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([*MESHCTL, *args], cwd=REPO, env={**_env(home), "TERM": "xterm", **(env or {})},
+                            stdin=secondary, stdout=secondary, stderr=secondary, start_new_session=True)
+    os.close(secondary)
+    seen = b""
+    deadline = time.monotonic() + deadline_s
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([primary], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # the terminal closed: the process exited
+                break
+            if not chunk:
+                break
+            seen += chunk
+            if until is not None and seen.count(until.encode()) >= 2 and interrupt:
+                os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C on the terminal sends
+                until = None
+        status = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(primary)
+    return status, seen.decode("utf-8", "replace")
+
+
+def test_states_are_coloured_on_a_terminal_unless_no_color(initialised: MeshHome) -> None:
+    status, seen = on_a_terminal(initialised, "status")
+    assert status == 1 and ESC + "31m" in seen  # red: the mesh is down
+    status, seen = on_a_terminal(initialised, "status", env={"NO_COLOR": "1"})
+    assert status == 1 and "UNHEALTHY" in seen and ESC not in seen

@@ -148,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _init_cmd(args: argparse.Namespace, home: MeshHome) -> int:
     result = _init.init(home, force=args.force, if_needed=args.if_needed, password_file=args.password_file)
-    emit(args.json, result, _render.init(result))
+    emit(args.json, result, _render.init(result), _render.init_warnings(result))
     return 0
 
 
@@ -164,7 +164,7 @@ def _up_or_status(args: argparse.Namespace, home: MeshHome) -> int:
         report = asyncio.run(_lifecycle.up(home, timeout=args.timeout, quiet=args.json))
     else:
         report = asyncio.run(_status(home))
-    emit(args.json, report, _render.status(report))
+    emit(args.json, report, _render.status(report), _render.status_warnings(report))
     if report["state"] == "sealed":
         raise CliError("the mesh is sealed: run `meshctl security unlock`", status=report["exit_code"])
     if report["state"] == "degraded":
@@ -178,7 +178,7 @@ def _up_or_status(args: argparse.Namespace, home: MeshHome) -> int:
 def _restart(args: argparse.Namespace, home: MeshHome) -> int:
     row = asyncio.run(_lifecycle.restart(home, args.service, timeout=args.timeout))
     emit(args.json, row,
-         f"{row['name']}: {row['state']}, pid {row['pid']}, registered {_render.yes(row['registered'])}")
+         f"{row['name']}: {row['state']}, pid {_render.dash(row['pid'])}, registered {_render.yes(row['registered'])}")
     if row["ready"]["state"] == "sealed" and row.get("mesh_state") == "sealed":
         raise CliError(f"{args.service} is back and sealed with the mesh: run `meshctl security unlock`",
                        status=EXIT_CODES["sealed"])
