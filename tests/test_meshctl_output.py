@@ -121,3 +121,43 @@ def test_states_are_coloured_on_a_terminal_unless_no_color(initialised: MeshHome
     assert status == 1 and ESC + "31m" in seen  # red: the mesh is down
     status, seen = on_a_terminal(initialised, "status", env={"NO_COLOR": "1"})
     assert status == 1 and "UNHEALTHY" in seen and ESC not in seen
+
+
+def test_status_watch_redraws_in_place_and_ctrl_c_exits_0(initialised: MeshHome) -> None:
+    status, seen = on_a_terminal(initialised, "status", "--watch", "--interval", "0.3",
+                                 until="meshctl status of", interrupt=True)
+    assert status == 0, seen
+    assert seen.count("PROCESS") >= 2 and ESC + "2K" in seen  # redrawn: lines erased, not appended
+    assert "Traceback" not in seen and "interrupted" not in seen
+
+
+def test_watch_on_a_pipe_prints_one_json_document_a_refresh(initialised: MeshHome) -> None:
+    for argv in (["status", "--watch", "--interval", "0.2", "--json"], ["--json", "alerts", "--watch", "--interval",
+                                                                          "0.2"]):
+        proc = subprocess.Popen([*MESHCTL, *argv], cwd=REPO, env=_env(initialised), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            documents = []
+            deadline = time.monotonic() + 60
+            while len(documents) < 2:
+                ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+                assert ready, f"no refresh within 60 s: {documents}"
+                documents.append(json.loads(proc.stdout.readline()))
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if argv[0] == "status":
+            assert all(d["state"] == "unhealthy" for d in documents)
+        else:  # the mesh is down: each refresh says so, and the watch goes on
+            assert all(d["error"]["code"] == "unavailable" for d in documents)
+
+
+@pytest.mark.parametrize("argv", [["status", "--interval", "2"], ["status", "--watch", "--interval", "0"],
+                                  ["alerts", "ack", "1", "--watch"], ["status", "--watch", "--interval", "nan"]])
+def test_watch_flags_are_checked(fast_home: MeshHome, argv: list[str]) -> None:
+    done = meshctl(fast_home, *argv, "--json")
+    assert done.returncode == 2 and json_error(done)["code"] == "usage"

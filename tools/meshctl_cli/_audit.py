@@ -28,6 +28,7 @@ from shared import MeshError, MeshHome
 
 from ._mesh import connected
 from ._output import CliError, emit, table
+from ._watch import check_flags, watch
 
 _TIMEOUT_S: Final = 30.0       # verify and export read the whole log
 _FOLLOW_POLL_S: Final = 1.0
@@ -245,6 +246,7 @@ def verify_offline_cmd(args: argparse.Namespace) -> int:
 def run_alerts(args: argparse.Namespace, home: MeshHome) -> int:
     """``meshctl alerts [list]`` and ``meshctl alerts ack ID``."""
     if args.action == "ack":
+        check_flags(args, applies=False)
         if args.id is None:
             raise CliError("alerts ack needs an ID (meshctl alerts lists them)", status=2)
         result = asyncio.run(ack(home, args.id))
@@ -252,6 +254,13 @@ def run_alerts(args: argparse.Namespace, home: MeshHome) -> int:
         return 0
     if args.id is not None:
         raise CliError("alerts list takes no ID", status=2)
+    interval = check_flags(args, applies=True)
+    if interval is not None:
+        async def fetch() -> tuple[list[dict[str, Any]], str]:
+            rows = await alerts(home)
+            return rows, alerts_table(rows)
+
+        return watch(fetch, interval, args.json, f"meshctl alerts of {home.root}")
     rows = asyncio.run(alerts(home))
     emit(args.json, rows, alerts_table(rows))
     return 0

@@ -20,9 +20,9 @@ from typing import Any, NoReturn
 
 from shared import PURPOSES, MeshHome, configure_logging
 
-from . import _audit, _config_show, _init, _lifecycle, _logs, _mesh, _render, _security, _services, _storage
+from . import _audit, _config_show, _init, _lifecycle, _logs, _mesh, _render, _security, _services, _storage, _watch
 from ._output import CliError, emit, emit_json, report_error
-from ._status import MeshProbe, collect
+from ._status import MeshProbe, collect, watch_status
 from ._supervisor import Supervisor, load_credentials
 from ._verdict import EXIT_CODES
 
@@ -62,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     p = add("restart", "restart one process and wait until it is healthy again")
     p.add_argument("service")
     p.add_argument("--timeout", type=float, default=30.0)
-    add("status", "supervisor and mesh state of every process; exit 1 unless healthy")
+    p = add("status", "supervisor and mesh state of every process; exit 1 unless healthy")
+    p.add_argument("--watch", action="store_true", help="refresh every --interval seconds until Ctrl-C (exit 0)")
+    p.add_argument("--interval", type=float, default=None, metavar="S", help="--watch: seconds between refreshes (2)")
     p = add("ping", "round trip to SERVICE.health (or to the broker: ping mesh)")
     p.add_argument("service")
     p.add_argument("--timeout", type=float, default=5.0)
@@ -109,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     p = add("alerts", "open anomaly alerts of the audit service; `alerts ack ID` acknowledges one")
     p.add_argument("action", nargs="?", choices=["list", "ack"], default="list")
     p.add_argument("id", nargs="?", type=int, metavar="ID", help="ack: the alert's id")
+    p.add_argument("--watch", action="store_true", help="list: refresh every --interval seconds until Ctrl-C")
+    p.add_argument("--interval", type=float, default=None, metavar="S", help="--watch: seconds between refreshes (2)")
     p = add("storage", "the encrypted stores: status (key versions, rotation progress) or verify every store")
     p.add_argument("action", choices=["status", "verify"])
     p = add("backup", "encrypted backups of every store: create one, verify an archive, restore one into a fresh home")
@@ -160,6 +164,9 @@ def _down(args: argparse.Namespace, home: MeshHome) -> int:
 
 
 def _up_or_status(args: argparse.Namespace, home: MeshHome) -> int:
+    interval = _watch.check_flags(args, applies=args.command == "status")
+    if interval is not None:
+        return watch_status(home, interval, args.json)
     if args.command == "up":
         report = asyncio.run(_lifecycle.up(home, timeout=args.timeout, quiet=args.json))
     else:
