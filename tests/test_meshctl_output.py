@@ -161,3 +161,29 @@ def test_watch_on_a_pipe_prints_one_json_document_a_refresh(initialised: MeshHom
 def test_watch_flags_are_checked(fast_home: MeshHome, argv: list[str]) -> None:
     done = meshctl(fast_home, *argv, "--json")
     assert done.returncode == 2 and json_error(done)["code"] == "usage"
+
+
+def test_logs_are_a_table_in_local_time_and_raw_json_lines_with_json(initialised: MeshHome) -> None:
+    records = [{"event": "unsealed", "level": "info", "process": "keyvault", "keystore": "file",
+                "timestamp": "2026-12-07T03:10:07.774960Z"},
+               {"event": "key_release_refused", "level": "warning", "process": "keyvault", "caller": "storage",
+                "reason": "x" * 200, "timestamp": "2026-12-07T03:10:08.000001Z"}]
+    lines = [json.dumps(r, sort_keys=True) for r in records] + ["Traceback (most recent call last):"]
+    log = initialised.log / "keyvault.log"
+    log.parent.mkdir(mode=0o700, exist_ok=True)
+    log.write_text("\n".join(lines) + "\n")
+    env = {"TZ": "America/New_York"}  # 03:10 UTC is 22:10 the day before there
+    done = meshctl(initialised, "logs", "keyvault", env=env)
+    assert done.returncode == 0, done.stderr
+    header, first, second, raw = done.stdout.splitlines()
+    assert header.split() == ["TIME", "LEVEL", "EVENT", "DETAILS"]
+    assert first.startswith("2026-12-06 22:10:07.774  info     unsealed") and first.endswith("keystore=file")
+    assert second.index("key_release_refused") == header.index("EVENT")
+    assert "reason=" + "x" * 79 + "…" in second and "x" * 80 not in second  # cut, with the marker
+    assert raw == "Traceback (most recent call last):"  # not a record: as written
+    done = meshctl(initialised, "logs", "keyvault", "--json", env=env)
+    assert [json.loads(line) for line in done.stdout.splitlines()] == [*records, {"text": lines[2]}]
+    log.write_text("")
+    done = meshctl(initialised, "logs", "keyvault")
+    assert done.returncode == 0 and done.stdout.startswith("no records in ")
+    assert meshctl(initialised, "logs", "keyvault", "--json").stdout == ""

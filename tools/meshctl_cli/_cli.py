@@ -271,7 +271,7 @@ def _logs_cmd(args: argparse.Namespace, home: MeshHome) -> int:
     except CliError:
         supervisor = None  # not initialised or unreadable: the default log location still works.
     with contextlib.suppress(KeyboardInterrupt):
-        _logs.show_logs(home, supervisor, args.service, args.lines, args.follow, lambda: False)
+        _logs.show_logs(home, supervisor, args.service, args.lines, args.follow, lambda: False, args.json)
     return 0
 
 

@@ -135,7 +135,10 @@ class Progress:
 #: Colours of state words on a terminal: green is fine, yellow waits or limps, red is broken.
 _STATE_STYLES: Final = {"ready": "green", "healthy": "green", "running": "green",
                         "degraded": "yellow", "sealed": "yellow", "starting": "yellow", "backoff": "yellow",
-                        "failed": "red", "unhealthy": "red", "down": "red", "fatal": "red", "exited": "red"}
+                        "failed": "red", "unhealthy": "red", "down": "red", "fatal": "red", "exited": "red",
+                        # log levels and audit outcomes
+                        "warning": "yellow", "error": "red", "critical": "red", "ok": "green",
+                        "denied": "red", "failure": "red"}
 ELLIPSIS: Final = "…"
 
 
@@ -197,7 +200,8 @@ class Columns:
         self.headers = list(headers)
         self.caps = list(caps)
         self.right = set(right)
-        self.widths = [min(cap, max([len(h), *(len(row[i]) for row in first)]))
+        # Without rows to measure (a follow that starts empty) each column gets its cap.
+        self.widths = [min(cap, max([len(h), *(len(row[i]) for row in first)])) if first else max(cap, len(h))
                        for i, (h, cap) in enumerate(zip(headers, caps, strict=True))]
 
     def header(self) -> str:
