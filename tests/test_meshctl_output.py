@@ -187,3 +187,11 @@ def test_logs_are_a_table_in_local_time_and_raw_json_lines_with_json(initialised
     done = meshctl(initialised, "logs", "keyvault")
     assert done.returncode == 0 and done.stdout.startswith("no records in ")
     assert meshctl(initialised, "logs", "keyvault", "--json").stdout == ""
+
+
+def test_keys_rotate_without_a_purpose_lists_the_purposes(initialised: MeshHome) -> None:
+    done = meshctl(initialised, "keys", "rotate", "--json")
+    error = json_error(done)
+    assert done.returncode == 2 and error["code"] == "usage"
+    assert error["message"].startswith("keys rotate needs a PURPOSE: one of sqlcipher, duckdb, rocksdb, files")
+    assert "backups" in error["message"] and "audit-signing" not in error["message"]
