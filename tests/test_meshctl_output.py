@@ -51,7 +51,7 @@ def test_a_usage_error_is_a_json_error_with_exit_2(fast_home: MeshHome, argv: li
     assert json_error(done)["code"] == "usage"
 
 
-@pytest.mark.parametrize("argv", [["status"], ["certs", "list"], ["ping", "storage"], ["alerts"]])
+@pytest.mark.parametrize("argv", [["status"], ["certs", "list"], ["ping", "storage"], ["alerts"], ["backup", "list"]])
 def test_an_uninitialised_home_is_a_json_error(fast_home: MeshHome, argv: list[str]) -> None:
     for words in ([*argv, "--json"], ["--json", *argv]):  # before or after the subcommand
         done = meshctl(fast_home, *words)
@@ -195,3 +195,19 @@ def test_keys_rotate_without_a_purpose_lists_the_purposes(initialised: MeshHome)
     assert done.returncode == 2 and error["code"] == "usage"
     assert error["message"].startswith("keys rotate needs a PURPOSE: one of sqlcipher, duckdb, rocksdb, files")
     assert "backups" in error["message"] and "audit-signing" not in error["message"]
+
+
+def test_backup_list_reads_headers_without_the_mesh(initialised: MeshHome) -> None:
+    done = meshctl(initialised, "backup", "list")
+    assert done.returncode == 0 and done.stdout.startswith("no backups in ")
+    assert json.loads(meshctl(initialised, "backup", "list", "--json").stdout) == []
+    backups = initialised.root / "backups"
+    backups.mkdir(mode=0o700, exist_ok=True)
+    (backups / "junk.cmbak").write_bytes(b"not an archive")
+    [row] = json.loads(meshctl(initialised, "backup", "list", "--json").stdout)
+    assert row["file"] == "junk.cmbak" and row["bytes"] == 14 and row["sequence"] is None
+    assert "archive" in row["problem"]
+    done = meshctl(initialised, "backup", "list")
+    assert done.returncode == 0 and "damaged: " in done.stdout and "junk.cmbak" in done.stdout
+    done = meshctl(initialised, "backup", "list", "--force", "--json")
+    assert done.returncode == 2 and json_error(done)["code"] == "usage"

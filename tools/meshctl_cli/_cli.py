@@ -116,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     p = add("storage", "the encrypted stores: status (key versions, rotation progress) or verify every store")
     p.add_argument("action", choices=["status", "verify"])
     p = add("backup", "encrypted backups of every store: create one, verify an archive, restore one into a fresh home")
-    p.add_argument("action", choices=["create", "verify", "restore"])
+    p.add_argument("action", choices=["list", "create", "verify", "restore"])
     p.add_argument("file", nargs="?", metavar="FILE", help="verify, restore: the archive")
     p.add_argument("--passphrase-file", metavar="FILE",
                    help="create: also wrap the archive key with this passphrase (for a restore on another "
