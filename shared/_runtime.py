@@ -46,7 +46,7 @@ log = structlog.get_logger("runtime")
 _MAILBOX = 10_000
 
 
-def unknown_method(service: Service | type[Service], method: str) -> str:
+def unknown_method(service: Service, method: str) -> str:
     """``unknown method svc.m; methods: a, b``: the names an operator meant to type, nothing else.
 
     Only a caller the broker let through gets here (it answers FORBIDDEN before the service sees
