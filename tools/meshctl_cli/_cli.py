@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 from shared import PURPOSES, MeshHome, configure_logging
 
 from . import _audit, _config_show, _init, _lifecycle, _logs, _mesh, _render, _security, _services, _storage, _watch
-from ._output import CliError, emit, emit_json, report_error
+from ._output import CliError, emit, emit_json, report_error, start_run
 from ._status import MeshProbe, collect, watch_status
 from ._supervisor import Supervisor, load_credentials
 from ._verdict import EXIT_CODES
@@ -316,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run meshctl; return the exit status (the console script exits with it)."""
     words = sys.argv[1:] if argv is None else list(argv)
     as_json = _wants_json(words)
+    start_run()
     socket.setdefaulttimeout(_RPC_TIMEOUT_S)  # XML-RPC to supervisord must never hang forever.
     try:
         args = _parser().parse_args(words)

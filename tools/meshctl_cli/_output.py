@@ -45,6 +45,12 @@ def emit_json(value: Any, stream: TextIO | None = None) -> None:
         _Stdout.printed_json = True
 
 
+def start_run() -> None:
+    """Forget what an earlier run in this process printed (tests call ``main`` many times)."""
+    _Stdout.printed_json = False
+    _warned.clear()
+
+
 def report_error(exc: CliError, as_json: bool) -> int:
     """Say why meshctl failed and return the exit status: one line on stderr, and with ``--json``
     also ``{"error": {"code", "message"}}`` on stdout unless the result was printed already."""
