@@ -211,3 +211,12 @@ def test_backup_list_reads_headers_without_the_mesh(initialised: MeshHome) -> No
     assert done.returncode == 0 and "damaged: " in done.stdout and "junk.cmbak" in done.stdout
     done = meshctl(initialised, "backup", "list", "--force", "--json")
     assert done.returncode == 2 and json_error(done)["code"] == "usage"
+
+
+def test_init_warns_on_stderr_each_warning_once(fast_home: MeshHome) -> None:
+    done = meshctl(fast_home, "init")
+    assert done.returncode == 0, done.stderr
+    assert "WARNING" not in done.stdout and "warning" not in done.stdout.lower()
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("meshctl: warning: ")]
+    assert "meshctl: warning: TEST ARGON2 PROFILES IN USE ([argon2] test_profiles = true): never for real data" \
+        in warnings and len(warnings) == len(set(warnings))
