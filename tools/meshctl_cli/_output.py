@@ -142,6 +142,7 @@ class Progress:
 _STATE_STYLES: Final = {"ready": "green", "healthy": "green", "running": "green",
                         "degraded": "yellow", "sealed": "yellow", "starting": "yellow", "backoff": "yellow",
                         "failed": "red", "unhealthy": "red", "down": "red", "fatal": "red", "exited": "red",
+                        "not running": "red", "stopped": "yellow",
                         # log levels and audit outcomes
                         "warning": "yellow", "error": "red", "critical": "red", "ok": "green",
                         "denied": "red", "failure": "red"}
