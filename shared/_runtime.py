@@ -46,6 +46,25 @@ log = structlog.get_logger("runtime")
 _MAILBOX = 10_000
 
 
+def unknown_method(service: Service, method: str) -> str:
+    """``unknown method svc.m; methods: a, b``: the names an operator meant to type, nothing else.
+
+    Only a caller the broker let through gets here (it answers FORBIDDEN before the service sees
+    a call the ACL refuses). A grant may be narrower than the whole service, though:
+    ``svc.group.*`` reaches ``svc.group.nope``. So only the public methods in the requested name's
+    own namespace are listed (``group.*`` for ``group.nope``; every method for ``nope``, which only
+    ``svc.*``, ``*.nope`` or an exact grant of that missing name reaches): a caller learns no
+    method name its grant does not already cover.
+    """
+    name = f"{service.name}.{method}"[:200]
+    namespace = method.rpartition(".")[0]
+    prefix = f"{namespace}." if namespace else ""
+    public = sorted(m for m in service.handlers if m.startswith(prefix) and not m.rpartition(".")[2].startswith("_"))
+    if not public:
+        return f"unknown method {name}"
+    return error_text(f"unknown method {name}; methods: {', '.join(public)}")
+
+
 class ServiceRunner:
     """Runs one :class:`Service` on a connected :class:`MeshClient`."""
 
@@ -117,7 +136,7 @@ class ServiceRunner:
         method = target.partition(".")[2] if isinstance(target, str) else ""
         spec = self.service.handlers.get(method) if not method.startswith("_") else None
         if spec is None:
-            self._reply_error(header, BadRequest(f"unknown method {self.service.name}.{method}"[:200]))
+            self._reply_error(header, BadRequest(unknown_method(self.service, method)))
         return spec
 
     async def _dispatch(self, spec: HandlerSpec, header: dict[str, Any], body: bytes | None,

@@ -60,16 +60,22 @@ async def test_audit_tail_shows_records_filtered_as_a_table_or_json(short_tmp: P
     async with audited(short_tmp / "h") as r:
         status, out, _ = await meshctl(capsys, r.home.root, "audit", "tail", "--actor", "storage")
         assert status == 0
-        lines = out.strip().splitlines()
+        header, *lines = out.strip().splitlines()
+        assert header.split() == ["SEQ", "TIME", "TYPE", "OUTCOME", "ACTOR", "TARGET", "DETAILS"]
         assert len(lines) == 3 and "authn.login" in lines[0] and "storage for alice" in lines[0]
         assert "mesh.deny" in lines[1] and '"subject":"outsider"' in lines[1]
+        # Aligned: every row's TYPE starts under the header's.
+        assert {line.index(" authn.login") if "authn.login" in line else line.index(" mesh.deny")
+                for line in lines} == {header.index(" TYPE")}
         status, out, _ = await meshctl(capsys, r.home.root, "audit", "tail", "--type", "authn.login", "--actor",
                                        "storage", "--json")
         rows = [json.loads(line) for line in out.strip().splitlines()]
         assert status == 0 and [x["outcome"] for x in rows] == ["ok", "failure"]
         assert rows[1]["seq"] == rows[0]["seq"] + 2  # the deny between them is filtered out
         status, out, _ = await meshctl(capsys, r.home.root, "audit", "tail", "--actor", "nobody", "--json")
-        assert status == 0 and out == ""
+        assert status == 0 and out == ""  # a JSON-lines stream of no records: no lines
+        status, out, _ = await meshctl(capsys, r.home.root, "audit", "tail", "--actor", "nobody")
+        assert status == 0 and out == "no records\n"
         status, _, err = await meshctl(capsys, r.home.root, "audit", "tail", "-n", "0")
         assert status == 2 and "--lines" in one_line(err)
 
@@ -78,7 +84,7 @@ async def test_audit_tail_follow_prints_new_records_as_they_arrive(short_tmp: Pa
     async with audited(short_tmp / "h") as r:
         shown: list[dict[str, Any]] = []
         follower = asyncio.create_task(_audit.tail(r.home, limit=1, type_=None, actor="storage", follow=True,
-                                                   show=shown.append, keep_going=lambda: len(shown) < 5))
+                                                   show=shown.extend, keep_going=lambda: len(shown) < 5))
         async def first_poll_done() -> bool:  # what is appended after it is new
             assert not follower.done(), "tail stopped before showing anything"
             return bool(shown)

@@ -162,7 +162,9 @@ def test_up_reaches_healthy(live: MeshHome) -> None:
                              capture_output=True, text=True, timeout=60, check=False)
     assert wrapper.returncode == 0 and "storage: ready" in wrapper.stdout
     logs = meshctl(live, "logs", "broker", "-n", "500")
-    assert logs.returncode == 0 and '"event": "broker_listening"' in logs.stdout
+    assert logs.returncode == 0 and " broker_listening " in logs.stdout
+    logs = meshctl(live, "logs", "broker", "-n", "500", "--json")
+    assert any(json.loads(line).get("event") == "broker_listening" for line in logs.stdout.splitlines())
 
 
 def test_every_file_of_a_running_mesh_is_private(live: MeshHome) -> None:

@@ -61,7 +61,7 @@ async def test_backup_create_verify_and_restore_from_the_command_line(short_tmp:
                                        str(passphrase_file), "--output", str(output))
         assert status == 0 and "backup #1 written to" in out and output.stat().st_mode & 0o777 == 0o600
         status, out, _ = await meshctl(capsys, a.home.root, "backup", "verify", str(output))
-        assert status == 0 and "archive verified: backup #1" in out  # by the mesh's own backup key
+        assert status == 0 and f"archive verified: {output}: backup #1" in out  # by the mesh's own backup key
         status, _, err = await meshctl(capsys, a.home.root, "backup", "restore", str(output), "--passphrase-file",
                                        str(passphrase_file))
         assert status == 1 and "not empty" in one_line(err)

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import re
+from typing import Any
 
 import pytest
 import structlog
@@ -16,6 +17,8 @@ from shared import (
     HandshakeError,
     Internal,
     MeshHome,
+    RequestContext,
+    Service,
     Timeout,
     Unavailable,
     configure_logging,
@@ -28,7 +31,7 @@ from shared.keeper import keep_unsealed
 from shared.testing import call_handler
 
 from .conftest import eventually, holds
-from .echo_service import Echo
+from .echo_service import Echo, EchoRequest
 from .mesh import InProcessMesh
 from .rawpeer import RawPeer
 
@@ -81,6 +84,48 @@ async def test_schema_violations_are_bad_requests(mesh: InProcessMesh) -> None:
     assert await client.call("echo.pong", {"value": 3}, timeout=2) == {"pong": 3}
     with pytest.raises(Internal):  # the handler broke its declared reply type: its fault
         await client.call("echo.pong", {"value": "three"}, timeout=2)
+
+
+async def test_an_unknown_method_lists_the_services_methods(mesh: InProcessMesh) -> None:
+    await mesh.start_service(Echo())
+    client = await mesh.client("meshctl")
+    with pytest.raises(BadRequest) as info:
+        await client.call("echo.nope", timeout=2)
+    assert info.value.message == ("unknown method echo.nope; methods: block, block_concurrent, echo, fail, "
+                                  "health, login, pong, refuse, verbose")
+    with pytest.raises(BadRequest) as info:  # nothing in that namespace: no list at all
+        await client.call("echo.drafts.nope", timeout=2)
+    assert info.value.message == "unknown method echo.drafts.nope"
+
+
+class GroupedEcho(Service):
+    """Registers as ``echo`` with methods in groups, as storage has (``kv.*``, ``backup.*``)."""
+
+    name = "echo"
+
+    @handler("drafts.get", request=EchoRequest)
+    async def drafts_get(self, ctx: RequestContext, req: EchoRequest) -> dict[str, Any]:
+        return {}
+
+    @handler("drafts.put", request=EchoRequest)
+    async def drafts_put(self, ctx: RequestContext, req: EchoRequest) -> dict[str, Any]:
+        return {}
+
+    @handler("secrets.rotate", request=EchoRequest)
+    async def secrets_rotate(self, ctx: RequestContext, req: EchoRequest) -> dict[str, Any]:
+        return {}
+
+
+async def test_an_unknown_method_in_a_group_lists_only_that_group(mesh: InProcessMesh) -> None:
+    # A caller granted only echo.drafts.* reaches echo.drafts.nope: it must not learn secrets.rotate.
+    await mesh.start_service(GroupedEcho())
+    client = await mesh.client("meshctl")
+    with pytest.raises(BadRequest) as info:
+        await client.call("echo.drafts.nope", timeout=2)
+    assert info.value.message == "unknown method echo.drafts.nope; methods: drafts.get, drafts.put"
+    with pytest.raises(BadRequest) as info:
+        await client.call("echo.nope", timeout=2)
+    assert info.value.message.endswith("methods: drafts.get, drafts.put, health, secrets.rotate")
 
 
 async def test_mailbox_takes_one_message_at_a_time_unless_concurrent(mesh: InProcessMesh) -> None:

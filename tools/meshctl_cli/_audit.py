@@ -27,7 +27,8 @@ import zmq.utils.z85
 from shared import MeshError, MeshHome
 
 from ._mesh import connected
-from ._output import CliError, emit, table
+from ._output import CliError, Columns, emit, table
+from ._watch import check_flags, watch
 
 _TIMEOUT_S: Final = 30.0       # verify and export read the whole log
 _FOLLOW_POLL_S: Final = 1.0
@@ -42,19 +43,21 @@ def when(timestamp: Any) -> str:
     return datetime.datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="seconds")
 
 
+_HEADERS: Final = ("SEQ", "TIME", "TYPE", "OUTCOME", "ACTOR", "TARGET", "DETAILS")
+_CAPS: Final = (8, 19, 28, 8, 28, 28, 120)
+
+
 def _details(details: Any) -> str:
-    text = json.dumps(details, sort_keys=True, default=str, separators=(",", ":")) if details else ""
-    return text if len(text) <= 80 else text[:77] + "..."
+    return json.dumps(details, sort_keys=True, default=str, separators=(",", ":")) if details else ""
 
 
-def record_line(record: dict[str, Any]) -> str:
-    """One record as a human line (``audit tail``)."""
+def record_row(record: dict[str, Any]) -> list[str]:
+    """One record's cells (``audit tail``): times in local time, ``-`` for what is not there."""
     who = record.get("actor") or "-"
     if record.get("on_behalf_of"):
         who += f" for {record['on_behalf_of']}"
-    parts = [f"{record.get('seq'):>6}", when(record.get("time")), str(record.get("type")), str(record.get("outcome")),
-             who, f"-> {record['target']}" if record.get("target") else "", _details(record.get("details"))]
-    return "  ".join(p for p in parts if p)
+    return [str(record.get("seq")), when(record.get("time")), str(record.get("type")), str(record.get("outcome")),
+            who, str(record.get("target") or "-"), _details(record.get("details")) or "-"]
 
 
 def record_json(record: dict[str, Any]) -> str:
@@ -62,10 +65,35 @@ def record_json(record: dict[str, Any]) -> str:
     return json.dumps(record, sort_keys=True, default=lambda v: v.hex() if isinstance(v, bytes) else str(v))
 
 
+class TailPrinter:
+    """``audit tail`` for people: a header and aligned columns, their widths set by the first batch
+    (a follow's later records line up under it, a wider value cut with ``…``), "no records" when
+    there are none; with ``as_json``, one JSON object a line and nothing for no records."""
+
+    def __init__(self, as_json: bool, follow: bool) -> None:
+        self.as_json, self.follow = as_json, follow
+        self.columns: Columns | None = None
+
+    def __call__(self, records: list[dict[str, Any]]) -> None:
+        if self.as_json:
+            for record in records:
+                print(record_json(record), flush=True)
+            return
+        if self.columns is None:
+            if not records and not self.follow:
+                print("no records")
+                return
+            self.columns = Columns(_HEADERS, _CAPS, [record_row(r) for r in records], right=(0,))
+            print(self.columns.header(), flush=True)
+        for record in records:
+            print(self.columns.line(record_row(record), styled=3), flush=True)
+
+
 async def tail(home: MeshHome, *, limit: int, type_: str | None, actor: str | None, follow: bool,
-               show: Callable[[dict[str, Any]], None], keep_going: Callable[[], bool] = lambda: True) -> int:
+               show: Callable[[list[dict[str, Any]]], None], keep_going: Callable[[], bool] = lambda: True) -> int:
     """Show the last ``limit`` records (filtered), then with ``follow`` every new one until
-    ``keep_going`` says stop (or the user interrupts). Returns how many were shown."""
+    ``keep_going`` says stop (or the user interrupts); ``show`` gets each poll's new records, the
+    first poll's even when there are none. Returns how many were shown."""
     if not 1 <= limit <= _MAX_TAIL:
         raise CliError(f"--lines must be 1 to {_MAX_TAIL}", status=2)
     body: dict[str, Any] = {"limit": limit}
@@ -77,10 +105,11 @@ async def tail(home: MeshHome, *, limit: int, type_: str | None, actor: str | No
     async with connected(home) as client:
         while True:
             records = (await client.call("audit.tail", body, timeout=_TIMEOUT_S))["records"]
-            for record in records:
-                if record["seq"] > last:
-                    show(record)
-                    shown, last = shown + 1, record["seq"]
+            new = [record for record in records if record["seq"] > last]
+            if new or last < 0:
+                show(new)
+            if new:
+                shown, last = shown + len(new), new[-1]["seq"]
             if not follow or not keep_going():
                 return shown
             body["limit"] = _MAX_TAIL  # catch up on everything since the last poll
@@ -203,10 +232,9 @@ def run_audit(args: argparse.Namespace, home: MeshHome) -> int:
     if action != "export" and args.file:
         raise CliError(f"audit {action} takes no FILE (export FILE; verify --offline FILE)", status=2)
     if action == "tail":
-        render = record_json if args.json else record_line
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(tail(home, limit=args.lines, type_=args.type, actor=args.actor, follow=args.follow,
-                             show=lambda r: print(render(r), flush=True)))
+                             show=TailPrinter(args.json, args.follow)))
         return 0
     if action == "verify":
         if args.offline or args.public_key:
@@ -245,6 +273,7 @@ def verify_offline_cmd(args: argparse.Namespace) -> int:
 def run_alerts(args: argparse.Namespace, home: MeshHome) -> int:
     """``meshctl alerts [list]`` and ``meshctl alerts ack ID``."""
     if args.action == "ack":
+        check_flags(args, applies=False)
         if args.id is None:
             raise CliError("alerts ack needs an ID (meshctl alerts lists them)", status=2)
         result = asyncio.run(ack(home, args.id))
@@ -252,6 +281,13 @@ def run_alerts(args: argparse.Namespace, home: MeshHome) -> int:
         return 0
     if args.id is not None:
         raise CliError("alerts list takes no ID", status=2)
+    interval = check_flags(args, applies=True)
+    if interval is not None:
+        async def fetch() -> tuple[list[dict[str, Any]], str]:
+            rows = await alerts(home)
+            return rows, alerts_table(rows)
+
+        return watch(fetch, interval, args.json, f"meshctl alerts of {home.root}")
     rows = asyncio.run(alerts(home))
     emit(args.json, rows, alerts_table(rows))
     return 0

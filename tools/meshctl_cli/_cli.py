@@ -20,9 +20,9 @@ from typing import Any, NoReturn
 
 from shared import PURPOSES, MeshHome, configure_logging
 
-from . import _audit, _config_show, _init, _lifecycle, _logs, _mesh, _render, _security, _services, _storage
-from ._output import CliError, emit, emit_json
-from ._status import MeshProbe, collect
+from . import _audit, _config_show, _init, _lifecycle, _logs, _mesh, _render, _security, _services, _storage, _watch
+from ._output import CliError, emit, emit_json, report_error, start_run
+from ._status import MeshProbe, collect, watch_status
 from ._supervisor import Supervisor, load_credentials
 from ._verdict import EXIT_CODES
 
@@ -62,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     p = add("restart", "restart one process and wait until it is healthy again")
     p.add_argument("service")
     p.add_argument("--timeout", type=float, default=30.0)
-    add("status", "supervisor and mesh state of every process; exit 1 unless healthy")
+    p = add("status", "supervisor and mesh state of every process; exit 1 unless healthy")
+    p.add_argument("--watch", action="store_true", help="refresh every --interval seconds until Ctrl-C (exit 0)")
+    p.add_argument("--interval", type=float, default=None, metavar="S", help="--watch: seconds between refreshes (2)")
     p = add("ping", "round trip to SERVICE.health (or to the broker: ping mesh)")
     p.add_argument("service")
     p.add_argument("--timeout", type=float, default=5.0)
@@ -109,10 +111,12 @@ def _parser() -> argparse.ArgumentParser:
     p = add("alerts", "open anomaly alerts of the audit service; `alerts ack ID` acknowledges one")
     p.add_argument("action", nargs="?", choices=["list", "ack"], default="list")
     p.add_argument("id", nargs="?", type=int, metavar="ID", help="ack: the alert's id")
+    p.add_argument("--watch", action="store_true", help="list: refresh every --interval seconds until Ctrl-C")
+    p.add_argument("--interval", type=float, default=None, metavar="S", help="--watch: seconds between refreshes (2)")
     p = add("storage", "the encrypted stores: status (key versions, rotation progress) or verify every store")
     p.add_argument("action", choices=["status", "verify"])
     p = add("backup", "encrypted backups of every store: create one, verify an archive, restore one into a fresh home")
-    p.add_argument("action", choices=["create", "verify", "restore"])
+    p.add_argument("action", choices=["list", "create", "verify", "restore"])
     p.add_argument("file", nargs="?", metavar="FILE", help="verify, restore: the archive")
     p.add_argument("--passphrase-file", metavar="FILE",
                    help="create: also wrap the archive key with this passphrase (for a restore on another "
@@ -148,7 +152,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _init_cmd(args: argparse.Namespace, home: MeshHome) -> int:
     result = _init.init(home, force=args.force, if_needed=args.if_needed, password_file=args.password_file)
-    emit(args.json, result, _render.init(result))
+    emit(args.json, result, _render.init(result), _render.init_warnings(result))
     return 0
 
 
@@ -160,11 +164,14 @@ def _down(args: argparse.Namespace, home: MeshHome) -> int:
 
 
 def _up_or_status(args: argparse.Namespace, home: MeshHome) -> int:
+    interval = _watch.check_flags(args, applies=args.command == "status")
+    if interval is not None:
+        return watch_status(home, interval, args.json)
     if args.command == "up":
         report = asyncio.run(_lifecycle.up(home, timeout=args.timeout, quiet=args.json))
     else:
         report = asyncio.run(_status(home))
-    emit(args.json, report, _render.status(report))
+    emit(args.json, report, _render.status(report), _render.status_warnings(report))
     if report["state"] == "sealed":
         raise CliError("the mesh is sealed: run `meshctl security unlock`", status=report["exit_code"])
     if report["state"] == "degraded":
@@ -178,7 +185,7 @@ def _up_or_status(args: argparse.Namespace, home: MeshHome) -> int:
 def _restart(args: argparse.Namespace, home: MeshHome) -> int:
     row = asyncio.run(_lifecycle.restart(home, args.service, timeout=args.timeout))
     emit(args.json, row,
-         f"{row['name']}: {row['state']}, pid {row['pid']}, registered {_render.yes(row['registered'])}")
+         f"{row['name']}: {row['state']}, pid {_render.dash(row['pid'])}, registered {_render.yes(row['registered'])}")
     if row["ready"]["state"] == "sealed" and row.get("mesh_state") == "sealed":
         raise CliError(f"{args.service} is back and sealed with the mesh: run `meshctl security unlock`",
                        status=EXIT_CODES["sealed"])
@@ -264,7 +271,7 @@ def _logs_cmd(args: argparse.Namespace, home: MeshHome) -> int:
     except CliError:
         supervisor = None  # not initialised or unreadable: the default log location still works.
     with contextlib.suppress(KeyboardInterrupt):
-        _logs.show_logs(home, supervisor, args.service, args.lines, args.follow, lambda: False)
+        _logs.show_logs(home, supervisor, args.service, args.lines, args.follow, lambda: False, args.json)
     return 0
 
 
@@ -298,20 +305,27 @@ async def _status(home: MeshHome) -> dict[str, Any]:
         await probe.close()
 
 
+def _wants_json(argv: list[str]) -> bool:
+    # Decided from the words, not the parsed namespace: a usage error happens before there is one,
+    # and its JSON error object is owed all the same. Words after "--" are operands, not options.
+    words = argv[:argv.index("--")] if "--" in argv else argv
+    return "--json" in words
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run meshctl; return the exit status (the console script exits with it)."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    as_json = _wants_json(words)
+    start_run()
     socket.setdefaulttimeout(_RPC_TIMEOUT_S)  # XML-RPC to supervisord must never hang forever.
     try:
-        args = _parser().parse_args(argv)
+        args = _parser().parse_args(words)
         return _run(args)
     except CliError as exc:
-        print(f"meshctl: {exc.message}", file=sys.stderr)
-        return exc.status
+        return report_error(exc, as_json)
     except KeyboardInterrupt:
-        print("meshctl: interrupted", file=sys.stderr)
-        return 130
+        return report_error(CliError("interrupted", status=130), as_json)
     except Exception as exc:
         if os.environ.get("MESHCTL_DEBUG"):
             raise
-        print(f"meshctl: unexpected {type(exc).__name__}; please report it", file=sys.stderr)
-        return 1
+        return report_error(CliError(f"unexpected {type(exc).__name__}; please report it", kind="internal"), as_json)

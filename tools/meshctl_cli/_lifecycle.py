@@ -89,7 +89,8 @@ async def up(home: MeshHome, *, timeout: float, quiet: bool) -> dict[str, Any]:
     """Start supervisord (or, if it runs, any stopped process) and wait until every process is ready, the
     mesh is sealed or degraded (settled states), a process is FATAL, or ``timeout``; return the status."""
     if not is_initialised(home):
-        raise CliError(f"the mesh home {home.root} is not initialised: run `meshctl init` first (make up does)")
+        raise CliError(f"the mesh home {home.root} is not initialised: run `meshctl init` first (make up does)",
+                       kind="not_initialised")
     config = home_config(home)  # a bad declaration or fragment stops here, naming file and key
     supervisor = Supervisor(home, load_credentials(home))
     if supervisor.running():
@@ -166,7 +167,7 @@ async def restart(home: MeshHome, name: str, *, timeout: float) -> dict[str, Any
     supervisor = Supervisor(home, load_credentials(home))
     procs = {p["name"]: p for p in supervisor.processes()}
     if name not in procs:
-        raise CliError(f"no process named {name!r}; processes: {', '.join(sorted(procs))}")
+        raise CliError(f"no process named {name!r}; processes: {', '.join(sorted(procs))}", kind="not_found")
     full = f"{procs[name]['group']}:{name}"
     try:
         supervisor.call("stopProcess", full, True)

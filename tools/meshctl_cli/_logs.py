@@ -7,16 +7,18 @@ is followed across rotations, like ``tail -F``.
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from shared import MeshError, MeshHome, mesh_config
 
-from ._output import CliError
+from ._output import CliError, Columns, cut
 from ._supervisor import NotRunning, Supervisor
 
 POLL_S: Final = 0.25
@@ -31,7 +33,7 @@ def log_path(home: MeshHome, supervisor: Supervisor | None, name: str) -> Path:
         except NotRunning:
             procs = {}
         if procs and name not in procs:
-            raise CliError(f"no process named {name!r}; processes: {', '.join(sorted(procs))}")
+            raise CliError(f"no process named {name!r}; processes: {', '.join(sorted(procs))}", kind="not_found")
         if name in procs:
             proc = procs[name]
             for key in ("stdout_logfile", "stderr_logfile"):
@@ -43,7 +45,7 @@ def log_path(home: MeshHome, supervisor: Supervisor | None, name: str) -> Path:
     except MeshError as exc:
         raise CliError(exc.message) from None
     if name not in declared:
-        raise CliError(f"no process named {name!r}; processes: {', '.join(declared)}")
+        raise CliError(f"no process named {name!r}; processes: {', '.join(declared)}", kind="not_found")
     return home.log / f"{name}.log"
 
 
@@ -98,11 +100,86 @@ def follow(path: Path, emit: Callable[[str], None], stop: Callable[[], bool]) ->
             handle.close()
 
 
+_FIELDS: Final = ("timestamp", "level", "event", "process")  # the columns; every other field is a detail
+_HEADERS: Final = ("TIME", "LEVEL", "EVENT", "DETAILS")
+_CAPS: Final = (23, 8, 32, 240)
+_VALUE_CAP: Final = 80
+
+
+def parse(line: str) -> dict[str, Any] | None:
+    """A process's log record (shared/_logging.py writes one JSON object a line), or None for a
+    line that is not one (a traceback Python printed itself, a partial line)."""
+    if not line.startswith("{"):
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def local_time(stamp: Any) -> str:
+    """structlog's UTC ISO time as local time with milliseconds, or ``-``."""
+    try:
+        when = datetime.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return "-"
+    return when.astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:23]
+
+
+def details(record: dict[str, Any]) -> str:
+    """``key=value`` for every field but the columns, each value cut with ``…`` past 80 characters."""
+    parts = []
+    for key, value in sorted(record.items()):
+        if key in _FIELDS:
+            continue
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+        parts.append(f"{key}={cut(text, _VALUE_CAP)}")
+    return " ".join(parts)
+
+
+def row(record: dict[str, Any]) -> list[str]:
+    return [local_time(record.get("timestamp")), str(record.get("level", "-")), str(record.get("event", "-")),
+            details(record)]
+
+
+class LogPrinter:
+    """Log lines for people (a header, aligned columns, local times) or, with ``as_json``, as
+    JSON lines: each record as the process wrote it, any other line as ``{"text": line}``."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.columns: Columns | None = None
+
+    def start(self, lines: list[str]) -> None:
+        """The first lines (the tail): they set the column widths."""
+        if not self.as_json:
+            records = [r for r in map(parse, lines) if r is not None]
+            self.columns = Columns(_HEADERS, _CAPS, [row(r) for r in records])
+            print(self.columns.header())
+        for line in lines:
+            self.line(line)
+
+    def line(self, line: str) -> None:
+        record = parse(line)
+        if self.as_json:
+            print(line if record is not None else json.dumps({"text": line}), flush=True)
+        elif record is None or self.columns is None:
+            print(line, flush=True)  # not a record: as written, never reformatted into a lie
+        else:
+            print(self.columns.line(row(record), styled=1), flush=True)
+
+
 def show_logs(home: MeshHome, supervisor: Supervisor | None, name: str, lines: int, follow_: bool,
-              stop: Callable[[], bool]) -> None:
+              stop: Callable[[], bool], as_json: bool = False) -> None:
     path = log_path(home, supervisor, name)
-    for line in last_lines(path, lines):
-        print(line)
+    tail = last_lines(path, lines)
+    printer = LogPrinter(as_json)
+    if not tail and not follow_:
+        if not as_json:
+            print(f"no records in {path}")
+        return
+    printer.start(tail)
     sys.stdout.flush()
     if follow_:
-        follow(path, lambda line: print(line, flush=True), stop)
+        follow(path, printer.line, stop)

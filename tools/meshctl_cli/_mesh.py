@@ -33,21 +33,24 @@ def home_config(home: MeshHome) -> MeshConfig:
 async def connected(home: MeshHome, timeout: float = 5.0) -> AsyncIterator[MeshClient]:
     """A client with meshctl's certificate; connection problems become one-line errors."""
     if not home.secret_key_path(OPERATOR).exists():
-        raise CliError(f"no operator certificate in {home.keys}: run `meshctl init` first")
+        raise CliError(f"no operator certificate in {home.keys}: run `meshctl init` first", kind="not_initialised")
     if not home.broker_socket.exists():
-        raise CliError(f"cannot reach the broker at {home.broker_endpoint} (no socket): is the mesh up? (meshctl up)")
+        raise CliError(f"cannot reach the broker at {home.broker_endpoint} (no socket): is the mesh up? (meshctl up)",
+                       kind="unavailable")
     try:
         client = await MeshClient.connect(home, OPERATOR, timeout=timeout)
     except HandshakeError as exc:
-        raise CliError(f"handshake with the broker failed: {exc.message}") from None
+        raise CliError(f"handshake with the broker failed: {exc.message}", kind="handshake") from None
     except Unavailable:
-        raise CliError(f"cannot reach the broker at {home.broker_endpoint}: is the mesh up? (meshctl up)") from None
+        raise CliError(f"cannot reach the broker at {home.broker_endpoint}: is the mesh up? (meshctl up)",
+                       kind="unavailable") from None
     except MeshError as exc:
-        raise CliError(exc.message) from None
+        raise CliError(exc.message, kind=exc.code.lower()) from None
     try:
         yield client
     except MeshError as exc:
-        raise CliError(f"{exc.code}: {exc.message}") from None
+        # The mesh's wire code (FORBIDDEN, NOT_FOUND, SEALED, ...) is the JSON error's code, in lower case.
+        raise CliError(f"{exc.code}: {exc.message}", kind=exc.code.lower()) from None
     finally:
         await client.close()
 

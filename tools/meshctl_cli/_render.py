@@ -4,33 +4,51 @@ from __future__ import annotations
 
 import datetime
 import json
-from typing import Any
+from typing import Any, Final
 
 from shared import Event
 
-from ._output import duration, millis, table
+from ._output import duration, millis, paint, table
 
 
 def yes(value: bool | None) -> str:
     return "yes" if value else "no"
 
 
-def status(s: dict[str, Any]) -> str:
-    """The status table: verdict, broker, keyring, one row per process, then problems."""
+def dash(value: Any) -> str:
+    """A value for a line of text: ``-`` when there is none (never ``None``)."""
+    return "-" if value is None else str(value)
+
+
+_NO_KEYRING: Final = "no usable platform keyring backend on this machine"
+
+
+def status_warnings(s: dict[str, Any]) -> list[str]:
+    """The status's warnings, each once: keyvault's (where the master key is kept, test profiles,
+    sealed) and the mesh's. Without a platform keyring keyvault says where the key went instead,
+    which says it better: the bare "no usable platform keyring" is then left out."""
+    vault = s.get("keyvault") or {}
+    warnings = list(dict.fromkeys([*(vault.get("warnings") or []), *s.get("warnings", [])]))
+    if vault.get("keystore_warning"):
+        warnings = [w for w in warnings if w != _NO_KEYRING]
+    return warnings
+
+
+def status(s: dict[str, Any], *, with_warnings: bool = False) -> str:
+    """The status table: verdict, broker, keyring, one row per process, then problems. The warnings
+    (:func:`status_warnings`) go to stderr, unless ``with_warnings`` (a ``--watch`` frame) asks for
+    them here."""
     broker = s["broker"]
     keyring = s.get("keyring") or {}
-    out = [f"mesh in {s['home']}: {s['state'].upper()}",
+    out = [f"mesh in {s['home']}: {paint(s['state'].upper())}",
            f"broker: {', '.join(broker['endpoints'])}",
            f"  public key {broker['public_key']}  fingerprint {broker['fingerprint'][:16]}"]
     if keyring:
-        usable = "" if keyring.get("usable") else " (no usable platform keyring)"
-        out.append(f"keyring: {keyring.get('backend')}{usable}")
+        out.append(f"keyring: {keyring.get('backend')}")
     vault = s.get("keyvault")
     out.append(keyvault_line(vault))
     if vault and vault.get("protection"):
         out.append(f"  master key: {vault['protection']}")
-    loud = set((vault or {}).get("warnings") or [])
-    out += [f"  WARNING: {w}" for w in (vault or {}).get("warnings") or []]
     store = s.get("storage")
     if store and "versions" in store:
         rotation = {p: r for p, r in (store.get("rotation") or {}).items() if r["state"] != "done"}
@@ -43,17 +61,15 @@ def status(s: dict[str, Any]) -> str:
                f"checkpoint at {audit['checkpoint_size']}"
         out.append(line + (f"; {audit['reason']}" if audit.get("reason") else ""))
     sup = s["supervisor"]
-    out.append(f"supervisord: {'pid ' + str(sup['pid']) if sup['running'] else 'not running'}")
+    out.append(f"supervisord: {'pid ' + dash(sup['pid']) if sup['running'] else 'not running'}")
     rows = [[r["name"], r["state"], r["ready"]["state"], r["pid"], duration(r["uptime_s"]), r.get("restarts"),
              yes(r["registered"]), None if r["heartbeat_age_s"] is None else f"{r['heartbeat_age_s']:.1f}s",
              r["msgs_in"], r["msgs_out"], r["errors"], millis(r["p50_ms"]), millis(r["p99_ms"])]
             for r in s["services"]]
     out += ["", table(["PROCESS", "STATE", "READY", "PID", "UPTIME", "RESTARTS", "REGISTERED", "HEARTBEAT", "IN",
-                       "OUT", "ERRORS", "P50 MS", "P99 MS"], rows)]
-    for warning in s.get("warnings", []):
-        if warning in loud:
-            continue  # shown with the keyvault line above
-        out.append(f"warning: {warning}")
+                       "OUT", "ERRORS", "P50 MS", "P99 MS"], rows, states=(1, 2))]
+    if with_warnings:
+        out += [f"warning: {w}" for w in status_warnings(s)]
     if not s["healthy"]:
         out += ["", f"verdict: {s['verdict']}"]
         for r in s["services"]:
@@ -80,7 +96,6 @@ def init(result: dict[str, Any]) -> str:
                   f"operator certificate: {result['operator_certificate']}",
                   f"supervisord credentials: {result['supervisord_credentials']} (0600)"]
     lines.append(f"master key: {vault['keystore']}, derived in {vault['derive_s']:.1f} s")
-    lines += _keyvault_warnings(vault.get("keystore_warning"), vault.get("test_profiles"))
     if result.get("recovery_passphrase"):
         lines += ["", "No terminal and no --password-file: the master password is this recovery passphrase:",
                   "", f"    {result['recovery_passphrase']}", "",
@@ -91,13 +106,13 @@ def init(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _keyvault_warnings(keystore_warning: str | None, test_profiles: bool | None) -> list[str]:
-    lines = []
-    if keystore_warning:
-        lines.append(f"WARNING: {keystore_warning}")
-    if test_profiles:
-        lines.append("WARNING: TEST ARGON2 PROFILES IN USE ([argon2] test_profiles = true): never for real data")
-    return lines
+def init_warnings(result: dict[str, Any]) -> list[str]:
+    """What ``init`` warns about on stderr: where the master key is kept, test Argon2 profiles."""
+    vault = result.get("keyvault") or {}
+    warnings = [str(vault["keystore_warning"])] if vault.get("keystore_warning") else []
+    if vault.get("test_profiles"):
+        warnings.append("TEST ARGON2 PROFILES IN USE ([argon2] test_profiles = true): never for real data")
+    return warnings
 
 
 def keyvault_line(vault: dict[str, Any] | None) -> str:
@@ -107,7 +122,7 @@ def keyvault_line(vault: dict[str, Any] | None) -> str:
     if not vault["initialised"]:
         return "keyvault: not initialised"
     if vault["sealed"]:
-        return "keyvault: SEALED"
+        return f"keyvault: {paint('SEALED')}"
     return f"keyvault: unsealed, master key in {vault['keystore']}"
 
 
@@ -145,8 +160,8 @@ def ping(result: dict[str, Any]) -> str:
     reply = result["reply"] if isinstance(result["reply"], dict) else {}
     extra = ""
     if "pid" in reply:
-        extra = f" (pid {reply['pid']}, up {duration(reply.get('uptime_s'))})"
-    word = "pong" if result["target"] == "mesh.ping" else reply.get("state", "answered")
+        extra = f" (pid {dash(reply['pid'])}, up {dash(duration(reply.get('uptime_s')))})"
+    word = "pong" if result["target"] == "mesh.ping" else paint(str(reply.get("state", "answered")))
     why = f" ({reply['reason']})" if reply.get("reason") else ""
     return f"{result['service']}: {word} in {result['rtt_ms']:.2f} ms{extra}{why}"
 
@@ -201,7 +216,7 @@ def service_added(row: dict[str, Any]) -> str:
     ready = row.get("ready") or {}
     return "\n".join([f"{row['name']}: declared in {row['declaration']}",
                       f"  key fingerprint {row['fingerprint'][:16]}, admitted",
-                      f"  {row.get('state', '?')}, pid {row.get('pid')}, ready: {ready.get('state', 'no')}"])
+                      f"  {row.get('state', '?')}, pid {dash(row.get('pid'))}, ready: {ready.get('state', 'no')}"])
 
 
 def service_removed(r: dict[str, Any]) -> str:

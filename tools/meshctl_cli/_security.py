@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
-from shared import MeshHome, Unauthenticated
+from shared import PURPOSES, MeshHome, Unauthenticated
 from shared.files import write_exclusive
 
 from . import _intake, _render
@@ -191,7 +191,9 @@ async def keys(args: argparse.Namespace, home: MeshHome) -> Any:
     if args.action == "list":
         return await _session_call(home, "keys.list")
     if not args.purpose:
-        raise CliError("keys rotate needs a PURPOSE", status=2)
+        # audit-signing is left out: keyvault refuses to rotate it (exported checkpoints rest on it).
+        rotatable = [p for p in PURPOSES if p != "audit-signing"]
+        raise CliError(f"keys rotate needs a PURPOSE: one of {', '.join(rotatable)}", status=2)
     password = _intake.ask_password(args.password_file)
     reply = await _with_password(home, "keys.rotate", password, purpose=args.purpose)
     return {"purpose": reply["purpose"], "version": reply["version"]}

@@ -15,9 +15,11 @@ from typing import Any, Final
 
 from shared import HandshakeError, MeshClient, MeshError, MeshHome, Unavailable, certs, mesh_config
 
+from . import _render
 from ._output import CliError
-from ._supervisor import NotRunning, Supervisor
+from ._supervisor import NotRunning, Supervisor, load_credentials
 from ._verdict import HEALTHY, describe, judge, readiness
+from ._watch import watch
 
 _LOG_TAIL_LINES: Final = 12
 _LOG_TAIL_BYTES: Final = 8192
@@ -273,3 +275,16 @@ async def collect(home: MeshHome, supervisor: Supervisor, probe: MeshProbe, *, d
         "keyring": keyring, "keyvault": vault, "storage": storage, "audit": audit_view(health.get("audit")),
         "services": rows, "problems": verdict["problems"], "warnings": warnings,
     }
+
+
+def watch_status(home: MeshHome, interval: float, as_json: bool) -> int:
+    """``meshctl status --watch``: the status every ``interval`` seconds over one kept connection
+    (libzmq reconnects it across a broker restart); exit 0 on Ctrl-C whatever the verdict."""
+    supervisor = Supervisor(home, load_credentials(home))  # not initialised: refused before watching
+    probe = MeshProbe(home)
+
+    async def fetch() -> tuple[dict[str, Any], str]:
+        report = await collect(home, supervisor, probe)
+        return report, _render.status(report, with_warnings=True)
+
+    return watch(fetch, interval, as_json, f"meshctl status of {home.root}", close=probe.close)

@@ -19,10 +19,11 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
-from shared import MeshHome
+from shared import MeshError, MeshHome
 from shared.crypto import wipe
 
 from . import _intake
+from ._audit import when
 from ._mesh import connected
 from ._output import CliError, emit, table
 
@@ -144,6 +145,62 @@ async def call(home: MeshHome, method: str) -> dict[str, Any]:
     return result
 
 
+def list_backups(home: MeshHome) -> list[dict[str, Any]]:
+    """``meshctl backup list``: every archive in ``<home>/backups`` with what its header says (time,
+    sequence, mesh, which keys open it), read without any key and without the mesh. The header is
+    authenticated only when an archive is opened: ``backup verify`` proves it."""
+    from services.storage.archive.format import read_header  # late: only this command reads archives
+
+    from ._init import is_initialised
+
+    if not is_initialised(home):
+        raise CliError(f"the mesh home {home.root} is not initialised: run `meshctl init` first",
+                       kind="not_initialised")
+    directory = home.root / "backups"
+    rows = []
+    for path in sorted(directory.glob("*.cmbak")) if directory.is_dir() else []:
+        row: dict[str, Any] = {"file": path.name, "path": str(path), "bytes": None, "created": None,
+                               "sequence": None, "mesh_id": None, "backup_key_version": None,
+                               "passphrase": None, "problem": None}
+        try:
+            row["bytes"] = path.stat().st_size
+            header = read_header(path)
+        except OSError as exc:
+            row["problem"] = f"cannot read it: {exc.strerror}"
+        except MeshError as exc:  # DamagedError: not an archive, or its header is cut or malformed
+            row["problem"] = exc.message
+        else:
+            row.update(created=header.created, sequence=header.sequence, mesh_id=header.mesh_id,
+                       backup_key_version=header.backup_key_version, passphrase=header.has_passphrase)
+        rows.append(row)
+    rows.sort(key=lambda r: (r["sequence"] is None, r["sequence"] or 0, r["file"]))
+    return rows
+
+
+def backups_text(home: MeshHome, rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return f"no backups in {home.root / 'backups'}: `meshctl backup create` makes one"
+
+    def opens(r: dict[str, Any]) -> str:
+        keys = ([f"backups key v{r['backup_key_version']}"] if r["backup_key_version"] is not None else []) + (
+            ["passphrase"] if r["passphrase"] else [])
+        return " or ".join(keys) or "-"
+
+    return table(["SEQUENCE", "CREATED", "SIZE", "OPENS WITH", "FILE"],
+                 [[r["sequence"], when(r["created"]), _size(r["bytes"]),
+                   opens(r) if r["problem"] is None else f"damaged: {r['problem']}", r["file"]] for r in rows])
+
+
+def _size(count: int | None) -> str | None:
+    if count is None:
+        return None
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024  # type: ignore[assignment]
+    return None
+
+
 def status_text(s: dict[str, Any]) -> str:
     lines = [f"storage: {s['state']}" + (f" ({s['problem']})" if s.get("problem") else "")]
     lines.append("key versions: " + ", ".join(f"{p} v{v}" for p, v in sorted(s["versions"].items())))
@@ -174,7 +231,13 @@ def run_storage(args: argparse.Namespace, home: MeshHome) -> int:
 
 
 def run_backup(args: argparse.Namespace, home: MeshHome) -> int:
-    """``meshctl backup create|verify|restore``."""
+    """``meshctl backup list|create|verify|restore``."""
+    if args.action == "list":
+        if args.file or args.force or args.output or args.passphrase_file:
+            raise CliError("backup list takes no FILE, --force, --output or --passphrase-file", status=2)
+        rows = list_backups(home)
+        emit(args.json, rows, backups_text(home, rows))
+        return 0
     if args.action == "create":
         if args.file or args.force:
             raise CliError("backup create takes no FILE or --force (use --output F)", status=2)
@@ -188,9 +251,11 @@ def run_backup(args: argparse.Namespace, home: MeshHome) -> int:
         raise CliError(f"backup {args.action} does not take --output" + (" or --force" if args.force else ""),
                        status=2)
     result = asyncio.run(open_archive(home, args.action, args.file, args.passphrase_file, args.force))
+    # The file the operator named, not storage's name for its copy (incoming-*.cmbak).
+    result.update(archive=Path(args.file).name, file=args.file, path=str(Path(args.file).resolve()))
     if args.action == "verify":
-        emit(args.json, result, f"archive verified: backup #{result['sequence']}, {result['entries']} entries, "
-                           f"{result['bytes']} bytes")
+        emit(args.json, result, f"archive verified: {args.file}: backup #{result['sequence']}, "
+                           f"{result['entries']} entries, {result['bytes']} bytes")
     else:
         note = " (a rollback, forced)" if result["rollback"] else ""
         emit(args.json, result, f"restored backup #{result['sequence']}{note}: {result['kv']} key-value entries, "

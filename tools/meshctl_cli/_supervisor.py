@@ -77,13 +77,17 @@ def load_credentials(home: MeshHome) -> Credentials:
         data = json.loads(path.read_text("utf-8"))
         return Credentials(str(data["username"]), str(data["password"]))
     except FileNotFoundError:
-        raise CliError(f"no supervisord credentials in {home.keys}: run `meshctl init` first") from None
+        raise CliError(f"no supervisord credentials in {home.keys}: run `meshctl init` first",
+                       kind="not_initialised") from None
     except (OSError, ValueError, KeyError, TypeError):
         raise CliError(f"{path} cannot be read as supervisord credentials") from None
 
 
 class NotRunning(CliError):
     """supervisord of this home is not running (no socket, or nobody listening on it)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="unavailable")
 
 
 class SupervisorFault(CliError):
