@@ -26,8 +26,13 @@ Last, the storage figures (:mod:`bench.storage`, :mod:`bench.storage_mesh`): eac
 encrypted against its plaintext twin in process (targets: SQLCipher >= 0.7x sqlite3, DuckDB
 encrypted bulk insert >= 0.8x plain, a 1 GiB file through FileStore with < 64 MiB resident),
 the real storage service over the mesh (p50, p99, pipelined calls/s), and backup and restore
-time per GiB. ``--no-storage`` skips them; ``--only broker|keyvault|storage`` runs one section.
-A backup or restore that fails is reported and makes the exit status 2.
+time per GiB. ``--no-storage`` skips them. A backup or restore that fails is reported and makes
+the exit status 2.
+
+Then meshctl's start-up (:mod:`bench.startup`): ``--help``, ``--version``, ``status --json`` and
+``ping mesh`` (against an initialised home whose mesh is down) beside ``python -c pass``, as ratios
+with the targets of issue 13. ``--no-startup`` skips it; ``--only broker|keyvault|storage|startup``
+runs one section.
 """
 
 from __future__ import annotations
@@ -44,14 +49,14 @@ import zmq
 
 from shared import MeshClient
 
-from . import keyvault, report, storage, storage_mesh
+from . import keyvault, report, startup, storage, storage_mesh
 from .harness import REPO, BenchError, Children, make_home, remove_home
 from .measure import RawClient, cpu_seconds, percentile, runtime_connect, runtime_round_trips
 from .profile import print_profile
 from .wire import IDENTITIES, ipc, server_key
 
 READY_TIMEOUT = 60.0
-SECTIONS: Final = ("broker", "keyvault", "storage")
+SECTIONS: Final = ("broker", "keyvault", "storage", "startup")
 #: --flag -> StorageOptions field (None on the command line: the default, or --quick's value).
 STORAGE_FLAGS: Final = {
     "storage_rounds": ("rounds", "interleaved rounds of each comparison and of the mesh calls"),
@@ -100,6 +105,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     for flag, (name, text) in STORAGE_FLAGS.items():
         st.add_argument(f"--{flag.replace('_', '-')}", type=int, metavar="N",
                         help=f"{text} (default {getattr(defaults, name)}, --quick {getattr(quick, name)})")
+    su = parser.add_argument_group("meshctl start-up (against python -c pass)")
+    su.add_argument("--no-startup", dest="startup", action="store_false", help="skip the start-up figures")
+    su.add_argument("--startup-rounds", type=int, default=None, metavar="N",
+                    help="rounds of every command, each run once a round (default 15, --quick 5)")
     args = parser.parse_args(argv)
     args.storage_options = dataclasses.replace(
         quick if args.quick else defaults,
@@ -109,10 +118,15 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     if args.storage_options.backup_mib < 8:
         parser.error("--backup-mib must be >= 8 (the fill uploads 8 MiB files)")
     if args.only is not None and ((args.only == "keyvault" and not args.keyvault)
-                                  or (args.only == "storage" and not args.storage)):
+                                  or (args.only == "storage" and not args.storage)
+                                  or (args.only == "startup" and not args.startup)):
         parser.error(f"--only {args.only} contradicts --no-{args.only}")
     if args.profile and args.only not in (None, "broker"):
         parser.error("--profile profiles the brokers: it runs the broker section only")
+    if args.startup_rounds is None:
+        args.startup_rounds = 5 if args.quick else 15
+    if args.startup_rounds < 1:
+        parser.error("--startup-rounds must be >= 1")
     if args.quick:
         args.rounds, args.calls, args.messages, args.runtime_calls = 2, 300, 3000, 100
         args.key_calls, args.key_warmup = 400, 50
@@ -212,7 +226,7 @@ def _sections(args: argparse.Namespace) -> list[str]:
     """The sections this run measures, in order (``--profile`` profiles the brokers only)."""
     if args.only is not None:
         return [args.only]
-    wanted = {"broker": True, "keyvault": args.keyvault, "storage": args.storage}
+    wanted = {"broker": True, "keyvault": args.keyvault, "storage": args.storage, "startup": args.startup}
     return [s for s in SECTIONS if wanted[s] and (s == "broker" or not args.profile)]
 
 
@@ -275,6 +289,10 @@ def run(args: argparse.Namespace) -> int:
                              "identities": dict(storage_mesh.IDENTITIES), "keystore": "file",
                              "setup_master_profile": dataclasses.asdict(storage_mesh.SETUP_PROFILE),
                              "backup_passphrase": True}
+    if "startup" in sections:
+        figs.update(startup.figures(startup.measure(args.startup_rounds)))
+        params["startup"] = {"rounds": args.startup_rounds, "meshctl": startup.meshctl_prefix()[1],
+                             "mesh": "initialised home, mesh down"}
     print()
     print(report.table(figs))
     if args.profile:

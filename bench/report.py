@@ -27,6 +27,7 @@ from typing import Any, Final
 import msgpack
 import zmq
 
+from . import startup
 from .harness import REPO
 from .measure import percentile
 
@@ -108,13 +109,14 @@ def _target_text(fig: dict[str, Any]) -> str:
 
 
 def table(figs: dict[str, dict[str, Any]]) -> str:
-    """A fixed-width table of every figure: the broker rows, then the keyvault and storage sections
-    (each only when it ran)."""
+    """A fixed-width table of every figure: the broker rows, then the keyvault, storage and meshctl
+    start-up sections (each only when it ran)."""
     sections = []
     broker = {k: f for k, f in figs.items() if f.get("group") is None}
     if broker:
         sections.append(_broker_table(broker))
-    for group, render in ((KEYVAULT_GROUP, keyvault_table), (STORAGE_GROUP, storage_table)):
+    for group, render in ((KEYVAULT_GROUP, keyvault_table), (STORAGE_GROUP, storage_table),
+                          (startup.GROUP, startup.table)):
         part = {k: f for k, f in figs.items() if f.get("group") == group}
         if part:
             sections.append(render(part))

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import zmq
-import zmq.utils.z85
-
 from ._errors import CertificateError
 
+# pyzmq is imported inside the functions that need it (keys, fingerprints), not here: the
+# configuration imports this module for names and roles, and a program that reads only those
+# (meshctl --help, shell completion) must not pay for loading libzmq.
 ROLES: Final = frozenset({"service", "operator", "device", "plugin"})
 NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _Z85_RE: Final = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
@@ -45,6 +45,7 @@ def check_public_key(z85: str | bytes) -> bytes:
     text = z85.decode("ascii", "replace") if isinstance(z85, bytes) else z85
     if not _Z85_RE.match(text):
         raise CertificateError("a CURVE key must be 40 characters of Z85")
+    import zmq.utils.z85  # imported late: see the note above ROLES
     raw = zmq.utils.z85.decode(text.encode("ascii"))
     if len(raw) != 32 or raw == bytes(32):
         raise CertificateError("a CURVE key must decode to 32 bytes and not be all zero")
@@ -53,6 +54,7 @@ def check_public_key(z85: str | bytes) -> bytes:
 
 def fingerprint(public_key: bytes) -> str:
     """SHA-256 of the raw 32-byte public key, as lowercase hex."""
+    import zmq.utils.z85  # imported late: see the note above ROLES
     return hashlib.sha256(zmq.utils.z85.decode(public_key)).hexdigest()
 
 
@@ -104,6 +106,7 @@ def generate(name: str, role: str) -> KeyPair:
     check_name(name)
     if role not in ROLES:
         raise CertificateError(f"role must be one of {', '.join(sorted(ROLES))}")
+    import zmq  # imported late: see the note above ROLES
     public, secret = zmq.curve_keypair()
     return KeyPair(Certificate(public, name, role), secret)
 
@@ -206,6 +209,7 @@ def load_keypair(path: Path) -> KeyPair:
     if secret_text is None:
         raise CertificateError(f"{path.name}: no curve secret-key")
     secret = check_public_key(secret_text)  # same Z85 shape rules apply to secret keys
+    import zmq  # imported late: see the note above ROLES
     derived = zmq.curve_public(secret)
     if derived != cert.public_key:
         raise CertificateError(f"{path.name}: secret key does not match its public key")

@@ -32,6 +32,7 @@ from ._declarations import (
     processes,
 )
 from ._errors import ConfigError
+from ._purposes import PURPOSES
 
 CONFIG_VERSION: Final = 1
 
@@ -124,11 +125,6 @@ class Argon2Config:
     def __post_init__(self) -> None:
         for context in ("master", "database", "file", "authentication"):
             check_profile(context, getattr(self, context), self.test_profiles)
-
-
-#: Every purpose a data key can have (DESIGN.md, keyvault issue).
-PURPOSES: Final = ("sqlcipher", "duckdb", "rocksdb", "files", "audit-hmac", "audit-signing",
-                   "token-signing", "pairing", "plugins", "backups")
 
 
 @dataclass(frozen=True, slots=True)

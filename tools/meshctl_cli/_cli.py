@@ -9,22 +9,23 @@ Exit status: 0 success (for ``status`` and ``up``: the mesh is healthy), 1 failu
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import json
 import os
 import socket
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from shared import PURPOSES, MeshHome, configure_logging
+from shared import PURPOSES
 
-from . import _audit, _config_show, _init, _lifecycle, _logs, _mesh, _render, _security, _services, _storage, _watch
+from . import _completion
 from ._output import CliError, emit, emit_json, report_error, start_run
-from ._status import MeshProbe, collect, watch_status
-from ._supervisor import Supervisor, load_credentials
-from ._verdict import EXIT_CODES
+
+if TYPE_CHECKING:
+    from shared import MeshHome
+
+# Every command imports what it needs when it runs, never here: `meshctl --help` and a
+# light command must not pay for zmq, asyncio, the storage engines or the crypto stack
+# that other commands need (issue 13: start-up was almost all of a command's time).
 
 _RPC_TIMEOUT_S = 30.0
 
@@ -151,12 +152,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _init_cmd(args: argparse.Namespace, home: MeshHome) -> int:
+    from . import _init, _render
     result = _init.init(home, force=args.force, if_needed=args.if_needed, password_file=args.password_file)
     emit(args.json, result, _render.init(result), _render.init_warnings(result))
     return 0
 
 
 def _down(args: argparse.Namespace, home: MeshHome) -> int:
+    from . import _lifecycle
     result = _lifecycle.down(home, timeout=args.timeout, quiet=args.json)
     emit(args.json, result, "the mesh is down" if result["was_running"] or result["leftovers_stopped"]
            else "the mesh was not running")
@@ -164,6 +167,11 @@ def _down(args: argparse.Namespace, home: MeshHome) -> int:
 
 
 def _up_or_status(args: argparse.Namespace, home: MeshHome) -> int:
+    import asyncio
+
+    from . import _lifecycle, _render, _watch
+    from ._status import watch_status
+
     interval = _watch.check_flags(args, applies=args.command == "status")
     if interval is not None:
         return watch_status(home, interval, args.json)
@@ -183,6 +191,10 @@ def _up_or_status(args: argparse.Namespace, home: MeshHome) -> int:
 
 
 def _restart(args: argparse.Namespace, home: MeshHome) -> int:
+    import asyncio
+
+    from . import _lifecycle, _render
+    from ._verdict import EXIT_CODES
     row = asyncio.run(_lifecycle.restart(home, args.service, timeout=args.timeout))
     emit(args.json, row,
          f"{row['name']}: {row['state']}, pid {_render.dash(row['pid'])}, registered {_render.yes(row['registered'])}")
@@ -197,12 +209,19 @@ def _restart(args: argparse.Namespace, home: MeshHome) -> int:
 
 
 def _ping(args: argparse.Namespace, home: MeshHome) -> int:
+    import asyncio
+
+    from . import _mesh, _render
     result = asyncio.run(_mesh.ping(home, args.service, args.timeout))
     emit(args.json, result, _render.ping(result))
     return 0
 
 
 def _call(args: argparse.Namespace, home: MeshHome) -> int:
+    import asyncio
+    import json
+
+    from . import _mesh
     try:
         body = None if args.body is None else json.loads(args.body)
     except json.JSONDecodeError as exc:
@@ -212,6 +231,9 @@ def _call(args: argparse.Namespace, home: MeshHome) -> int:
 
 
 def _certs(args: argparse.Namespace, home: MeshHome) -> int:
+    import asyncio
+
+    from . import _mesh, _render
     if args.action in ("accept", "reject", "revoke", "unrevoke", "show") and not args.ref:
         raise CliError(f"certs {args.action} needs a REF (name, key or fingerprint)", status=2)
     result = asyncio.run(_mesh.certs(home, args.action, args.ref, args.name, args.role, args.state))
@@ -220,6 +242,9 @@ def _certs(args: argparse.Namespace, home: MeshHome) -> int:
 
 
 def _events(args: argparse.Namespace, home: MeshHome) -> int:
+    import asyncio
+
+    from . import _mesh, _render
     render = _render.event_json if args.json else _render.event
     shown = asyncio.run(_mesh.tail_events(home, args.topic, args.follow, args.wait, args.count,
                                           lambda e: print(render(e), flush=True)))
@@ -229,6 +254,9 @@ def _events(args: argparse.Namespace, home: MeshHome) -> int:
 
 
 def _config_cmd(args: argparse.Namespace, home: MeshHome) -> int:
+    import asyncio
+
+    from . import _config_show, _mesh, _render
     if args.action == "reload":
         result = asyncio.run(_mesh.call(home, "mesh.config.reload", None, _RPC_TIMEOUT_S))
         emit(args.json, result, _render.config_reload(result))
@@ -239,6 +267,9 @@ def _config_cmd(args: argparse.Namespace, home: MeshHome) -> int:
 
 
 def _service_cmd(args: argparse.Namespace, home: MeshHome) -> int:
+    import asyncio
+
+    from . import _render, _services
     if args.action == "list":
         listing = _services.list_services(home)
         emit(args.json, listing, _render.service_list(listing))
@@ -266,6 +297,10 @@ def _service_cmd(args: argparse.Namespace, home: MeshHome) -> int:
 
 
 def _logs_cmd(args: argparse.Namespace, home: MeshHome) -> int:
+    import contextlib
+
+    from . import _logs
+    from ._supervisor import Supervisor, load_credentials
     try:
         supervisor: Supervisor | None = Supervisor(home, load_credentials(home))
     except CliError:
@@ -275,20 +310,54 @@ def _logs_cmd(args: argparse.Namespace, home: MeshHome) -> int:
     return 0
 
 
+def _security_cmd(args: argparse.Namespace, home: MeshHome) -> int:
+    from . import _security
+    return _security.run(args, home)
+
+
+def _audit_cmd(args: argparse.Namespace, home: MeshHome) -> int:
+    from . import _audit
+    return _audit.run_audit(args, home)
+
+
+def _alerts_cmd(args: argparse.Namespace, home: MeshHome) -> int:
+    from . import _audit
+    return _audit.run_alerts(args, home)
+
+
+def _storage_cmd(args: argparse.Namespace, home: MeshHome) -> int:
+    from . import _storage
+    return _storage.run_storage(args, home)
+
+
+def _backup_cmd(args: argparse.Namespace, home: MeshHome) -> int:
+    from . import _storage
+    return _storage.run_backup(args, home)
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace, MeshHome], int]] = {
     "init": _init_cmd, "up": _up_or_status, "status": _up_or_status, "down": _down, "restart": _restart,
     "ping": _ping, "call": _call, "certs": _certs, "events": _events, "logs": _logs_cmd,
-    "security": _security.run, "keys": _security.run, "audit": _audit.run_audit, "alerts": _audit.run_alerts,
-    "storage": _storage.run_storage, "backup": _storage.run_backup, "config": _config_cmd,
+    "security": _security_cmd, "keys": _security_cmd, "audit": _audit_cmd, "alerts": _alerts_cmd,
+    "storage": _storage_cmd, "backup": _backup_cmd, "config": _config_cmd,
     "service": _service_cmd,
 }
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "completion":
+        print(_completion.script(args.shell), end="")  # needs no home: the script is the same for all
+        return 0
+    from shared import configure_logging  # structlog, and with it asyncio: not for the script above
+
+    from ._home import home_from
+
     if args.command == "audit" and args.action == "verify" and args.offline:
+        from . import _audit
+
         configure_logging("meshctl", "critical")
         return _audit.verify_offline_cmd(args)  # no home, no mesh: the bundle and the key only
-    home = _lifecycle.home_from(args.home)
+    home = home_from(args.home)
     # The shared modules log through structlog; in a CLI they would only repeat what the
     # one-line errors say, except while following events, where a lost broker is news.
     following = args.command == "events" and args.follow
@@ -297,6 +366,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _status(home: MeshHome) -> dict[str, Any]:
+    from ._status import MeshProbe, collect
+    from ._supervisor import Supervisor, load_credentials
+
     supervisor = Supervisor(home, load_credentials(home))
     probe = MeshProbe(home)
     try:
@@ -319,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     start_run()
     socket.setdefaulttimeout(_RPC_TIMEOUT_S)  # XML-RPC to supervisord must never hang forever.
     try:
-        args = _parser().parse_args(words)
+        args = _completion.attach(_parser()).parse_args(words)
         return _run(args)
     except CliError as exc:
         return report_error(exc, as_json)

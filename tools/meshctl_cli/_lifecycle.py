@@ -7,12 +7,10 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Final
 
-from shared import ConfigError, MeshHome
+from shared import MeshHome
 
-from ._init import is_initialised
 from ._mesh import home_config
 from ._output import CliError, Progress
 from ._programs import apply_programs, write_programs
@@ -88,6 +86,8 @@ def _say(text: str, quiet: bool) -> None:
 async def up(home: MeshHome, *, timeout: float, quiet: bool) -> dict[str, Any]:
     """Start supervisord (or, if it runs, any stopped process) and wait until every process is ready, the
     mesh is sealed or degraded (settled states), a process is FATAL, or ``timeout``; return the status."""
+    from ._init import is_initialised  # here, not at the top: init's keyvault and password stack is for up only
+
     if not is_initialised(home):
         raise CliError(f"the mesh home {home.root} is not initialised: run `meshctl init` first (make up does)",
                        kind="not_initialised")
@@ -186,11 +186,3 @@ async def restart(home: MeshHome, name: str, *, timeout: float) -> dict[str, Any
     row: dict[str, Any] = next(r for r in status["services"] if r["name"] == name)
     row["mesh_state"] = status["state"]
     return row
-
-
-def home_from(value: str | None) -> MeshHome:
-    """The home from ``--home`` or ``$CURVEMESH_HOME``; a missing one is a one-line error."""
-    try:
-        return MeshHome.from_env(Path(value) if value else None)
-    except ConfigError as exc:
-        raise CliError(exc.message, status=2) from None
