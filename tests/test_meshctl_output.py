@@ -10,6 +10,7 @@ import select
 import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -220,3 +221,15 @@ def test_init_warns_on_stderr_each_warning_once(fast_home: MeshHome) -> None:
     warnings = [line for line in done.stderr.splitlines() if line.startswith("meshctl: warning: ")]
     assert "meshctl: warning: TEST ARGON2 PROFILES IN USE ([argon2] test_profiles = true): never for real data" \
         in warnings and len(warnings) == len(set(warnings))
+
+
+def test_a_reader_that_goes_away_is_not_an_error(tmp_path: Path) -> None:
+    """`meshctl config show | head -1`: the pipe closes before meshctl writes; no "unexpected" line."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before meshctl writes a byte: every write gets EPIPE
+    try:
+        done = subprocess.run([str(REPO / "tools" / "meshctl"), "--home", str(tmp_path / "h"), "config", "show"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141 and done.stderr == "", done.stderr

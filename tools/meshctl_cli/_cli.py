@@ -397,6 +397,11 @@ def main(argv: list[str] | None = None) -> int:
         return report_error(exc, as_json)
     except KeyboardInterrupt:
         return report_error(CliError("interrupted", status=130), as_json)
+    except BrokenPipeError:
+        # The reader went away (`meshctl status | head`): nothing is wrong and nobody is left to tell.
+        # stdout is pointed at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:
         if os.environ.get("MESHCTL_DEBUG"):
             raise

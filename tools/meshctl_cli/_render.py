@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime
 import json
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from shared import Event
+if TYPE_CHECKING:  # only for the annotations: an offline table must not load the mesh client
+    from shared import Event
 
 from ._output import duration, millis, paint, table
 
