@@ -2,8 +2,8 @@
 
 Exit status: 0 success (for ``status`` and ``up``: the mesh is healthy), 1 failure
 (for ``status`` and ``up``: unhealthy; one line on stderr says why), 2 usage error,
-3 the mesh is sealed, 4 degraded (``status``, ``up``, ``restart``; see :mod:`._verdict`),
-130 interrupted.
+3 the mesh is sealed, 4 degraded (``status``, ``up``, ``restart``, ``ping``; see :mod:`._verdict`
+and README.md's "Verdicts and exit codes", the table people read), 130 interrupted.
 """
 
 from __future__ import annotations
