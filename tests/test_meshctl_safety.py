@@ -192,6 +192,7 @@ def test_down_with_nothing_running_does_not_ask(home: MeshHome) -> None:
     (("security", "unlock", "--yes"), "--yes does not apply to security unlock (only to security lock)"),
     (("keys", "list", "rocksdb"), "PURPOSE does not apply to keys list (only to keys rotate)"),
     (("alerts", "list", "3"), "ID does not apply to alerts list (only to alerts ack)"),
+    (("events", "tail", "-f", "--wait", "3"), "--wait does not apply with -f"),
     (("logs", "broker", "--timeout", "3"), "unrecognized arguments: --timeout 3"),
     (("status", "--yes"), "unrecognized arguments: --yes"),
 ])

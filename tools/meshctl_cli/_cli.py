@@ -116,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["tail"])
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until interrupted")
     p.add_argument("--topic", default=None, help="topic prefix (default: every topic)")
-    p.add_argument("--wait", type=seconds, default=5.0, help="without -f: seconds to listen (default 5)")
+    p.add_argument("--wait", type=seconds, default=None, help="without -f: seconds to listen (default 5)")
     p.add_argument("--count", type=count, default=None, help="stop after this many events")
     p = add("security", "seal and unseal the mesh, meshctl's login session, the master password")
     p.add_argument("action", choices=["lock", "unlock", "login", "session", "clear", "passwd"],
@@ -290,10 +290,14 @@ def _certs(args: argparse.Namespace, home: MeshHome) -> int:
 
 def _events(args: argparse.Namespace, home: MeshHome) -> int:
     render = _render.event_json if args.json else _render.event
-    shown = asyncio.run(_mesh.tail_events(home, args.topic, args.follow, args.wait, args.count,
+    if args.follow and args.wait is not None:  # a rule between two options, which the tables do not cover
+        raise CliError("--wait does not apply with -f, which listens until interrupted: leave one of them out",
+                       status=2)
+    wait = 5.0 if args.wait is None else args.wait
+    shown = asyncio.run(_mesh.tail_events(home, args.topic, args.follow, wait, args.count,
                                           lambda e: print(render(e), flush=True)))
     if not shown and not args.json:
-        print(f"no events within {args.wait:g} s", file=sys.stderr)
+        print(f"no events within {wait:g} s", file=sys.stderr)
     return 0
 
 

@@ -182,8 +182,10 @@ async def keys(args: argparse.Namespace, home: MeshHome) -> Any:
         return await _session_call(home, "keys.list")
     if not args.purpose:
         raise CliError("keys rotate needs a PURPOSE", status=2)
+    # Worded for every purpose: what follows a rotation (storage re-encrypting, audit re-keying)
+    # depends on the purpose, and README's keys rotate row says which.
     _confirm.confirm(args, f"rotate the {args.purpose} data key: new writes use a new version, older versions "
-                           "stay readable (storage re-encrypts its data in the background)")
+                           "stay readable")
     password = _intake.ask_password(args.password_file)
     reply = await _with_password(home, "keys.rotate", password, purpose=args.purpose)
     return {"purpose": reply["purpose"], "version": reply["version"]}
