@@ -132,6 +132,14 @@ def test_without_a_terminal_a_destructive_command_refuses_and_changes_nothing(ho
     assert done.stdout == "" and snapshot(home.root) == before
 
 
+def test_an_answer_on_a_pipe_is_never_taken(home: MeshHome) -> None:
+    before = snapshot(home.root)
+    done = subprocess.run([*MESHCTL, "--home", str(home.root), "keys", "rotate", "rocksdb"], cwd=REPO,
+                          env=_env(home), input="y\nyes\n", capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and "add --yes" in one_line(done.stderr) and "[y/N]" not in done.stderr
+    assert snapshot(home.root) == before
+
+
 def test_on_a_terminal_no_aborts_and_changes_nothing(home: MeshHome) -> None:
     before = snapshot(home.root)
     for answer in (b"n\n", b"\n", b"yess\n", b"\x04"):  # no, just Enter, a typo, end of input (Ctrl-D)
