@@ -38,9 +38,10 @@ up: $(STAMP)
 	@$(MESHCTL) init --if-needed
 	@$(MESHCTL) up
 
-# Stop supervisord and every process of the home; nothing is left behind.
+# Stop supervisord and every process of the home; nothing is left behind. `make down` is
+# the request itself, so meshctl is not asked to confirm it again (--yes).
 down:
-	@if [ -x "$(PY)" ]; then $(MESHCTL) down; else echo "nothing to stop: $(VENV) does not exist"; fi
+	@if [ -x "$(PY)" ]; then $(MESHCTL) down --yes; else echo "nothing to stop: $(VENV) does not exist"; fi
 
 status: $(STAMP)
 	@$(MESHCTL) status

@@ -123,7 +123,7 @@ def mesh_home() -> Iterator[MeshHome]:
         yield home
     finally:
         try:
-            meshctl(home, "down", "--timeout", "30", timeout=120)
+            meshctl(home, "down", "--yes", "--timeout", "30", timeout=120)
         finally:
             for pid, _ in home_processes(home):
                 with contextlib.suppress(ProcessLookupError):
@@ -298,10 +298,10 @@ def test_a_process_that_cannot_start_ends_fatal_beside_a_healthy_mesh(live: Mesh
 def test_down_leaves_no_process_behind(live: MeshHome) -> None:
     report = status(live)
     pids = [report["supervisor"]["pid"], *(r["pid"] for r in report["services"])]
-    down = meshctl(live, "down")
+    down = meshctl(live, "down", "--yes")
     assert down.returncode == 0, down.stderr
     assert home_processes(live) == []
     assert not any(alive(pid) for pid in pids)
     assert not live.broker_socket.exists() and not (live.run / "supervisord.sock").exists()
-    assert meshctl(live, "down").returncode == 0  # harmless when already down
+    assert meshctl(live, "down", "--yes").returncode == 0  # harmless when already down
     assert wait_until(lambda: meshctl(live, "status").returncode == 1, 5, "status reports the mesh down")

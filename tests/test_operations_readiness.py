@@ -58,7 +58,7 @@ def test_up_waits_for_ready_sealed_is_its_own_verdict_and_damage_is_named() -> N
         assert report["audit"]["log"] == "ok"  # type: ignore[index]
 
         # Locked: SEALED, exit 3, not HEALTHY and not UNHEALTHY; `up` on it says so at once.
-        assert meshctl(home, "security", "lock").returncode == 0
+        assert meshctl(home, "security", "lock", "--yes").returncode == 0
         sealed = wait_until(lambda: _state_if(home, 3), 10, "status says sealed")
         assert sealed["state"] == "sealed" and "meshctl security unlock" in sealed["verdict"]
         text = meshctl(home, "status")
@@ -71,7 +71,7 @@ def test_up_waits_for_ready_sealed_is_its_own_verdict_and_damage_is_named() -> N
         wait_until(lambda: _state_if(home, 0), 20, "healthy again after the unlock")
 
         # A damaged audit database: `up` stops early, naming it; status is unhealthy; verify names the page.
-        assert meshctl(home, "down").returncode == 0
+        assert meshctl(home, "down", "--yes").returncode == 0
         path = db_path(home)
         size = path.stat().st_size
         with path.open("r+b") as f:

@@ -253,7 +253,7 @@ def test_status_says_what_protects_the_master_key(live: Live) -> None:
 def test_lock_seals_the_mesh_and_unlock_restores_it(live: Live) -> None:
     before = fetch(live.home, "sqlcipher")
     assert len(before["key"]) == 32
-    locked = live.ctl("security", "lock")
+    locked = live.ctl("security", "lock", "--yes")
     assert locked.returncode == 0 and "SEALED" in locked.stdout, locked.stderr
     with pytest.raises(Sealed):
         fetch(live.home, "sqlcipher")
@@ -311,7 +311,7 @@ def test_login_session_keys_list_and_clear(live: Live) -> None:
 
 def test_rotate_bumps_the_version(live: Live) -> None:
     old = fetch(live.home, "rocksdb")
-    rotated = live.ctl("keys", "rotate", "rocksdb", "--json", "--password-file", live.file(live.password))
+    rotated = live.ctl("keys", "rotate", "rocksdb", "--yes", "--json", "--password-file", live.file(live.password))
     assert rotated.returncode == 0, rotated.stderr
     assert json.loads(rotated.stdout) == {"purpose": "rocksdb", "version": old["version"] + 1}
     new = fetch(live.home, "rocksdb")
@@ -321,7 +321,7 @@ def test_rotate_bumps_the_version(live: Live) -> None:
     rows = [r for r in json.loads(live.ctl("keys", "list", "--json").stdout) if r["purpose"] == "rocksdb"]
     assert [(r["version"], r["current"]) for r in rows] == [(old["version"], False), (new["version"], True)]
     assert "storage" in rows[0]["fetched_by"]
-    bad = live.ctl("keys", "rotate", "nonsense", "--password-file", live.file(live.password))
+    bad = live.ctl("keys", "rotate", "nonsense", "--yes", "--password-file", live.file(live.password))
     assert bad.returncode == 2 and one_line(bad.stderr)
 
 
@@ -336,7 +336,7 @@ def test_passwd_then_only_the_new_password_unlocks(live: Live) -> None:
     assert changed.returncode == 0 and "changed" in changed.stdout, changed.stderr
     old_password, live.password = live.password, STRONGER
     key = fetch(live.home, "sqlcipher")["key"]  # still unsealed, same data keys
-    assert live.ctl("security", "lock").returncode == 0
+    assert live.ctl("security", "lock", "--yes").returncode == 0
     stale = live.ctl("security", "unlock", "--password-file", live.file(old_password, "old"))
     assert stale.returncode == 1 and "wrong password" in one_line(stale.stderr)
     # Wrong passwords are throttled (50 ms, then 100 ms in this configuration): retry past it.
@@ -360,7 +360,7 @@ def test_unlock_and_passwd_on_a_terminal(live: Live, capsys: pytest.CaptureFixtu
         return answers.pop(0)
 
     monkeypatch.setattr(_intake.getpass, "getpass", getpass)
-    assert live.ctl("security", "lock").returncode == 0
+    assert live.ctl("security", "lock", "--yes").returncode == 0
     answers[:] = [live.password]
     status, out, err = run(capsys, live.home, "security", "unlock")
     assert status == 0 and "unsealed" in out and prompts == ["master password: "], err

@@ -62,17 +62,17 @@ async def test_backup_create_verify_and_restore_from_the_command_line(short_tmp:
         assert status == 0 and "backup #1 written to" in out and output.stat().st_mode & 0o777 == 0o600
         status, out, _ = await meshctl(capsys, a.home.root, "backup", "verify", str(output))
         assert status == 0 and f"archive verified: {output}: backup #1" in out  # by the mesh's own backup key
-        status, _, err = await meshctl(capsys, a.home.root, "backup", "restore", str(output), "--passphrase-file",
-                                       str(passphrase_file))
+        status, _, err = await meshctl(capsys, a.home.root, "backup", "restore", "--yes", str(output),
+                                       "--passphrase-file", str(passphrase_file))
         assert status == 1 and "not empty" in one_line(err)
         assert [p.name for p in (a.home.root / "backups").iterdir() if p.name.startswith("incoming")] == []
     async with storage_rig(short_tmp / "b", password="second-Machine-Password-4410") as b:
         status, out, _ = await meshctl(capsys, b.home.root, "backup", "verify", str(output), "--passphrase-file",
                                        str(passphrase_file))
         assert status == 0 and "archive verified" in out
-        status, out, err = await meshctl(capsys, b.home.root, "backup", "restore", str(output), "--passphrase-file",
-                                       str(passphrase_file))
+        status, out, err = await meshctl(capsys, b.home.root, "backup", "restore", "--yes", str(output),
+                                       "--passphrase-file", str(passphrase_file))
         assert status == 0 and "restored backup #1" in out and "1 key-value entries" in out, err
         assert await b.get(b.authn, b"memory") == b"the first day"
         status, _, err = await meshctl(capsys, b.home.root, "backup", "create", "extra-file")
-        assert status == 2 and "takes no FILE" in one_line(err)
+        assert status == 2 and "FILE does not apply to backup create" in one_line(err)

@@ -86,7 +86,7 @@ def test_bad_additions_are_refused_and_leave_nothing(live: MeshHome) -> None:
         assert done.returncode == code and says in done.stderr, (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
     assert nothing_of_notes(live) == []
-    done = meshctl(live, "service", "remove", "storage")
+    done = meshctl(live, "service", "remove", "storage", "--yes")
     assert done.returncode == 1 and "mesh.toml" in done.stderr and "not added by" in done.stderr
 
 
@@ -114,7 +114,7 @@ def test_add_call_restart_revoke_take_back_and_remove(live: MeshHome) -> None:
     assert row(status(live), "notes")["pid"] != pid
     assert call(live, "notes.get", {"title": "shopping"})[1]["text"] == "oat milk"  # stored, not in memory
 
-    assert meshctl(live, "certs", "revoke", "notes").returncode == 0
+    assert meshctl(live, "certs", "revoke", "notes", "--yes").returncode == 0
     code, _, err = call(live, "notes.get", {"title": "shopping"})
     assert code != 0 and "notes" in err
     assert meshctl(live, "certs", "unrevoke", "notes").returncode == 0
@@ -122,7 +122,7 @@ def test_add_call_restart_revoke_take_back_and_remove(live: MeshHome) -> None:
     assert back.returncode == 0, back.stderr
     assert call(live, "notes.get", {"title": "shopping"})[1]["text"] == "oat milk"
 
-    removed = meshctl(live, "service", "remove", "notes", "--json")
+    removed = meshctl(live, "service", "remove", "notes", "--yes", "--json")
     assert removed.returncode == 0, removed.stderr
     assert json.loads(removed.stdout)["revoked"] is True
     assert nothing_of_notes(live) == []

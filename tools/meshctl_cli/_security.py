@@ -26,7 +26,7 @@ from typing import Any, Final
 from shared import PURPOSES, MeshHome, Unauthenticated
 from shared.files import write_exclusive
 
-from . import _intake, _render
+from . import _confirm, _intake, _render
 from ._mesh import connected
 from ._output import CliError, emit_json
 
@@ -115,24 +115,14 @@ async def _session_call(home: MeshHome, method: str) -> Any:
             raise CliError("the meshctl session expired or was ended: run `meshctl security login`") from None
 
 
-def _check_options(args: argparse.Namespace) -> None:
-    """Refuse a password option the action does not take (it would be silently ignored)."""
-    given = {"--password-file": args.password_file}
-    if args.command == "security":
-        given.update({"--old-password-file": args.old_password_file, "--new-password-file": args.new_password_file})
-    takes = {"unlock": {"--password-file"}, "login": {"--password-file"}, "rotate": {"--password-file"},
-             "passwd": {"--old-password-file", "--new-password-file"}}.get(args.action, set())
-    extra = sorted(option for option, value in given.items() if value is not None and option not in takes)
-    if extra:
-        raise CliError(f"{args.command} {args.action} does not take {', '.join(extra)}", status=2)
-    if args.command == "keys" and args.action == "list" and args.purpose:
-        raise CliError("keys list takes no PURPOSE", status=2)
-
-
 async def security(args: argparse.Namespace, home: MeshHome) -> dict[str, Any]:
     """Run ``meshctl security ACTION``; return its JSON-ready result."""
     action = args.action
     if action == "lock":
+        # Asked before connecting: the prompt must not hold a connection open while a person reads it.
+        _confirm.confirm(args, f"seal the mesh in {home.root}: every key is wiped from memory and from the keyring "
+                               "and every session ends; services wait until `meshctl security unlock` (the master "
+                               "password)")
         reply = await _call(home, "lock")
         drop_session(home)  # keyvault ended every session when it sealed
         return {"sealed": bool(reply["sealed"])}
@@ -194,6 +184,10 @@ async def keys(args: argparse.Namespace, home: MeshHome) -> Any:
         # audit-signing is left out: keyvault refuses to rotate it (exported checkpoints rest on it).
         rotatable = [p for p in PURPOSES if p != "audit-signing"]
         raise CliError(f"keys rotate needs a PURPOSE: one of {', '.join(rotatable)}", status=2)
+    # Worded for every purpose: what follows a rotation (storage re-encrypting, audit re-keying)
+    # depends on the purpose, and README's keys rotate row says which.
+    _confirm.confirm(args, f"rotate the {args.purpose} data key: new writes use a new version, older versions "
+                           "stay readable")
     password = _intake.ask_password(args.password_file)
     reply = await _with_password(home, "keys.rotate", password, purpose=args.purpose)
     return {"purpose": reply["purpose"], "version": reply["version"]}
@@ -201,7 +195,6 @@ async def keys(args: argparse.Namespace, home: MeshHome) -> Any:
 
 def run(args: argparse.Namespace, home: MeshHome) -> int:
     """The ``security`` and ``keys`` commands: print the result (text or ``--json``), exit 0."""
-    _check_options(args)
     if args.command == "security":
         result = asyncio.run(security(args, home))
         text = _render.security(args.action, result)

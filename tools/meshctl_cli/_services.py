@@ -179,15 +179,22 @@ def _row(status: dict[str, Any], name: str) -> dict[str, Any]:
     return next((r for r in status["services"] if r["name"] == name), {"name": name, "healthy": False})
 
 
-async def remove(home: MeshHome, name: str) -> dict[str, Any]:
-    """``meshctl service remove``: see the module documentation. Returns what was removed."""
-    path = fragment_path(home, name)
+def removable(home: MeshHome, name: str) -> MeshConfig:
+    """The configuration, if ``name`` is a service ``meshctl service add`` added; else why not.
+    Reads files only, so meshctl can refuse before it asks the operator or touches the mesh."""
     config = home_config(home)
     if name not in config.services:
         raise CliError(f"no service named {name!r} is declared (meshctl service list)")
-    if not path.exists():
+    if not fragment_path(home, name).exists():
         raise CliError(f"{name!r} is declared in {declared_in(home, name)}, not added by `meshctl service add`: "
                        f"remove its [services.{name}] table there (then meshctl up)")
+    return config
+
+
+async def remove(home: MeshHome, name: str) -> dict[str, Any]:
+    """``meshctl service remove``: see the module documentation. Returns what was removed."""
+    path = fragment_path(home, name)
+    config = removable(home, name)
     supervisor = _running_supervisor(home)
     async with connected(home) as client:
         await _require_audit(client)

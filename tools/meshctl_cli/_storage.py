@@ -22,7 +22,7 @@ from typing import Any, Final
 from shared import MeshError, MeshHome
 from shared.crypto import wipe
 
-from . import _intake
+from . import _confirm, _intake
 from ._audit import when
 from ._mesh import connected
 from ._output import CliError, emit, table
@@ -239,17 +239,18 @@ def run_backup(args: argparse.Namespace, home: MeshHome) -> int:
         emit(args.json, rows, backups_text(home, rows))
         return 0
     if args.action == "create":
-        if args.file or args.force:
-            raise CliError("backup create takes no FILE or --force (use --output F)", status=2)
         result = asyncio.run(create(home, args.passphrase_file, args.output))
         where = result.get("output") or result["path"]
         emit(args.json, result, f"backup #{result['sequence']} written to {where} ({result['bytes']} bytes)")
         return 0
     if not args.file:
         raise CliError(f"backup {args.action} needs the archive FILE", status=2)
-    if args.output or (args.force and args.action == "verify"):
-        raise CliError(f"backup {args.action} does not take --output" + (" or --force" if args.force else ""),
-                       status=2)
+    if args.action == "restore":
+        if not Path(args.file).is_file():
+            raise CliError(f"{args.file}: no such archive file", status=2)
+        _confirm.confirm(args, f"restore {args.file} into the storage of the mesh in {home.root} (it must be "
+                               "empty: a fresh home)" + (", even if it is older than the newest backup" if args.force
+                                                         else ""))
     result = asyncio.run(open_archive(home, args.action, args.file, args.passphrase_file, args.force))
     # The file the operator named, not storage's name for its copy (incoming-*.cmbak).
     result.update(archive=Path(args.file).name, file=args.file, path=str(Path(args.file).resolve()))

@@ -11,8 +11,9 @@ The verdict, in order of precedence:
 - ``degraded`` (exit 4): every process serves, but one says part of its job is lost or refused;
 - ``healthy`` (exit 0): every process is ready.
 
-Exit 2 stays meshctl's usage error. This module is pure: no I/O, so ``status``, ``up`` and
-``restart`` judge the same way, and the tests can judge made-up rows.
+Exit 2 stays meshctl's usage error. This module is pure: no I/O, so ``status``, ``up``,
+``restart`` and ``ping`` (:func:`of_process`) judge the same way, and the tests can judge made-up
+rows. README.md's "Verdicts and exit codes" table is the one place these are documented for people.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ HEALTHY: Final = "healthy"
 SEALED: Final = "sealed"
 DEGRADED: Final = "degraded"
 UNHEALTHY: Final = "unhealthy"
-#: ``meshctl status`` and ``meshctl up`` exit with these (README: "Verdicts and exit codes").
+#: ``meshctl status``, ``up``, ``restart`` and ``ping`` exit with these (README: "Verdicts and exit codes").
 EXIT_CODES: Final = {HEALTHY: 0, UNHEALTHY: 1, SEALED: 3, DEGRADED: 4}
 DOWN: Final = "down"
 _KNOWN: Final = ("ready", "sealed", "degraded", "failed")
@@ -44,6 +45,16 @@ def readiness(name: str, supervisor_state: str, registered: bool, health: Any) -
     if state not in _KNOWN:
         return {"state": "failed", "reason": f"health reports an unknown state {state!r}", "dependency": None}
     return {"state": state, "reason": health.get("reason"), "dependency": health.get("dependency")}
+
+
+def of_process(health: Any) -> tuple[str, int]:
+    """The verdict word and exit code for one process from its ``health`` reply (``meshctl ping``):
+    ``ready`` is healthy, ``sealed`` sealed, ``degraded`` degraded; ``failed``, an unknown state or
+    a reply that is not a health report is unhealthy. Unlike :func:`judge`, a sealed process is not
+    weighed against keyvault: ping asks one process, and it answers for itself."""
+    state = health.get("state") if isinstance(health, dict) else None
+    verdict = {"ready": HEALTHY, "sealed": SEALED, "degraded": DEGRADED}.get(str(state), UNHEALTHY)
+    return verdict, EXIT_CODES[verdict]
 
 
 def describe(ready: dict[str, Any]) -> str:
