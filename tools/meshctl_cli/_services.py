@@ -92,6 +92,13 @@ def _check_new(home: MeshHome, name: str, table: dict[str, Any]) -> MeshConfig:
     except MeshError:
         raise CliError(f"{name!r} is not a service name: a-z, 0-9, '-' and '_', starting with a letter",
                        status=2) from None
+    source, colon, _ = table["entry"].partition(":")
+    if not colon:
+        # A bare module runs its own __main__ under whatever name it chooses; through the runner the
+        # class must carry the name it is declared as (--as), so an added service cannot borrow a keypair.
+        raise CliError(f"--entry {table['entry']!r}: name the class (package.module:Class or "
+                       "/absolute/path/file.py:Class), so the runner can check it is declared as "
+                       f"{name!r}", status=2)
     try:
         layers = config_layers(home.root)
         data: dict[str, Any] = {}
@@ -105,13 +112,6 @@ def _check_new(home: MeshHome, name: str, table: dict[str, Any]) -> MeshConfig:
         config = build_config(merge_config(data, {"services": {name: table}}), str(fragment_path(home, name)))
     except ConfigError as exc:
         raise CliError(exc.message) from None
-    source, colon, _ = table["entry"].partition(":")
-    if not colon:
-        # A bare module runs its own __main__ under whatever name it chooses; through the runner the
-        # class must carry the name it is declared as (--as), so an added service cannot borrow a keypair.
-        raise CliError(f"--entry {table['entry']!r}: name the class (package.module:Class or "
-                       "/absolute/path/file.py:Class), so the runner can check it is declared as "
-                       f"{name!r}", status=2)
     if source.startswith("/") and not Path(source).is_file():
         raise CliError(f"--entry: no file at {source}")
     return config
