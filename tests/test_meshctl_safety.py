@@ -235,10 +235,9 @@ def test_numbers_are_checked_as_the_line_is_parsed(fast_home: MeshHome, argv: tu
 
 def test_every_table_names_real_arguments_and_actions() -> None:
     # Building the parser checks each command's table against its arguments (a typo raises).
-    from tools.meshctl_cli import _args
-    from tools.meshctl_cli._cli import _parser
+    from tools.meshctl_cli import _args, _parser
 
-    parser = _parser()
+    parser = _parser.build()
     assert _args.inapplicable(parser, parser.parse_args(["certs", "list", "--state", "revoked"])) is None
     subparsers = next(a for a in parser._actions if a.dest == "command").choices
     assert subparsers is not None
