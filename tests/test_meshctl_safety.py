@@ -259,3 +259,19 @@ def test_yes_goes_before_or_after_the_operand(home: MeshHome, argv: tuple[str, .
     archive.write_bytes(b"not really an archive")
     done = run(home, *(str(archive) if a == "ARCHIVE" else a for a in argv))
     assert done.returncode in (1, 2) and next_step in one_line(done.stderr), done.stderr
+
+
+def test_init_force_asks_and_yes_belongs_to_it_alone(home: MeshHome) -> None:
+    """`init --force` replaces every key of a home: without a terminal it needs --yes, like the rest."""
+    before = snapshot(home.root)
+    done = run(home, "init", "--force")
+    assert done.returncode == 2 and "add --yes" in one_line(done.stderr)
+    done = run(home, "init", "--yes")
+    assert done.returncode == 2 and "--yes applies only to init --force" in one_line(done.stderr)
+    assert snapshot(home.root) == before
+    term = Terminal(home, "init", "--force")
+    assert "replace every key, certificate and credential" in term.expect("[y/N]")
+    term.send(b"n\n")
+    status, shown = term.finish()
+    assert status == 1 and "aborted: nothing changed" in shown
+    assert snapshot(home.root) == before

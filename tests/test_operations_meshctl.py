@@ -70,7 +70,7 @@ def test_init_refuses_an_initialised_home_unless_forced(home: MeshHome, capsys: 
     assert certs.load_certificate(home.public_key_path("broker")).public_key == broker_key
     status, out, _ = run(capsys, "--home", str(home.root), "init", "--if-needed")
     assert status == 0 and "already initialised" in out
-    status, out, _ = run(capsys, "--home", str(home.root), "init", "--force")
+    status, out, _ = run(capsys, "--home", str(home.root), "init", "--force", "--yes")
     assert status == 0 and "replaced" in out
     assert certs.load_certificate(home.public_key_path("broker")).public_key != broker_key
 
@@ -79,7 +79,7 @@ def test_init_refuses_a_half_initialised_home(home: MeshHome, capsys: pytest.Cap
     provision(home, PROJECT_IDENTITIES)  # keys, but no completed init (as if init had been interrupted)
     status, _, err = run(capsys, "--home", str(home.root), "init")
     assert status == 1 and "never completely initialised" in one_line(err)
-    assert run(capsys, "--home", str(home.root), "init", "--force")[0] == 0
+    assert run(capsys, "--home", str(home.root), "init", "--force", "--yes")[0] == 0
 
 
 def test_credentials_are_never_shown_and_must_be_private(home: MeshHome) -> None:

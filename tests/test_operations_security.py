@@ -120,7 +120,7 @@ def test_init_with_a_password_file(fresh: MeshHome, secrets_dir: Path, capsys: p
     status, out, _ = run(capsys, fresh, "init", "--if-needed")
     assert status == 0 and "already initialised" in out and mesh_id(fresh) == first
     # --force starts over: new hierarchy, the old master key gone from the keyring.
-    status, out, err = run(capsys, fresh, "init", "--force", "--password-file", good)
+    status, out, err = run(capsys, fresh, "init", "--force", "--yes", "--password-file", good)
     assert status == 0 and "replaced" in out, err
     assert mesh_id(fresh) != first and keyring.get_password("curvemesh", f"master:{first}") is None
 

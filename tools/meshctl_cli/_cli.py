@@ -29,7 +29,13 @@ _RPC_TIMEOUT_S = 30.0
 
 
 def _init_cmd(args: argparse.Namespace, home: MeshHome) -> int:
-    from . import _init, _render
+    from . import _confirm, _init, _render
+
+    if args.yes and not args.force:
+        raise CliError("--yes applies only to init --force (the one thing init asks about)", status=2)
+    if args.force:
+        _confirm.confirm(args, f"replace every key, certificate and credential in {home.root} and its master "
+                               "key (data encrypted under the old keys becomes unreadable)")
     result = _init.init(home, force=args.force, if_needed=args.if_needed, password_file=args.password_file)
     emit(args.json, result, _render.init(result), _render.init_warnings(result))
     return 0

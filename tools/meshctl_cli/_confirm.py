@@ -1,5 +1,5 @@
-"""Asking before a destructive command acts: ``certs revoke``, ``security lock``, ``down``,
-``keys rotate``, ``backup restore``, ``service remove`` (and what later command groups add).
+"""Asking before a destructive command acts: ``init --force``, ``certs revoke``, ``security lock``,
+``down``, ``keys rotate``, ``backup restore``, ``service remove`` (and what later command groups add).
 
 The rules, the same for every such command:
 

@@ -72,6 +72,7 @@ def build() -> argparse.ArgumentParser:
                         "under the old keys becomes unreadable)")
     p.add_argument("--if-needed", action="store_true", help="leave an initialised home alone (exit 0)")
     p.add_argument("--password-file", metavar="FILE", help="read the master password from FILE's first line (0600)")
+    yes(p, "--force: ")
     p = add("up", "start the mesh under supervisord and wait until it is healthy")
     p.add_argument("--timeout", type=seconds, default=90.0, help="seconds to wait for health (default 90)")
     p = add("down", "stop the mesh; no process of this home is left behind")
