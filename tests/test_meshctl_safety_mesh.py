@@ -19,16 +19,12 @@ from tools.meshctl_cli._supervisor import home_processes
 from tools.meshctl_cli._verdict import EXIT_CODES
 
 from .test_meshctl_safety import Terminal, one_line, run
-from .test_operations_e2e import mesh_home, meshctl, write_fast_config
+from .test_operations_e2e import running_mesh
 
 
 @pytest.fixture(scope="module")
 def live() -> Iterator[MeshHome]:
-    with mesh_home() as home:
-        write_fast_config(home)
-        assert meshctl(home, "init").returncode == 0
-        up = meshctl(home, "up", "--timeout", "90")
-        assert up.returncode == 0, f"meshctl up failed:\n{up.stdout}\n{up.stderr}"
+    with running_mesh() as home:
         yield home
 
 

@@ -131,13 +131,22 @@ def mesh_home() -> Iterator[MeshHome]:
             shutil.rmtree(home.root, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def live() -> Iterator[MeshHome]:
+@contextlib.contextmanager
+def running_mesh(prepare: Callable[[MeshHome], None] = write_fast_config) -> Iterator[MeshHome]:
+    """A fresh home, prepared (its configuration), initialised and up: the mesh the end-to-end tests
+    of one module share. Stopped and removed afterwards, like :func:`mesh_home`."""
     with mesh_home() as home:
-        write_fast_config(home)
-        assert meshctl(home, "init").returncode == 0
+        prepare(home)
+        init = meshctl(home, "init")
+        assert init.returncode == 0, init.stderr
         up = meshctl(home, "up", "--timeout", "90")
         assert up.returncode == 0, f"meshctl up failed:\n{up.stdout}\n{up.stderr}"
+        yield home
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[MeshHome]:
+    with running_mesh() as home:
         yield home
 
 

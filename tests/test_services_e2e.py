@@ -20,7 +20,7 @@ import pytest
 from shared import MeshHome, certs
 
 from .processes import REPO
-from .test_operations_e2e import mesh_home, meshctl, row, status, wait_until
+from .test_operations_e2e import meshctl, row, running_mesh, status, wait_until
 
 NOTES = REPO / "examples" / "notes" / "notes.py"
 # The operator's overrides as a fragment over the project's mesh.toml: a fast master profile and short
@@ -40,15 +40,15 @@ unlock_backoff_max_ms = 200
 """
 
 
+def fast_fragment(home: MeshHome) -> None:
+    home.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (home.root / "mesh.d").mkdir(mode=0o700)
+    (home.root / "mesh.d" / "10-fast.toml").write_text(FAST)
+
+
 @pytest.fixture(scope="module")
 def live() -> Iterator[MeshHome]:
-    with mesh_home() as home:
-        home.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        (home.root / "mesh.d").mkdir(mode=0o700)
-        (home.root / "mesh.d" / "10-fast.toml").write_text(FAST)
-        assert meshctl(home, "init").returncode == 0
-        up = meshctl(home, "up", "--timeout", "90")
-        assert up.returncode == 0, f"meshctl up failed:\n{up.stdout}\n{up.stderr}"
+    with running_mesh(fast_fragment) as home:
         yield home
 
 
