@@ -10,6 +10,7 @@ import subprocess
 import sys
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlcipher3
@@ -334,3 +335,34 @@ def test_bad_documents_and_arguments_are_refused(store: RecordStore) -> None:
     with pytest.raises(BadRequest):
         RecordStore.open(store.path.parent / "other.db", b"short")
     assert store.verify() == []
+
+
+async def test_a_rotation_during_a_rekey_does_not_mislabel_the_database(tmp_path: Path) -> None:
+    """The version recorded for records.db is the one it was re-keyed with, even when keyvault makes
+    a newer version current while the rekey runs (else the version in use could be retired)."""
+    from services.storage.core.context import StorageCore
+    from services.storage.records.engine import RecordsEngine
+    from shared import MeshHome, parse_config
+
+    home = MeshHome(tmp_path / "h")
+    home.ensure()
+    core = StorageCore(home, parse_config(""))
+    keys = core.keys["sqlcipher"]
+    first, second, third = (bytearray(secrets.token_bytes(32)) for _ in range(3))
+    keys.add(1, first)
+    core.layout.records.parent.mkdir(parents=True, exist_ok=True)
+    engine = RecordsEngine(core)
+    await engine.open()
+    keys.add(2, second, current=True)
+    run = engine.run
+
+    async def rotation_lands_meanwhile(fn: Any, *args: Any) -> Any:
+        if getattr(fn, "__name__", "") == "rekey":
+            keys.add(3, third, current=True)  # a rotation that lands while the rekey runs
+        return await run(fn, *args)
+
+    engine.run = rotation_lands_meanwhile  # type: ignore[method-assign]
+    await engine.rekey()
+    assert engine.key_version == 2
+    await engine.run(engine._opened().close)
+    assert RecordStore.which_key(core.layout.records, {2: second, 3: third}) == 2

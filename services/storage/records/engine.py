@@ -129,8 +129,12 @@ class RecordsEngine(Engine):
 
     async def rekey(self) -> None:
         """Re-encrypt ``records.db`` under the current key version (``PRAGMA rekey``), durably."""
-        await self.run(self._opened().rekey, self.keys.key())
-        self.key_version = self.keys.current
+        # The version is taken with the key, before the rekey runs: a rotation that lands while it
+        # runs makes a newer version current, and recording that one would name a key the file is
+        # not encrypted with (so the version it is encrypted with could be retired while in use).
+        version = self.keys.current
+        await self.run(self._opened().rekey, self.keys.key(version))
+        self.key_version = version
 
     # -- whole store ------------------------------------------------------------------------
 
