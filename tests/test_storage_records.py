@@ -339,8 +339,10 @@ def test_bad_documents_and_arguments_are_refused(store: RecordStore) -> None:
 
 async def test_a_rotation_during_a_rekey_does_not_mislabel_the_database(tmp_path: Path) -> None:
     """The version recorded for records.db is the one it was re-keyed with, even when keyvault makes
-    a newer version current while the rekey runs (else the version in use could be retired)."""
+    a newer version current while the rekey runs, and the rotation does not retire it (the file would
+    then open with no key storage holds)."""
     from services.storage.core.context import StorageCore
+    from services.storage.core.rotation import Rotation
     from services.storage.records.engine import RecordsEngine
     from shared import MeshHome, parse_config
 
@@ -362,7 +364,24 @@ async def test_a_rotation_during_a_rekey_does_not_mislabel_the_database(tmp_path
         return await run(fn, *args)
 
     engine.run = rotation_lands_meanwhile  # type: ignore[method-assign]
-    await engine.rekey()
+    core.state, core.mesh = "ok", AuditSink()
+    await Rotation(core, (), engine).run()
     assert engine.key_version == 2
-    await engine.run(engine._opened().close)
+    # The version the file is under is kept; only the one before it is retired (and audited).
+    assert keys.versions() == [2, 3] and core.stored.retired["sqlcipher"] == [1]
+    assert core.mesh.records == [{"type": "storage.key_retired", "outcome": "ok", "target": "sqlcipher",
+                                  "details": {"purpose": "sqlcipher", "versions": "1"}}]
+    await run(engine._opened().close)
     assert RecordStore.which_key(core.layout.records, {2: second, 3: third}) == 2
+
+
+class AuditSink:
+    """Stands in for storage's mesh client: takes the audit records a rotation sends."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    async def call(self, target: str, body: dict[str, Any], **_: Any) -> dict[str, Any]:
+        assert target == "audit.append"
+        self.records += body["records"]
+        return {"first_seq": 0, "last_seq": len(self.records) - 1}

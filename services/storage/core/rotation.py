@@ -131,8 +131,10 @@ class Rotation:
             self._progress[engine.purpose] = progress
             await engine.rekey()
             progress.done, progress.state, progress.finished = 1, "done", time.time()
-        # Every version but the current one: the database is under the current one now.
-        await self._retire(engine.purpose, [v for v in keys.versions() if v != keys.current])
+        # Every version but the one the database is under now and the current one: a rotation that
+        # landed while the rekey ran made a newer version current, and the next run re-keys to it.
+        in_use = {engine.key_version, keys.current}
+        await self._retire(engine.purpose, [v for v in keys.versions() if v not in in_use])
 
     async def _retire(self, purpose: str, versions: list[int]) -> None:
         if not versions:
