@@ -129,7 +129,8 @@ class Audit(SealMixin, Service):
             self._tasks.append(asyncio.create_task(self._watch(subscription), name="audit-watch"))
         except MeshError as exc:
             # Without the ACL grant we still unseal, just on the retry timer instead of at once.
-            log.warning("no_security_events", reason=exc.code, hint="grant subscribe 'security.' to audit")
+            log.warning("no_security_events", reason=exc.code,
+                        hint='add "security." to subscribe in [services.audit], then meshctl config reload')
         await self._try_unseal()
         self._tasks.append(asyncio.create_task(self._keeper(), name="audit-keeper"))
 

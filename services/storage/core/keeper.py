@@ -69,7 +69,8 @@ class Keeper:
             subscription = await core.mesh.subscribe("security.", timeout=KEY_CALL_TIMEOUT_S)
             self._tasks.append(asyncio.create_task(self._watch(subscription), name="storage-watch"))
         except MeshError as exc:
-            log.warning("no_security_events", reason=exc.code, hint="grant subscribe 'security.' to storage")
+            log.warning("no_security_events", reason=exc.code,
+                        hint='add "security." to subscribe in [services.storage], then meshctl config reload')
         await self._try_unseal()
         self._tasks.append(asyncio.create_task(self._keep(), name="storage-keeper"))
         self._tasks.append(asyncio.create_task(core.meter.run(), name="storage-read-meter"))
