@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     )
     from ._connection import Connection
     from ._declarations import BROKER, BROKER_ADDRESS, AclConfig, AclRule, ServiceDeclaration
+    from ._deferred_log import defer_logging
     from ._errors import (
         WIRE_CODES,
         BadRequest,
@@ -133,6 +134,7 @@ _EXPORTS: Final[dict[str, tuple[str, ...]]] = {
     ),
     "._home": ("ENV_HOME", "MeshHome"),
     "._layers": ("config_files", "mesh_config"),
+    "._deferred_log": ("defer_logging",),
     "._logging": ("configure_logging", "declare_sensitive", "redact"),
     "._purposes": ("PURPOSES",),
     "._ratelimit": ("TokenBucket",),
@@ -190,7 +192,8 @@ __all__ = [
     "Unavailable",
     "AuditShipper", "Certificate", "Grant", "KeyPair", "MeshHome", "Spool", "TokenBucket",
     "Message", "message", "Event", "MeshClient", "Subscription", "Connection",
-    "configure_logging", "declare_sensitive", "redact", "ServiceRunner", "connect_patiently", "run_service", "serve",
+    "configure_logging", "defer_logging", "declare_sensitive", "redact",
+    "ServiceRunner", "connect_patiently", "run_service", "serve",
     "HandlerSpec", "NoFields", "RequestContext", "Service", "handler", "handler_table", "sensitive_fields",
     "DEGRADED", "FAILED", "READINESS_STATES", "READY", "SEALED", "Readiness",
     "append_record", "append_records", "damaged_pages", "integrity_problems",

@@ -20,16 +20,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import structlog
 import zmq
 import zmq.asyncio
 
 from ._certs import KeyPair
 from ._codec import PROTOCOL_VERSION, decode_delivered, encode_header
 from ._config import RuntimeConfig
+from ._deferred_log import get_logger
 from ._errors import BadRequest, HandshakeError, MeshError, Timeout, Unavailable, error_from_wire
 
-log = structlog.get_logger("connection")
+log = get_logger("connection")
 
 Reply = tuple[dict[str, Any], bytes | None]
 RequestHandler = Callable[[dict[str, Any], bytes | None], None]

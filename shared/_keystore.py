@@ -20,15 +20,15 @@ from typing import Protocol
 import keyring
 import keyring.backend
 import keyring.errors
-import structlog
 
 from . import _certs as certs
 from ._anchors import anchor_dir, slot_file
 from ._config import KeyvaultConfig
+from ._deferred_log import get_logger
 from ._errors import ConfigError
 from ._home import MeshHome
 
-log = structlog.get_logger("keystore")
+log = get_logger("keystore")
 
 _SERVICE = "curvemesh"
 #: Backends that keep secrets under OS protection; anything else is refused.

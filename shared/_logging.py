@@ -16,6 +16,8 @@ from typing import Any, TextIO
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
+from ._deferred_log import configured
+
 SENSITIVE: set[str] = {
     "password", "passphrase", "secret", "secret_key", "token", "key_material", "master_key",
     "mfa_code", "pairing_code", "otp", "private_key", "session", "session_token", "recovery",
@@ -66,3 +68,4 @@ def configure_logging(process: str, level: str = "info", stream: TextIO | None =
         cache_logger_on_first_use=False,
     )
     structlog.contextvars.bind_contextvars(process=process)
+    configured(level)

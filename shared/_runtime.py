@@ -21,11 +21,10 @@ import time
 import traceback
 from typing import Any
 
-import structlog
-
 from ._client import MeshClient
 from ._codec import PROTOCOL_VERSION, decode_body, encode_body, encode_header, error_text
 from ._config import MeshConfig, RuntimeConfig
+from ._deferred_log import get_logger
 from ._errors import (
     BadRequest,
     CertificateError,
@@ -41,7 +40,7 @@ from ._layers import mesh_config
 from ._logging import configure_logging
 from ._service import HandlerSpec, RequestContext, Service
 
-log = structlog.get_logger("runtime")
+log = get_logger("runtime")
 
 _MAILBOX = 10_000
 

@@ -21,13 +21,12 @@ import asyncio
 import contextlib
 from typing import Any, Final
 
-import structlog
-
 from ._codec import encode_body
+from ._deferred_log import get_logger
 from ._errors import MeshError
 from ._spool import Spool
 
-log = structlog.get_logger("audit-shipper")
+log = get_logger("audit-shipper")
 
 BATCH_RECORDS: Final = 100          #: records per ``audit.append`` call at most
 BATCH_BYTES: Final = 256 << 10      #: encoded bytes per call at most (at least one record is sent)

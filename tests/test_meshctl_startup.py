@@ -62,6 +62,27 @@ def test_status_loads_no_storage_engine_and_ping_no_supervisor_client(tmp_path: 
     assert ping & {*STORES, "supervisor", "keyring", "argcomplete"} == set()
 
 
+def test_ping_and_status_of_a_down_mesh_load_neither_structlog_nor_a_keyring(tmp_path: Path) -> None:
+    # An initialised home (keystore = file) whose mesh is down: logging is deferred until there is
+    # something to log (nothing, here), and with keystore = file no keyring backend is probed.
+    root = tmp_path / "bench"
+    root.mkdir()
+    env = startup._environment(root)
+    startup._initialise([sys.executable, "-m", "tools.meshctl_cli"], root, env)
+    out = tmp_path / "modules.json"
+    for argv in (["ping", "mesh"], ["status", "--json"]):
+        done = subprocess.run([sys.executable, "-c", CHILD, *argv], cwd=ROOT, env={**env, "MODULES_OUT": str(out)},
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert "cannot reach the broker" in done.stderr or '"state": "unhealthy"' in done.stdout, done
+        names = {n.split(".")[0] for n in json.loads(out.read_text("utf-8"))}
+        assert "zmq" in names and names & {"structlog", "rich", "keyring", "secretstorage"} == set(), argv
+    report = json.loads(subprocess.run([sys.executable, "-m", "tools.meshctl_cli", "status", "--json"], cwd=ROOT,
+                                       env=env, capture_output=True, text=True, timeout=60, check=False).stdout)
+    assert report["keyring"] == {"backend": None, "usable": None, "source": "configuration",
+                                 "note": 'keyvault.keystore = "file": the platform keyring is not used'}
+    assert not any("keyring" in w for w in report["warnings"])
+
+
 def test_version_is_the_installed_distributions(capsys: pytest.CaptureFixture[str]) -> None:
     from tools.meshctl_cli import main
 

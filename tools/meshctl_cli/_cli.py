@@ -266,20 +266,22 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "completion":
         print(_completion.script(args.shell), end="")  # needs no home: the script is the same for all
         return 0
-    from shared import configure_logging  # structlog, and with it asyncio: not for the script above
+    # Logging is configured when the first event worth showing comes, if one does: structlog costs
+    # as much as the interpreter's own start, and most commands never log (issue 13).
+    from shared import defer_logging
 
     from ._home import home_from
 
     if args.command == "audit" and args.action == "verify" and args.offline:
         from . import _audit
 
-        configure_logging("meshctl", "critical")
+        defer_logging("meshctl", "critical")
         return _audit.verify_offline_cmd(args)  # no home, no mesh: the bundle and the key only
     home = home_from(args.home)
     # The shared modules log through structlog; in a CLI they would only repeat what the
     # one-line errors say, except while following events, where a lost broker is news.
     following = args.command == "events" and args.follow
-    configure_logging("meshctl", "warning" if following else "critical")
+    defer_logging("meshctl", "warning" if following else "critical")
     return _COMMANDS[args.command](args, home)
 
 

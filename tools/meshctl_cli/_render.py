@@ -44,8 +44,12 @@ def status(s: dict[str, Any], *, with_warnings: bool = False) -> str:
     out = [f"mesh in {s['home']}: {paint(s['state'].upper())}",
            f"broker: {', '.join(broker['endpoints'])}",
            f"  public key {broker['public_key']}  fingerprint {broker['fingerprint'][:16]}"]
-    if keyring:
-        out.append(f"keyring: {keyring.get('backend')}")
+    # When keyvault answered, its own line says where the master key is; the keyring line is for
+    # when it could not (what keyvault will find on this machine) or need not (keystore = file).
+    if keyring.get("source") == "probe":
+        out.append(f"keyring: {keyring.get('backend') or 'none usable'}")
+    elif keyring.get("source") == "configuration":
+        out.append('keyring: not used (keyvault.keystore = "file")')
     vault = s.get("keyvault")
     out.append(keyvault_line(vault))
     if vault and vault.get("protection"):

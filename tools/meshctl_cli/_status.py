@@ -61,6 +61,24 @@ def keyring_backend() -> dict[str, Any]:
             "usable": not cls.__module__.endswith(".fail") and float(priority) > 0}
 
 
+def keyring_view(keystore: str, vault: dict[str, Any] | None) -> dict[str, Any]:
+    """Where keyvault keeps its key at rest, as ``status`` shows it.
+
+    keyvault's own answer when it is up (it chose the keystore; its warning says why when it fell
+    back to a file). Otherwise, for ``keystore`` ``auto`` or ``keyring``, the backend ``keyring``
+    picks on this machine, which is where keyvault will look. Probing costs about as much as the
+    rest of ``status`` (every backend is imported and asked), so it is done only then; with
+    ``keystore = "file"`` no keyring is ever used and ``usable`` is None: nothing to warn about.
+    """
+    if vault is not None and vault.get("reachable") and vault.get("keystore"):
+        name = str(vault["keystore"])
+        return {"backend": name, "usable": name.startswith("keyring"), "source": "keyvault"}
+    if keystore == "file":
+        return {"backend": None, "usable": None, "source": "configuration",
+                "note": 'keyvault.keystore = "file": the platform keyring is not used'}
+    return {**keyring_backend(), "source": "probe"}
+
+
 def restart_counts(supervisor: Supervisor) -> dict[str, int]:
     """Restarts per process since supervisord started, from its log (spawns minus the first)."""
     try:
@@ -258,8 +276,8 @@ async def collect(home: MeshHome, supervisor: Supervisor, probe: MeshProbe, *, d
         warnings += storage["warnings"]
     if vault is not None:
         warnings += vault["warnings"]
-    keyring = keyring_backend() if details else None
-    if keyring is not None and not keyring["usable"]:
+    keyring = keyring_view(config.keyvault.keystore, vault) if details else None
+    if keyring is not None and keyring["usable"] is False:
         warnings.append("no usable platform keyring backend on this machine")
     return {
         "healthy": verdict["state"] == HEALTHY, "state": verdict["state"], "exit_code": verdict["exit_code"],
