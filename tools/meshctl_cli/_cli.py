@@ -59,13 +59,15 @@ def _down(args: argparse.Namespace, home: MeshHome) -> int:
 def _up_or_status(args: argparse.Namespace, home: MeshHome) -> int:
     import asyncio
 
-    from . import _lifecycle, _render, _watch
+    from . import _render, _watch
     from ._status import watch_status
 
     interval = _watch.check_flags(args, applies=args.command == "status")
     if interval is not None:
         return watch_status(home, interval, args.json)
     if args.command == "up":
+        from . import _lifecycle  # supervisord's programs and start-up: not for a status
+
         report = asyncio.run(_lifecycle.up(home, timeout=args.timeout, quiet=args.json))
     else:
         report = asyncio.run(_status(home))
