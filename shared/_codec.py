@@ -27,9 +27,9 @@ MAX_MESSAGE_LEN: Final = 1024
 MAX_BODY_DEPTH: Final = 32
 
 # Header kinds a peer may send, and the fields each one requires and allows.
-# ``from`` and ``role`` are stamped by the broker; a peer may send them but
-# they are ignored (invariant 2), so they are allowed and then overwritten.
-_STAMPED: Final = frozenset({"from", "role"})
+# ``from``, ``role`` and ``fp`` (the key fingerprint) are stamped by the broker; a peer may
+# send them but they are ignored (invariant 2), so they are allowed and then overwritten.
+_STAMPED: Final = frozenset({"from", "role", "fp"})
 _REQUIRED: Final[dict[str, frozenset[str]]] = {
     "req": frozenset({"v", "k", "id", "to", "ttl"}),
     "rep": frozenset({"v", "k", "id"}),
@@ -46,7 +46,7 @@ PEER_KINDS: Final = frozenset(_REQUIRED)
 
 _STR_FIELDS: Final = {"k": MAX_NAME_LEN, "to": MAX_NAME_LEN * 2 + 1, "name": MAX_NAME_LEN,
                       "topic": MAX_TOPIC_LEN, "code": 32, "msg": MAX_MESSAGE_LEN,
-                      "from": MAX_NAME_LEN, "role": 32}
+                      "from": MAX_NAME_LEN, "role": 32, "fp": 64}
 _INT_FIELDS: Final = {"v": 255, "id": MAX_ID, "ttl": 2**31 - 1}
 
 
@@ -75,7 +75,7 @@ def _unpack(data: bytes, max_len: int) -> Any:
 def decode_header(data: bytes, max_len: int) -> dict[str, Any]:
     """Decode and validate a header a peer sent.
 
-    Returns the header map with ``from`` and ``role`` removed. Raises
+    Returns the header map with ``from``, ``role`` and ``fp`` removed. Raises
     :class:`BadRequest` for malformed msgpack, an oversize frame, a wrong
     protocol version, an unknown kind, a missing or unknown field, or a field
     of the wrong type or size.
@@ -113,6 +113,7 @@ def decode_header(data: bytes, max_len: int) -> dict[str, Any]:
             raise BadRequest(f"header field {key!r} must be an integer from 0 to {limit}")
     header.pop("from", None)
     header.pop("role", None)
+    header.pop("fp", None)
     return header
 
 

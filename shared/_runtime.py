@@ -148,7 +148,7 @@ class ServiceRunner:
         try:
             request = spec.request.from_wire(None if body is None else decode_body(body, self.max_body))
             ctx = RequestContext(caller=str(header.get("from")), role=str(header.get("role")),
-                                 method=spec.wire_name, deadline=deadline)
+                                 method=spec.wire_name, deadline=deadline, fingerprint=str(header.get("fp") or ""))
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for hands back a result that lands in
             # the same turn as a cancellation (the runtime stopping) and loses the cancellation.
             async with asyncio.timeout(remaining):

@@ -89,6 +89,9 @@ class RequestContext:
     role: str
     method: str
     deadline: float
+    #: SHA-256 (hex) of the caller's CURVE public key, as the broker stamped it: what a token or a
+    #: grant bound to this caller's key is checked against (names can be reissued; keys cannot).
+    fingerprint: str = ""
 
     def remaining(self) -> float:
         """Seconds left before the caller's deadline."""

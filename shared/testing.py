@@ -53,11 +53,13 @@ BrokerFactory: TypeAlias = Callable[[MeshConfig, MeshHome], InProcessBroker]
 
 
 async def call_handler(service: Service, method: str, body: Any = None, *, caller: str = "test",
-                       role: str = "operator", timeout: float = 5.0) -> Any:
+                       role: str = "operator", timeout: float = 5.0, fingerprint: str = "") -> Any:
     """Call one handler of ``service`` directly, through its dispatch table and schema;
-    a reply message comes back as the map the wire would carry."""
+    a reply message comes back as the map the wire would carry. ``fingerprint`` stands for the
+    caller's key fingerprint the broker would stamp."""
     spec = service.handlers[method]
-    ctx = RequestContext(caller=caller, role=role, method=method, deadline=time.monotonic() + timeout)
+    ctx = RequestContext(caller=caller, role=role, method=method, deadline=time.monotonic() + timeout,
+                         fingerprint=fingerprint)
     result = await asyncio.wait_for(spec.function(service, ctx, spec.request.from_wire(body)), timeout)
     return result.to_wire() if hasattr(result, "to_wire") else result
 

@@ -38,7 +38,7 @@ class Echo(Service):
 
     @handler("echo", request=EchoRequest)
     async def echo(self, ctx: RequestContext, req: EchoRequest) -> dict[str, Any]:
-        return {"value": req.value, "caller": ctx.caller, "role": ctx.role}
+        return {"value": req.value, "caller": ctx.caller, "role": ctx.role, "fingerprint": ctx.fingerprint}
 
     @handler("block")
     async def block(self, ctx: RequestContext, req: Any) -> dict[str, Any]:

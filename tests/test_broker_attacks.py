@@ -120,11 +120,13 @@ async def test_forged_sender_field_is_ignored(mesh: InProcessMesh) -> None:
     peer = raw(mesh, "meshctl")
     try:
         await peer.send({"v": 1, "k": "req", "id": 7, "to": "echo.echo", "ttl": 2000,
-                         "from": "keyvault", "role": "service"}, {"value": 1})
+                         "from": "keyvault", "role": "service", "fp": "0" * 64}, {"value": 1})
         header, body = await peer.recv(timeout=2)
         assert header["k"] == "rep" and header["from"] == "echo"
         reply = msgpack.unpackb(body)
         assert (reply["caller"], reply["role"]) == ("meshctl", "operator")
+        # The key fingerprint is the broker's stamp from the handshake, never the sender's word.
+        assert reply["fingerprint"] == mesh.pairs["meshctl"].certificate.fingerprint
     finally:
         peer.close()
 

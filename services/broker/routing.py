@@ -127,7 +127,8 @@ class Routing:
             return
         broker_id = self._ids.take(self._in_flight)
         out: list[Any] = [encode_header({"v": PROTOCOL_VERSION, "k": "req", "id": broker_id, "to": target,
-                                         "ttl": ttl, "from": peer.cert.name, "role": peer.cert.role})]
+                                         "ttl": ttl, "from": peer.cert.name, "role": peer.cert.role,
+                                         "fp": peer.fingerprint})]
         if body is not None:
             out.append(body)
         if not self.outbox.send(registration.peer.rid, out):

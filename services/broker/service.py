@@ -94,7 +94,8 @@ class MeshService:
         group, spec = entry
         value = decode_body(body.bytes, self._max_body) if body is not None else None
         request = spec.request.from_wire(value)
-        ctx = RequestContext(caller=caller.name, role=caller.role, method=spec.wire_name, deadline=deadline)
+        ctx = RequestContext(caller=caller.name, role=caller.role, method=spec.wire_name, deadline=deadline,
+                             fingerprint=caller.fingerprint)
         result = run_to_completion(spec.function(group, ctx, request))
         try:
             if spec.reply is not None and not isinstance(result, spec.reply):

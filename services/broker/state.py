@@ -71,6 +71,10 @@ class Peer:
     # Call decisions are cached per peer, because the ACL is evaluated on every request. The
     # cache belongs to the grant: whoever replaces the grant (a configuration reload) empties it.
     call_cache: dict[str, bool] = field(default_factory=dict)
+    #: SHA-256 of the CURVE public key, stamped on every request this peer makes (``fp``) so that
+    #: a service can bind what it issues (authn's tokens) to the key itself, not just the name.
+    #: Computed once here: the request path must not hash per message.
+    fingerprint: str = ""
 
 
 @dataclass(slots=True)
@@ -178,7 +182,7 @@ class MeshState:
             limit = self._limit(cert.name, cert.role)
             held = self.buckets[cert.name] = (TokenBucket(limit.rate, limit.burst, now), cert.role)
         peer = Peer(rid, conn, cert, compile_grant(self.config.acl, cert.name, cert.role), held[0], counters,
-                    now, now)
+                    now, now, fingerprint=cert.fingerprint)
         self.peers[rid] = peer
         self.ended.forget(rid)
         return peer
