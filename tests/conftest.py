@@ -56,6 +56,7 @@ subscribe = ["outsider."]
 [keyvault.entitlements]
 storage = ["sqlcipher", "duckdb", "rocksdb", "files", "backups"]
 audit = ["audit-hmac", "audit-signing"]
+authn = ["token-signing", "accounts"]
 """
 
 # A tiny master Argon2 profile, allowed only with test_profiles: a derivation in milliseconds.

@@ -81,7 +81,7 @@ def test_the_project_declarations_give_exactly_the_rights_the_hand_written_acl_g
     assert all(topics[n] == ((), ()) for n in ("authn", "authz", "pairing", "plugin-host"))
     assert dict(config.keyvault.entitlements) == {
         "storage": ("sqlcipher", "duckdb", "rocksdb", "files", "backups"), "audit": ("audit-hmac", "audit-signing"),
-        "authn": ("token-signing",), "pairing": ("pairing",), "plugin-host": ("plugins",)}
+        "authn": ("token-signing", "accounts"), "pairing": ("pairing",), "plugin-host": ("plugins",)}
     assert config.identities() == {n: "service" for n in ("keyvault", "audit", "storage", "authn", "authz",
                                                           "pairing", "plugin-host", "supervisor-events")}
     assert config.processes() == ["broker", "keyvault", "supervisor-events", "audit", "storage", "authn", "authz",

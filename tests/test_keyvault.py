@@ -20,6 +20,7 @@ from services.keyvault.keystore import KeyringKeystore
 from services.keyvault.service import Keyvault
 from services.keyvault.setup import initialise
 from shared import (
+    PURPOSES,
     BadRequest,
     ConfigError,
     Forbidden,
@@ -213,7 +214,7 @@ async def test_sessions_expire_after_inactivity_and_are_bound_to_the_operator(sh
     clock = Clock()
     vault = await started(home, mesh.config, clock=clock)
     token = (await call_handler(vault, "login", {"password": PASSWORD}))["token"]
-    assert len(await call_handler(vault, "keys.list", {"token": token})) == 10
+    assert len(await call_handler(vault, "keys.list", {"token": token})) == len(PURPOSES)
     for _ in range(3):  # each use extends the session by its full idle time
         clock.now += 29 * 60
         await call_handler(vault, "keys.list", {"token": token})
@@ -237,7 +238,7 @@ async def test_sensitive_operations_ask_for_the_password_afresh(short_tmp: Path)
     vault = await started(home, mesh.config, clock=clock)
     token = (await call_handler(vault, "login", {"password": PASSWORD}))["token"]
     # The session is live and belongs to this operator: it opens what a session is for.
-    assert len(await call_handler(vault, "keys.list", {"token": token})) == 10
+    assert len(await call_handler(vault, "keys.list", {"token": token})) == len(PURPOSES)
     # A live session in place of the password is refused before any handler runs: neither request
     # has a place for a session token, and the refusal names the only fields each one takes.
     with pytest.raises(BadRequest, match=re.escape("Rotate: 1 unknown field(s); allowed: password, purpose")):
@@ -414,3 +415,23 @@ async def test_a_stale_file_keystore_is_removed_once_the_keyring_holds_the_key(s
     vault = await started(home, mesh.config)
     assert not stale.exists()
     await vault.on_stop()
+
+
+async def test_a_purpose_added_after_init_gets_its_first_key_at_unseal(short_tmp: Path) -> None:
+    # A home initialised before `accounts` existed: its state has no key of that purpose.
+    home, mesh = make_home(short_tmp / "h")
+    state = store.load(home)
+    assert state is not None
+    del state.versions["accounts"], state.current["accounts"]
+    store.save(home, state)
+    vault = await started(home, mesh.config)  # unsealed from the keyring at start
+    assert "accounts" in store.load(home).current  # type: ignore[union-attr]  # saved before use
+    first = await get_key(vault, "authn", "accounts")
+    assert first["version"] == 1 and len(first["key"]) == 32
+    await vault.on_stop()
+    again = await started(home, mesh.config)  # the same key after a restart, not another new one
+    assert await get_key(again, "authn", "accounts") == first
+    await call_handler(again, "lock")
+    await call_handler(again, "unlock", {"password": PASSWORD})  # unlock path: nothing to add now
+    assert await get_key(again, "authn", "accounts") == first
+    await again.on_stop()

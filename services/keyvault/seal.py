@@ -94,7 +94,7 @@ class SealMixin:
             log.info("sealed", reason=reason, hint="meshctl security unlock")
             return
         try:
-            self.keys = store.open_keys(state, master)
+            self.keys = self._open_all(state, master)
             log.info("unsealed", keystore=self.keystore.name)
             self._forget_stale_file_keystore()
         except store.IntegrityError:
@@ -108,9 +108,20 @@ class SealMixin:
         """Unseal with a checked ``master`` and keep it in the keystore; the caller wipes ``master``."""
         assert self.state is not None and self.keystore is not None
         self._wipe()
-        self.keys = store.open_keys(self.state, master)
+        self.keys = self._open_all(self.state, master)
         self.keystore.put(master)
         self._forget_stale_file_keystore()
+
+    def _open_all(self, state: store.VaultState, master: bytearray) -> dict[tuple[str, int], bytearray]:
+        """Every data key of ``state``; a purpose added since this home was initialised gets its
+        first version now, saved before any key is handed out. :class:`store.IntegrityError` when
+        ``master`` is not this state's."""
+        keys = store.open_keys(state, master)
+        added = store.add_missing_purposes(state, master)
+        if added:
+            store.save(self.home, state)
+            log.info("purposes_added", purposes=sorted(purpose for purpose, _ in added))
+        return keys | added
 
     def _seal(self) -> None:
         """Wipe every key from memory and the keystore; a seal also ends every CLI session."""

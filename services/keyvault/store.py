@@ -186,5 +186,25 @@ def add_version(state: VaultState, master: bytearray, purpose: str) -> tuple[int
         wipe(kek)
 
 
-__all__ = ["IntegrityError", "VaultState", "add_version", "create", "derive_master", "load", "open_keys",
-           "rewrap", "save", "state_path"]
+def add_missing_purposes(state: VaultState, master: bytearray) -> dict[tuple[str, int], bytearray]:
+    """Give every purpose the state has no key for (one added to :data:`PURPOSES` after this home
+    was initialised) its version 1, in place; the new keys. The caller has checked ``master``
+    (:func:`open_keys`) and saves the state before handing any new key out."""
+    missing = [purpose for purpose in PURPOSES if purpose not in state.versions]
+    if not missing:
+        return {}
+    kek = kek_from_master(master)
+    added: dict[tuple[str, int], bytearray] = {}
+    try:
+        for purpose in missing:
+            key = random_key()
+            state.versions[purpose] = {1: KeyVersion(seal(kek, bytes(key), _aad(purpose, 1)), time.time())}
+            state.current[purpose] = 1
+            added[(purpose, 1)] = key
+    finally:
+        wipe(kek)
+    return added
+
+
+__all__ = ["IntegrityError", "VaultState", "add_missing_purposes", "add_version", "create", "derive_master", "load",
+           "open_keys", "rewrap", "save", "state_path"]
