@@ -56,6 +56,7 @@ if TYPE_CHECKING:
         load_config,
         parse_config,
     )
+    from ._config_authn import AuthnConfig
     from ._connection import Connection
     from ._declarations import BROKER, BROKER_ADDRESS, AclConfig, AclRule, ServiceDeclaration
     from ._deferred_log import defer_logging
@@ -120,6 +121,7 @@ _EXPORTS: Final[dict[str, tuple[str, ...]]] = {
         "PROTOCOL_VERSION", "decode_body", "decode_delivered", "decode_header", "encode_body", "encode_header",
         "error_text", "split_target",
     ),
+    "._config_authn": ("AuthnConfig",),
     "._config": (
         "DEFAULT_CONFIG_PATH", "AlertRule", "AlertRules", "Argon2Config", "AuditConfig", "BrokerConfig",
         "KeyvaultConfig", "LimitsConfig", "MeshConfig", "RateLimit", "RuntimeConfig", "build_config", "config_path",
@@ -185,7 +187,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "PROTOCOL_VERSION", "WIRE_CODES", "ENV_HOME", "DEFAULT_CONFIG_PATH",
     "AclConfig", "AclRule", "AlertRule", "AlertRules", "AuditConfig",
-    "Argon2Config", "Argon2Profile", "BrokerConfig", "KeyvaultConfig", "PURPOSES",
+    "Argon2Config", "Argon2Profile", "AuthnConfig", "BrokerConfig", "KeyvaultConfig", "PURPOSES",
     "LimitsConfig", "MeshConfig", "RateLimit", "RuntimeConfig", "ServiceDeclaration", "BROKER", "BROKER_ADDRESS",
     "BadRequest", "CertificateError", "ConfigError", "Conflict", "Forbidden", "HandshakeError",
     "Internal", "MeshError", "NotFound", "RateLimited", "Sealed", "StateError", "Timeout", "Unauthenticated",

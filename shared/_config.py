@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from ._argon2 import Argon2Profile, check_profile
 from ._certs import NAME_RE, ROLES
+from ._config_authn import AuthnConfig
 from ._declarations import (
     CALL_RE,
     TOPIC_RE,
@@ -215,6 +216,7 @@ class MeshConfig:
     argon2: Argon2Config = Argon2Config()
     keyvault: KeyvaultConfig = KeyvaultConfig()
     audit: AuditConfig = AuditConfig()
+    authn: AuthnConfig = AuthnConfig()
     #: ``[services.<name>]``: every process of the mesh, declared once (:mod:`._declarations`).
     services: Mapping[str, ServiceDeclaration] = field(default_factory=_empty)
 
