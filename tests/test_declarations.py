@@ -62,14 +62,21 @@ def test_a_bad_declaration_is_refused_naming_its_key(text: str, key: str) -> Non
 
 
 def test_the_project_declarations_give_exactly_the_rights_the_hand_written_acl_gave() -> None:
-    """The ACL as mesh.toml spelled it out before declarations (issue 12): same rights, to the rule."""
+    """The ACL as mesh.toml spelled it out before declarations (issue 12): same rights, to the rule,
+    plus what authn's declaration adds (issue 14: people sign in through services and devices)."""
     config = load_config(DEFAULT_CONFIG_PATH)
     operator = compile_grant(config.acl, "meshctl", "operator")
-    assert operator.call_services == {"mesh", "keyvault", "audit", "storage"}
+    assert operator.call_services == {"mesh", "keyvault", "audit", "storage", "authn"}
     assert operator.call_methods == {"health"} and operator.subscribe == ("*",) and operator.publish == ()
+    authn_calls = {"authn.logout", "authn.verify"}
     service = compile_grant(config.acl, "notes", "service")
-    assert service.calls == {"keyvault.keys.get", "keyvault.status", "audit.append", "audit.public_key"}
-    assert service.call_groups == ("storage.analytics.", "storage.files.", "storage.kv.", "storage.records.")
+    assert service.calls == {"keyvault.keys.get", "keyvault.status", "audit.append", "audit.public_key",
+                             "authn.keys", *authn_calls}
+    assert service.call_groups == ("authn.login.", "authn.token.", "storage.analytics.", "storage.files.",
+                                   "storage.kv.", "storage.records.")
+    device = compile_grant(config.acl, "phone", "device")
+    assert device.calls == authn_calls and device.call_groups == ("authn.login.", "authn.token.")
+    assert not device.call_services and not device.publish and not device.subscribe
     assert not service.call_services and not service.call_methods
     assert not service.publish and not service.subscribe
     topics = {name: (compile_grant(config.acl, name, "service").publish,
@@ -78,7 +85,8 @@ def test_the_project_declarations_give_exactly_the_rights_the_hand_written_acl_g
     assert topics["audit"] == (("alerts.",), ("security.",))
     assert topics["storage"] == ((), ("security.",))
     assert topics["supervisor-events"] == (("supervisor.",), ())
-    assert all(topics[n] == ((), ()) for n in ("authn", "authz", "pairing", "plugin-host"))
+    assert topics["authn"] == (("authn.",), ("security.",))
+    assert all(topics[n] == ((), ()) for n in ("authz", "pairing", "plugin-host"))
     assert dict(config.keyvault.entitlements) == {
         "storage": ("sqlcipher", "duckdb", "rocksdb", "files", "backups"), "audit": ("audit-hmac", "audit-signing"),
         "authn": ("token-signing", "accounts"), "pairing": ("pairing",), "plugin-host": ("plugins",)}

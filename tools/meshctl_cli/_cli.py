@@ -255,12 +255,17 @@ def _backup_cmd(args: argparse.Namespace, home: MeshHome) -> int:
     return _storage.run_backup(args, home)
 
 
+def _users_cmd(args: argparse.Namespace, home: MeshHome) -> int:
+    from . import _users
+    return _users.run_users(args, home) if args.command == "users" else _users.run_sessions(args, home)
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace, MeshHome], int]] = {
     "init": _init_cmd, "up": _up_or_status, "status": _up_or_status, "down": _down, "restart": _restart,
     "ping": _ping, "call": _call, "certs": _certs, "events": _events, "logs": _logs_cmd,
     "security": _security_cmd, "keys": _security_cmd, "audit": _audit_cmd, "alerts": _alerts_cmd,
     "storage": _storage_cmd, "backup": _backup_cmd, "config": _config_cmd,
-    "service": _service_cmd,
+    "service": _service_cmd, "users": _users_cmd, "sessions": _users_cmd,
 }
 
 

@@ -128,14 +128,17 @@ def ask_password(path: str | None, what: str = "master password", option: str = 
     return _checked(_ask(f"{what}: "), what)
 
 
-def ask_new(path: str | None, what: str = "new master password", option: str = "--password-file") -> bytearray:
-    """A new password, strength-checked: from ``path``, or asked twice on the terminal
+def ask_new(path: str | None, what: str = "new master password", option: str = "--password-file", *,
+            checked: bool = True) -> bytearray:
+    """A new password, strength-checked (unless ``checked`` is False: the receiving service applies
+    a policy of its own and names what is wrong): from ``path``, or asked twice on the terminal
     (up to three tries). Without either, a usage error: the caller decides whether to
     generate one instead (``meshctl init`` does)."""
+    check = strength if checked else (lambda _password: None)
     if path is not None:
         password = read_password_file(path, what)
         try:
-            strength(password)
+            check(password)
         except CliError:
             wipe(password)
             raise
@@ -146,7 +149,7 @@ def ask_new(path: str | None, what: str = "new master password", option: str = "
         last = attempt == TRIES
         try:
             password = _checked(_ask(f"{what}: "), what)
-            strength(password)
+            check(password)
         except CliError as exc:
             if last:
                 raise CliError(f"{exc.message} (gave up after {TRIES} tries)") from None

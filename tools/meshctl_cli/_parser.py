@@ -180,6 +180,22 @@ def build() -> argparse.ArgumentParser:
     yes(p, "remove: ")
     only(p, {"name": ("add", "remove"), **dict.fromkeys(["entry", "expose", "publish", "subscribe", "keys",
                                                           "priority", "timeout"], ("add",)), "yes": ("remove",)})
+    p = add("users", "people's accounts (authn): add, list, show, disable, enable, delete, passwd")
+    p.add_argument("action", choices=["list", "add", "show", "disable", "enable", "delete", "passwd"],
+                   help="disable: no login, every session ended; delete: the account and its sessions, for good; "
+                        "passwd: a new password, every session ended")
+    p.add_argument("name", nargs="?", metavar="NAME", help="the username (every action but list)")
+    p.add_argument("--password-file", metavar="FILE", help="add, passwd: the password from FILE's first line (0600)")
+    yes(p, "delete: ")
+    only(p, {"name": ["add", "show", "disable", "enable", "delete", "passwd"], "password_file": ["add", "passwd"],
+             "yes": ["delete"]})
+    p = add("sessions", "signed-in devices (authn): list them, or revoke one session, a user's or a device's")
+    p.add_argument("action", choices=["list", "revoke"])
+    p.add_argument("--user", metavar="NAME", help="list: only this user's; revoke: every session of this user")
+    p.add_argument("--session", metavar="ID", help="revoke: this session")
+    p.add_argument("--device", metavar="FP", help="revoke: every session of this device key (its fingerprint)")
+    yes(p, "revoke: ")
+    only(p, {"user": ["list", "revoke"], "session": ["revoke"], "device": ["revoke"], "yes": ["revoke"]})
     p = add("logs", "a process's log (JSON lines)")
     p.add_argument("service")
     p.add_argument("-f", "--follow", action="store_true")

@@ -1,0 +1,228 @@
+"""authn's keys and its database, in step with the mesh: unseal, rotate, seal.
+
+Contracts:
+
+- Unsealing fetches the ``accounts`` key (the version the database is under, recorded beside it in
+  ``accounts.version``, and the current one) and opens the database, re-keying it to the current
+  version when a rotation happened meanwhile; then the current ``token-signing`` version and the one
+  before it (tokens it signed stay valid for one access-token lifetime). Until that succeeds every
+  call but ``health`` answers ``SEALED``; the keeper retries with a growing delay, at once on
+  ``security.unsealed``. A database the key does not open leaves authn ``failed``, not sealed.
+- ``security.sealed`` closes the database and wipes every key. ``security.key_rotated`` for
+  ``token-signing`` makes the new version sign at once, the previous one verifying until the tokens
+  it signed have expired; for ``accounts`` it re-keys the database.
+- A crash between a re-key and the write of ``accounts.version`` is recovered at the next unseal:
+  the recorded version is tried first, then the current one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+
+from shared import FAILED, SEALED, MeshError, Readiness, StateError
+from shared.crypto import wipe
+from shared.files import write_atomic
+from shared.keeper import LOCKED_REASON, follow_events_of, keep_unsealed, without_keys
+
+from .database import AccountsDB
+from .refresh import digest_key
+from .tokens import SigningKeys
+
+log = structlog.get_logger("authn")
+
+KEY_CALL_TIMEOUT_S: Final = 5.0
+KEY_RETRY_MIN_S: Final = 1.0
+KEY_RETRY_MAX_S: Final = 60.0
+PERIOD_S: Final = 60.0
+
+
+class Keys:
+    """What authn holds while unsealed: the open database and the token keys by version."""
+
+    def __init__(self) -> None:
+        self.db: AccountsDB | None = None
+        self.signing = SigningKeys()
+        #: token-signing version -> the key refresh-token digests of that version are made with.
+        self.digest: dict[int, bytearray] = {}
+
+    def wipe(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+        self.signing = SigningKeys()
+        for key in self.digest.values():
+            wipe(key)
+        self.digest.clear()
+
+
+class Keeper:
+    """Keeps :class:`Keys` in step with keyvault. ``call`` is the service's mesh call, ``clock`` the
+    wall clock (token times), ``access_token_s`` how long a retired signing key keeps verifying."""
+
+    def __init__(self, directory: Path, call: Callable[..., Any], clock: Callable[[], float],
+                 access_token_s: int) -> None:
+        self.directory = directory
+        self.call = call
+        self.clock = clock
+        self.access_token_s = access_token_s
+        self.keys = Keys()
+        self.state = "sealed"   # sealed | ok | failed
+        self.readiness_override: Readiness | None = Readiness(SEALED, LOCKED_REASON, "keyvault")
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def db_path(self) -> Path:
+        return self.directory / "accounts.db"
+
+    @property
+    def version_path(self) -> Path:
+        return self.directory / "accounts.version"
+
+    async def start(self, subscribe: Callable[..., Any]) -> None:
+        try:
+            subscription = await subscribe("security.", timeout=KEY_CALL_TIMEOUT_S)
+            self._tasks.append(asyncio.create_task(
+                follow_events_of("keyvault", subscription, self._on_security_event), name="authn-watch"))
+        except MeshError as exc:
+            log.warning("no_security_events", reason=exc.code,
+                        hint='add "security." to subscribe in [services.authn], then meshctl config reload')
+        await self.try_unseal()
+        self._tasks.append(asyncio.create_task(keep_unsealed(
+            self._wake, lambda: self.state == "sealed", self.try_unseal, self._periodic, period=PERIOD_S,
+            retry_min=KEY_RETRY_MIN_S, retry_max=KEY_RETRY_MAX_S), name="authn-keeper"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.seal("stopping")
+
+    async def seal(self, reason: str) -> None:
+        async with self._lock:
+            self.keys.wipe()
+            self.state = "sealed"
+            self.readiness_override = Readiness(SEALED, LOCKED_REASON, "keyvault")
+            log.info("sealed", reason=reason)
+
+    async def _fetch(self, purpose: str, version: int | None = None) -> tuple[int, bytearray]:
+        body: dict[str, Any] = {"purpose": purpose} if version is None else {"purpose": purpose, "version": version}
+        reply = await self.call("keyvault.keys.get", body, timeout=KEY_CALL_TIMEOUT_S)
+        # The reply's bytes cannot be wiped (shared/_crypto.py); the copy we keep can.
+        return int(reply["version"]), bytearray(reply["key"])
+
+    async def try_unseal(self) -> bool:
+        """Fetch the keys and open the database. True when no longer sealed (ok or failed)."""
+        async with self._lock:
+            if self.state != "sealed":
+                return True
+            try:
+                await self._open_database()
+                await self._add_signing(None)
+            except StateError as exc:
+                self.keys.wipe()
+                self.state, self.readiness_override = "failed", Readiness(FAILED, exc.message)
+                log.error("authn_unusable", reason=exc.message)
+                return True
+            except MeshError as exc:
+                self.keys.wipe()
+                self.readiness_override = without_keys(exc, keys_from="keyvault")
+                log.info("sealed", reason=exc.code)
+                return False
+            self.state, self.readiness_override = "ok", None
+            log.info("unsealed", signing=self.keys.signing.current)
+            return True
+
+    def _recorded_version(self) -> int | None:
+        try:
+            return int(self.version_path.read_text("ascii").strip())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            raise StateError(f"{self.version_path}: unreadable; it names the accounts key version "
+                             "the database is under") from None
+
+    async def _open_database(self) -> None:
+        current, current_key = await self._fetch("accounts")
+        try:
+            recorded = self._recorded_version()
+            if recorded is None or recorded == current or not self.db_path.exists():
+                self.keys.db = AccountsDB.open(self.db_path, current_key)
+            else:
+                _, old_key = await self._fetch("accounts", recorded)
+                try:
+                    self.keys.db = AccountsDB.open(self.db_path, old_key)
+                except StateError:
+                    # A re-key finished but its version was not recorded: the current key opens it.
+                    self.keys.db = AccountsDB.open(self.db_path, current_key)
+                else:
+                    self.keys.db.rekey(current_key)
+                finally:
+                    wipe(old_key)
+            write_atomic(self.version_path, f"{current}\n".encode())
+        finally:
+            wipe(current_key)
+
+    async def _add_signing(self, version: int | None) -> None:
+        """Add the current ``token-signing`` version (or ``version``) and, at unseal, the one before
+        it; older versions verify for one access-token lifetime after a newer one signs."""
+        new, seed = await self._fetch("token-signing", version)
+        retire_after = self.clock() + self.access_token_s
+        try:
+            self.keys.signing.add(new, seed, retire_after=None)
+            self.keys.digest[new] = bytearray(digest_key(seed))
+        finally:
+            wipe(seed)
+        self.keys.signing.retire_older(new, retire_after)
+        if version is None and new > 1 and new - 1 not in self.keys.digest:
+            old, old_seed = await self._fetch("token-signing", new - 1)
+            try:
+                self.keys.signing.add(old, old_seed, retire_after=retire_after)
+                self.keys.digest[old] = bytearray(digest_key(old_seed))
+            finally:
+                wipe(old_seed)
+
+    async def digest_key_of(self, version: int) -> bytearray | None:
+        """The refresh digest key of ``version``, fetched when not held; None when keyvault has no
+        such version (a forged token)."""
+        if version not in self.keys.digest:
+            try:
+                _, seed = await self._fetch("token-signing", version)
+            except MeshError as exc:
+                if exc.code == "BAD_REQUEST":
+                    return None
+                raise
+            try:
+                self.keys.digest[version] = bytearray(digest_key(seed))
+            finally:
+                wipe(seed)
+        return self.keys.digest[version]
+
+    async def _periodic(self) -> None:
+        self.keys.signing.prune(self.clock())
+
+    async def _on_security_event(self, topic: str, body: Any) -> None:
+        if topic == "security.sealed":
+            await self.seal("security.sealed")
+        elif topic == "security.key_rotated" and self.state == "ok" and isinstance(body, dict):
+            with contextlib.suppress(MeshError):
+                async with self._lock:
+                    if body.get("purpose") == "token-signing":
+                        await self._add_signing(None)
+                    elif body.get("purpose") == "accounts":
+                        await self._open_database_again()
+        elif topic == "security.unsealed":
+            self._wake.set()
+
+    async def _open_database_again(self) -> None:
+        if self.keys.db is not None:
+            self.keys.db.close()
+            self.keys.db = None
+        await self._open_database()

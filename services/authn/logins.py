@@ -1,0 +1,195 @@
+"""Signing in and staying signed in: ``authn.login.password``, ``authn.token.refresh``, ``authn.logout``.
+
+The caller is the peer a person signs in through: a frontend service or a paired device. Whatever
+goes wrong, that caller hears one uniform ``UNAUTHENTICATED`` ("login failed" or "token refused"),
+and the precise reason goes to the audit log: an attacker learns neither whether an account exists
+nor why a token was refused. Throttling is the one exception, by necessity: ``RATE_LIMITED`` says
+when to try again, and it is applied to names that do not exist exactly as to names that do.
+
+Every token is bound to the caller's CURVE key (its fingerprint, stamped by the broker): the access
+token carries it as ``cnf.ckt`` and the session records it, so a token or refresh token presented by
+any other key is refused, and the device that signed in before keeps its own failure budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+from shared import BadRequest, MeshConfig, RateLimited, RequestContext, Unauthenticated, handler
+
+from .database import AccountsDB, Session, User
+from .keeper import Keeper
+from .names import normalise_username, skeleton
+from .passwords import PasswordHasher, WrongPassword
+from .recording import Recorder
+from .refresh import new_refresh, parse_refresh, refresh_digest
+from .schema import Logout, PasswordLogin, Refresh
+from .throttle import Throttle, Throttled
+from .tokens import InvalidToken, issue_access, verify_access
+
+LOGIN_FAILED: Final = "login failed"
+TOKEN_REFUSED: Final = "token refused"  # noqa: S105 - a message, not a secret
+DEFAULT_AUDIENCE: Final = "curvemesh"
+
+
+def session_problem(session: Session | None, user: User | None, now: float, idle_s: int,
+                    absolute_s: int) -> str | None:
+    """Why ``session`` can no longer be used (a reason code for the audit log), or None."""
+    if session is None or user is None:
+        return "session_unknown"
+    if session.ended is not None:
+        return "session_ended"
+    if user.disabled:
+        return "account_disabled"
+    if now - session.last_used > idle_s:
+        return "session_idle"
+    if now - session.created > absolute_s:
+        return "session_expired"
+    return None
+
+
+class LoginHandlers:
+    """Mixed into :class:`~.service.Authn`, which owns the attributes declared here."""
+
+    config: MeshConfig
+    keeper: Keeper
+    recorder: Recorder
+    hasher: PasswordHasher
+    throttle: Throttle
+    clock: Callable[[], float]
+    publish_revoked: Callable[..., Any]
+    db: Callable[[], AccountsDB]
+
+    def _tokens(self, ctx: RequestContext, user: User, session: Session, audience: str) -> dict[str, Any]:
+        settings = self.config.authn
+        token, claims = issue_access(self.keeper.keys.signing, issuer=settings.issuer, audience=audience,
+                                     subject=user.id, session_id=session.id, auth_time=session.auth_time,
+                                     amr=list(session.amr), confirmation=ctx.fingerprint, now=self.clock(),
+                                     lifetime_s=settings.access_token_s)
+        return {"access_token": token, "token_type": "Bearer", "expires_in": settings.access_token_s,
+                "session": session.id, "user": user.id, "username": user.username, "audience": audience,
+                "exp": claims.exp}
+
+    def _fail_login(self, ctx: RequestContext, account: str, reason: str, user: User | None) -> None:
+        self.recorder.record("authn.login", ctx, "failure", target=account, reason=reason,
+                             account=user.id if user else None)
+
+    @handler("login.password", request=PasswordLogin, concurrent=True)
+    async def login_password(self, ctx: RequestContext, req: PasswordLogin) -> dict[str, Any]:
+        """``authn.login.password {username, password, audience?}`` → ``{access_token, refresh_token,
+        token_type, expires_in, session, user, username, audience, exp}``: tokens bound to the
+        caller's key. Any failure: ``UNAUTHENTICATED`` "login failed" (the reason is audited);
+        too many: ``RATE_LIMITED`` with the wait. Called by a frontend or a paired device."""
+        db = self.db()  # SEALED while sealed
+        if not ctx.fingerprint:
+            raise Unauthenticated(LOGIN_FAILED)  # no key to bind to: never issue an unbound token
+        audience = req.audience or DEFAULT_AUDIENCE
+        try:
+            username = normalise_username(req.username)
+        except BadRequest:
+            # Not a name anyone could have: throttled and audited like any other failed guess.
+            username = None
+        account = skeleton(username) if username else "<invalid>"
+        user = db.user_by_skeleton(account) if username else None
+        known = user is not None and db.known_device(user.id, ctx.fingerprint)
+        try:
+            self.throttle.check(account, ctx.fingerprint, known_device=known)
+        except Throttled as exc:
+            self._fail_login(ctx, username or account, f"throttled ({exc.reason})", user)
+            raise RateLimited(f"too many failed logins: try again in {max(1, round(exc.retry_after_s))} s") from None
+        try:
+            if user is None:
+                # The same Argon2 cost as a real check, so the time taken does not tell who exists.
+                await ctx.run_blocking(self.hasher.dummy_verify, req.password)
+            else:
+                await ctx.run_blocking(self.hasher.verify, user.password_hash, req.password)
+        except WrongPassword:
+            self.throttle.failure(account, ctx.fingerprint, known_device=known)
+            self._fail_login(ctx, username or account, "unknown user" if user is None else "wrong password", user)
+            raise Unauthenticated(LOGIN_FAILED) from None
+        assert user is not None
+        if user.disabled:
+            self._fail_login(ctx, user.username, "account disabled", user)
+            raise Unauthenticated(LOGIN_FAILED)
+        self.throttle.success(account, ctx.fingerprint)
+        now = self.clock()
+        if self.hasher.needs_rehash(user.password_hash):
+            # The authentication profile changed since this hash was made: upgrade it now that we
+            # hold the password, without ending any session.
+            db.set_password(user.id, await ctx.run_blocking(self.hasher.hash, req.password), now, end_sessions=None)
+        version = self.keeper.keys.signing.current
+        refresh, digest = new_refresh(version, self.keeper.keys.digest[version])
+        session = db.start_session(user.id, ctx.caller, ctx.fingerprint, ["pwd"], digest, now)
+        self.recorder.record("authn.login", ctx, "ok", target=user.username, account=user.id, session=session.id,
+                             method="password", known_device=known)
+        return {**self._tokens(ctx, user, session, audience), "refresh_token": refresh}
+
+    @handler("token.refresh", request=Refresh, concurrent=True)
+    async def token_refresh(self, ctx: RequestContext, req: Refresh) -> dict[str, Any]:
+        """``authn.token.refresh {refresh_token}`` → a new access token and a new refresh token (the
+        one sent is spent). A spent one sent again ends the whole session (theft: the thief and the
+        owner share its family) and is audited as ``authn.refresh_reused``. Refused over any key but
+        the one the session is bound to. Failure: ``UNAUTHENTICATED`` "token refused"."""
+        db = self.db()  # SEALED while sealed
+        try:
+            version, raw = parse_refresh(req.refresh_token)
+        except InvalidToken as exc:
+            return self._refuse_refresh(ctx, exc.reason)
+        key = await self.keeper.digest_key_of(version)
+        if key is None:
+            return self._refuse_refresh(ctx, "unknown_version")
+        now = self.clock()
+        old = refresh_digest(raw, key)
+        found = db.refresh_state(old)
+        if found is None:
+            return self._refuse_refresh(ctx, "unknown_refresh_token")
+        session, spent = found
+        user = db.user_by_id(session.user_id)
+        if session.peer_fp != ctx.fingerprint:
+            # Someone else's refresh token: refused, and nothing of the owner's session changes.
+            return self._refuse_refresh(ctx, "wrong_presenter", session)
+        if spent and session.ended is None:
+            db.end_sessions(now, "refresh token reused", session_id=session.id)
+            self.recorder.record("authn.refresh_reused", ctx, "denied", target=user.username if user else None,
+                                 account=session.user_id, session=session.id)
+            await self.publish_revoked(session.user_id, [session.id], "refresh token reused")
+            raise Unauthenticated(TOKEN_REFUSED)
+        settings = self.config.authn
+        problem = "refresh_token_spent" if spent else session_problem(
+            session, user, now, settings.session_idle_s, settings.session_absolute_s)
+        if problem:
+            return self._refuse_refresh(ctx, problem, session)
+        assert user is not None
+        current = self.keeper.keys.signing.current
+        refresh, digest = new_refresh(current, self.keeper.keys.digest[current])
+        if not db.rotate_refresh(old, digest, now):
+            return self._refuse_refresh(ctx, "refresh_token_spent", session)
+        return {**self._tokens(ctx, user, session, DEFAULT_AUDIENCE), "refresh_token": refresh}
+
+    def _refuse_refresh(self, ctx: RequestContext, reason: str, session: Session | None = None) -> dict[str, Any]:
+        self.recorder.record("authn.refresh", ctx, "denied", reason=reason,
+                             session=session.id if session else None, account=session.user_id if session else None)
+        raise Unauthenticated(TOKEN_REFUSED)
+
+    @handler("logout", request=Logout)
+    async def logout(self, ctx: RequestContext, req: Logout) -> dict[str, Any]:
+        """``authn.logout {access_token}`` → ``{ended: true}``: the session ends at once on every
+        path (its refresh tokens are spent, its access tokens refused; ``authn.revoked.session``
+        is published for local verifiers). Only the key the token is bound to may end it."""
+        db = self.db()  # SEALED while sealed
+        settings = self.config.authn
+        try:
+            claims = verify_access(req.access_token, self.keeper.keys.signing, issuer=settings.issuer,
+                                   audience=None, presenter=ctx.fingerprint, now=self.clock())
+        except InvalidToken as exc:
+            self.recorder.record("authn.logout", ctx, "denied", reason=exc.reason)
+            raise Unauthenticated(TOKEN_REFUSED) from None
+        ended = db.end_sessions(self.clock(), "logout", session_id=claims.sid)
+        self.recorder.record("authn.logout", ctx, "ok", account=claims.sub, session=claims.sid)
+        if ended:
+            await self.publish_revoked(claims.sub, ended, "logout")
+        return {"ended": True}
+
+
+__all__ = ["DEFAULT_AUDIENCE", "LOGIN_FAILED", "TOKEN_REFUSED", "LoginHandlers", "session_problem"]

@@ -1,0 +1,68 @@
+"""authn's audit trail: a durable spool of its own, shipped to the audit service.
+
+Every login, refresh, verification failure and account change is recorded before authn answers
+(the record is fsynced into ``<home>/spool/authn-audit.spool``; a full spool refuses the operation:
+fail closed), and an :class:`~shared.AuditShipper` delivers the spool to ``audit.append``, so nothing
+is lost while audit is down. Records carry who (the peer identity the broker authenticated, and its
+key fingerprint), which account, the outcome and a reason code; never a password, a token, a TOTP
+secret or a recovery code. ``authn.login`` failures feed audit's ``failed_logins_*`` rules: the
+account is the record's ``target``, the source ``details.source``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Final
+
+from shared import AuditShipper, RequestContext, Spool, Unavailable
+
+SHIP_PERIOD_S: Final = 1.0
+SPOOL_MAX_RECORDS: Final = 1_000_000
+
+
+class Recorder:
+    """Open with :meth:`open` (the mesh client, once connected), :meth:`record`, :meth:`close`."""
+
+    def __init__(self, path: Path, max_records: int = SPOOL_MAX_RECORDS) -> None:
+        self.path = path
+        self.max_records = max_records
+        self.spool: Spool | None = None
+        self.shipper: AuditShipper | None = None
+
+    def open(self, mesh: Any) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.spool = Spool(self.path, self.max_records)
+        if mesh is not None:  # None only when handlers are called directly (tests)
+            self.shipper = AuditShipper(self.spool, mesh, name="authn-audit-shipper", period=SHIP_PERIOD_S)
+            self.shipper.start()
+
+    async def close(self) -> None:
+        # The shipper reads from the spool until it stops: it goes first.
+        if self.shipper is not None:
+            await self.shipper.stop()
+            self.shipper = None
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+
+    def record(self, event: str, ctx: RequestContext | None, outcome: str, *, target: str | None = None,
+               on_behalf_of: str | None = None, **details: Any) -> None:
+        """Append one record and fsync it before returning; :class:`Unavailable` when the spool is
+        full or closed (the operation is then refused). ``ctx`` None: authn acting on its own."""
+        if self.spool is None:
+            raise Unavailable("authn cannot record to its audit spool now; try again shortly")
+        record: dict[str, Any] = {"type": event, "time": time.time(), "outcome": outcome, **details}
+        if ctx is not None:
+            # The peer as the broker authenticated it: its name and the fingerprint of its key.
+            record.update(actor=ctx.caller, source=ctx.caller, source_role=ctx.role,
+                          source_key=ctx.fingerprint[:16] or None)
+        if target is not None:
+            record["target"] = target
+        if on_behalf_of is not None:
+            record["on_behalf_of"] = on_behalf_of
+        if not self.spool.append(record):
+            raise Unavailable("the authn audit spool is full; refusing until audit catches up")
+        self.spool.sync()
+        if self.shipper is not None:
+            self.shipper.notify()

@@ -1,0 +1,64 @@
+"""Message types of the authn service. Passwords and tokens are marked sensitive: the log redaction
+never lets them through, and the schema's errors name a field, never its value."""
+
+from __future__ import annotations
+
+from dataclasses import field
+
+from shared import message
+
+_SECRET = {"sensitive": True, "max_len": 4096}
+#: A username as sent: the normalisation (names.py) checks the rest; this only bounds the work.
+_NAME = {"max_len": 256}
+
+
+@message
+class Username:
+    username: str = field(metadata=_NAME)
+
+
+@message
+class NewUser:
+    username: str = field(metadata=_NAME)
+    password: str = field(metadata={"sensitive": True, "max_len": 4096})
+
+
+@message
+class PasswordLogin:
+    username: str = field(metadata=_NAME)
+    password: str = field(metadata={"sensitive": True, "max_len": 4096})
+    audience: str | None = field(default=None, metadata={"max_len": 128})
+
+
+@message
+class Refresh:
+    refresh_token: str = field(metadata=_SECRET)
+
+
+@message
+class Logout:
+    access_token: str = field(metadata=_SECRET)
+
+
+@message
+class Verify:
+    """``presenter``: the key fingerprint of the peer that presented the token to the calling
+    service (its ``RequestContext.fingerprint``); absent when the caller presents its own token."""
+
+    access_token: str = field(metadata=_SECRET)
+    audience: str = field(metadata={"max_len": 128})
+    presenter: str | None = field(default=None, metadata={"max_len": 64})
+
+
+@message
+class SessionFilter:
+    username: str | None = field(default=None, metadata=_NAME)
+
+
+@message
+class SessionRevoke:
+    """Exactly one of: one session, every session of a user, every session of a device key."""
+
+    session: str | None = field(default=None, metadata={"max_len": 64})
+    username: str | None = field(default=None, metadata=_NAME)
+    device: str | None = field(default=None, metadata={"max_len": 64})

@@ -1,0 +1,87 @@
+"""Signed-in devices, for operators: ``authn.sessions.list`` and ``authn.sessions.revoke``.
+
+A session is one sign-in of one person through one peer key: who, from which device (the peer's
+identity and key fingerprint), since when, last used. Revoking ends it on every path at once: its
+refresh tokens are spent, ``authn.verify`` refuses its access tokens from the next request, and
+``authn.revoked.session`` tells services that verify locally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from shared import BadRequest, Forbidden, NotFound, RequestContext, handler
+
+from .accounts import find_user
+from .database import AccountsDB, Session, User
+from .recording import Recorder
+from .schema import SessionFilter, SessionRevoke
+
+
+def session_view(session: Session, user: User | None) -> dict[str, Any]:
+    return {"session": session.id, "user": session.user_id, "username": user.username if user else None,
+            "peer": session.peer, "device": session.peer_fp, "since": session.created,
+            "last_used": session.last_used, "auth_time": session.auth_time, "amr": list(session.amr)}
+
+
+class SessionHandlers:
+    """Mixed into :class:`~.service.Authn`, which owns the attributes declared here."""
+
+    recorder: Recorder
+    clock: Callable[[], float]
+    publish_revoked: Callable[..., Any]
+    db: Callable[[], AccountsDB]
+
+    @staticmethod
+    def _operator(ctx: RequestContext) -> None:
+        if ctx.role != "operator":
+            raise Forbidden("listing and revoking sessions is for operators (meshctl sessions)")
+
+    def _user_id(self, raw: str) -> User:
+        return find_user(self.db(), raw)
+
+    @handler("sessions.list", request=SessionFilter)
+    async def sessions_list(self, ctx: RequestContext, req: SessionFilter) -> list[dict[str, Any]]:
+        """``authn.sessions.list {username?}`` → the open sessions (of one user, or all).
+        ``meshctl sessions list [--user NAME]``."""
+        self._operator(ctx)
+        db = self.db()
+        only = self._user_id(req.username) if req.username is not None else None
+        users = {u.id: u for u in db.users()}
+        return [session_view(s, users.get(s.user_id)) for s in db.sessions(only.id if only else None)]
+
+    @handler("sessions.revoke", request=SessionRevoke)
+    async def sessions_revoke(self, ctx: RequestContext, req: SessionRevoke) -> dict[str, Any]:
+        """``authn.sessions.revoke {session | username | device}`` → ``{ended: [ids]}``: exactly one
+        filter; a device is its key fingerprint (64 hex digits, as ``sessions list`` shows it).
+        ``meshctl sessions revoke (--session ID | --user NAME | --device FP)``."""
+        self._operator(ctx)
+        given = [name for name in ("session", "username", "device") if getattr(req, name) is not None]
+        if len(given) != 1:
+            raise BadRequest("name exactly one of session, username or device")
+        db, now = self.db(), self.clock()
+        if req.session is not None:
+            session = db.session(req.session)
+            if session is None:
+                raise NotFound("no such session: meshctl sessions list shows them")
+            ended = db.end_sessions(now, "revoked by an operator", session_id=session.id)
+            users = {session.user_id: ended}
+        elif req.username is not None:
+            user = self._user_id(req.username)
+            users = {user.id: db.end_sessions(now, "revoked by an operator", user_id=user.id)}
+        else:
+            device = str(req.device).lower()
+            if len(device) != 64 or any(c not in "0123456789abcdef" for c in device):
+                raise BadRequest("device: the 64 hex digits of a key fingerprint (meshctl sessions list)")
+            users = {}
+            for session in db.sessions():
+                if session.peer_fp == device:
+                    users.setdefault(session.user_id, []).append(session.id)
+            db.end_sessions(now, "revoked by an operator", peer_fp=device)
+        ended_all = [sid for ids in users.values() for sid in ids]
+        self.recorder.record("authn.sessions_revoked", ctx, "ok", sessions=ended_all, filter=given[0])
+        for user_id, ids in users.items():
+            if ids:
+                await self.publish_revoked(user_id, ids, "revoked by an operator")
+        return {"ended": ended_all}

@@ -1,0 +1,183 @@
+"""authn over a real in-process mesh: accounts, password login, tokens bound to the caller's key,
+refresh rotation and reuse detection, revocation on every path, uniform refusals with the reason in
+audit, throttling that cannot lock the owner out, sealing, and no secret anywhere under the home."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared import MeshError
+
+from .authn_rig import USER_PASSWORD, AuthnRig, authn_rig
+from .conftest import eventually
+
+
+async def _code(call: Any) -> tuple[str, str]:
+    with pytest.raises(MeshError) as caught:
+        await call
+    return caught.value.code, caught.value.message
+
+
+def _claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+async def test_a_login_gives_tokens_bound_to_the_device_that_logged_in(short_tmp: Path) -> None:
+    async with authn_rig(short_tmp / "h") as r:
+        user = await r.add_user()
+        tokens = await r.login("phone")
+        claims = _claims(tokens["access_token"])
+        assert claims["sub"] == user["id"] == tokens["user"] and claims["sid"] == tokens["session"]
+        assert claims["cnf"] == {"ckt": r.fingerprint("phone")} and claims["amr"] == ["pwd"]
+        assert claims["exp"] - claims["iat"] == 900 and claims["iss"] == "curvemesh"
+        assert tokens["refresh_token"].startswith("rt.")
+        # The phone presents its own token; a service checks one the phone presented to it.
+        assert (await r.verify("phone", tokens["access_token"]))["sub"] == user["id"]
+        checked = await r.verify("storage", tokens["access_token"], presenter=r.fingerprint("phone"))
+        assert checked["username"] == "alice" and checked["sid"] == tokens["session"]
+        # Proof of possession: the same token over any other key is refused, uniformly.
+        assert await _code(r.verify("laptop", tokens["access_token"])) == ("UNAUTHENTICATED", "token refused")
+        assert await _code(r.verify("storage", tokens["access_token"], presenter=r.fingerprint("laptop"))) == (
+            "UNAUTHENTICATED", "token refused")
+        # Only a service may speak for a presenter: a device cannot claim to be the phone.
+        assert (await _code(r.verify("laptop", tokens["access_token"], presenter=r.fingerprint("phone"))))[0] == (
+            "UNAUTHENTICATED")
+        assert await _code(r.verify("phone", tokens["access_token"], audience="elsewhere")) == (
+            "UNAUTHENTICATED", "token refused")
+        spool = r.spool_text()
+        for reason in (b"wrong_presenter", b"presenter_not_allowed", b"audience"):
+            assert reason in spool
+
+
+async def test_failed_logins_look_the_same_whatever_went_wrong(short_tmp: Path) -> None:
+    async with authn_rig(short_tmp / "h") as r:
+        await r.add_user()
+        await r.add_user("bob")
+        await r["meshctl"].call("authn.users.disable", {"username": "bob"}, timeout=10)
+        answers = {await _code(r.login("phone", "nobody")), await _code(r.login("phone", password="not-it-at-all")),
+                   await _code(r.login("phone", "bob")), await _code(r.login("phone", "bad\x00name"))}
+        assert answers == {("UNAUTHENTICATED", "login failed")}
+        spool = r.spool_text()
+        for reason in (b"unknown user", b"wrong password", b"account disabled"):
+            assert reason in spool
+        # Visually equal names are one person: the same account, whatever the case or script.
+        assert (await r.login("laptop", "ALICE"))["username"] == "alice"
+        assert await _code(r.add_user("Alice")) == (
+            "CONFLICT", "a user with this name, or one that looks the same, already exists")
+
+
+async def test_refresh_rotates_and_a_reused_refresh_token_ends_the_session(short_tmp: Path) -> None:
+    async with authn_rig(short_tmp / "h") as r:
+        await r.add_user()
+        first = await r.login("phone")
+        second = await r["phone"].call("authn.token.refresh", {"refresh_token": first["refresh_token"]}, timeout=10)
+        assert second["session"] == first["session"] and second["refresh_token"] != first["refresh_token"]
+        assert (await r.verify("phone", second["access_token"]))["sid"] == first["session"]
+        # A refresh token is useless over another key, and that attempt changes nothing.
+        assert await _code(r["laptop"].call("authn.token.refresh", {"refresh_token": second["refresh_token"]},
+                                            timeout=10)) == ("UNAUTHENTICATED", "token refused")
+        # The spent one comes back (a thief replaying it): the whole family is ended.
+        events = await r["meshctl"].subscribe("authn.revoked.", timeout=5)
+        assert await _code(r["phone"].call("authn.token.refresh", {"refresh_token": first["refresh_token"]},
+                                           timeout=10)) == ("UNAUTHENTICATED", "token refused")
+        event = await events.next(timeout=5)
+        assert event.sender == "authn" and event.body["sessions"] == [first["session"]]
+        for token in (first["access_token"], second["access_token"]):
+            assert (await _code(r.verify("phone", token)))[0] == "UNAUTHENTICATED"
+        assert (await _code(r["phone"].call("authn.token.refresh", {"refresh_token": second["refresh_token"]},
+                                            timeout=10)))[0] == "UNAUTHENTICATED"
+        assert b"authn.refresh_reused" in r.spool_text()
+        # An access token is not a refresh token, nor the other way round.
+        third = await r.login("phone")
+        assert (await _code(r["phone"].call("authn.token.refresh", {"refresh_token": third["access_token"]},
+                                            timeout=10)))[0] == "UNAUTHENTICATED"
+        assert (await _code(r.verify("phone", third["refresh_token"])))[0] == "UNAUTHENTICATED"
+
+
+@pytest.mark.parametrize("how", ["logout", "disable", "passwd", "delete", "revoke-session", "revoke-user",
+                                 "revoke-device"])
+async def test_every_way_of_ending_a_session_is_seen_on_the_next_request(short_tmp: Path, how: str) -> None:
+    async with authn_rig(short_tmp / "h") as r:
+        await r.add_user()
+        tokens = await r.login("phone")
+        other = await r.login("laptop")
+        op = r["meshctl"]
+        if how == "logout":
+            assert await r["phone"].call("authn.logout", {"access_token": tokens["access_token"]}, timeout=10) == {
+                "ended": True}
+        elif how == "disable":
+            await op.call("authn.users.disable", {"username": "alice"}, timeout=10)
+        elif how == "passwd":
+            await op.call("authn.users.passwd", {"username": "alice", "password": "another-planted-phrase-93"},
+                          timeout=10)
+        elif how == "delete":
+            await op.call("authn.users.delete", {"username": "alice"}, timeout=10)
+        elif how == "revoke-session":
+            assert (await op.call("authn.sessions.revoke", {"session": tokens["session"]}, timeout=10))["ended"] == [
+                tokens["session"]]
+        elif how == "revoke-user":
+            await op.call("authn.sessions.revoke", {"username": "alice"}, timeout=10)
+        else:
+            await op.call("authn.sessions.revoke", {"device": r.fingerprint("phone")}, timeout=10)
+        assert (await _code(r.verify("phone", tokens["access_token"])))[0] == "UNAUTHENTICATED"
+        assert (await _code(r["phone"].call("authn.token.refresh", {"refresh_token": tokens["refresh_token"]},
+                                            timeout=10)))[0] == "UNAUTHENTICATED"
+        laptop_alive = how in ("logout", "revoke-session", "revoke-device")
+        if laptop_alive:
+            assert (await r.verify("laptop", other["access_token"]))["sid"] == other["session"]
+        else:
+            assert (await _code(r.verify("laptop", other["access_token"])))[0] == "UNAUTHENTICATED"
+
+
+async def test_a_locked_out_attacker_does_not_lock_out_the_owners_device(short_tmp: Path) -> None:
+    async with authn_rig(short_tmp / "h") as r:
+        await r.add_user()
+        await r.login("phone")  # the phone is now a known device of alice's
+        codes = []
+        for _ in range(12):
+            code, message = await _code(r.login("laptop", password="guessing-wrong-again"))
+            codes.append(code)
+            r.monotonic.advance(301)  # past any delay, not past the lockout
+        assert "RATE_LIMITED" in codes and codes[0] == "UNAUTHENTICATED"
+        assert (await _code(r.login("laptop")))[0] == "RATE_LIMITED"  # even the right password, from there
+        assert (await r.login("phone"))["username"] == "alice"  # the owner's device still gets in
+        assert b"throttled" in r.spool_text()
+
+
+async def test_sealed_authn_answers_sealed_and_comes_back(short_tmp: Path) -> None:
+    async with authn_rig(short_tmp / "h") as r:
+        await r.add_user()
+        tokens = await r.login("phone")
+        await r["meshctl"].call("keyvault.lock", timeout=10)
+        await eventually(lambda: r.authn_state("sealed"), deadline=10)
+        assert (await _code(r.verify("phone", tokens["access_token"])))[0] == "SEALED"
+        assert (await _code(r.login("phone")))[0] == "SEALED"
+        from .authn_rig import PASSWORD
+        await r["meshctl"].call("keyvault.unlock", {"password": PASSWORD}, timeout=30)
+        await eventually(lambda: r.authn_state("ready"), deadline=20)
+        assert (await r.verify("phone", tokens["access_token"]))["sid"] == tokens["session"]
+
+
+async def test_accounts_survive_a_restart_and_no_secret_is_under_the_home(short_tmp: Path) -> None:
+    async with authn_rig(short_tmp / "h") as r:
+        await r.add_user()
+        tokens = await r.login("phone")
+        await _code(r.login("phone", password="planted-wrong-guess-5e2a"))
+        await r.stop_authn()
+        await r.start_authn()
+        assert (await r.verify("phone", tokens["access_token"]))["username"] == "alice"
+        users = await r["meshctl"].call("authn.users.list", timeout=10)
+        assert [(u["username"], u["sessions"]) for u in users] == [("alice", 1)]
+        planted = [USER_PASSWORD, "planted-wrong-guess-5e2a", tokens["refresh_token"].split(".")[2],
+                   tokens["access_token"].split(".")[2]]
+        for path in r.home.root.rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                for secret in planted:
+                    assert secret.encode() not in data, (path, secret[:8])

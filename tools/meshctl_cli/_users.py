@@ -1,0 +1,110 @@
+"""``meshctl users`` and ``meshctl sessions``: people's accounts and their signed-in devices (authn).
+
+Passwords are read from ``--password-file`` (0600) or asked twice on the terminal, and travel only
+inside the operator's CURVE connection to authn, which checks them against its policy (length,
+common passwords, the username) and answers with the reason when it refuses one. ``users delete``
+and ``sessions revoke`` ask before acting (``--yes`` to skip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from shared import MeshHome
+
+from . import _confirm, _intake
+from ._audit import when
+from ._mesh import connected
+from ._output import CliError, emit, table
+
+_TIMEOUT_S = 30.0
+
+
+async def _call(home: MeshHome, method: str, body: dict[str, Any] | None = None) -> Any:
+    async with connected(home) as client:
+        return await client.call(method, body, timeout=_TIMEOUT_S)
+
+
+def _users_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no users (meshctl users add NAME creates one)"
+    return table(["USERNAME", "STATE", "SESSIONS", "CREATED", "ID"],
+                 [[r["username"], "disabled" if r["disabled"] else "active", r.get("sessions"), when(r["created"]),
+                   r["id"]] for r in rows])
+
+
+def _sessions_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no open sessions"
+    return table(["USER", "PEER", "DEVICE KEY", "SINCE", "LAST USED", "METHODS", "SESSION"],
+                 [[r.get("username") or r.get("user"), r["peer"], r["device"][:16], when(r["since"]),
+                   when(r["last_used"]), ",".join(r["amr"]), r["session"]] for r in rows])
+
+
+def _show(user: dict[str, Any]) -> str:
+    lines = [f"user {user['username']} ({'disabled' if user['disabled'] else 'active'})", f"  id: {user['id']}",
+             f"  created: {when(user['created'])}, updated: {when(user['updated'])}"]
+    sessions = [{**s, "username": user["username"]} for s in user.get("open_sessions", [])]
+    return "\n".join(lines) + "\n" + _sessions_table(sessions)
+
+
+def _password(args: argparse.Namespace, what: str) -> bytearray:
+    # authn applies the policy and names what is wrong; here only usable text is required.
+    return _intake.ask_new(args.password_file, what, checked=False)
+
+
+def run_users(args: argparse.Namespace, home: MeshHome) -> int:
+    """``meshctl users add|list|show|disable|enable|delete|passwd [NAME]``."""
+    if args.action == "list":
+        rows = asyncio.run(_call(home, "authn.users.list"))
+        emit(args.json, rows, _users_table(rows))
+        return 0
+    if not args.name:
+        raise CliError(f"users {args.action} needs a NAME", status=2)
+    if args.action == "show":
+        user = asyncio.run(_call(home, "authn.users.show", {"username": args.name}))
+        emit(args.json, user, _show(user))
+        return 0
+    if args.action in ("add", "passwd"):
+        password = _password(args, f"password for {args.name}")
+        try:
+            result = asyncio.run(_call(home, f"authn.users.{args.action}",
+                                       {"username": args.name, "password": _intake.wire(password)}))
+        finally:
+            _intake.wipe(password)
+        text = (f"user {result['username']} added (id {result['id']})" if args.action == "add" else
+                f"password of {result['username']} changed; {result['sessions_ended']} session(s) ended")
+        emit(args.json, result, text)
+        return 0
+    if args.action == "delete":
+        _confirm.confirm(args, f"delete user {args.name}: the account, its sessions and known devices are gone for "
+                               "good, and every token of it is refused from the next request")
+        result = asyncio.run(_call(home, "authn.users.delete", {"username": args.name}))
+        emit(args.json, result, f"user {result['username']} deleted; {result['sessions_ended']} session(s) ended")
+        return 0
+    result = asyncio.run(_call(home, f"authn.users.{args.action}", {"username": args.name}))
+    state = "disabled" if result["disabled"] else "enabled"
+    emit(args.json, result, f"user {result['username']} {state}" + (
+        f"; {result['sessions_ended']} session(s) ended" if result.get("sessions_ended") else ""))
+    return 0
+
+
+def run_sessions(args: argparse.Namespace, home: MeshHome) -> int:
+    """``meshctl sessions list [--user NAME]`` and ``meshctl sessions revoke (--session ID | --user NAME |
+    --device FP)``."""
+    if args.action == "list":
+        rows = asyncio.run(_call(home, "authn.sessions.list", {"username": args.user} if args.user else {}))
+        emit(args.json, rows, _sessions_table(rows))
+        return 0
+    chosen = {k: v for k, v in (("session", args.session), ("username", args.user), ("device", args.device)) if v}
+    if len(chosen) != 1:
+        raise CliError("sessions revoke needs exactly one of --session ID, --user NAME or --device FP", status=2)
+    (what, value), = chosen.items()
+    scope = {"session": f"session {value}", "username": f"every session of user {value}",
+             "device": f"every session of the device key {value[:16]}"}[what]
+    _confirm.confirm(args, f"end {scope}: its tokens are refused from the next request")
+    result = asyncio.run(_call(home, "authn.sessions.revoke", chosen))
+    emit(args.json, result, f"{len(result['ended'])} session(s) ended")
+    return 0
