@@ -1,4 +1,4 @@
-"""authn's token core: access tokens (EdDSA JWT). Pure: no mesh, no clock.
+"""authn's token core: access tokens (EdDSA JWT) and refresh tokens. Pure: no mesh, no clock.
 
 Every refusal asserts its exact reason, since the reason is what the audit log records.
 """
@@ -18,6 +18,15 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.authn.refresh import (
+    DIGEST_INFO,
+    check_digest,
+    digest_key,
+    lookup_digest,
+    new_refresh,
+    parse_refresh,
+    refresh_digest,
+)
 from services.authn.tokens import (
     MAX_ACCESS_LIFETIME_S,
     REASONS,
@@ -425,6 +434,70 @@ def test_invalid_token_takes_only_known_reasons() -> None:
         InvalidToken("the token was eyJhbGciOi...")
 
 
+# Refresh tokens.
+
+def test_refresh_round_trip() -> None:
+    key = digest_key(SEED1)
+    token, digest = new_refresh(7, key)
+    version, raw = parse_refresh(token)
+    assert token.startswith("rt.7.") and len(token) == len("rt.7.") + 43
+    assert version == 7 and len(raw) == 32 and token == f"rt.7.{b64url(raw)}"
+    assert refresh_digest(raw, key) == digest == hmac.new(key, raw, hashlib.sha256).digest()
+    assert lookup_digest(token, {7: key}) == (7, digest)
+    check_digest(digest, refresh_digest(raw, key))
+    assert new_refresh(7, key)[0] != token
+
+
+def test_digest_key_is_hkdf_with_its_own_label() -> None:
+    # RFC 5869 by hand: extract with the default all-zero salt, then one expand block.
+    prk = hmac.new(bytes(32), SEED1, hashlib.sha256).digest()
+    assert digest_key(SEED1) == hmac.new(prk, DIGEST_INFO + b"\x01", hashlib.sha256).digest()
+    assert digest_key(bytearray(SEED1)) == digest_key(SEED1) != digest_key(SEED2)
+    assert digest_key(SEED1) != SEED1
+    with pytest.raises(ValueError):
+        digest_key(SEED1[:16])
+
+
+def test_refresh_digest_differs_with_another_key() -> None:
+    token, digest = new_refresh(1, digest_key(SEED1))
+    _, raw = parse_refresh(token)
+    assert refresh_digest(raw, digest_key(SEED2)) != digest
+    with pytest.raises(InvalidToken) as caught:
+        check_digest(digest, refresh_digest(raw, digest_key(SEED2)))
+    assert caught.value.reason == "digest_mismatch"
+    with pytest.raises(InvalidToken) as caught:
+        lookup_digest(token, {2: digest_key(SEED2)})
+    assert caught.value.reason == "kid_unknown"
+
+
+GOOD_RAW = b64url(bytes(range(32)))
+
+
+@pytest.mark.parametrize("token", [
+    "", "rt", "rt.", "rt.1", "rt.1.", f"rt.1.{GOOD_RAW[:-1]}", f"rt.1.{GOOD_RAW}A", f"rt.1.{GOOD_RAW}=",
+    f"rt.01.{GOOD_RAW}", f"rt.0.{GOOD_RAW}", f"rt.1000000.{GOOD_RAW}", f"rt.-1.{GOOD_RAW}", f"rt.+1.{GOOD_RAW}",
+    f"RT.1.{GOOD_RAW}", f"rt.1.{GOOD_RAW}\n", f" rt.1.{GOOD_RAW}", f"rt.1.2.{GOOD_RAW}", f"rt..{GOOD_RAW}",
+    f"rt.\u0661.{GOOD_RAW}", f"rt.\uff11.{GOOD_RAW}", f"rt.1.{GOOD_RAW[:-2]}+/", f"rt.1.{GOOD_RAW[:-1]}x",
+    f"rt.1.{GOOD_RAW[:-1]}\u00e9", f"at.1.{GOOD_RAW}", "rt.1." + "A" * 200, None, 1, b"rt.1.x",
+    f"rt.1.{GOOD_RAW}".encode(),
+])
+def test_malformed_refresh(token: object) -> None:
+    with pytest.raises(InvalidToken) as caught:
+        parse_refresh(token)
+    assert caught.value.reason == "malformed"
+    with pytest.raises(InvalidToken):
+        lookup_digest(token, {1: digest_key(SEED1)})
+
+
+def test_refresh_version_range() -> None:
+    assert parse_refresh(f"rt.999999.{GOOD_RAW}")[0] == 999999
+    for version in (0, 1_000_000, -1, True, 1.0):
+        with pytest.raises(ValueError):
+            new_refresh(version, digest_key(SEED1))  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        new_refresh(1, b"short key")
+
+
 # Fuzzing: nothing but InvalidToken ever escapes.
 
 _JWS_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
@@ -440,6 +513,10 @@ def test_random_input_only_ever_raises_invalid_token(text: object) -> None:
     keys = keys_v1()
     with pytest.raises(InvalidToken):
         verify(text, keys)
+    with pytest.raises(InvalidToken):
+        parse_refresh(text)
+    with pytest.raises(InvalidToken):
+        parse_refresh("rt." + str(text))
 
 
 @settings(max_examples=300, deadline=None, database=None)
