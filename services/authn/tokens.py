@@ -1,0 +1,334 @@
+"""Access tokens: EdDSA-signed JWTs (RFC 9068 profile) bound to the presenter's CURVE key.
+
+:class:`SigningKeys` holds the ``token-signing`` versions keyvault hands out (32-byte Ed25519
+seeds): the newest signs, older ones verify until they retire. :func:`issue_access` signs;
+:func:`verify_access` returns :class:`AccessClaims` or raises :class:`InvalidToken`, whose
+``reason`` is a short code for the audit log (no check here answers with a bool). A service
+verifying locally builds :class:`PublicKeys` from :meth:`SigningKeys.public_jwks` (``authn.keys``).
+
+Header ``{"alg": "EdDSA", "typ": "at+jwt", "kid": "token-signing-v<N>"}``; claims iss, aud (one
+string), sub, sid, jti, iat, nbf, exp, auth_time, amr, ``cnf: {"ckt": ...}``, ``token_use:
+"access"``. ``ckt``, the "CURVE key thumbprint", is the lowercase hex SHA-256 of the raw 32-byte
+CURVE public key of the peer the token is bound to (:func:`shared.certs.fingerprint`), modelled on
+``x5t#S256`` (RFC 8705) in RFC 7800's ``cnf``: the token is good only over that peer's connection.
+
+Clock: PyJWT 2.15 reads the wall clock itself and takes no clock argument, so PyJWT checks the
+signature, iss, aud and that every claim is present, with its time checks off, and this module
+checks iat, nbf and exp against the injected ``now``. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import math
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from jwt.exceptions import InvalidJTIError, InvalidSubjectError
+
+__all__ = ["MAX_ACCESS_LIFETIME_S", "MAX_TOKEN_BYTES", "REASONS", "SEED_BYTES", "AccessClaims", "InvalidToken",
+           "PublicKeys", "SigningKeys", "b64url", "b64url_decode", "check_version", "issue_access", "kid_for",
+           "verify_access"]
+
+ALG: Final = "EdDSA"
+#: RFC 9068 also allows "application/at+jwt"; we are the only issuer, so one spelling is accepted.
+TYP: Final = "at+jwt"
+TOKEN_USE: Final = "access"  # noqa: S105 (a claim value, not a password)
+MAX_TOKEN_BYTES: Final = 4096
+#: Rotation keeps a replaced key this long after its successor took over: no token may outlive that.
+MAX_ACCESS_LIFETIME_S: Final = 900
+SEED_BYTES: Final = 32
+MAX_VERSION: Final = 999_999
+REQUIRED_CLAIMS: Final = ("iss", "aud", "sub", "sid", "jti", "iat", "nbf", "exp", "auth_time", "amr", "cnf",
+                          "token_use")
+REASONS: Final = frozenset({
+    "malformed", "too_large", "alg", "typ", "kid_format", "kid_unknown", "header", "signature", "expired",
+    "not_yet_valid", "issuer", "audience", "claims_missing", "claims_invalid", "token_use", "wrong_presenter",
+    "digest_mismatch"})
+# fullmatch throughout: "$" also matches before a trailing newline. [0-9], not \d, which takes any
+# script's digits.
+_KID_RE: Final = re.compile(r"token-signing-v([1-9][0-9]{0,5})")
+# An empty signature is let through to the header checks, so "alg": "none" is refused as "alg".
+_COMPACT_JWS_RE: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_HEX_SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")
+_HEADER_MEMBERS: Final = frozenset({"alg", "typ", "kid"})
+
+
+class InvalidToken(Exception):
+    """A token was refused; ``reason`` (one of :data:`REASONS`) says why, for the audit log.
+
+    The message is the reason alone, never the token or a claim, so logging it leaks no credential.
+    """
+
+    def __init__(self, reason: str) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown refusal reason {reason!r}")
+        super().__init__(reason)
+        self.reason = reason
+
+
+def check_version(version: int) -> int:
+    """Return ``version`` if it is a key version (an int from 1 to 999999), else raise ValueError."""
+    if type(version) is not int or not 1 <= version <= MAX_VERSION:
+        raise ValueError(f"a key version is an int from 1 to {MAX_VERSION}")
+    return version
+
+
+def kid_for(version: int) -> str:
+    return f"token-signing-v{check_version(version)}"
+
+
+def b64url(data: bytes) -> str:
+    """Unpadded base64url (RFC 7515 section 2)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str, length: int | None = None) -> bytes | None:
+    """Decode canonical unpadded base64url (of exactly ``length`` bytes if given), else None."""
+    try:
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    # Decoding skips stray characters and unused low bits; re-encoding gives each value one spelling.
+    return data if length in (None, len(data)) and b64url(data) == text else None
+
+
+class SigningKeys:
+    """The token-signing versions authn holds: the newest signs, older ones verify for a while.
+
+    Add versions in ascending order. A newer version becomes current and gives every older one
+    ``retire_after`` (when the newer key took over plus :data:`MAX_ACCESS_LIFETIME_S`) unless it
+    retires earlier already; it is required then, ignored for the first version. From
+    ``retire_after`` on a version verifies nothing, even before :meth:`prune` drops it.
+    """
+
+    def __init__(self) -> None:
+        self._private: dict[int, Ed25519PrivateKey] = {}
+        self._retire: dict[int, float] = {}
+
+    def add(self, version: int, seed: bytes | bytearray, retire_after: float | None = None) -> None:
+        """Hold ``version``; the seed is copied into the key, so the caller may wipe its buffer."""
+        check_version(version)
+        if len(seed) != SEED_BYTES:
+            raise ValueError(f"a token-signing seed is {SEED_BYTES} bytes")
+        if self._private and version <= self.current_version:
+            # Refusing an older version also keeps a pruned (retired) key from coming back.
+            raise ValueError(f"version {version} is not newer than the current version {self.current_version}")
+        if self._private and (retire_after is None or not math.isfinite(retire_after)):
+            raise ValueError("a newer version needs retire_after for the versions it replaces")
+        for older in self._private:
+            self._retire[older] = min(self._retire.get(older, math.inf), retire_after or 0.0)
+        self._private[version] = Ed25519PrivateKey.from_private_bytes(seed)
+
+    @property
+    def current_version(self) -> int:
+        if not self._private:
+            raise LookupError("no token-signing key has been added")
+        return max(self._private)
+
+    def signing_key(self) -> tuple[str, Ed25519PrivateKey]:
+        """The current version's kid and private key."""
+        return kid_for(self.current_version), self._private[self.current_version]
+
+    def public_key(self, version: int, now: float) -> Ed25519PublicKey | None:
+        """The public key of ``version`` if it is held and not retired at ``now``."""
+        private = self._private.get(version)
+        return None if private is None or now >= self._retire.get(version, math.inf) else private.public_key()
+
+    def prune(self, now: float) -> list[int]:
+        """Drop the versions retired at ``now``; return them, for the audit log."""
+        retired = sorted(v for v, at in self._retire.items() if now >= at)
+        for version in retired:
+            del self._private[version], self._retire[version]
+        return retired
+
+    def public_jwks(self) -> list[dict[str, str]]:
+        """The OKP/Ed25519 JWKs of every version held, oldest first; :meth:`prune` first."""
+        return [_jwk(v, self._private[v].public_key()) for v in sorted(self._private)]
+
+
+class PublicKeys:
+    """Keys from :meth:`SigningKeys.public_jwks`, for a service verifying locally (same lookup).
+
+    Raises ValueError on an empty set, a duplicate kid, a private ``d`` or any JWK we do not write.
+    """
+
+    def __init__(self, jwks: Iterable[Mapping[str, object]]) -> None:
+        parsed = [_parse_jwk(jwk) for jwk in jwks]
+        self._keys: dict[int, Ed25519PublicKey] = dict(parsed)
+        if not parsed or len(self._keys) != len(parsed):
+            raise ValueError("a JWK set has at least one key and one JWK per kid")
+
+    def public_key(self, version: int, now: float) -> Ed25519PublicKey | None:
+        # authn publishes only the versions still valid: retiring one is its call, not ours.
+        return self._keys.get(version)
+
+
+def _jwk(version: int, public: Ed25519PublicKey) -> dict[str, str]:
+    x = b64url(public.public_bytes(Encoding.Raw, PublicFormat.Raw))
+    return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid_for(version), "alg": ALG, "use": "sig"}
+
+
+def _parse_jwk(jwk: Mapping[str, object]) -> tuple[int, Ed25519PublicKey]:
+    if not isinstance(jwk, Mapping) or "d" in jwk:
+        raise ValueError("a verification JWK is a JSON object without a private key")
+    kid, x = jwk.get("kid"), jwk.get("x")
+    match = _KID_RE.fullmatch(kid) if isinstance(kid, str) else None
+    raw = b64url_decode(x, SEED_BYTES) if isinstance(x, str) else None
+    key = Ed25519PublicKey.from_public_bytes(raw) if raw is not None else None
+    # Exactly the members we write: a JWK for another curve, algorithm or use is not ours.
+    if match is None or key is None or dict(jwk) != _jwk(int(match.group(1)), key):
+        raise ValueError("not an Ed25519 token-signing JWK")
+    return int(match.group(1)), key
+
+
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    """The claims of a verified (or just issued) access token; ``token_use`` is always "access"."""
+
+    issuer: str
+    audience: str
+    subject: str
+    session_id: str
+    token_id: str
+    issued_at: int
+    not_before: int
+    expires_at: int
+    auth_time: int
+    amr: tuple[str, ...]
+    confirmation: str
+
+
+def issue_access(keys: SigningKeys, *, issuer: str, audience: str, subject: str, session_id: str,
+                 auth_time: float, amr: list[str], confirmation: str, now: float,
+                 lifetime_s: int = MAX_ACCESS_LIFETIME_S) -> tuple[str, AccessClaims]:
+    """Sign an access token with the current key; return it and its claims.
+
+    ``confirmation`` is the presenter's CURVE key thumbprint (64 lowercase hex). Bad arguments
+    raise ValueError: they are the caller's bug, never a client's input.
+    """
+    if not all(isinstance(s, str) and s for s in (issuer, audience, subject, session_id)):
+        raise ValueError("issuer, audience, subject and session_id are non-empty strings")
+    if not isinstance(amr, list) or not amr or not all(isinstance(m, str) and m for m in amr):
+        raise ValueError("amr is a non-empty list of method names")
+    if not isinstance(confirmation, str) or not _HEX_SHA256_RE.fullmatch(confirmation):
+        raise ValueError("confirmation is a lowercase hex SHA-256 thumbprint")
+    if type(lifetime_s) is not int or not 0 < lifetime_s <= MAX_ACCESS_LIFETIME_S:
+        raise ValueError(f"lifetime_s is 1 to {MAX_ACCESS_LIFETIME_S} seconds")
+    if not math.isfinite(now) or not math.isfinite(auth_time) or auth_time > now:
+        raise ValueError("now and auth_time are finite and authentication is not in the future")
+    iat = int(now)
+    payload = {"iss": issuer, "aud": audience, "sub": subject, "sid": session_id, "jti": secrets.token_urlsafe(16),
+               "iat": iat, "nbf": iat, "exp": iat + lifetime_s, "auth_time": int(auth_time), "amr": list(amr),
+               "cnf": {"ckt": confirmation}, "token_use": TOKEN_USE}
+    kid, private = keys.signing_key()
+    token = jwt.encode(payload, private, algorithm=ALG, headers={"typ": TYP, "kid": kid})
+    if len(token) > MAX_TOKEN_BYTES:
+        raise ValueError("these claims make a token larger than verifiers accept")
+    # The verifier's own reading of the claims, so what we return is what it will see.
+    return token, _claims(payload)
+
+
+# PyJWT's errors, most specific first (InvalidSignatureError is a DecodeError).
+_PYJWT_REASONS: Final[tuple[tuple[type[jwt.PyJWTError], str], ...]] = (
+    (jwt.InvalidSignatureError, "signature"), (jwt.InvalidAlgorithmError, "alg"),
+    (jwt.MissingRequiredClaimError, "claims_missing"), (jwt.InvalidIssuerError, "issuer"),
+    (jwt.InvalidAudienceError, "audience"), (jwt.ExpiredSignatureError, "expired"),
+    (jwt.ImmatureSignatureError, "not_yet_valid"), (jwt.InvalidIssuedAtError, "claims_invalid"),
+    (InvalidSubjectError, "claims_invalid"), (InvalidJTIError, "claims_invalid"))
+
+
+def verify_access(token: object, keys: SigningKeys | PublicKeys, *, issuer: str, audience: str, presenter: str,
+                  now: float, leeway_s: float = 0) -> AccessClaims:
+    """Verify an access token presented by the peer whose CURVE thumbprint is ``presenter``.
+
+    Returns its claims or raises :class:`InvalidToken`. Checks, in order: a str of at most
+    :data:`MAX_TOKEN_BYTES` ASCII; the header (alg, typ, kid shape, no other member); a known,
+    unretired kid; signature, iss, aud and all claims present (PyJWT); claim types; iat and nbf
+    not after ``now + leeway_s``, exp after ``now - leeway_s``; token_use; cnf.ckt == presenter.
+    """
+    if not all(isinstance(s, str) and s for s in (issuer, audience, presenter)):
+        raise ValueError("issuer, audience and presenter are non-empty strings")
+    if not (math.isfinite(now) and math.isfinite(leeway_s) and leeway_s >= 0):
+        raise ValueError("now and leeway_s are finite and leeway_s is not negative")
+    # A str's length is known without reading it, so the cap comes before any pass over the text.
+    if type(token) is not str:
+        raise InvalidToken("malformed")
+    if len(token) > MAX_TOKEN_BYTES:
+        raise InvalidToken("too_large")
+    if not token.isascii() or not _COMPACT_JWS_RE.fullmatch(token):
+        raise InvalidToken("malformed")
+    public = keys.public_key(_check_header(_unverified_header(token)), now)
+    if public is None:
+        raise InvalidToken("kid_unknown")
+    try:
+        # EdDSA only, with a key object: an HS256 token is refused by name, and HMAC could not take
+        # this key as its secret even if the list were wrong (raw public-key bytes it would).
+        payload = jwt.decode(token, public, algorithms=[ALG], audience=audience, issuer=issuer, options={
+            "require": list(REQUIRED_CLAIMS), "verify_signature": True, "verify_aud": True, "verify_iss": True,
+            "strict_aud": True, "verify_exp": False, "verify_nbf": False, "verify_iat": False})
+    except jwt.PyJWTError as exc:
+        # "from None": PyJWT's messages may quote pieces of the token, and a chained cause is logged.
+        raise InvalidToken(next((r for cls, r in _PYJWT_REASONS if isinstance(exc, cls)), "malformed")) from None
+    claims = _claims(payload)
+    if claims.issued_at > now + leeway_s or claims.not_before > now + leeway_s:
+        raise InvalidToken("not_yet_valid")
+    if claims.expires_at <= now - leeway_s:
+        raise InvalidToken("expired")
+    if payload["token_use"] != TOKEN_USE:
+        raise InvalidToken("token_use")
+    if not hmac.compare_digest(claims.confirmation.encode(), presenter.encode()):
+        raise InvalidToken("wrong_presenter")
+    return claims
+
+
+def _unverified_header(token: str) -> dict[str, Any]:
+    try:
+        return jwt.get_unverified_header(token)
+    except jwt.DecodeError:
+        raise InvalidToken("malformed") from None
+    except jwt.InvalidTokenError:
+        pass
+    # PyJWT refuses a non-string kid and an unsupported crit with a bare InvalidTokenError. To give
+    # such a header the reason _check_header would, we read it (PyJWT parsed it: this cannot fail).
+    header = json.loads(b64url_decode(token.split(".", 1)[0]) or b"{}")
+    _check_header(header if isinstance(header, dict) else {})
+    raise InvalidToken("header")
+
+
+def _check_header(header: dict[str, Any]) -> int:
+    if header.get("alg") != ALG:
+        raise InvalidToken("alg")
+    # typ keeps a refresh token, an ID token or any other JWT we might sign from passing as access.
+    if header.get("typ") != TYP:
+        raise InvalidToken("typ")
+    kid = header.get("kid")
+    match = _KID_RE.fullmatch(kid) if isinstance(kid, str) else None
+    if match is None:
+        raise InvalidToken("kid_format")
+    # crit, b64, jku, jwk, x5u...: we never write them, and some change how PyJWT reads the token.
+    if not header.keys() <= _HEADER_MEMBERS:
+        raise InvalidToken("header")
+    return int(match.group(1))
+
+
+def _claims(payload: dict[str, Any]) -> AccessClaims:
+    # Strict JSON types: PyJWT would take "123" or 1.5 for a time, and NaN compares false to all.
+    strings = [payload[n] for n in ("iss", "aud", "sub", "sid", "jti")]
+    times = [payload[n] for n in ("iat", "nbf", "exp", "auth_time")]
+    amr, cnf = payload["amr"], payload["cnf"]
+    ckt = cnf.get("ckt") if isinstance(cnf, dict) else None
+    if (not all(isinstance(s, str) for s in strings) or not all(type(t) is int for t in times)
+            or not isinstance(amr, list) or not all(isinstance(m, str) for m in amr)
+            or not isinstance(ckt, str) or not _HEX_SHA256_RE.fullmatch(ckt)):
+        raise InvalidToken("claims_invalid")
+    return AccessClaims(*strings, *times, tuple(amr), ckt)
