@@ -137,7 +137,7 @@ class Keeper:
                 log.info("sealed", reason=exc.code)
                 return False
             self.state, self.readiness_override = "ok", None
-            log.info("unsealed", signing=self.keys.signing.current)
+            log.info("unsealed", signing=self.keys.signing.current_version)
             return True
 
     def _recorded_version(self) -> int | None:
@@ -171,23 +171,31 @@ class Keeper:
             wipe(current_key)
 
     async def _add_signing(self, version: int | None) -> None:
-        """Add the current ``token-signing`` version (or ``version``) and, at unseal, the one before
-        it; older versions verify for one access-token lifetime after a newer one signs."""
+        """Add the current ``token-signing`` version (or ``version``). At unseal the one before it
+        comes first (versions are added in ascending order): it verifies the tokens it signed for
+        one access-token lifetime from now, the same window a rotation announced later gets."""
         new, seed = await self._fetch("token-signing", version)
-        retire_after = self.clock() + self.access_token_s
         try:
-            self.keys.signing.add(new, seed, retire_after=None)
+            signing = self.keys.signing
+            try:
+                held: int | None = signing.current_version
+            except LookupError:
+                held = None  # nothing signs yet: this is the unseal
+            if held is not None and new <= held:
+                return  # already signing with it (a repeated announcement)
+            if held is None and new > 1:
+                old, old_seed = await self._fetch("token-signing", new - 1)
+                try:
+                    signing.add(old, old_seed)
+                    self.keys.digest[old] = bytearray(digest_key(old_seed))
+                finally:
+                    wipe(old_seed)
+            # The versions before it verify what they signed for one access-token lifetime more.
+            retire_after = self.clock() + self.access_token_s
+            signing.add(new, seed, retire_after=retire_after if held is not None or new > 1 else None)
             self.keys.digest[new] = bytearray(digest_key(seed))
         finally:
             wipe(seed)
-        self.keys.signing.retire_older(new, retire_after)
-        if version is None and new > 1 and new - 1 not in self.keys.digest:
-            old, old_seed = await self._fetch("token-signing", new - 1)
-            try:
-                self.keys.signing.add(old, old_seed, retire_after=retire_after)
-                self.keys.digest[old] = bytearray(digest_key(old_seed))
-            finally:
-                wipe(old_seed)
 
     async def digest_key_of(self, version: int) -> bytearray | None:
         """The refresh digest key of ``version``, fetched when not held; None when keyvault has no

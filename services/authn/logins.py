@@ -69,7 +69,7 @@ class LoginHandlers:
                                      lifetime_s=settings.access_token_s)
         return {"access_token": token, "token_type": "Bearer", "expires_in": settings.access_token_s,
                 "session": session.id, "user": user.id, "username": user.username, "audience": audience,
-                "exp": claims.exp}
+                "exp": claims.expires_at}
 
     def _fail_login(self, ctx: RequestContext, account: str, reason: str, user: User | None) -> None:
         self.recorder.record("authn.login", ctx, "failure", target=account, reason=reason,
@@ -118,7 +118,7 @@ class LoginHandlers:
             # The authentication profile changed since this hash was made: upgrade it now that we
             # hold the password, without ending any session.
             db.set_password(user.id, await ctx.run_blocking(self.hasher.hash, req.password), now, end_sessions=None)
-        version = self.keeper.keys.signing.current
+        version = self.keeper.keys.signing.current_version
         refresh, digest = new_refresh(version, self.keeper.keys.digest[version])
         session = db.start_session(user.id, ctx.caller, ctx.fingerprint, ["pwd"], digest, now)
         self.recorder.record("authn.login", ctx, "ok", target=user.username, account=user.id, session=session.id,
@@ -161,7 +161,7 @@ class LoginHandlers:
         if problem:
             return self._refuse_refresh(ctx, problem, session)
         assert user is not None
-        current = self.keeper.keys.signing.current
+        current = self.keeper.keys.signing.current_version
         refresh, digest = new_refresh(current, self.keeper.keys.digest[current])
         if not db.rotate_refresh(old, digest, now):
             return self._refuse_refresh(ctx, "refresh_token_spent", session)
@@ -174,21 +174,21 @@ class LoginHandlers:
 
     @handler("logout", request=Logout)
     async def logout(self, ctx: RequestContext, req: Logout) -> dict[str, Any]:
-        """``authn.logout {access_token}`` → ``{ended: true}``: the session ends at once on every
+        """``authn.logout {access_token, audience?}`` → ``{ended: true}``: the session ends at once on every
         path (its refresh tokens are spent, its access tokens refused; ``authn.revoked.session``
         is published for local verifiers). Only the key the token is bound to may end it."""
         db = self.db()  # SEALED while sealed
         settings = self.config.authn
         try:
             claims = verify_access(req.access_token, self.keeper.keys.signing, issuer=settings.issuer,
-                                   audience=None, presenter=ctx.fingerprint, now=self.clock())
+                                   audience=req.audience, presenter=ctx.fingerprint, now=self.clock())
         except InvalidToken as exc:
             self.recorder.record("authn.logout", ctx, "denied", reason=exc.reason)
             raise Unauthenticated(TOKEN_REFUSED) from None
-        ended = db.end_sessions(self.clock(), "logout", session_id=claims.sid)
-        self.recorder.record("authn.logout", ctx, "ok", account=claims.sub, session=claims.sid)
+        ended = db.end_sessions(self.clock(), "logout", session_id=claims.session_id)
+        self.recorder.record("authn.logout", ctx, "ok", account=claims.subject, session=claims.session_id)
         if ended:
-            await self.publish_revoked(claims.sub, ended, "logout")
+            await self.publish_revoked(claims.subject, ended, "logout")
         return {"ended": True}
 
 

@@ -38,6 +38,7 @@ class Refresh:
 @message
 class Logout:
     access_token: str = field(metadata=_SECRET)
+    audience: str = field(default="curvemesh", metadata={"max_len": 128})
 
 
 @message

@@ -60,18 +60,18 @@ class VerifyHandlers:
                                    audience=req.audience, presenter=presenter, now=now)
         except InvalidToken as exc:
             return self._refuse(ctx, exc.reason)
-        session = db.session(claims.sid)
-        user = db.user_by_id(claims.sub)
+        session = db.session(claims.session_id)
+        user = db.user_by_id(claims.subject)
         problem = session_problem(session, user, now, settings.session_idle_s, settings.session_absolute_s)
-        if problem is None and session is not None and session.user_id != claims.sub:
+        if problem is None and session is not None and session.user_id != claims.subject:
             problem = "session_mismatch"
         if problem:
-            return self._refuse(ctx, problem, claims.sub, claims.sid)
+            return self._refuse(ctx, problem, claims.subject, claims.session_id)
         assert session is not None and user is not None
         if now - session.last_used >= TOUCH_EVERY_S:
             db.touch(session.id, now)
-        return {"sub": claims.sub, "sid": claims.sid, "username": user.username, "aud": req.audience,
-                "exp": claims.exp, "auth_time": claims.auth_time, "amr": list(claims.amr)}
+        return {"sub": claims.subject, "sid": claims.session_id, "username": user.username, "aud": req.audience,
+                "exp": claims.expires_at, "auth_time": claims.auth_time, "amr": list(claims.amr)}
 
     def _refuse(self, ctx: RequestContext, reason: str, account: str | None = None,
                 session: str | None = None) -> dict[str, Any]:
