@@ -82,6 +82,8 @@ def test_the_username_rule_counts_what_is_left() -> None:
     # Parts shorter than 3 are not removed ("al" is in too many words), the whole name is.
     check_password("alphabet soup al", "al.bo")
     assert "username" in str(refusal("jo.li-jo.li-jo.li", "jo.li"))
+    # Containing the username is fine when enough else is there.
+    check_password("alice in wonderland 1865", "alice.smith")
 
 
 def test_the_username_is_compared_casefolded_and_in_nfc() -> None:
