@@ -59,7 +59,6 @@ if TYPE_CHECKING:
     from ._config_authn import AuthnConfig
     from ._connection import Connection
     from ._declarations import BROKER, BROKER_ADDRESS, AclConfig, AclRule, ServiceDeclaration
-    from ._deferred_log import defer_logging
     from ._errors import (
         WIRE_CODES,
         BadRequest,
@@ -87,7 +86,7 @@ if TYPE_CHECKING:
     from ._layers import provenance as config_provenance
     from ._layers import read_layers as config_layers
     from ._layers import settings as config_settings
-    from ._logging import configure_logging, declare_sensitive, redact
+    from ._logging import configure_logging, declare_sensitive, defer_logging, redact
     from ._purposes import PURPOSES
     from ._ratelimit import TokenBucket
     from ._runtime import ServiceRunner, connect_patiently, run_service, serve
@@ -136,8 +135,7 @@ _EXPORTS: Final[dict[str, tuple[str, ...]]] = {
     ),
     "._home": ("ENV_HOME", "MeshHome"),
     "._layers": ("config_files", "mesh_config"),
-    "._deferred_log": ("defer_logging",),
-    "._logging": ("configure_logging", "declare_sensitive", "redact"),
+    "._logging": ("configure_logging", "declare_sensitive", "defer_logging", "redact"),
     "._purposes": ("PURPOSES",),
     "._ratelimit": ("TokenBucket",),
     "._runtime": ("ServiceRunner", "connect_patiently", "run_service", "serve"),

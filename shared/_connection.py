@@ -26,8 +26,8 @@ import zmq.asyncio
 from ._certs import KeyPair
 from ._codec import PROTOCOL_VERSION, decode_delivered, encode_header
 from ._config import RuntimeConfig
-from ._deferred_log import get_logger
 from ._errors import BadRequest, HandshakeError, MeshError, Timeout, Unavailable, error_from_wire
+from ._logging import get_logger
 
 log = get_logger("connection")
 

@@ -24,9 +24,9 @@ import keyring.errors
 from . import _certs as certs
 from ._anchors import anchor_dir, slot_file
 from ._config import KeyvaultConfig
-from ._deferred_log import get_logger
 from ._errors import ConfigError
 from ._home import MeshHome
+from ._logging import get_logger
 
 log = get_logger("keystore")
 

@@ -24,7 +24,6 @@ from typing import Any
 from ._client import MeshClient
 from ._codec import PROTOCOL_VERSION, decode_body, encode_body, encode_header, error_text
 from ._config import MeshConfig, RuntimeConfig
-from ._deferred_log import get_logger
 from ._errors import (
     BadRequest,
     CertificateError,
@@ -37,7 +36,7 @@ from ._errors import (
 )
 from ._home import MeshHome
 from ._layers import mesh_config
-from ._logging import configure_logging
+from ._logging import configure_logging, get_logger
 from ._service import HandlerSpec, RequestContext, Service
 
 log = get_logger("runtime")

@@ -22,8 +22,8 @@ import contextlib
 from typing import Any, Final
 
 from ._codec import encode_body
-from ._deferred_log import get_logger
 from ._errors import MeshError
+from ._logging import get_logger
 from ._spool import Spool
 
 log = get_logger("audit-shipper")

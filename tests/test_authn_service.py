@@ -13,7 +13,7 @@ import pytest
 
 from shared import MeshError
 
-from .authn_rig import USER_PASSWORD, AuthnRig, authn_rig
+from .authn_rig import USER_PASSWORD, authn_rig
 from .conftest import eventually
 
 
@@ -141,7 +141,7 @@ async def test_a_locked_out_attacker_does_not_lock_out_the_owners_device(short_t
         await r.login("phone")  # the phone is now a known device of alice's
         codes = []
         for _ in range(12):
-            code, message = await _code(r.login("laptop", password="guessing-wrong-again"))
+            code, _ = await _code(r.login("laptop", password="guessing-wrong-again"))
             codes.append(code)
             r.monotonic.advance(301)  # past any delay, not past the lockout
         assert "RATE_LIMITED" in codes and codes[0] == "UNAUTHENTICATED"

@@ -16,7 +16,7 @@ PLANTED = "planted-password-4f1c9e"
 CHILD = f"""
 import sys
 from shared import defer_logging
-from shared._deferred_log import get_logger
+from shared._logging import get_logger
 
 defer_logging("probe", "warning")
 log = get_logger("child")
