@@ -39,6 +39,7 @@ call = ["authn.login.*", "authn.token.*", "authn.logout", "authn.verify"]
 publish = ["security."]
 
 [acl.identity.audit]
+publish = ["alerts."]
 subscribe = ["security."]
 
 [acl.identity.authn]

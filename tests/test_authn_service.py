@@ -60,12 +60,23 @@ async def test_failed_logins_look_the_same_whatever_went_wrong(short_tmp: Path) 
         await r.add_user()
         await r.add_user("bob")
         await r["meshctl"].call("authn.users.disable", {"username": "bob"}, timeout=10)
+        alerts = await r["meshctl"].subscribe("alerts.", timeout=5)
         answers = {await _code(r.login("phone", "nobody")), await _code(r.login("phone", password="not-it-at-all")),
                    await _code(r.login("phone", "bob")), await _code(r.login("phone", "bad\x00name"))}
         assert answers == {("UNAUTHENTICATED", "login failed")}
         spool = r.spool_text()
         for reason in (b"unknown user", b"wrong password", b"account disabled"):
             assert reason in spool
+        # The audit log has each with its reason (and no password); a burst fires the alert rule.
+        async def recorded() -> bool:
+            tail = await r["meshctl"].call("audit.tail", {"limit": 50, "type": "authn.login"}, timeout=10)
+            return {rec["details"].get("reason") for rec in tail["records"]} >= {
+                "unknown user", "wrong password", "account disabled"}
+        await eventually(recorded, deadline=10)
+        for _ in range(4):  # five failures for alice within the window (failed_logins_account)
+            await _code(r.login("phone", password="not-it-at-all"))
+        alert = await alerts.next(timeout=10)
+        assert alert.topic == "alerts.failed_logins_account" and alert.body["subject"] == "alice"
         # Visually equal names are one person: the same account, whatever the case or script.
         assert (await r.login("laptop", "ALICE"))["username"] == "alice"
         assert await _code(r.add_user("Alice")) == (
@@ -140,14 +151,18 @@ async def test_a_locked_out_attacker_does_not_lock_out_the_owners_device(short_t
         await r.add_user()
         await r.login("phone")  # the phone is now a known device of alice's
         codes = []
-        for _ in range(12):
-            code, _ = await _code(r.login("laptop", password="guessing-wrong-again"))
-            codes.append(code)
-            r.monotonic.advance(301)  # past any delay, not past the lockout
-        assert "RATE_LIMITED" in codes and codes[0] == "UNAUTHENTICATED"
-        assert (await _code(r.login("laptop")))[0] == "RATE_LIMITED"  # even the right password, from there
+        for _ in range(10):  # lockout_after: each guess waits out the growing delay first
+            codes.append((await _code(r.login("laptop", password="guessing-wrong-again")))[0])
+            r.monotonic.advance(301)
+        assert codes == ["UNAUTHENTICATED"] * 10
+        code, message = await _code(r.login("laptop"))  # even the right password, from there
+        assert code == "RATE_LIMITED" and "try again in" in message
+        r.monotonic.advance(300)  # still within the 900 s lockout
+        assert (await _code(r.login("laptop")))[0] == "RATE_LIMITED"
         assert (await r.login("phone"))["username"] == "alice"  # the owner's device still gets in
-        assert b"throttled" in r.spool_text()
+        assert b"throttled (lockout)" in r.spool_text()
+        r.monotonic.advance(900)  # the lockout is temporary
+        assert (await r.login("laptop"))["username"] == "alice"
 
 
 async def test_sealed_authn_answers_sealed_and_comes_back(short_tmp: Path) -> None:

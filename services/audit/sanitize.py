@@ -51,6 +51,11 @@ _ALERT: Final = {"rule": TEXT, "subject": TEXT, "count": NUMBER, "threshold": NU
 _KEYVAULT_PLAIN: Final = _WHO | {"reason": TEXT, "refused": NUMBER}
 #: A trust anchor moved off the home (or a stored copy removed): which one, from where, to where.
 _ANCHOR: Final = _WHO | {"anchor": TEXT, "source": TEXT, "destination": TEXT, "reason": TEXT}
+#: An authn decision: who asked (the peer, its role and key fingerprint prefix), the account (the
+#: record's ``target`` is the username; ``user_id`` the id), the reason code, and the session (hashed:
+#: ids still pair up). Never a password, token or code: authn does not send them.
+_AUTHN: Final = _WHO | {"source": TEXT, "source_role": TEXT, "source_fp": TEXT, "user_id": TEXT, "reason": TEXT,
+                        "session": HASH}
 #: Event type -> {field: treatment}. ``alert.*`` (other than ``alert.ack``) share ``alert.*``.
 EVENT_SCHEMAS: Final[Mapping[str, Mapping[str, str]]] = {
     # broker (spooled; the acting peer arrives as ``subject``)
@@ -89,6 +94,18 @@ EVENT_SCHEMAS: Final[Mapping[str, Mapping[str, str]]] = {
     "storage.restore": _WHO | {"archive": TEXT, "sequence": NUMBER, "rollback": FLAG},
     "storage.key_retired": {"purpose": TEXT, "versions": TEXT},
     "storage.anchor_moved": _ANCHOR,
+    # authn (``subject`` and ``source``: the peer a person signed in through; ``account``: the user id)
+    "authn.login": _AUTHN | {"method": TEXT, "known_device": FLAG},
+    "authn.refresh": _AUTHN,
+    "authn.refresh_reused": _AUTHN,
+    "authn.verify": _AUTHN,
+    "authn.logout": _AUTHN,
+    "authn.user_added": _AUTHN,
+    "authn.user_disabled": _AUTHN | {"ended": NUMBER},
+    "authn.user_enabled": _AUTHN | {"ended": NUMBER},
+    "authn.user_deleted": _AUTHN | {"ended": NUMBER},
+    "authn.password_changed": _AUTHN | {"ended": NUMBER},
+    "authn.sessions_revoked": _AUTHN | {"filter": TEXT, "count": NUMBER},
     # audit's own records
     "audit.anchor_moved": _ANCHOR,
     "alert.*": _ALERT,

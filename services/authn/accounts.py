@@ -68,7 +68,7 @@ class AccountHandlers:
         check_password(req.password, username)
         encoded = await ctx.run_blocking(self.hasher.hash, req.password)
         user = db.add_user(username, skeleton(username), encoded, self.clock())
-        self.recorder.record("authn.user_added", ctx, "ok", target=user.username, account=user.id)
+        self.recorder.record("authn.user_added", ctx, "ok", target=user.username, user_id=user.id)
         return view(user, 0)
 
     @handler("users.list")
@@ -98,7 +98,7 @@ class AccountHandlers:
         open_ids = [s.id for s in db.sessions(user.id)] if disabled else []
         ended = db.set_disabled(user.id, disabled, self.clock())
         self.recorder.record("authn.user_disabled" if disabled else "authn.user_enabled", ctx, "ok",
-                             target=user.username, account=user.id, sessions_ended=ended)
+                             target=user.username, user_id=user.id, ended=ended)
         if open_ids:
             await self.publish_revoked(user.id, open_ids, "account disabled")
         return {**view(self._user(raw)), "sessions_ended": ended}
@@ -120,8 +120,8 @@ class AccountHandlers:
         self._operator(ctx)
         user = self._user(req.username)
         ended = self.db().delete_user(user.id)
-        self.recorder.record("authn.user_deleted", ctx, "ok", target=user.username, account=user.id,
-                             sessions_ended=len(ended))
+        self.recorder.record("authn.user_deleted", ctx, "ok", target=user.username, user_id=user.id,
+                             ended=len(ended))
         await self.publish_revoked(user.id, ended, "account deleted")
         return {"deleted": True, "username": user.username, "sessions_ended": len(ended)}
 
@@ -136,8 +136,8 @@ class AccountHandlers:
         db = self.db()
         open_ids = [s.id for s in db.sessions(user.id)]
         ended = db.set_password(user.id, encoded, self.clock(), end_sessions="password changed")
-        self.recorder.record("authn.password_changed", ctx, "ok", target=user.username, account=user.id,
-                             sessions_ended=ended)
+        self.recorder.record("authn.password_changed", ctx, "ok", target=user.username, user_id=user.id,
+                             ended=ended)
         if open_ids:
             await self.publish_revoked(user.id, open_ids, "password changed")
         return {"changed": True, "username": user.username, "sessions_ended": ended}

@@ -73,7 +73,7 @@ class LoginHandlers:
 
     def _fail_login(self, ctx: RequestContext, account: str, reason: str, user: User | None) -> None:
         self.recorder.record("authn.login", ctx, "failure", target=account, reason=reason,
-                             account=user.id if user else None)
+                             user_id=user.id if user else None)
 
     @handler("login.password", request=PasswordLogin, concurrent=True)
     async def login_password(self, ctx: RequestContext, req: PasswordLogin) -> dict[str, Any]:
@@ -121,7 +121,7 @@ class LoginHandlers:
         version = self.keeper.keys.signing.current_version
         refresh, digest = new_refresh(version, self.keeper.keys.digest[version])
         session = db.start_session(user.id, ctx.caller, ctx.fingerprint, ["pwd"], digest, now)
-        self.recorder.record("authn.login", ctx, "ok", target=user.username, account=user.id, session=session.id,
+        self.recorder.record("authn.login", ctx, "ok", target=user.username, user_id=user.id, session=session.id,
                              method="password", known_device=known)
         return {**self._tokens(ctx, user, session, audience), "refresh_token": refresh}
 
@@ -152,7 +152,7 @@ class LoginHandlers:
         if spent and session.ended is None:
             db.end_sessions(now, "refresh token reused", session_id=session.id)
             self.recorder.record("authn.refresh_reused", ctx, "denied", target=user.username if user else None,
-                                 account=session.user_id, session=session.id)
+                                 user_id=session.user_id, session=session.id)
             await self.publish_revoked(session.user_id, [session.id], "refresh token reused")
             raise Unauthenticated(TOKEN_REFUSED)
         settings = self.config.authn
@@ -169,7 +169,7 @@ class LoginHandlers:
 
     def _refuse_refresh(self, ctx: RequestContext, reason: str, session: Session | None = None) -> dict[str, Any]:
         self.recorder.record("authn.refresh", ctx, "denied", reason=reason,
-                             session=session.id if session else None, account=session.user_id if session else None)
+                             session=session.id if session else None, user_id=session.user_id if session else None)
         raise Unauthenticated(TOKEN_REFUSED)
 
     @handler("logout", request=Logout)
@@ -186,7 +186,7 @@ class LoginHandlers:
             self.recorder.record("authn.logout", ctx, "denied", reason=exc.reason)
             raise Unauthenticated(TOKEN_REFUSED) from None
         ended = db.end_sessions(self.clock(), "logout", session_id=claims.session_id)
-        self.recorder.record("authn.logout", ctx, "ok", account=claims.subject, session=claims.session_id)
+        self.recorder.record("authn.logout", ctx, "ok", user_id=claims.subject, session=claims.session_id)
         if ended:
             await self.publish_revoked(claims.subject, ended, "logout")
         return {"ended": True}

@@ -52,11 +52,12 @@ class Recorder:
         full or closed (the operation is then refused). ``ctx`` None: authn acting on its own."""
         if self.spool is None:
             raise Unavailable("authn cannot record to its audit spool now; try again shortly")
-        record: dict[str, Any] = {"type": event, "time": time.time(), "outcome": outcome, **details}
+        record: dict[str, Any] = {"type": event, "time": time.time(), "outcome": outcome,
+                                  **{k: v for k, v in details.items() if v is not None}}
         if ctx is not None:
             # The peer as the broker authenticated it: its name and the fingerprint of its key.
             record.update(actor=ctx.caller, source=ctx.caller, source_role=ctx.role,
-                          source_key=ctx.fingerprint[:16] or None)
+                          source_fp=ctx.fingerprint[:16] or None)
         if target is not None:
             record["target"] = target
         if on_behalf_of is not None:

@@ -75,7 +75,7 @@ class VerifyHandlers:
 
     def _refuse(self, ctx: RequestContext, reason: str, account: str | None = None,
                 session: str | None = None) -> dict[str, Any]:
-        self.recorder.record("authn.verify", ctx, "denied", reason=reason, account=account, session=session)
+        self.recorder.record("authn.verify", ctx, "denied", reason=reason, user_id=account, session=session)
         raise Unauthenticated(TOKEN_REFUSED)
 
     @handler("keys")
