@@ -30,7 +30,7 @@ USER_PASSWORD = "planted-user-passphrase-7d41c"
 CONFIG = FAST_CONFIG + TEST_ARGON2 + """
 [acl.role.service]
 call = ["keyvault.keys.get", "keyvault.status", "audit.append", "audit.public_key",
-        "authn.login.*", "authn.token.*", "authn.logout", "authn.verify", "authn.keys"]
+        "authn.login.*", "authn.token.*", "authn.logout", "authn.verify", "authn.keys", "authn.revocations"]
 
 [acl.role.device]
 call = ["authn.login.*", "authn.token.*", "authn.logout", "authn.verify"]
@@ -45,6 +45,9 @@ subscribe = ["security."]
 [acl.identity.authn]
 publish = ["authn."]
 subscribe = ["security."]
+
+[acl.identity.storage]
+subscribe = ["authn.revoked."]
 
 [acl.identity.meshctl]
 call = ["keyvault.*", "audit.*", "authn.*"]

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shared import MeshError
+from shared.tokens import KEYS_REFRESH_S, InvalidToken, LocalVerifier
 
 from .authn_rig import USER_PASSWORD, authn_rig
 from .conftest import eventually
@@ -196,3 +198,59 @@ async def test_accounts_survive_a_restart_and_no_secret_is_under_the_home(short_
                 data = path.read_bytes()
                 for secret in planted:
                     assert secret.encode() not in data, (path, secret[:8])
+
+
+async def test_local_verification_honours_revocations_and_rotations(short_tmp: Path) -> None:
+    async with authn_rig(short_tmp / "h") as r:
+        await r.add_user()
+        early = await r.login("phone")
+        await r["phone"].call("authn.logout", {"access_token": early["access_token"]}, timeout=10)
+        tokens = await r.login("phone")
+        # A verifier started after a session ended still refuses it: it loads the recent ends first.
+        offset = [0.0]  # the verifier's clock, moved past its key-refresh interval below
+        local = LocalVerifier(r["storage"], "authn", clock=lambda: time.time() + offset[0])
+        await local.start()
+        try:
+            with pytest.raises(InvalidToken, match="revoked"):
+                await local.verify(early["access_token"], audience="curvemesh", presenter=r.fingerprint("phone"))
+            claims = await local.verify(tokens["access_token"], audience="curvemesh", presenter=r.fingerprint("phone"))
+            assert claims.session_id == tokens["session"]
+            with pytest.raises(InvalidToken, match="wrong_presenter"):
+                await local.verify(tokens["access_token"], audience="curvemesh", presenter=r.fingerprint("laptop"))
+            # An operator revokes the session: the event reaches the local verifier.
+            await r["meshctl"].call("authn.sessions.revoke", {"session": tokens["session"]}, timeout=10)
+
+            async def refused() -> bool:
+                try:
+                    await local.verify(tokens["access_token"], audience="curvemesh",
+                                       presenter=r.fingerprint("phone"))
+                except InvalidToken as exc:
+                    return exc.reason == "revoked"
+                return False
+            await eventually(refused, deadline=10)
+            # A rotation of the signing key: new tokens carry a kid the verifier fetches on first sight.
+            from .authn_rig import PASSWORD
+            before = await r.login("laptop")  # signed with version 1
+            await r["meshctl"].call("keyvault.keys.rotate", {"purpose": "token-signing", "password": PASSWORD},
+                                    timeout=30)
+
+            async def rotated() -> bool:
+                fresh = await r.login("laptop")
+                return bool(_header(fresh["access_token"])["kid"] == "token-signing-v2")
+            await eventually(rotated, deadline=10)
+            newest = await r.login("laptop")
+            offset[0] = KEYS_REFRESH_S  # a key fetch for an unknown kid is allowed once a second
+            assert (await local.verify(newest["access_token"], audience="curvemesh",
+                                       presenter=r.fingerprint("laptop"))).subject == tokens["user"]
+            # A token signed before the rotation stays valid for its lifetime, on both paths.
+            assert _header(before["access_token"])["kid"] == "token-signing-v1"
+            assert (await r.verify("laptop", before["access_token"]))["sub"] == tokens["user"]
+            assert (await local.verify(before["access_token"], audience="curvemesh",
+                                       presenter=r.fingerprint("laptop"))).session_id == before["session"]
+        finally:
+            await local.stop()
+
+
+def _header(token: str) -> dict[str, Any]:
+    part = token.split(".")[0]
+    return dict(json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))))

@@ -71,7 +71,7 @@ def test_the_project_declarations_give_exactly_the_rights_the_hand_written_acl_g
     authn_calls = {"authn.logout", "authn.verify"}
     service = compile_grant(config.acl, "notes", "service")
     assert service.calls == {"keyvault.keys.get", "keyvault.status", "audit.append", "audit.public_key",
-                             "authn.keys", *authn_calls}
+                             "authn.keys", "authn.revocations", *authn_calls}
     assert service.call_groups == ("authn.login.", "authn.token.", "storage.analytics.", "storage.files.",
                                    "storage.kv.", "storage.records.")
     device = compile_grant(config.acl, "phone", "device")

@@ -295,6 +295,10 @@ class AccountsDB:
             (now, reason, *args)).rowcount
         return ended
 
+    def ended_since(self, since: float) -> list[str]:
+        """The sessions ended at ``since`` or later (what a local verifier must refuse)."""
+        return [r[0] for r in self._db.execute("SELECT id FROM sessions WHERE ended >= ? ORDER BY ended", (since,))]
+
     def known_device(self, user_id: str, peer_fp: str) -> bool:
         """Whether the key ``peer_fp`` has signed in to this account before."""
         return self._db.execute("SELECT 1 FROM devices WHERE user_id = ? AND peer_fp = ?",

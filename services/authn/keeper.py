@@ -29,10 +29,10 @@ from shared import FAILED, SEALED, MeshError, Readiness, StateError
 from shared.crypto import wipe
 from shared.files import write_atomic
 from shared.keeper import LOCKED_REASON, follow_events_of, keep_unsealed, without_keys
+from shared.tokens import SigningKeys
 
 from .database import AccountsDB
 from .refresh import digest_key
-from .tokens import SigningKeys
 
 log = structlog.get_logger("authn")
 

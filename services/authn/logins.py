@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from shared import BadRequest, MeshConfig, RateLimited, RequestContext, Unauthenticated, handler
+from shared.tokens import InvalidToken, issue_access, verify_access
 
 from .database import AccountsDB, Session, User
 from .keeper import Keeper
@@ -26,7 +27,6 @@ from .recording import Recorder
 from .refresh import new_refresh, parse_refresh, refresh_digest
 from .schema import Logout, PasswordLogin, Refresh
 from .throttle import Throttle, Throttled
-from .tokens import InvalidToken, issue_access, verify_access
 
 LOGIN_FAILED: Final = "login failed"
 TOKEN_REFUSED: Final = "token refused"  # noqa: S105 - a message, not a secret

@@ -9,7 +9,7 @@ A token is ``rt.<version>.<unpadded base64url of 32 random bytes>``::
 ``version`` names the token-signing key version whose seed the digest key came from, so after a
 rotation the tokens hashed under an older version stay checkable for as long as authn holds that
 version's seed. That is the refresh-token lifetime, longer than the access-token overlap after
-which :class:`~services.authn.tokens.SigningKeys` retires the version: keep the digest keys apart.
+which :class:`~shared.tokens.SigningKeys` retires the version: keep the digest keys apart.
 The HKDF label separates this key from the signing use of the same seed; a leaked digest table
 without the seed gives nobody a token, since the digest is keyed and the random part is 256 bits.
 
@@ -17,7 +17,7 @@ Lookup is by digest (an indexed column), so the comparison that finds a token is
 not constant-time; that is safe because a timing probe can only learn about digests of values
 the prober chose, which says nothing about anyone else's token. :func:`check_digest` is the
 constant-time comparison for checks made in memory. Like :mod:`.tokens`, nothing here does I/O,
-and a refusal raises :class:`~services.authn.tokens.InvalidToken`.
+and a refusal raises :class:`~shared.tokens.InvalidToken`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Final
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .tokens import SEED_BYTES, InvalidToken, b64url, b64url_decode, check_version
+from shared.tokens import SEED_BYTES, InvalidToken, b64url, b64url_decode, check_version
 
 __all__ = [
     "DIGEST_INFO", "DIGEST_KEY_BYTES", "MAX_REFRESH_CHARS", "REFRESH_BYTES", "check_digest", "digest_key",

@@ -21,13 +21,13 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from shared import MeshConfig, NoFields, RequestContext, Unauthenticated, handler
+from shared.tokens import MAX_ACCESS_LIFETIME_S, InvalidToken, verify_access
 
 from .database import AccountsDB
 from .keeper import Keeper
 from .logins import TOKEN_REFUSED, session_problem
 from .recording import Recorder
 from .schema import Verify
-from .tokens import InvalidToken, verify_access
 
 #: A verified session's last use is written at most this often (verification is the hot path).
 TOUCH_EVERY_S: Final = 60.0
@@ -77,6 +77,14 @@ class VerifyHandlers:
                 session: str | None = None) -> dict[str, Any]:
         self.recorder.record("authn.verify", ctx, "denied", reason=reason, user_id=account, session=session)
         raise Unauthenticated(TOKEN_REFUSED)
+
+    @handler("revocations")
+    async def revocations(self, ctx: RequestContext, req: NoFields) -> dict[str, Any]:
+        """``authn.revocations`` → ``{sessions, window_s}``: the sessions ended in the last
+        ``window_s`` seconds (no access token outlives that). A local verifier loads it at start and
+        after it may have missed ``authn.revoked.session`` events (``shared.tokens.LocalVerifier``)."""
+        window = MAX_ACCESS_LIFETIME_S
+        return {"sessions": self.db().ended_since(self.clock() - window), "window_s": window}
 
     @handler("keys")
     async def keys(self, ctx: RequestContext, req: NoFields) -> dict[str, Any]:
