@@ -67,6 +67,7 @@ class AccountHandlers:
         username = normalise_username(req.username)
         check_password(req.password, username)
         encoded = await ctx.run_blocking(self.hasher.hash, req.password)
+        db = self.db()  # again: the mesh may have been sealed while Argon2 ran
         user = db.add_user(username, skeleton(username), encoded, self.clock())
         self.recorder.record("authn.user_added", ctx, "ok", target=user.username, user_id=user.id)
         return view(user, 0)

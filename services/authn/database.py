@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     last_used REAL NOT NULL,
     auth_time REAL NOT NULL,
     amr TEXT NOT NULL,
+    audience TEXT NOT NULL,
     ended REAL,
     end_reason TEXT
 );
@@ -90,6 +91,7 @@ class Session:
     last_used: float
     auth_time: float
     amr: tuple[str, ...]
+    audience: str
     ended: float | None
     end_reason: str | None
 
@@ -99,7 +101,8 @@ def _user(row: Any) -> User:
 
 
 def _session(row: Any) -> Session:
-    return Session(row[0], row[1], row[2], row[3], row[4], row[5], row[6], tuple(json.loads(row[7])), row[8], row[9])
+    return Session(row[0], row[1], row[2], row[3], row[4], row[5], row[6], tuple(json.loads(row[7])), row[8], row[9],
+                   row[10])
 
 
 #: The only clauses sessions are ended by: SQL text never comes from a caller.
@@ -209,38 +212,36 @@ class AccountsDB:
 
     # -- sessions and refresh tokens ------------------------------------------------------------
 
-    def start_session(self, user_id: str, peer: str, peer_fp: str, amr: list[str], digest: bytes,
+    def start_session(self, user_id: str, peer: str, peer_fp: str, amr: list[str], audience: str, digest: bytes,
                       now: float) -> Session:
         """A new session with its first refresh digest, and the device remembered as known."""
         session_id = secrets.token_hex(16)
         with self._tx() as db:
             db.execute("INSERT INTO sessions "
-                       "(id, user_id, peer, peer_fp, created, last_used, auth_time, amr, ended, end_reason) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
-                       (session_id, user_id, peer, peer_fp, now, now, now, json.dumps(amr)))
+                       "(id, user_id, peer, peer_fp, created, last_used, auth_time, amr, audience, ended, end_reason) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+                       (session_id, user_id, peer, peer_fp, now, now, now, json.dumps(amr), audience))
             db.execute("INSERT INTO refresh (digest, session_id, issued, spent) VALUES (?, ?, ?, NULL)",
                        (digest, session_id, now))
             db.execute("INSERT OR IGNORE INTO devices (user_id, peer_fp, first_seen) VALUES (?, ?, ?)",
                        (user_id, peer_fp, now))
-        return Session(session_id, user_id, peer, peer_fp, now, now, now, tuple(amr), None, None)
+        return Session(session_id, user_id, peer, peer_fp, now, now, now, tuple(amr), audience, None, None)
 
     def session(self, session_id: str) -> Session | None:
-        row = self._db.execute("SELECT id, user_id, peer, peer_fp, created, last_used, auth_time, amr, ended, "
-                                    "end_reason "
-                               "FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        row = self._db.execute("SELECT id, user_id, peer, peer_fp, created, last_used, auth_time, amr, audience, "
+                               "ended, end_reason FROM sessions WHERE id = ?", (session_id,)).fetchone()
         return None if row is None else _session(row)
 
     def sessions(self, user_id: str | None = None) -> list[Session]:
         """The open sessions, of one user or of all, oldest first."""
         if user_id is None:
-            rows = self._db.execute("SELECT id, user_id, peer, peer_fp, created, last_used, auth_time, amr, ended, "
-                                    "end_reason "
-                                    "FROM sessions "
+            rows = self._db.execute("SELECT id, user_id, peer, peer_fp, created, last_used, auth_time, amr, "
+                                    "audience, ended, end_reason FROM sessions "
                                     "WHERE ended IS NULL ORDER BY created")
         else:
-            rows = self._db.execute("SELECT id, user_id, peer, peer_fp, created, last_used, auth_time, amr, ended, "
-                                    "end_reason "
-                                    "FROM sessions WHERE ended IS NULL AND user_id = ? ORDER BY created", (user_id,))
+            rows = self._db.execute("SELECT id, user_id, peer, peer_fp, created, last_used, auth_time, amr, "
+                                    "audience, ended, end_reason FROM sessions "
+                                    "WHERE ended IS NULL AND user_id = ? ORDER BY created", (user_id,))
         return [_session(r) for r in rows]
 
     def touch(self, session_id: str, now: float) -> None:

@@ -13,6 +13,7 @@ any other key is refused, and the device that signed in before keeps its own fai
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -31,6 +32,8 @@ from .throttle import Throttle, Throttled
 LOGIN_FAILED: Final = "login failed"
 TOKEN_REFUSED: Final = "token refused"  # noqa: S105 - a message, not a secret
 DEFAULT_AUDIENCE: Final = "curvemesh"
+#: What a token may be for: a mesh-like name, never free text (it ends up in every token).
+AUDIENCE_RE: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 
 
 def session_problem(session: Session | None, user: User | None, now: float, idle_s: int,
@@ -85,6 +88,8 @@ class LoginHandlers:
         if not ctx.fingerprint:
             raise Unauthenticated(LOGIN_FAILED)  # no key to bind to: never issue an unbound token
         audience = req.audience or DEFAULT_AUDIENCE
+        if not AUDIENCE_RE.fullmatch(audience):
+            raise BadRequest("audience: lower-case letters, digits, '.', '_' or '-', at most 128")
         try:
             username = normalise_username(req.username)
         except BadRequest:
@@ -109,6 +114,8 @@ class LoginHandlers:
             self._fail_login(ctx, username or account, "unknown user" if user is None else "wrong password", user)
             raise Unauthenticated(LOGIN_FAILED) from None
         assert user is not None
+        # The mesh may have been sealed while Argon2 ran: nothing is written to a closed database.
+        db = self.db()
         if user.disabled:
             self._fail_login(ctx, user.username, "account disabled", user)
             raise Unauthenticated(LOGIN_FAILED)
@@ -120,7 +127,7 @@ class LoginHandlers:
             db.set_password(user.id, await ctx.run_blocking(self.hasher.hash, req.password), now, end_sessions=None)
         version = self.keeper.keys.signing.current_version
         refresh, digest = new_refresh(version, self.keeper.keys.digest[version])
-        session = db.start_session(user.id, ctx.caller, ctx.fingerprint, ["pwd"], digest, now)
+        session = db.start_session(user.id, ctx.caller, ctx.fingerprint, ["pwd"], audience, digest, now)
         self.recorder.record("authn.login", ctx, "ok", target=user.username, user_id=user.id, session=session.id,
                              method="password", known_device=known)
         return {**self._tokens(ctx, user, session, audience), "refresh_token": refresh}
@@ -165,7 +172,7 @@ class LoginHandlers:
         refresh, digest = new_refresh(current, self.keeper.keys.digest[current])
         if not db.rotate_refresh(old, digest, now):
             return self._refuse_refresh(ctx, "refresh_token_spent", session)
-        return {**self._tokens(ctx, user, session, DEFAULT_AUDIENCE), "refresh_token": refresh}
+        return {**self._tokens(ctx, user, session, session.audience), "refresh_token": refresh}
 
     def _refuse_refresh(self, ctx: RequestContext, reason: str, session: Session | None = None) -> dict[str, Any]:
         self.recorder.record("authn.refresh", ctx, "denied", reason=reason,

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from shared import MeshConfig, MeshError, MeshHome, Readiness, Sealed, Service, mesh_config
+from shared import MeshConfig, MeshError, MeshHome, Readiness, Sealed, Service, Unavailable, mesh_config
 
 from .accounts import AccountHandlers
 from .database import AccountsDB
@@ -81,7 +81,10 @@ class Authn(LoginHandlers, VerifyHandlers, AccountHandlers, SessionHandlers, Ser
         database = self.keeper.keys.db
         if database is None:
             override = self.keeper.readiness_override
-            raise Sealed(override.reason if override and override.reason else "the mesh is sealed")
+            reason = override.reason if override and override.reason else "the mesh is sealed"
+            if self.keeper.state == "failed":
+                raise Unavailable(f"authn cannot serve: {reason}")
+            raise Sealed(reason)
         return database
 
     async def publish_revoked(self, user_id: str, sessions: list[str], reason: str) -> None:
