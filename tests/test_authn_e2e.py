@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyotp
 import pytest
 
 from shared import MeshHome
@@ -79,6 +80,26 @@ def test_users_and_sessions_through_meshctl(live: MeshHome) -> None:
     assert call(live, "authn.login.password", {"username": "alice", "password": PASSWORD})[0] == 0
 
 
+def test_totp_enrolment_through_meshctl(live: MeshHome) -> None:
+    assert meshctl(live, "users", "add", "tess", "--password-file", password_file(live)).returncode == 0
+    begun = meshctl(live, "users", "totp", "tess", "--json")
+    assert begun.returncode == 0 and "totp-confirm tess --code" in begun.stderr
+    secret = json.loads(begun.stdout)["secret"]
+    shown = meshctl(live, "users", "totp-confirm", "tess", "--code", pyotp.TOTP(secret).now())
+    assert shown.returncode == 0 and "Recovery codes" in shown.stdout, shown.stderr
+    codes = [line.strip() for line in shown.stdout.splitlines() if line.startswith("  ")]
+    assert len(codes) == 10
+    code, _, err = call(live, "authn.login.password", {"username": "tess", "password": PASSWORD})
+    assert code == 1 and "one-time code is required" in err
+    code, tokens, err = call(live, "authn.login.password", {"username": "tess", "password": PASSWORD,
+                                                            "otp": codes[3]})
+    assert code == 0 and tokens["username"] == "tess", err
+    qr = meshctl(live, "users", "totp", "tess")
+    assert qr.returncode == 1 and "already enrolled" in qr.stderr  # turn it off first
+    off = meshctl(live, "users", "totp-off", "tess", "--yes")
+    assert off.returncode == 0 and "TOTP is off for tess" in off.stdout
+
+
 def test_kill_9_during_sign_ups_and_logins_loses_no_account(live: MeshHome) -> None:
     acknowledged: list[str] = []
     lock = threading.Lock()
@@ -110,7 +131,7 @@ def test_kill_9_during_sign_ups_and_logins_loses_no_account(live: MeshHome) -> N
             worker.join(timeout=120)
     listing = {u["username"] for u in json.loads(meshctl(live, "users", "list", "--json").stdout)}
     assert set(acknowledged) <= listing  # nothing acknowledged was lost
-    for name in sorted(listing - {"alice"}):
+    for name in sorted(listing - {"alice", "tess"}):
         # Every account there is whole: its password hash verifies (no half-created account).
         code, tokens, err = call(live, "authn.login.password", {"username": name, "password": PASSWORD})
         assert code == 0 and tokens["username"] == name, (name, err)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyotp
 import pytest
 
 from shared import MeshError
@@ -254,3 +255,39 @@ async def test_local_verification_honours_revocations_and_rotations(short_tmp: P
 def _header(token: str) -> dict[str, Any]:
     part = token.split(".")[0]
     return dict(json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))))
+
+
+async def test_totp_enrolment_login_reuse_and_recovery_codes(short_tmp: Path) -> None:
+    async with authn_rig(short_tmp / "h") as r:
+        await r.add_user()
+        op = r["meshctl"]
+        begun = await op.call("authn.mfa.totp.begin", {"username": "alice"}, timeout=10)
+        assert begun["uri"].startswith("otpauth://totp/curvemesh:alice?")
+        totp = pyotp.TOTP(begun["secret"])
+        # Until confirmed, TOTP is not asked for; a wrong first code confirms nothing.
+        assert (await r.login("phone"))["username"] == "alice"
+        assert (await _code(op.call("authn.mfa.totp.confirm", {"username": "alice", "code": "000000"
+                                                               if totp.now() != "000000" else "111111"},
+                                    timeout=10)))[0] == "BAD_REQUEST"
+        confirmed = await op.call("authn.mfa.totp.confirm", {"username": "alice", "code": totp.now()}, timeout=10)
+        codes = confirmed["recovery_codes"]
+        assert len(codes) == 10
+        # The password alone is no longer enough, and the caller is told a code is needed.
+        assert await _code(r.login("phone")) == ("UNAUTHENTICATED", "login failed: a one-time code is required (otp)")
+        nxt = totp.at(time.time() + 30)  # the code of the next step (the confirming one is spent)
+        tokens = await r.login("phone", otp=nxt)
+        assert _claims(tokens["access_token"])["amr"] == ["pwd", "otp", "mfa"]
+        assert await _code(r.login("phone", otp=nxt)) == ("UNAUTHENTICATED", "login failed")  # used once only
+        # A recovery code works once, in any case and spacing.
+        spaced = codes[0].upper().replace("-", " ")
+        assert _claims((await r.login("laptop", otp=spaced))["access_token"])["amr"] == ["pwd", "otp", "recovery",
+                                                                                         "mfa"]
+        assert (await _code(r.login("laptop", otp=codes[0])))[0] == "UNAUTHENTICATED"
+        # A wrong code with the right password is a failed guess like a wrong password.
+        assert b"wrong one-time code" in r.spool_text()
+        assert (await op.call("authn.mfa.totp.off", {"username": "alice"}, timeout=10))["removed"] is True
+        assert (await r.login("phone"))["username"] == "alice"
+        # Neither the secret nor any code is in the audit spool.
+        spool = r.spool_text()
+        assert begun["secret"].encode() not in spool and nxt.encode() not in spool
+        assert not any(c.encode() in spool for c in codes)

@@ -106,6 +106,9 @@ EVENT_SCHEMAS: Final[Mapping[str, Mapping[str, str]]] = {
     "authn.user_deleted": _AUTHN | {"ended": NUMBER},
     "authn.password_changed": _AUTHN | {"ended": NUMBER},
     "authn.sessions_revoked": _AUTHN | {"filter": TEXT, "count": NUMBER},
+    "authn.totp_begun": _AUTHN,
+    "authn.totp_confirmed": _AUTHN,
+    "authn.totp_removed": _AUTHN,
     # audit's own records
     "audit.anchor_moved": _ANCHOR,
     "alert.*": _ALERT,

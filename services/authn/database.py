@@ -58,6 +58,18 @@ CREATE TABLE IF NOT EXISTS refresh (
     spent REAL
 );
 CREATE INDEX IF NOT EXISTS refresh_by_session ON refresh(session_id);
+CREATE TABLE IF NOT EXISTS totp (
+    user_id TEXT PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+    secret TEXT NOT NULL,
+    confirmed INTEGER NOT NULL,
+    last_step INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recovery (
+    digest BLOB PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    used REAL
+);
 CREATE TABLE IF NOT EXISTS devices (
     user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
     peer_fp TEXT NOT NULL,
@@ -141,13 +153,19 @@ class AccountsDB:
     def close(self) -> None:
         self._db.close()
 
+    @property
+    def connection(self) -> Any:
+        """The connection, for reads by the modules that keep tables of their own here (mfa.py)."""
+        return self._db
+
     def rekey(self, key: bytes | bytearray) -> None:
         """Re-encrypt the whole database under ``key`` (after a rotation of ``accounts``)."""
         # The hex form is an immutable str we cannot wipe; it lives only for this statement.
         self._db.execute(f"PRAGMA rekey = \"x'{key.hex()}'\"")
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[Any]:
+    def transaction(self) -> Iterator[Any]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any exception. Yields the connection."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -161,7 +179,7 @@ class AccountsDB:
     def add_user(self, username: str, skeleton: str, password_hash: str, now: float) -> User:
         """A new account; :class:`Conflict` when a visually equal name exists."""
         user_id = secrets.token_hex(16)
-        with self._tx() as db:
+        with self.transaction() as db:
             if db.execute("SELECT 1 FROM users WHERE skeleton = ?", (skeleton,)).fetchone():
                 raise Conflict("a user with this name, or one that looks the same, already exists")
             db.execute("INSERT INTO users (id, username, skeleton, password_hash, disabled, created, updated) "
@@ -186,7 +204,7 @@ class AccountsDB:
     def set_password(self, user_id: str, password_hash: str, now: float, *, end_sessions: str | None) -> int:
         """Replace the hash; with ``end_sessions`` (a reason) end every open session of the user in
         the same transaction. The number of sessions ended."""
-        with self._tx() as db:
+        with self.transaction() as db:
             if db.execute("UPDATE users SET password_hash = ?, updated = ? WHERE id = ?",
                           (password_hash, now, user_id)).rowcount != 1:
                 raise NotFound("no such user")
@@ -194,7 +212,7 @@ class AccountsDB:
 
     def set_disabled(self, user_id: str, disabled: bool, now: float) -> int:
         """Disable (ending every session at once) or enable; the number of sessions ended."""
-        with self._tx() as db:
+        with self.transaction() as db:
             if db.execute("UPDATE users SET disabled = ?, updated = ? WHERE id = ?",
                           (int(disabled), now, user_id)).rowcount != 1:
                 raise NotFound("no such user")
@@ -203,7 +221,7 @@ class AccountsDB:
     def delete_user(self, user_id: str) -> list[str]:
         """Delete the account with its sessions, refresh digests and devices; the session ids that
         were open (so their ends can be announced)."""
-        with self._tx() as db:
+        with self.transaction() as db:
             open_ids = [r[0] for r in db.execute("SELECT id FROM sessions WHERE user_id = ? AND ended IS NULL",
                                                  (user_id,))]
             if db.execute("DELETE FROM users WHERE id = ?", (user_id,)).rowcount != 1:
@@ -216,7 +234,7 @@ class AccountsDB:
                       now: float) -> Session:
         """A new session with its first refresh digest, and the device remembered as known."""
         session_id = secrets.token_hex(16)
-        with self._tx() as db:
+        with self.transaction() as db:
             db.execute("INSERT INTO sessions "
                        "(id, user_id, peer, peer_fp, created, last_used, auth_time, amr, audience, ended, end_reason) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
@@ -245,7 +263,7 @@ class AccountsDB:
         return [_session(r) for r in rows]
 
     def touch(self, session_id: str, now: float) -> None:
-        with self._tx() as db:
+        with self.transaction() as db:
             db.execute("UPDATE sessions SET last_used = ? WHERE id = ? AND ended IS NULL", (now, session_id))
 
     def refresh_state(self, digest: bytes) -> tuple[Session, bool] | None:
@@ -260,7 +278,7 @@ class AccountsDB:
         """Spend the refresh digest ``old`` and issue ``new`` in the same session, in one transaction.
         False (and nothing changed) when ``old`` is unknown or already spent: the caller checked it
         with :meth:`refresh_state`, so that means another refresh won the race."""
-        with self._tx() as db:
+        with self.transaction() as db:
             row = db.execute("SELECT session_id FROM refresh WHERE digest = ? AND spent IS NULL", (old,)).fetchone()
             if row is None:
                 return False
@@ -279,7 +297,7 @@ class AccountsDB:
             raise ValueError("end_sessions needs a filter")
         where = " AND ".join(clause for clause, _ in given)
         args = tuple(value for _, value in given)
-        with self._tx() as db:
+        with self.transaction() as db:
             ids = [r[0] for r in db.execute(
                 f"SELECT id FROM sessions WHERE {where} AND ended IS NULL", args)]  # noqa: S608 - _FILTERS only
             self._end_where(db, where, args, now, reason)

@@ -30,6 +30,7 @@ from .schema import Logout, PasswordLogin, Refresh
 from .throttle import Throttle, Throttled
 
 LOGIN_FAILED: Final = "login failed"
+OTP_REQUIRED: Final = "login failed: a one-time code is required (otp)"
 TOKEN_REFUSED: Final = "token refused"  # noqa: S105 - a message, not a secret
 DEFAULT_AUDIENCE: Final = "curvemesh"
 #: What a token may be for: a mesh-like name, never free text (it ends up in every token).
@@ -63,6 +64,7 @@ class LoginHandlers:
     clock: Callable[[], float]
     publish_revoked: Callable[..., Any]
     db: Callable[[], AccountsDB]
+    second_factor: Callable[[User, str | None], list[str] | None]
 
     def _tokens(self, ctx: RequestContext, user: User, session: Session, audience: str) -> dict[str, Any]:
         settings = self.config.authn
@@ -80,10 +82,12 @@ class LoginHandlers:
 
     @handler("login.password", request=PasswordLogin, concurrent=True)
     async def login_password(self, ctx: RequestContext, req: PasswordLogin) -> dict[str, Any]:
-        """``authn.login.password {username, password, audience?}`` → ``{access_token, refresh_token,
-        token_type, expires_in, session, user, username, audience, exp}``: tokens bound to the
-        caller's key. Any failure: ``UNAUTHENTICATED`` "login failed" (the reason is audited);
-        too many: ``RATE_LIMITED`` with the wait. Called by a frontend or a paired device."""
+        """``authn.login.password {username, password, audience?, otp?}`` → ``{access_token,
+        refresh_token, token_type, expires_in, session, user, username, audience, exp}``: tokens bound
+        to the caller's key. Any failure: ``UNAUTHENTICATED`` "login failed" (the reason is audited);
+        with the right password but no ``otp`` for an account with TOTP on, "login failed: a one-time
+        code is required (otp)"; too many: ``RATE_LIMITED`` with the wait. Called by a frontend or a
+        paired device."""
         db = self.db()  # SEALED while sealed
         if not ctx.fingerprint:
             raise Unauthenticated(LOGIN_FAILED)  # no key to bind to: never issue an unbound token
@@ -119,6 +123,15 @@ class LoginHandlers:
         if user.disabled:
             self._fail_login(ctx, user.username, "account disabled", user)
             raise Unauthenticated(LOGIN_FAILED)
+        second = self.second_factor(user, req.otp)
+        if second is None:
+            if req.otp is None:
+                # Said only to a caller who knew the password: the client asks for the code next.
+                self._fail_login(ctx, user.username, "one-time code required", user)
+                raise Unauthenticated(OTP_REQUIRED)
+            self.throttle.failure(account, ctx.fingerprint, known_device=known)
+            self._fail_login(ctx, user.username, "wrong one-time code", user)
+            raise Unauthenticated(LOGIN_FAILED)
         self.throttle.success(account, ctx.fingerprint)
         now = self.clock()
         if self.hasher.needs_rehash(user.password_hash):
@@ -127,9 +140,10 @@ class LoginHandlers:
             db.set_password(user.id, await ctx.run_blocking(self.hasher.hash, req.password), now, end_sessions=None)
         version = self.keeper.keys.signing.current_version
         refresh, digest = new_refresh(version, self.keeper.keys.digest[version])
-        session = db.start_session(user.id, ctx.caller, ctx.fingerprint, ["pwd"], audience, digest, now)
+        amr = ["pwd", *second, "mfa"] if second else ["pwd"]
+        session = db.start_session(user.id, ctx.caller, ctx.fingerprint, amr, audience, digest, now)
         self.recorder.record("authn.login", ctx, "ok", target=user.username, user_id=user.id, session=session.id,
-                             method="password", known_device=known)
+                             method="+".join(amr), known_device=known)
         return {**self._tokens(ctx, user, session, audience), "refresh_token": refresh}
 
     @handler("token.refresh", request=Refresh, concurrent=True)

@@ -25,9 +25,18 @@ class NewUser:
 
 @message
 class PasswordLogin:
+    """``otp``: a TOTP code or a recovery code, when the account has TOTP on."""
+
     username: str = field(metadata=_NAME)
     password: str = field(metadata={"sensitive": True, "max_len": 4096})
     audience: str | None = field(default=None, metadata={"max_len": 128})
+    otp: str | None = field(default=None, metadata={"sensitive": True, "max_len": 32})
+
+
+@message
+class TotpCode:
+    username: str = field(metadata=_NAME)
+    code: str = field(metadata={"sensitive": True, "max_len": 32})
 
 
 @message

@@ -4,8 +4,8 @@ Handlers, by concern (each in its own module, mixed in here):
 
 - ``login.password``, ``token.refresh``, ``logout`` (logins.py): for frontends and paired devices;
 - ``verify``, ``keys`` (verifying.py): for services checking a token;
-- ``users.*`` (accounts.py) and ``sessions.*`` (sessions.py): for operators (``meshctl users``,
-  ``meshctl sessions``).
+- ``users.*`` (accounts.py), ``sessions.*`` (sessions.py) and ``mfa.totp.*`` (mfa.py): for
+  operators (``meshctl users``, ``meshctl sessions``).
 
 State lives in authn's own SQLCipher database (database.py), keyed from keyvault (keeper.py). Until
 the mesh is unsealed every handler but ``health`` answers ``SEALED``. Every decision is audited
@@ -27,6 +27,7 @@ from .accounts import AccountHandlers
 from .database import AccountsDB
 from .keeper import Keeper
 from .logins import LoginHandlers
+from .mfa import MfaHandlers
 from .passwords import PasswordHasher
 from .recording import Recorder
 from .sessions import SessionHandlers
@@ -36,7 +37,7 @@ from .verifying import VerifyHandlers
 log = structlog.get_logger("authn")
 
 
-class Authn(LoginHandlers, VerifyHandlers, AccountHandlers, SessionHandlers, Service):
+class Authn(LoginHandlers, VerifyHandlers, AccountHandlers, SessionHandlers, MfaHandlers, Service):
     """Mesh name ``authn``; handlers: see the module docstring."""
 
     name = "authn"

@@ -1,5 +1,8 @@
 """``meshctl users`` and ``meshctl sessions``: people's accounts and their signed-in devices (authn).
 
+``users totp NAME`` enrols TOTP: the secret is shown once as a QR code (segno) and the first code
+from the app confirms it; the ten recovery codes are printed once.
+
 Passwords are read from ``--password-file`` (0600) or asked twice on the terminal, and travel only
 inside the operator's CURVE connection to authn, which checks them against its policy (length,
 common passwords, the username) and answers with the reason when it refuses one. ``users delete``
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from typing import Any
 
 from shared import MeshHome
@@ -55,6 +59,44 @@ def _password(args: argparse.Namespace, what: str) -> bytearray:
     return _intake.ask_new(args.password_file, what, checked=False)
 
 
+def _qr(uri: str) -> str:
+    """The enrolment URI as a QR code for a terminal (segno, imported only here)."""
+    import io
+
+    import segno
+
+    out = io.StringIO()
+    segno.make(uri, error="m").terminal(out=out, compact=True)
+    return out.getvalue()
+
+
+def _totp(args: argparse.Namespace, home: MeshHome) -> int:
+    """``users totp NAME``: begin, show the QR code, and on a terminal ask for the first code;
+    ``users totp-confirm NAME --code CODE`` finishes an enrolment begun without a terminal."""
+    if args.action == "totp":
+        begun = asyncio.run(_call(home, "authn.mfa.totp.begin", {"username": args.name}))
+        if args.json:
+            emit(True, begun, "")
+        else:
+            print(_qr(begun["uri"]), end="")
+            print(f"scan this with an authenticator app, or enter the secret {begun['secret']} by hand")
+        code = args.code
+        if code is None:
+            if not _intake.on_terminal():
+                print(f"then: meshctl users totp-confirm {args.name} --code CODE", file=sys.stderr)
+                return 0
+            code = input("the code the app shows now: ").strip()
+    else:
+        code = args.code
+        if not code:
+            raise CliError("users totp-confirm needs --code CODE (the code the app shows now)", status=2)
+    done = asyncio.run(_call(home, "authn.mfa.totp.confirm", {"username": args.name, "code": code}))
+    lines = [f"TOTP is on for {done['username']}. Recovery codes (each works once; store them now, they are "
+             "not shown again):", *(f"  {c}" for c in done["recovery_codes"])]
+    emit(args.json, done, "\n".join(lines))
+    return 0
+
+
 def run_users(args: argparse.Namespace, home: MeshHome) -> int:
     """``meshctl users add|list|show|disable|enable|delete|passwd [NAME]``."""
     if args.action == "list":
@@ -63,6 +105,15 @@ def run_users(args: argparse.Namespace, home: MeshHome) -> int:
         return 0
     if not args.name:
         raise CliError(f"users {args.action} needs a NAME", status=2)
+    if args.action in ("totp", "totp-confirm"):
+        return _totp(args, home)
+    if args.action == "totp-off":
+        _confirm.confirm(args, f"turn TOTP off for {args.name}: the password alone signs in again, and the "
+                               "recovery codes are gone")
+        result = asyncio.run(_call(home, "authn.mfa.totp.off", {"username": args.name}))
+        emit(args.json, result, f"TOTP is off for {result['username']}" if result["removed"] else
+             f"{result['username']} had no TOTP")
+        return 0
     if args.action == "show":
         user = asyncio.run(_call(home, "authn.users.show", {"username": args.name}))
         emit(args.json, user, _show(user))
