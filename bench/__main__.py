@@ -31,8 +31,14 @@ the exit status 2.
 
 Then meshctl's start-up (:mod:`bench.startup`): ``--help``, ``--version``, ``status --json`` and
 ``ping mesh`` (against an initialised home whose mesh is down) beside ``python -c pass``, as ratios
-with the targets of issue 13. ``--no-startup`` skips it; ``--only broker|keyvault|storage|startup``
-runs one section.
+with the targets of issue 13. ``--no-startup`` skips it.
+
+Last, authn (:mod:`bench.authn`, issue 14) over the real broker, keyvault, audit and authn:
+``authn.login.password`` beside one Argon2id verify in process (the repository's authentication
+profile; informational), ``authn.verify`` beside ``authn.health`` (target: p50 <= 1.2x), and
+``shared.tokens.verify_access`` in process with the keys of ``authn.keys`` (target: p50 <= 100 us);
+passkey login is reported as not measured (not implemented yet). ``--no-authn`` skips it;
+``--only broker|keyvault|storage|startup|authn`` runs one section.
 """
 
 from __future__ import annotations
@@ -49,14 +55,14 @@ import zmq
 
 from shared import MeshClient
 
-from . import keyvault, report, startup, storage, storage_mesh
+from . import authn, keyvault, report, startup, storage, storage_mesh
 from .harness import REPO, BenchError, Children, make_home, remove_home
 from .measure import RawClient, cpu_seconds, percentile, runtime_connect, runtime_round_trips
 from .profile import print_profile
 from .wire import IDENTITIES, ipc, server_key
 
 READY_TIMEOUT = 60.0
-SECTIONS: Final = ("broker", "keyvault", "storage", "startup")
+SECTIONS: Final = ("broker", "keyvault", "storage", "startup", "authn")
 #: --flag -> StorageOptions field (None on the command line: the default, or --quick's value).
 STORAGE_FLAGS: Final = {
     "storage_rounds": ("rounds", "interleaved rounds of each comparison and of the mesh calls"),
@@ -71,6 +77,16 @@ STORAGE_FLAGS: Final = {
     "storage_window": ("window", "mesh calls in flight for throughput"),
     "storage_warmup": ("warmup", "mesh calls per method before the rounds"),
     "backup_mib": ("backup_mib", "MiB put through the mesh before the backup"),
+}
+#: --flag -> AuthnOptions field (None on the command line: the default, or --quick's value).
+AUTHN_FLAGS: Final = {
+    "authn_rounds": ("rounds", "interleaved rounds of every authn measurement"),
+    "authn_logins": ("logins", "password logins per round, and as many Argon2id verifies in process"),
+    "authn_calls": ("calls", "sequential authn.verify and authn.health calls each per round"),
+    "authn_messages": ("messages", "pipelined authn.verify and authn.health calls each per round"),
+    "authn_window": ("window", "authn calls in flight for throughput"),
+    "authn_local": ("local", "verify_access (and Ed25519 alone) calls in process per round"),
+    "authn_warmup": ("warmup", "calls of each mesh method before the rounds (10x in process)"),
 }
 
 
@@ -109,7 +125,18 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     su.add_argument("--no-startup", dest="startup", action="store_false", help="skip the start-up figures")
     su.add_argument("--startup-rounds", type=int, default=None, metavar="N",
                     help="rounds of every command, each run once a round (default 15, --quick 5)")
+    au = parser.add_argument_group("authn (password login, token verification over the mesh and in process)")
+    au.add_argument("--no-authn", dest="authn", action="store_false", help="skip the authn figures")
+    au_defaults, au_quick = authn.AuthnOptions(), authn.AuthnOptions.quick()
+    for flag, (name, text) in AUTHN_FLAGS.items():
+        au.add_argument(f"--{flag.replace('_', '-')}", type=int, metavar="N",
+                        help=f"{text} (default {getattr(au_defaults, name)}, --quick {getattr(au_quick, name)})")
     args = parser.parse_args(argv)
+    args.authn_options = dataclasses.replace(
+        au_quick if args.quick else au_defaults,
+        **{name: getattr(args, flag) for flag, (name, _) in AUTHN_FLAGS.items() if getattr(args, flag) is not None})
+    if any(v < 1 for v in args.authn_options.params().values()):
+        parser.error("every authn option must be >= 1")
     args.storage_options = dataclasses.replace(
         quick if args.quick else defaults,
         **{name: getattr(args, flag) for flag, (name, _) in STORAGE_FLAGS.items() if getattr(args, flag) is not None})
@@ -119,7 +146,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--backup-mib must be >= 8 (the fill uploads 8 MiB files)")
     if args.only is not None and ((args.only == "keyvault" and not args.keyvault)
                                   or (args.only == "storage" and not args.storage)
-                                  or (args.only == "startup" and not args.startup)):
+                                  or (args.only == "startup" and not args.startup)
+                                  or (args.only == "authn" and not args.authn)):
         parser.error(f"--only {args.only} contradicts --no-{args.only}")
     if args.profile and args.only not in (None, "broker"):
         parser.error("--profile profiles the brokers: it runs the broker section only")
@@ -226,7 +254,8 @@ def _sections(args: argparse.Namespace) -> list[str]:
     """The sections this run measures, in order (``--profile`` profiles the brokers only)."""
     if args.only is not None:
         return [args.only]
-    wanted = {"broker": True, "keyvault": args.keyvault, "storage": args.storage, "startup": args.startup}
+    wanted = {"broker": True, "keyvault": args.keyvault, "storage": args.storage, "startup": args.startup,
+              "authn": args.authn}
     return [s for s in SECTIONS if wanted[s] and (s == "broker" or not args.profile)]
 
 
@@ -293,6 +322,14 @@ def run(args: argparse.Namespace) -> int:
         figs.update(startup.figures(startup.measure(args.startup_rounds)))
         params["startup"] = {"rounds": args.startup_rounds, "meshctl": startup.meshctl_prefix()[1],
                              "mesh": "initialised home, mesh down"}
+    if "authn" in sections:
+        au = authn.measure(args.authn_options)
+        figs.update(authn.figures(au))
+        params["authn"] = {**au["options"], "caller": au["caller"], "operator": au["operator"],
+                           "identities": dict(authn.IDENTITIES), "keystore": "file",
+                           "authentication_profile": au["login"]["profile"],
+                           "setup_master_profile": dataclasses.asdict(authn.SETUP_PROFILE),
+                           "passkey": au["passkey"]}
     print()
     print(report.table(figs))
     if args.profile:
