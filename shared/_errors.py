@@ -80,6 +80,13 @@ class Sealed(MeshError):
     code = "SEALED"
 
 
+class ReauthRequired(MeshError):
+    """The caller's sign-in is too old for this operation: the person must authenticate again
+    (a sensitive operation needs a recent ``auth_time``)."""
+
+    code = "REAUTH_REQUIRED"
+
+
 class Internal(MeshError):
     """A bug or an unexpected failure on the callee's side; details stay in its local log."""
 
@@ -125,6 +132,7 @@ _BY_CODE: Final[dict[str, type[MeshError]]] = {
         Unavailable,
         Timeout,
         Sealed,
+        ReauthRequired,
         Internal,
     )
 }

@@ -26,9 +26,9 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from ._client import MeshClient, Subscription
-from ._errors import MeshError, Timeout
+from ._errors import MeshError, ReauthRequired, Timeout
 from ._token_keys import MAX_ACCESS_LIFETIME_S, PublicKeys
-from ._tokens import AccessClaims, InvalidToken, verify_access
+from ._tokens import AccessClaims, InvalidToken, VerifiedTokens, verify_access
 
 #: The least time between two key fetches caused by unknown key ids: a rotation is picked up on the
 #: first token signed with the new key, while a flood of forged kids costs the issuer at most one
@@ -46,6 +46,7 @@ class LocalVerifier:
         self.clock = clock
         self.issuer = ""
         self._keys: PublicKeys | None = None
+        self._verified = VerifiedTokens()
         self._keys_at = float("-inf")
         #: session id -> when it may be forgotten (no token of it can be valid after that)
         self._revoked: dict[str, float] = {}
@@ -73,26 +74,31 @@ class LocalVerifier:
                 await self._subscription.close()
             self._subscription = None
 
-    async def verify(self, token: object, *, audience: str, presenter: str) -> AccessClaims:
+    async def verify(self, token: object, *, audience: str, presenter: str,
+                     max_age_s: float | None = None) -> AccessClaims:
         """The claims of ``token`` for ``audience``, presented by the key ``presenter``; raises
         :class:`InvalidToken` (``revoked`` for an ended session) or the mesh error when the
-        revocation view cannot be brought up to date."""
+        revocation view cannot be brought up to date. ``max_age_s`` (a sensitive operation, the
+        issuer's ``step_up_s``): a sign-in older than that raises :class:`~shared.ReauthRequired`."""
         if self._keys is None or self._subscription is None:
             raise RuntimeError("start() the verifier before verifying")
         await self._ensure_complete()
         now = self.clock()
         try:
             claims = verify_access(token, self._keys, issuer=self.issuer, audience=audience, presenter=presenter,
-                                   now=now)
+                                   now=now, cache=self._verified)
         except InvalidToken as exc:
             if exc.reason != "kid_unknown" or now - self._keys_at < KEYS_REFRESH_S:
                 raise
             await self._load_keys()
             claims = verify_access(token, self._keys, issuer=self.issuer, audience=audience, presenter=presenter,
-                                   now=now)
+                                   now=now, cache=self._verified)
         expiry = self._revoked.get(claims.session_id)
         if expiry is not None and expiry > now:
             raise InvalidToken("revoked")
+        if max_age_s is not None and now - claims.auth_time > max_age_s:
+            raise ReauthRequired(f"this operation needs a sign-in within the last {max_age_s:.0f} s: sign in "
+                                 f"again ({self.service}.login.reauth) and retry")
         return claims
 
     async def _ensure_complete(self) -> None:

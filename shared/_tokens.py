@@ -44,8 +44,8 @@ from ._token_keys import (
 )
 
 __all__ = ["MAX_ACCESS_LIFETIME_S", "MAX_TOKEN_BYTES", "REASONS", "SEED_BYTES", "AccessClaims", "InvalidToken",
-           "PublicKeys", "SigningKeys", "b64url", "b64url_decode", "check_version", "issue_access", "kid_for",
-           "verify_access"]
+           "PublicKeys", "SigningKeys", "VerifiedTokens", "b64url", "b64url_decode", "check_version", "issue_access",
+           "kid_for", "verify_access"]
 
 #: RFC 9068 also allows "application/at+jwt"; we are the only issuer, so one spelling is accepted.
 TYP: Final = "at+jwt"
@@ -133,14 +133,45 @@ _PYJWT_REASONS: Final[tuple[tuple[type[jwt.PyJWTError], str], ...]] = (
     (InvalidSubjectError, "claims_invalid"), (InvalidJTIError, "claims_invalid"))
 
 
+class VerifiedTokens:
+    """Tokens whose signature, header and claims were verified, with their claims, until they expire.
+
+    A client presents the same access token many times in its 15 minutes; verifying it again costs
+    a signature check and two parses, finding it here a dict lookup. Only what does not depend on
+    the call is remembered: issuer, audience, presenter, the clock and the key version (still held,
+    not retired) are checked again on every hit. At most ``capacity`` tokens are kept; when full,
+    the expired go first, then the oldest.
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        if capacity < 1:
+            raise ValueError("capacity is at least 1")
+        self.capacity = capacity
+        self._items: dict[str, tuple[AccessClaims, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, token: str) -> tuple[AccessClaims, int] | None:
+        return self._items.get(token)
+
+    def put(self, token: str, claims: AccessClaims, version: int, now: float) -> None:
+        if len(self._items) >= self.capacity:
+            self._items = {t: v for t, v in self._items.items() if v[0].expires_at > now}
+            while len(self._items) >= self.capacity:
+                del self._items[next(iter(self._items))]  # dicts keep insertion order: the oldest
+        self._items[token] = (claims, version)
+
+
 def verify_access(token: object, keys: SigningKeys | PublicKeys, *, issuer: str, audience: str, presenter: str,
-                  now: float, leeway_s: float = 0) -> AccessClaims:
+                  now: float, leeway_s: float = 0, cache: VerifiedTokens | None = None) -> AccessClaims:
     """Verify an access token presented by the peer whose CURVE thumbprint is ``presenter``.
 
     Returns its claims or raises :class:`InvalidToken`. Checks, in order: a str of at most
     :data:`MAX_TOKEN_BYTES` ASCII; the header (alg, typ, kid shape, no other member); a known,
-    unretired kid; signature, iss, aud and all claims present (PyJWT); claim types; iat and nbf
-    not after ``now + leeway_s``, exp after ``now - leeway_s``; token_use; cnf.ckt == presenter.
+    unretired kid; signature, iss, aud and all claims present (PyJWT); claim types; token_use; iss
+    and aud again; iat and nbf not after ``now + leeway_s``, exp after ``now - leeway_s``; cnf.ckt ==
+    presenter. With ``cache``, a token verified before skips the signature and parsing only.
     """
     if not all(isinstance(s, str) and s for s in (issuer, audience, presenter)):
         raise ValueError("issuer, audience and presenter are non-empty strings")
@@ -151,9 +182,24 @@ def verify_access(token: object, keys: SigningKeys | PublicKeys, *, issuer: str,
         raise InvalidToken("malformed")
     if len(token) > MAX_TOKEN_BYTES:
         raise InvalidToken("too_large")
+    hit = cache.get(token) if cache is not None else None
+    if hit is not None:
+        claims, version = hit
+        if keys.public_key(version, now) is None:
+            raise InvalidToken("kid_unknown")  # its key retired since: the token goes with it
+    else:
+        claims, version = _verify_signed(token, keys, issuer, audience, now)
+        if cache is not None:
+            cache.put(token, claims, version, now)
+    return _check_call(claims, issuer, audience, presenter, now, leeway_s)
+
+
+def _verify_signed(token: str, keys: SigningKeys | PublicKeys, issuer: str, audience: str,
+                   now: float) -> tuple[AccessClaims, int]:
     if not token.isascii() or not _COMPACT_JWS_RE.fullmatch(token):
         raise InvalidToken("malformed")
-    public = keys.public_key(_check_header(_unverified_header(token)), now)
+    version = _check_header(_unverified_header(token))
+    public = keys.public_key(version, now)
     if public is None:
         raise InvalidToken("kid_unknown")
     try:
@@ -166,29 +212,39 @@ def verify_access(token: object, keys: SigningKeys | PublicKeys, *, issuer: str,
         # "from None": PyJWT's messages may quote pieces of the token, and a chained cause is logged.
         raise InvalidToken(next((r for cls, r in _PYJWT_REASONS if isinstance(exc, cls)), "malformed")) from None
     claims = _claims(payload)
+    if payload["token_use"] != TOKEN_USE:
+        raise InvalidToken("token_use")
+    return claims, version
+
+
+def _check_call(claims: AccessClaims, issuer: str, audience: str, presenter: str, now: float,
+                leeway_s: float) -> AccessClaims:
+    """What depends on the call, not on the token: checked on every verification, cached or not."""
+    if claims.issuer != issuer:
+        raise InvalidToken("issuer")
+    if claims.audience != audience:
+        raise InvalidToken("audience")
     if claims.issued_at > now + leeway_s or claims.not_before > now + leeway_s:
         raise InvalidToken("not_yet_valid")
     if claims.expires_at <= now - leeway_s:
         raise InvalidToken("expired")
-    if payload["token_use"] != TOKEN_USE:
-        raise InvalidToken("token_use")
     if not hmac.compare_digest(claims.confirmation.encode(), presenter.encode()):
         raise InvalidToken("wrong_presenter")
     return claims
 
 
 def _unverified_header(token: str) -> dict[str, Any]:
+    # Read here rather than with jwt.get_unverified_header, which parses the whole token a second
+    # time (jwt.decode parses it once more): the shape regex has vouched for the characters, and a
+    # header that does not decode to one JSON object is malformed whoever reads it.
+    raw = b64url_decode(token.split(".", 1)[0])
     try:
-        return jwt.get_unverified_header(token)
-    except jwt.DecodeError:
-        raise InvalidToken("malformed") from None
-    except jwt.InvalidTokenError:
-        pass
-    # PyJWT refuses a non-string kid and an unsupported crit with a bare InvalidTokenError. To give
-    # such a header the reason _check_header would, we read it (PyJWT parsed it: this cannot fail).
-    header = json.loads(b64url_decode(token.split(".", 1)[0]) or b"{}")
-    _check_header(header if isinstance(header, dict) else {})
-    raise InvalidToken("header")
+        header = json.loads(raw) if raw is not None else None
+    except (ValueError, RecursionError):
+        header = None
+    if not isinstance(header, dict):
+        raise InvalidToken("malformed")
+    return header
 
 
 def _check_header(header: dict[str, Any]) -> int:

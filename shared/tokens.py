@@ -21,8 +21,8 @@ from ._token_keys import (
     check_version,
     kid_for,
 )
-from ._tokens import MAX_TOKEN_BYTES, REASONS, AccessClaims, InvalidToken, issue_access, verify_access
+from ._tokens import MAX_TOKEN_BYTES, REASONS, AccessClaims, InvalidToken, VerifiedTokens, issue_access, verify_access
 
 __all__ = ["KEYS_REFRESH_S", "MAX_ACCESS_LIFETIME_S", "MAX_TOKEN_BYTES", "REASONS", "SEED_BYTES", "AccessClaims",
            "InvalidToken", "LocalVerifier", "PublicKeys", "SigningKeys", "b64url", "b64url_decode", "check_version",
-           "issue_access", "kid_for", "verify_access"]
+           "VerifiedTokens", "issue_access", "kid_for", "verify_access"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,16 @@ class Clock:
         self.now += seconds
 
 
+class WallClock:
+    """authn's wall clock: the real time plus an offset the test moves (tokens it issues carry it)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
 class AuthnRig:
     """The mesh, its clients and the running authn (``authn`` is None while stopped)."""
 
@@ -84,6 +95,7 @@ class AuthnRig:
         self.vault = Keyvault(mesh.home, mesh.config)
         self.audit = Audit(mesh.home, mesh.config)
         self.monotonic = Clock()
+        self.wall = WallClock()
         self.authn: Authn | None = None
         self.runner: ServiceRunner | None = None
         self.clients: dict[str, MeshClient] = {}
@@ -95,7 +107,7 @@ class AuthnRig:
         return self.mesh.pairs[name].certificate.fingerprint
 
     async def start_authn(self) -> Authn:
-        self.authn = Authn(self.home, self.mesh.config, monotonic=self.monotonic)
+        self.authn = Authn(self.home, self.mesh.config, clock=self.wall, monotonic=self.monotonic)
         self.runner = await self.mesh.start_service(self.authn)
         await eventually(lambda: self.authn_state("ready"), deadline=20)
         return self.authn

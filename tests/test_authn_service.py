@@ -13,7 +13,7 @@ from typing import Any
 import pyotp
 import pytest
 
-from shared import MeshError
+from shared import MeshError, ReauthRequired
 from shared.tokens import KEYS_REFRESH_S, InvalidToken, LocalVerifier
 
 from .authn_rig import USER_PASSWORD, authn_rig
@@ -218,6 +218,13 @@ async def test_local_verification_honours_revocations_and_rotations(short_tmp: P
             assert claims.session_id == tokens["session"]
             with pytest.raises(InvalidToken, match="wrong_presenter"):
                 await local.verify(tokens["access_token"], audience="curvemesh", presenter=r.fingerprint("laptop"))
+            offset[0] = 301.0  # five minutes after the sign-in: fine, except for sensitive operations
+            assert (await local.verify(tokens["access_token"], audience="curvemesh",
+                                       presenter=r.fingerprint("phone"))).session_id == tokens["session"]
+            with pytest.raises(ReauthRequired, match=r"login\.reauth"):
+                await local.verify(tokens["access_token"], audience="curvemesh", presenter=r.fingerprint("phone"),
+                                   max_age_s=300)
+            offset[0] = 0.0
             # An operator revokes the session: the event reaches the local verifier.
             await r["meshctl"].call("authn.sessions.revoke", {"session": tokens["session"]}, timeout=10)
 
@@ -291,3 +298,28 @@ async def test_totp_enrolment_login_reuse_and_recovery_codes(short_tmp: Path) ->
         spool = r.spool_text()
         assert begun["secret"].encode() not in spool and nxt.encode() not in spool
         assert not any(c.encode() in spool for c in codes)
+
+
+async def test_sensitive_operations_need_a_recent_sign_in_and_reauth_gives_one(short_tmp: Path) -> None:
+    async with authn_rig(short_tmp / "h") as r:
+        await r.add_user()
+        tokens = await r.login("phone")
+        assert (await r.verify("phone", tokens["access_token"], sensitive=True))["sid"] == tokens["session"]
+        r.wall.offset = 301.0  # [authn] step_up_s is 300: the sign-in is now too old for sensitive work
+        assert (await r.verify("phone", tokens["access_token"]))["sid"] == tokens["session"]  # the rest goes on
+        code, message = await _code(r.verify("phone", tokens["access_token"], sensitive=True))
+        assert code == "REAUTH_REQUIRED" and "authn.login.reauth" in message
+        # Signing in again within the session: same session, fresh auth_time, the refresh token unchanged.
+        assert (await _code(r["phone"].call("authn.login.reauth", {"access_token": tokens["access_token"],
+                                                                  "password": "wrong-guess-again-7"},
+                                            timeout=10))) == ("UNAUTHENTICATED", "login failed")
+        again = await r["phone"].call("authn.login.reauth", {"access_token": tokens["access_token"],
+                                                            "password": USER_PASSWORD}, timeout=10)
+        assert again["session"] == tokens["session"] and "refresh_token" not in again
+        assert _claims(again["access_token"])["auth_time"] > _claims(tokens["access_token"])["auth_time"]
+        assert (await r.verify("phone", again["access_token"], sensitive=True))["sid"] == tokens["session"]
+        # Another key cannot step up someone else's session.
+        assert (await _code(r["laptop"].call("authn.login.reauth", {"access_token": again["access_token"],
+                                                                   "password": USER_PASSWORD}, timeout=10)))[0] == (
+            "UNAUTHENTICATED")
+        assert b"reauth_required" in r.spool_text()

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = authn.AuthnOptions(rounds=2, logins=2, calls=6, messages=12, window=4, local=40, warmup=3)
 FIGURES = {"authn_login_p50_ms", "authn_login_p99_ms", "authn_argon2_verify_ms", "authn_verify_p50_us",
            "authn_verify_p99_us", "authn_verify_calls_s", "authn_local_verify_p50_us", "authn_local_verify_p99_us",
-           "authn_passkey_login_ms"}
+           "authn_first_verify_p50_us", "authn_passkey_login_ms"}
 
 
 def test_the_bench_mesh_grants_the_bench_what_it_needs_and_keeps_the_repository_s_rules(tmp_path: Path) -> None:
@@ -34,7 +34,9 @@ def test_the_bench_mesh_grants_the_bench_what_it_needs_and_keeps_the_repository_
     config = load_config(path)  # parses and validates as every process of the bench home will
     assert set(authn.CALLER_NEEDS) <= set(config.acl.role["service"].call)
     assert config.acl.role == repo.acl.role  # roles exactly the repository's
-    assert config.acl.identity[authn.CALLER].call == ("authn.health",)  # the bench's one addition
+    # The bench's additions: the health round trip, and the revocations a local verifier follows.
+    assert config.acl.identity[authn.CALLER].call == ("authn.health",)
+    assert config.acl.identity[authn.CALLER].subscribe == ("authn.revoked.",)
     for name in ("keyvault", "audit", "authn"):
         assert config.acl.identity[name] == repo.acl.identity[name]
     assert set(authn.AUTHN_KEYS) <= set(config.keyvault.entitlements["authn"])
@@ -57,7 +59,8 @@ def test_the_authn_section_measures_the_real_mesh_and_declares_its_targets() -> 
     assert len(raw["login"]["samples"]["login"]) == len(raw["login"]["samples"]["argon2"]) == 4
     assert {m: len(s) for m, s in raw["mesh"]["samples"].items()} == {"verify": 12, "health": 12}
     assert {m: len(t) for m, t in raw["mesh"]["throughput"].items()} == {"verify": 2, "health": 2}
-    assert {p: len(s) for p, s in raw["local"]["samples"].items()} == {"verify_access": 80, "ed25519": 80}
+    assert {p: len(s) for p, s in raw["local"]["samples"].items()} == {"local": 80, "verify_access": 80,
+                                                                        "ed25519": 80}
     # Logins and the in-process comparison cost what the repository's authentication profile costs.
     assert raw["login"]["profile"] == dataclasses.asdict(load_config(ROOT / "mesh.toml").argon2.authentication)
     figs = authn.figures(raw)

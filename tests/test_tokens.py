@@ -33,6 +33,7 @@ from shared.tokens import (
     InvalidToken,
     PublicKeys,
     SigningKeys,
+    VerifiedTokens,
     b64url,
     issue_access,
     verify_access,
@@ -320,9 +321,10 @@ def test_header_members_we_never_write(extra: dict[str, Any]) -> None:
     assert refusal(jws(HEADER | extra, good_claims())) == "header"
 
 
-def test_detached_payload_header_is_malformed() -> None:
-    # PyJWT itself refuses "b64": false with a payload segment (RFC 7797) while reading the header.
-    assert refusal(jws(HEADER | {"crit": ["b64"], "b64": False}, good_claims())) == "malformed"
+def test_detached_payload_header_is_refused_by_its_members() -> None:
+    # "b64": false (RFC 7797) changes what is signed; we read the header ourselves and refuse any
+    # member we never write, before PyJWT sees the token.
+    assert refusal(jws(HEADER | {"crit": ["b64"], "b64": False}, good_claims())) == "header"
 
 
 def test_signature() -> None:
@@ -529,3 +531,29 @@ def test_signed_random_headers_and_claims_only_ever_raise_invalid_token(
                 verify(jws(candidate, payload), keys_v1())
             except InvalidToken:
                 pass
+
+
+def test_a_cached_token_is_checked_again_for_everything_that_depends_on_the_call() -> None:
+    keys, cache = keys_v1(), VerifiedTokens(capacity=2)
+    token = issue(keys)
+    first = verify_access(token, keys, issuer=ISSUER, audience=AUDIENCE, presenter=PRESENTER, now=NOW, cache=cache)
+    assert len(cache) == 1
+    assert verify_access(token, keys, issuer=ISSUER, audience=AUDIENCE, presenter=PRESENTER, now=NOW,
+                         cache=cache) == first
+    for change, reason in (({"presenter": "0" * 64}, "wrong_presenter"), ({"audience": "other"}, "audience"),
+                           ({"issuer": "other"}, "issuer"), ({"now": NOW + 10_000}, "expired"),
+                           ({"now": NOW - 10_000}, "not_yet_valid")):
+        call = {"issuer": ISSUER, "audience": AUDIENCE, "presenter": PRESENTER, "now": NOW} | change
+        with pytest.raises(InvalidToken) as caught:
+            verify_access(token, keys, cache=cache, **call)  # type: ignore[arg-type]
+        assert caught.value.reason == reason
+    # A tampered token is a different string: never a cache hit.
+    head, body, sig = token.split(".")
+    with pytest.raises(InvalidToken):
+        verify_access(f"{head}.{body}.{sig[:-2]}AA", keys, issuer=ISSUER, audience=AUDIENCE, presenter=PRESENTER,
+                      now=NOW, cache=cache)
+    # Bounded: the oldest leaves when full.
+    for sub in ("b", "c"):
+        verify_access(issue(keys, subject=sub), keys, issuer=ISSUER, audience=AUDIENCE, presenter=PRESENTER, now=NOW,
+                      cache=cache)
+    assert len(cache) == 2 and cache.get(token) is None

@@ -97,6 +97,7 @@ EVENT_SCHEMAS: Final[Mapping[str, Mapping[str, str]]] = {
     # authn (``subject`` and ``source``: the peer a person signed in through; ``account``: the user id)
     "authn.login": _AUTHN | {"method": TEXT, "known_device": FLAG},
     "authn.refresh": _AUTHN,
+    "authn.reauth": _AUTHN | {"method": TEXT},
     "authn.refresh_reused": _AUTHN,
     "authn.verify": _AUTHN,
     "authn.logout": _AUTHN,

@@ -262,6 +262,12 @@ class AccountsDB:
                                     "WHERE ended IS NULL AND user_id = ? ORDER BY created", (user_id,))
         return [_session(r) for r in rows]
 
+    def reauthenticated(self, session_id: str, amr: list[str], now: float) -> None:
+        """The person signed in again within the session (step-up): its ``auth_time`` and ``amr``."""
+        with self.transaction() as db:
+            db.execute("UPDATE sessions SET auth_time = ?, amr = ?, last_used = ? WHERE id = ? AND ended IS NULL",
+                       (now, json.dumps(amr), now, session_id))
+
     def touch(self, session_id: str, now: float) -> None:
         with self.transaction() as db:
             db.execute("UPDATE sessions SET last_used = ? WHERE id = ? AND ended IS NULL", (now, session_id))

@@ -29,7 +29,7 @@ from shared import FAILED, SEALED, MeshError, Readiness, StateError
 from shared.crypto import wipe
 from shared.files import write_atomic
 from shared.keeper import LOCKED_REASON, follow_events_of, keep_unsealed, without_keys
-from shared.tokens import SigningKeys
+from shared.tokens import SigningKeys, VerifiedTokens
 
 from .database import AccountsDB
 from .refresh import digest_key
@@ -48,6 +48,9 @@ class Keys:
     def __init__(self) -> None:
         self.db: AccountsDB | None = None
         self.signing = SigningKeys()
+        #: Access tokens already verified (signature and claims), so a token presented again is a
+        #: lookup; every per-call check is still made (shared.tokens.VerifiedTokens).
+        self.verified = VerifiedTokens()
         #: token-signing version -> the key refresh-token digests of that version are made with.
         self.digest: dict[int, bytearray] = {}
 
@@ -56,6 +59,7 @@ class Keys:
             self.db.close()
             self.db = None
         self.signing = SigningKeys()
+        self.verified = VerifiedTokens()
         for key in self.digest.values():
             wipe(key)
         self.digest.clear()

@@ -26,7 +26,7 @@ from .names import normalise_username, skeleton
 from .passwords import PasswordHasher, WrongPassword
 from .recording import Recorder
 from .refresh import new_refresh, parse_refresh, refresh_digest
-from .schema import Logout, PasswordLogin, Refresh
+from .schema import Logout, PasswordLogin, Reauth, Refresh
 from .throttle import Throttle, Throttled
 
 LOGIN_FAILED: Final = "login failed"
@@ -80,22 +80,15 @@ class LoginHandlers:
         self.recorder.record("authn.login", ctx, "failure", target=account, reason=reason,
                              user_id=user.id if user else None)
 
-    @handler("login.password", request=PasswordLogin, concurrent=True)
-    async def login_password(self, ctx: RequestContext, req: PasswordLogin) -> dict[str, Any]:
-        """``authn.login.password {username, password, audience?, otp?}`` → ``{access_token,
-        refresh_token, token_type, expires_in, session, user, username, audience, exp}``: tokens bound
-        to the caller's key. Any failure: ``UNAUTHENTICATED`` "login failed" (the reason is audited);
-        with the right password but no ``otp`` for an account with TOTP on, "login failed: a one-time
-        code is required (otp)"; too many: ``RATE_LIMITED`` with the wait. Called by a frontend or a
-        paired device."""
-        db = self.db()  # SEALED while sealed
-        if not ctx.fingerprint:
-            raise Unauthenticated(LOGIN_FAILED)  # no key to bind to: never issue an unbound token
-        audience = req.audience or DEFAULT_AUDIENCE
-        if not AUDIENCE_RE.fullmatch(audience):
-            raise BadRequest("audience: lower-case letters, digits, '.', '_' or '-', at most 128")
+    async def _authenticate(self, ctx: RequestContext, raw_username: str, password: str,
+                            otp: str | None) -> tuple[User, list[str], bool]:
+        """Check a person's credentials as the caller presents them: the account, the throttle, the
+        password (Argon2, an unknown name costing the same), the account's state and the second
+        factor. Returns the user, the ``amr`` earned and whether the caller's key is a known device
+        of the account; raises the uniform refusals (each reason audited as ``authn.login``)."""
+        db = self.db()
         try:
-            username = normalise_username(req.username)
+            username = normalise_username(raw_username)
         except BadRequest:
             # Not a name anyone could have: throttled and audited like any other failed guess.
             username = None
@@ -110,9 +103,9 @@ class LoginHandlers:
         try:
             if user is None:
                 # The same Argon2 cost as a real check, so the time taken does not tell who exists.
-                await ctx.run_blocking(self.hasher.dummy_verify, req.password)
+                await ctx.run_blocking(self.hasher.dummy_verify, password)
             else:
-                await ctx.run_blocking(self.hasher.verify, user.password_hash, req.password)
+                await ctx.run_blocking(self.hasher.verify, user.password_hash, password)
         except WrongPassword:
             self.throttle.failure(account, ctx.fingerprint, known_device=known)
             self._fail_login(ctx, username or account, "unknown user" if user is None else "wrong password", user)
@@ -123,9 +116,9 @@ class LoginHandlers:
         if user.disabled:
             self._fail_login(ctx, user.username, "account disabled", user)
             raise Unauthenticated(LOGIN_FAILED)
-        second = self.second_factor(user, req.otp)
+        second = self.second_factor(user, otp)
         if second is None:
-            if req.otp is None:
+            if otp is None:
                 # Said only to a caller who knew the password: the client asks for the code next.
                 self._fail_login(ctx, user.username, "one-time code required", user)
                 raise Unauthenticated(OTP_REQUIRED)
@@ -133,18 +126,65 @@ class LoginHandlers:
             self._fail_login(ctx, user.username, "wrong one-time code", user)
             raise Unauthenticated(LOGIN_FAILED)
         self.throttle.success(account, ctx.fingerprint)
-        now = self.clock()
         if self.hasher.needs_rehash(user.password_hash):
             # The authentication profile changed since this hash was made: upgrade it now that we
             # hold the password, without ending any session.
-            db.set_password(user.id, await ctx.run_blocking(self.hasher.hash, req.password), now, end_sessions=None)
+            encoded = await ctx.run_blocking(self.hasher.hash, password)
+            self.db().set_password(user.id, encoded, self.clock(), end_sessions=None)
+        return user, (["pwd", *second, "mfa"] if second else ["pwd"]), known
+
+    @handler("login.password", request=PasswordLogin, concurrent=True)
+    async def login_password(self, ctx: RequestContext, req: PasswordLogin) -> dict[str, Any]:
+        """``authn.login.password {username, password, audience?, otp?}`` → ``{access_token,
+        refresh_token, token_type, expires_in, session, user, username, audience, exp}``: tokens bound
+        to the caller's key. Any failure: ``UNAUTHENTICATED`` "login failed" (the reason is audited);
+        with the right password but no ``otp`` for an account with TOTP on, "login failed: a one-time
+        code is required (otp)"; too many: ``RATE_LIMITED`` with the wait. Called by a frontend or a
+        paired device."""
+        self.db()  # SEALED while sealed
+        if not ctx.fingerprint:
+            raise Unauthenticated(LOGIN_FAILED)  # no key to bind to: never issue an unbound token
+        audience = req.audience or DEFAULT_AUDIENCE
+        if not AUDIENCE_RE.fullmatch(audience):
+            raise BadRequest("audience: lower-case letters, digits, '.', '_' or '-', at most 128")
+        user, amr, known = await self._authenticate(ctx, req.username, req.password, req.otp)
+        db, now = self.db(), self.clock()
         version = self.keeper.keys.signing.current_version
         refresh, digest = new_refresh(version, self.keeper.keys.digest[version])
-        amr = ["pwd", *second, "mfa"] if second else ["pwd"]
         session = db.start_session(user.id, ctx.caller, ctx.fingerprint, amr, audience, digest, now)
         self.recorder.record("authn.login", ctx, "ok", target=user.username, user_id=user.id, session=session.id,
                              method="+".join(amr), known_device=known)
         return {**self._tokens(ctx, user, session, audience), "refresh_token": refresh}
+
+    @handler("login.reauth", request=Reauth, concurrent=True)
+    async def login_reauth(self, ctx: RequestContext, req: Reauth) -> dict[str, Any]:
+        """``authn.login.reauth {access_token, password, audience?, otp?}`` → a new access token of
+        the same session with a fresh ``auth_time`` (step-up before a sensitive operation; the refresh
+        token is unchanged). The token must be the caller's own and its session live; the credentials
+        are checked, throttled and audited like a login. Failure: ``UNAUTHENTICATED``."""
+        db = self.db()  # SEALED while sealed
+        settings = self.config.authn
+        try:
+            claims = verify_access(req.access_token, self.keeper.keys.signing, issuer=settings.issuer,
+                                   audience=req.audience, presenter=ctx.fingerprint, now=self.clock())
+        except InvalidToken as exc:
+            self.recorder.record("authn.reauth", ctx, "denied", reason=exc.reason)
+            raise Unauthenticated(TOKEN_REFUSED) from None
+        session, owner = db.session(claims.session_id), db.user_by_id(claims.subject)
+        problem = session_problem(session, owner, self.clock(), settings.session_idle_s, settings.session_absolute_s)
+        if problem or owner is None or session is None:
+            self.recorder.record("authn.reauth", ctx, "denied", reason=problem, user_id=claims.subject)
+            raise Unauthenticated(TOKEN_REFUSED)
+        user, amr, _ = await self._authenticate(ctx, owner.username, req.password, req.otp)
+        if user.id != owner.id:
+            raise Unauthenticated(LOGIN_FAILED)  # a look-alike name can never be another account
+        now = self.clock()
+        self.db().reauthenticated(session.id, amr, now)
+        fresh = self.db().session(session.id)
+        assert fresh is not None
+        self.recorder.record("authn.reauth", ctx, "ok", target=user.username, user_id=user.id, session=session.id,
+                             method="+".join(amr))
+        return self._tokens(ctx, user, fresh, session.audience)
 
     @handler("token.refresh", request=Refresh, concurrent=True)
     async def token_refresh(self, ctx: RequestContext, req: Refresh) -> dict[str, Any]:

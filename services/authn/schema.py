@@ -58,6 +58,19 @@ class Verify:
     access_token: str = field(metadata=_SECRET)
     audience: str = field(metadata={"max_len": 128})
     presenter: str | None = field(default=None, metadata={"max_len": 64})
+    #: A sensitive operation: the sign-in must be more recent than ``[authn] step_up_s``.
+    sensitive: bool = False
+
+
+@message
+class Reauth:
+    """A person signing in again within a session (step-up): the session's token and the password
+    (and ``otp`` when the account has TOTP on)."""
+
+    access_token: str = field(metadata=_SECRET)
+    password: str = field(metadata={"sensitive": True, "max_len": 4096})
+    audience: str = field(default="curvemesh", metadata={"max_len": 128})
+    otp: str | None = field(default=None, metadata={"sensitive": True, "max_len": 32})
 
 
 @message

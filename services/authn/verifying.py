@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from shared import MeshConfig, NoFields, RequestContext, Unauthenticated, handler
+from shared import MeshConfig, NoFields, ReauthRequired, RequestContext, Unauthenticated, handler
 from shared.tokens import MAX_ACCESS_LIFETIME_S, InvalidToken, verify_access
 
 from .database import AccountsDB
@@ -44,10 +44,11 @@ class VerifyHandlers:
 
     @handler("verify", request=Verify)
     async def verify(self, ctx: RequestContext, req: Verify) -> dict[str, Any]:
-        """``authn.verify {access_token, audience, presenter?}`` → ``{sub, sid, username, aud, exp,
-        auth_time, amr}`` when the token is valid for ``audience``, presented by the key it is bound
-        to, and its session is live. Otherwise ``UNAUTHENTICATED`` "token refused" (the reason is
-        audited as ``authn.verify`` denied)."""
+        """``authn.verify {access_token, audience, presenter?, sensitive?}`` → ``{sub, sid, username,
+        aud, exp, auth_time, amr}`` when the token is valid for ``audience``, presented by the key it
+        is bound to, and its session is live. Otherwise ``UNAUTHENTICATED`` "token refused" (the
+        reason is audited as ``authn.verify`` denied). With ``sensitive``, a sign-in older than
+        ``[authn] step_up_s`` is ``REAUTH_REQUIRED``: the person signs in again (login.reauth)."""
         db = self.db()  # SEALED while there is none: no verdict either way
         presenter = ctx.fingerprint
         if req.presenter is not None:
@@ -57,7 +58,8 @@ class VerifyHandlers:
         settings, now = self.config.authn, self.clock()
         try:
             claims = verify_access(req.access_token, self.keeper.keys.signing, issuer=settings.issuer,
-                                   audience=req.audience, presenter=presenter, now=now)
+                                   audience=req.audience, presenter=presenter, now=now,
+                                   cache=self.keeper.keys.verified)
         except InvalidToken as exc:
             return self._refuse(ctx, exc.reason)
         session = db.session(claims.session_id)
@@ -68,6 +70,12 @@ class VerifyHandlers:
         if problem:
             return self._refuse(ctx, problem, claims.subject, claims.session_id)
         assert session is not None and user is not None
+        if req.sensitive and now - session.auth_time > settings.step_up_s:
+            # The person, not the token, is what is too old: they sign in again (login.reauth).
+            self.recorder.record("authn.verify", ctx, "denied", reason="reauth_required", user_id=claims.subject,
+                                 session=claims.session_id)
+            raise ReauthRequired(f"this operation needs a sign-in within the last {settings.step_up_s} s: "
+                                 "sign in again (authn.login.reauth) and retry")
         if now - session.last_used >= TOUCH_EVERY_S:
             db.touch(session.id, now)
         return {"sub": claims.subject, "sid": claims.session_id, "username": user.username, "aud": req.audience,
