@@ -39,7 +39,7 @@ from .rawpeer import RawPeer
 async def test_handlers_can_be_called_directly_without_a_mesh() -> None:
     echo = Echo()
     assert await call_handler(echo, "echo", {"value": [1, "two"]}, caller="tester") == {
-        "value": [1, "two"], "caller": "tester", "role": "operator"}
+        "value": [1, "two"], "caller": "tester", "role": "operator", "fingerprint": ""}
     assert (await call_handler(echo, "health"))["state"] == "ready"
     with pytest.raises(BadRequest, match="unknown field"):
         await call_handler(echo, "echo", {"value": 1, "other": 2})
@@ -62,7 +62,8 @@ async def test_requests_reach_handlers_with_the_stamped_caller(mesh: InProcessMe
     await mesh.start_service(Echo())
     client = await mesh.client("meshctl")
     reply = await client.call("echo.echo", {"value": {"nested": [1, 2.5, None, b"\x00"]}}, timeout=2)
-    assert reply == {"value": {"nested": [1, 2.5, None, b"\x00"]}, "caller": "meshctl", "role": "operator"}
+    assert reply == {"value": {"nested": [1, 2.5, None, b"\x00"]}, "caller": "meshctl", "role": "operator",
+                     "fingerprint": mesh.pairs["meshctl"].certificate.fingerprint}  # stamped by the broker
 
 
 async def test_schema_violations_are_bad_requests(mesh: InProcessMesh) -> None:
