@@ -193,6 +193,7 @@ class AlertRules:
     crash_loop: AlertRule = AlertRule(600.0, 3)
     large_read: AlertRule = AlertRule(3600.0, 256 << 20)
     repeated_denies: AlertRule = AlertRule(60.0, 10)
+    credential_theft: AlertRule = AlertRule(86400.0, 1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,8 @@ BURSTS: dict[str, tuple[Callable[[], Record], str]] = {
     # As the broker's shipper delivers it: the denied peer is details.subject.
     "repeated_denies": (lambda: rec("mesh.deny", "denied", actor="broker", subject="outsider",
                                     action="call", target="keyvault.keys.get"), "outsider"),
+    "credential_theft": (lambda: rec("authn.refresh_reused", "denied", actor="authn", target="alice",
+                                     user_id="u-1"), "alice"),
 }
 
 

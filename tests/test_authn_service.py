@@ -96,8 +96,9 @@ async def test_refresh_rotates_and_a_reused_refresh_token_ends_the_session(short
         # A refresh token is useless over another key, and that attempt changes nothing.
         assert await _code(r["laptop"].call("authn.token.refresh", {"refresh_token": second["refresh_token"]},
                                             timeout=10)) == ("UNAUTHENTICATED", "token refused")
-        # The spent one comes back (a thief replaying it): the whole family is ended.
+        # The spent one comes back (a thief replaying it): the whole family is ended, and it is an alert.
         events = await r["meshctl"].subscribe("authn.revoked.", timeout=5)
+        alerts = await r["meshctl"].subscribe("alerts.credential_theft", timeout=5)
         assert await _code(r["phone"].call("authn.token.refresh", {"refresh_token": first["refresh_token"]},
                                            timeout=10)) == ("UNAUTHENTICATED", "token refused")
         event = await events.next(timeout=5)
@@ -107,6 +108,8 @@ async def test_refresh_rotates_and_a_reused_refresh_token_ends_the_session(short
         assert (await _code(r["phone"].call("authn.token.refresh", {"refresh_token": second["refresh_token"]},
                                             timeout=10)))[0] == "UNAUTHENTICATED"
         assert b"authn.refresh_reused" in r.spool_text()
+        alert = await alerts.next(timeout=10)
+        assert alert.sender == "audit" and alert.body["subject"] == "alice"
         # An access token is not a refresh token, nor the other way round.
         third = await r.login("phone")
         assert (await _code(r["phone"].call("authn.token.refresh", {"refresh_token": third["access_token"]},

@@ -31,6 +31,10 @@ The rules (the record fields each one reads; producers that do not exist yet are
                             (amount ``details.count``); subject ``details.subject`` (the peer the
                             broker's shipper names), ``identity``/``actor``/``peer``, else
                             ``on_behalf_of``, else the actor
+``credential_theft``        ``authn.refresh_reused`` (a spent refresh token came back) and
+                            ``authn.passkey_cloned`` (a passkey's signature counter went back):
+                            one is enough; subject ``target`` (the username), else
+                            ``details.user_id``
 ==========================  =====================================================================
 
 Open alerts are kept in memory and rebuilt from the log when audit unseals
@@ -56,14 +60,16 @@ from .chain import Record
 
 __all__ = [
     "ACK_EVENT", "ALERT_ACTOR", "CERT_EVENTS", "DENY_EVENTS", "FAILURE_OUTCOMES", "RULES", "SUPERVISOR_SENDER",
-    "Alert", "Match", "alert_of", "crash_loop", "failed_logins_account", "failed_logins_source", "large_read",
-    "rate_limited", "repeated_denies", "unknown_certs",
+    "Alert", "Match", "THEFT_EVENTS", "alert_of", "crash_loop", "credential_theft", "failed_logins_account",
+    "failed_logins_source", "large_read", "rate_limited", "repeated_denies", "unknown_certs",
 ]
 
 ALERT_ACTOR: Final = "audit"
 ACK_EVENT: Final = "alert.ack"
 FAILURE_OUTCOMES: Final = frozenset({"failure", "failed", "denied"})
 DENY_EVENTS: Final = frozenset({"mesh.deny", "mesh.refused", "authz.deny"})
+#: Records that mean a credential is in two hands: the owner's and someone else's.
+THEFT_EVENTS: Final = frozenset({"authn.refresh_reused", "authn.passkey_cloned"})
 CERT_EVENTS: Final = frozenset({"mesh.handshake_failed", "mesh.cert_pending"})
 #: The only identity that may append ``process.*`` records (it speaks for supervisord).
 SUPERVISOR_SENDER: Final = "supervisor-events"
@@ -131,6 +137,13 @@ def large_read(record: Record) -> Match:
     return (record.on_behalf_of or record.actor, int(size))
 
 
+def credential_theft(record: Record) -> Match:
+    if record.event not in THEFT_EVENTS:
+        return None
+    subject = record.target or _text(record, "user_id") or record.actor
+    return (subject, 1)
+
+
 def repeated_denies(record: Record) -> Match:
     if record.event not in DENY_EVENTS and record.outcome != "denied":
         return None
@@ -141,7 +154,7 @@ def repeated_denies(record: Record) -> Match:
 RULES: Final[dict[str, Callable[[Record], Match]]] = {
     "failed_logins_account": failed_logins_account, "failed_logins_source": failed_logins_source,
     "unknown_certs": unknown_certs, "rate_limited": rate_limited, "crash_loop": crash_loop,
-    "large_read": large_read, "repeated_denies": repeated_denies,
+    "large_read": large_read, "repeated_denies": repeated_denies, "credential_theft": credential_theft,
 }
 
 
