@@ -31,10 +31,11 @@ USER_PASSWORD = "planted-user-passphrase-7d41c"
 CONFIG = FAST_CONFIG + TEST_ARGON2 + """
 [acl.role.service]
 call = ["keyvault.keys.get", "keyvault.status", "audit.append", "audit.public_key",
-        "authn.login.*", "authn.token.*", "authn.logout", "authn.verify", "authn.keys", "authn.revocations"]
+        "authn.login.*", "authn.token.*", "authn.passkey.*", "authn.logout", "authn.verify", "authn.keys",
+        "authn.revocations"]
 
 [acl.role.device]
-call = ["authn.login.*", "authn.token.*", "authn.logout", "authn.verify"]
+call = ["authn.login.*", "authn.token.*", "authn.passkey.*", "authn.logout", "authn.verify"]
 
 [acl.identity.keyvault]
 publish = ["security."]

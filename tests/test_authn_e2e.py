@@ -98,6 +98,11 @@ def test_totp_enrolment_through_meshctl(live: MeshHome) -> None:
     assert qr.returncode == 1 and "already enrolled" in qr.stderr  # turn it off first
     off = meshctl(live, "users", "totp-off", "tess", "--yes")
     assert off.returncode == 0 and "TOTP is off for tess" in off.stdout
+    none = meshctl(live, "users", "passkeys", "tess")
+    assert none.returncode == 0 and "tess has no passkeys" in none.stdout
+    assert json.loads(meshctl(live, "users", "passkeys", "tess", "--json").stdout) == []
+    missing = meshctl(live, "users", "passkeys", "tess", "--remove", "AAAA", "--yes")
+    assert missing.returncode == 1 and "no such passkey" in missing.stderr
 
 
 def test_kill_9_during_sign_ups_and_logins_loses_no_account(live: MeshHome) -> None:

@@ -18,6 +18,7 @@ from shared.tokens import KEYS_REFRESH_S, InvalidToken, LocalVerifier
 
 from .authn_rig import USER_PASSWORD, authn_rig
 from .conftest import eventually
+from .webauthn_soft import SoftAuthenticator
 
 
 async def _code(call: Any) -> tuple[str, str]:
@@ -326,3 +327,51 @@ async def test_sensitive_operations_need_a_recent_sign_in_and_reauth_gives_one(s
                                                                    "password": USER_PASSWORD}, timeout=10)))[0] == (
             "UNAUTHENTICATED")
         assert b"reauth_required" in r.spool_text()
+
+
+async def test_passkeys_register_sign_in_and_a_clone_is_refused_and_alerted(short_tmp: Path) -> None:
+    async with authn_rig(short_tmp / "h") as r:
+        await r.add_user()
+        tokens = await r.login("phone")
+        device = SoftAuthenticator("localhost", "https://localhost")
+        begun = await r["phone"].call("authn.passkey.register.begin", {"access_token": tokens["access_token"]},
+                                      timeout=10)
+        # The ceremony is the phone's: another key cannot finish it, and a used one is gone.
+        stolen = {"ceremony": begun["ceremony"], "response": device.register(begun["options"])}
+        code, _ = await _code(r["laptop"].call("authn.passkey.register.finish", stolen, timeout=10))
+        assert code == "UNAUTHENTICATED"
+        begun = await r["phone"].call("authn.passkey.register.begin", {"access_token": tokens["access_token"]},
+                                      timeout=10)
+        added = await r["phone"].call("authn.passkey.register.finish",
+                                      {"ceremony": begun["ceremony"], "response": device.register(begun["options"])},
+                                      timeout=10)
+        listed = await r["meshctl"].call("authn.users.passkeys", {"username": "alice"}, timeout=10)
+        assert [p["credential"] for p in listed] == [added["credential"]]
+
+        async def passkey_login(via: str, authenticator: SoftAuthenticator, **knobs: Any) -> dict[str, Any]:
+            start = await r[via].call("authn.login.passkey.begin", {"username": "alice"}, timeout=10)
+            reply: dict[str, Any] = await r[via].call("authn.login.passkey.finish", {
+                "ceremony": start["ceremony"], "response": authenticator.login(start["options"], **knobs)},
+                timeout=10)
+            return reply
+
+        signed_in = await passkey_login("phone", device)
+        assert _claims(signed_in["access_token"])["amr"] == ["hwk", "user", "mfa"]
+        assert (await r.verify("phone", signed_in["access_token"]))["username"] == "alice"
+        # Wrong origin, wrong relying party, a tampered signature: refused, uniformly, reasons audited.
+        for knobs in ({"origin": "https://evil.example"}, {"rp_id": "evil.example"}, {"tamper_signature": True}):
+            assert await _code(passkey_login("phone", device, **knobs)) == ("UNAUTHENTICATED", "login failed")
+        for reason in (b"passkey: origin", b"passkey: rp_id", b"passkey: signature"):
+            assert reason in r.spool_text()
+        # A copy of the key whose counter is behind: a validly signed clone, refused and alerted.
+        alerts = await r["meshctl"].subscribe("alerts.credential_theft", timeout=5)
+        copy = device.clone()
+        copy.sign_count = 0
+        await passkey_login("phone", device)  # the real one moves on
+        assert await _code(passkey_login("laptop", copy)) == ("UNAUTHENTICATED", "login failed")
+        alert = await alerts.next(timeout=10)
+        assert alert.body["subject"] == "alice" and b"authn.passkey_cloned" in r.spool_text()
+        # An operator removes it: it signs in no more.
+        await r["meshctl"].call("authn.users.passkeys.remove", {"username": "alice",
+                                                               "credential": added["credential"]}, timeout=10)
+        assert (await _code(passkey_login("phone", device)))[0] == "UNAUTHENTICATED"

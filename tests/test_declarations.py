@@ -72,10 +72,10 @@ def test_the_project_declarations_give_exactly_the_rights_the_hand_written_acl_g
     service = compile_grant(config.acl, "notes", "service")
     assert service.calls == {"keyvault.keys.get", "keyvault.status", "audit.append", "audit.public_key",
                              "authn.keys", "authn.revocations", *authn_calls}
-    assert service.call_groups == ("authn.login.", "authn.token.", "storage.analytics.", "storage.files.",
-                                   "storage.kv.", "storage.records.")
+    assert service.call_groups == ("authn.login.", "authn.passkey.", "authn.token.", "storage.analytics.",
+                                   "storage.files.", "storage.kv.", "storage.records.")
     device = compile_grant(config.acl, "phone", "device")
-    assert device.calls == authn_calls and device.call_groups == ("authn.login.", "authn.token.")
+    assert device.calls == authn_calls and device.call_groups == ("authn.login.", "authn.passkey.", "authn.token.")
     assert not device.call_services and not device.publish and not device.subscribe
     assert not service.call_services and not service.call_methods
     assert not service.publish and not service.subscribe

@@ -108,6 +108,9 @@ EVENT_SCHEMAS: Final[Mapping[str, Mapping[str, str]]] = {
     "authn.password_changed": _AUTHN | {"ended": NUMBER},
     "authn.sessions_revoked": _AUTHN | {"filter": TEXT, "count": NUMBER},
     "authn.totp_begun": _AUTHN,
+    "authn.passkey_added": _AUTHN,
+    "authn.passkey_removed": _AUTHN,
+    "authn.passkey_cloned": _AUTHN,
     "authn.totp_confirmed": _AUTHN,
     "authn.totp_removed": _AUTHN,
     # audit's own records

@@ -70,6 +70,17 @@ CREATE TABLE IF NOT EXISTS recovery (
     user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
     used REAL
 );
+CREATE TABLE IF NOT EXISTS passkeys (
+    credential_id BLOB PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    public_key BLOB NOT NULL,
+    sign_count INTEGER NOT NULL,
+    transports TEXT NOT NULL,
+    aaguid TEXT NOT NULL,
+    created REAL NOT NULL,
+    last_used REAL
+);
+CREATE INDEX IF NOT EXISTS passkeys_by_user ON passkeys(user_id);
 CREATE TABLE IF NOT EXISTS devices (
     user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
     peer_fp TEXT NOT NULL,

@@ -85,3 +85,29 @@ class SessionRevoke:
     session: str | None = field(default=None, metadata={"max_len": 64})
     username: str | None = field(default=None, metadata=_NAME)
     device: str | None = field(default=None, metadata={"max_len": 64})
+
+
+@message
+class PasskeyStart:
+    access_token: str = field(metadata=_SECRET)
+    audience: str = field(default="curvemesh", metadata={"max_len": 128})
+
+
+@message
+class PasskeyLoginBegin:
+    username: str | None = field(default=None, metadata=_NAME)
+
+
+@message
+class PasskeyFinish:
+    """``response``: the credential JSON the browser or platform returned (bounded before parsing)."""
+
+    ceremony: str = field(metadata={"max_len": 64})
+    response: str = field(metadata={"max_len": 65536})
+    audience: str = field(default="curvemesh", metadata={"max_len": 128})
+
+
+@message
+class PasskeyRemove:
+    username: str = field(metadata=_NAME)
+    credential: str = field(metadata={"max_len": 1400})

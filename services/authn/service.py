@@ -4,8 +4,9 @@ Handlers, by concern (each in its own module, mixed in here):
 
 - ``login.password``, ``token.refresh``, ``logout`` (logins.py): for frontends and paired devices;
 - ``verify``, ``keys`` (verifying.py): for services checking a token;
-- ``users.*`` (accounts.py), ``sessions.*`` (sessions.py) and ``mfa.totp.*`` (mfa.py): for
-  operators (``meshctl users``, ``meshctl sessions``).
+- ``passkey.register.*`` and ``login.passkey.*`` (passkey_flows.py): passkeys (WebAuthn);
+- ``users.*`` (accounts.py), ``users.passkeys*`` (passkey_flows.py), ``sessions.*`` (sessions.py)
+  and ``mfa.totp.*`` (mfa.py): for operators (``meshctl users``, ``meshctl sessions``).
 
 State lives in authn's own SQLCipher database (database.py), keyed from keyvault (keeper.py). Until
 the mesh is unsealed every handler but ``health`` answers ``SEALED``. Every decision is audited
@@ -28,6 +29,7 @@ from .database import AccountsDB
 from .keeper import Keeper
 from .logins import LoginHandlers
 from .mfa import MfaHandlers
+from .passkey_flows import PasskeyHandlers
 from .passwords import PasswordHasher
 from .recording import Recorder
 from .sessions import SessionHandlers
@@ -37,7 +39,8 @@ from .verifying import VerifyHandlers
 log = structlog.get_logger("authn")
 
 
-class Authn(LoginHandlers, VerifyHandlers, AccountHandlers, SessionHandlers, MfaHandlers, Service):
+class Authn(LoginHandlers, VerifyHandlers, AccountHandlers, SessionHandlers, MfaHandlers, PasskeyHandlers,
+            Service):
     """Mesh name ``authn``; handlers: see the module docstring."""
 
     name = "authn"
@@ -48,6 +51,9 @@ class Authn(LoginHandlers, VerifyHandlers, AccountHandlers, SessionHandlers, Mfa
         self.home = home or MeshHome.from_env()
         self.config = config or mesh_config(self.home.root)
         self.clock = clock
+        self.monotonic = monotonic
+        #: Passkey ceremonies in progress (passkey_flows.py): in memory, five minutes each.
+        self._ceremonies: dict[str, tuple[str, str, str | None, bytes, float]] = {}
         settings = self.config.authn
         self.hasher = PasswordHasher(self.config.argon2.authentication)
         self.throttle = Throttle(ThrottlePolicy(

@@ -182,16 +182,20 @@ def build() -> argparse.ArgumentParser:
                                                           "priority", "timeout"], ("add",)), "yes": ("remove",)})
     p = add("users", "people's accounts (authn): add, list, show, disable, enable, delete, passwd, totp")
     p.add_argument("action", choices=["list", "add", "show", "disable", "enable", "delete", "passwd", "totp",
-                                      "totp-confirm", "totp-off"],
+                                      "totp-confirm", "totp-off", "passkeys"],
                    help="disable: no login, every session ended; delete: the account and its sessions, for good; "
                         "passwd: a new password, every session ended; totp: enrol an authenticator app (QR code, "
-                        "first code, recovery codes); totp-off: password only again")
+                        "first code, recovery codes); totp-off: password only again; passkeys: list them, or "
+                        "--remove one")
     p.add_argument("name", nargs="?", metavar="NAME", help="the username (every action but list)")
     p.add_argument("--password-file", metavar="FILE", help="add, passwd: the password from FILE's first line (0600)")
     p.add_argument("--code", metavar="CODE", help="totp, totp-confirm: the code the authenticator app shows")
-    yes(p, "delete, totp-off: ")
-    only(p, {"name": ["add", "show", "disable", "enable", "delete", "passwd", "totp", "totp-confirm", "totp-off"],
-             "password_file": ["add", "passwd"], "code": ["totp", "totp-confirm"], "yes": ["delete", "totp-off"]})
+    p.add_argument("--remove", metavar="CREDENTIAL", help="passkeys: remove this passkey (its id, as listed)")
+    yes(p, "delete, totp-off, passkeys --remove: ")
+    only(p, {"name": ["add", "show", "disable", "enable", "delete", "passwd", "totp", "totp-confirm", "totp-off",
+                      "passkeys"],
+             "password_file": ["add", "passwd"], "code": ["totp", "totp-confirm"], "remove": ["passkeys"],
+             "yes": ["delete", "totp-off", "passkeys"]})
     p = add("sessions", "signed-in devices (authn): list them, or revoke one session, a user's or a device's")
     p.add_argument("action", choices=["list", "revoke"])
     p.add_argument("--user", metavar="NAME", help="list: only this user's; revoke: every session of this user")

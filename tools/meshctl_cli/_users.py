@@ -97,6 +97,22 @@ def _totp(args: argparse.Namespace, home: MeshHome) -> int:
     return 0
 
 
+def _passkeys(args: argparse.Namespace, home: MeshHome) -> int:
+    """``users passkeys NAME [--remove CREDENTIAL]``."""
+    if args.remove:
+        _confirm.confirm(args, f"remove passkey {args.remove[:16]}... of {args.name}: it signs in no more")
+        result = asyncio.run(_call(home, "authn.users.passkeys.remove", {"username": args.name,
+                                                                         "credential": args.remove}))
+        emit(args.json, result, f"passkey removed from {result['username']}")
+        return 0
+    rows = asyncio.run(_call(home, "authn.users.passkeys", {"username": args.name}))
+    text = table(["CREDENTIAL", "CREATED", "LAST USED", "COUNTER", "AAGUID"],
+                 [[r["credential"], when(r["created"]), when(r["last_used"]), r["sign_count"], r["aaguid"]]
+                  for r in rows]) if rows else f"{args.name} has no passkeys (one is added from a signed-in device)"
+    emit(args.json, rows, text)
+    return 0
+
+
 def run_users(args: argparse.Namespace, home: MeshHome) -> int:
     """``meshctl users add|list|show|disable|enable|delete|passwd [NAME]``."""
     if args.action == "list":
@@ -114,6 +130,8 @@ def run_users(args: argparse.Namespace, home: MeshHome) -> int:
         emit(args.json, result, f"TOTP is off for {result['username']}" if result["removed"] else
              f"{result['username']} had no TOTP")
         return 0
+    if args.action == "passkeys":
+        return _passkeys(args, home)
     if args.action == "show":
         user = asyncio.run(_call(home, "authn.users.show", {"username": args.name}))
         emit(args.json, user, _show(user))
