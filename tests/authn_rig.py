@@ -21,7 +21,7 @@ from services.audit.service import Audit
 from services.authn.service import Authn
 from services.keyvault.service import Keyvault
 from services.keyvault.setup import initialise
-from shared import MeshClient, MeshError, ServiceRunner
+from shared import MeshClient, MeshConfig, MeshError, ServiceRunner
 
 from .conftest import FAST_CONFIG, TEST_ARGON2, eventually
 from .mesh import InProcessMesh
@@ -107,8 +107,8 @@ class AuthnRig:
     def fingerprint(self, name: str) -> str:
         return self.mesh.pairs[name].certificate.fingerprint
 
-    async def start_authn(self) -> Authn:
-        self.authn = Authn(self.home, self.mesh.config, clock=self.wall, monotonic=self.monotonic)
+    async def start_authn(self, config: MeshConfig | None = None) -> Authn:
+        self.authn = Authn(self.home, config or self.mesh.config, clock=self.wall, monotonic=self.monotonic)
         self.runner = await self.mesh.start_service(self.authn)
         await eventually(lambda: self.authn_state("ready"), deadline=20)
         return self.authn

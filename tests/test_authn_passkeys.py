@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from webauthn import verify_authentication_response, verify_registration_response
 from webauthn.helpers.exceptions import InvalidAuthenticationResponse
 
+from bench.webauthn_soft import BS, UP, UV, SoftAuthenticator, b64url, unb64url
 from services.authn.passkeys import (
     MAX_RESPONSE_BYTES,
     REASONS,
@@ -31,8 +32,6 @@ from services.authn.passkeys import (
     finish_login,
     finish_registration,
 )
-
-from .webauthn_soft import BS, UP, UV, SoftAuthenticator, b64url, unb64url
 
 RP = RelyingParty(id="companion.local", name="Companion",
                   origins=("https://companion.local", "https://app.companion.local"))

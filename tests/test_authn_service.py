@@ -5,6 +5,8 @@ audit, throttling that cannot lock the owner out, sealing, and no secret anywher
 from __future__ import annotations
 
 import base64
+import dataclasses
+import io
 import json
 import time
 from pathlib import Path
@@ -12,13 +14,15 @@ from typing import Any
 
 import pyotp
 import pytest
+import structlog
 
-from shared import MeshError, ReauthRequired
+from bench.webauthn_soft import SoftAuthenticator
+from services.authn.names import skeleton
+from shared import Argon2Profile, MeshError, ReauthRequired, configure_logging
 from shared.tokens import KEYS_REFRESH_S, InvalidToken, LocalVerifier
 
 from .authn_rig import USER_PASSWORD, authn_rig
 from .conftest import eventually
-from .webauthn_soft import SoftAuthenticator
 
 
 async def _code(call: Any) -> tuple[str, str]:
@@ -186,23 +190,50 @@ async def test_sealed_authn_answers_sealed_and_comes_back(short_tmp: Path) -> No
         assert (await r.verify("phone", tokens["access_token"]))["sid"] == tokens["session"]
 
 
-async def test_accounts_survive_a_restart_and_no_secret_is_under_the_home(short_tmp: Path) -> None:
-    async with authn_rig(short_tmp / "h") as r:
-        await r.add_user()
-        tokens = await r.login("phone")
-        await _code(r.login("phone", password="planted-wrong-guess-5e2a"))
-        await r.stop_authn()
-        await r.start_authn()
-        assert (await r.verify("phone", tokens["access_token"]))["username"] == "alice"
-        users = await r["meshctl"].call("authn.users.list", timeout=10)
-        assert [(u["username"], u["sessions"]) for u in users] == [("alice", 1)]
-        planted = [USER_PASSWORD, "planted-wrong-guess-5e2a", tokens["refresh_token"].split(".")[2],
-                   tokens["access_token"].split(".")[2]]
-        for path in r.home.root.rglob("*"):
-            if path.is_file():
-                data = path.read_bytes()
-                for secret in planted:
-                    assert secret.encode() not in data, (path, secret[:8])
+async def test_accounts_survive_a_restart_and_no_secret_is_under_the_home_or_in_a_log(short_tmp: Path) -> None:
+    stream = io.StringIO()
+    configure_logging("test", "debug", stream=stream)
+    try:
+        async with authn_rig(short_tmp / "h") as r:
+            await r.add_user()
+            tokens = await r.login("phone")
+            await _code(r.login("phone", password="planted-wrong-guess-5e2a"))
+            begun = await r["meshctl"].call("authn.mfa.totp.begin", {"username": "alice"}, timeout=10)
+            totp = pyotp.TOTP(begun["secret"])
+            codes = (await r["meshctl"].call("authn.mfa.totp.confirm", {"username": "alice", "code": totp.now()},
+                                             timeout=10))["recovery_codes"]
+            otp = totp.at(time.time() + 30)
+            await r.login("laptop", otp=otp)
+            await r.login("laptop", otp=codes[1])
+            await _code(r.login("laptop", otp=codes[1]))  # spent: refused, and not logged
+            await r.stop_authn()
+            # A new authentication profile: the hash is re-made at the next successful login.
+            stronger = dataclasses.replace(r.mesh.config, argon2=dataclasses.replace(
+                r.mesh.config.argon2, authentication=Argon2Profile(2048, 1, 1)))
+            await r.start_authn(stronger)
+            assert r.authn is not None
+            before = r.authn.db().user_by_skeleton(skeleton("alice"))
+            assert before is not None and "m=1024," in before.password_hash
+            assert (await r.verify("phone", tokens["access_token"]))["username"] == "alice"
+            users = await r["meshctl"].call("authn.users.list", timeout=10)
+            assert [(u["username"], u["sessions"]) for u in users] == [("alice", 3)]
+            await r.login("laptop", otp=codes[2])
+            after = r.authn.db().user_by_skeleton(skeleton("alice"))
+            assert after is not None and "m=2048," in after.password_hash
+            await r.stop_authn()
+            planted = [USER_PASSWORD, "planted-wrong-guess-5e2a", tokens["refresh_token"].split(".")[2],
+                       tokens["access_token"].split(".")[2], begun["secret"], otp, *codes]
+            for path in r.home.root.rglob("*"):
+                if path.is_file():
+                    data = path.read_bytes()
+                    for secret in planted:
+                        assert secret.encode() not in data, (path, secret[:8])
+    finally:
+        structlog.reset_defaults()
+    logged = stream.getvalue()
+    assert "login_failed" in logged or "registered" in logged  # the log was really written
+    for secret in planted:
+        assert secret not in logged, secret[:8]
 
 
 async def test_local_verification_honours_revocations_and_rotations(short_tmp: Path) -> None:
@@ -357,12 +388,25 @@ async def test_passkeys_register_sign_in_and_a_clone_is_refused_and_alerted(shor
 
         signed_in = await passkey_login("phone", device)
         assert _claims(signed_in["access_token"])["amr"] == ["hwk", "user", "mfa"]
+        # As the second factor after the password, in one ceremony; a wrong password fails it all.
+        start = await r["phone"].call("authn.login.passkey.begin", {"username": "alice"}, timeout=10)
+        both = await r["phone"].call("authn.login.passkey.finish", {
+            "ceremony": start["ceremony"], "response": device.login(start["options"]), "password": USER_PASSWORD},
+            timeout=10)
+        assert _claims(both["access_token"])["amr"] == ["pwd", "hwk", "user", "mfa"]
+        start = await r["phone"].call("authn.login.passkey.begin", {"username": "alice"}, timeout=10)
+        assert await _code(r["phone"].call("authn.login.passkey.finish", {
+            "ceremony": start["ceremony"], "response": device.login(start["options"]), "password": "not-it-12345"},
+            timeout=10)) == ("UNAUTHENTICATED", "login failed")
         assert (await r.verify("phone", signed_in["access_token"]))["username"] == "alice"
         # Wrong origin, wrong relying party, a tampered signature: refused, uniformly, reasons audited.
         for knobs in ({"origin": "https://evil.example"}, {"rp_id": "evil.example"}, {"tamper_signature": True}):
             assert await _code(passkey_login("phone", device, **knobs)) == ("UNAUTHENTICATED", "login failed")
         for reason in (b"passkey: origin", b"passkey: rp_id", b"passkey: signature"):
             assert reason in r.spool_text()
+        # Those were failed guesses for the throttle too: the next attempt waits, then goes on.
+        assert (await _code(passkey_login("phone", device)))[0] == "RATE_LIMITED"
+        r.monotonic.advance(2)
         # A copy of the key whose counter is behind: a validly signed clone, refused and alerted.
         alerts = await r["meshctl"].subscribe("alerts.credential_theft", timeout=5)
         copy = device.clone()

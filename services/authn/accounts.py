@@ -52,7 +52,7 @@ class AccountHandlers:
         # mesh.toml exposes users.* to operators only; checked here too, so a widened ACL does not
         # hand account management to a service.
         if ctx.role != "operator":
-            raise Forbidden("managing accounts is for operators (meshctl users)")
+            raise Forbidden("managing accounts and sessions is for operators (meshctl users, meshctl sessions)")
 
     def _user(self, raw: str) -> User:
         return find_user(self.db(), raw)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from shared import BadRequest, MeshConfig, RateLimited, RequestContext, Unauthenticated, handler
-from shared.tokens import InvalidToken, issue_access, verify_access
+from shared.tokens import AccessClaims, InvalidToken, issue_access, verify_access
 
 from .database import AccountsDB, Session, User
 from .keeper import Keeper
@@ -80,6 +80,37 @@ class LoginHandlers:
         self.recorder.record("authn.login", ctx, "failure", target=account, reason=reason,
                              user_id=user.id if user else None)
 
+    def _throttle_check(self, ctx: RequestContext, account: str, shown: str, user: User | None, known: bool) -> None:
+        """``RATE_LIMITED`` with the wait (and the attempt audited) when the throttle says so;
+        ``account`` is the throttle's key (the name's skeleton), ``shown`` the name audited."""
+        try:
+            self.throttle.check(account, ctx.fingerprint, known_device=known)
+        except Throttled as exc:
+            self._fail_login(ctx, shown, f"throttled ({exc.reason})", user)
+            raise RateLimited(f"too many failed logins: try again in {max(1, round(exc.retry_after_s))} s") from None
+
+    def _new_session(self, ctx: RequestContext, user: User, amr: list[str], audience: str,
+                     known: bool) -> dict[str, Any]:
+        """Start a session bound to the caller's key after a successful sign-in: its first refresh
+        token, the audit record, and the tokens to answer with."""
+        version = self.keeper.keys.signing.current_version
+        refresh, digest = new_refresh(version, self.keeper.keys.digest[version])
+        session = self.db().start_session(user.id, ctx.caller, ctx.fingerprint, amr, audience, digest, self.clock())
+        self.recorder.record("authn.login", ctx, "ok", target=user.username, user_id=user.id, session=session.id,
+                             method="+".join(amr), known_device=known)
+        return {**self._tokens(ctx, user, session, audience), "refresh_token": refresh}
+
+    def _own_token(self, ctx: RequestContext, token: str, audience: str, event: str) -> AccessClaims:
+        """The claims of an access token the caller presents as its own; ``UNAUTHENTICATED`` (the
+        reason audited as ``event``) otherwise."""
+        settings = self.config.authn
+        try:
+            return verify_access(token, self.keeper.keys.signing, issuer=settings.issuer, audience=audience,
+                                 presenter=ctx.fingerprint, now=self.clock())
+        except InvalidToken as exc:
+            self.recorder.record(event, ctx, "denied", reason=exc.reason)
+            raise Unauthenticated(TOKEN_REFUSED) from None
+
     async def _authenticate(self, ctx: RequestContext, raw_username: str, password: str,
                             otp: str | None) -> tuple[User, list[str], bool]:
         """Check a person's credentials as the caller presents them: the account, the throttle, the
@@ -95,11 +126,7 @@ class LoginHandlers:
         account = skeleton(username) if username else "<invalid>"
         user = db.user_by_skeleton(account) if username else None
         known = user is not None and db.known_device(user.id, ctx.fingerprint)
-        try:
-            self.throttle.check(account, ctx.fingerprint, known_device=known)
-        except Throttled as exc:
-            self._fail_login(ctx, username or account, f"throttled ({exc.reason})", user)
-            raise RateLimited(f"too many failed logins: try again in {max(1, round(exc.retry_after_s))} s") from None
+        self._throttle_check(ctx, account, username or account, user, known)
         try:
             if user is None:
                 # The same Argon2 cost as a real check, so the time taken does not tell who exists.
@@ -148,13 +175,7 @@ class LoginHandlers:
         if not AUDIENCE_RE.fullmatch(audience):
             raise BadRequest("audience: lower-case letters, digits, '.', '_' or '-', at most 128")
         user, amr, known = await self._authenticate(ctx, req.username, req.password, req.otp)
-        db, now = self.db(), self.clock()
-        version = self.keeper.keys.signing.current_version
-        refresh, digest = new_refresh(version, self.keeper.keys.digest[version])
-        session = db.start_session(user.id, ctx.caller, ctx.fingerprint, amr, audience, digest, now)
-        self.recorder.record("authn.login", ctx, "ok", target=user.username, user_id=user.id, session=session.id,
-                             method="+".join(amr), known_device=known)
-        return {**self._tokens(ctx, user, session, audience), "refresh_token": refresh}
+        return self._new_session(ctx, user, amr, audience, known)
 
     @handler("login.reauth", request=Reauth, concurrent=True)
     async def login_reauth(self, ctx: RequestContext, req: Reauth) -> dict[str, Any]:
@@ -164,12 +185,7 @@ class LoginHandlers:
         are checked, throttled and audited like a login. Failure: ``UNAUTHENTICATED``."""
         db = self.db()  # SEALED while sealed
         settings = self.config.authn
-        try:
-            claims = verify_access(req.access_token, self.keeper.keys.signing, issuer=settings.issuer,
-                                   audience=req.audience, presenter=ctx.fingerprint, now=self.clock())
-        except InvalidToken as exc:
-            self.recorder.record("authn.reauth", ctx, "denied", reason=exc.reason)
-            raise Unauthenticated(TOKEN_REFUSED) from None
+        claims = self._own_token(ctx, req.access_token, req.audience, "authn.reauth")
         session, owner = db.session(claims.session_id), db.user_by_id(claims.subject)
         problem = session_problem(session, owner, self.clock(), settings.session_idle_s, settings.session_absolute_s)
         if problem or owner is None or session is None:
@@ -239,13 +255,7 @@ class LoginHandlers:
         path (its refresh tokens are spent, its access tokens refused; ``authn.revoked.session``
         is published for local verifiers). Only the key the token is bound to may end it."""
         db = self.db()  # SEALED while sealed
-        settings = self.config.authn
-        try:
-            claims = verify_access(req.access_token, self.keeper.keys.signing, issuer=settings.issuer,
-                                   audience=req.audience, presenter=ctx.fingerprint, now=self.clock())
-        except InvalidToken as exc:
-            self.recorder.record("authn.logout", ctx, "denied", reason=exc.reason)
-            raise Unauthenticated(TOKEN_REFUSED) from None
+        claims = self._own_token(ctx, req.access_token, req.audience, "authn.logout")
         ended = db.end_sessions(self.clock(), "logout", session_id=claims.session_id)
         self.recorder.record("authn.logout", ctx, "ok", user_id=claims.subject, session=claims.session_id)
         if ended:

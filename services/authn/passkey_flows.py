@@ -5,8 +5,9 @@
   ``passkey.register.finish {ceremony, response}`` stores it.
 - ``login.passkey.begin {username?}`` → ``{ceremony, options}`` (with a name, its credentials are
   offered; a name that does not exist gets the same empty list as none, so it tells nothing);
-  ``login.passkey.finish {ceremony, response, audience?}`` → tokens, ``amr`` ``["hwk", "user",
-  "mfa"]`` (a platform authenticator with user verification: a device and a biometric or PIN).
+  ``login.passkey.finish {ceremony, response, audience?, password?}`` → tokens, ``amr`` ``["hwk",
+  "user", "mfa"]`` (a platform authenticator with user verification: a device and a biometric or
+  PIN), or with ``password`` the passkey as second factor after it: ``["pwd", "hwk", "user", "mfa"]``.
 - ``users.passkeys {username}`` and ``users.passkeys.remove {username, credential}`` for operators.
 
 A ceremony is kept in memory for five minutes, bound to the caller's key, and used once whatever
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from shared import BadRequest, MeshConfig, NotFound, RateLimited, RequestContext, Unauthenticated, handler
-from shared.tokens import InvalidToken, verify_access
+from shared.tokens import AccessClaims
 
 from .database import AccountsDB, User
 from .keeper import Keeper
@@ -40,10 +41,10 @@ from .passkeys import (
     finish_login,
     finish_registration,
 )
+from .passwords import PasswordHasher, WrongPassword
 from .recording import Recorder
-from .refresh import new_refresh
 from .schema import PasskeyFinish, PasskeyLoginBegin, PasskeyRemove, PasskeyStart, Username
-from .throttle import Throttle, Throttled
+from .throttle import Throttle
 
 MAX_CEREMONIES: Final = 10_000
 _FAILED: Final = "login failed"
@@ -67,13 +68,16 @@ class PasskeyHandlers:
     keeper: Keeper
     recorder: Recorder
     throttle: Throttle
+    hasher: PasswordHasher
     clock: Callable[[], float]
     monotonic: Callable[[], float]
     db: Callable[[], AccountsDB]
     _operator: Callable[[RequestContext], None]
     _user: Callable[[str], User]
-    _tokens: Callable[..., dict[str, Any]]
     _fail_login: Callable[..., None]
+    _throttle_check: Callable[..., None]
+    _new_session: Callable[..., dict[str, Any]]
+    _own_token: Callable[..., AccessClaims]
     #: ceremony id -> (kind, caller key, user id or None, challenge, deadline on the monotonic clock)
     _ceremonies: dict[str, tuple[str, str, str | None, bytes, float]]
 
@@ -103,13 +107,7 @@ class PasskeyHandlers:
         """``authn.passkey.register.begin {access_token}`` → ``{ceremony, options}`` (options JSON
         for ``navigator.credentials.create()``); the token must be the caller's own."""
         db = self.db()
-        settings = self.config.authn
-        try:
-            claims = verify_access(req.access_token, self.keeper.keys.signing, issuer=settings.issuer,
-                                   audience=req.audience, presenter=ctx.fingerprint, now=self.clock())
-        except InvalidToken as exc:
-            self.recorder.record("authn.passkey_added", ctx, "denied", reason=exc.reason)
-            raise Unauthenticated("token refused") from None
+        claims = self._own_token(ctx, req.access_token, req.audience, "authn.passkey_added")
         user, session = db.user_by_id(claims.subject), db.session(claims.session_id)
         if user is None or session is None or session.ended is not None or user.disabled:
             self.recorder.record("authn.passkey_added", ctx, "denied", reason="session_unknown")
@@ -158,8 +156,9 @@ class PasskeyHandlers:
 
     @handler("login.passkey.finish", request=PasskeyFinish, concurrent=True)
     async def login_passkey_finish(self, ctx: RequestContext, req: PasskeyFinish) -> dict[str, Any]:
-        """``authn.login.passkey.finish {ceremony, response, audience?}`` → tokens bound to the
-        caller's key, as ``login.password`` gives. Failure: ``UNAUTHENTICATED`` "login failed"."""
+        """``authn.login.passkey.finish {ceremony, response, audience?, password?}`` → tokens bound
+        to the caller's key, as ``login.password`` gives (``password``: the passkey is the second
+        factor after it). Failure: ``UNAUTHENTICATED`` "login failed"."""
         db = self.db()
         taken = self._take_ceremony("login", ctx, req.ceremony)
         if taken is None:
@@ -176,11 +175,7 @@ class PasskeyHandlers:
             raise Unauthenticated(_FAILED)
         account = skeleton(user.username)  # the throttle's key for this account, as password logins use
         known = db.known_device(user.id, ctx.fingerprint)
-        try:
-            self.throttle.check(account, ctx.fingerprint, known_device=known)
-        except Throttled as exc:
-            self._fail_login(ctx, user.username, f"throttled ({exc.reason})", user)
-            raise RateLimited(f"too many failed logins: try again in {max(1, round(exc.retry_after_s))} s") from None
+        self._throttle_check(ctx, account, user.username, user, known)
         try:
             count = finish_login(self._rp(), req.response, taken[1], found.credential)
         except PasskeyRefused as exc:
@@ -194,17 +189,21 @@ class PasskeyHandlers:
             self._fail_login(ctx, user.username, "account disabled" if user.disabled else "passkey: counter race",
                              user)
             raise Unauthenticated(_FAILED)
+        amr = ["hwk", "user", "mfa"]
+        if req.password is not None:
+            # The passkey as the second factor after the password: both are checked, in one ceremony.
+            try:
+                await ctx.run_blocking(self.hasher.verify, user.password_hash, req.password)
+            except WrongPassword:
+                self.throttle.failure(account, ctx.fingerprint, known_device=known)
+                self._fail_login(ctx, user.username, "wrong password", user)
+                raise Unauthenticated(_FAILED) from None
+            amr = ["pwd", *amr]
         self.throttle.success(account, ctx.fingerprint)
         audience = req.audience
         if not AUDIENCE_RE.fullmatch(audience):
             raise BadRequest("audience: lower-case letters, digits, '.', '_' or '-', at most 128")
-        version = self.keeper.keys.signing.current_version
-        refresh, digest = new_refresh(version, self.keeper.keys.digest[version])
-        amr = ["hwk", "user", "mfa"]
-        session = self.db().start_session(user.id, ctx.caller, ctx.fingerprint, amr, audience, digest, self.clock())
-        self.recorder.record("authn.login", ctx, "ok", target=user.username, user_id=user.id, session=session.id,
-                             method="passkey", known_device=known)
-        return {**self._tokens(ctx, user, session, audience), "refresh_token": refresh}
+        return self._new_session(ctx, user, amr, audience, known)
 
     @handler("users.passkeys", request=Username)
     async def users_passkeys(self, ctx: RequestContext, req: Username) -> list[dict[str, Any]]:

@@ -105,6 +105,8 @@ class PasskeyFinish:
     ceremony: str = field(metadata={"max_len": 64})
     response: str = field(metadata={"max_len": 65536})
     audience: str = field(default="curvemesh", metadata={"max_len": 128})
+    #: login only: the password too, when the passkey is the second factor after it.
+    password: str | None = field(default=None, metadata={"sensitive": True, "max_len": 4096})
 
 
 @message

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from shared import BadRequest, Forbidden, NotFound, RequestContext, handler
+from shared import BadRequest, NotFound, RequestContext, handler
 
-from .accounts import find_user
 from .database import AccountsDB, Session, User
 from .recording import Recorder
 from .schema import SessionFilter, SessionRevoke
@@ -32,14 +31,10 @@ class SessionHandlers:
     clock: Callable[[], float]
     publish_revoked: Callable[..., Any]
     db: Callable[[], AccountsDB]
+    # AccountHandlers': only operators, and the account a name stands for.
+    _operator: Callable[[RequestContext], None]
+    _user: Callable[[str], User]
 
-    @staticmethod
-    def _operator(ctx: RequestContext) -> None:
-        if ctx.role != "operator":
-            raise Forbidden("listing and revoking sessions is for operators (meshctl sessions)")
-
-    def _user_id(self, raw: str) -> User:
-        return find_user(self.db(), raw)
 
     @handler("sessions.list", request=SessionFilter)
     async def sessions_list(self, ctx: RequestContext, req: SessionFilter) -> list[dict[str, Any]]:
@@ -47,7 +42,7 @@ class SessionHandlers:
         ``meshctl sessions list [--user NAME]``."""
         self._operator(ctx)
         db = self.db()
-        only = self._user_id(req.username) if req.username is not None else None
+        only = self._user(req.username) if req.username is not None else None
         users = {u.id: u for u in db.users()}
         return [session_view(s, users.get(s.user_id)) for s in db.sessions(only.id if only else None)]
 
@@ -68,7 +63,7 @@ class SessionHandlers:
             ended = db.end_sessions(now, "revoked by an operator", session_id=session.id)
             users = {session.user_id: ended}
         elif req.username is not None:
-            user = self._user_id(req.username)
+            user = self._user(req.username)
             users = {user.id: db.end_sessions(now, "revoked by an operator", user_id=user.id)}
         else:
             device = str(req.device).lower()

@@ -1,4 +1,5 @@
-"""A software platform authenticator (client and authenticator in one) for the passkey tests.
+"""A software platform authenticator (client and authenticator in one) for the passkey tests and
+the passkey logins of ``make bench`` (bench/authn.py).
 
 Written from the WebAuthn Level 2/3 byte layouts, not from py_webauthn, so that the tests check
 the library against an independent implementation. One ES256 (P-256) credential per instance,
