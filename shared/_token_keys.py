@@ -65,6 +65,7 @@ class SigningKeys:
 
     def __init__(self) -> None:
         self._private: dict[int, Ed25519PrivateKey] = {}
+        self._public: dict[int, Ed25519PublicKey] = {}
         self._retire: dict[int, float] = {}
 
     def add(self, version: int, seed: bytes | bytearray, retire_after: float | None = None) -> None:
@@ -80,6 +81,9 @@ class SigningKeys:
         for older in self._private:
             self._retire[older] = min(self._retire.get(older, math.inf), retire_after or 0.0)
         self._private[version] = Ed25519PrivateKey.from_private_bytes(seed)
+        # Derived once: every verification looks it up, and deriving costs as much as a lookup of
+        # the session behind the token.
+        self._public[version] = self._private[version].public_key()
 
     @property
     def current_version(self) -> int:
@@ -93,19 +97,19 @@ class SigningKeys:
 
     def public_key(self, version: int, now: float) -> Ed25519PublicKey | None:
         """The public key of ``version`` if it is held and not retired at ``now``."""
-        private = self._private.get(version)
-        return None if private is None or now >= self._retire.get(version, math.inf) else private.public_key()
+        public = self._public.get(version)
+        return None if public is None or now >= self._retire.get(version, math.inf) else public
 
     def prune(self, now: float) -> list[int]:
         """Drop the versions retired at ``now``; return them, for the audit log."""
         retired = sorted(v for v, at in self._retire.items() if now >= at)
         for version in retired:
-            del self._private[version], self._retire[version]
+            del self._private[version], self._public[version], self._retire[version]
         return retired
 
     def public_jwks(self) -> list[dict[str, str]]:
         """The OKP/Ed25519 JWKs of every version held, oldest first; :meth:`prune` first."""
-        return [_jwk(v, self._private[v].public_key()) for v in sorted(self._private)]
+        return [_jwk(v, self._public[v]) for v in sorted(self._public)]
 
 
 class PublicKeys:

@@ -256,6 +256,14 @@ class AccountsDB:
                        (user_id, peer_fp, now))
         return Session(session_id, user_id, peer, peer_fp, now, now, now, tuple(amr), audience, None, None)
 
+    def session_and_user(self, session_id: str) -> tuple[Session, User] | tuple[None, None]:
+        """A session and its account in one query (the verification path), or ``(None, None)``."""
+        row = self._db.execute(
+            "SELECT s.id, s.user_id, s.peer, s.peer_fp, s.created, s.last_used, s.auth_time, s.amr, s.audience, "
+            "s.ended, s.end_reason, u.id, u.username, u.password_hash, u.disabled, u.created, u.updated "
+            "FROM sessions AS s JOIN users AS u ON u.id = s.user_id WHERE s.id = ?", (session_id,)).fetchone()
+        return (None, None) if row is None else (_session(row[:11]), _user(row[11:]))
+
     def session(self, session_id: str) -> Session | None:
         row = self._db.execute("SELECT id, user_id, peer, peer_fp, created, last_used, auth_time, amr, audience, "
                                "ended, end_reason FROM sessions WHERE id = ?", (session_id,)).fetchone()

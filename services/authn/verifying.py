@@ -62,8 +62,7 @@ class VerifyHandlers:
                                    cache=self.keeper.keys.verified)
         except InvalidToken as exc:
             return self._refuse(ctx, exc.reason)
-        session = db.session(claims.session_id)
-        user = db.user_by_id(claims.subject)
+        session, user = db.session_and_user(claims.session_id)
         problem = session_problem(session, user, now, settings.session_idle_s, settings.session_absolute_s)
         if problem is None and session is not None and session.user_id != claims.subject:
             problem = "session_mismatch"
