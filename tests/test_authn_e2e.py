@@ -1,7 +1,7 @@
 """authn in a real mesh under supervisord, driven as an operator would: ``meshctl users`` and
 ``meshctl sessions``, a sign-in through the mesh, a revocation seen on the next request, refusals
-that need ``--yes``, and a kill -9 of authn while accounts are created and people sign in: no
-account acknowledged is lost, and none is left half made."""
+that need ``--yes``, TOTP enrolment, and a kill -9 of authn while accounts are created and a person
+signs in over and over: no account acknowledged is lost, and none is left half made."""
 
 from __future__ import annotations
 
@@ -120,7 +120,16 @@ def test_kill_9_during_sign_ups_and_logins_loses_no_account(live: MeshHome) -> N
                 with lock:
                     acknowledged.append(name)
 
+    logins = {"ok": 0, "failed": 0}
+
+    def sign_ins() -> None:
+        # alice signs in over and over while authn dies: each attempt succeeds or fails cleanly.
+        while not stop.is_set():
+            code, _, _ = call(live, "authn.login.password", {"username": "alice", "password": PASSWORD})
+            logins["ok" if code == 0 else "failed"] += 1
+
     workers = [threading.Thread(target=sign_ups, args=(p,)) for p in ("kate", "liam")]
+    workers.append(threading.Thread(target=sign_ins))
     for worker in workers:
         worker.start()
     try:
@@ -134,6 +143,7 @@ def test_kill_9_during_sign_ups_and_logins_loses_no_account(live: MeshHome) -> N
         stop.set()
         for worker in workers:
             worker.join(timeout=120)
+    assert logins["ok"] >= 2, logins  # sign-ins went on before and after the kill
     listing = {u["username"] for u in json.loads(meshctl(live, "users", "list", "--json").stdout)}
     assert set(acknowledged) <= listing  # nothing acknowledged was lost
     for name in sorted(listing - {"alice", "tess"}):
