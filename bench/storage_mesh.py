@@ -34,16 +34,17 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from shared import Argon2Profile, MeshClient, MeshConfig, MeshError, MeshHome, load_config
+from shared import Argon2Profile, MeshClient, MeshConfig, MeshHome, load_config
 from shared.provision import provision
 
 from .harness import REPO, BenchError, Children, remove_home
 from .measure import percentile
+from .meshcalls import call, connect, until
 from .storage import MIB, PIECE_BYTES, StorageOptions
 
 IDENTITIES: Final = {"keyvault": "service", "audit": "service", "storage": "service", "authn": "service",
@@ -60,8 +61,6 @@ PRELOAD: Final = 512
 SETUP_PROFILE: Final = Argon2Profile(memory_kib=8192, iterations=1, parallelism=1)
 FILE_BYTES: Final = 8 * MIB          # each fill file
 UPLOADS_AT_ONCE: Final = 4           # storage allows a caller 8 open uploads
-READY_TIMEOUT: Final = 90.0
-CALL_TIMEOUT: Final = 60.0
 JOB_TIMEOUT: Final = 3600.0
 POLL_S: Final = 0.05
 
@@ -140,45 +139,12 @@ def _make_home(text: str) -> MeshHome:
     return home
 
 
-async def _call(client: MeshClient, target: str, body: Any = None, timeout: float = CALL_TIMEOUT) -> Any:
-    try:
-        return await client.call(target, body, timeout=timeout)
-    except MeshError as exc:
-        raise BenchError(f"{target} as {client.name}: {exc.code}: {exc.message}") from None
-
-
-async def _connect(home: MeshHome, name: str) -> MeshClient:
-    try:
-        return await MeshClient.connect(home, name, timeout=READY_TIMEOUT)
-    except MeshError as exc:
-        raise BenchError(f"{name} cannot connect to the broker: {exc.code}: {exc.message}") from None
-
-
-async def _until(kids: Children, what: str, probe: Callable[[], Awaitable[str | None]]) -> None:
-    """Poll ``probe`` (None when ready, else what it saw) until ready, with a deadline."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    last = "no answer"
-    while time.monotonic() < deadline:
-        kids.check_alive()
-        try:
-            seen = await probe()
-        except MeshError as exc:
-            if exc.code in ("FORBIDDEN", "UNAUTHENTICATED"):
-                raise BenchError(f"{what}: refused: {exc.code}: {exc.message}") from None
-            seen = f"{exc.code}: {exc.message}"
-        if seen is None:
-            return
-        last = seen
-        await asyncio.sleep(0.1)  # poll interval
-    raise BenchError(f"{what} not reached within {READY_TIMEOUT:.0f} s (last: {last})")
-
-
 async def start_mesh(kids: Children) -> MeshClient:
     """Start broker, keyvault and audit, wait until keyvault is unsealed and audit healthy, then start
     storage and wait until ``storage.health`` says ok; returns the operator's client."""
     for name in ("broker", "keyvault", "audit"):
         kids.spawn(name, f"services.{name}", guard=True)
-    operator = await _connect(kids.home, OPERATOR)
+    operator = await connect(kids.home, OPERATOR)
     try:
         async def vault() -> str | None:
             status = await operator.call("keyvault.status", timeout=2.0)
@@ -186,7 +152,7 @@ async def start_mesh(kids: Children) -> MeshClient:
                 return f"keyvault {status}"
             audit = await operator.call("audit.health", timeout=2.0)
             return None if audit.get("state") == "ready" else f"audit {audit.get('state')}: {audit.get('reason')}"
-        await _until(kids, "keyvault unsealed and audit ok", vault)
+        await until(kids, "keyvault unsealed and audit ok", vault)
         kids.spawn("storage", "services.storage", guard=True)
 
         async def health() -> str | None:
@@ -194,7 +160,7 @@ async def start_mesh(kids: Children) -> MeshClient:
             if reply.get("state") == "failed" and not reply.get("dependency"):
                 raise BenchError(f"storage.health: failed: {reply.get('reason')}")
             return None if reply.get("state") == "ready" else f"state {reply.get('state')}: {reply.get('reason')}"
-        await _until(kids, "storage.health ok", health)
+        await until(kids, "storage.health ok", health)
     except BaseException:
         await operator.close()
         raise
@@ -257,7 +223,7 @@ async def _sequential(client: MeshClient, load: Workload, method: str, count: in
     for i in range(count):
         target, body = load.request(method, i)
         start = clock()
-        reply = await _call(client, target, body)
+        reply = await call(client, target, body)
         samples[i] = clock() - start
         load.check(method, body, reply)
     return samples
@@ -270,23 +236,23 @@ async def _pipelined(client: MeshClient, load: Workload, method: str, count: int
     async def worker() -> None:
         for i in requests:  # one shared iterator: every call is made once
             target, body = load.request(method, i)
-            load.check(method, body, await _call(client, target, body))
+            load.check(method, body, await call(client, target, body))
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(window)))
     return count / (time.perf_counter() - start)
 
 
 async def _preload(client: MeshClient, load: Workload) -> None:
-    await _call(client, "storage.records.collection", {**SCOPE, "collection": COLLECTION, "indexed": ["day"]})
+    await call(client, "storage.records.collection", {**SCOPE, "collection": COLLECTION, "indexed": ["day"]})
 
     async def put(i: int) -> None:
         key, value = b"get/%d" % i, load.values[i % len(load.values)]
-        await _call(client, "storage.kv.put", {**SCOPE, "key": key, "value": value})
+        await call(client, "storage.kv.put", {**SCOPE, "key": key, "value": value})
         load.kv[key] = value
 
     async def insert(i: int) -> None:
         doc = load.doc(i)
-        reply = await _call(client, "storage.records.insert", {**SCOPE, "collection": COLLECTION, "doc": doc})
+        reply = await call(client, "storage.records.insert", {**SCOPE, "collection": COLLECTION, "doc": doc})
         load.docs[reply["id"]] = doc
     for job in (put, insert):
         for start in range(0, PRELOAD, 64):
@@ -325,15 +291,15 @@ async def data_calls(client: MeshClient, kids: Children, opts: StorageOptions) -
 
 async def _upload(client: MeshClient, name: str, size: int, pool: list[bytes]) -> None:
     """Upload ``size`` bytes as ``name`` in 256 KiB pieces; the commit's size proves every piece landed."""
-    begun = await _call(client, "storage.files.put.begin", {**SCOPE, "category": "files", "name": name, "size": size})
+    begun = await call(client, "storage.files.put.begin", {**SCOPE, "category": "files", "name": name, "size": size})
     sent = 0
     while sent < size:
         piece = pool[(sent // PIECE_BYTES + len(name)) % len(pool)][:size - sent]
-        reply = await _call(client, "storage.files.put.chunk", {"upload": begun["upload"], "data": piece})
+        reply = await call(client, "storage.files.put.chunk", {"upload": begun["upload"], "data": piece})
         sent += len(piece)
         if reply.get("received") != sent:
             raise BenchError(f"storage.files.put.chunk: {name}: received {reply.get('received')} of {sent} bytes")
-    info = await _call(client, "storage.files.put.commit", {"upload": begun["upload"]})
+    info = await call(client, "storage.files.put.commit", {"upload": begun["upload"]})
     if info.get("size") != size:
         raise BenchError(f"storage.files.put.commit: {name} stored {info.get('size')} bytes of {size}")
 
@@ -356,17 +322,17 @@ async def fill(client: MeshClient, mib: int) -> dict[str, Any]:
     kv = {b"fill/%d" % i: secrets.token_bytes(4096) for i in range(kv_values)}
     items = list(kv.items())
     for at in range(0, len(items), 64):
-        await asyncio.gather(*(_call(client, "storage.kv.put", {**SCOPE, "key": k, "value": v})
+        await asyncio.gather(*(call(client, "storage.kv.put", {**SCOPE, "key": k, "value": v})
                                for k, v in items[at:at + 64]))
     ids: list[str] = []
     for at in range(0, docs, 64):
-        replies = await asyncio.gather(*(_call(client, "storage.records.insert", {
+        replies = await asyncio.gather(*(call(client, "storage.records.insert", {
             **SCOPE, "collection": COLLECTION, "doc": {"day": i % 365, "text": pool[i % 8][:1024].hex()}})
             for i in range(at, min(docs, at + 64))))
         ids += [r["id"] for r in replies]
     scope = {**SCOPE, "table": "mood"}
-    await _call(client, "storage.analytics.table", {**scope, "columns": [["day", "BIGINT"], ["score", "DOUBLE"]]})
-    await _call(client, "storage.analytics.ingest", {**scope, "rows": [[d, d / 10] for d in range(10_000)]})
+    await call(client, "storage.analytics.table", {**scope, "columns": [["day", "BIGINT"], ["score", "DOUBLE"]]})
+    await call(client, "storage.analytics.ingest", {**scope, "rows": [[d, d / 10] for d in range(10_000)]})
     end = time.perf_counter()
     data = files * FILE_BYTES + kv_values * 4096 + docs * 2048
     print(f"storage: filled {data / MIB:,.0f} MiB ({files} files of {FILE_BYTES // MIB} MiB at "
@@ -382,10 +348,10 @@ async def fill(client: MeshClient, mib: int) -> dict[str, Any]:
 async def run_job(operator: MeshClient, kids: Children, method: str, body: dict[str, Any]) -> dict[str, Any]:
     """Start a storage job as the operator and poll ``storage.jobs`` until it is no longer running."""
     start = time.perf_counter()
-    job = (await _call(operator, method, body))["job"]
+    job = (await call(operator, method, body))["job"]
     deadline = time.monotonic() + JOB_TIMEOUT
     while True:
-        final: dict[str, Any] = await _call(operator, "storage.jobs", {"job": job})
+        final: dict[str, Any] = await call(operator, "storage.jobs", {"job": job})
         if final["state"] != "running":
             break
         if time.monotonic() > deadline:
@@ -404,9 +370,9 @@ async def run_job(operator: MeshClient, kids: Children, method: str, body: dict[
 async def _verify_restore(client: MeshClient, check: dict[str, Any]) -> None:
     """Read back a kv value, a file's metadata and a record in the restored home."""
     key, value = check["kv"]
-    got = await _call(client, "storage.kv.get", {**SCOPE, "key": key})
-    info = await _call(client, "storage.files.info", {**SCOPE, "category": "files", "name": check["file"]})
-    doc = await _call(client, "storage.records.get", {**SCOPE, "collection": COLLECTION, "id": check["record"]})
+    got = await call(client, "storage.kv.get", {**SCOPE, "key": key})
+    info = await call(client, "storage.files.info", {**SCOPE, "category": "files", "name": check["file"]})
+    doc = await call(client, "storage.records.get", {**SCOPE, "collection": COLLECTION, "id": check["record"]})
     if got.get("value") != value or info.get("size") != FILE_BYTES or not doc.get("found"):
         raise BenchError("restore: the restored storage does not hold what was backed up")
 
@@ -416,7 +382,7 @@ async def _first(kids: Children, opts: StorageOptions, passphrase: str) -> dict[
     call figures stand), unless a process died."""
     operator = await start_mesh(kids)
     try:
-        client = await _connect(kids.home, CALLER)
+        client = await connect(kids.home, CALLER)
         try:
             calls = await data_calls(client, kids, opts)
             try:
@@ -440,7 +406,7 @@ async def _second(kids: Children, archive: str, passphrase: str, check: dict[str
                                 {"archive": archive, "passphrase": passphrase})
     finally:
         await operator.close()
-    client = await _connect(kids.home, CALLER)
+    client = await connect(kids.home, CALLER)
     try:
         await _verify_restore(client, check)
     finally:
