@@ -419,3 +419,21 @@ async def test_passkeys_register_sign_in_and_a_clone_is_refused_and_alerted(shor
         await r["meshctl"].call("authn.users.passkeys.remove", {"username": "alice",
                                                                "credential": added["credential"]}, timeout=10)
         assert (await _code(passkey_login("phone", device)))[0] == "UNAUTHENTICATED"
+
+
+async def test_a_rotation_of_the_accounts_key_re_encrypts_the_database(short_tmp: Path) -> None:
+    from .authn_rig import PASSWORD
+    async with authn_rig(short_tmp / "h") as r:
+        await r.add_user()
+        tokens = await r.login("phone")
+        version = r.home.data / "authn" / "accounts.version"
+        assert version.read_text() == "1\n"
+        await r["meshctl"].call("keyvault.keys.rotate", {"purpose": "accounts", "password": PASSWORD}, timeout=30)
+        async def rekeyed() -> bool:
+            return version.read_text() == "2\n"
+        await eventually(rekeyed, deadline=10)
+        assert (await r.verify("phone", tokens["access_token"]))["username"] == "alice"  # no interruption
+        await r.stop_authn()
+        await r.start_authn()  # opens with version 2 only now
+        assert (await r.verify("phone", tokens["access_token"]))["username"] == "alice"
+

@@ -18,7 +18,6 @@ Contracts:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -224,17 +223,28 @@ class Keeper:
         if topic == "security.sealed":
             await self.seal("security.sealed")
         elif topic == "security.key_rotated" and self.state == "ok" and isinstance(body, dict):
-            with contextlib.suppress(MeshError):
+            purpose = body.get("purpose")
+            try:
                 async with self._lock:
-                    if body.get("purpose") == "token-signing":
+                    if purpose == "token-signing":
                         await self._add_signing(None)
-                    elif body.get("purpose") == "accounts":
-                        await self._open_database_again()
+                    elif purpose == "accounts":
+                        await self._rekey_database()
+            except (MeshError, StateError) as exc:
+                # The old versions stay in use (and readable): the next unseal tries again.
+                log.warning("rotated_key_not_applied", purpose=purpose, reason=exc.code)
         elif topic == "security.unsealed":
             self._wake.set()
 
-    async def _open_database_again(self) -> None:
-        if self.keys.db is not None:
-            self.keys.db.close()
-            self.keys.db = None
-        await self._open_database()
+    async def _rekey_database(self) -> None:
+        """Re-encrypt the open database under the current ``accounts`` key, then record the version
+        (a crash in between is recovered at the next unseal: see the module docstring)."""
+        if self.keys.db is None:
+            return
+        current, key = await self._fetch("accounts")
+        try:
+            if self._recorded_version() != current:
+                self.keys.db.rekey(key)
+                write_atomic(self.version_path, f"{current}\n".encode())
+        finally:
+            wipe(key)
