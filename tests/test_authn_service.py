@@ -437,3 +437,17 @@ async def test_a_rotation_of_the_accounts_key_re_encrypts_the_database(short_tmp
         await r.start_authn()  # opens with version 2 only now
         assert (await r.verify("phone", tokens["access_token"]))["username"] == "alice"
 
+
+
+async def test_forged_refresh_versions_do_not_spend_authn_s_key_fetches(short_tmp: Path) -> None:
+    async with authn_rig(short_tmp / "h") as r:
+        await r.add_user()
+        tokens = await r.login("phone")
+        forged = ["rt.999999." + tokens["refresh_token"].split(".")[2], "rt.7." + tokens["refresh_token"].split(".")[2]]
+        for _ in range(80):  # more than keyvault's 60 key fetches a minute, were each one a fetch
+            for token in forged:
+                assert (await _code(r["phone"].call("authn.token.refresh", {"refresh_token": token},
+                                                    timeout=10)))[0] == "UNAUTHENTICATED"
+        # authn can still fetch what it needs: a real refresh works.
+        assert (await r["phone"].call("authn.token.refresh", {"refresh_token": tokens["refresh_token"]},
+                                      timeout=10))["session"] == tokens["session"]

@@ -52,6 +52,8 @@ class Keys:
         self.verified = VerifiedTokens()
         #: token-signing version -> the key refresh-token digests of that version are made with.
         self.digest: dict[int, bytearray] = {}
+        #: Versions keyvault said it does not have (asked once, never again).
+        self.missing: set[int] = set()
 
     def wipe(self) -> None:
         if self.db is not None:
@@ -62,6 +64,7 @@ class Keys:
         for key in self.digest.values():
             wipe(key)
         self.digest.clear()
+        self.missing.clear()
 
 
 class Keeper:
@@ -204,10 +207,19 @@ class Keeper:
         """The refresh digest key of ``version``, fetched when not held; None when keyvault has no
         such version (a forged token)."""
         if version not in self.keys.digest:
+            # Only versions keyvault can have are asked for, each at most once: a stream of forged
+            # versions must not spend authn's key-fetch budget at keyvault (it rate-limits fetches).
+            try:
+                newest = self.keys.signing.current_version
+            except LookupError:
+                return None
+            if version > newest or version in self.keys.missing:
+                return None
             try:
                 _, seed = await self._fetch("token-signing", version)
             except MeshError as exc:
                 if exc.code == "BAD_REQUEST":
+                    self.keys.missing.add(version)
                     return None
                 raise
             try:
