@@ -216,7 +216,7 @@ class LoginHandlers:
         key = await self.keeper.digest_key_of(version)
         if key is None:
             return self._refuse_refresh(ctx, "unknown_version")
-        now = self.clock()
+        db, now = self.db(), self.clock()  # again: the mesh may have been sealed during the fetch
         old = refresh_digest(raw, key)
         found = db.refresh_state(old)
         if found is None:
