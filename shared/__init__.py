@@ -88,6 +88,7 @@ if TYPE_CHECKING:
     from ._layers import read_layers as config_layers
     from ._layers import settings as config_settings
     from ._logging import configure_logging, declare_sensitive, defer_logging, redact
+    from ._oneshot import OneShot, call_once
     from ._purposes import PURPOSES
     from ._ratelimit import TokenBucket
     from ._runtime import ServiceRunner, connect_patiently, run_service, serve
@@ -137,6 +138,7 @@ _EXPORTS: Final[dict[str, tuple[str, ...]]] = {
     "._home": ("ENV_HOME", "MeshHome"),
     "._layers": ("config_files", "mesh_config"),
     "._logging": ("configure_logging", "declare_sensitive", "defer_logging", "redact"),
+    "._oneshot": ("OneShot", "call_once"),
     "._purposes": ("PURPOSES",),
     "._ratelimit": ("TokenBucket",),
     "._runtime": ("ServiceRunner", "connect_patiently", "run_service", "serve"),
@@ -192,7 +194,7 @@ __all__ = [
     "Internal", "MeshError", "NotFound", "RateLimited", "ReauthRequired", "Sealed", "StateError", "Timeout",
     "Unauthenticated", "Unavailable",
     "AuditShipper", "Certificate", "Grant", "KeyPair", "MeshHome", "Spool", "TokenBucket",
-    "Message", "message", "Event", "MeshClient", "Subscription", "Connection",
+    "Message", "message", "Event", "MeshClient", "Subscription", "Connection", "OneShot", "call_once",
     "configure_logging", "defer_logging", "declare_sensitive", "redact",
     "ServiceRunner", "connect_patiently", "run_service", "serve",
     "HandlerSpec", "NoFields", "RequestContext", "Service", "handler", "handler_table", "sensitive_fields",

@@ -26,6 +26,7 @@ import zmq.asyncio
 from ._certs import KeyPair
 from ._codec import PROTOCOL_VERSION, decode_delivered, encode_header
 from ._config import RuntimeConfig
+from ._dealer import MONITORED, REVOKED, WRONG_KEY, configure, handshake_refusal
 from ._errors import BadRequest, HandshakeError, MeshError, Timeout, Unavailable, error_from_wire
 from ._logging import get_logger
 
@@ -35,9 +36,6 @@ Reply = tuple[dict[str, Any], bytes | None]
 RequestHandler = Callable[[dict[str, Any], bytes | None], None]
 EventHandler = Callable[[str, str, bytes | None], None]
 
-_AUTH_REFUSED = "the broker refused our certificate (it is not on the allow-list, or was revoked)"
-_REVOKED = "the broker refuses our certificate on this connection: it was revoked"
-_WRONG_KEY = "CURVE handshake with the broker failed: the broker public key we pinned is probably wrong"
 
 
 class Connection:
@@ -79,17 +77,8 @@ class Connection:
         """Connect and wait for the CURVE handshake; raise :class:`HandshakeError` if the
         broker refuses us or is not who we pinned, :class:`Unavailable` on timeout."""
         sock = self.context.socket(zmq.DEALER)
-        sock.curve_serverkey = self.broker_key
-        sock.curve_publickey = self.keypair.certificate.public_key
-        sock.curve_secretkey = self.keypair.secret_key
-        sock.linger = 0
-        sock.reconnect_ivl = self.config.reconnect_min_ms
-        sock.reconnect_ivl_max = self.config.reconnect_max_ms
-        sock.setsockopt(zmq.IMMEDIATE, 1)
-        self._monitor = sock.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-            | zmq.EVENT_DISCONNECTED)
+        configure(sock, self.keypair, self.broker_key, self.config)
+        self._monitor = sock.get_monitor_socket(MONITORED)
         sock.connect(self.endpoint)
         self._socket = sock
         self._tasks = [asyncio.create_task(self._watch(), name=f"{self.name}-monitor"),
@@ -132,11 +121,11 @@ class Connection:
                 self.connected.clear()
                 self._fail_waiting(Unavailable("connection to the broker was lost"))
             else:
-                auth = kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                self.handshake_error = HandshakeError(_AUTH_REFUSED if auth else _WRONG_KEY)
-                log.error("broker_handshake_failed", endpoint=self.endpoint, reason=self.handshake_error.message)
+                refusal = handshake_refusal(kind) or HandshakeError(WRONG_KEY)
+                self.handshake_error = refusal
+                log.error("broker_handshake_failed", endpoint=self.endpoint, reason=refusal.message)
                 self.connected.clear()
-                self._fail_waiting(self.handshake_error)
+                self._fail_waiting(refusal)
                 self.failed.set()
 
     async def _run_on_connect(self) -> None:
@@ -177,7 +166,7 @@ class Connection:
                 elif kind == "err" and header.get("id") == 0:
                     log.warning("broker_refused_message", error=header.get("code"), reason=header.get("msg"))
                     if header.get("code") == "UNAUTHENTICATED":
-                        self.handshake_error = HandshakeError(_REVOKED)
+                        self.handshake_error = HandshakeError(REVOKED)
                         self.connected.clear()
                         self._fail_waiting(self.handshake_error)
                         self.failed.set()

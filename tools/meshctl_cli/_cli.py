@@ -101,12 +101,10 @@ def _restart(args: argparse.Namespace, home: MeshHome) -> int:
 
 
 def _ping(args: argparse.Namespace, home: MeshHome) -> int:
-    import asyncio
-
-    from . import _mesh, _render
+    from . import _peer, _render
     from ._verdict import of_process
 
-    result = asyncio.run(_mesh.ping(home, args.service, args.timeout))
+    result = _peer.ping(home, args.service, args.timeout)
     emit(args.json, result, _render.ping(result))
     if result["target"] == "mesh.ping":
         return 0  # the broker answered: it has no readiness of its own to report

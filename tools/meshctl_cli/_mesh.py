@@ -11,13 +11,12 @@ import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Any
 
-from shared import Event, HandshakeError, MeshClient, MeshConfig, MeshError, MeshHome, Unavailable, mesh_config
+from shared import Event, MeshClient, MeshConfig, MeshError, MeshHome, mesh_config
 
 from ._output import CliError
-
-OPERATOR: Final = "meshctl"
+from ._peer import OPERATOR, not_connected, reachable, refused
 
 
 def home_config(home: MeshHome) -> MeshConfig:
@@ -32,25 +31,15 @@ def home_config(home: MeshHome) -> MeshConfig:
 @contextlib.asynccontextmanager
 async def connected(home: MeshHome, timeout: float = 5.0) -> AsyncIterator[MeshClient]:
     """A client with meshctl's certificate; connection problems become one-line errors."""
-    if not home.secret_key_path(OPERATOR).exists():
-        raise CliError(f"no operator certificate in {home.keys}: run `meshctl init` first", kind="not_initialised")
-    if not home.broker_socket.exists():
-        raise CliError(f"cannot reach the broker at {home.broker_endpoint} (no socket): is the mesh up? (meshctl up)",
-                       kind="unavailable")
+    reachable(home)
     try:
         client = await MeshClient.connect(home, OPERATOR, timeout=timeout)
-    except HandshakeError as exc:
-        raise CliError(f"handshake with the broker failed: {exc.message}", kind="handshake") from None
-    except Unavailable:
-        raise CliError(f"cannot reach the broker at {home.broker_endpoint}: is the mesh up? (meshctl up)",
-                       kind="unavailable") from None
     except MeshError as exc:
-        raise CliError(exc.message, kind=exc.code.lower()) from None
+        raise not_connected(home, exc) from None
     try:
         yield client
     except MeshError as exc:
-        # The mesh's wire code (FORBIDDEN, NOT_FOUND, SEALED, ...) is the JSON error's code, in lower case.
-        raise CliError(f"{exc.code}: {exc.message}", kind=exc.code.lower()) from None
+        raise refused(exc) from None
     finally:
         await client.close()
 
@@ -59,16 +48,6 @@ async def call(home: MeshHome, target: str, body: Any, timeout: float) -> Any:
     """``meshctl call SERVICE.METHOD [--body JSON]``: the decoded reply."""
     async with connected(home) as client:
         return await client.call(target, body, timeout=timeout)
-
-
-async def ping(home: MeshHome, service: str, timeout: float) -> dict[str, Any]:
-    """Round trip to ``mesh.ping`` (service ``mesh``/``broker``) or ``SERVICE.health``."""
-    target = "mesh.ping" if service in ("mesh", "broker") else f"{service}.health"
-    async with connected(home) as client:
-        started = time.perf_counter()
-        reply = await client.call(target, timeout=timeout)
-        elapsed = time.perf_counter() - started
-    return {"service": service, "target": target, "rtt_ms": round(elapsed * 1000, 3), "reply": reply}
 
 
 async def certs(home: MeshHome, action: str, ref: str | None, name: str | None, role: str | None,

@@ -1,0 +1,143 @@
+"""One request over a fresh connection, without asyncio: for short-lived commands (``meshctl ping``).
+
+:class:`~shared.MeshClient` needs an event loop, and asyncio costs about as much to import as the
+interpreter takes to start; a command that makes one call and exits should not pay it (issue 13).
+:class:`OneShot` (and :func:`call_once`) speaks the same protocol over the same socket set-up
+(:mod:`._dealer`): it waits for the CURVE handshake, sends a ``req``, waits for its ``rep`` or
+``err``, and closes. Every wait is bounded by one deadline. The errors are those of
+:class:`~shared.MeshClient`: the callee's answer as its :class:`~shared.MeshError`,
+:class:`~shared.HandshakeError` for a refused certificate or a wrong broker key,
+:class:`~shared.Unavailable` when no handshake happens in time, :class:`~shared.Timeout` when the
+reply does not come.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Final
+
+import zmq
+
+from ._certs import load_certificate, load_keypair
+from ._codec import PROTOCOL_VERSION, decode_body, decode_delivered, encode_body, encode_header
+from ._config import MeshConfig
+from ._dealer import MONITORED, REVOKED, configure, handshake_refusal
+from ._errors import HandshakeError, Timeout, Unavailable, error_from_wire
+from ._home import MeshHome
+from ._layers import mesh_config
+from ._provision import missing_keypair
+
+_MAX_HEADER: Final = 65536
+_MAX_BODY: Final = 64 << 20
+
+
+class OneShot:
+    """A short-lived connection as identity ``name`` (its keypair in ``home``): ``with OneShot(...)
+    as peer: peer.call(target)``. Entering waits for the CURVE handshake; the handshake and every
+    call share one deadline, ``timeout`` seconds from the start."""
+
+    def __init__(self, home: MeshHome, name: str, *, timeout: float, config: MeshConfig | None = None) -> None:
+        self.home = home
+        self.name = name
+        self.timeout = timeout
+        self.config = config or mesh_config(home.root)
+        self._ids = 0
+        self._context: Any = None
+        self._sock: Any = None
+        self._monitor: Any = None
+        self._deadline = 0.0
+
+    def __enter__(self) -> OneShot:
+        return self.open()
+
+    def open(self) -> OneShot:
+        """Connect and wait for the CURVE handshake (what entering the ``with`` block does)."""
+        home = self.home
+        if not os.path.lexists(home.secret_key_path(self.name)):
+            raise missing_keypair(home, self.name, self.config)
+        keypair = load_keypair(home.secret_key_path(self.name))
+        broker_key = load_certificate(home.public_key_path("broker")).public_key
+        self._deadline = time.monotonic() + self.timeout
+        self._context = zmq.Context()
+        try:
+            self._sock = self._context.socket(zmq.DEALER)
+            configure(self._sock, keypair, broker_key, self.config.runtime)
+            self._monitor = self._sock.get_monitor_socket(MONITORED)
+            self._sock.connect(home.broker_endpoint)
+            _handshake(self._monitor, self._deadline, home.broker_endpoint, self.timeout)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, target: str, body: Any = None) -> Any:
+        """Call ``target`` (``service.method``); the decoded reply body, or the callee's error."""
+        self._ids += 1
+        remaining = max(0.001, self._deadline - time.monotonic())
+        header = {"v": PROTOCOL_VERSION, "k": "req", "to": target, "ttl": max(1, int(remaining * 1000)),
+                  "id": self._ids}
+        frames = [encode_header(header)] if body is None else [encode_header(header), encode_body(body)]
+        try:
+            self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            raise Unavailable("not connected to the broker, or its queue is full") from None
+        return _reply(self._sock, self._ids, self._deadline, self.timeout)
+
+    def close(self) -> None:
+        if self._monitor is not None:
+            self._sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        if self._context is not None:
+            self._context.term()
+            self._context = None
+
+
+def call_once(home: MeshHome, name: str, target: str, body: Any = None, *, timeout: float,
+              config: MeshConfig | None = None) -> Any:
+    """Call ``target`` once as identity ``name`` over a fresh connection; the decoded reply body."""
+    with OneShot(home, name, timeout=timeout, config=config) as peer:
+        return peer.call(target, body)
+
+
+def _remaining_ms(deadline: float) -> int:
+    return max(0, int((deadline - time.monotonic()) * 1000))
+
+
+def _handshake(monitor: Any, deadline: float, endpoint: str, timeout: float) -> None:
+    from zmq.utils.monitor import parse_monitor_message
+
+    while monitor.poll(_remaining_ms(deadline)):
+        kind = parse_monitor_message(monitor.recv_multipart())["event"]
+        if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            return
+        refusal = handshake_refusal(kind)
+        if refusal is not None:
+            raise refusal
+        if time.monotonic() >= deadline:
+            break
+    raise Unavailable(f"no CURVE handshake with the broker at {endpoint} within {timeout:.1f} s")
+
+
+def _reply(sock: Any, request_id: int, deadline: float, timeout: float) -> Any:
+    while sock.poll(_remaining_ms(deadline)):
+        frames = sock.recv_multipart()
+        header = decode_delivered(frames[0], _MAX_HEADER)
+        kind, answered = header["k"], header.get("id")
+        if kind == "rep" and answered == request_id:
+            return None if len(frames) < 2 else decode_body(frames[1], _MAX_BODY)
+        if kind == "err" and answered == request_id:
+            raise error_from_wire(header.get("code"), header.get("msg"))
+        if kind == "err" and answered == 0 and header.get("code") == "UNAUTHENTICATED":
+            raise HandshakeError(REVOKED)
+        # Anything else (a heartbeat, an event) is not our answer: keep waiting.
+        if time.monotonic() >= deadline:
+            break
+    raise Timeout(f"no reply within {timeout:.3f} s")
