@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -101,11 +100,11 @@ def _restart(args: argparse.Namespace, home: MeshHome) -> int:
 
 
 def _ping(args: argparse.Namespace, home: MeshHome) -> int:
-    from . import _peer, _render
+    from . import _peer
     from ._verdict import of_process
 
     result = _peer.ping(home, args.service, args.timeout)
-    emit(args.json, result, _render.ping(result))
+    emit(args.json, result, _peer.ping_text(result))
     if result["target"] == "mesh.ping":
         return 0  # the broker answered: it has no readiness of its own to report
     # The verdict words and exit codes of `status` (README: "Verdicts and exit codes").
@@ -314,7 +313,6 @@ def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
     as_json = _wants_json(words)
     start_run()
-    socket.setdefaulttimeout(_RPC_TIMEOUT_S)  # XML-RPC to supervisord must never hang forever.
     try:
         args = _completion.attach(_parser.build()).parse_args(words)
         return _run(args)

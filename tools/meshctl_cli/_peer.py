@@ -59,3 +59,18 @@ def ping(home: MeshHome, service: str, timeout: float) -> dict[str, Any]:
     finally:
         peer.close()
     return {"service": service, "target": target, "rtt_ms": round(elapsed * 1000, 3), "reply": reply}
+
+
+def ping_text(result: dict[str, Any]) -> str:
+    """``meshctl ping``'s line: pong (the broker) or the process's state, the round trip, its pid
+    and uptime, and the reason when it is not ready."""
+    from ._output import duration, paint
+
+    reply = result["reply"] if isinstance(result["reply"], dict) else {}
+    extra = ""
+    if "pid" in reply:
+        uptime = duration(reply.get("uptime_s"))
+        extra = f" (pid {reply['pid'] if reply['pid'] is not None else '-'}, up {uptime or '-'})"
+    word = "pong" if result["target"] == "mesh.ping" else paint(str(reply.get("state", "answered")))
+    why = f" ({reply['reason']})" if reply.get("reason") else ""
+    return f"{result['service']}: {word} in {result['rtt_ms']:.2f} ms{extra}{why}"

@@ -161,16 +161,6 @@ def keys(action: str, result: Any) -> str:
     return table(["PURPOSE", "VERSION", "CURRENT", "AGE", "FETCHED BY"], rows)
 
 
-def ping(result: dict[str, Any]) -> str:
-    reply = result["reply"] if isinstance(result["reply"], dict) else {}
-    extra = ""
-    if "pid" in reply:
-        extra = f" (pid {dash(reply['pid'])}, up {dash(duration(reply.get('uptime_s')))})"
-    word = "pong" if result["target"] == "mesh.ping" else paint(str(reply.get("state", "answered")))
-    why = f" ({reply['reason']})" if reply.get("reason") else ""
-    return f"{result['service']}: {word} in {result['rtt_ms']:.2f} ms{extra}{why}"
-
-
 def certs(action: str, result: Any) -> str:
     if action in ("list", "pending"):
         if not result:

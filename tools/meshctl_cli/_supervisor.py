@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import secrets
+import socket
 import stat
 import subprocess
 import sys
@@ -34,6 +35,8 @@ REPO: Final = Path(__file__).resolve().parents[2]
 CONF: Final = REPO / "supervisord.conf"
 CREDENTIALS: Final = "supervisord.credentials"
 _MAX_SOCKET_PATH: Final = 107
+#: The longest meshctl waits for one answer of supervisord.
+RPC_TIMEOUT_S: Final = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,10 @@ class Supervisor:
             raise CliError(f"the mesh home {home.root} is too deep for a unix socket path; use a shorter one")
 
     def _proxy(self) -> Any:
+        # XML-RPC to supervisord must never hang forever: every socket made from here on has a
+        # deadline (set here, not at meshctl's start, so commands that never talk to supervisord
+        # do not import the socket module for it).
+        socket.setdefaulttimeout(RPC_TIMEOUT_S)
         user = self.credentials.username if self.credentials else None
         password = self.credentials.password if self.credentials else None
         transport = SupervisorTransport(user, password, f"unix://{self.socket}")
