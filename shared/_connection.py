@@ -77,7 +77,8 @@ class Connection:
         """Connect and wait for the CURVE handshake; raise :class:`HandshakeError` if the
         broker refuses us or is not who we pinned, :class:`Unavailable` on timeout."""
         sock = self.context.socket(zmq.DEALER)
-        configure(sock, self.keypair, self.broker_key, self.config)
+        configure(sock, self.keypair, self.broker_key, reconnect_min_ms=self.config.reconnect_min_ms,
+                  reconnect_max_ms=self.config.reconnect_max_ms)
         self._monitor = sock.get_monitor_socket(MONITORED)
         sock.connect(self.endpoint)
         self._socket = sock

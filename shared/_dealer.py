@@ -12,7 +12,6 @@ from typing import Any, Final
 import zmq
 
 from ._certs import KeyPair
-from ._config import RuntimeConfig
 from ._errors import HandshakeError
 
 AUTH_REFUSED: Final = "the broker refused our certificate (it is not on the allow-list, or was revoked)"
@@ -25,15 +24,16 @@ MONITORED: Final = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_A
                     | zmq.EVENT_DISCONNECTED)
 
 
-def configure(sock: Any, keypair: KeyPair, broker_key: bytes, runtime: RuntimeConfig) -> None:
+def configure(sock: Any, keypair: KeyPair, broker_key: bytes, *, reconnect_min_ms: int,
+              reconnect_max_ms: int) -> None:
     """Set a fresh DEALER up as a CURVE client of the broker whose public key is ``broker_key``:
-    no lingering, reconnection as ``runtime`` says, and nothing queued while not connected."""
+    no lingering, reconnection between the two intervals, nothing queued while not connected."""
     sock.curve_serverkey = broker_key
     sock.curve_publickey = keypair.certificate.public_key
     sock.curve_secretkey = keypair.secret_key
     sock.linger = 0
-    sock.reconnect_ivl = runtime.reconnect_min_ms
-    sock.reconnect_ivl_max = runtime.reconnect_max_ms
+    sock.reconnect_ivl = reconnect_min_ms
+    sock.reconnect_ivl_max = reconnect_max_ms
     sock.setsockopt(zmq.IMMEDIATE, 1)
 
 

@@ -21,27 +21,29 @@ import zmq
 
 from ._certs import load_certificate, load_keypair
 from ._codec import PROTOCOL_VERSION, decode_body, decode_delivered, encode_body, encode_header
-from ._config import MeshConfig
 from ._dealer import MONITORED, REVOKED, configure, handshake_refusal
 from ._errors import HandshakeError, Timeout, Unavailable, error_from_wire
 from ._home import MeshHome
-from ._layers import mesh_config
-from ._provision import missing_keypair
 
 _MAX_HEADER: Final = 65536
+#: Retry a refused dial quickly: a one-shot command lives for one deadline only.
+_RECONNECT_MS: Final = 100
 _MAX_BODY: Final = 64 << 20
 
 
 class OneShot:
     """A short-lived connection as identity ``name`` (its keypair in ``home``): ``with OneShot(...)
     as peer: peer.call(target)``. Entering waits for the CURVE handshake; the handshake and every
-    call share one deadline, ``timeout`` seconds from the start."""
+    call share one deadline, ``timeout`` seconds from the start.
 
-    def __init__(self, home: MeshHome, name: str, *, timeout: float, config: MeshConfig | None = None) -> None:
+    No configuration is read: the keys and the broker's socket are the home's, and a connection
+    that lives for one deadline has no use for the reconnection intervals (a missing keypair reads
+    mesh.toml, for the hint naming what creates it)."""
+
+    def __init__(self, home: MeshHome, name: str, *, timeout: float) -> None:
         self.home = home
         self.name = name
         self.timeout = timeout
-        self.config = config or mesh_config(home.root)
         self._ids = 0
         self._context: Any = None
         self._sock: Any = None
@@ -55,14 +57,17 @@ class OneShot:
         """Connect and wait for the CURVE handshake (what entering the ``with`` block does)."""
         home = self.home
         if not os.path.lexists(home.secret_key_path(self.name)):
-            raise missing_keypair(home, self.name, self.config)
+            from ._layers import mesh_config
+            from ._provision import missing_keypair
+
+            raise missing_keypair(home, self.name, mesh_config(home.root))
         keypair = load_keypair(home.secret_key_path(self.name))
         broker_key = load_certificate(home.public_key_path("broker")).public_key
         self._deadline = time.monotonic() + self.timeout
         self._context = zmq.Context()
         try:
             self._sock = self._context.socket(zmq.DEALER)
-            configure(self._sock, keypair, broker_key, self.config.runtime)
+            configure(self._sock, keypair, broker_key, reconnect_min_ms=_RECONNECT_MS, reconnect_max_ms=_RECONNECT_MS)
             self._monitor = self._sock.get_monitor_socket(MONITORED)
             self._sock.connect(home.broker_endpoint)
             _handshake(self._monitor, self._deadline, home.broker_endpoint, self.timeout)
@@ -100,10 +105,9 @@ class OneShot:
             self._context = None
 
 
-def call_once(home: MeshHome, name: str, target: str, body: Any = None, *, timeout: float,
-              config: MeshConfig | None = None) -> Any:
+def call_once(home: MeshHome, name: str, target: str, body: Any = None, *, timeout: float) -> Any:
     """Call ``target`` once as identity ``name`` over a fresh connection; the decoded reply body."""
-    with OneShot(home, name, timeout=timeout, config=config) as peer:
+    with OneShot(home, name, timeout=timeout) as peer:
         return peer.call(target, body)
 
 

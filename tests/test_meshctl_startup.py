@@ -7,6 +7,7 @@ here: what is asserted is which modules a real run loads, which is what the time
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import json
 import os
@@ -120,3 +121,22 @@ def test_a_command_that_fails_early_cannot_pass_for_a_fast_one(tmp_path: Path) -
     broken = startup.Command("x", "meshctl --version", ("--version",), 0, "not in the output", None)
     with pytest.raises(startup.BenchError, match="without 'not in the output'"):
         startup._run_once([sys.executable, "-m", "tools.meshctl_cli", "--version"], dict(os.environ), broken)
+
+
+def test_the_commands_the_parser_knows_are_every_command_and_one_is_built_alone() -> None:
+    from tools.meshctl_cli import _parser
+
+    whole = _parser.build()
+    choices = next(a for a in whole._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert tuple(choices) == _parser.COMMANDS
+    for command in _parser.COMMANDS:
+        alone = _parser.build(command)
+        only = next(a for a in alone._actions if isinstance(a, argparse._SubParsersAction)).choices
+        assert tuple(only) == (command,)
+        # The command's own parser is the same, option for option, as in the whole tree.
+        assert [a.option_strings for a in only[command]._actions] == [
+            a.option_strings for a in choices[command]._actions]
+    assert _parser.command_word(["--home", "/x", "--json", "ping", "mesh"]) == "ping"
+    assert _parser.command_word(["--home=/x", "users", "list"]) == "users"
+    for words in (["--help"], ["--version"], ["nope"], [], ["--home"], ["-x", "ping"]):
+        assert _parser.command_word(words) is None, words

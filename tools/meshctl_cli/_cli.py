@@ -314,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     as_json = _wants_json(words)
     start_run()
     try:
-        args = _completion.attach(_parser.build()).parse_args(words)
+        # While a shell asks for completions it needs every command; otherwise the one named will do.
+        only = None if "_ARGCOMPLETE" in os.environ else _parser.command_word(words)
+        args = _completion.attach(_parser.build(only)).parse_args(words)
         return _run(args)
     except CliError as exc:
         return report_error(exc, as_json)

@@ -7,7 +7,7 @@ the parser for ``--help`` or a completion costs no more than that.
 from __future__ import annotations
 
 import argparse
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 from shared import PURPOSES
 
@@ -47,8 +47,31 @@ class _Parser(argparse.ArgumentParser):
         return parsed, extras
 
 
-def build() -> argparse.ArgumentParser:
-    """The whole command line: every command, its actions and options, and their help."""
+#: Every command, in the order ``--help`` lists them (``completion`` is added by _completion.attach).
+COMMANDS: Final = ("init", "up", "down", "restart", "status", "ping", "call", "certs", "events", "security",
+                   "keys", "audit", "alerts", "storage", "backup", "config", "service", "users", "sessions", "logs")
+
+
+def command_word(words: list[str]) -> str | None:
+    """The command ``words`` name when only its parser is needed to parse them, else None (for
+    ``--help``, ``--version``, an unknown option or command: the whole parser answers those)."""
+    value_next = False
+    for word in words:
+        if value_next:
+            value_next = False
+        elif word == "--home":
+            value_next = True
+        elif word == "--json" or word.startswith("--home="):
+            continue
+        else:
+            return word if word in COMMANDS else None
+    return None
+
+
+def build(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line: every command, its actions and options, and their help; with ``command``
+    (one of :data:`COMMANDS`), that command alone. Building the other thirty parsers is most of
+    the parsing time of a command that runs in a tenth of a second (issue 13)."""
     common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for machines")
     common.add_argument("--home", default=argparse.SUPPRESS, help="the mesh home (default: $CURVEMESH_HOME)")
@@ -60,151 +83,179 @@ def build() -> argparse.ArgumentParser:
     def add(name: str, text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=text, description=text)
 
+    def want(name: str) -> bool:
+        return command is None or name == command
+
     def yes(p: argparse.ArgumentParser, what: str = "") -> None:
         p.add_argument("-y", "--yes", action="store_true",
                        help=f"{what}go ahead without asking (without a terminal it is required)")
 
-    p = add("init", "create every keypair, the allow-list, the operator certificate, supervisord credentials "
-            "and the master key (asks for a master password; without a terminal or --password-file, generates "
-            "a recovery passphrase and shows it once)")
-    p.add_argument("--force", action="store_true",
-                   help="replace an initialised home's keys and master key (mesh must be down; data encrypted "
-                        "under the old keys becomes unreadable)")
-    p.add_argument("--if-needed", action="store_true", help="leave an initialised home alone (exit 0)")
-    p.add_argument("--password-file", metavar="FILE", help="read the master password from FILE's first line (0600)")
-    yes(p, "--force: ")
-    p = add("up", "start the mesh under supervisord and wait until it is healthy")
-    p.add_argument("--timeout", type=seconds, default=90.0, help="seconds to wait for health (default 90)")
-    p = add("down", "stop the mesh; no process of this home is left behind")
-    p.add_argument("--timeout", type=seconds, default=60.0, help="seconds before leftovers are killed (default 60)")
-    yes(p)
-    p = add("restart", "restart one process and wait until it is healthy again")
-    p.add_argument("service")
-    p.add_argument("--timeout", type=seconds, default=30.0, help="seconds to wait until it is ready (default 30)")
-    p = add("status", "supervisor and mesh state of every process; exit 1 unless healthy")
-    p.add_argument("--watch", action="store_true", help="refresh every --interval seconds until Ctrl-C (exit 0)")
-    p.add_argument("--interval", type=seconds, default=None, metavar="S", help="--watch: seconds between refreshes (2)")
-    p = add("ping", "round trip to SERVICE.health (or to the broker: ping mesh)")
-    p.add_argument("service")
-    p.add_argument("--timeout", type=seconds, default=5.0, help="seconds to wait for the answer (default 5)")
-    p = add("call", "call SERVICE.METHOD as the operator (subject to its ACL)")
-    p.add_argument("target", metavar="SERVICE.METHOD")
-    p.add_argument("--body", default=None, help="request body as JSON")
-    p.add_argument("--timeout", type=seconds, default=10.0, help="seconds to wait for the reply (default 10)")
-    p = add("certs", "the broker's certificate store")
-    p.add_argument("action", choices=["list", "pending", "accept", "reject", "revoke", "unrevoke", "show", "reload"],
-                   help="unrevoke: let a revoked key back in under its old name and role")
-    p.add_argument("ref", nargs="?", help="name, Z85 public key, or fingerprint (8+ hex digits)")
-    p.add_argument("--state", choices=["allowed", "pending", "rejected", "revoked"], help="list: only this state")
-    p.add_argument("--name", help="accept: the identity name to give the key")
-    p.add_argument("--role", choices=["service", "operator", "device", "plugin"],
-                   help="accept: its role; list: only this role")
-    yes(p, "revoke: ")
-    only(p, {"ref": ["accept", "reject", "revoke", "unrevoke", "show"], "state": ["list"], "name": ["accept"],
-             "role": ["accept", "list"], "yes": ["revoke"]})
-    p = add("events", "events published in the mesh")
-    p.add_argument("action", choices=["tail"])
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing until interrupted")
-    p.add_argument("--topic", default=None, help="topic prefix (default: every topic)")
-    p.add_argument("--wait", type=seconds, default=None, help="without -f: seconds to listen (default 5)")
-    p.add_argument("--count", type=count, default=None, help="stop after this many events")
-    p = add("security", "seal and unseal the mesh, meshctl's login session, the master password")
-    p.add_argument("action", choices=["lock", "unlock", "login", "session", "clear", "passwd"],
-                   help="lock: seal (keys wiped); unlock: unseal with the password; login: open a session "
-                        "(30 min idle); session: show it; clear: end it; passwd: change the master password")
-    p.add_argument("--password-file", metavar="FILE", help="unlock, login: the password from FILE (0600)")
-    p.add_argument("--old-password-file", metavar="FILE", help="passwd: the current password from FILE")
-    p.add_argument("--new-password-file", metavar="FILE", help="passwd: the new password from FILE")
-    yes(p, "lock: ")
-    only(p, {"password_file": ["unlock", "login"], "old_password_file": ["passwd"],
-             "new_password_file": ["passwd"], "yes": ["lock"]})
-    p = add("keys", "the keyvault's data keys: list them (needs `security login`) or rotate one")
-    p.add_argument("action", choices=["list", "rotate"])
-    p.add_argument("purpose", nargs="?", choices=PURPOSES, metavar="PURPOSE",
-                   help=f"rotate: one of {', '.join(PURPOSES)}")
-    p.add_argument("--password-file", metavar="FILE", help="rotate: the master password from FILE (0600)")
-    yes(p, "rotate: ")
-    only(p, {"purpose": ["rotate"], "password_file": ["rotate"], "yes": ["rotate"]})
-    p = add("audit", "the tamper-evident audit log: tail it, verify it (online, or an export offline), export it")
-    p.add_argument("action", choices=["tail", "verify", "export"])
-    p.add_argument("file", nargs="?", metavar="FILE", help="export: where to write the bundle")
-    p.add_argument("-f", "--follow", action="store_true", help="tail: keep printing new records until interrupted")
-    p.add_argument("-n", "--lines", type=int_range(1, 1000), default=50,
-                   help="tail: how many of the latest records, 1 to 1000 (default 50)")
-    p.add_argument("--type", default=None, help="tail: only records of this type (e.g. mesh.deny)")
-    p.add_argument("--actor", default=None, help="tail: only records of this actor")
-    p.add_argument("--offline", metavar="FILE", default=None,
-                   help="verify: check an exported bundle without the mesh (needs --public-key)")
-    p.add_argument("--public-key", metavar="KEY", default=None,
-                   help="verify --offline: the audit public key, Z85 or hex (as `audit export` printed it)")
-    only(p, {"file": ["export"], "follow": ["tail"], "lines": ["tail"], "type": ["tail"], "actor": ["tail"],
-             "offline": ["verify"], "public_key": ["verify"]})
-    p = add("alerts", "open anomaly alerts of the audit service; `alerts ack ID` acknowledges one")
-    p.add_argument("action", nargs="?", choices=["list", "ack"], default="list")
-    p.add_argument("id", nargs="?", type=non_negative, metavar="ID", help="ack: the alert's id")
-    p.add_argument("--watch", action="store_true", help="list: refresh every --interval seconds until Ctrl-C")
-    p.add_argument("--interval", type=seconds, default=None, metavar="S", help="--watch: seconds between refreshes (2)")
-    only(p, {"id": ["ack"], "watch": ["list"], "interval": ["list"]})
-    p = add("storage", "the encrypted stores: status (key versions, rotation progress) or verify every store")
-    p.add_argument("action", choices=["status", "verify"])
-    p = add("backup", "encrypted backups of every store: create one, verify an archive, restore one into a fresh home")
-    p.add_argument("action", choices=["list", "create", "verify", "restore"])
-    p.add_argument("file", nargs="?", metavar="FILE", help="verify, restore: the archive")
-    p.add_argument("--passphrase-file", metavar="FILE",
-                   help="create: also wrap the archive key with this passphrase (for a restore on another "
-                        "machine); verify, restore: open the archive with it")
-    p.add_argument("--output", metavar="FILE", help="create: also copy the archive to FILE")
-    p.add_argument("--force", action="store_true", help="restore: accept an archive older than the newest backup")
-    yes(p, "restore: ")
-    only(p, {"file": ["verify", "restore"], "output": ["create"], "force": ["restore"], "yes": ["restore"]})
-    p = add("config", "show: the merged configuration (mesh.toml, then <home>/mesh.d/*.toml), each value with "
-            "the file that set it; reload: have the running broker apply it (ACL, rate limits) without a restart")
-    p.add_argument("action", choices=["show", "reload"])
-    p = add("service", "the mesh's declared services: list them, add a companion's own service (keypair, "
-            "declaration in <home>/mesh.d/, supervisord program; waits until it is ready), remove one added so")
-    p.add_argument("action", choices=["list", "add", "remove"])
-    p.add_argument("name", nargs="?", metavar="NAME", help="add, remove: the service's name (its identity)")
-    p.add_argument("--entry", metavar="ENTRY",
-                   help="add: what runs it: /absolute/path/file.py:Class or package.module:Class")
-    p.add_argument("--expose", action="append", default=[], metavar="METHOD=WHO[,WHO]",
-                   help="add: who may call which methods ('*=operator', 'get=service,reminders', 'drafts.*=x'); "
-                        "repeatable; default: '*=operator' only")
-    p.add_argument("--publish", action="append", default=[], metavar="PREFIX", help="add: topics it may publish")
-    p.add_argument("--subscribe", action="append", default=[], metavar="PREFIX",
-                   help="add: topics it may subscribe to")
-    p.add_argument("--keys", action="append", default=[], choices=PURPOSES, metavar="PURPOSE",
-                   help=f"add: a data key keyvault releases to it ({', '.join(PURPOSES)}); repeatable")
-    p.add_argument("--priority", type=non_negative, default=None,
-                   help="add: start order under supervisord (default 100)")
-    p.add_argument("--timeout", type=seconds, default=60.0, help="add: seconds to wait until it is ready")
-    yes(p, "remove: ")
-    only(p, {"name": ("add", "remove"), **dict.fromkeys(["entry", "expose", "publish", "subscribe", "keys",
-                                                          "priority", "timeout"], ("add",)), "yes": ("remove",)})
-    p = add("users", "people's accounts (authn): add, list, show, disable, enable, delete, passwd, totp")
-    p.add_argument("action", choices=["list", "add", "show", "disable", "enable", "delete", "passwd", "totp",
-                                      "totp-confirm", "totp-off", "passkeys"],
-                   help="disable: no login, every session ended; delete: the account and its sessions, for good; "
-                        "passwd: a new password, every session ended; totp: enrol an authenticator app (QR code, "
-                        "first code, recovery codes); totp-off: password only again; passkeys: list them, or "
-                        "--remove one")
-    p.add_argument("name", nargs="?", metavar="NAME", help="the username (every action but list)")
-    p.add_argument("--password-file", metavar="FILE", help="add, passwd: the password from FILE's first line (0600)")
-    p.add_argument("--code", metavar="CODE", help="totp, totp-confirm: the code the authenticator app shows")
-    p.add_argument("--remove", metavar="CREDENTIAL", help="passkeys: remove this passkey (its id, as listed)")
-    yes(p, "delete, totp-off, passkeys --remove: ")
-    only(p, {"name": ["add", "show", "disable", "enable", "delete", "passwd", "totp", "totp-confirm", "totp-off",
-                      "passkeys"],
-             "password_file": ["add", "passwd"], "code": ["totp", "totp-confirm"], "remove": ["passkeys"],
-             "yes": ["delete", "totp-off", "passkeys"]})
-    p = add("sessions", "signed-in devices (authn): list them, or revoke one session, a user's or a device's")
-    p.add_argument("action", choices=["list", "revoke"])
-    p.add_argument("--user", metavar="NAME", help="list: only this user's; revoke: every session of this user")
-    p.add_argument("--session", metavar="ID", help="revoke: this session")
-    p.add_argument("--device", metavar="FP", help="revoke: every session of this device key (its fingerprint)")
-    yes(p, "revoke: ")
-    only(p, {"user": ["list", "revoke"], "session": ["revoke"], "device": ["revoke"], "yes": ["revoke"]})
-    p = add("logs", "a process's log (JSON lines)")
-    p.add_argument("service")
-    p.add_argument("-f", "--follow", action="store_true")
-    p.add_argument("-n", "--lines", type=non_negative, default=50, help="how many of the last lines (default 50)")
+    if want("init"):
+        p = add("init", "create every keypair, the allow-list, the operator certificate, supervisord credentials "
+                "and the master key (asks for a master password; without a terminal or --password-file, generates "
+                "a recovery passphrase and shows it once)")
+        p.add_argument("--force", action="store_true",
+                       help="replace an initialised home's keys and master key (mesh must be down; data encrypted "
+                            "under the old keys becomes unreadable)")
+        p.add_argument("--if-needed", action="store_true", help="leave an initialised home alone (exit 0)")
+        p.add_argument("--password-file", metavar="FILE", help="read the master password from FILE's first line (0600)")
+        yes(p, "--force: ")
+    if want("up"):
+        p = add("up", "start the mesh under supervisord and wait until it is healthy")
+        p.add_argument("--timeout", type=seconds, default=90.0, help="seconds to wait for health (default 90)")
+    if want("down"):
+        p = add("down", "stop the mesh; no process of this home is left behind")
+        p.add_argument("--timeout", type=seconds, default=60.0, help="seconds before leftovers are killed (default 60)")
+        yes(p)
+    if want("restart"):
+        p = add("restart", "restart one process and wait until it is healthy again")
+        p.add_argument("service")
+        p.add_argument("--timeout", type=seconds, default=30.0, help="seconds to wait until it is ready (default 30)")
+    if want("status"):
+        p = add("status", "supervisor and mesh state of every process; exit 1 unless healthy")
+        p.add_argument("--watch", action="store_true", help="refresh every --interval seconds until Ctrl-C (exit 0)")
+        p.add_argument("--interval", type=seconds, default=None, metavar="S",
+                       help="--watch: seconds between refreshes (2)")
+    if want("ping"):
+        p = add("ping", "round trip to SERVICE.health (or to the broker: ping mesh)")
+        p.add_argument("service")
+        p.add_argument("--timeout", type=seconds, default=5.0, help="seconds to wait for the answer (default 5)")
+    if want("call"):
+        p = add("call", "call SERVICE.METHOD as the operator (subject to its ACL)")
+        p.add_argument("target", metavar="SERVICE.METHOD")
+        p.add_argument("--body", default=None, help="request body as JSON")
+        p.add_argument("--timeout", type=seconds, default=10.0, help="seconds to wait for the reply (default 10)")
+    if want("certs"):
+        p = add("certs", "the broker's certificate store")
+        p.add_argument("action",
+                       choices=["list", "pending", "accept", "reject", "revoke", "unrevoke", "show", "reload"],
+                       help="unrevoke: let a revoked key back in under its old name and role")
+        p.add_argument("ref", nargs="?", help="name, Z85 public key, or fingerprint (8+ hex digits)")
+        p.add_argument("--state", choices=["allowed", "pending", "rejected", "revoked"], help="list: only this state")
+        p.add_argument("--name", help="accept: the identity name to give the key")
+        p.add_argument("--role", choices=["service", "operator", "device", "plugin"],
+                       help="accept: its role; list: only this role")
+        yes(p, "revoke: ")
+        only(p, {"ref": ["accept", "reject", "revoke", "unrevoke", "show"], "state": ["list"], "name": ["accept"],
+                 "role": ["accept", "list"], "yes": ["revoke"]})
+    if want("events"):
+        p = add("events", "events published in the mesh")
+        p.add_argument("action", choices=["tail"])
+        p.add_argument("-f", "--follow", action="store_true", help="keep printing until interrupted")
+        p.add_argument("--topic", default=None, help="topic prefix (default: every topic)")
+        p.add_argument("--wait", type=seconds, default=None, help="without -f: seconds to listen (default 5)")
+        p.add_argument("--count", type=count, default=None, help="stop after this many events")
+    if want("security"):
+        p = add("security", "seal and unseal the mesh, meshctl's login session, the master password")
+        p.add_argument("action", choices=["lock", "unlock", "login", "session", "clear", "passwd"],
+                       help="lock: seal (keys wiped); unlock: unseal with the password; login: open a session "
+                            "(30 min idle); session: show it; clear: end it; passwd: change the master password")
+        p.add_argument("--password-file", metavar="FILE", help="unlock, login: the password from FILE (0600)")
+        p.add_argument("--old-password-file", metavar="FILE", help="passwd: the current password from FILE")
+        p.add_argument("--new-password-file", metavar="FILE", help="passwd: the new password from FILE")
+        yes(p, "lock: ")
+        only(p, {"password_file": ["unlock", "login"], "old_password_file": ["passwd"],
+                 "new_password_file": ["passwd"], "yes": ["lock"]})
+    if want("keys"):
+        p = add("keys", "the keyvault's data keys: list them (needs `security login`) or rotate one")
+        p.add_argument("action", choices=["list", "rotate"])
+        p.add_argument("purpose", nargs="?", choices=PURPOSES, metavar="PURPOSE",
+                       help=f"rotate: one of {', '.join(PURPOSES)}")
+        p.add_argument("--password-file", metavar="FILE", help="rotate: the master password from FILE (0600)")
+        yes(p, "rotate: ")
+        only(p, {"purpose": ["rotate"], "password_file": ["rotate"], "yes": ["rotate"]})
+    if want("audit"):
+        p = add("audit", "the tamper-evident audit log: tail it, verify it (online, or an export offline), export it")
+        p.add_argument("action", choices=["tail", "verify", "export"])
+        p.add_argument("file", nargs="?", metavar="FILE", help="export: where to write the bundle")
+        p.add_argument("-f", "--follow", action="store_true", help="tail: keep printing new records until interrupted")
+        p.add_argument("-n", "--lines", type=int_range(1, 1000), default=50,
+                       help="tail: how many of the latest records, 1 to 1000 (default 50)")
+        p.add_argument("--type", default=None, help="tail: only records of this type (e.g. mesh.deny)")
+        p.add_argument("--actor", default=None, help="tail: only records of this actor")
+        p.add_argument("--offline", metavar="FILE", default=None,
+                       help="verify: check an exported bundle without the mesh (needs --public-key)")
+        p.add_argument("--public-key", metavar="KEY", default=None,
+                       help="verify --offline: the audit public key, Z85 or hex (as `audit export` printed it)")
+        only(p, {"file": ["export"], "follow": ["tail"], "lines": ["tail"], "type": ["tail"], "actor": ["tail"],
+                 "offline": ["verify"], "public_key": ["verify"]})
+    if want("alerts"):
+        p = add("alerts", "open anomaly alerts of the audit service; `alerts ack ID` acknowledges one")
+        p.add_argument("action", nargs="?", choices=["list", "ack"], default="list")
+        p.add_argument("id", nargs="?", type=non_negative, metavar="ID", help="ack: the alert's id")
+        p.add_argument("--watch", action="store_true", help="list: refresh every --interval seconds until Ctrl-C")
+        p.add_argument("--interval", type=seconds, default=None, metavar="S",
+                       help="--watch: seconds between refreshes (2)")
+        only(p, {"id": ["ack"], "watch": ["list"], "interval": ["list"]})
+    if want("storage"):
+        p = add("storage", "the encrypted stores: status (key versions, rotation progress) or verify every store")
+        p.add_argument("action", choices=["status", "verify"])
+    if want("backup"):
+        p = add("backup", "encrypted backups of every store: create one, verify an archive, restore one into a "
+                "fresh home")
+        p.add_argument("action", choices=["list", "create", "verify", "restore"])
+        p.add_argument("file", nargs="?", metavar="FILE", help="verify, restore: the archive")
+        p.add_argument("--passphrase-file", metavar="FILE",
+                       help="create: also wrap the archive key with this passphrase (for a restore on another "
+                            "machine); verify, restore: open the archive with it")
+        p.add_argument("--output", metavar="FILE", help="create: also copy the archive to FILE")
+        p.add_argument("--force", action="store_true", help="restore: accept an archive older than the newest backup")
+        yes(p, "restore: ")
+        only(p, {"file": ["verify", "restore"], "output": ["create"], "force": ["restore"], "yes": ["restore"]})
+    if want("config"):
+        p = add("config", "show: the merged configuration (mesh.toml, then <home>/mesh.d/*.toml), each value with "
+                "the file that set it; reload: have the running broker apply it (ACL, rate limits) without a restart")
+        p.add_argument("action", choices=["show", "reload"])
+    if want("service"):
+        p = add("service", "the mesh's declared services: list them, add a companion's own service (keypair, "
+                "declaration in <home>/mesh.d/, supervisord program; waits until it is ready), remove one added so")
+        p.add_argument("action", choices=["list", "add", "remove"])
+        p.add_argument("name", nargs="?", metavar="NAME", help="add, remove: the service's name (its identity)")
+        p.add_argument("--entry", metavar="ENTRY",
+                       help="add: what runs it: /absolute/path/file.py:Class or package.module:Class")
+        p.add_argument("--expose", action="append", default=[], metavar="METHOD=WHO[,WHO]",
+                       help="add: who may call which methods ('*=operator', 'get=service,reminders', 'drafts.*=x'); "
+                            "repeatable; default: '*=operator' only")
+        p.add_argument("--publish", action="append", default=[], metavar="PREFIX", help="add: topics it may publish")
+        p.add_argument("--subscribe", action="append", default=[], metavar="PREFIX",
+                       help="add: topics it may subscribe to")
+        p.add_argument("--keys", action="append", default=[], choices=PURPOSES, metavar="PURPOSE",
+                       help=f"add: a data key keyvault releases to it ({', '.join(PURPOSES)}); repeatable")
+        p.add_argument("--priority", type=non_negative, default=None,
+                       help="add: start order under supervisord (default 100)")
+        p.add_argument("--timeout", type=seconds, default=60.0, help="add: seconds to wait until it is ready")
+        yes(p, "remove: ")
+        only(p, {"name": ("add", "remove"), **dict.fromkeys(["entry", "expose", "publish", "subscribe", "keys",
+                                                              "priority", "timeout"], ("add",)), "yes": ("remove",)})
+    if want("users"):
+        p = add("users", "people's accounts (authn): add, list, show, disable, enable, delete, passwd, totp")
+        p.add_argument("action", choices=["list", "add", "show", "disable", "enable", "delete", "passwd", "totp",
+                                          "totp-confirm", "totp-off", "passkeys"],
+                       help="disable: no login, every session ended; delete: the account and its sessions, for good; "
+                            "passwd: a new password, every session ended; totp: enrol an authenticator app (QR code, "
+                            "first code, recovery codes); totp-off: password only again; passkeys: list them, or "
+                            "--remove one")
+        p.add_argument("name", nargs="?", metavar="NAME", help="the username (every action but list)")
+        p.add_argument("--password-file", metavar="FILE",
+                       help="add, passwd: the password from FILE's first line (0600)")
+        p.add_argument("--code", metavar="CODE", help="totp, totp-confirm: the code the authenticator app shows")
+        p.add_argument("--remove", metavar="CREDENTIAL", help="passkeys: remove this passkey (its id, as listed)")
+        yes(p, "delete, totp-off, passkeys --remove: ")
+        only(p, {"name": ["add", "show", "disable", "enable", "delete", "passwd", "totp", "totp-confirm", "totp-off",
+                          "passkeys"],
+                 "password_file": ["add", "passwd"], "code": ["totp", "totp-confirm"], "remove": ["passkeys"],
+                 "yes": ["delete", "totp-off", "passkeys"]})
+    if want("sessions"):
+        p = add("sessions", "signed-in devices (authn): list them, or revoke one session, a user's or a device's")
+        p.add_argument("action", choices=["list", "revoke"])
+        p.add_argument("--user", metavar="NAME", help="list: only this user's; revoke: every session of this user")
+        p.add_argument("--session", metavar="ID", help="revoke: this session")
+        p.add_argument("--device", metavar="FP", help="revoke: every session of this device key (its fingerprint)")
+        yes(p, "revoke: ")
+        only(p, {"user": ["list", "revoke"], "session": ["revoke"], "device": ["revoke"], "yes": ["revoke"]})
+    if want("logs"):
+        p = add("logs", "a process's log (JSON lines)")
+        p.add_argument("service")
+        p.add_argument("-f", "--follow", action="store_true")
+        p.add_argument("-n", "--lines", type=non_negative, default=50, help="how many of the last lines (default 50)")
     return top
