@@ -130,7 +130,8 @@ def table(figs: dict[str, dict[str, Any]]) -> str:
     head = (f"{'authn figure':<40}{'value':>10}  {'unit':<7}{'baseline':>10}  {'(of)':<16}{'ratio':>7}  "
             f"{'target':<10}{'met':<4} detail")
     lines = ["authn: password login beside one Argon2id verify in process (informational); authn.verify over the",
-             "mesh beside authn.health (same client, same rounds); verify_access in the bench process.",
+             "mesh beside authn.health (same client, same rounds); LocalVerifier and a first check in the bench",
+             "process; passkey logins with a software authenticator.",
              head, "-" * 140]
     for fig in figs.values():
         if fig["value"] is None:

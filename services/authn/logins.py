@@ -26,13 +26,12 @@ from .names import normalise_username, skeleton
 from .passwords import PasswordHasher, WrongPassword
 from .recording import Recorder
 from .refresh import new_refresh, parse_refresh, refresh_digest
-from .schema import Logout, PasswordLogin, Reauth, Refresh
+from .schema import DEFAULT_AUDIENCE, Logout, PasswordLogin, Reauth, Refresh
 from .throttle import Throttle, Throttled
 
 LOGIN_FAILED: Final = "login failed"
 OTP_REQUIRED: Final = "login failed: a one-time code is required (otp)"
 TOKEN_REFUSED: Final = "token refused"  # noqa: S105 - a message, not a secret
-DEFAULT_AUDIENCE: Final = "curvemesh"
 #: What a token may be for: a mesh-like name, never free text (it ends up in every token).
 AUDIENCE_RE: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 

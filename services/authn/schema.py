@@ -8,6 +8,9 @@ from dataclasses import field
 from shared import message
 
 _SECRET = {"sensitive": True, "max_len": 4096}
+#: Who a token is for when the caller does not say: the mesh's own services.
+DEFAULT_AUDIENCE = "curvemesh"
+_AUDIENCE = {"max_len": 128}
 #: A username as sent: the normalisation (names.py) checks the rest; this only bounds the work.
 _NAME = {"max_len": 256}
 
@@ -47,7 +50,7 @@ class Refresh:
 @message
 class Logout:
     access_token: str = field(metadata=_SECRET)
-    audience: str = field(default="curvemesh", metadata={"max_len": 128})
+    audience: str = field(default=DEFAULT_AUDIENCE, metadata=_AUDIENCE)
 
 
 @message
@@ -69,7 +72,7 @@ class Reauth:
 
     access_token: str = field(metadata=_SECRET)
     password: str = field(metadata={"sensitive": True, "max_len": 4096})
-    audience: str = field(default="curvemesh", metadata={"max_len": 128})
+    audience: str = field(default=DEFAULT_AUDIENCE, metadata=_AUDIENCE)
     otp: str | None = field(default=None, metadata={"sensitive": True, "max_len": 32})
 
 
@@ -90,7 +93,7 @@ class SessionRevoke:
 @message
 class PasskeyStart:
     access_token: str = field(metadata=_SECRET)
-    audience: str = field(default="curvemesh", metadata={"max_len": 128})
+    audience: str = field(default=DEFAULT_AUDIENCE, metadata=_AUDIENCE)
 
 
 @message
@@ -104,7 +107,7 @@ class PasskeyFinish:
 
     ceremony: str = field(metadata={"max_len": 64})
     response: str = field(metadata={"max_len": 65536})
-    audience: str = field(default="curvemesh", metadata={"max_len": 128})
+    audience: str = field(default=DEFAULT_AUDIENCE, metadata=_AUDIENCE)
     #: login only: the password too, when the passkey is the second factor after it.
     password: str | None = field(default=None, metadata={"sensitive": True, "max_len": 4096})
 
