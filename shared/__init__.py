@@ -4,7 +4,7 @@ The public API is what this package exports and its public modules; the ``_modul
 them are private (tests/test_import_graph.py fails when code outside ``shared/`` imports one):
 
 - ``shared``: services (:class:`Service`, :func:`handler`, :class:`ServiceRunner`), clients,
-  the wire codec, configuration, errors, logging, the audit shipper and spool;
+  the wire codec, configuration, errors, logging, the audit recorder, shipper and spool;
 - :mod:`shared.certs`: CURVE certificates; :mod:`shared.provision`: a home's keypairs;
 - :mod:`shared.crypto`: sealing, key derivation and wiping (the recipes), over
   :mod:`shared.hazmat` (raw primitives, for building formats only);
@@ -91,6 +91,7 @@ if TYPE_CHECKING:
     from ._oneshot import OneShot, call_once
     from ._purposes import PURPOSES
     from ._ratelimit import TokenBucket
+    from ._recorder import AuditRecorder
     from ._runtime import ServiceRunner, connect_patiently, run_service, serve
     from ._schema import Message, message, sensitive_fields
     from ._service import (
@@ -147,6 +148,7 @@ _EXPORTS: Final[dict[str, tuple[str, ...]]] = {
         "DEGRADED", "FAILED", "READINESS_STATES", "READY", "SEALED", "HandlerSpec", "NoFields", "Readiness",
         "RequestContext", "Service", "handler", "handler_table",
     ),
+    "._recorder": ("AuditRecorder",),
     "._shipper": ("AuditShipper", "append_record", "append_records"),
     "._spool": ("Spool",),
     "._sqlcipher": ("damaged_pages", "integrity_problems"),
@@ -193,7 +195,7 @@ __all__ = [
     "BadRequest", "CertificateError", "ConfigError", "Conflict", "Forbidden", "HandshakeError",
     "Internal", "MeshError", "NotFound", "RateLimited", "ReauthRequired", "Sealed", "StateError", "Timeout",
     "Unauthenticated", "Unavailable",
-    "AuditShipper", "Certificate", "Grant", "KeyPair", "MeshHome", "Spool", "TokenBucket",
+    "AuditRecorder", "AuditShipper", "Certificate", "Grant", "KeyPair", "MeshHome", "Spool", "TokenBucket",
     "Message", "message", "Event", "MeshClient", "Subscription", "Connection", "OneShot", "call_once",
     "configure_logging", "defer_logging", "declare_sensitive", "redact",
     "ServiceRunner", "connect_patiently", "run_service", "serve",

@@ -9,10 +9,16 @@
 
 The key source is named by the caller (``"keyvault"`` in this mesh). The code is in
 :mod:`shared._keeper`.
+
+A service that keeps a SQLCipher database of its own under a purpose key uses
+:class:`KeyedDatabase` (open, re-key, transactions) with :func:`open_current` and
+:func:`rekey_current` (the database follows key rotations; code in :mod:`shared._keyed_db`).
 """
 
 from __future__ import annotations
 
 from ._keeper import LOCKED_REASON, follow_events_of, keep_unsealed, without_keys
+from ._keyed_db import KeyedDatabase, open_current, rekey_current
 
-__all__ = ["LOCKED_REASON", "follow_events_of", "keep_unsealed", "without_keys"]
+__all__ = ["LOCKED_REASON", "KeyedDatabase", "follow_events_of", "keep_unsealed", "open_current", "rekey_current",
+           "without_keys"]

@@ -12,12 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from shared import Forbidden, NoFields, NotFound, RequestContext, handler
+from shared import AuditRecorder, Forbidden, NoFields, NotFound, RequestContext, handler
 
 from .database import AccountsDB, User
 from .names import normalise_username, skeleton
 from .passwords import PasswordHasher, check_password
-from .recording import Recorder
 from .schema import NewUser, Username
 
 
@@ -41,7 +40,7 @@ def view(user: User, sessions: int | None = None) -> dict[str, Any]:
 class AccountHandlers:
     """Mixed into :class:`~.service.Authn`, which owns the attributes declared here."""
 
-    recorder: Recorder
+    recorder: AuditRecorder
     hasher: PasswordHasher
     clock: Callable[[], float]
     publish_revoked: Callable[..., Any]

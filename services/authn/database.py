@@ -15,17 +15,13 @@ as keyed digests only. The methods are synchronous and short; the service calls 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import sqlcipher3  # no stubs: pyproject.toml's mypy overrides ignore its imports
-
-from shared import Conflict, NotFound, StateError
+from shared import Conflict, NotFound
+from shared.keeper import KeyedDatabase
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -132,58 +128,11 @@ def _session(row: Any) -> Session:
 _FILTERS = {"session": "id = ?", "user": "user_id = ?", "device": "peer_fp = ?"}
 
 
-class AccountsDB:
-    """The open database. :meth:`open` it with the key; :meth:`close` wipes nothing (the key is the
-    caller's) but ends the connection."""
+class AccountsDB(KeyedDatabase):
+    """The open database (:class:`shared.keeper.KeyedDatabase`: open, re-key, transactions)."""
 
-    def __init__(self, db: Any) -> None:
-        self._db = db
-
-    @classmethod
-    def open(cls, path: Path, key: bytes | bytearray) -> AccountsDB:
-        """Open (creating) the database at ``path`` with ``key``; :class:`StateError` when the key
-        does not open it or the file is damaged."""
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        db = sqlcipher3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
-        try:
-            # The hex form is an immutable str we cannot wipe; it lives only for this statement.
-            db.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
-            db.execute("PRAGMA temp_store = MEMORY")
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the key is checked here
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = FULL")
-            db.execute("PRAGMA foreign_keys = ON")
-            db.executescript(SCHEMA)
-        except sqlcipher3.DatabaseError:
-            db.close()
-            raise StateError(f"{path}: the accounts database does not open with keyvault's accounts key, or "
-                             "is damaged; restore it from a backup (meshctl backup restore)") from None
-        path.chmod(0o600)
-        return cls(db)
-
-    def close(self) -> None:
-        self._db.close()
-
-    @property
-    def connection(self) -> Any:
-        """The connection, for reads by the modules that keep tables of their own here (mfa.py)."""
-        return self._db
-
-    def rekey(self, key: bytes | bytearray) -> None:
-        """Re-encrypt the whole database under ``key`` (after a rotation of ``accounts``)."""
-        # The hex form is an immutable str we cannot wipe; it lives only for this statement.
-        self._db.execute(f"PRAGMA rekey = \"x'{key.hex()}'\"")
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Any]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any exception. Yields the connection."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    SCHEMA = SCHEMA
+    WHAT = "accounts database"
 
     # -- users ----------------------------------------------------------------------------------
 

@@ -26,8 +26,7 @@ import structlog
 
 from shared import FAILED, SEALED, MeshError, Readiness, StateError
 from shared.crypto import wipe
-from shared.files import write_atomic
-from shared.keeper import LOCKED_REASON, follow_events_of, keep_unsealed, without_keys
+from shared.keeper import LOCKED_REASON, follow_events_of, keep_unsealed, open_current, rekey_current, without_keys
 from shared.tokens import SigningKeys, VerifiedTokens
 
 from .database import AccountsDB
@@ -88,10 +87,6 @@ class Keeper:
     def db_path(self) -> Path:
         return self.directory / "accounts.db"
 
-    @property
-    def version_path(self) -> Path:
-        return self.directory / "accounts.version"
-
     async def start(self, subscribe: Callable[..., Any]) -> None:
         try:
             subscription = await subscribe("security.", timeout=KEY_CALL_TIMEOUT_S)
@@ -146,35 +141,8 @@ class Keeper:
             log.info("unsealed", signing=self.keys.signing.current_version)
             return True
 
-    def _recorded_version(self) -> int | None:
-        try:
-            return int(self.version_path.read_text("ascii").strip())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            raise StateError(f"{self.version_path}: unreadable; it names the accounts key version "
-                             "the database is under") from None
-
     async def _open_database(self) -> None:
-        current, current_key = await self._fetch("accounts")
-        try:
-            recorded = self._recorded_version()
-            if recorded is None or recorded == current or not self.db_path.exists():
-                self.keys.db = AccountsDB.open(self.db_path, current_key)
-            else:
-                _, old_key = await self._fetch("accounts", recorded)
-                try:
-                    self.keys.db = AccountsDB.open(self.db_path, old_key)
-                except StateError:
-                    # A re-key finished but its version was not recorded: the current key opens it.
-                    self.keys.db = AccountsDB.open(self.db_path, current_key)
-                else:
-                    self.keys.db.rekey(current_key)
-                finally:
-                    wipe(old_key)
-            write_atomic(self.version_path, f"{current}\n".encode())
-        finally:
-            wipe(current_key)
+        self.keys.db = await open_current(AccountsDB, self.db_path, "accounts", self._fetch)
 
     async def _add_signing(self, version: int | None) -> None:
         """Add the current ``token-signing`` version (or ``version``). At unseal the one before it
@@ -249,14 +217,6 @@ class Keeper:
             self._wake.set()
 
     async def _rekey_database(self) -> None:
-        """Re-encrypt the open database under the current ``accounts`` key, then record the version
-        (a crash in between is recovered at the next unseal: see the module docstring)."""
-        if self.keys.db is None:
-            return
-        current, key = await self._fetch("accounts")
-        try:
-            if self._recorded_version() != current:
-                self.keys.db.rekey(key)
-                write_atomic(self.version_path, f"{current}\n".encode())
-        finally:
-            wipe(key)
+        """Re-encrypt the open database under the current ``accounts`` key (shared.keeper.rekey_current)."""
+        if self.keys.db is not None:
+            await rekey_current(self.keys.db, self.db_path, "accounts", self._fetch)

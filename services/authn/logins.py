@@ -17,14 +17,13 @@ import re
 from collections.abc import Callable
 from typing import Any, Final
 
-from shared import BadRequest, MeshConfig, RateLimited, RequestContext, Unauthenticated, handler
+from shared import AuditRecorder, BadRequest, MeshConfig, RateLimited, RequestContext, Unauthenticated, handler
 from shared.tokens import AccessClaims, InvalidToken, issue_access, verify_access
 
 from .database import AccountsDB, Session, User
 from .keeper import Keeper
 from .names import normalise_username, skeleton
 from .passwords import PasswordHasher, WrongPassword
-from .recording import Recorder
 from .refresh import new_refresh, parse_refresh, refresh_digest
 from .schema import DEFAULT_AUDIENCE, Logout, PasswordLogin, Reauth, Refresh
 from .throttle import Throttle, Throttled
@@ -57,7 +56,7 @@ class LoginHandlers:
 
     config: MeshConfig
     keeper: Keeper
-    recorder: Recorder
+    recorder: AuditRecorder
     hasher: PasswordHasher
     throttle: Throttle
     clock: Callable[[], float]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from shared import BadRequest, MeshConfig, RequestContext, handler
+from shared import AuditRecorder, BadRequest, MeshConfig, RequestContext, handler
 
 from .database import AccountsDB, User
 from .mfa_store import MfaStore
@@ -26,7 +26,6 @@ from .otp import (
     provisioning_uri,
     recovery_digest,
 )
-from .recording import Recorder
 from .schema import TotpCode, Username
 
 
@@ -34,7 +33,7 @@ class MfaHandlers:
     """Mixed into :class:`~.service.Authn`, which owns the attributes declared here."""
 
     config: MeshConfig
-    recorder: Recorder
+    recorder: AuditRecorder
     clock: Callable[[], float]
     db: Callable[[], AccountsDB]
     _operator: Callable[[RequestContext], None]

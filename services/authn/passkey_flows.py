@@ -23,7 +23,16 @@ import secrets
 from collections.abc import Callable
 from typing import Any, Final
 
-from shared import BadRequest, MeshConfig, NotFound, RateLimited, RequestContext, Unauthenticated, handler
+from shared import (
+    AuditRecorder,
+    BadRequest,
+    MeshConfig,
+    NotFound,
+    RateLimited,
+    RequestContext,
+    Unauthenticated,
+    handler,
+)
 from shared.tokens import AccessClaims
 
 from .database import AccountsDB, User
@@ -42,7 +51,6 @@ from .passkeys import (
     finish_registration,
 )
 from .passwords import PasswordHasher, WrongPassword
-from .recording import Recorder
 from .schema import PasskeyFinish, PasskeyLoginBegin, PasskeyRemove, PasskeyStart, Username
 from .throttle import Throttle
 
@@ -66,7 +74,7 @@ class PasskeyHandlers:
 
     config: MeshConfig
     keeper: Keeper
-    recorder: Recorder
+    recorder: AuditRecorder
     throttle: Throttle
     hasher: PasswordHasher
     clock: Callable[[], float]

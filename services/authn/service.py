@@ -10,7 +10,7 @@ Handlers, by concern (each in its own module, mixed in here):
 
 State lives in authn's own SQLCipher database (database.py), keyed from keyvault (keeper.py). Until
 the mesh is unsealed every handler but ``health`` answers ``SEALED``. Every decision is audited
-through a durable spool (recording.py). Ends of sessions are published on ``authn.revoked.session``
+through a durable spool (shared.AuditRecorder). Ends of sessions are published on ``authn.revoked.session``
 (``{user, sessions, reason}``) for services that verify tokens locally.
 """
 
@@ -22,7 +22,17 @@ from typing import Any
 
 import structlog
 
-from shared import MeshConfig, MeshError, MeshHome, Readiness, Sealed, Service, Unavailable, mesh_config
+from shared import (
+    AuditRecorder,
+    MeshConfig,
+    MeshError,
+    MeshHome,
+    Readiness,
+    Sealed,
+    Service,
+    Unavailable,
+    mesh_config,
+)
 
 from .accounts import AccountHandlers
 from .database import AccountsDB
@@ -31,7 +41,6 @@ from .logins import LoginHandlers
 from .mfa import MfaHandlers
 from .passkey_flows import PasskeyHandlers
 from .passwords import PasswordHasher
-from .recording import Recorder
 from .sessions import SessionHandlers
 from .throttle import Throttle, ThrottlePolicy
 from .verifying import VerifyHandlers
@@ -60,7 +69,7 @@ class Authn(LoginHandlers, VerifyHandlers, AccountHandlers, SessionHandlers, Mfa
             free_failures=settings.free_failures, base_delay_s=settings.delay_base_s,
             max_delay_s=settings.delay_max_s, lockout_after=settings.lockout_after, lockout_s=settings.lockout_s,
             account_budget_per_hour=settings.account_budget_per_hour), monotonic)
-        self.recorder = Recorder(self.home.spool / "authn-audit.spool")
+        self.recorder = AuditRecorder("authn", self.home.spool / "authn-audit.spool")
         self.keeper = Keeper(self.home.data / "authn", self._call, clock, settings.access_token_s)
 
     async def _call(self, target: str, body: Any = None, *, timeout: float) -> Any:

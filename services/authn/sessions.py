@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from shared import BadRequest, NotFound, RequestContext, handler
+from shared import AuditRecorder, BadRequest, NotFound, RequestContext, handler
 
 from .database import AccountsDB, Session, User
-from .recording import Recorder
 from .schema import SessionFilter, SessionRevoke
 
 
@@ -27,7 +26,7 @@ def session_view(session: Session, user: User | None) -> dict[str, Any]:
 class SessionHandlers:
     """Mixed into :class:`~.service.Authn`, which owns the attributes declared here."""
 
-    recorder: Recorder
+    recorder: AuditRecorder
     clock: Callable[[], float]
     publish_revoked: Callable[..., Any]
     db: Callable[[], AccountsDB]

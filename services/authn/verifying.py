@@ -20,13 +20,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from shared import MeshConfig, NoFields, ReauthRequired, RequestContext, Unauthenticated, handler
+from shared import AuditRecorder, MeshConfig, NoFields, ReauthRequired, RequestContext, Unauthenticated, handler
 from shared.tokens import MAX_ACCESS_LIFETIME_S, InvalidToken, verify_access
 
 from .database import AccountsDB
 from .keeper import Keeper
 from .logins import TOKEN_REFUSED, session_problem
-from .recording import Recorder
 from .schema import Verify
 
 #: A verified session's last use is written at most this often (verification is the hot path).
@@ -38,7 +37,7 @@ class VerifyHandlers:
 
     config: MeshConfig
     keeper: Keeper
-    recorder: Recorder
+    recorder: AuditRecorder
     clock: Callable[[], float]
     db: Callable[[], AccountsDB]
 

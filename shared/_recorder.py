@@ -1,12 +1,10 @@
-"""authn's audit trail: a durable spool of its own, shipped to the audit service.
+"""A service's audit trail: a durable spool of its own, shipped to the audit service.
 
-Every login, refresh, verification failure and account change is recorded before authn answers
-(the record is fsynced into ``<home>/spool/authn-audit.spool``; a full spool refuses the operation:
+Services that decide on people's access (authn, authz) record every decision before they answer:
+the record is fsynced into ``<home>/spool/<name>-audit.spool`` (a full spool refuses the operation:
 fail closed), and an :class:`~shared.AuditShipper` delivers the spool to ``audit.append``, so nothing
 is lost while audit is down. Records carry who (the peer identity the broker authenticated, and its
-key fingerprint), which account, the outcome and a reason code; never a password, a token, a TOTP
-secret or a recovery code. ``authn.login`` failures feed audit's ``failed_logins_*`` rules: the
-account is the record's ``target``, the source ``details.source``.
+key fingerprint), the outcome and reason codes; callers never put a secret in them.
 """
 
 from __future__ import annotations
@@ -15,16 +13,21 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from shared import AuditShipper, RequestContext, Spool, Unavailable
+from ._errors import Unavailable
+from ._service import RequestContext
+from ._shipper import AuditShipper
+from ._spool import Spool
 
 SHIP_PERIOD_S: Final = 1.0
 SPOOL_MAX_RECORDS: Final = 1_000_000
 
 
-class Recorder:
-    """Open with :meth:`open` (the mesh client, once connected), :meth:`record`, :meth:`close`."""
+class AuditRecorder:
+    """Open with :meth:`open` (the mesh client, once connected), :meth:`record`, :meth:`close`.
+    ``name`` is the service's (it names the shipper task and the refusal messages)."""
 
-    def __init__(self, path: Path, max_records: int = SPOOL_MAX_RECORDS) -> None:
+    def __init__(self, name: str, path: Path, max_records: int = SPOOL_MAX_RECORDS) -> None:
+        self.name = name
         self.path = path
         self.max_records = max_records
         self.spool: Spool | None = None
@@ -34,7 +37,7 @@ class Recorder:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.spool = Spool(self.path, self.max_records)
         if mesh is not None:  # None only when handlers are called directly (tests)
-            self.shipper = AuditShipper(self.spool, mesh, name="authn-audit-shipper", period=SHIP_PERIOD_S)
+            self.shipper = AuditShipper(self.spool, mesh, name=f"{self.name}-audit-shipper", period=SHIP_PERIOD_S)
             self.shipper.start()
 
     async def close(self) -> None:
@@ -49,9 +52,9 @@ class Recorder:
     def record(self, event: str, ctx: RequestContext | None, outcome: str, *, target: str | None = None,
                on_behalf_of: str | None = None, **details: Any) -> None:
         """Append one record and fsync it before returning; :class:`Unavailable` when the spool is
-        full or closed (the operation is then refused). ``ctx`` None: authn acting on its own."""
+        full or closed (the operation is then refused). ``ctx`` None: the service acting on its own."""
         if self.spool is None:
-            raise Unavailable("authn cannot record to its audit spool now; try again shortly")
+            raise Unavailable(f"{self.name} cannot record to its audit spool now; try again shortly")
         record: dict[str, Any] = {"type": event, "time": time.time(), "outcome": outcome,
                                   **{k: v for k, v in details.items() if v is not None}}
         if ctx is not None:
@@ -63,7 +66,7 @@ class Recorder:
         if on_behalf_of is not None:
             record["on_behalf_of"] = on_behalf_of
         if not self.spool.append(record):
-            raise Unavailable("the authn audit spool is full; refusing until audit catches up")
+            raise Unavailable(f"the {self.name} audit spool is full; refusing until audit catches up")
         self.spool.sync()
         if self.shipper is not None:
             self.shipper.notify()
