@@ -21,6 +21,7 @@ from typing import Any, Final
 from ._argon2 import Argon2Profile, check_profile
 from ._certs import NAME_RE, ROLES
 from ._config_authn import AuthnConfig
+from ._config_authz import AuthzConfig
 from ._declarations import (
     CALL_RE,
     TOPIC_RE,
@@ -218,6 +219,7 @@ class MeshConfig:
     keyvault: KeyvaultConfig = KeyvaultConfig()
     audit: AuditConfig = AuditConfig()
     authn: AuthnConfig = AuthnConfig()
+    authz: AuthzConfig = AuthzConfig()
     #: ``[services.<name>]``: every process of the mesh, declared once (:mod:`._declarations`).
     services: Mapping[str, ServiceDeclaration] = field(default_factory=_empty)
 

@@ -9,6 +9,7 @@ fragment ``mesh.d/*.toml``)::
     keys = ["sqlcipher"]                       # data keys keyvault releases to it
     publish = ["notes."]                       # topic prefixes it may publish
     subscribe = ["security."]                  # topic prefixes it may subscribe to
+    roles = ["user-data"]                      # authz roles (what its policies let it do)
     [services.notes.expose]                    # its methods, and who may call them
     "*" = ["operator"]                         #   every method: any operator
     "get" = ["service", "reminders"]           #   notes.get: any service, and reminders
@@ -50,6 +51,8 @@ TOPIC_RE: Final = re.compile(r"^(\*|[a-z0-9][a-z0-9_.:-]*)$")
 _METHOD_RE: Final = re.compile(r"^(\*|[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*(\.\*)?)$")
 # "package.module" (run with -m), "package.module:Class", or "/abs/path/file.py:Class". No spaces,
 # quotes or '%': the entry is written into supervisord's program command line as it is.
+#: An authz role name (``user-data``); authz's policies give roles their meaning.
+AUTHZ_ROLE_RE: Final = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _MODULE_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _CLASS_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PATH_RE: Final = re.compile(r"^/[A-Za-z0-9_./+-]*\.py$")
@@ -107,6 +110,9 @@ class ServiceDeclaration:
     publish: tuple[str, ...] = ()
     subscribe: tuple[str, ...] = ()
     keys: tuple[str, ...] = ()
+    #: authz roles the service holds (``system``, ``user-data``, ``plugin`` or one the policies name);
+    #: ``meshctl roles assign`` adds more at run time.
+    roles: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.process not in PROCESS_KINDS:
@@ -140,6 +146,9 @@ class ServiceDeclaration:
             for topic in getattr(self, key):
                 if not TOPIC_RE.match(topic):
                     raise ConfigError(f"{key}: {topic!r} is not a topic prefix or '*'")
+        for role in self.roles:
+            if not AUTHZ_ROLE_RE.fullmatch(role):
+                raise ConfigError(f"roles: {role!r} is not a role name (a-z, 0-9 and '-', starting with a letter)")
 
 
 def address(name: str) -> str:

@@ -11,4 +11,4 @@ from typing import Final
 
 #: Every purpose a data key can have (DESIGN.md, keyvault issue).
 PURPOSES: Final = ("sqlcipher", "duckdb", "rocksdb", "files", "audit-hmac", "audit-signing",
-                   "token-signing", "accounts", "pairing", "plugins", "backups")
+                   "token-signing", "accounts", "authz", "pairing", "plugins", "backups")

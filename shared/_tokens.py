@@ -51,6 +51,9 @@ __all__ = ["MAX_ACCESS_LIFETIME_S", "MAX_TOKEN_BYTES", "REASONS", "SEED_BYTES", 
 TYP: Final = "at+jwt"
 TOKEN_USE: Final = "access"  # noqa: S105 (a claim value, not a password)
 MAX_TOKEN_BYTES: Final = 4096
+#: The audience of tokens for the mesh's own services (what authn issues when a login names none,
+#: and what storage and authz verify against).
+MESH_AUDIENCE: Final = "curvemesh"
 REQUIRED_CLAIMS: Final = ("iss", "aud", "sub", "sid", "jti", "iat", "nbf", "exp", "auth_time", "amr", "cnf",
                           "token_use")
 REASONS: Final = frozenset({
@@ -231,6 +234,22 @@ def _check_call(claims: AccessClaims, issuer: str, audience: str, presenter: str
     if not hmac.compare_digest(claims.confirmation.encode(), presenter.encode()):
         raise InvalidToken("wrong_presenter")
     return claims
+
+
+def claimed_subject(token: object) -> str | None:
+    """The ``sub`` a token *claims*, unverified: for routing work that runs beside the verification
+    (an enforcing service asks authz about the claimed user while authn verifies the token), never
+    for a decision. The caller must compare it with the verified subject before using any result
+    that depends on it. None when the token does not even have the shape of one."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_BYTES or not _COMPACT_JWS_RE.fullmatch(token):
+        return None
+    raw = b64url_decode(token.split(".")[1])
+    try:
+        payload = json.loads(raw) if raw is not None else None
+    except (ValueError, RecursionError):
+        return None
+    subject = payload.get("sub") if isinstance(payload, dict) else None
+    return subject if isinstance(subject, str) and 0 < len(subject) <= 64 else None
 
 
 def _unverified_header(token: str) -> dict[str, Any]:

@@ -21,8 +21,18 @@ from ._token_keys import (
     check_version,
     kid_for,
 )
-from ._tokens import MAX_TOKEN_BYTES, REASONS, AccessClaims, InvalidToken, VerifiedTokens, issue_access, verify_access
+from ._tokens import (
+    MAX_TOKEN_BYTES,
+    MESH_AUDIENCE,
+    REASONS,
+    AccessClaims,
+    InvalidToken,
+    VerifiedTokens,
+    claimed_subject,
+    issue_access,
+    verify_access,
+)
 
-__all__ = ["KEYS_REFRESH_S", "MAX_ACCESS_LIFETIME_S", "MAX_TOKEN_BYTES", "REASONS", "SEED_BYTES", "AccessClaims",
-           "InvalidToken", "LocalVerifier", "PublicKeys", "SigningKeys", "b64url", "b64url_decode", "check_version",
-           "VerifiedTokens", "issue_access", "kid_for", "verify_access"]
+__all__ = ["KEYS_REFRESH_S", "MAX_ACCESS_LIFETIME_S", "MAX_TOKEN_BYTES", "MESH_AUDIENCE", "REASONS", "SEED_BYTES",
+           "AccessClaims", "InvalidToken", "LocalVerifier", "PublicKeys", "SigningKeys", "VerifiedTokens", "b64url",
+           "b64url_decode", "check_version", "claimed_subject", "issue_access", "kid_for", "verify_access"]

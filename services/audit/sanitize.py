@@ -56,6 +56,12 @@ _ANCHOR: Final = _WHO | {"anchor": TEXT, "source": TEXT, "destination": TEXT, "r
 #: ids still pair up). Never a password, token or code: authn does not send them.
 _AUTHN: Final = _WHO | {"source": TEXT, "source_role": TEXT, "source_fp": TEXT, "user_id": TEXT, "reason": TEXT,
                         "session": HASH}
+#: An authz decision or change: who asked, the principal decided on, what and for what; the record's
+#: ``target`` is the principal, ``on_behalf_of`` the data's owner (a user id). Ids only, no data.
+_AUTHZ: Final = _WHO | {"source": TEXT, "source_role": TEXT, "source_fp": TEXT, "principal": TEXT, "action": TEXT,
+                        "category": TEXT, "user": TEXT, "purpose": TEXT, "policies": TEXT, "reason": TEXT,
+                        "sensitivity": NUMBER, "assigned_role": TEXT, "grant": TEXT, "grantee": TEXT,
+                        "categories": TEXT, "actions": TEXT, "expires_at": NUMBER, "digest": TEXT, "error": TEXT}
 #: Event type -> {field: treatment}. ``alert.*`` (other than ``alert.ack``) share ``alert.*``.
 EVENT_SCHEMAS: Final[Mapping[str, Mapping[str, str]]] = {
     # broker (spooled; the acting peer arrives as ``subject``)
@@ -113,6 +119,14 @@ EVENT_SCHEMAS: Final[Mapping[str, Mapping[str, str]]] = {
     "authn.passkey_cloned": _AUTHN,
     "authn.totp_confirmed": _AUTHN,
     "authn.totp_removed": _AUTHN,
+    # authz (``target``: the principal; ``on_behalf_of``: the owner of the data or the grant)
+    "authz.decision": _AUTHZ,
+    "authz.role_assigned": _AUTHZ,
+    "authz.role_revoked": _AUTHZ,
+    "authz.consent_granted": _AUTHZ,
+    "authz.consent_revoked": _AUTHZ,
+    "authz.policy_reloaded": _AUTHZ,
+    "authz.policy_refused": _AUTHZ,
     # audit's own records
     "audit.anchor_moved": _ANCHOR,
     "alert.*": _ALERT,
