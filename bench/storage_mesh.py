@@ -51,7 +51,7 @@ IDENTITIES: Final = {"keyvault": "service", "audit": "service", "storage": "serv
                      "meshctl": "operator"}
 CALLER: Final = "authn"
 OPERATOR: Final = "meshctl"
-SCOPE: Final = {"subject": "alice", "category": "memories"}
+SCOPE: Final = {"category": "memories"}
 COLLECTION: Final = "notes"
 #: The measured methods, in the table's order; ``health`` is the comparison round trip.
 METHODS: Final = ("kv_put", "kv_get", "records_insert", "records_get", "health")

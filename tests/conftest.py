@@ -57,6 +57,7 @@ subscribe = ["outsider."]
 storage = ["sqlcipher", "duckdb", "rocksdb", "files", "backups"]
 audit = ["audit-hmac", "audit-signing"]
 authn = ["token-signing", "accounts"]
+authz = ["authz"]
 """
 
 # A tiny master Argon2 profile, allowed only with test_profiles: a derivation in milliseconds.

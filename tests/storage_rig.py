@@ -49,6 +49,11 @@ IDENTITIES = {"keyvault": "service", "audit": "service", "storage": "service", "
               "pairing": "service", "meshctl": "operator"}
 
 
+def _scope(subject: str | None) -> dict[str, Any]:
+    """The access fields of a call: none for the caller's own data (a subject alone is refused)."""
+    return {} if subject is None else {"subject": subject}
+
+
 class StorageRig:
     """The mesh and its clients; ``storage`` is the running service (None while stopped)."""
 
@@ -84,19 +89,19 @@ class StorageRig:
             raise
         return bool(reply["state"] == want)
 
-    async def put(self, client: MeshClient, key: bytes, value: bytes, subject: str = "alice",
+    async def put(self, client: MeshClient, key: bytes, value: bytes, subject: str | None = None,
                   category: str = "memories") -> Any:
-        return await client.call("storage.kv.put", {"subject": subject, "category": category, "key": key,
+        return await client.call("storage.kv.put", {**_scope(subject), "category": category, "key": key,
                                                     "value": value}, timeout=10)
 
-    async def get(self, client: MeshClient, key: bytes, subject: str = "alice", category: str = "memories") -> Any:
-        reply = await client.call("storage.kv.get", {"subject": subject, "category": category, "key": key},
+    async def get(self, client: MeshClient, key: bytes, subject: str | None = None, category: str = "memories") -> Any:
+        reply = await client.call("storage.kv.get", {**_scope(subject), "category": category, "key": key},
                                   timeout=10)
         return reply["value"]
 
-    async def upload(self, client: MeshClient, name: str, data: bytes, subject: str = "alice",
+    async def upload(self, client: MeshClient, name: str, data: bytes, subject: str | None = None,
                      category: str = "files") -> dict[str, Any]:
-        begun = await client.call("storage.files.put.begin", {"subject": subject, "category": category,
+        begun = await client.call("storage.files.put.begin", {**_scope(subject), "category": category,
                                                               "name": name, "size": len(data)}, timeout=10)
         piece = begun["piece_bytes"]
         for start in range(0, len(data), piece):
@@ -106,10 +111,11 @@ class StorageRig:
                                                    timeout=30)
         return result
 
-    async def download(self, client: MeshClient, name: str, subject: str = "alice", category: str = "files") -> bytes:
+    async def download(self, client: MeshClient, name: str, subject: str | None = None,
+                       category: str = "files") -> bytes:
         out, offset = bytearray(), 0
         while offset is not None:
-            reply = await client.call("storage.files.get", {"subject": subject, "category": category, "name": name,
+            reply = await client.call("storage.files.get", {**_scope(subject), "category": category, "name": name,
                                                             "offset": offset}, timeout=10)
             out += reply["data"]
             offset = reply["next"]

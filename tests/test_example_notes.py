@@ -24,11 +24,11 @@ class FakeMesh:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
-        self.kv: dict[tuple[str, bytes], bytes] = {}
+        self.kv: dict[bytes, bytes] = {}
 
     async def call(self, target: str, body: dict[str, Any], **_: Any) -> dict[str, Any]:
         self.calls.append((target, body))
-        key = (body["subject"], body["key"])
+        key = body["key"]
         if target == "storage.kv.put":
             self.kv[key] = body["value"]
             return {"stored": True}
@@ -40,7 +40,7 @@ async def test_a_handler_called_with_a_fake_mesh() -> None:
     notes.mesh = fake = FakeMesh()
     assert await call_handler(notes, "put", {"title": "shopping", "text": "oat milk"}, caller="meshctl") == \
         {"saved": "shopping"}
-    assert fake.calls == [("storage.kv.put", {"subject": "meshctl", "category": "notes", "key": b"shopping",
+    assert fake.calls == [("storage.kv.put", {"category": "notes", "key": b"meshctl/shopping",
                                               "value": b"oat milk"})]
     assert await call_handler(notes, "get", {"title": "shopping"}, caller="meshctl") == \
         {"title": "shopping", "text": "oat milk"}
@@ -58,6 +58,6 @@ async def test_the_service_in_a_real_mesh_with_real_storage(tmp_path: Path) -> N
         assert await rig.operator.call("notes.get", {"title": "shopping"}, timeout=10) == \
             {"title": "shopping", "text": "oat milk"}
         # Storage keeps it under the notes service's own namespace: the operator cannot read it directly.
-        direct = await rig.operator.call("storage.kv.get", {"subject": "meshctl", "category": "notes",
-                                                            "key": b"shopping"}, timeout=10)
+        direct = await rig.operator.call("storage.kv.get", {"category": "notes", "key": b"meshctl/shopping"},
+                                         timeout=10)
         assert direct["found"] is False

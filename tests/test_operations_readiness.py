@@ -23,7 +23,7 @@ PASSWORD = "readiness-Master-Passphrase-7715"
 async def _first_write(home: MeshHome) -> dict[str, object]:
     async with await MeshClient.connect(home, "authn", timeout=10) as client:
         reply: dict[str, object] = await client.call(
-            "storage.kv.put", {"subject": "alice", "category": "notes", "key": b"first", "value": b"written"},
+            "storage.kv.put", {"category": "notes", "key": b"first", "value": b"written"},
             timeout=10)
         return reply
 

@@ -44,7 +44,7 @@ async def test_storage_status_and_verify_name_damage(short_tmp: Path, capsys: py
         report = json.loads(out)
         assert status == 1 and report["ok"] is False and report["problems"][0]["store"] == "files"
         # The damaged file is refused loudly on read, never served.
-        reply = r.authn.call("storage.files.get", {"subject": "alice", "category": "files", "name": "doc.pdf"},
+        reply = r.authn.call("storage.files.get", {"category": "files", "name": "doc.pdf"},
                              timeout=10)
         with pytest.raises(MeshError) as refused:
             await reply

@@ -15,7 +15,7 @@ PASSPHRASE = "backup-Passphrase-for-the-test-5512"
 
 
 async def _fill(r: StorageRig) -> dict[str, Any]:
-    scope = {"subject": "alice", "category": "memories"}
+    scope = {"category": "memories"}
     for i in range(40):
         await r.put(r.authn, f"memory/{i}".encode(), os.urandom(64) + f"#{i}".encode())
     await r.authn.call("storage.records.collection", {**scope, "collection": "notes", "indexed": ["day"]}, timeout=10)
@@ -34,7 +34,7 @@ async def _fill(r: StorageRig) -> dict[str, Any]:
 
 
 async def _check(r: StorageRig, expected: dict[str, Any]) -> None:
-    scope = {"subject": "alice", "category": "memories"}
+    scope = {"category": "memories"}
     for key, value in expected["kv"].items():
         assert await r.get(r.authn, key) == value
     notes = await r.authn.call("storage.records.query", {**scope, "collection": "notes", "where": {"day": 3}},

@@ -24,7 +24,7 @@ async def test_kill_9_during_writes_loses_nothing_acknowledged(short_tmp: Path) 
     async with storage_rig(short_tmp / "h", start=False) as r:
         log_path = short_tmp / "storage.log"
         proc = spawn_service("services.storage", r.home, log_path)
-        scope = {"subject": "alice", "category": "log"}
+        scope = {"category": "log"}
         acked_kv: dict[bytes, bytes] = {}
         acked_docs: dict[str, int] = {}
         stop = asyncio.Event()

@@ -33,7 +33,7 @@ async def test_kv_round_trip_and_paged_scan(short_tmp: Path) -> None:
         assert await r.get(r.authn, b"missing") is None
         seen, after = [], None
         while True:
-            body = {"subject": "alice", "category": "memories", "prefix": b"note/", "limit": 10}
+            body = {"category": "memories", "prefix": b"note/", "limit": 10}
             if after is not None:
                 body["after"] = after
             page = await r.authn.call("storage.kv.scan", body, timeout=10)
@@ -42,14 +42,14 @@ async def test_kv_round_trip_and_paged_scan(short_tmp: Path) -> None:
             if after is None:
                 break
         assert seen == [f"note/{i:02d}".encode() for i in range(25)]
-        deleted = await r.authn.call("storage.kv.delete", {"subject": "alice", "category": "memories",
+        deleted = await r.authn.call("storage.kv.delete", {"category": "memories",
                                                            "key": b"note/07"}, timeout=10)
         assert deleted == {"deleted": True} and await r.get(r.authn, b"note/07") is None
 
 
 async def test_records_round_trip_query_update_delete(short_tmp: Path) -> None:
     async with storage_rig(short_tmp / "h") as r:
-        scope = {"subject": "alice", "category": "conversations"}
+        scope = {"category": "conversations"}
         await r.authn.call("storage.records.collection", {**scope, "collection": "messages",
                                                           "indexed": ["thread", "author"]}, timeout=10)
         ids = []
@@ -82,7 +82,7 @@ async def test_records_round_trip_query_update_delete(short_tmp: Path) -> None:
 
 async def test_analytics_ingest_query_and_escapes_refused(short_tmp: Path) -> None:
     async with storage_rig(short_tmp / "h") as r:
-        scope = {"subject": "alice", "category": "stats"}
+        scope = {"category": "stats"}
         await r.authn.call("storage.analytics.table", {**scope, "table": "steps",
                                                        "columns": [["day", "BIGINT"], ["count", "BIGINT"]]}, timeout=10)
         rows = [[d, d * 100] for d in range(50)]
@@ -107,16 +107,16 @@ async def test_files_stream_in_pieces_and_uploads_belong_to_their_caller(short_t
         info = await r.upload(r.authn, "photos/cat.jpg", data)
         assert info["size"] == len(data)
         assert await r.download(r.authn, "photos/cat.jpg") == data
-        listed = await r.authn.call("storage.files.list", {"subject": "alice", "category": "files"}, timeout=10)
+        listed = await r.authn.call("storage.files.list", {"category": "files"}, timeout=10)
         assert [f["name"] for f in listed["files"]] == ["photos/cat.jpg"]
-        begun = await r.authn.call("storage.files.put.begin", {"subject": "alice", "category": "files",
+        begun = await r.authn.call("storage.files.put.begin", {"category": "files",
                                                                "name": "x"}, timeout=10)
         stolen = r.pairing.call("storage.files.put.chunk", {"upload": begun["upload"], "data": b"evil"}, timeout=10)
         assert await _code(stolen) == "NOT_FOUND"
         await r.authn.call("storage.files.put.abort", {"upload": begun["upload"]}, timeout=10)
-        assert await _code(r.pairing.call("storage.files.get", {"subject": "alice", "category": "files",
+        assert await _code(r.pairing.call("storage.files.get", {"category": "files",
                                                                 "name": "photos/cat.jpg"}, timeout=10)) == "NOT_FOUND"
-        assert (await r.authn.call("storage.files.delete", {"subject": "alice", "category": "files",
+        assert (await r.authn.call("storage.files.delete", {"category": "files",
                                                             "name": "photos/cat.jpg"}, timeout=10)) == {"deleted": True}
 
 
@@ -128,11 +128,16 @@ async def test_no_caller_reaches_another_callers_namespace(short_tmp: Path) -> N
         await r.put(r.pairing, b"diary", b"pairing's")
         assert await r.get(r.authn, b"diary") == b"authn's secret"
         # The owner is the transport identity: a body naming another owner is refused by the schema.
-        assert await _code(r.pairing.call("storage.kv.get", {"subject": "alice", "category": "memories",
+        assert await _code(r.pairing.call("storage.kv.get", {"category": "memories",
                                                              "key": b"diary", "owner": "authn"},
                                           timeout=10)) == "BAD_REQUEST"
-        for bad in ({"subject": "../alice", "category": "memories"}, {"subject": "alice", "category": "Mem/x"}):
-            assert await _code(r.authn.call("storage.kv.get", {**bad, "key": b"k"}, timeout=10)) == "BAD_REQUEST"
+        assert await _code(r.authn.call("storage.kv.get", {"category": "Mem/x", "key": b"k"},
+                                        timeout=10)) == "BAD_REQUEST"
+        # A person's data needs their token and authz's decision: a subject alone is a forged claim
+        # (tests/test_authz_enforcement.py walks every data method with authn and authz running).
+        for forged in ({"subject": "alice"}, {"subject": "../alice"}, {"presenter": "ab" * 32}):
+            assert await _code(r.authn.call("storage.kv.get", {**forged, "category": "memories", "key": b"k"},
+                                            timeout=10)) == "FORBIDDEN"
 
 
 async def test_operations_are_for_operators_only(short_tmp: Path) -> None:
@@ -158,7 +163,7 @@ async def test_sealed_storage_wipes_keys_and_answers_sealed(short_tmp: Path) -> 
 
 
 async def _write_everything(r: StorageRig, marker: str) -> None:
-    scope = {"subject": "alice", "category": "canary"}
+    scope = {"category": "canary"}
     await r.put(r.authn, f"key-{marker}".encode(), f"value-{marker}".encode(), category="canary")
     await r.authn.call("storage.records.collection", {**scope, "collection": "notes", "indexed": ["tag"]}, timeout=10)
     await r.authn.call("storage.records.insert", {**scope, "collection": "notes",
@@ -247,27 +252,29 @@ async def test_rotation_while_storage_is_down_resumes_at_start(short_tmp: Path) 
         await r.start_storage()  # finds data under version 1, fetches it, and re-encrypts
         await eventually(lambda: _rotation_done(r, {"rocksdb", "files", "duckdb", "sqlcipher"}), deadline=30)
         assert [await r.get(r.authn, f"k{i}".encode()) for i in range(20)] == [f"v{i}".encode() for i in range(20)]
-        got = await r.authn.call("storage.records.query", {"subject": "alice", "category": "canary",
+        got = await r.authn.call("storage.records.query", {"category": "canary",
                                                            "collection": "notes", "where": {"tag": "resume-marker"}},
                                  timeout=10)
         assert [i["doc"]["body"] for i in got["items"]] == ["body-resume-marker"]
         assert (await r.operator.call("storage.verify", timeout=30))["ok"]
 
 
-async def test_reads_are_metered_into_audit_per_user(short_tmp: Path) -> None:
+async def test_reads_are_metered_into_audit_per_caller(short_tmp: Path) -> None:
+    # A caller's own data is metered against the caller and no person (a person's data, read with
+    # their token, is metered against them: tests/test_authz_enforcement.py).
     async with storage_rig(short_tmp / "h") as r:
         data = os.urandom(300_000)
         await r.upload(r.authn, "big.bin", data)
         assert await r.download(r.authn, "big.bin") == data
-        await r.put(r.pairing, b"k", b"v" * 1000, subject="bob")
-        assert await r.get(r.pairing, b"k", subject="bob") == b"v" * 1000
+        await r.put(r.pairing, b"k", b"v" * 1000)
+        assert await r.get(r.pairing, b"k") == b"v" * 1000
         assert r.storage is not None
         await r.storage.meter.flush()  # what the meter does every FLUSH_S seconds
         tail = await r.operator.call("audit.tail", {"type": "storage.read", "limit": 10}, timeout=10)
-        reads = {(t["actor"], t["on_behalf_of"], t["details"]["subject"]): t["details"] for t in tail["records"]}
-        assert reads[("storage", "alice", "authn")]["bytes"] == len(data)
-        bob = reads[("storage", "bob", "pairing")]
-        assert (bob["category"], bob["bytes"], bob["count"]) == ("memories", 1000, 1)
+        reads = {(t["actor"], t.get("on_behalf_of"), t["details"]["subject"]): t["details"] for t in tail["records"]}
+        assert reads[("storage", None, "authn")]["bytes"] == len(data)
+        own = reads[("storage", None, "pairing")]
+        assert (own["category"], own["bytes"], own["count"]) == ("memories", 1000, 1)
 
 
 def test_file_pieces_shrink_to_fit_the_message_cap() -> None:
@@ -289,7 +296,7 @@ async def test_uploads_are_limited_per_caller_and_discarded_when_idle(short_tmp:
         r.storage.clock = lambda: now[0]  # the idle timer reads this clock
 
         def begin(client: Any, name: str) -> Any:  # the call, to await or to expect refused
-            return client.call("storage.files.put.begin", {"subject": "alice", "category": "files", "name": name},
+            return client.call("storage.files.put.begin", {"category": "files", "name": name},
                                timeout=10)
         first = [(await begin(r.authn, f"f{i}"))["upload"] for i in range(MAX_UPLOADS)]
         assert await _code(begin(r.authn, "one-too-many")) == "RATE_LIMITED"

@@ -21,14 +21,15 @@ class Notes(Service):
     async def put(self, ctx: RequestContext, req: Note) -> dict[str, Any]:
         """``notes.put {title, text}`` → ``{saved}``.
         ``meshctl call notes.put --body '{"title": "shopping", "text": "milk"}'``."""
-        await self.mesh.call("storage.kv.put", {"subject": ctx.caller, "category": "notes",
-                                                "key": req.title.encode(), "value": req.text.encode()})
+        # The service's own data (no person's token): each caller's notes under its own name.
+        await self.mesh.call("storage.kv.put", {"category": "notes", "key": f"{ctx.caller}/{req.title}".encode(),
+                                                "value": req.text.encode()})
         return {"saved": req.title}
 
     @handler("get", request=Note)
     async def get(self, ctx: RequestContext, req: Note) -> dict[str, Any]:
         """``notes.get {title}`` → ``{title, text}`` (text None when there is no such note).
         ``meshctl call notes.get --body '{"title": "shopping"}'``."""
-        found = await self.mesh.call("storage.kv.get", {"subject": ctx.caller, "category": "notes",
-                                                        "key": req.title.encode()})
+        found = await self.mesh.call("storage.kv.get", {"category": "notes",
+                                                        "key": f"{ctx.caller}/{req.title}".encode()})
         return {"title": req.title, "text": found["value"].decode() if found["found"] else None}

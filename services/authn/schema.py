@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import field
 
 from shared import message
+from shared.tokens import MESH_AUDIENCE
 
 _SECRET = {"sensitive": True, "max_len": 4096}
 #: Who a token is for when the caller does not say: the mesh's own services.
-DEFAULT_AUDIENCE = "curvemesh"
+DEFAULT_AUDIENCE = MESH_AUDIENCE
 _AUDIENCE = {"max_len": 128}
 #: A username as sent: the normalisation (names.py) checks the rest; this only bounds the work.
 _NAME = {"max_len": 256}

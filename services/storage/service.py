@@ -115,23 +115,23 @@ class Storage(Service):
 
     @handler("kv.put", request=KvPut, concurrent=True)
     async def kv_put(self, ctx: RequestContext, req: KvPut) -> dict[str, Any]:
-        """``storage.kv.put {subject, category, key, value}`` → ``{stored: true}`` once durable.
+        """``storage.kv.put {category, ...access, key, value}`` → ``{stored: true}`` once durable.
         ``meshctl call storage.kv.put '{...}'``."""
         return await self.kv.put(ctx, req)
 
     @handler("kv.get", request=KvKey, concurrent=True)
     async def kv_get(self, ctx: RequestContext, req: KvKey) -> dict[str, Any]:
-        """``storage.kv.get {subject, category, key}`` → ``{found, value}`` (value None when absent)."""
+        """``storage.kv.get {category, ...access, key}`` → ``{found, value}`` (value None when absent)."""
         return await self.kv.get(ctx, req)
 
     @handler("kv.delete", request=KvKey, concurrent=True)
     async def kv_delete(self, ctx: RequestContext, req: KvKey) -> dict[str, Any]:
-        """``storage.kv.delete {subject, category, key}`` → ``{deleted}`` once durable."""
+        """``storage.kv.delete {category, ...access, key}`` → ``{deleted}`` once durable."""
         return await self.kv.delete(ctx, req)
 
     @handler("kv.scan", request=KvScan, concurrent=True)
     async def kv_scan(self, ctx: RequestContext, req: KvScan) -> dict[str, Any]:
-        """``storage.kv.scan {subject, category, prefix?, after?, limit?}`` → ``{items: [[key, value]],
+        """``storage.kv.scan {category, ...access, prefix?, after?, limit?}`` → ``{items: [[key, value]],
         next}``: names in byte order; pass ``next`` as ``after`` for the next page (None at the end)."""
         return await self.kv.scan(ctx, req)
 
@@ -139,69 +139,69 @@ class Storage(Service):
 
     @handler("records.collection", request=Collection, concurrent=True)
     async def records_collection(self, ctx: RequestContext, req: Collection) -> dict[str, Any]:
-        """``storage.records.collection {subject, category, collection, indexed}`` → ``{collection,
+        """``storage.records.collection {category, ...access, collection, indexed}`` → ``{collection,
         indexed}``: declare a collection and its indexed fields (idempotent; ``CONFLICT`` if it exists
         with other fields)."""
         return await self.records.collection(ctx, req)
 
     @handler("records.insert", request=RecordInsert, concurrent=True)
     async def records_insert(self, ctx: RequestContext, req: RecordInsert) -> dict[str, Any]:
-        """``storage.records.insert {subject, category, collection, doc}`` → ``{id}`` once durable."""
+        """``storage.records.insert {category, ...access, collection, doc}`` → ``{id}`` once durable."""
         return await self.records.insert(ctx, req)
 
     @handler("records.get", request=RecordId, concurrent=True)
     async def records_get(self, ctx: RequestContext, req: RecordId) -> dict[str, Any]:
-        """``storage.records.get {subject, category, collection, id}`` → ``{found, doc}``."""
+        """``storage.records.get {category, ...access, collection, id}`` → ``{found, doc}``."""
         return await self.records.get(ctx, req)
 
     @handler("records.query", request=RecordQuery, concurrent=True)
     async def records_query(self, ctx: RequestContext, req: RecordQuery) -> dict[str, Any]:
-        """``storage.records.query {subject, category, collection, where?, after?, limit?}`` →
+        """``storage.records.query {category, ...access, collection, where?, after?, limit?}`` →
         ``{items: [{id, doc}], next}``: equality on indexed fields, ordered by id; pass ``next`` as
         ``after`` for the next page."""
         return await self.records.query(ctx, req)
 
     @handler("records.update", request=RecordUpdate, concurrent=True)
     async def records_update(self, ctx: RequestContext, req: RecordUpdate) -> dict[str, Any]:
-        """``storage.records.update {subject, category, collection, id, doc}`` → ``{updated}``: replaces
+        """``storage.records.update {category, ...access, collection, id, doc}`` → ``{updated}``: replaces
         the document and its index entries in one durable transaction."""
         return await self.records.update(ctx, req)
 
     @handler("records.delete", request=RecordId, concurrent=True)
     async def records_delete(self, ctx: RequestContext, req: RecordId) -> dict[str, Any]:
-        """``storage.records.delete {subject, category, collection, id}`` → ``{deleted}`` once durable."""
+        """``storage.records.delete {category, ...access, collection, id}`` → ``{deleted}`` once durable."""
         return await self.records.delete(ctx, req)
 
     # -- analytics (DuckDB, :mod:`.analytics`) ---------------------------------------------
 
     @handler("analytics.table", request=AnalyticsTable, concurrent=True)
     async def analytics_table(self, ctx: RequestContext, req: AnalyticsTable) -> dict[str, Any]:
-        """``storage.analytics.table {subject, category, table, columns: [[name, type]]}`` → ``{table}``:
+        """``storage.analytics.table {category, ...access, table, columns: [[name, type]]}`` → ``{table}``:
         create one of the caller's tables (types: BIGINT, DOUBLE, VARCHAR, BOOLEAN, TIMESTAMP, BLOB, DATE)."""
         return await self.analytics.table(ctx, req)
 
     @handler("analytics.ingest", request=AnalyticsIngest, concurrent=True)
     async def analytics_ingest(self, ctx: RequestContext, req: AnalyticsIngest) -> dict[str, Any]:
-        """``storage.analytics.ingest {subject, category, table, rows}`` → ``{rows}`` once the batch is
+        """``storage.analytics.ingest {category, ...access, table, rows}`` → ``{rows}`` once the batch is
         committed (one transaction: all rows or none)."""
         return await self.analytics.ingest(ctx, req)
 
     @handler("analytics.query", request=AnalyticsQuery, concurrent=True)
     async def analytics_query(self, ctx: RequestContext, req: AnalyticsQuery) -> dict[str, Any]:
-        """``storage.analytics.query {subject, category, sql, params?, max_rows?}`` → ``{columns, rows}``:
+        """``storage.analytics.query {category, ...access, sql, params?, max_rows?}`` → ``{columns, rows}``:
         one read-only SELECT over the caller's own tables, within the request's deadline."""
         return await self.analytics.query(ctx, req)
 
     @handler("analytics.tables", request=AnalyticsScope, concurrent=True)
     async def analytics_tables(self, ctx: RequestContext, req: AnalyticsScope) -> dict[str, Any]:
-        """``storage.analytics.tables {subject, category}`` → ``{tables: [{name, columns, rows}]}``."""
+        """``storage.analytics.tables {category, ...access}`` → ``{tables: [{name, columns, rows}]}``."""
         return await self.analytics.tables(ctx, req)
 
     # -- files (:mod:`.files`) ---------------------------------------------------------------
 
     @handler("files.put.begin", request=FileBegin, concurrent=True)
     async def files_begin(self, ctx: RequestContext, req: FileBegin) -> dict[str, Any]:
-        """``storage.files.put.begin {subject, category, name, size?}`` → ``{upload, piece_bytes}``."""
+        """``storage.files.put.begin {category, ...access, name, size?}`` → ``{upload, piece_bytes}``."""
         return await self.files.begin(ctx, req)
 
     @handler("files.put.chunk", request=FilePiece, concurrent=True)
@@ -221,24 +221,24 @@ class Storage(Service):
 
     @handler("files.get", request=FileRead, concurrent=True)
     async def files_get(self, ctx: RequestContext, req: FileRead) -> dict[str, Any]:
-        """``storage.files.get {subject, category, name, offset?}`` → ``{data, next}``: the plaintext of
+        """``storage.files.get {category, ...access, name, offset?}`` → ``{data, next}``: the plaintext of
         chunks from ``offset`` (at most 256 KiB); pass ``next`` as ``offset`` until it is None."""
         return await self.files.get(ctx, req)
 
     @handler("files.info", request=FileName, concurrent=True)
     async def files_info(self, ctx: RequestContext, req: FileName) -> dict[str, Any]:
-        """``storage.files.info {subject, category, name}`` → ``{name, size, chunks, version, created}``."""
+        """``storage.files.info {category, ...access, name}`` → ``{name, size, chunks, version, created}``."""
         return await self.files.info(ctx, req)
 
     @handler("files.list", request=FileList, concurrent=True)
     async def files_list(self, ctx: RequestContext, req: FileList) -> dict[str, Any]:
-        """``storage.files.list {subject, category, prefix?, after?, limit?}`` → ``{files: [{name, size,
+        """``storage.files.list {category, ...access, prefix?, after?, limit?}`` → ``{files: [{name, size,
         created}], next}``, sorted by name."""
         return await self.files.list(ctx, req)
 
     @handler("files.delete", request=FileName, concurrent=True)
     async def files_delete(self, ctx: RequestContext, req: FileName) -> dict[str, Any]:
-        """``storage.files.delete {subject, category, name}`` → ``{deleted}`` once durable."""
+        """``storage.files.delete {category, ...access, name}`` → ``{deleted}`` once durable."""
         return await self.files.delete(ctx, req)
 
     # -- operators: state, verification, backups and their jobs (:mod:`.archive`) -----------

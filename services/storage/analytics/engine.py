@@ -55,14 +55,14 @@ class AnalyticsEngine(StepwiseEngine):
         if any(len(column) != 2 for column in req.columns):
             raise BadRequest("each column is [name, type]")
         columns = [(name, kind) for name, kind in req.columns]
-        await self.run(store.create_table, self.keys, self.core.namespace(ctx, req.subject, req.category),
+        await self.run(store.create_table, self.keys, await self.core.access(ctx, req, "write"),
                        req.table, columns)
         return {"table": req.table}
 
     async def ingest(self, ctx: RequestContext, req: AnalyticsIngest) -> dict[str, Any]:
         """Append the rows in one transaction (all or none), durable on return."""
         self.core.require()
-        count = await self.run(self._opened().ingest, self.keys, self.core.namespace(ctx, req.subject, req.category),
+        count = await self.run(self._opened().ingest, self.keys, await self.core.access(ctx, req, "write"),
                                req.table, req.rows)
         return {"rows": count}
 
@@ -74,15 +74,15 @@ class AnalyticsEngine(StepwiseEngine):
             raise BadRequest(f"max_rows must be 1 to {MAX_QUERY_ROWS}")
         # Leave the reply time to travel back before the caller's deadline passes.
         timeout = min(MAX_QUERY_S, max(0.1, ctx.remaining() - 0.2))
-        ns = self.core.namespace(ctx, req.subject, req.category)
+        ns = await self.core.access(ctx, req, "read")
         columns, rows = await self.run(store.query, self.keys, ns, req.sql, req.params, req.max_rows, timeout)
-        self.core.meter.add(ns, encoded_size(rows))
+        self.core.meter.add(ctx.caller, ns, encoded_size(rows))
         return {"columns": columns, "rows": rows}
 
     async def tables(self, ctx: RequestContext, req: AnalyticsScope) -> dict[str, Any]:
         """The caller's tables, their columns and row counts."""
         self.core.require()
-        tables = await self.run(self._opened().tables, self.keys, self.core.namespace(ctx, req.subject, req.category))
+        tables = await self.run(self._opened().tables, self.keys, await self.core.access(ctx, req, "read"))
         return {"tables": tables}
 
     # -- the engine's life and whole-store work --------------------------------------------

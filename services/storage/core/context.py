@@ -11,7 +11,8 @@ One :class:`StorageCore` is made by the service and handed to every engine. Cont
   :meth:`StorageCore.run`), so a slow engine (a DuckDB query, a SQLCipher rekey) never blocks the
   event loop's heartbeats or another engine. The ``admin`` pool is for whole-store bookkeeping
   (counting what is under an old key version, the backup lineage, archives).
-- Namespaces: the owner is always ``ctx.caller``, the identity the broker authenticated.
+- Namespaces come from :meth:`StorageCore.access` only (:mod:`.access`): a caller's own, or a
+  person's with their verified token and authz's decision. No data path skips it.
 
 Nothing here imports an engine: engines are handed this object, never the other way round.
 """
@@ -36,6 +37,7 @@ from shared import (
     mesh_config,
 )
 
+from .access import DataRequest, Gate
 from .errors import DamagedError
 from .keys import PURPOSES, KeySet
 from .metering import ReadMeter
@@ -66,8 +68,12 @@ class StorageCore:
         self.without_keys: Readiness | None = None
         self.keys = {purpose: KeySet(purpose) for purpose in PURPOSES}
         self.meter = ReadMeter(self.append_audit)
+        self.gate = Gate(self._call)
         self._pools: dict[str, ThreadPoolExecutor] = {}
         self.add_pool(ADMIN_POOL, 1)
+
+    async def _call(self, target: str, body: Any, *, timeout: float) -> Any:
+        return await self.mesh.call(target, body, timeout=timeout)
 
     async def append_audit(self, records: list[dict[str, Any]]) -> None:
         """Send ``records`` to ``audit.append`` and wait until audit says they are durable."""
@@ -92,9 +98,10 @@ class StorageCore:
 
     # -- who may do what, now ----------------------------------------------------------------
 
-    def namespace(self, ctx: RequestContext, subject: str, category: str) -> Namespace:
-        """The caller's namespace for ``subject`` and ``category``; the owner is the transport identity."""
-        return Namespace(ctx.caller, subject, category)
+    async def access(self, ctx: RequestContext, req: DataRequest, action: str) -> Namespace:
+        """The namespace ``req`` may ``action`` (read, write, delete) in: the caller's own, or a
+        person's after authn and authz said yes (:class:`~.access.Gate`); otherwise the refusal."""
+        return await self.gate.namespace(ctx, req, action)
 
     def readiness(self) -> Readiness:
         """Ready only with every store open under its keys: a write right after ``meshctl up`` succeeds."""

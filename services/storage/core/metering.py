@@ -1,9 +1,10 @@
 """Read metering: how much each caller reads of each user's data, reported to audit.
 
 Every read (``kv.get``, ``kv.scan``, ``records.get``, ``records.query``, ``analytics.query``,
-``files.get``) adds the bytes it returned to a counter per ``(caller, subject, category)``. Every
-:data:`FLUSH_S` seconds the counters become ``storage.read`` records (``on_behalf_of`` = the
-subject, ``details.bytes``, ``details.count``), which audit's ``large_read`` rule sums per user.
+``files.get``) adds the bytes it returned to a counter per ``(caller, person, category)``. Every
+:data:`FLUSH_S` seconds the counters become ``storage.read`` records (``on_behalf_of`` = the person
+whose data was read, the user id authn verified; absent for a caller's own data; ``details.bytes``,
+``details.count``), which audit's ``large_read`` rule sums per person.
 
 The counters are sent straight to ``audit.append``, not through a spool on disk: they name users,
 and nothing that names a user is written outside an encrypted store. While audit cannot take them
@@ -23,7 +24,7 @@ import structlog
 
 from shared import MeshError
 
-from .namespace import Namespace
+from .namespace import PEOPLE, Namespace
 
 log = structlog.get_logger("storage")
 
@@ -45,9 +46,10 @@ class ReadMeter:
         self._counts: dict[tuple[str, str, str], list[int]] = {}
         self.dropped = 0
 
-    def add(self, ns: Namespace, size: int) -> None:
-        """Count one read of ``size`` bytes from ``ns``."""
-        key = (ns.owner, ns.subject, ns.category)
+    def add(self, caller: str, ns: Namespace, size: int) -> None:
+        """Count one read of ``size`` bytes by ``caller`` from ``ns`` (a person's data is counted
+        against that person; a caller's own data against no one)."""
+        key = (caller, ns.subject if ns.owner == PEOPLE else "", ns.category)
         entry = self._counts.get(key)
         if entry is None:
             if len(self._counts) >= MAX_PENDING:
@@ -65,7 +67,7 @@ class ReadMeter:
         items = list(counts.items())
         for start in range(0, len(items), _RECORDS_PER_CALL):
             part = items[start:start + _RECORDS_PER_CALL]
-            records = [{"type": "storage.read", "outcome": "ok", "on_behalf_of": subject,
+            records = [{"type": "storage.read", "outcome": "ok", **({"on_behalf_of": subject} if subject else {}),
                         "details": {"subject": caller, "category": category, "bytes": size, "count": reads}}
                        for (caller, subject, category), (size, reads) in part]
             try:

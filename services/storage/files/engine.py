@@ -101,7 +101,7 @@ class FilesEngine(StepwiseEngine):
         await self._expire_uploads()
         if sum(entry.owner == ctx.caller for entry in self._uploads.values()) >= MAX_UPLOADS:
             raise RateLimited(f"at most {MAX_UPLOADS} uploads may be open at once; commit or abort one")
-        upload = await self.run(self._opened().begin, self.keys, self.core.namespace(ctx, req.subject, req.category),
+        upload = await self.run(self._opened().begin, self.keys, await self.core.access(ctx, req, "write"),
                                 req.name, req.size)
         upload_id = secrets.token_hex(16)
         self._uploads[upload_id] = _OpenUpload(ctx.caller, upload, self.clock())
@@ -139,16 +139,16 @@ class FilesEngine(StepwiseEngine):
         """The plaintext of the chunks from ``offset`` that fit one message; the bytes read are metered."""
         self.core.require()
         store = self._opened()
-        ns = self.core.namespace(ctx, req.subject, req.category)
+        ns = await self.core.access(ctx, req, "read")
         data, following = await self.run(store.read, self.keys, ns, req.name, req.offset,
                                           self._piece_bytes(store) // store.chunk_size)
-        self.core.meter.add(ns, len(data))
+        self.core.meter.add(ctx.caller, ns, len(data))
         return {"data": data, "next": following}
 
     async def info(self, ctx: RequestContext, req: FileName) -> dict[str, Any]:
         """The file's checked metadata; ``NOT_FOUND`` without such a file."""
         self.core.require()
-        info = await self.run(self._opened().info, self.keys, self.core.namespace(ctx, req.subject, req.category),
+        info = await self.run(self._opened().info, self.keys, await self.core.access(ctx, req, "read"),
                               req.name)
         if info is None:
             raise NotFound("no such file")
@@ -159,7 +159,7 @@ class FilesEngine(StepwiseEngine):
         """One page of the caller's files, sorted by name."""
         self.core.require()
         infos, cursor = await self.run(self._opened().list, self.keys,
-                                       self.core.namespace(ctx, req.subject, req.category), req.prefix, req.after,
+                                       await self.core.access(ctx, req, "read"), req.prefix, req.after,
                                        req.limit)
         return {"files": [{"name": i.name, "size": i.size, "created": i.created} for i in infos], "next": cursor}
 
@@ -167,7 +167,7 @@ class FilesEngine(StepwiseEngine):
         """Remove the file durably."""
         self.core.require()
         deleted = await self.run(self._opened().delete, self.keys,
-                                 self.core.namespace(ctx, req.subject, req.category), req.name)
+                                 await self.core.access(ctx, req, "delete"), req.name)
         return {"deleted": deleted}
 
     # -- the engine's life and whole-store work --------------------------------------------

@@ -1,8 +1,8 @@
 """Wire messages of ``storage.files.*`` (checked strictly by :func:`shared.message`).
 
-Each request that names a file names its ``subject`` (the user the data belongs to) and
-``category``; with the caller's authenticated identity they make the namespace
-(:class:`~..core.namespace.Namespace`). An upload's later messages name only the upload, which
+Each request that names a file names its ``category`` and its access fields (``...access``:
+``subject?``, ``token?``, ``presenter?``, ``purpose?``), from which :mod:`..core.access` decides the
+namespace. An upload's later messages name only the upload, which
 belongs to the caller that began it. File names and contents carry user data: they are marked
 sensitive, and the log redaction processor never lets them through.
 """
@@ -13,7 +13,7 @@ from dataclasses import field
 
 from shared import message
 
-from ..core.namespace import CATEGORY_FIELD, SUBJECT_FIELD
+from ..core.namespace import CATEGORY_FIELD, PRESENTER_FIELD, PURPOSE_FIELD, SUBJECT_FIELD, TOKEN_FIELD
 
 #: Bytes of file content one ``files.put.chunk`` carries, and one ``files.get`` returns, at most.
 FILE_PIECE_BYTES = 256 * 1024
@@ -21,19 +21,25 @@ FILE_PIECE_BYTES = 256 * 1024
 
 @message
 class FileName:
-    """``storage.files.info`` / ``storage.files.delete {subject, category, name}``."""
+    """``storage.files.info`` / ``storage.files.delete {category, ...access, name}``."""
 
-    subject: str = field(metadata=SUBJECT_FIELD)
     category: str = field(metadata=CATEGORY_FIELD)
+    subject: str | None = field(default=None, metadata=SUBJECT_FIELD)
+    token: str | None = field(default=None, metadata=TOKEN_FIELD)
+    presenter: str | None = field(default=None, metadata=PRESENTER_FIELD)
+    purpose: str | None = field(default=None, metadata=PURPOSE_FIELD)
     name: str = field(metadata={"sensitive": True, "max_len": 255})
 
 
 @message
 class FileBegin:
-    """``storage.files.put.begin {subject, category, name, size?}``."""
+    """``storage.files.put.begin {category, ...access, name, size?}``."""
 
-    subject: str = field(metadata=SUBJECT_FIELD)
     category: str = field(metadata=CATEGORY_FIELD)
+    subject: str | None = field(default=None, metadata=SUBJECT_FIELD)
+    token: str | None = field(default=None, metadata=TOKEN_FIELD)
+    presenter: str | None = field(default=None, metadata=PRESENTER_FIELD)
+    purpose: str | None = field(default=None, metadata=PURPOSE_FIELD)
     name: str = field(metadata={"sensitive": True, "max_len": 255})
     size: int | None = None
 
@@ -55,20 +61,26 @@ class FileUpload:
 
 @message
 class FileRead:
-    """``storage.files.get {subject, category, name, offset?}``: ``offset`` is a chunk index."""
+    """``storage.files.get {category, ...access, name, offset?}``: ``offset`` is a chunk index."""
 
-    subject: str = field(metadata=SUBJECT_FIELD)
     category: str = field(metadata=CATEGORY_FIELD)
+    subject: str | None = field(default=None, metadata=SUBJECT_FIELD)
+    token: str | None = field(default=None, metadata=TOKEN_FIELD)
+    presenter: str | None = field(default=None, metadata=PRESENTER_FIELD)
+    purpose: str | None = field(default=None, metadata=PURPOSE_FIELD)
     name: str = field(metadata={"sensitive": True, "max_len": 255})
     offset: int = 0
 
 
 @message
 class FileList:
-    """``storage.files.list {subject, category, prefix?, after?, limit?}``."""
+    """``storage.files.list {category, ...access, prefix?, after?, limit?}``."""
 
-    subject: str = field(metadata=SUBJECT_FIELD)
     category: str = field(metadata=CATEGORY_FIELD)
+    subject: str | None = field(default=None, metadata=SUBJECT_FIELD)
+    token: str | None = field(default=None, metadata=TOKEN_FIELD)
+    presenter: str | None = field(default=None, metadata=PRESENTER_FIELD)
+    purpose: str | None = field(default=None, metadata=PURPOSE_FIELD)
     prefix: str = field(default="", metadata={"sensitive": True, "max_len": 255})
     after: str | None = field(default=None, metadata={"sensitive": True, "max_len": 255})
     limit: int = 100

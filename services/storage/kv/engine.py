@@ -50,31 +50,31 @@ class KvEngine(StepwiseEngine):
     async def put(self, ctx: RequestContext, req: KvPut) -> dict[str, Any]:
         """Store the value in the next group commit; answer once it is durable."""
         self.core.require()
-        ns = self.core.namespace(ctx, req.subject, req.category)
+        ns = await self.core.access(ctx, req, "write")
         await self._puts.submit((ns, req.key, req.value))
         return {"stored": True}
 
     async def get(self, ctx: RequestContext, req: KvKey) -> dict[str, Any]:
         """The value, or None when absent; the bytes read are metered."""
         self.core.require()
-        ns = self.core.namespace(ctx, req.subject, req.category)
+        ns = await self.core.access(ctx, req, "read")
         value = await self.run(self._opened().get, self.keys, ns, req.key)
-        self.core.meter.add(ns, len(value or b""))
+        self.core.meter.add(ctx.caller, ns, len(value or b""))
         return {"found": value is not None, "value": value}
 
     async def delete(self, ctx: RequestContext, req: KvKey) -> dict[str, Any]:
         """Delete the name under every held key version, durably."""
         self.core.require()
         deleted = await self.run(self._opened().delete, self.keys,
-                                 self.core.namespace(ctx, req.subject, req.category), req.key)
+                                 await self.core.access(ctx, req, "delete"), req.key)
         return {"deleted": deleted}
 
     async def scan(self, ctx: RequestContext, req: KvScan) -> dict[str, Any]:
         """One page of names and values in byte order; the bytes read are metered."""
         self.core.require()
-        ns = self.core.namespace(ctx, req.subject, req.category)
+        ns = await self.core.access(ctx, req, "read")
         items, cursor = await self.run(self._opened().scan, self.keys, ns, req.prefix, req.after, req.limit)
-        self.core.meter.add(ns, sum(len(name) + len(value) for name, value in items))
+        self.core.meter.add(ctx.caller, ns, sum(len(name) + len(value) for name, value in items))
         return {"items": [[name, value] for name, value in items], "next": cursor}
 
     # -- the engine's life and whole-store work --------------------------------------------

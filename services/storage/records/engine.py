@@ -59,43 +59,43 @@ class RecordsEngine(Engine):
     async def collection(self, ctx: RequestContext, req: Collection) -> dict[str, Any]:
         """Declare the collection and its indexed fields (idempotent)."""
         self.core.require()
-        ns = self.core.namespace(ctx, req.subject, req.category)
+        ns = await self.core.access(ctx, req, "write")
         await self.run(self._opened().create_collection, ns, req.collection, req.indexed)
         return {"collection": req.collection, "indexed": req.indexed}
 
     async def insert(self, ctx: RequestContext, req: RecordInsert) -> dict[str, Any]:
         """Insert the document in the next group commit; answer its id once it is durable."""
         self.core.require()
-        ns = self.core.namespace(ctx, req.subject, req.category)
+        ns = await self.core.access(ctx, req, "write")
         return {"id": await self._inserts.submit((ns, req.collection, req.doc))}
 
     async def get(self, ctx: RequestContext, req: RecordId) -> dict[str, Any]:
         """The document, or None; the bytes read are metered."""
         self.core.require()
-        ns = self.core.namespace(ctx, req.subject, req.category)
+        ns = await self.core.access(ctx, req, "read")
         doc = await self.run(self._opened().get, ns, req.collection, req.id)
-        self.core.meter.add(ns, encoded_size(doc))
+        self.core.meter.add(ctx.caller, ns, encoded_size(doc))
         return {"found": doc is not None, "doc": doc}
 
     async def query(self, ctx: RequestContext, req: RecordQuery) -> dict[str, Any]:
         """One page of documents matching ``where``, by id; the bytes read are metered."""
         self.core.require()
-        ns = self.core.namespace(ctx, req.subject, req.category)
+        ns = await self.core.access(ctx, req, "read")
         items, cursor = await self.run(self._opened().query, ns, req.collection, req.where, req.after, req.limit)
-        self.core.meter.add(ns, sum(encoded_size(doc) for _, doc in items))
+        self.core.meter.add(ctx.caller, ns, sum(encoded_size(doc) for _, doc in items))
         return {"items": [{"id": rid, "doc": doc} for rid, doc in items], "next": cursor}
 
     async def update(self, ctx: RequestContext, req: RecordUpdate) -> dict[str, Any]:
         """Replace the document and its index entries in one durable transaction."""
         self.core.require()
-        updated = await self.run(self._opened().update, self.core.namespace(ctx, req.subject, req.category),
+        updated = await self.run(self._opened().update, await self.core.access(ctx, req, "write"),
                                  req.collection, req.id, req.doc)
         return {"updated": updated}
 
     async def delete(self, ctx: RequestContext, req: RecordId) -> dict[str, Any]:
         """Delete the document durably."""
         self.core.require()
-        deleted = await self.run(self._opened().delete, self.core.namespace(ctx, req.subject, req.category),
+        deleted = await self.run(self._opened().delete, await self.core.access(ctx, req, "delete"),
                                  req.collection, req.id)
         return {"deleted": deleted}
 

@@ -1,7 +1,7 @@
 """Wire messages of ``storage.records.*`` (checked strictly by :func:`shared.message`).
 
-Each request names its ``subject`` (the user the data belongs to) and ``category``; with the
-caller's authenticated identity they make the namespace (:class:`~..core.namespace.Namespace`).
+Each request names its ``category`` and its access fields (``...access``: ``subject?``,
+``token?``, ``presenter?``, ``purpose?``), from which :mod:`..core.access` decides the namespace.
 Documents and ``where`` conditions carry user data: they are marked sensitive, and the log
 redaction processor never lets them through. Collection names and ids are not user data.
 """
@@ -13,45 +13,57 @@ from typing import Any
 
 from shared import message
 
-from ..core.namespace import CATEGORY_FIELD, IDENT_FIELD, SUBJECT_FIELD
+from ..core.namespace import CATEGORY_FIELD, IDENT_FIELD, PRESENTER_FIELD, PURPOSE_FIELD, SUBJECT_FIELD, TOKEN_FIELD
 
 
 @message
 class Collection:
-    """``storage.records.collection {subject, category, collection, indexed}``."""
+    """``storage.records.collection {category, ...access, collection, indexed}``."""
 
-    subject: str = field(metadata=SUBJECT_FIELD)
     category: str = field(metadata=CATEGORY_FIELD)
+    subject: str | None = field(default=None, metadata=SUBJECT_FIELD)
+    token: str | None = field(default=None, metadata=TOKEN_FIELD)
+    presenter: str | None = field(default=None, metadata=PRESENTER_FIELD)
+    purpose: str | None = field(default=None, metadata=PURPOSE_FIELD)
     collection: str = field(metadata=IDENT_FIELD)
     indexed: list[str] = field(default_factory=list, metadata={"max_len": 16})
 
 
 @message
 class RecordInsert:
-    """``storage.records.insert {subject, category, collection, doc}``."""
+    """``storage.records.insert {category, ...access, collection, doc}``."""
 
-    subject: str = field(metadata=SUBJECT_FIELD)
     category: str = field(metadata=CATEGORY_FIELD)
+    subject: str | None = field(default=None, metadata=SUBJECT_FIELD)
+    token: str | None = field(default=None, metadata=TOKEN_FIELD)
+    presenter: str | None = field(default=None, metadata=PRESENTER_FIELD)
+    purpose: str | None = field(default=None, metadata=PURPOSE_FIELD)
     collection: str = field(metadata=IDENT_FIELD)
     doc: dict[str, Any] = field(metadata={"sensitive": True, "max_len": 4096})
 
 
 @message
 class RecordId:
-    """``storage.records.get`` / ``storage.records.delete {subject, category, collection, id}``."""
+    """``storage.records.get`` / ``storage.records.delete {category, ...access, collection, id}``."""
 
-    subject: str = field(metadata=SUBJECT_FIELD)
     category: str = field(metadata=CATEGORY_FIELD)
+    subject: str | None = field(default=None, metadata=SUBJECT_FIELD)
+    token: str | None = field(default=None, metadata=TOKEN_FIELD)
+    presenter: str | None = field(default=None, metadata=PRESENTER_FIELD)
+    purpose: str | None = field(default=None, metadata=PURPOSE_FIELD)
     collection: str = field(metadata=IDENT_FIELD)
     id: str = field(metadata={"max_len": 64})
 
 
 @message
 class RecordUpdate:
-    """``storage.records.update {subject, category, collection, id, doc}``."""
+    """``storage.records.update {category, ...access, collection, id, doc}``."""
 
-    subject: str = field(metadata=SUBJECT_FIELD)
     category: str = field(metadata=CATEGORY_FIELD)
+    subject: str | None = field(default=None, metadata=SUBJECT_FIELD)
+    token: str | None = field(default=None, metadata=TOKEN_FIELD)
+    presenter: str | None = field(default=None, metadata=PRESENTER_FIELD)
+    purpose: str | None = field(default=None, metadata=PURPOSE_FIELD)
     collection: str = field(metadata=IDENT_FIELD)
     id: str = field(metadata={"max_len": 64})
     doc: dict[str, Any] = field(metadata={"sensitive": True, "max_len": 4096})
@@ -59,10 +71,13 @@ class RecordUpdate:
 
 @message
 class RecordQuery:
-    """``storage.records.query {subject, category, collection, where?, after?, limit?}``."""
+    """``storage.records.query {category, ...access, collection, where?, after?, limit?}``."""
 
-    subject: str = field(metadata=SUBJECT_FIELD)
     category: str = field(metadata=CATEGORY_FIELD)
+    subject: str | None = field(default=None, metadata=SUBJECT_FIELD)
+    token: str | None = field(default=None, metadata=TOKEN_FIELD)
+    presenter: str | None = field(default=None, metadata=PRESENTER_FIELD)
+    purpose: str | None = field(default=None, metadata=PURPOSE_FIELD)
     collection: str = field(metadata=IDENT_FIELD)
     where: dict[str, Any] = field(default_factory=dict, metadata={"sensitive": True, "max_len": 16})
     after: str | None = field(default=None, metadata={"max_len": 64})
