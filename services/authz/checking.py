@@ -60,8 +60,11 @@ class CheckHandlers:
         return decision.wire()
 
     def _record(self, ctx: RequestContext, request: Request, decision: Decision) -> None:
+        # ``subject``: the principal decided on is who acted (audit's repeated_denies counts per subject);
+        # the record's actor is the enforcing service that asked.
         self.recorder.record("authz.decision", ctx, "allowed" if decision.allowed else "denied",
-                             target=request.principal, on_behalf_of=request.owner, principal=request.principal,
+                             target=request.principal, on_behalf_of=request.owner, subject=request.principal,
+                             principal=request.principal,
                              action=request.action, category=request.category, user=request.user or None,
                              purpose=request.purpose or None, policies=",".join(decision.policies) or None,
                              reason=decision.reason, sensitivity=decision.sensitivity)
