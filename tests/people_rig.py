@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ publish = ["authz."]
 subscribe = ["security."]
 
 [acl.identity.storage]
-subscribe = ["security."]
+subscribe = ["security.", "authz."]
 
 [acl.identity.meshctl]
 call = ["keyvault.*", "audit.*", "authn.*", "authz.*", "storage.*"]
@@ -92,6 +93,8 @@ class PeopleRig:
         self.authz_wall = WallClock()
         self.authn = Authn(mesh.home, mesh.config, clock=self.authn_wall, monotonic=Clock())
         self.storage = Storage(mesh.home, mesh.config)
+        # storage reuses authz's allows for as long as authz says (on its own clock): it moves with authz's.
+        self.storage.core.gate.allows.clock = lambda: time.monotonic() + self.authz_wall.offset
         self.authz: Authz | None = None
         self.authz_runner: ServiceRunner | None = None
         self.clients: dict[str, MeshClient] = {}

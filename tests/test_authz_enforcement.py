@@ -191,7 +191,12 @@ async def test_without_authz_no_person_s_data_is_served(short_tmp: Path) -> None
         body = {"category": "memories", "token": token, "key": b"k"}
         assert (await rig["frontend"].call("storage.kv.get", body, timeout=10))["found"] is False
         await rig.stop_authz()
-        assert await code_of(rig["frontend"].call("storage.kv.get", body, timeout=10)) == "UNAVAILABLE"
+        # A question authz has not answered yet cannot be answered without it. (The allow it gave
+        # for the read above may be reused until it runs out: no change can be made while authz is
+        # away, and any change is announced before it is acknowledged.)
+        for asked in ({**body, "category": "notes"}, {**body, "value": b"v"}):
+            method = "storage.kv.put" if "value" in asked else "storage.kv.get"
+            assert await code_of(rig["frontend"].call(method, asked, timeout=10)) == "UNAVAILABLE"
         # The frontend's own data does not need authz.
         own = await rig["frontend"].call("storage.kv.get", {"category": "memories", "key": b"k"}, timeout=10)
         assert own["found"] is False
@@ -208,3 +213,41 @@ async def test_tokens_never_reach_a_log_or_spool(short_tmp: Path) -> None:
             for path in directory.rglob("*"):
                 if path.is_file():
                     assert token.encode() not in path.read_bytes(), path
+
+
+async def test_hostile_tokens_subjects_and_grant_ids(short_tmp: Path) -> None:
+    async with people_rig(short_tmp / "h") as rig:
+        await rig.add_user("alice")
+        await rig.add_user("bob")
+        token = await rig.token("frontend", "alice")
+        body = {"category": "memories", "key": b"k"}
+        for junk in ("", "x", "a.b.c", "a" * 4000, token + "x", token.rsplit(".", 1)[0] + ".AAAA"):
+            assert await code_of(rig["frontend"].call("storage.kv.get", {**body, "token": junk},
+                                                      timeout=10)) == "UNAUTHENTICATED", junk[:20]
+        # A presenter may be named only by a service relaying a token; a device may not.
+        phone = await rig.token("phone", "alice")
+        assert await code_of(rig["phone"].call("storage.kv.get", {**body, "token": phone, "presenter": "ab" * 32},
+                                               timeout=10)) == "FORBIDDEN"
+        # A relaying service naming the wrong presenter: authn refuses the binding.
+        assert await code_of(rig["frontend"].call("storage.kv.get", {**body, "token": phone, "presenter": "ab" * 32},
+                                                  timeout=10)) == "UNAUTHENTICATED"
+        # Subjects that are not user ids are refused before anyone is asked.
+        assert await code_of(rig["frontend"].call("storage.kv.get", {**body, "token": token, "subject": "../x"},
+                                                  timeout=10)) == "BAD_REQUEST"
+        # One person cannot see, or revoke, another's grant: it is as absent as a made-up one.
+        grant = await rig["phone"].call("authz.consent.grant", {
+            "access_token": phone, "grantee": "plugin:weather", "categories": ["memories"], "actions": ["read"],
+            "purpose": "forecast"}, timeout=10)
+        bob = await rig.token("frontend", "bob")
+        for method in ("authz.consent.show", "authz.consent.revoke"):
+            for grant_id in (grant["id"], "g_0000000000000000"):
+                assert await code_of(rig["frontend"].call(method, {"grant_id": grant_id, "access_token": bob},
+                                                          timeout=10)) == "NOT_FOUND"
+        assert await rig["frontend"].call("authz.consent.list", {"access_token": bob}, timeout=10) == []
+        assert await code_of(rig["frontend"].call("authz.consent.list", {"access_token": bob, "owner": grant["owner"]},
+                                                  timeout=10)) == "FORBIDDEN"
+        # Revoking twice says so and changes nothing; the owner's list shows it revoked.
+        first = await rig["phone"].call("authz.consent.revoke", {"grant_id": grant["id"], "access_token": phone},
+                                        timeout=10)
+        again = await rig["meshctl"].call("authz.consent.revoke", {"grant_id": grant["id"]}, timeout=10)
+        assert first["state"] == again["state"] == "revoked" and first["revoked_at"] == again["revoked_at"]

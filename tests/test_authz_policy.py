@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.authz.authority import Authority
 from services.authz.deciding import DEFAULT_DENY, Request
@@ -216,3 +218,43 @@ def test_the_built_in_consent_rule_cannot_be_removed(tmp_path: Path) -> None:
     made = authority(target)
     assert made.check(req("plugin:weather", "read", "memories", OWNER, ""), NOON)[0].policies == ("consent-required",)
     assert made.check(req("service:stranger", "read", "memories"), NOON)[0].allowed is True
+
+
+
+NAMES = st.sampled_from(["notes", "weather", "phone", "stranger", "backup", "meshctl"])
+
+
+@pytest.fixture(scope="module")
+def authorities(tmp_path_factory: pytest.TempPathFactory) -> dict[bool, Authority]:
+    """The shipped policies, and a directory whose only policy permits everything."""
+    permissive = directory(tmp_path_factory.mktemp("permissive"))
+    (permissive / "access.cedar").write_text('@id("everything")\npermit (principal, action, resource);\n', "utf-8")
+    return {False: Authority(load(DEFAULT_DIR), {}, 100), True: Authority(load(permissive), {}, 100)}
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(["service", "device", "plugin", "operator", "user"]), name=NAMES,
+       action=st.sampled_from(["read", "write", "delete"]),
+       category=st.sampled_from(["settings", "memories", "health", "finance", "unknown"]),
+       owner=st.sampled_from([OWNER, OTHER]), user=st.sampled_from([OWNER, OTHER, ""]),
+       purpose=st.sampled_from(["", "reminders", "sync"]),
+       roles=st.lists(st.sampled_from(["user-data", "system", "plugin"]), max_size=3), everything=st.booleans())
+def test_without_consent_no_one_but_the_owner_s_own_services_gets_in(
+        authorities: dict[bool, Authority], kind: str, name: str, action: str, category: str, owner: str,
+        user: str, purpose: str, roles: list[str], everything: bool) -> None:
+    # Whatever roles a principal holds, and even under a directory that permits everything, a
+    # plugin, a device, or anyone acting for no one or for someone other than the owner is denied
+    # unless a grant covers the request (there is none here); an unknown category is always denied.
+    # (An operator with the owner's own token acts for the owner, as a frontend does; authz gives
+    # operators no roles, so only a directory that permits it lets them in.)
+    made = authorities[everything]
+    if kind == "user":
+        name, user = user or OTHER, user or OTHER
+    made.use_roles({f"{kind}:{name}": tuple(roles)})
+    decision, _ = made.check(Request(kind, name, action, category, owner, user, purpose), NOON)
+    if decision.allowed:
+        assert category != "unknown"
+        assert kind in ("service", "user", "operator") and user == owner
+        assert everything or "user-data" in roles
+    else:
+        assert decision.reason

@@ -63,19 +63,22 @@ def test_a_bad_declaration_is_refused_naming_its_key(text: str, key: str) -> Non
 
 def test_the_project_declarations_give_exactly_the_rights_the_hand_written_acl_gave() -> None:
     """The ACL as mesh.toml spelled it out before declarations (issue 12): same rights, to the rule,
-    plus what authn's declaration adds (issue 14: people sign in through services and devices)."""
+    plus what authn's declaration adds (issue 14: people sign in through services and devices) and
+    authz's (issue 15: services ask for decisions; services and devices carry people's consent;
+    devices reach storage's data calls, where authz decides on people's data)."""
     config = load_config(DEFAULT_CONFIG_PATH)
     operator = compile_grant(config.acl, "meshctl", "operator")
-    assert operator.call_services == {"mesh", "keyvault", "audit", "storage", "authn"}
+    assert operator.call_services == {"mesh", "keyvault", "audit", "storage", "authn", "authz"}
     assert operator.call_methods == {"health"} and operator.subscribe == ("*",) and operator.publish == ()
     authn_calls = {"authn.logout", "authn.verify"}
     service = compile_grant(config.acl, "notes", "service")
     assert service.calls == {"keyvault.keys.get", "keyvault.status", "audit.append", "audit.public_key",
-                             "authn.keys", "authn.revocations", *authn_calls}
-    assert service.call_groups == ("authn.login.", "authn.passkey.", "authn.token.", "storage.analytics.",
-                                   "storage.files.", "storage.kv.", "storage.records.")
+                             "authn.keys", "authn.revocations", "authz.check", *authn_calls}
+    data = ("storage.analytics.", "storage.files.", "storage.kv.", "storage.records.")
+    assert service.call_groups == ("authn.login.", "authn.passkey.", "authn.token.", "authz.consent.", *data)
     device = compile_grant(config.acl, "phone", "device")
-    assert device.calls == authn_calls and device.call_groups == ("authn.login.", "authn.passkey.", "authn.token.")
+    assert device.calls == authn_calls
+    assert device.call_groups == ("authn.login.", "authn.passkey.", "authn.token.", "authz.consent.", *data)
     assert not device.call_services and not device.publish and not device.subscribe
     assert not service.call_services and not service.call_methods
     assert not service.publish and not service.subscribe
@@ -83,13 +86,15 @@ def test_the_project_declarations_give_exactly_the_rights_the_hand_written_acl_g
                      compile_grant(config.acl, name, "service").subscribe) for name in config.identities()}
     assert topics["keyvault"] == (("security.",), ())
     assert topics["audit"] == (("alerts.",), ("security.",))
-    assert topics["storage"] == ((), ("security.",))
+    assert topics["storage"] == ((), ("security.", "authz."))
     assert topics["supervisor-events"] == (("supervisor.",), ())
     assert topics["authn"] == (("authn.",), ("security.",))
-    assert all(topics[n] == ((), ()) for n in ("authz", "pairing", "plugin-host"))
+    assert topics["authz"] == (("authz.",), ("security.",))
+    assert all(topics[n] == ((), ()) for n in ("pairing", "plugin-host"))
     assert dict(config.keyvault.entitlements) == {
         "storage": ("sqlcipher", "duckdb", "rocksdb", "files", "backups"), "audit": ("audit-hmac", "audit-signing"),
-        "authn": ("token-signing", "accounts"), "pairing": ("pairing",), "plugin-host": ("plugins",)}
+        "authn": ("token-signing", "accounts"), "authz": ("authz",), "pairing": ("pairing",),
+        "plugin-host": ("plugins",)}
     assert config.identities() == {n: "service" for n in ("keyvault", "audit", "storage", "authn", "authz",
                                                           "pairing", "plugin-host", "supervisor-events")}
     assert config.processes() == ["broker", "keyvault", "supervisor-events", "audit", "storage", "authn", "authz",

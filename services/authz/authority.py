@@ -81,15 +81,21 @@ class Authority:
 
     def check(self, request: Request, now: float) -> tuple[Decision, bool]:
         """The decision for ``request`` at wall-clock ``now`` and whether it came from the cache."""
+        decision, cached, _ = self.check_until(request, now)
+        return decision, cached
+
+    def check_until(self, request: Request, now: float) -> tuple[Decision, bool, float]:
+        """As :meth:`check`, with the time until which the decision holds unless something changes
+        (the end of the hour, or of the consent grants it relied on)."""
         local = time.localtime(now)
         key = (request, local.tm_hour, local.tm_wday)
-        cached = self.cache.get(key, now)
-        if cached is not None:
-            return cached, True
+        entry = self.cache.get(key, now)
+        if entry is not None:
+            return entry[0], True, entry[1]
         consented, consent_until = self.grants.covering(request, now)
         decision = decide(self.bundle, self.entities, request, Facts(consented, local.tm_hour, local.tm_wday))
         # Valid until the hour turns (policies may compare hours) or the consent relied on ends.
         hour_ends = now + (60 - local.tm_min) * 60 - local.tm_sec
-        self.cache.put(key, decision, min(hour_ends, consent_until))
-        return decision, False
-
+        until = min(hour_ends, consent_until)
+        self.cache.put(key, decision, until)
+        return decision, False, until

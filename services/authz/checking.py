@@ -48,16 +48,19 @@ class CheckHandlers:
     @handler("check", request=Check, concurrent=True)
     async def check(self, ctx: RequestContext, req: Check) -> dict[str, Any]:
         """``authz.check {principal, action, category, owner, user?, purpose?}`` → ``{decision, allow,
-        policies, reason}``: may ``principal`` (``service:notes``, ``device:phone``, ``plugin:x``,
+        policies, reason, cache_s}``: may ``principal`` (``service:notes``, ``device:phone``, ``plugin:x``,
         ``user:<id>``) ``action`` (read, write, delete) ``owner``'s data in ``category``, acting for
-        ``user``, for ``purpose``? ``SEALED`` while authz cannot see its grants.
+        ``user``, for ``purpose``? ``cache_s``: how long the caller may reuse an allow, provided it
+        drops it on ``authz.changed`` (0 for a deny, or an allow recorded each time).
+        ``SEALED`` while authz cannot see its grants.
         ``meshctl policy test`` asks the same question without a record."""
         self.db()  # no decision while the roles and grants assigned at run time are not loaded
-        request = request_of(req)
-        decision, _ = self.authority.check(request, self.clock())
+        request, now = request_of(req), self.clock()
+        decision, _, until = self.authority.check_until(request, now)
         if not decision.allowed or decision.sensitivity >= AUDITED_ALLOW:
             self._record(ctx, request, decision)
-        return decision.wire()
+            return {**decision.wire(), "cache_s": 0.0}  # recorded every time: never reused
+        return {**decision.wire(), "cache_s": round(max(0.0, until - now), 3)}
 
     def _record(self, ctx: RequestContext, request: Request, decision: Decision) -> None:
         # ``subject``: the principal decided on is who acted (audit's repeated_denies counts per subject);

@@ -112,14 +112,15 @@ class DecisionCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: tuple[Any, ...], now: float) -> Decision | None:
+    def get(self, key: tuple[Any, ...], now: float) -> tuple[Decision, float] | None:
+        """The decision held for ``key`` and until when it holds, or None."""
         entry = self._entries.get(key)
         if entry is None or entry[1] <= now:
             self.misses += 1
             return None
         self._entries.move_to_end(key)
         self.hits += 1
-        return entry[0]
+        return entry
 
     def put(self, key: tuple[Any, ...], decision: Decision, until: float) -> None:
         self._entries[key] = (decision, until)

@@ -24,7 +24,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from shared import MeshConfig, MeshHome, NoFields, Readiness, RequestContext, Service, handler
+import structlog
+
+from shared import MeshConfig, MeshError, MeshHome, NoFields, Readiness, RequestContext, Service, handler
 
 from .analytics.engine import AnalyticsEngine
 from .analytics.schema import AnalyticsIngest, AnalyticsQuery, AnalyticsScope, AnalyticsTable
@@ -45,6 +47,8 @@ from .kv.engine import KvEngine
 from .kv.schema import KvKey, KvPut, KvScan
 from .records.engine import RecordsEngine
 from .records.schema import Collection, RecordId, RecordInsert, RecordQuery, RecordUpdate
+
+log = structlog.get_logger("storage")
 
 
 class Storage(Service):
@@ -95,7 +99,19 @@ class Storage(Service):
         # The runtime hands the service its mesh client just before on_start; the engines reach the
         # mesh (keyvault, audit) through the core.
         self.core.mesh = self.mesh
+        await self._follow_authz()
         await self.keeper.start()
+
+    async def _follow_authz(self) -> None:
+        """Follow ``authz.changed`` so authz's reusable allows can be kept (core/decisions.py);
+        without the subscription every access to a person's data asks authz again."""
+        if self.mesh is None:
+            return
+        try:
+            self.core.gate.allows.follow(await self.mesh.subscribe("authz.changed", timeout=5.0))
+        except MeshError as exc:
+            log.warning("no_authz_events", reason=exc.code,
+                        hint='add "authz." to subscribe in [services.storage]; until then authz is asked every time')
 
     async def on_stop(self) -> None:
         """End the jobs, then stop (:meth:`.core.keeper.Keeper.stop`): every key is wiped."""
