@@ -60,6 +60,7 @@ from .authn_mesh import (
     AUTHN_KEYS,
     CALLER,
     CALLER_NEEDS,
+    IDENTITIES,
     OPERATOR,
     SETUP_PROFILE,
     make_home,
@@ -77,8 +78,8 @@ AUDIENCE: Final = "curvemesh"
 #: client's heartbeats keep flowing while the bench verifies in its own process.
 LOCAL_SLICE: Final = 256
 #: What bench/__main__.py, bench/report.py and the tests use of this section.
-__all__ = ["AUTHN_KEYS", "CALLER", "CALLER_NEEDS", "GROUP", "LOCAL_TARGET_US", "SETUP_PROFILE", "VERIFY_TARGET",
-           "AuthnOptions", "figures", "measure", "mesh_toml", "table"]
+__all__ = ["AUTHN_KEYS", "CALLER", "CALLER_NEEDS", "GROUP", "IDENTITIES", "LOCAL_TARGET_US", "SETUP_PROFILE",
+           "VERIFY_TARGET", "AuthnOptions", "figures", "measure", "mesh_toml", "table"]
 
 
 @dataclass(frozen=True)
