@@ -7,11 +7,13 @@ master profile, a home, a service started and waited for) serve the authz bench 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import secrets
+import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -155,6 +157,29 @@ def make_home(text: str, identities: Mapping[str, str] = IDENTITIES) -> tuple[Me
         remove_home(home)
         raise
     return home, pairs[CALLER].certificate.fingerprint
+
+
+def run_in_home(text: Callable[[Path], str], identities: Mapping[str, str],
+                measure: Callable[[Children, str], Coroutine[Any, Any, dict[str, Any]]]) -> dict[str, Any]:
+    """``measure(kids, presenter)`` in a fresh home whose mesh.toml is ``text(anchors)`` (anchors in a
+    temporary directory of their own, outside the home), on an event loop of its own. Every child
+    is stopped and the home and anchor directory removed on the way out; a reply that never came is
+    explained by a child that died, when one did."""
+    anchors = Path(tempfile.mkdtemp(prefix="cmaa"))  # 0700, outside the home
+    try:
+        home, presenter = make_home(text(anchors), identities)
+        try:
+            with Children(home) as kids:
+                try:
+                    with asyncio.Runner() as loop:
+                        return loop.run(measure(kids, presenter))
+                except BenchError:
+                    kids.check_alive()  # a child that died explains a missing reply better
+                    raise
+        finally:
+            remove_home(home)
+    finally:
+        shutil.rmtree(anchors, ignore_errors=True)
 
 
 async def wait_vault(kids: Children, operator: MeshClient) -> None:
