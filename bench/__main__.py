@@ -33,12 +33,20 @@ Then meshctl's start-up (:mod:`bench.startup`): ``--help``, ``--version``, ``sta
 ``ping mesh`` (against an initialised home whose mesh is down) beside ``python -c pass``, as ratios
 with the targets of issue 13. ``--no-startup`` skips it.
 
-Last, authn (:mod:`bench.authn`, issue 14) over the real broker, keyvault, audit and authn:
+Then authn (:mod:`bench.authn`, issue 14) over the real broker, keyvault, audit and authn:
 ``authn.login.password`` beside one Argon2id verify in process (the repository's authentication
 profile; informational), ``authn.verify`` beside ``authn.health`` (target: p50 <= 1.2x), and
 ``shared.tokens.verify_access`` in process with the keys of ``authn.keys`` (target: p50 <= 100 us);
-passkey login is reported as not measured (not implemented yet). ``--no-authn`` skips it;
-``--only broker|keyvault|storage|startup|authn`` runs one section.
+and passkey logins with a software authenticator beside the password login (informational).
+``--no-authn`` skips it.
+
+Last, authz (:mod:`bench.authz`, issue 15) over the real broker, keyvault, audit, authn, authz and
+storage: ``Authority.check`` in process, uncached beside one ``cedarpy.is_authorized`` call and
+cached (target: p50 <= 20 us); ``authz.check`` over the mesh beside ``authz.health``
+(informational); a person's value read with their token (``storage.kv.get``: storage asks
+``authn.verify`` and ``authz.check`` before the get) beside the same client's ``storage.health``
+(target: p50 <= 3.5x) and the same get of the caller's own value (no gate; informational).
+``--no-authz`` skips it; ``--only broker|keyvault|storage|startup|authn|authz`` runs one section.
 """
 
 from __future__ import annotations
@@ -55,14 +63,14 @@ import zmq
 
 from shared import MeshClient
 
-from . import authn, keyvault, report, startup, storage, storage_mesh
+from . import authn, authz, keyvault, report, startup, storage, storage_mesh
 from .harness import REPO, BenchError, Children, make_home, remove_home
 from .measure import RawClient, cpu_seconds, percentile, runtime_connect, runtime_round_trips
 from .profile import print_profile
 from .wire import IDENTITIES, ipc, server_key
 
 READY_TIMEOUT = 60.0
-SECTIONS: Final = ("broker", "keyvault", "storage", "startup", "authn")
+SECTIONS: Final = ("broker", "keyvault", "storage", "startup", "authn", "authz")
 #: --flag -> StorageOptions field (None on the command line: the default, or --quick's value).
 STORAGE_FLAGS: Final = {
     "storage_rounds": ("rounds", "interleaved rounds of each comparison and of the mesh calls"),
@@ -88,6 +96,34 @@ AUTHN_FLAGS: Final = {
     "authn_local": ("local", "verify_access (and Ed25519 alone) calls in process per round"),
     "authn_warmup": ("warmup", "calls of each mesh method before the rounds (10x in process)"),
 }
+#: --flag -> AuthzOptions field (None on the command line: the default, or --quick's value).
+AUTHZ_FLAGS: Final = {
+    "authz_rounds": ("rounds", "interleaved rounds of every authz measurement"),
+    "authz_local": ("local", "in-process decisions of each kind (uncached, cached, cedarpy alone) per round"),
+    "authz_calls": ("calls", "sequential calls of each authz and storage method per round"),
+    "authz_warmup": ("warmup", "calls of each mesh method before the rounds (10x in process)"),
+}
+
+#: The sections sized by an options class: their --flags, the class, the title of their options group.
+SIZED: Final[dict[str, tuple[dict[str, tuple[str, str]], Any, str]]] = {
+    "storage": (STORAGE_FLAGS, storage.StorageOptions,
+                "storage (in-process ratios, the service over the mesh, backup and restore)"),
+    "authn": (AUTHN_FLAGS, authn.AuthnOptions,
+              "authn (password login, token verification over the mesh and in process)"),
+    "authz": (AUTHZ_FLAGS, authz.AuthzOptions,
+              "authz (decisions in process and over the mesh, a person's data read end to end)"),
+}
+
+
+def _sized_group(parser: argparse.ArgumentParser, section: str) -> None:
+    """The options group of a sized section: ``--no-<section>`` and a ``--<flag> N`` per size."""
+    flags, sizes, title = SIZED[section]
+    group = parser.add_argument_group(title)
+    group.add_argument(f"--no-{section}", dest=section, action="store_false", help=f"skip the {section} figures")
+    defaults, quick = sizes(), sizes.quick()
+    for flag, (name, text) in flags.items():
+        group.add_argument(f"--{flag.replace('_', '-')}", type=int, metavar="N",
+                           help=f"{text} (default {getattr(defaults, name)}, --quick {getattr(quick, name)})")
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -115,39 +151,24 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                     help="sequential keyvault.keys.get (and keyvault.health) calls (default 2000)")
     kv.add_argument("--key-blocks", type=int, default=4, help="alternating blocks the key calls are split in")
     kv.add_argument("--key-warmup", type=int, default=200, help="calls of each kind before measuring")
-    st = parser.add_argument_group("storage (in-process ratios, the service over the mesh, backup and restore)")
-    st.add_argument("--no-storage", dest="storage", action="store_false", help="skip the storage figures")
-    defaults, quick = storage.StorageOptions(), storage.StorageOptions.quick()
-    for flag, (name, text) in STORAGE_FLAGS.items():
-        st.add_argument(f"--{flag.replace('_', '-')}", type=int, metavar="N",
-                        help=f"{text} (default {getattr(defaults, name)}, --quick {getattr(quick, name)})")
+    _sized_group(parser, "storage")
     su = parser.add_argument_group("meshctl start-up (against python -c pass)")
     su.add_argument("--no-startup", dest="startup", action="store_false", help="skip the start-up figures")
     su.add_argument("--startup-rounds", type=int, default=None, metavar="N",
                     help="rounds of every command, each run once a round (default 15, --quick 5)")
-    au = parser.add_argument_group("authn (password login, token verification over the mesh and in process)")
-    au.add_argument("--no-authn", dest="authn", action="store_false", help="skip the authn figures")
-    au_defaults, au_quick = authn.AuthnOptions(), authn.AuthnOptions.quick()
-    for flag, (name, text) in AUTHN_FLAGS.items():
-        au.add_argument(f"--{flag.replace('_', '-')}", type=int, metavar="N",
-                        help=f"{text} (default {getattr(au_defaults, name)}, --quick {getattr(au_quick, name)})")
+    _sized_group(parser, "authn")
+    _sized_group(parser, "authz")
     args = parser.parse_args(argv)
-    args.authn_options = dataclasses.replace(
-        au_quick if args.quick else au_defaults,
-        **{name: getattr(args, flag) for flag, (name, _) in AUTHN_FLAGS.items() if getattr(args, flag) is not None})
-    if any(v < 1 for v in args.authn_options.params().values()):
-        parser.error("every authn option must be >= 1")
-    args.storage_options = dataclasses.replace(
-        quick if args.quick else defaults,
-        **{name: getattr(args, flag) for flag, (name, _) in STORAGE_FLAGS.items() if getattr(args, flag) is not None})
-    if any(v < 1 for v in args.storage_options.params().values()):
-        parser.error("every storage option must be >= 1")
+    for section, (flags, sizes, _title) in SIZED.items():
+        options = dataclasses.replace(
+            sizes.quick() if args.quick else sizes(),
+            **{name: getattr(args, flag) for flag, (name, _) in flags.items() if getattr(args, flag) is not None})
+        if any(v < 1 for v in options.params().values()):
+            parser.error(f"every {section} option must be >= 1")
+        setattr(args, f"{section}_options", options)
     if args.storage_options.backup_mib < 8:
         parser.error("--backup-mib must be >= 8 (the fill uploads 8 MiB files)")
-    if args.only is not None and ((args.only == "keyvault" and not args.keyvault)
-                                  or (args.only == "storage" and not args.storage)
-                                  or (args.only == "startup" and not args.startup)
-                                  or (args.only == "authn" and not args.authn)):
+    if args.only is not None and not getattr(args, args.only, True):  # --only X with --no-X
         parser.error(f"--only {args.only} contradicts --no-{args.only}")
     if args.profile and args.only not in (None, "broker"):
         parser.error("--profile profiles the brokers: it runs the broker section only")
@@ -254,9 +275,7 @@ def _sections(args: argparse.Namespace) -> list[str]:
     """The sections this run measures, in order (``--profile`` profiles the brokers only)."""
     if args.only is not None:
         return [args.only]
-    wanted = {"broker": True, "keyvault": args.keyvault, "storage": args.storage, "startup": args.startup,
-              "authn": args.authn}
-    return [s for s in SECTIONS if wanted[s] and (s == "broker" or not args.profile)]
+    return [s for s in SECTIONS if getattr(args, s, True) and (s == "broker" or not args.profile)]
 
 
 def _broker(args: argparse.Namespace) -> report.Rounds:
@@ -330,6 +349,15 @@ def run(args: argparse.Namespace) -> int:
                            "authentication_profile": au["login"]["profile"],
                            "setup_master_profile": dataclasses.asdict(authn.SETUP_PROFILE),
                            "passkey": au["passkey"]}
+    if "authz" in sections:
+        az = authz.measure(args.authz_options)
+        figs.update(authz.figures(az))
+        params["authz"] = {**az["options"], "caller": az["caller"], "caller_roles": list(authz.CALLER_ROLES),
+                           "operator": az["operator"], "identities": dict(authz.IDENTITIES), "keystore": "file",
+                           "authentication_profile": az["authentication_profile"],
+                           "setup_master_profile": dataclasses.asdict(authz.SETUP_PROFILE),
+                           "in_process": {k: az["local"][k] for k in ("policies", "grants", "uncached_by")},
+                           "value_bytes": az["mesh"]["value_bytes"]}
     print()
     print(report.table(figs))
     if args.profile:

@@ -41,12 +41,9 @@ import asyncio
 import dataclasses
 import json
 import secrets
-import shutil
-import tempfile
 import time
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import argon2
@@ -60,13 +57,14 @@ from .authn_mesh import (
     AUTHN_KEYS,
     CALLER,
     CALLER_NEEDS,
+    IDENTITIES,
     OPERATOR,
     SETUP_PROFILE,
-    make_home,
     mesh_toml,
+    run_in_home,
     start_mesh,
 )
-from .harness import REPO, BenchError, Children, remove_home
+from .harness import REPO, BenchError, Children
 from .measure import cpu_seconds, percentile
 from .meshcalls import call, connect
 from .webauthn_soft import SoftAuthenticator
@@ -77,8 +75,8 @@ AUDIENCE: Final = "curvemesh"
 #: client's heartbeats keep flowing while the bench verifies in its own process.
 LOCAL_SLICE: Final = 256
 #: What bench/__main__.py, bench/report.py and the tests use of this section.
-__all__ = ["AUTHN_KEYS", "CALLER", "CALLER_NEEDS", "GROUP", "LOCAL_TARGET_US", "SETUP_PROFILE", "VERIFY_TARGET",
-           "AuthnOptions", "figures", "measure", "mesh_toml", "table"]
+__all__ = ["AUTHN_KEYS", "CALLER", "CALLER_NEEDS", "GROUP", "IDENTITIES", "LOCAL_TARGET_US", "SETUP_PROFILE",
+           "VERIFY_TARGET", "AuthnOptions", "figures", "measure", "mesh_toml", "table"]
 
 
 @dataclass(frozen=True)
@@ -397,19 +395,7 @@ async def _passkey_logins(client: MeshClient, device: SoftAuthenticator, state: 
 
 def measure(opts: AuthnOptions) -> dict[str, Any]:
     """Run the mesh in a fresh home and measure; the raw results :func:`figures` turns into figures."""
-    anchors = Path(tempfile.mkdtemp(prefix="cmaa"))  # 0700, outside the home
-    try:
-        home, presenter = make_home(mesh_toml(load_config(REPO / "mesh.toml"), anchors))
-        try:
-            with Children(home) as kids:
-                try:
-                    with asyncio.Runner() as loop:
-                        raw = loop.run(_measure(kids, opts, presenter))
-                except BenchError:
-                    kids.check_alive()  # a child that died explains a missing reply better
-                    raise
-        finally:
-            remove_home(home)
-    finally:
-        shutil.rmtree(anchors, ignore_errors=True)
+    repo = load_config(REPO / "mesh.toml")
+    raw = run_in_home(lambda anchors: mesh_toml(repo, anchors), IDENTITIES,
+                      lambda kids, presenter: _measure(kids, opts, presenter))
     return {**raw, "caller": CALLER, "operator": OPERATOR, "options": opts.params()}

@@ -14,7 +14,7 @@ LOCAL_TARGET_US: Final = 100.0    # local verification p50 <= this
 
 
 
-def _ratio(value: float, baseline: float) -> float:
+def ratio_of(value: float, baseline: float) -> float:
     return round(value / baseline, 3) if baseline else float("nan")
 
 
@@ -34,7 +34,7 @@ def figures(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
         value = percentile(login["samples"]["login"], v) * 1e3
         out[f"authn_login_{q}_ms"] = {
             "label": f"authn.login.password {q}", "unit": "ms", "value": round(value, 2), **info,
-            "baseline": {"name": "Argon2id verify", "value": round(argon[q], 2)}, "ratio": _ratio(value, argon[q]),
+            "baseline": {"name": "Argon2id verify", "value": round(argon[q], 2)}, "ratio": ratio_of(value, argon[q]),
             "detail": (f"{login['logins']} sequential logins as {raw['caller']}; Argon2id alone is "
                        f"{argon[q] / value:.0%} of it; authn CPU {cpu_text}" if q == "p50"
                        else f"Argon2id alone is {argon[q] / value:.0%} of it"),
@@ -58,7 +58,7 @@ def figures(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "client's authn.health in the same rounds, order alternating")
     for q, v in (("p50", 0.5), ("p99", 0.99)):
         value = percentile(samples["verify"], v) * 1e6
-        ratio = _ratio(value, health[q])
+        ratio = ratio_of(value, health[q])
         fig: dict[str, Any] = {"label": f"authn.verify {q}", "unit": "us", "value": round(value, 1),
                                "group": GROUP, "baseline": {"name": "authn.health", "value": round(health[q], 1)},
                                "ratio": ratio, "note": note}
@@ -79,7 +79,7 @@ def figures(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out["authn_verify_calls_s"] = {
         "label": "authn.verify pipelined", "unit": "call/s", "value": round(value, 1), **info,
         "baseline": {"name": "authn.health", "value": round(health["calls_s"], 1)},
-        "ratio": _ratio(value, health["calls_s"]), "rounds": {m: [round(x, 1) for x in tput[m]] for m in tput},
+        "ratio": ratio_of(value, health["calls_s"]), "rounds": {m: [round(x, 1) for x in tput[m]] for m in tput},
         "detail": f"{mesh['messages']:,} calls per round, {mesh['window']} in flight on one client", "note": note}
     local = raw["local"]
     alone = {q: percentile(local["samples"]["ed25519"], v) * 1e6 for q, v in (("p50", 0.5), ("p99", 0.99))}
@@ -88,7 +88,7 @@ def figures(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out["authn_local_verify_p50_us"] = {
         "label": "local verification p50", "unit": "us", "value": round(local_p50, 2), "group": GROUP,
         "baseline": {"name": "first check (verify_access)", "value": round(first_p50, 2)},
-        "ratio": _ratio(local_p50, first_p50), "target": {"bound": "max_abs", "value": LOCAL_TARGET_US},
+        "ratio": ratio_of(local_p50, first_p50), "target": {"bound": "max_abs", "value": LOCAL_TARGET_US},
         "met": local_p50 <= LOCAL_TARGET_US, "informational": False, "round_p50_us": local["round_p50_us"],
         "detail": f"{local['calls']:,} calls of LocalVerifier.verify on a token presented again, PublicKeys from "
                   f"authn.keys ({local['keys']} key), {local['token_bytes']}-byte token",
@@ -102,7 +102,7 @@ def figures(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out["authn_first_verify_p50_us"] = {
         "label": "first check of a token p50", "unit": "us", "value": round(first_p50, 2), **info,
         "baseline": {"name": "Ed25519 verify", "value": round(alone["p50"], 2)},
-        "ratio": _ratio(first_p50, alone["p50"]),
+        "ratio": ratio_of(first_p50, alone["p50"]),
         "detail": f"verify_access without a cache; the signature check alone is {alone['p50'] / first_p50:.0%}"}
     passkey = raw["passkey"]["samples"]
     password_p50 = percentile(raw["login"]["samples"]["login"], 0.5) * 1e3
@@ -111,7 +111,7 @@ def figures(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
         out[f"authn_passkey_login_{q}_ms"] = {
             "label": f"passkey login {q}", "unit": "ms", "value": round(value, 2), **info,
             "baseline": {"name": "password login p50", "value": round(password_p50, 2)} if q == "p50" else None,
-            "ratio": _ratio(value, password_p50) if q == "p50" else None,
+            "ratio": ratio_of(value, password_p50) if q == "p50" else None,
             "detail": f"{len(passkey):,} logins: login.passkey.begin + a P-256 assertion + login.passkey.finish"}
     return out
 
@@ -127,12 +127,18 @@ def _target_text(fig: dict[str, Any]) -> str:
 
 def table(figs: dict[str, dict[str, Any]]) -> str:
     """The authn section of the bench's table."""
-    head = (f"{'authn figure':<40}{'value':>10}  {'unit':<7}{'baseline':>10}  {'(of)':<16}{'ratio':>7}  "
+    return rows(figs, "authn", [
+        "authn: password login beside one Argon2id verify in process (informational); authn.verify over the",
+        "mesh beside authn.health (same client, same rounds); LocalVerifier and a first check in the bench",
+        "process; passkey logins with a software authenticator."])
+
+
+def rows(figs: dict[str, dict[str, Any]], group: str, intro: list[str]) -> str:
+    """A section of the bench's table: ``intro``, then a row per figure (value, baseline, ratio,
+    target, met, detail). Shared by the sections whose figures have this shape (authn, authz)."""
+    head = (f"{group + ' figure':<40}{'value':>10}  {'unit':<7}{'baseline':>10}  {'(of)':<16}{'ratio':>7}  "
             f"{'target':<10}{'met':<4} detail")
-    lines = ["authn: password login beside one Argon2id verify in process (informational); authn.verify over the",
-             "mesh beside authn.health (same client, same rounds); LocalVerifier and a first check in the bench",
-             "process; passkey logins with a software authenticator.",
-             head, "-" * 140]
+    lines = [*intro, head, "-" * 140]
     for fig in figs.values():
         if fig["value"] is None:
             value = "-"
@@ -141,8 +147,8 @@ def table(figs: dict[str, dict[str, Any]]) -> str:
                 else f"{fig['value']:,.1f}"
         base = fig.get("baseline")
         base_text = f"{base['value']:>10,.1f}  {base['name']:<16}" if base else f"{'':>10}  {'':<16}"
-        ratio = f"{fig['ratio']:>6.2f}x" if fig.get("ratio") is not None else f"{'':>7}"
+        ratio_text = f"{fig['ratio']:>6.2f}x" if fig.get("ratio") is not None else f"{'':>7}"
         met = "" if fig["met"] is None else ("yes" if fig["met"] else "NO")
-        lines.append(f"{fig['label']:<40}{value:>10}  {fig['unit']:<7}{base_text}{ratio}  "
+        lines.append(f"{fig['label']:<40}{value:>10}  {fig['unit']:<7}{base_text}{ratio_text}  "
                      f"{_target_text(fig):<10}{met:<4} {fig['detail']}")
     return "\n".join(lines)

@@ -10,8 +10,9 @@ figures (bench/storage.py, bench/storage_mesh.py) have a section of their own to
 in-process engine figure is the encrypted twin's median rate beside its plaintext twin's, with
 the paired ratio (the target, where the storage issue sets one, is on it: the twins run side by
 side within each round) and the ratio of the medians; the mesh, backup and restore figures are
-informational. The meshctl start-up (bench/startup.py) and authn (bench/authn.py) figures are
-built and tabled by their own modules; this one prints their sections after the others.
+informational. The meshctl start-up (bench/startup.py), authn (bench/authn.py) and authz
+(bench/authz.py) figures are built and tabled by their own modules; this one prints their sections
+after the others.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any, Final
 import msgpack
 import zmq
 
-from . import authn, startup
+from . import authn, authz, startup
 from .harness import REPO
 from .measure import percentile
 
@@ -111,13 +112,13 @@ def _target_text(fig: dict[str, Any]) -> str:
 
 def table(figs: dict[str, dict[str, Any]]) -> str:
     """A fixed-width table of every figure: the broker rows, then the keyvault, storage, meshctl
-    start-up and authn sections (each only when it ran)."""
+    start-up, authn and authz sections (each only when it ran)."""
     sections = []
     broker = {k: f for k, f in figs.items() if f.get("group") is None}
     if broker:
         sections.append(_broker_table(broker))
     for group, render in ((KEYVAULT_GROUP, keyvault_table), (STORAGE_GROUP, storage_table),
-                          (startup.GROUP, startup.table), (authn.GROUP, authn.table)):
+                          (startup.GROUP, startup.table), (authn.GROUP, authn.table), (authz.GROUP, authz.table)):
         part = {k: f for k, f in figs.items() if f.get("group") == group}
         if part:
             sections.append(render(part))
