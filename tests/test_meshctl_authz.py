@@ -281,3 +281,20 @@ def test_roles_revoke_on_a_terminal_asks(live: MeshHome) -> None:
     assert status == 0 and "revoked: service:asked no longer holds user-data" in seen
     assert as_json(live, "roles", "list", "service:asked") == []
 
+
+
+def test_consent_grant_on_a_terminal_asks_for_the_password_then_the_code(live: MeshHome) -> None:
+    import pyotp
+
+    user(live, "tomo")
+    secret = as_json(live, "users", "totp", "tomo")["secret"]
+    recovery = as_json(live, "users", "totp-confirm", "tomo", "--code", pyotp.TOTP(secret).now())["recovery_codes"]
+    term = Terminal(live, "consent", "grant", "plugin:weather", "--user", "tomo", "--category", "notes",
+                    "--action", "read", "--purpose", "reminders")
+    term.expect("password of tomo: ")
+    term.send(PASSWORD.encode() + b"\n")
+    term.expect("one-time code of tomo (or a recovery code): ")
+    term.send(recovery[0].encode() + b"\n")
+    status, seen = term.finish()
+    assert status == 0 and "granted g_" in seen and "plugin:weather can read notes of tomo for reminders" in seen
+    assert as_json(live, "sessions", "list", "--user", "tomo") == []

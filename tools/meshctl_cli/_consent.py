@@ -14,6 +14,7 @@ the password is held in a ``bytearray`` and wiped once sent.
 from __future__ import annotations
 
 import argparse
+import getpass
 from typing import Any, Final
 
 from shared import MeshClient, MeshError, MeshHome
@@ -125,8 +126,9 @@ def _signed_in(args: argparse.Namespace, home: MeshHome) -> dict[str, Any]:
                 raise
         if not _intake.on_terminal():
             raise CliError(f"{args.user} has TOTP on: give the code the app shows with --code CODE", status=2)
-        # The code is asked with no connection open, like every question meshctl asks a person.
-        code = input(f"one-time code of {args.user} (or a recovery code): ").strip()
+        # Asked with no connection open, like every question meshctl asks a person; without echo,
+        # since a recovery code is a secret until it is used, and off stdout, which --json owns.
+        code = getpass.getpass(f"one-time code of {args.user} (or a recovery code): ").strip()
         return _login(home, args.user, password, code)
     finally:
         _intake.wipe(password)
