@@ -103,3 +103,20 @@ def test_zsh_answers_carry_descriptions(home: Path, tmp_path: Path) -> None:
     answers = complete("meshctl keys rotate audit-", home, tmp_path, shell="zsh")
     assert [a.split(":", 1)[0] for a in answers] == ["audit-hmac", "audit-signing"]
     assert all("rotate: one of" in a for a in answers)
+
+
+def test_authz_commands_principals_and_categories_complete(home: Path, tmp_path: Path) -> None:
+    assert complete("meshctl rol", home, tmp_path) == ["roles "]
+    assert complete("meshctl pol", home, tmp_path) == ["policy "]
+    assert complete("meshctl cons", home, tmp_path) == ["consent "]
+    assert complete("meshctl roles ", home, tmp_path) == ["list", "assign", "revoke"]
+    # A principal is a declared service's; policy validate's DIR is the shell's to complete.
+    assert complete("meshctl roles assign service:sto", home, tmp_path) == ["service:storage "]
+    assert "service:keyvault" in complete("meshctl policy test ", home, tmp_path)
+    assert all(word.startswith("service:") for word in complete("meshctl policy test ", home, tmp_path))
+    assert complete("meshctl roles assign service:storage ", home, tmp_path) == ["user-data", "system", "plugin"]
+    assert complete("meshctl policy validate ", home, tmp_path) == []
+    # Categories come from categories.toml of the policy directory (the shipped one here).
+    assert complete("meshctl policy test service:storage read me", home, tmp_path) == ["memories "]
+    assert complete("meshctl consent grant --category he", home, tmp_path) == ["health "]
+    assert complete("meshctl policy test service:storage ", home, tmp_path) == ["read", "write", "delete"]

@@ -241,7 +241,7 @@ def test_every_table_names_real_arguments_and_actions() -> None:
     assert _args.inapplicable(parser, parser.parse_args(["certs", "list", "--state", "revoked"])) is None
     subparsers = next(a for a in parser._actions if a.dest == "command").choices
     assert subparsers is not None
-    for name in ("certs", "security", "keys", "audit", "alerts", "backup", "service"):
+    for name in ("certs", "security", "keys", "audit", "alerts", "backup", "service", "roles", "policy", "consent"):
         assert subparsers[name] in _args._TABLES, name
 
 

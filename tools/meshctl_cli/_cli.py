@@ -1,7 +1,8 @@
 """meshctl's command line: parse, run one command, print a table or JSON, exit with a status.
 
-Exit status: 0 success (for ``status`` and ``up``: the mesh is healthy), 1 failure
-(for ``status`` and ``up``: unhealthy; one line on stderr says why), 2 usage error,
+Exit status: 0 success (for ``status`` and ``up``: the mesh is healthy; for ``policy test``: the
+request would be allowed), 1 failure (for ``status`` and ``up``: unhealthy, one line on stderr says
+why; for ``policy test``: it would be denied, as its output says), 2 usage error,
 3 the mesh is sealed, 4 degraded (``status``, ``up``, ``restart``, ``ping``; see :mod:`._verdict`
 and README.md's "Verdicts and exit codes", the table people read), 130 interrupted.
 """
@@ -257,12 +258,21 @@ def _users_cmd(args: argparse.Namespace, home: MeshHome) -> int:
     return _users.run_users(args, home) if args.command == "users" else _users.run_sessions(args, home)
 
 
+def _authz_cmd(args: argparse.Namespace, home: MeshHome) -> int:
+    if args.command == "consent":
+        from . import _consent
+        return _consent.run_consent(args, home)
+    from . import _authz
+    return _authz.run_roles(args, home) if args.command == "roles" else _authz.run_policy(args, home)
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace, MeshHome], int]] = {
     "init": _init_cmd, "up": _up_or_status, "status": _up_or_status, "down": _down, "restart": _restart,
     "ping": _ping, "call": _call, "certs": _certs, "events": _events, "logs": _logs_cmd,
     "security": _security_cmd, "keys": _security_cmd, "audit": _audit_cmd, "alerts": _alerts_cmd,
     "storage": _storage_cmd, "backup": _backup_cmd, "config": _config_cmd,
     "service": _service_cmd, "users": _users_cmd, "sessions": _users_cmd,
+    "roles": _authz_cmd, "policy": _authz_cmd, "consent": _authz_cmd,
 }
 
 

@@ -6,7 +6,9 @@ environment) or for the script to source, so an ordinary run never pays for it. 
 meshctl itself for every completion, so the answers come from the same parser: commands and
 choices (actions, purposes, roles) from the argument definitions, and the values below from the
 home, read without a mesh and without importing zmq: declared service names from the layered
-configuration, certificate names from ``certs/allowed/``. Completers are attached by walking the
+configuration (and, as ``service:<name>``, the principals of ``roles`` and ``policy test``),
+certificate names from ``certs/allowed/``, data categories from the policy directory's
+``categories.toml``. Completers are attached by walking the
 built parser and finding arguments by command and ``dest``, so the argument definitions stay as
 they are.
 """
@@ -73,11 +75,55 @@ def cert_names(parsed_args: argparse.Namespace, **_: Any) -> list[str]:
         return []
 
 
+# roles and policy take several optional operands in a row, and argcomplete offers every one that
+# could come next; each completer below answers only in its own place (after the operands before
+# it), so `policy test ` offers principals alone and `policy validate ` leaves the DIR to the shell.
+
+def principals(parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """Completer: an authz principal, ``service:<name>`` for each declared service (``roles``, and
+    ``policy test``'s PRINCIPAL)."""
+    if parsed_args.command == "policy" and parsed_args.action != "test":
+        return []
+    return [f"service:{name}" for name in _services(parsed_args)]
+
+
+def roles(parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """Completer: ``roles assign|revoke PRINCIPAL ROLE``'s ROLE, one of the built-in roles."""
+    return ["user-data", "system", "plugin"] if parsed_args.principal and parsed_args.action != "list" else []
+
+
+def verbs(parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """Completer: ``policy test PRINCIPAL ACTION``'s ACTION."""
+    return ["read", "write", "delete"] if parsed_args.action == "test" and parsed_args.subject else []
+
+
+def categories(parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """Completer: a data category, from categories.toml of the configured policy directory (the one
+    shipped with authz when ``[authz] policy_dir`` is empty), read without importing authz."""
+    import tomllib
+
+    from shared import ConfigError, mesh_config
+
+    if parsed_args.command == "policy" and not parsed_args.verb:
+        return []  # policy test's CATEGORY comes after its ACTION
+    home = _home(parsed_args)
+    try:
+        configured = mesh_config(home).authz.policy_dir
+        shipped = Path(__file__).resolve().parents[2] / "services" / "authz" / "policy"
+        directory = (home / configured) if configured and home is not None else shipped
+        with (directory / "categories.toml").open("rb") as source:
+            return sorted(tomllib.load(source).get("categories", {}))
+    except (ConfigError, OSError, ValueError, AttributeError):
+        return []
+
+
 #: (command, dest) -> completer. Purposes, actions and roles are argument choices: argcomplete
 #: offers those by itself.
 COMPLETERS: Final[dict[tuple[str, str], Completer]] = {
     ("restart", "service"): services, ("logs", "service"): services, ("ping", "service"): ping_targets,
-    ("service", "name"): declared, ("certs", "ref"): cert_names,
+    ("service", "name"): declared, ("certs", "ref"): cert_names, ("roles", "principal"): principals,
+    ("roles", "role"): roles, ("policy", "subject"): principals, ("policy", "verb"): verbs,
+    ("policy", "category"): categories, ("consent", "categories"): categories,
 }
 
 

@@ -49,7 +49,8 @@ class _Parser(argparse.ArgumentParser):
 
 #: Every command, in the order ``--help`` lists them (``completion`` is added by _completion.attach).
 COMMANDS: Final = ("init", "up", "down", "restart", "status", "ping", "call", "certs", "events", "security",
-                   "keys", "audit", "alerts", "storage", "backup", "config", "service", "users", "sessions", "logs")
+                   "keys", "audit", "alerts", "storage", "backup", "config", "service", "users", "sessions", "roles",
+                   "policy", "consent", "logs")
 
 
 def command_word(words: list[str]) -> str | None:
@@ -253,6 +254,44 @@ def build(command: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--device", metavar="FP", help="revoke: every session of this device key (its fingerprint)")
         yes(p, "revoke: ")
         only(p, {"user": ["list", "revoke"], "session": ["revoke"], "device": ["revoke"], "yes": ["revoke"]})
+    if want("roles"):
+        p = add("roles", "authz roles: list them (declared in mesh.toml, assigned here), assign one, revoke one")
+        p.add_argument("action", choices=["list", "assign", "revoke"])
+        p.add_argument("principal", nargs="?", metavar="PRINCIPAL", help="kind:name (service:notes, user:<id>, ...)")
+        p.add_argument("role", nargs="?", metavar="ROLE", help="assign, revoke: the role (e.g. user-data)")
+        yes(p, "revoke: ")
+        only(p, {"role": ["assign", "revoke"], "yes": ["revoke"]})
+    if want("policy"):
+        p = add("policy", "authz policies: show, validate a DIR, test a decision (exit 0: allow, 1: deny), reload")
+        p.add_argument("action", choices=["show", "validate", "test", "reload"])
+        p.add_argument("subject", nargs="?", metavar="DIR|PRINCIPAL", help="validate: a DIR; test: a kind:name")
+        p.add_argument("verb", nargs="?", choices=["read", "write", "delete"], metavar="ACTION", help="test: an action")
+        p.add_argument("category", nargs="?", metavar="CATEGORY", help="test: the data category")
+        p.add_argument("--owner", metavar="USER", help="test: whose data (user id or username)")
+        p.add_argument("--user", metavar="USER", help="test: the user the principal acts for (id or username)")
+        p.add_argument("--purpose", metavar="P", help="test: what the access is for")
+        only(p, {"subject": ("validate", "test"),
+                 **dict.fromkeys(["verb", "category", "owner", "user", "purpose"], ("test",))})
+    if want("consent"):
+        p = add("consent", "owners' consent grants (authz): list, show, revoke, and grant for a person (signed in)")
+        p.add_argument("action", choices=["list", "show", "grant", "revoke"])
+        p.add_argument("target", nargs="?", metavar="GRANT_ID|GRANTEE",
+                       help="show, revoke: the grant's id; grant: who gets it (kind:name, e.g. plugin:weather)")
+        p.add_argument("--user", metavar="NAME", help="list: only this person's grants; grant: the person granting")
+        p.add_argument("--all", action="store_true", help="list: expired and revoked grants too")
+        p.add_argument("--category", dest="categories", action="append", default=[], metavar="C",
+                       help="grant: a category it covers; repeatable")
+        p.add_argument("--action", dest="actions", action="append", default=[], choices=["read", "write", "delete"],
+                       help="grant: an action it covers; repeatable")
+        p.add_argument("--purpose", metavar="P", help="grant: what it is for (a-z, 0-9, _ and -)")
+        p.add_argument("--days", type=count, default=None, metavar="N", help="grant: how long (default 30 days)")
+        p.add_argument("--duration-s", type=count, default=None, metavar="S", help="grant: how long, in seconds")
+        p.add_argument("--password-file", metavar="FILE", help="grant: the person's password from FILE (0600)")
+        p.add_argument("--code", metavar="CODE", help="grant: the person's one-time code, when TOTP is on")
+        yes(p, "revoke: ")
+        only(p, {"target": ["show", "grant", "revoke"], "user": ["list", "grant"], "all": ["list"],
+                 **dict.fromkeys(["categories", "actions", "purpose", "days", "duration_s", "password_file", "code"],
+                                 ("grant",)), "yes": ["revoke"]})
     if want("logs"):
         p = add("logs", "a process's log (JSON lines)")
         p.add_argument("service")
