@@ -111,4 +111,5 @@ def table(figs: dict[str, dict[str, Any]]) -> str:
     return rows(figs, GROUP, [
         "authz: Authority.check in the bench process, cached and not, beside one cedarpy.is_authorized call;",
         "authz.check over the mesh beside authz.health; a person's value read through storage with their token",
-        "(authn.verify and authz.check asked by storage's gate) beside storage.health and the gate-free own read."])
+        "(authn.verify on every call, authz.check until storage holds the allow) beside storage.health",
+        "and the gate-free own read."])

@@ -82,10 +82,10 @@ def test_the_authz_section_measures_the_real_mesh_and_declares_its_targets() -> 
         assert figs[key]["informational"] and figs[key]["target"] is None, key
     assert figs["authz_check_p50_us"]["baseline"]["name"] == "authz.health"
     assert figs["authz_local_uncached_p50_us"]["baseline"]["name"] == "cedarpy alone"
-    # authz and authn worked for the person's read, and not for the caller's own one (no gate).
+    # authn worked for every one of the person's reads (authz only until storage held its allow).
     cpu = raw["mesh"]["cpu_us_per_call"]
-    if cpu["read"]["authz"] is not None:
-        assert cpu["read"]["authz"] > 0 and cpu["read"]["authn"] > 0
+    if cpu["read"]["authn"] is not None:
+        assert cpu["read"]["authn"] > 0
     json.dumps(figs)  # the results file can hold every figure
     text = report.table(figs)
     assert "Authority.check cached p50" in text and "user read (kv.get + token) p50" in text
