@@ -28,14 +28,15 @@ its expiry) and puts one value with the token.
   sequential p50/p99, beside the same client's ``authz.health`` in the same rounds, order
   alternating. Informational.
 * End-to-end user read: ``storage.kv.get {category, token, key}``, where storage's gate
-  (services/storage/core/access.py) asks ``authn.verify`` on every call and ``authz.check`` until it
-  holds a reusable allow (then again after each ``authz.changed``, at the turn of the hour, or after
-  60 s: services/storage/core/decisions.py), sequential p50/p99, against the bare mesh round
+  (services/storage/core/access.py) asks ``authn.verify`` on every call and ``authz.check`` until
+  it holds a reusable allow (then again after each ``authz.changed``, at the turn of the hour, or
+  after 60 s: services/storage/core/decisions.py), sequential p50/p99, against the bare mesh round
   trip: the same client's ``storage.health`` (a handler of the same service through the same
-  broker, no gate, no store). Target: p50 <= 3.5x (the p50s of every sample of the run). Beside them, informational: ``storage.kv.get`` of the
-  caller's own value (no token: no gate), so the gate's share shows. The three blocks rotate within
-  each round; the CPU each process (broker, storage, authn, authz) spends per call is measured
-  over each block. Every reply is checked outside the clock (found, and the value put).
+  broker, no gate, no store). Target: p50 <= 3.5x (the p50s of every sample of the run). Beside
+  them, informational: ``storage.kv.get`` of the caller's own value (no token: no gate), so the
+  gate's share shows. The three blocks rotate within each round; the CPU each process (broker,
+  storage, authn, authz) spends per call is measured over each block. Every reply is checked
+  outside the clock (found, and the value put).
 
 Every process is stopped and the home and anchor directory removed on the way out.
 """
