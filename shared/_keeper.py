@@ -3,8 +3,9 @@
 A service that fetches its keys from another (in this mesh, audit and storage from keyvault) must
 keep trying while the mesh is sealed or the key source is away, without hammering it (a key source
 rate-limits and audits every fetch), and react at once when the key source announces ``security.*``
-events. :func:`keep_unsealed` and :func:`follow_events_of` are those loops, once; the key source's
-identity is the caller's to name, so nothing here names a service.
+events. :func:`keep_unsealed` and :func:`follow_events_of` are those loops, once, and
+:func:`watch_key_source` subscribes and starts following; the key source's identity is the caller's
+to name, so nothing here names a service.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from typing import Any
 
 from ._client import Subscription
 from ._errors import MeshError, Timeout
+from ._logging import get_logger
 from ._service import FAILED, SEALED, Readiness
+
+_log = get_logger("keeper")
 
 #: Events arrive rarely: the wait is long, and a timeout just waits again.
 _EVENT_WAIT_S = 3600.0
@@ -70,3 +74,19 @@ async def follow_events_of(publisher: str, subscription: Subscription,
             continue
         if event.sender == publisher:
             await handle(event.topic, event.body)
+
+
+async def watch_key_source(service: str, key_source: str, subscribe: Callable[..., Awaitable[Subscription]],
+                           handle: Callable[[str, Any], Awaitable[None]], *,
+                           timeout: float) -> asyncio.Task[None] | None:
+    """Subscribe to ``security.`` and follow ``key_source``'s events with ``handle`` in a task of its
+    own (returned, for the caller to cancel at stop). Without the right to subscribe, ``service``
+    still works (its keeper retries the unseal on its own schedule): the refusal is logged with the
+    line of mesh.toml that fixes it, and None is returned."""
+    try:
+        subscription = await subscribe("security.", timeout=timeout)
+    except MeshError as exc:
+        _log.warning("no_security_events", reason=exc.code,
+                     hint=f'add "security." to subscribe in [services.{service}], then meshctl config reload')
+        return None
+    return asyncio.create_task(follow_events_of(key_source, subscription, handle), name=f"{service}-watch")

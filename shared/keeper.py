@@ -2,6 +2,8 @@
 
 - :func:`keep_unsealed` retries the unseal with doubling back-off while the mesh is sealed, and runs
   a periodic task while it is not; setting its ``wake`` event ends any wait at once;
+- :func:`watch_key_source` subscribes to ``security.`` and follows them in a task (a refusal is
+  logged with the fix);
 - :func:`follow_events_of` hands the events one identity published (the key source's ``security.*``
   announcements) to a handler, ignoring anyone else's;
 - :func:`without_keys` turns a failed key fetch into the service's :class:`~shared.Readiness`
@@ -17,8 +19,8 @@ A service that keeps a SQLCipher database of its own under a purpose key uses
 
 from __future__ import annotations
 
-from ._keeper import LOCKED_REASON, follow_events_of, keep_unsealed, without_keys
+from ._keeper import LOCKED_REASON, follow_events_of, keep_unsealed, watch_key_source, without_keys
 from ._keyed_db import KeyedDatabase, open_current, rekey_current
 
 __all__ = ["LOCKED_REASON", "KeyedDatabase", "follow_events_of", "keep_unsealed", "open_current", "rekey_current",
-           "without_keys"]
+           "watch_key_source", "without_keys"]

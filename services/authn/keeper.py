@@ -26,7 +26,14 @@ import structlog
 
 from shared import FAILED, SEALED, MeshError, Readiness, StateError
 from shared.crypto import wipe
-from shared.keeper import LOCKED_REASON, follow_events_of, keep_unsealed, open_current, rekey_current, without_keys
+from shared.keeper import (
+    LOCKED_REASON,
+    keep_unsealed,
+    open_current,
+    rekey_current,
+    watch_key_source,
+    without_keys,
+)
 from shared.tokens import SigningKeys, VerifiedTokens
 
 from .database import AccountsDB
@@ -88,13 +95,9 @@ class Keeper:
         return self.directory / "accounts.db"
 
     async def start(self, subscribe: Callable[..., Any]) -> None:
-        try:
-            subscription = await subscribe("security.", timeout=KEY_CALL_TIMEOUT_S)
-            self._tasks.append(asyncio.create_task(
-                follow_events_of("keyvault", subscription, self._on_security_event), name="authn-watch"))
-        except MeshError as exc:
-            log.warning("no_security_events", reason=exc.code,
-                        hint='add "security." to subscribe in [services.authn], then meshctl config reload')
+        watch = await watch_key_source("authn", "keyvault", subscribe, self._on_security_event,
+                                       timeout=KEY_CALL_TIMEOUT_S)
+        self._tasks += [watch] if watch is not None else []
         await self.try_unseal()
         self._tasks.append(asyncio.create_task(keep_unsealed(
             self._wake, lambda: self.state == "sealed", self.try_unseal, self._periodic, period=PERIOD_S,

@@ -18,7 +18,14 @@ from typing import Any, Final
 import structlog
 
 from shared import FAILED, SEALED, MeshError, Readiness, StateError
-from shared.keeper import LOCKED_REASON, follow_events_of, keep_unsealed, open_current, rekey_current, without_keys
+from shared.keeper import (
+    LOCKED_REASON,
+    keep_unsealed,
+    open_current,
+    rekey_current,
+    watch_key_source,
+    without_keys,
+)
 
 from .store import AuthzDB
 
@@ -50,13 +57,9 @@ class Keeper:
 
     async def start(self, subscribe: Callable[..., Awaitable[Any]] | None) -> None:
         if subscribe is not None:
-            try:
-                subscription = await subscribe("security.", timeout=KEY_CALL_TIMEOUT_S)
-                self._tasks.append(asyncio.create_task(
-                    follow_events_of("keyvault", subscription, self._on_security_event), name="authz-watch"))
-            except MeshError as exc:
-                log.warning("no_security_events", reason=exc.code,
-                            hint='add "security." to subscribe in [services.authz], then meshctl config reload')
+            watch = await watch_key_source("authz", "keyvault", subscribe, self._on_security_event,
+                                           timeout=KEY_CALL_TIMEOUT_S)
+            self._tasks += [watch] if watch is not None else []
         await self.try_unseal()
         self._tasks.append(asyncio.create_task(keep_unsealed(
             self._wake, lambda: self.state == "sealed", self.try_unseal, self._nothing, period=PERIOD_S,

@@ -27,7 +27,7 @@ from typing import Any, Final
 import structlog
 
 from shared import FAILED, SEALED, MeshError, Readiness
-from shared.keeper import LOCKED_REASON, follow_events_of, keep_unsealed, without_keys
+from shared.keeper import LOCKED_REASON, keep_unsealed, watch_key_source, without_keys
 
 from .context import KEY_CALL_TIMEOUT_S, StorageCore
 from .engine import Engine
@@ -65,12 +65,9 @@ class Keeper:
             core.stored.save(core.layout.state)
         for engine in self.engines:
             await engine.start()
-        try:
-            subscription = await core.mesh.subscribe("security.", timeout=KEY_CALL_TIMEOUT_S)
-            self._tasks.append(asyncio.create_task(self._watch(subscription), name="storage-watch"))
-        except MeshError as exc:
-            log.warning("no_security_events", reason=exc.code,
-                        hint='add "security." to subscribe in [services.storage], then meshctl config reload')
+        watch = await watch_key_source("storage", "keyvault", core.mesh.subscribe, self._on_security_event,
+                                       timeout=KEY_CALL_TIMEOUT_S)
+        self._tasks += [watch] if watch is not None else []
         await self._try_unseal()
         self._tasks.append(asyncio.create_task(self._keep(), name="storage-keeper"))
         self._tasks.append(asyncio.create_task(core.meter.run(), name="storage-read-meter"))
@@ -135,9 +132,6 @@ class Keeper:
             await engine.close()
 
     # -- security events ----------------------------------------------------------------------
-
-    async def _watch(self, subscription: Any) -> None:
-        await follow_events_of("keyvault", subscription, self._on_security_event)
 
     async def _on_security_event(self, topic: str, body: Any) -> None:
         if topic == "security.sealed":
