@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,6 +46,26 @@ async def test_several_calls_on_one_connection_and_the_callee_s_errors(mesh: InP
                 peer.call("echo.nope")
             return [first["value"], second["value"]]
     assert await asyncio.to_thread(calls) == [1, 2]
+
+
+async def test_a_round_of_calls_answers_each_in_order_and_a_slow_callee_delays_none(mesh: InProcessMesh) -> None:
+    echo = Echo()
+    await mesh.start_service(echo)
+
+    def round_of_calls() -> tuple[list[Any], float, Any]:
+        with OneShot(mesh.home, "meshctl", timeout=5) as peer:
+            started = time.monotonic()
+            replies = peer.calls([("echo.block_concurrent", None), ("echo.echo", {"value": 1}), ("echo.refuse", None),
+                                  ("echo.echo", {"value": 2})], timeout=0.5)
+            elapsed = time.monotonic() - started
+            return replies, elapsed, peer.call("echo.echo", {"value": 3})  # the connection outlives the round
+
+    replies, elapsed, after = await asyncio.to_thread(round_of_calls)
+    echo.release.set()
+    assert isinstance(replies[0], Timeout)  # the round's own deadline, not the connection's 5 s
+    assert [replies[1]["value"], replies[3]["value"], after["value"]] == [1, 2, 3]
+    assert isinstance(replies[2], BadRequest) and "no such thing" in replies[2].message
+    assert 0.4 < elapsed < 4
 
 
 async def test_a_key_the_broker_does_not_know_is_a_handshake_error(mesh: InProcessMesh) -> None:
