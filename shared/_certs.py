@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Final
 
 from ._errors import CertificateError
+from ._z85 import decode as z85_decode
 
-# pyzmq is imported inside the functions that need it (keys, fingerprints), not here: the
+# pyzmq is imported inside the functions that need it (making keys, deriving one), not here: the
 # configuration imports this module for names and roles, and a program that reads only those
-# (meshctl --help, shell completion) must not pay for loading libzmq.
+# (meshctl --help, shell completion) or reads certificates (status) must not pay for loading
+# libzmq. Z85 keys are decoded by :mod:`._z85` for the same reason.
 ROLES: Final = frozenset({"service", "operator", "device", "plugin"})
 NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _Z85_RE: Final = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
@@ -45,8 +47,7 @@ def check_public_key(z85: str | bytes) -> bytes:
     text = z85.decode("ascii", "replace") if isinstance(z85, bytes) else z85
     if not _Z85_RE.match(text):
         raise CertificateError("a CURVE key must be 40 characters of Z85")
-    import zmq.utils.z85  # imported late: see the note above ROLES
-    raw = zmq.utils.z85.decode(text.encode("ascii"))
+    raw = z85_decode(text.encode("ascii"))
     if len(raw) != 32 or raw == bytes(32):
         raise CertificateError("a CURVE key must decode to 32 bytes and not be all zero")
     return text.encode("ascii")
@@ -54,8 +55,7 @@ def check_public_key(z85: str | bytes) -> bytes:
 
 def fingerprint(public_key: bytes) -> str:
     """SHA-256 of the raw 32-byte public key, as lowercase hex."""
-    import zmq.utils.z85  # imported late: see the note above ROLES
-    return hashlib.sha256(zmq.utils.z85.decode(public_key)).hexdigest()
+    return hashlib.sha256(z85_decode(public_key)).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
