@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Final
 
 from shared import MeshHome
-from shared.files import write_exclusive
 
 from ._output import CliError
 
@@ -61,6 +60,8 @@ def credentials_path(home: MeshHome) -> Path:
 def create_credentials(home: MeshHome) -> Credentials:
     """Generate and store new credentials (0600, ``O_EXCL``: an existing file is an error)."""
     import secrets  # here: only init generates credentials
+
+    from shared.files import write_exclusive
 
     creds = Credentials("meshctl-" + secrets.token_hex(4), secrets.token_urlsafe(32))
     data = json.dumps({"username": creds.username, "password": creds.password}).encode()
