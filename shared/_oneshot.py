@@ -23,7 +23,7 @@ import zmq
 
 from ._certs import load_certificate, load_keypair
 from ._codec import PROTOCOL_VERSION, decode_body, decode_delivered, encode_body, encode_header
-from ._dealer import MONITORED, REVOKED, configure, handshake_refusal
+from ._dealer import MONITORED, REVOKED, configure, handshake_refusal, monitor_event
 from ._errors import HandshakeError, MeshError, Timeout, Unavailable, error_from_wire
 from ._home import MeshHome
 
@@ -156,10 +156,8 @@ def _remaining_ms(deadline: float) -> int:
 
 
 def _handshake(monitor: Any, deadline: float, endpoint: str, timeout: float) -> None:
-    from zmq.utils.monitor import parse_monitor_message
-
     while monitor.poll(_remaining_ms(deadline)):
-        kind = parse_monitor_message(monitor.recv_multipart())["event"]
+        kind = monitor_event(monitor.recv_multipart())
         if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             return
         refusal = handshake_refusal(kind)

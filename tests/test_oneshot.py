@@ -97,3 +97,17 @@ def test_it_needs_no_event_loop() -> None:
     code = "import sys, shared; shared.call_once; shared.OneShot; print('asyncio' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "False"
+
+
+async def test_a_call_made_loads_no_event_loop_either(mesh: InProcessMesh) -> None:
+    # The handshake is read from the monitor socket without pyzmq's monitor helper, which would
+    # import zmq.asyncio (and asyncio with it) into a command that runs no event loop.
+    await mesh.start_service(Echo())
+    code = ("import sys; from pathlib import Path; import shared; "
+            f"home = shared.MeshHome(Path({str(mesh.home.root)!r})); "
+            "reply = shared.call_once(home, 'meshctl', 'echo.echo', {'value': 7}, timeout=5); "
+            "print(reply['value'], 'asyncio' in sys.modules)")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, stdout=subprocess.PIPE,
+                                                stderr=subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert out.decode().split() == ["7", "False"], err.decode()
