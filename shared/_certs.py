@@ -13,21 +13,54 @@ import hashlib
 import os
 import re
 import stat
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from ._errors import CertificateError
-from ._z85 import decode as z85_decode
 
 # pyzmq is imported inside the functions that need it (making keys, deriving one), not here: the
 # configuration imports this module for names and roles, and a program that reads only those
 # (meshctl --help, shell completion) or reads certificates (status) must not pay for loading
-# libzmq. Z85 keys are decoded by :mod:`._z85` for the same reason.
+# libzmq. Z85 keys are decoded here for the same reason (:func:`z85_decode`).
 ROLES: Final = frozenset({"service", "operator", "device", "plugin"})
 NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _Z85_RE: Final = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
 _LINE_RE: Final = re.compile(r'^(\s*)([a-z][a-z0-9_-]*)(?:\s*=\s*"([^"]*)")?\s*$')
+
+
+#: Z85's 85 symbols, in the order of their values (ZeroMQ RFC 32).
+_Z85_CHARS: Final = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+_Z85_VALUE: Final = {symbol: value for value, symbol in enumerate(_Z85_CHARS)}
+
+
+def z85_decode(text: str | bytes | bytearray | memoryview) -> bytes:
+    """The bytes Z85 ``text`` encodes (each 5 symbols, one big-endian 32-bit word).
+
+    pyzmq's ``zmq.utils.z85`` cannot be imported without the ``zmq`` package, which loads libzmq and
+    costs more than the interpreter's own start: ``meshctl status`` of a mesh that is down reads the
+    broker's certificate and talks to no one (issue 13). Encoding stays pyzmq's, in the code that
+    makes keys or speaks CURVE and has libzmq loaded anyway. Results and errors are those of
+    ``zmq.utils.z85.decode`` (tests/test_certs.py compares them): ValueError for text that is not
+    ASCII or whose length is not a multiple of 5, KeyError for a symbol outside Z85, struct.error
+    for a group above 2**32 - 1."""
+    if isinstance(text, str):
+        try:
+            data = text.encode("ascii")
+        except UnicodeEncodeError:
+            raise ValueError("string argument should contain only ASCII characters") from None
+    else:
+        data = bytes(text)
+    if len(data) % 5:
+        raise ValueError(f"Z85 length must be multiple of 5, not {len(data)}")
+    words = []
+    for start in range(0, len(data), 5):
+        word = 0
+        for symbol in data[start:start + 5]:
+            word = word * 85 + _Z85_VALUE[symbol]
+        words.append(word)
+    return struct.pack(f">{len(words)}I", *words)
 
 
 def check_name(name: str) -> str:

@@ -99,7 +99,7 @@ def test_fingerprint_is_sha256_of_the_raw_key() -> None:
 
 
 def test_z85_decoding_without_libzmq_is_pyzmq_s() -> None:
-    # Keys are decoded without pyzmq (shared/_z85.py), so that reading a certificate loads no libzmq
+    # Keys are decoded without pyzmq (z85_decode in shared/_certs.py), so that reading a certificate loads no libzmq
     # (issue 13): the same bytes as pyzmq's decoder for every key, and the same errors for what is
     # not Z85, seen through the fingerprint (a hash of the decoded key).
     import hashlib
