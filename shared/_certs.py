@@ -13,19 +13,54 @@ import hashlib
 import os
 import re
 import stat
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from ._errors import CertificateError
 
-# pyzmq is imported inside the functions that need it (keys, fingerprints), not here: the
+# pyzmq is imported inside the functions that need it (making keys, deriving one), not here: the
 # configuration imports this module for names and roles, and a program that reads only those
-# (meshctl --help, shell completion) must not pay for loading libzmq.
+# (meshctl --help, shell completion) or reads certificates (status) must not pay for loading
+# libzmq. Z85 keys are decoded here for the same reason (:func:`z85_decode`).
 ROLES: Final = frozenset({"service", "operator", "device", "plugin"})
 NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _Z85_RE: Final = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
 _LINE_RE: Final = re.compile(r'^(\s*)([a-z][a-z0-9_-]*)(?:\s*=\s*"([^"]*)")?\s*$')
+
+
+#: Z85's 85 symbols, in the order of their values (ZeroMQ RFC 32).
+_Z85_CHARS: Final = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+_Z85_VALUE: Final = {symbol: value for value, symbol in enumerate(_Z85_CHARS)}
+
+
+def z85_decode(text: str | bytes | bytearray | memoryview) -> bytes:
+    """The bytes Z85 ``text`` encodes (each 5 symbols, one big-endian 32-bit word).
+
+    pyzmq's ``zmq.utils.z85`` cannot be imported without the ``zmq`` package, which loads libzmq and
+    costs more than the interpreter's own start: ``meshctl status`` of a mesh that is down reads the
+    broker's certificate and talks to no one (issue 13). Encoding stays pyzmq's, in the code that
+    makes keys or speaks CURVE and has libzmq loaded anyway. Results and errors are those of
+    ``zmq.utils.z85.decode`` (tests/test_certs.py compares them): ValueError for text that is not
+    ASCII or whose length is not a multiple of 5, KeyError for a symbol outside Z85, struct.error
+    for a group above 2**32 - 1."""
+    if isinstance(text, str):
+        try:
+            data = text.encode("ascii")
+        except UnicodeEncodeError:
+            raise ValueError("string argument should contain only ASCII characters") from None
+    else:
+        data = bytes(text)
+    if len(data) % 5:
+        raise ValueError(f"Z85 length must be multiple of 5, not {len(data)}")
+    words = []
+    for start in range(0, len(data), 5):
+        word = 0
+        for symbol in data[start:start + 5]:
+            word = word * 85 + _Z85_VALUE[symbol]
+        words.append(word)
+    return struct.pack(f">{len(words)}I", *words)
 
 
 def check_name(name: str) -> str:
@@ -45,8 +80,7 @@ def check_public_key(z85: str | bytes) -> bytes:
     text = z85.decode("ascii", "replace") if isinstance(z85, bytes) else z85
     if not _Z85_RE.match(text):
         raise CertificateError("a CURVE key must be 40 characters of Z85")
-    import zmq.utils.z85  # imported late: see the note above ROLES
-    raw = zmq.utils.z85.decode(text.encode("ascii"))
+    raw = z85_decode(text.encode("ascii"))
     if len(raw) != 32 or raw == bytes(32):
         raise CertificateError("a CURVE key must decode to 32 bytes and not be all zero")
     return text.encode("ascii")
@@ -54,8 +88,7 @@ def check_public_key(z85: str | bytes) -> bytes:
 
 def fingerprint(public_key: bytes) -> str:
     """SHA-256 of the raw 32-byte public key, as lowercase hex."""
-    import zmq.utils.z85  # imported late: see the note above ROLES
-    return hashlib.sha256(zmq.utils.z85.decode(public_key)).hexdigest()
+    return hashlib.sha256(z85_decode(public_key)).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

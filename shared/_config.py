@@ -8,6 +8,7 @@ a :class:`~shared.ConfigError` that names the key (``broker.liveness_ms``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import tomllib
@@ -291,12 +292,19 @@ def _convert(tp: Any, value: Any, where: str, base: Any = None) -> Any:
     return value
 
 
+@functools.cache
+def _schema(cls: Any) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
+    """The field types and fields of a section class, worked out once per class: the annotations are
+    strings (``from __future__ import annotations``), and evaluating them again for every table of
+    every parse was most of the time a parse took (every process and meshctl command parses)."""
+    return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+
+
 def _build(cls: Any, data: dict[str, Any], prefix: str, base: Any = None) -> Any:
     """Build ``cls`` from a TOML table. Keys the table leaves out keep the values of
     ``base`` (the enclosing default, e.g. the master Argon2 profile), not the class's
     generic defaults: a partial table never silently weakens a setting."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints, fields = _schema(cls)
     kwargs: dict[str, Any] = {}
     if base is not None:
         kwargs = {f.name: getattr(base, f.name) for f in dataclasses.fields(cls)}

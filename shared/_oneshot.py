@@ -1,28 +1,30 @@
-"""One request over a fresh connection, without asyncio: for short-lived commands (``meshctl ping``).
+"""A few requests over a fresh connection, without asyncio: for short-lived commands (``meshctl ping``
+and ``status``).
 
 :class:`~shared.MeshClient` needs an event loop, and asyncio costs about as much to import as the
-interpreter takes to start; a command that makes one call and exits should not pay it (issue 13).
+interpreter takes to start; a command that makes a few calls and exits should not pay it (issue 13).
 :class:`OneShot` (and :func:`call_once`) speaks the same protocol over the same socket set-up
-(:mod:`._dealer`): it waits for the CURVE handshake, sends a ``req``, waits for its ``rep`` or
-``err``, and closes. Every wait is bounded by one deadline. The errors are those of
+(:mod:`._dealer`): it waits for the CURVE handshake, sends a ``req`` (or a round of them at once:
+:meth:`OneShot.calls`), waits for each ``rep`` or ``err``, and closes. Every wait is bounded by one
+deadline (a round may be given its own). The errors are those of
 :class:`~shared.MeshClient`: the callee's answer as its :class:`~shared.MeshError`,
 :class:`~shared.HandshakeError` for a refused certificate or a wrong broker key,
 :class:`~shared.Unavailable` when no handshake happens in time, :class:`~shared.Timeout` when the
-reply does not come.
-"""
+reply does not come."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import Any, Final
 
 import zmq
 
 from ._certs import load_certificate, load_keypair
 from ._codec import PROTOCOL_VERSION, decode_body, decode_delivered, encode_body, encode_header
-from ._dealer import MONITORED, REVOKED, configure, handshake_refusal
-from ._errors import HandshakeError, Timeout, Unavailable, error_from_wire
+from ._dealer import MONITORED, REVOKED, configure, handshake_refusal, monitor_event
+from ._errors import HandshakeError, MeshError, Timeout, Unavailable, error_from_wire
 from ._home import MeshHome
 
 _MAX_HEADER: Final = 65536
@@ -81,16 +83,54 @@ class OneShot:
 
     def call(self, target: str, body: Any = None) -> Any:
         """Call ``target`` (``service.method``); the decoded reply body, or the callee's error."""
-        self._ids += 1
-        remaining = max(0.001, self._deadline - time.monotonic())
-        header = {"v": PROTOCOL_VERSION, "k": "req", "to": target, "ttl": max(1, int(remaining * 1000)),
-                  "id": self._ids}
-        frames = [encode_header(header)] if body is None else [encode_header(header), encode_body(body)]
-        try:
-            self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
-        except zmq.Again:
-            raise Unavailable("not connected to the broker, or its queue is full") from None
-        return _reply(self._sock, self._ids, self._deadline, self.timeout)
+        (reply,) = self.calls([(target, body)])
+        if isinstance(reply, MeshError):
+            raise reply
+        return reply
+
+    def calls(self, requests: Sequence[tuple[str, Any]], *, timeout: float | None = None) -> list[Any]:
+        """Make every ``(target, body)`` request at once, then wait for their replies in whatever order
+        they come: one slow callee delays none of the others. For each request, in order, its decoded
+        reply body or the :class:`~shared.MeshError` that ended it (the callee's error,
+        :class:`~shared.Unavailable` when it could not be sent, :class:`~shared.Timeout` without a
+        reply in time, :class:`~shared.HandshakeError` when the broker revoked this connection).
+
+        The wait ends at the connection's deadline, or ``timeout`` seconds from now when given (a
+        command that asks in rounds gives each round the same time)."""
+        deadline = self._deadline if timeout is None else time.monotonic() + timeout
+        results: dict[int, Any] = {}
+        waiting: dict[int, int] = {}  # request id -> the request's index
+        for index, (target, body) in enumerate(requests):
+            self._ids += 1
+            remaining = max(0.001, deadline - time.monotonic())
+            header = {"v": PROTOCOL_VERSION, "k": "req", "to": target, "ttl": max(1, int(remaining * 1000)),
+                      "id": self._ids}
+            frames = [encode_header(header)] if body is None else [encode_header(header), encode_body(body)]
+            try:
+                self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                results[index] = Unavailable("not connected to the broker, or its queue is full")
+                continue
+            waiting[self._ids] = index
+        while waiting and self._sock.poll(_remaining_ms(deadline)):
+            frames = self._sock.recv_multipart()
+            header = decode_delivered(frames[0], _MAX_HEADER)
+            kind, answered = header["k"], header.get("id")
+            if kind == "err" and answered == 0 and header.get("code") == "UNAUTHENTICATED":
+                results.update((i, HandshakeError(REVOKED)) for i in waiting.values())
+                waiting.clear()
+            elif kind in ("rep", "err") and answered in waiting:
+                index = waiting.pop(answered)
+                if kind == "rep":
+                    results[index] = None if len(frames) < 2 else decode_body(frames[1], _MAX_BODY)
+                else:
+                    results[index] = error_from_wire(header.get("code"), header.get("msg"))
+            # Anything else (a heartbeat, an event, a late reply) is none of these answers: keep waiting.
+            if time.monotonic() >= deadline:
+                break
+        span = self.timeout if timeout is None else timeout
+        results.update((i, Timeout(f"no reply within {span:.3f} s")) for i in waiting.values())
+        return [results[i] for i in range(len(requests))]
 
     def close(self) -> None:
         if self._monitor is not None:
@@ -116,10 +156,8 @@ def _remaining_ms(deadline: float) -> int:
 
 
 def _handshake(monitor: Any, deadline: float, endpoint: str, timeout: float) -> None:
-    from zmq.utils.monitor import parse_monitor_message
-
     while monitor.poll(_remaining_ms(deadline)):
-        kind = parse_monitor_message(monitor.recv_multipart())["event"]
+        kind = monitor_event(monitor.recv_multipart())
         if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             return
         refusal = handshake_refusal(kind)
@@ -128,20 +166,3 @@ def _handshake(monitor: Any, deadline: float, endpoint: str, timeout: float) -> 
         if time.monotonic() >= deadline:
             break
     raise Unavailable(f"no CURVE handshake with the broker at {endpoint} within {timeout:.1f} s")
-
-
-def _reply(sock: Any, request_id: int, deadline: float, timeout: float) -> Any:
-    while sock.poll(_remaining_ms(deadline)):
-        frames = sock.recv_multipart()
-        header = decode_delivered(frames[0], _MAX_HEADER)
-        kind, answered = header["k"], header.get("id")
-        if kind == "rep" and answered == request_id:
-            return None if len(frames) < 2 else decode_body(frames[1], _MAX_BODY)
-        if kind == "err" and answered == request_id:
-            raise error_from_wire(header.get("code"), header.get("msg"))
-        if kind == "err" and answered == 0 and header.get("code") == "UNAUTHENTICATED":
-            raise HandshakeError(REVOKED)
-        # Anything else (a heartbeat, an event) is not our answer: keep waiting.
-        if time.monotonic() >= deadline:
-            break
-    raise Timeout(f"no reply within {timeout:.3f} s")

@@ -96,3 +96,23 @@ def test_fingerprint_is_sha256_of_the_raw_key() -> None:
     import hashlib
     public, _ = zmq.curve_keypair()
     assert certs.fingerprint(public) == hashlib.sha256(zmq.utils.z85.decode(public)).hexdigest()
+
+
+def test_z85_decoding_without_libzmq_is_pyzmq_s() -> None:
+    # Keys are decoded without pyzmq (z85_decode in shared/_certs.py), so that reading a certificate loads no libzmq
+    # (issue 13): the same bytes as pyzmq's decoder for every key, and the same errors for what is
+    # not Z85, seen through the fingerprint (a hash of the decoded key).
+    import hashlib
+    import struct
+
+    for _ in range(200):
+        text = zmq.utils.z85.encode(os.urandom(32))
+        assert certs.fingerprint(text) == hashlib.sha256(zmq.utils.z85.decode(text)).hexdigest()
+        assert certs.check_public_key(text) == text
+    for text, raw in ((b"HelloWorld", "864fd26fb559f75b"), (b"%nSc0", "ffffffff"), (b"", "")):  # RFC 32's vector
+        assert certs.fingerprint(text) == hashlib.sha256(bytes.fromhex(raw)).hexdigest()
+    for bad, error in ((b"abcd", ValueError), (b'abc"d', KeyError), (b"#####", struct.error)):
+        with pytest.raises(error):
+            zmq.utils.z85.decode(bad)
+        with pytest.raises(error):
+            certs.fingerprint(bad)

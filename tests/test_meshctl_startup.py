@@ -66,6 +66,8 @@ def test_status_loads_no_storage_engine_and_ping_no_supervisor_client(tmp_path: 
 def test_ping_and_status_of_a_down_mesh_load_neither_structlog_nor_a_keyring(tmp_path: Path) -> None:
     # An initialised home (keystore = file) whose mesh is down: logging is deferred until there is
     # something to log (nothing, here), and with keystore = file no keyring backend is probed.
+    # status finds neither supervisord's socket nor the broker's: it loads no XML-RPC client, no
+    # zmq and no event loop (they are loaded to talk to a mesh that is up).
     root = tmp_path / "bench"
     root.mkdir()
     env = startup._environment(root)
@@ -75,8 +77,13 @@ def test_ping_and_status_of_a_down_mesh_load_neither_structlog_nor_a_keyring(tmp
         done = subprocess.run([sys.executable, "-c", CHILD, *argv], cwd=ROOT, env={**env, "MODULES_OUT": str(out)},
                               capture_output=True, text=True, timeout=60, check=False)
         assert "cannot reach the broker" in done.stderr or '"state": "unhealthy"' in done.stdout, done
-        names = {n.split(".")[0] for n in json.loads(out.read_text("utf-8"))}
-        assert "zmq" in names and names & {"structlog", "rich", "keyring", "secretstorage"} == set(), argv
+        modules = set(json.loads(out.read_text("utf-8")))
+        names = {n.split(".")[0] for n in modules}
+        assert names & {"structlog", "rich", "keyring", "secretstorage", "supervisor"} == set(), argv
+        if argv[0] == "ping":
+            assert "zmq" in names
+        else:
+            assert names & {"zmq", "asyncio"} == set() and modules & {"xmlrpc.client", "importlib.metadata"} == set()
     report = json.loads(subprocess.run([sys.executable, "-m", "tools.meshctl_cli", "status", "--json"], cwd=ROOT,
                                        env=env, capture_output=True, text=True, timeout=60, check=False).stdout)
     assert report["keyring"] == {"backend": None, "usable": None, "source": "configuration",

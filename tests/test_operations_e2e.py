@@ -31,7 +31,8 @@ import pytest
 from supervisor.xmlrpc import SupervisorTransport
 
 from shared import Connection, HandshakeError, MeshClient, MeshHome, certs, config_path, load_config, parse_config
-from tools.meshctl_cli._supervisor import alive, home_processes, load_credentials
+from tools.meshctl_cli._output import CliError
+from tools.meshctl_cli._supervisor import Credentials, Supervisor, alive, home_processes, load_credentials
 
 from .conftest import eventually
 
@@ -202,6 +203,11 @@ def test_supervisord_refuses_a_client_without_credentials(live: MeshHome) -> Non
         with pytest.raises(xmlrpc.client.ProtocolError) as refused:
             proxy.supervisor.stopProcess("mesh:storage")
         assert refused.value.errcode == 401
+        # meshctl's own client (no supervisor package: tools/meshctl_cli/_xmlrpc.py) is refused alike.
+        with pytest.raises(CliError, match="supervisord refused our credentials"):
+            Supervisor(live, None if user is None else Credentials(user, password or "")).call("stopProcess",
+                                                                                            "mesh:storage")
+    assert Supervisor(live, creds).call("getState")["statename"] == "RUNNING"
     assert row(status(live), "storage")["state"] == "RUNNING"
 
 

@@ -57,8 +57,6 @@ def _down(args: argparse.Namespace, home: MeshHome) -> int:
 
 
 def _up_or_status(args: argparse.Namespace, home: MeshHome) -> int:
-    import asyncio
-
     from . import _render, _watch
     from ._status import watch_status
 
@@ -66,11 +64,13 @@ def _up_or_status(args: argparse.Namespace, home: MeshHome) -> int:
     if interval is not None:
         return watch_status(home, interval, args.json)
     if args.command == "up":
+        import asyncio
+
         from . import _lifecycle  # supervisord's programs and start-up: not for a status
 
         report = asyncio.run(_lifecycle.up(home, timeout=args.timeout, quiet=args.json))
     else:
-        report = asyncio.run(_status(home))
+        report = _status(home)  # no event loop: a status is a few calls (issue 13)
     emit(args.json, report, _render.status(report), _render.status_warnings(report))
     if report["state"] == "sealed":
         raise CliError("the mesh is sealed: run `meshctl security unlock`", status=report["exit_code"])
@@ -299,16 +299,11 @@ def _run(args: argparse.Namespace) -> int:
     return _COMMANDS[args.command](args, home)
 
 
-async def _status(home: MeshHome) -> dict[str, Any]:
-    from ._status import MeshProbe, collect
+def _status(home: MeshHome) -> dict[str, Any]:
+    from ._status import collect_once
     from ._supervisor import Supervisor, load_credentials
 
-    supervisor = Supervisor(home, load_credentials(home))
-    probe = MeshProbe(home)
-    try:
-        return await collect(home, supervisor, probe)
-    finally:
-        await probe.close()
+    return collect_once(home, Supervisor(home, load_credentials(home)))
 
 
 def _wants_json(argv: list[str]) -> bool:

@@ -12,9 +12,10 @@ from typing import Any, Final
 from shared import MeshHome
 
 from ._mesh import home_config
+from ._mesh_view import MeshProbe
 from ._output import CliError, Progress
 from ._programs import apply_programs, write_programs
-from ._status import MeshProbe, collect
+from ._status import collect
 from ._supervisor import (
     NotRunning,
     Supervisor,

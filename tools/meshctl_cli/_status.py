@@ -3,49 +3,32 @@
 A process is ready when supervisord has it RUNNING, it is registered with the
 broker (for the broker itself: it answers ``mesh.stats`` with its ZAP handler
 alive) and its ``<name>.health`` reports the state ``ready``. The mesh's verdict
-(healthy, sealed, degraded, unhealthy) and exit code are :mod:`._verdict`'s.
+(healthy, sealed, degraded, unhealthy) and exit code are :mod:`._verdict`'s; what
+the broker and the processes answer is gathered by :mod:`._mesh_view`, with or
+without an event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from shared import HandshakeError, MeshClient, MeshError, MeshHome, Unavailable, certs, mesh_config
+from shared import MeshError, MeshHome, certs, mesh_config
 
-from . import _render
+from ._mesh_view import MeshView, fetch_once
 from ._output import CliError
 from ._supervisor import NotRunning, Supervisor, load_credentials
 from ._verdict import HEALTHY, describe, judge, readiness
-from ._watch import watch
+
+if TYPE_CHECKING:
+    from shared import Certificate, MeshConfig
+
+    from ._mesh_view import MeshProbe
 
 _LOG_TAIL_LINES: Final = 12
 _LOG_TAIL_BYTES: Final = 8192
 _SPAWNED = re.compile(r"spawned: '([^']+)' with pid")
-
-
-class MeshProbe:
-    """meshctl's connection to the broker, opened on first use and kept across polls
-    (libzmq reconnects it if the broker restarts)."""
-
-    def __init__(self, home: MeshHome) -> None:
-        self.home = home
-        self.client: MeshClient | None = None
-
-    async def get(self, timeout: float = 2.0) -> MeshClient:
-        """The client; :class:`Unavailable` or :class:`HandshakeError` if the broker cannot be had."""
-        if self.client is None:
-            if not self.home.broker_socket.exists():
-                raise Unavailable("the broker is not listening (no socket in run/)")
-            self.client = await MeshClient.connect(self.home, "meshctl", timeout=timeout)
-        return self.client
-
-    async def close(self) -> None:
-        if self.client is not None:
-            await self.client.close()
-            self.client = None
 
 
 def keyring_backend() -> dict[str, Any]:
@@ -105,45 +88,21 @@ def log_tail(supervisor: Supervisor, full_name: str) -> list[str]:
     return []
 
 
-async def _mesh_view(probe: MeshProbe) -> tuple[dict[str, Any] | None, dict[str, Any], dict[str, Any], str | None]:
-    """``(mesh.stats, registrations by name, health replies by name, problem)``."""
-    try:
-        client = await probe.get()
-        stats = await client.call("mesh.stats", timeout=2.0)
-        registered = {s["name"]: s for s in await client.call("mesh.services", timeout=2.0)}
-    except HandshakeError as exc:
-        return None, {}, {}, f"the broker refused meshctl: {exc.message}"
-    except MeshError as exc:
-        return None, {}, {}, f"the broker is not reachable: {exc.message}"
-    replies = await asyncio.gather(*(client.call(f"{name}.health", timeout=2.0) for name in registered),
-                                   return_exceptions=True)
-    health: dict[str, Any] = {}
-    for name, reply in zip(registered, replies, strict=True):
-        if isinstance(reply, MeshError):
-            health[name] = {"status": "not answering", "error": reply.code}
-        elif isinstance(reply, BaseException):
-            raise reply
-        else:
-            health[name] = reply
-    return stats, registered, health, None
-
-
-async def keyvault_view(probe: MeshProbe, registered: dict[str, Any], test_profiles: bool) -> dict[str, Any]:
-    """``keyvault.status`` and the warnings it calls for. Sealed is a warning, not a problem:
-    the processes are fine, the data is waiting for ``meshctl security unlock``."""
+def keyvault_view(reply: Any, registered: dict[str, Any], test_profiles: bool) -> dict[str, Any]:
+    """``keyvault.status`` (its ``reply``, or the MeshError that ended the call) and the warnings it
+    calls for. Sealed is a warning, not a problem: the processes are fine, the data is waiting for
+    ``meshctl security unlock``."""
     vault: dict[str, Any] = {"reachable": False, "initialised": None, "sealed": None, "keystore": None,
                              "keystore_warning": None, "protection": None, "test_profiles": test_profiles,
                              "error": None}
     if "keyvault" not in registered:
         vault["error"] = "keyvault is not registered"
+    elif isinstance(reply, MeshError):
+        vault["error"] = f"keyvault.status: {reply.code}"
     else:
-        try:
-            reply = await (await probe.get()).call("keyvault.status", timeout=2.0)
-            vault.update({k: reply.get(k) for k in ("initialised", "sealed", "keystore", "keystore_warning",
-                                                    "protection")},
-                         reachable=True, test_profiles=bool(reply.get("test_profiles")) or test_profiles)
-        except MeshError as exc:
-            vault["error"] = f"keyvault.status: {exc.code}"
+        vault.update({k: reply.get(k) for k in ("initialised", "sealed", "keystore", "keystore_warning",
+                                                "protection")},
+                     reachable=True, test_profiles=bool(reply.get("test_profiles")) or test_profiles)
     warnings = []
     if vault["keystore_warning"]:
         warnings.append(str(vault["keystore_warning"]))
@@ -157,14 +116,14 @@ async def keyvault_view(probe: MeshProbe, registered: dict[str, Any], test_profi
     return vault
 
 
-async def storage_view(probe: MeshProbe, registered: dict[str, Any]) -> dict[str, Any] | None:
-    """``storage.status`` (key versions, rotation progress, newest backup) and its warnings."""
+def storage_view(reply: Any, registered: dict[str, Any]) -> dict[str, Any] | None:
+    """``storage.status`` (key versions, rotation progress, newest backup) and its warnings, from its
+    ``reply`` or the MeshError that ended the call."""
     if "storage" not in registered:
         return None
-    try:
-        view: dict[str, Any] = await (await probe.get()).call("storage.status", timeout=2.0)
-    except MeshError as exc:
-        return {"error": f"storage.status: {exc.code}", "warnings": []}
+    if isinstance(reply, MeshError):
+        return {"error": f"storage.status: {reply.code}", "warnings": []}
+    view: dict[str, Any] = reply
     warnings = []
     if view.get("state") == "failed":
         warnings.append(f"storage cannot serve: {view.get('problem')}")
@@ -230,24 +189,41 @@ def _row(name: str, proc: dict[str, Any] | None, stats: dict[str, Any] | None,
     return row
 
 
-async def collect(home: MeshHome, supervisor: Supervisor, probe: MeshProbe, *, details: bool = True) -> dict[str, Any]:
-    """The status of the mesh in ``home`` as one JSON-ready dict (``meshctl status --json``).
-
-    ``details`` adds restart counts, the keyring backend, keyvault's state (``keyvault``:
-    sealed or not, its keystore and warnings) and the log tails of unhealthy processes;
-    the polling loops of ``up`` and ``restart`` leave them out until the end.
-    """
+def _local(home: MeshHome, supervisor: Supervisor) -> tuple[MeshConfig, Certificate, dict[str, Any], str | None]:
+    """What a status knows without the broker: the configuration, the broker's certificate, and
+    supervisord's processes by name (none, with the reason, when supervisord is not running)."""
     try:
         config = mesh_config(home.root)
         broker_cert = certs.load_certificate(home.public_key_path("broker"))
     except MeshError as exc:
         raise CliError(exc.message) from None
     try:
-        procs = {p["name"]: p for p in supervisor.processes()}
-        supervisor_problem = None
+        return config, broker_cert, {p["name"]: p for p in supervisor.processes()}, None
     except NotRunning as exc:
-        procs, supervisor_problem = {}, exc.message
-    stats, registered, health, mesh_problem = await _mesh_view(probe)
+        return config, broker_cert, {}, exc.message
+
+
+def collect_once(home: MeshHome, supervisor: Supervisor, *, details: bool = True) -> dict[str, Any]:
+    """The status of the mesh in ``home`` as one JSON-ready dict (``meshctl status --json``), asked
+    over one fresh connection without an event loop. ``details``: see :func:`_report`."""
+    local = _local(home, supervisor)
+    return _report(home, supervisor, *local, fetch_once(home, details), details)
+
+
+async def collect(home: MeshHome, supervisor: Supervisor, probe: MeshProbe, *, details: bool = True) -> dict[str, Any]:
+    """The same as :func:`collect_once`, over ``probe``'s kept connection: for the loops that poll
+    the status (``status --watch``, ``up``, ``restart``)."""
+    local = _local(home, supervisor)
+    return _report(home, supervisor, *local, await probe.view(details), details)
+
+
+def _report(home: MeshHome, supervisor: Supervisor, config: MeshConfig, broker_cert: Certificate,
+            procs: dict[str, Any], supervisor_problem: str | None, view: MeshView, details: bool) -> dict[str, Any]:
+    """The status from what supervisord and the mesh answered. ``details`` adds restart counts, the
+    keyring backend, keyvault's state (``keyvault``: sealed or not, its keystore and warnings) and
+    the log tails of unhealthy processes; the polling loops of ``up`` and ``restart`` leave them
+    out until the end."""
+    stats, registered, health, mesh_problem = view.stats, view.registered, view.health, view.problem
     declared = config.processes()  # every declared process, in start order, running or not
     names = [*declared, *sorted(set(procs) - set(declared))]
     rows = [_row(name, procs.get(name), stats, registered, health) for name in names]
@@ -270,8 +246,8 @@ async def collect(home: MeshHome, supervisor: Supervisor, probe: MeshProbe, *, d
         warnings += [f"certificate store: {p['file']}: {p['problem']}" for p in stats["certificate_problems"]]
         if stats["pending_certificates"]:
             warnings.append(f"{stats['pending_certificates']} unknown key(s) tried to connect: meshctl certs pending")
-    vault = await keyvault_view(probe, registered, config.argon2.test_profiles) if details else None
-    storage = await storage_view(probe, registered) if details else None
+    vault = keyvault_view(view.vault, registered, config.argon2.test_profiles) if details else None
+    storage = storage_view(view.storage, registered) if details else None
     if storage is not None:
         warnings += storage["warnings"]
     if vault is not None:
@@ -298,6 +274,10 @@ async def collect(home: MeshHome, supervisor: Supervisor, probe: MeshProbe, *, d
 def watch_status(home: MeshHome, interval: float, as_json: bool) -> int:
     """``meshctl status --watch``: the status every ``interval`` seconds over one kept connection
     (libzmq reconnects it across a broker restart); exit 0 on Ctrl-C whatever the verdict."""
+    from . import _render
+    from ._mesh_view import MeshProbe
+    from ._watch import watch
+
     supervisor = Supervisor(home, load_credentials(home))  # not initialised: refused before watching
     probe = MeshProbe(home)
 

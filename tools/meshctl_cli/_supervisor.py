@@ -6,28 +6,24 @@ generated and keeps in ``<home>/keys/supervisord.credentials`` (0600, created
 with ``O_EXCL``). supervisord itself is given only ``{SHA}`` + the SHA-1 of the
 password, through its environment, so the password never sits in a config
 file, a command line or a child's environment.
+
+meshctl speaks XML-RPC to it with the standard library (:mod:`._xmlrpc`), never importing the
+``supervisor`` package, and loads even that only when the socket exists: ``status`` of a mesh
+that is down learns it from the missing socket (issue 13: start-up is most of a command's time).
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
-import secrets
-import socket
 import stat
-import subprocess
 import sys
-import xmlrpc.client
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from supervisor.xmlrpc import SupervisorTransport  # type: ignore[import-untyped]
-
 from shared import MeshHome
-from shared.files import write_exclusive
 
 from ._output import CliError
 
@@ -52,6 +48,8 @@ class Credentials:
     def supervisord_hash(self) -> str:
         """The form supervisord.conf takes: ``{SHA}`` + hex SHA-1 of the password. The
         password is 256 random bits, so the hash reveals nothing usable."""
+        import hashlib  # here: only starting supervisord needs it
+
         return "{SHA}" + hashlib.sha1(self.password.encode(), usedforsecurity=False).hexdigest()
 
 
@@ -61,6 +59,10 @@ def credentials_path(home: MeshHome) -> Path:
 
 def create_credentials(home: MeshHome) -> Credentials:
     """Generate and store new credentials (0600, ``O_EXCL``: an existing file is an error)."""
+    import secrets  # here: only init generates credentials
+
+    from shared.files import write_exclusive
+
     creds = Credentials("meshctl-" + secrets.token_hex(4), secrets.token_urlsafe(32))
     data = json.dumps({"username": creds.username, "password": creds.password}).encode()
     write_exclusive(credentials_path(home), data, 0o600)
@@ -112,20 +114,33 @@ class Supervisor:
         if len(str(self.socket).encode()) > _MAX_SOCKET_PATH:
             raise CliError(f"the mesh home {home.root} is too deep for a unix socket path; use a shorter one")
 
-    def _proxy(self) -> Any:
-        # XML-RPC to supervisord must never hang forever: every socket made from here on has a
-        # deadline (set here, not at meshctl's start, so commands that never talk to supervisord
-        # do not import the socket module for it).
-        socket.setdefaulttimeout(RPC_TIMEOUT_S)
-        user = self.credentials.username if self.credentials else None
-        password = self.credentials.password if self.credentials else None
-        transport = SupervisorTransport(user, password, f"unix://{self.socket}")
-        return xmlrpc.client.ServerProxy("http://localhost", transport=transport)
+    def _unreachable(self, exc: OSError) -> CliError:
+        """The error for a socket that cannot be reached: nobody there is a mesh that is down."""
+        if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)) or exc.errno in (
+                errno.ENOENT, errno.ECONNREFUSED):
+            return NotRunning(f"supervisord is not running for {self.home.root}")
+        return CliError(f"cannot reach supervisord at {self.socket}: {exc.strerror or exc}")
 
     def call(self, method: str, *args: Any) -> Any:
         """Call ``supervisor.<method>``; errors become one-line :class:`CliError` s."""
         try:
-            return getattr(self._proxy().supervisor, method)(*args)
+            # No socket, no supervisord: said without loading the XML-RPC client. The connection
+            # below would fail the same way (ENOENT, or EACCES where stat does), and is still
+            # mapped the same way for a socket that vanishes or that nobody listens on.
+            os.stat(self.socket)
+        except OSError as exc:
+            raise self._unreachable(exc) from None
+        import xmlrpc.client
+
+        from ._xmlrpc import server_proxy
+
+        user = self.credentials.username if self.credentials else None
+        password = self.credentials.password if self.credentials else None
+        try:
+            # A fresh connection per call, with a deadline on every wait: supervisord may be busy
+            # stopping a process, but meshctl never waits for it forever.
+            proxy = server_proxy(str(self.socket), user, password, RPC_TIMEOUT_S)
+            return getattr(proxy.supervisor, method)(*args)
         except xmlrpc.client.ProtocolError as exc:
             if exc.errcode == 401:
                 raise CliError("supervisord refused our credentials (keys/supervisord.credentials does not "
@@ -134,10 +149,7 @@ class Supervisor:
         except xmlrpc.client.Fault as exc:
             raise SupervisorFault(f"supervisord: {exc.faultString}", exc.faultCode) from None
         except OSError as exc:
-            if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)) or exc.errno in (
-                    errno.ENOENT, errno.ECONNREFUSED):
-                raise NotRunning(f"supervisord is not running for {self.home.root}") from None
-            raise CliError(f"cannot reach supervisord at {self.socket}: {exc.strerror or exc}") from None
+            raise self._unreachable(exc) from None
 
     def running(self) -> bool:
         try:
@@ -162,6 +174,8 @@ class Supervisor:
             raise CliError("cannot start supervisord without credentials")
         if not CONF.is_file():
             raise CliError(f"{CONF} not found: meshctl up runs from a curvemesh checkout")
+        import subprocess  # here: only `up` starts supervisord
+
         env = dict(os.environ)
         env.update(CURVEMESH_HOME=str(self.home.root), CURVEMESH_PYTHON=sys.executable, CURVEMESH_REPO=str(REPO),
                    CURVEMESH_SUPERVISOR_USER=self.credentials.username,

@@ -11,7 +11,6 @@ again: a watch outlives the outage it is watching.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import json
 import math
@@ -20,6 +19,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._output import CliError
+
+# asyncio is imported where a watch starts, not here: `status` and `alerts` without --watch check
+# the flags with this module and run no event loop (issue 13: start-up is a command's main cost).
 
 #: One refresh: the JSON-ready value and its text for people.
 Fetch = Callable[[], Awaitable[tuple[Any, str]]]
@@ -43,6 +45,8 @@ def check_flags(args: argparse.Namespace, applies: bool) -> float | None:
 
 
 async def _loop(fetch: Fetch, interval: float, show: Show, close: Callable[[], Awaitable[None]] | None) -> None:
+    import asyncio
+
     try:
         while True:
             try:
@@ -60,6 +64,8 @@ async def _loop(fetch: Fetch, interval: float, show: Show, close: Callable[[], A
 def watch(fetch: Fetch, interval: float, as_json: bool, title: str,
           close: Callable[[], Awaitable[None]] | None = None) -> int:
     """Show ``fetch()`` every ``interval`` seconds until Ctrl-C; return 0 then."""
+    import asyncio
+
     def heading() -> str:
         stamp = datetime.datetime.now().strftime("%H:%M:%S")
         return f"{title} at {stamp}, every {interval:g} s (Ctrl-C ends)"
@@ -83,6 +89,8 @@ def watch(fetch: Fetch, interval: float, as_json: bool, title: str,
 def _live(fetch: Fetch, interval: float, close: Callable[[], Awaitable[None]] | None,
           heading: Callable[[], str]) -> None:
     # rich only here, on a terminal: a watch on a pipe and every other command never import it.
+    import asyncio
+
     from rich.console import Console
     from rich.live import Live
     from rich.text import Text
