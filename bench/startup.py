@@ -14,7 +14,10 @@ steadier one on a busy machine. Targets: ``--help`` <= 3x, ``status`` and ``ping
 while the other commands are timed. A command still imports everything it needs before it finds
 the mesh down, so the figure is its start-up cost; on a running mesh the round trips add a few
 milliseconds. Each run's exit status and output are checked to be the down mesh's answer, so a
-command that broke early cannot pass for a fast one.
+command that broke early cannot pass for a fast one. Every command (the baseline too) runs with
+bytecode caches in a directory of the bench's own (``PYTHONPYCACHEPREFIX``), written by the warm-up
+run, as an operator's checkout has them after its first command, whatever the machine's
+``PYTHONDONTWRITEBYTECODE`` says.
 """
 
 from __future__ import annotations
@@ -83,7 +86,13 @@ def meshctl_prefix() -> tuple[list[str], str]:
 
 
 def _environment(root: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("CURVEMESH_CONFIG", "_ARGCOMPLETE")}
+    # Bytecode caches as an installed checkout has them: Python writes them on a command's first run
+    # unless told not to, and a machine that says PYTHONDONTWRITEBYTECODE (as some CI and sandboxes
+    # do) would have every round compile the checkout again. They go to a directory of the bench's
+    # own (removed with it), never into the checkout, for the baseline and every command alike.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CURVEMESH_CONFIG", "_ARGCOMPLETE", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
+    env.update(PYTHONPYCACHEPREFIX=str(root / "pycache"))
     env.update(CURVEMESH_HOME=str(root / "home"), XDG_STATE_HOME=str(root / "state"),
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     return env
