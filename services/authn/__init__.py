@@ -1,2 +1,2 @@
-"""The authn service: authenticates users and devices (accounts, tokens and MFA come with their issue).
-"""
+"""The authn service: people's accounts, passwords, TOTP and passkeys, sessions and device-bound
+access tokens (docs/authn.md). :class:`~.service.Authn` is the service."""

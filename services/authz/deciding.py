@@ -109,17 +109,13 @@ class DecisionCache:
     def __init__(self, max_entries: int = 10_000) -> None:
         self.max_entries = max_entries
         self._entries: OrderedDict[tuple[Any, ...], tuple[Decision, float]] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: tuple[Any, ...], now: float) -> tuple[Decision, float] | None:
         """The decision held for ``key`` and until when it holds, or None."""
         entry = self._entries.get(key)
         if entry is None or entry[1] <= now:
-            self.misses += 1
             return None
         self._entries.move_to_end(key)
-        self.hits += 1
         return entry
 
     def put(self, key: tuple[Any, ...], decision: Decision, until: float) -> None:

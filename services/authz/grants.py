@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .deciding import ACTIONS, KINDS, Request
+from .deciding import ACTIONS, Request
 
 GRANTEE_RE: Final = re.compile(r"(user|service|device|plugin):[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 PURPOSE_RE: Final = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -96,10 +96,3 @@ class GrantIndex:
         expiry among covering grants, or (when none covers) infinity (a new grant clears caches)."""
         until = [g.expires_at for g in self._by_owner.get(request.owner, {}).values() if g.covers(request, now)]
         return (True, max(until)) if until else (False, INFINITY)
-
-
-def grantee_of(kind: str, name: str) -> str:
-    """The grantee string for a principal (``kind:name``), refusing kinds that cannot be granted."""
-    if kind not in KINDS or kind == "operator":
-        raise ValueError("operators are never granted consent")
-    return f"{kind}:{name}"
