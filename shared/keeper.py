@@ -14,13 +14,16 @@ The key source is named by the caller (``"keyvault"`` in this mesh). The code is
 
 A service that keeps a SQLCipher database of its own under a purpose key uses
 :class:`KeyedDatabase` (open, re-key, transactions) with :func:`open_current` and
-:func:`rekey_current` (the database follows key rotations; code in :mod:`shared._keyed_db`).
+:func:`rekey_current` (the database follows key rotations; code in :mod:`shared._keyed_db`), and
+:class:`DatabaseKeeper` to open it at unseal, re-key it on rotation and close it on seal (code in
+:mod:`shared._db_keeper`).
 """
 
 from __future__ import annotations
 
+from ._db_keeper import DatabaseKeeper
 from ._keeper import LOCKED_REASON, follow_events_of, keep_unsealed, watch_key_source, without_keys
 from ._keyed_db import KeyedDatabase, open_current, rekey_current
 
-__all__ = ["LOCKED_REASON", "KeyedDatabase", "follow_events_of", "keep_unsealed", "open_current", "rekey_current",
-           "watch_key_source", "without_keys"]
+__all__ = ["LOCKED_REASON", "DatabaseKeeper", "KeyedDatabase", "follow_events_of", "keep_unsealed", "open_current",
+           "rekey_current", "watch_key_source", "without_keys"]

@@ -12,8 +12,8 @@ Decisions are Cedar's (cedarpy), over the policy directory ``[authz] policy_dir`
 once (policies.py); the state they are made from is the :class:`~.authority.Authority`, which clears
 its decision cache with every change, before the change is acknowledged and announced on
 ``authz.changed``. Role assignments and grants live in authz's own SQLCipher database (store.py,
-keeper.py); every deny, every allow on a sensitive category and every change is audited through a
-durable spool (:class:`shared.AuditRecorder`).
+opened at unseal by :class:`shared.keeper.DatabaseKeeper`); every deny, every allow on a sensitive
+category and every change is audited through a durable spool (:class:`shared.AuditRecorder`).
 """
 
 from __future__ import annotations
@@ -34,14 +34,13 @@ from shared import (
     Readiness,
     Sealed,
     Service,
-    Unavailable,
     mesh_config,
 )
+from shared.keeper import DatabaseKeeper
 
 from .authority import Authority
 from .checking import CheckHandlers
 from .consent import ConsentHandlers
-from .keeper import Keeper
 from .policies import DEFAULT_DIR, PolicyError, load
 from .roles import RoleHandlers
 from .store import AuthzDB
@@ -82,7 +81,8 @@ class Authz(CheckHandlers, RoleHandlers, ConsentHandlers, Service):
         self.authority = Authority(bundle, declared_roles(self.config), self.config.authz.cache_entries)
         self.loaded_at = self.clock()
         self.recorder = AuditRecorder("authz", self.home.spool / "authz-audit.spool")
-        self.keeper = Keeper(self.home.data / "authz", self._call, self._loaded, self.authority.forget)
+        self.keeper = DatabaseKeeper(AuthzDB, self.home.data / "authz" / "authz.db", "authz", self._call,
+                                     service="authz", loaded=self._loaded, sealed=self.authority.forget)
 
     async def _call(self, target: str, body: Any = None, *, timeout: float) -> Any:
         if self.mesh is None:
@@ -109,13 +109,7 @@ class Authz(CheckHandlers, RoleHandlers, ConsentHandlers, Service):
 
     def db(self) -> AuthzDB:
         """The open database; ``SEALED`` (or the failure) while there is none."""
-        if self.keeper.db is None:
-            reason = self.keeper.readiness.reason if self.keeper.readiness and self.keeper.readiness.reason \
-                else "the mesh is sealed"
-            if self.keeper.state == "failed":
-                raise Unavailable(f"authz cannot serve: {reason}")
-            raise Sealed(reason)
-        return self.keeper.db
+        return self.keeper.require()
 
     async def announce(self, what: str, **details: Any) -> None:
         """Publish ``authz.changed`` (after the authority has changed and cleared its cache) for
