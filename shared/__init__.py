@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     )
     from ._config_authn import AuthnConfig
     from ._config_authz import AuthzConfig
+    from ._config_pairing import PairingConfig
     from ._connection import Connection
     from ._declarations import BROKER, BROKER_ADDRESS, AclConfig, AclRule, ServiceDeclaration
     from ._errors import (
@@ -126,6 +127,7 @@ _EXPORTS: Final[dict[str, tuple[str, ...]]] = {
     ),
     "._config_authn": ("AuthnConfig",),
     "._config_authz": ("AuthzConfig",),
+    "._config_pairing": ("PairingConfig",),
     "._config": (
         "DEFAULT_CONFIG_PATH", "AlertRule", "AlertRules", "Argon2Config", "AuditConfig", "BrokerConfig",
         "KeyvaultConfig", "LimitsConfig", "MeshConfig", "RateLimit", "RuntimeConfig", "build_config", "config_path",
@@ -193,7 +195,8 @@ __all__ = [
     "PROTOCOL_VERSION", "WIRE_CODES", "ENV_HOME", "DEFAULT_CONFIG_PATH",
     "AclConfig", "AclRule", "AlertRule", "AlertRules", "AuditConfig",
     "Argon2Config", "Argon2Profile", "AuthnConfig", "AuthzConfig", "BrokerConfig", "KeyvaultConfig", "PURPOSES",
-    "LimitsConfig", "MeshConfig", "RateLimit", "RuntimeConfig", "ServiceDeclaration", "BROKER", "BROKER_ADDRESS",
+    "PairingConfig", "LimitsConfig", "MeshConfig", "RateLimit", "RuntimeConfig", "ServiceDeclaration", "BROKER",
+    "BROKER_ADDRESS",
     "BadRequest", "CertificateError", "ConfigError", "Conflict", "Forbidden", "HandshakeError",
     "Internal", "MeshError", "NotFound", "RateLimited", "ReauthRequired", "Sealed", "StateError", "Timeout",
     "Unauthenticated", "Unavailable",

@@ -23,6 +23,7 @@ from ._argon2 import Argon2Profile, check_profile
 from ._certs import NAME_RE, ROLES
 from ._config_authn import AuthnConfig
 from ._config_authz import AuthzConfig
+from ._config_pairing import PairingConfig
 from ._declarations import (
     CALL_RE,
     TOPIC_RE,
@@ -221,6 +222,7 @@ class MeshConfig:
     audit: AuditConfig = AuditConfig()
     authn: AuthnConfig = AuthnConfig()
     authz: AuthzConfig = AuthzConfig()
+    pairing: PairingConfig = PairingConfig()
     #: ``[services.<name>]``: every process of the mesh, declared once (:mod:`._declarations`).
     services: Mapping[str, ServiceDeclaration] = field(default_factory=_empty)
 

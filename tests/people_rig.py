@@ -42,6 +42,7 @@ call = ["keyvault.keys.get", "keyvault.status", "audit.append", "audit.public_ke
 
 [acl.role.device]
 call = ["authn.login.*", "authn.token.*", "authn.logout", "authn.verify", "authz.consent.*",
+        "audit.checkpoint", "audit.witness_report",
         {", ".join(f'"{c}"' for c in DATA_CALLS)}]
 
 [acl.identity.keyvault]
@@ -63,7 +64,7 @@ subscribe = ["security."]
 subscribe = ["security.", "authz."]
 
 [acl.identity.meshctl]
-call = ["keyvault.*", "audit.*", "authn.*", "authz.*", "storage.*"]
+call = ["keyvault.*", "audit.*", "authn.*", "authz.*", "storage.*", "pairing.*", "mesh.*"]
 subscribe = ["*"]
 
 [argon2.authentication]
@@ -146,8 +147,12 @@ class PeopleRig:
 
 
 @contextlib.asynccontextmanager
-async def people_rig(root: Path, extra_config: str = "") -> AsyncIterator[PeopleRig]:
-    mesh = InProcessMesh(root, CONFIG + extra_config, dict(IDENTITIES))
+async def people_rig(root: Path, extra_config: str = "", *, broker_config: str = "",
+                     identities: dict[str, str] | None = None) -> AsyncIterator[PeopleRig]:
+    """The running rig. ``broker_config``: lines added to its ``[broker]`` table; ``identities``:
+    more identities (name to role) beside :data:`IDENTITIES`."""
+    config = CONFIG.replace("[broker]\n", "[broker]\n" + broker_config, 1)
+    mesh = InProcessMesh(root, config + extra_config, {**IDENTITIES, **(identities or {})})
     initialise(mesh.home, mesh.config, bytearray(PASSWORD.encode()))
     async with mesh:
         mesh.broker.delivery.ship_after = math.inf  # the broker's own audit records are not what these tests count

@@ -83,6 +83,13 @@ class SessionFilter:
 
 
 @message
+class DeviceSessions:
+    """A device's key, by its fingerprint (64 hex digits)."""
+
+    device: str = field(metadata={"max_len": 64})
+
+
+@message
 class SessionRevoke:
     """Exactly one of: one session, every session of a user, every session of a device key."""
 

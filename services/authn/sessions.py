@@ -1,4 +1,5 @@
-"""Signed-in devices, for operators: ``authn.sessions.list`` and ``authn.sessions.revoke``.
+"""Signed-in devices: ``authn.sessions.list`` and ``authn.sessions.revoke`` for operators, and
+``authn.sessions.end_device`` for pairing (a device revoked as a whole).
 
 A session is one sign-in of one person through one peer key: who, from which device (the peer's
 identity and key fingerprint), since when, last used. Revoking ends it on every path at once: its
@@ -14,7 +15,7 @@ from typing import Any
 from shared import AuditRecorder, BadRequest, NotFound, RequestContext, handler
 
 from .database import AccountsDB, Session, User
-from .schema import SessionFilter, SessionRevoke
+from .schema import DeviceSessions, SessionFilter, SessionRevoke
 
 
 def session_view(session: Session, user: User | None) -> dict[str, Any]:
@@ -65,17 +66,36 @@ class SessionHandlers:
             user = self._user(req.username)
             users = {user.id: db.end_sessions(now, "revoked by an operator", user_id=user.id)}
         else:
-            device = str(req.device).lower()
-            if len(device) != 64 or any(c not in "0123456789abcdef" for c in device):
-                raise BadRequest("device: the 64 hex digits of a key fingerprint (meshctl sessions list)")
-            users = {}
-            for session in db.sessions():
-                if session.peer_fp == device:
-                    users.setdefault(session.user_id, []).append(session.id)
-            db.end_sessions(now, "revoked by an operator", peer_fp=device)
+            users = self._device_sessions(str(req.device), now, "revoked by an operator")
+        return await self._ended(ctx, users, given[0], "revoked by an operator")
+
+    @handler("sessions.end_device", request=DeviceSessions)
+    async def sessions_end_device(self, ctx: RequestContext, req: DeviceSessions) -> dict[str, Any]:
+        """``authn.sessions.end_device {device}`` → ``{ended: [ids]}``: every session opened through
+        the key with that fingerprint (64 hex digits) ends now, on every path. Exposed by mesh.toml to
+        pairing alone, which calls it when a device is revoked (``meshctl devices revoke``); ending
+        none (a device that never signed anyone in, or a second call) is not an error."""
+        users = self._device_sessions(req.device, self.clock(), "device revoked")
+        return await self._ended(ctx, users, "device", "device revoked")
+
+    async def _ended(self, ctx: RequestContext, users: dict[str, list[str]], how: str, reason: str) -> dict[str, Any]:
+        """Record and announce sessions just ended (their ids by user); the reply listing them."""
         ended_all = [sid for ids in users.values() for sid in ids]
-        self.recorder.record("authn.sessions_revoked", ctx, "ok", count=len(ended_all), filter=given[0])
+        self.recorder.record("authn.sessions_revoked", ctx, "ok", count=len(ended_all), filter=how)
         for user_id, ids in users.items():
             if ids:
-                await self.publish_revoked(user_id, ids, "revoked by an operator")
+                await self.publish_revoked(user_id, ids, reason)
         return {"ended": ended_all}
+
+    def _device_sessions(self, fingerprint: str, now: float, reason: str) -> dict[str, list[str]]:
+        """End the open sessions of a device key; their ids by user."""
+        device = fingerprint.lower()
+        if len(device) != 64 or any(c not in "0123456789abcdef" for c in device):
+            raise BadRequest("device: the 64 hex digits of a key fingerprint (meshctl sessions list)")
+        db = self.db()
+        users: dict[str, list[str]] = {}
+        for session in db.sessions():
+            if session.peer_fp == device:
+                users.setdefault(session.user_id, []).append(session.id)
+        db.end_sessions(now, reason, peer_fp=device)
+        return users

@@ -27,7 +27,7 @@ from shared import (
 from shared.tokens import MESH_AUDIENCE
 
 from .grants import Grant, check_terms
-from .schema import ConsentGrant, ConsentId, ConsentQuery
+from .schema import PRINCIPAL_RE, ConsentGrant, ConsentId, ConsentQuery, DeviceGrants
 
 if TYPE_CHECKING:
     from .authority import Authority
@@ -131,6 +131,29 @@ class ConsentHandlers:
         """``authz.consent.show {grant_id, access_token?}`` → one grant. ``meshctl consent show GRANT_ID``."""
         user = await self._owner_or_operator(ctx, req.access_token)
         return self._visible(req.grant_id, user).wire(self.clock())
+
+    @handler("revoke_device", request=DeviceGrants)
+    async def consent_revoke_device(self, ctx: RequestContext, req: DeviceGrants) -> dict[str, Any]:
+        """``authz.revoke_device {device, sessions}`` → ``{revoked: [grant ids]}``: every grant
+        in force to ``device:<device>``, or made in one of ``sessions`` (signed in through that
+        device), is revoked, each audited, before the answer. Exposed by mesh.toml to pairing alone
+        (outside ``consent.*``, which devices and services may call),
+        which calls it when a device is revoked (``meshctl devices revoke``); a second call revokes
+        nothing more."""
+        grantee, sessions = f"device:{req.device}", set(req.sessions)
+        if not PRINCIPAL_RE.fullmatch(grantee):
+            raise BadRequest("device: an identity name")
+        db, now, revoked = self.db(), self.clock(), []
+        for grant in db.grants(live_at=now):
+            if grant.grantee != grantee and grant.granted_by not in sessions:
+                continue
+            self.recorder.record("authz.consent_revoked", ctx, "ok", target=grant.grantee, on_behalf_of=grant.owner,
+                                 grant=grant.id, grantee=grant.grantee, reason="device revoked")
+            self.authority.revoked(db.revoke(grant.id, f"device revoked:{req.device}", now))
+            revoked.append(grant.id)
+        if revoked:
+            await self.announce("consent", device=req.device, grants=len(revoked))
+        return {"revoked": revoked}
 
     def _visible(self, grant_id: str, user: str | None) -> Grant:
         """The grant, if it exists and the asker may see it (its owner, or an operator: ``user`` None);

@@ -82,6 +82,14 @@ class ConsentId:
 
 
 @message
+class DeviceGrants:
+    """A revoked device: its identity, and the sessions opened through it (authn's ids)."""
+
+    device: str = field(metadata=_NAME)
+    sessions: list[str] = field(default_factory=list, metadata={"max_len": 10_000})
+
+
+@message
 class ConsentQuery:
     """Grants of ``owner`` (every owner when None; operators only), ``all`` with expired and
     revoked ones; ``access_token``: the owner's, when the owner asks (then ``owner`` is theirs)."""

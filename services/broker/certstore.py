@@ -225,6 +225,29 @@ class CertStore:
         self.reload()
         return cert
 
+    def enroll(self, key: bytes, name: str, role: str) -> Certificate:
+        """Put a key that is not on the allow-list there as ``name`` and ``role`` (a device that
+        pairing admitted). A key the store refuses (revoked or rejected) stays refused: a device
+        pairs again with a fresh key. A pending entry of the key (it tried to connect before it
+        was paired) is cleared."""
+        try:
+            key = certlib.check_public_key(key)
+            cert = Certificate(key, certlib.check_name(name), role)
+        except CertificateError as exc:
+            raise BadRequest(exc.message) from None
+        if key in self.snapshot.by_z85:
+            raise Conflict("that key is already allowed")
+        if key in self.revoked or key in self.rejected:
+            raise Conflict("that key was revoked or rejected; pair again with a fresh key")
+        if name in self.snapshot.by_name or os.path.lexists(self.root / "allowed" / f"{name}.key"):
+            raise Conflict(f"the name {name!r} is already taken by another certificate")
+        certlib.save_public(cert, self.root / "allowed" / f"{name}.key")
+        self._unlink("pending", key)
+        self.reload()
+        if key not in self.snapshot.by_z85:
+            raise Conflict("the key is still refused after the reload; meshctl certs reload names the problem")
+        return cert
+
     def reject(self, ref: str) -> bytes:
         """Refuse a pending key for good (it is no longer listed as pending)."""
         state, key = self.find_key(ref)

@@ -22,6 +22,7 @@ The module also seeds the counter libzmq starts its generated routing ids from.
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import secrets
 import sys
 from typing import Final
@@ -53,6 +54,16 @@ def generated_shape(rid: bytes) -> bool:
 
     Necessary, not sufficient: a peer can choose an id of this shape too."""
     return len(rid) == 5 and rid[0] == 0
+
+
+def connection_mode(address: str) -> str:
+    """``detached`` for a connection from an IP address (tcp, another host or namespace),
+    ``coupled`` for one over the local ipc socket (libzmq reports ``localhost:uid:gid:pid``)."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return "coupled"
+    return "detached"
 
 
 class Admission:
@@ -92,7 +103,12 @@ class Admission:
                 return None
             # The same connection again (its key revoked, then allowed again): it starts
             # afresh, with nothing of what it had before.
-        return self.state.new_peer(rid, conn, cert, now)
+        peer = self.state.new_peer(rid, conn, cert, now)
+        try:
+            peer.address = str(header_frame.get("Peer-Address"))
+        except zmq.ZMQError:  # libzmq without the property: the address stays unknown
+            pass
+        return peer
 
     def rekeyed(self, peer: Peer, cert: Certificate, now: float) -> Peer:
         """The peer to serve when a reload made a new certificate object for a tracked connection's key.
@@ -103,7 +119,9 @@ class Admission:
             peer.cert = cert
             return peer
         self.outbox.drop(peer, "certificate changed")
-        return self.state.new_peer(peer.rid, peer.conn, cert, now)
+        fresh = self.state.new_peer(peer.rid, peer.conn, cert, now)
+        fresh.address = peer.address
+        return fresh
 
     def _refuse_chosen_id(self, rid: bytes, header_frame: zmq.Frame) -> None:
         self.state.totals["custom_routing_id_refused"] += 1

@@ -42,6 +42,7 @@ from .auditing import AuditDelivery, AuditTrail
 from .certstore import CertStore
 from .configuration import Configuration
 from .connections import CONN_PROPERTY, Admission, seed_routing_id_counter
+from .devices import DeviceMethods
 from .outbox import Outbox
 from .routing import Routing
 from .service import Introspection, MeshService
@@ -94,6 +95,7 @@ class Broker:
             Introspection(state=state, store=self.store, spool=self.spool, delivery=delivery, zap=self.zap,
                           certificate=self.keypair.certificate, endpoints=self.endpoints, clock=clock, wall=wall),
             CertMethods(self.store, watch, trail),
+            DeviceMethods(self.store, watch, state, trail, self.endpoints, clock, wall),
             self.configuration,
             max_body=cfg.max_message_bytes)
         self.routing = Routing(state, outbox, trail, self.store, self.mesh, delivery, cfg, clock)

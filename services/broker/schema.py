@@ -29,3 +29,16 @@ class CertAccept:
 @message
 class CertList:
     state: str | None = field(default=None, metadata={"max_len": 16})
+
+
+@message
+class DeviceEnroll:
+    """A device's CURVE public key (Z85) and the identity name it is admitted as."""
+
+    public_key: str = field(metadata={"max_len": 40})
+    name: str = field(metadata={"max_len": 63})
+
+
+@message
+class DeviceName:
+    name: str = field(metadata={"max_len": 63})

@@ -40,6 +40,7 @@ from shared import (
 
 from .auditing import AuditDelivery
 from .certstore import CertStore
+from .connections import connection_mode
 from .schema import Empty
 from .state import MeshState, percentile
 from .zap import ZapHandler
@@ -163,6 +164,10 @@ class Introspection(MeshHandlers):
                                   "errors": c.errors, "rate_limited": c.rate_limited}
                            for name, c in sorted(state.counters.items())},
             "connections": len(state.peers),
+            # Paired devices connected now, and how: detached (tcp) or coupled (ipc).
+            "devices": sorted(({"name": p.cert.name, "mode": connection_mode(p.address), "address": p.address,
+                                "connected_for_s": round(self._clock() - p.connected_at, 3)}
+                               for p in state.peers.values() if p.cert.role == "device"), key=lambda d: d["name"]),
             "in_flight": len(state.in_flight),
             "totals": dict(state.totals),
             "handshake_failures": dict(state.handshake_failures),

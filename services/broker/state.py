@@ -75,6 +75,9 @@ class Peer:
     #: a service can bind what it issues (authn's tokens) to the key itself, not just the name.
     #: Computed once here: the request path must not hash per message.
     fingerprint: str = ""
+    #: Where the connection comes from, as libzmq reports it (``Peer-Address``): an IP address over
+    #: tcp (a detached device), ``localhost:uid:gid:pid`` or empty over ipc. Read once, at admission.
+    address: str = ""
 
 
 @dataclass(slots=True)
@@ -167,6 +170,10 @@ class MeshState:
         #: Connections dropped since start (bounded): told to reconnect if they speak again
         #: after expiry, and their routing ids refused to any other connection.
         self.ended = EndedConnections()
+        #: Device identity -> (monotonic time last heard, address) of its last connection that
+        #: ended: what ``mesh.devices.seen`` reports for a device not connected now. Written only
+        #: when a device's connection ends, never on the message path.
+        self.devices_gone: dict[str, tuple[float, str]] = {}
         self.totals: dict[str, int] = dict.fromkeys(TOTALS, 0)
         self.handshake_failures: dict[str, int] = dict.fromkeys(HANDSHAKE_REASONS, 0)
         self.ids = RequestIds()
@@ -195,6 +202,8 @@ class MeshState:
             return None
         del self.peers[peer.rid]
         self.ended.remember(peer.rid, peer.conn, expired=expired)
+        if peer.cert.role == "device":
+            self.devices_gone[peer.cert.name] = (peer.last_seen, peer.address)
         return peer.registration
 
     def deregister(self, registration: Registration, reason: str) -> list[InFlight]:

@@ -86,7 +86,7 @@ class _Parser(argparse.ArgumentParser):
 #: Every command, in the order ``--help`` lists them (``completion`` is added by _completion.attach).
 COMMANDS: Final = ("init", "up", "down", "restart", "status", "ping", "call", "certs", "events", "security",
                    "keys", "audit", "alerts", "storage", "backup", "config", "service", "users", "sessions", "roles",
-                   "policy", "consent", "logs")
+                   "policy", "consent", "pair", "devices", "logs")
 
 
 def command_word(words: list[str]) -> str | None:
@@ -328,6 +328,30 @@ def build(command: str | None = None) -> argparse.ArgumentParser:
         only(p, {"target": ["show", "grant", "revoke"], "user": ["list", "grant"], "all": ["list"],
                  **dict.fromkeys(["categories", "actions", "purpose", "days", "duration_s", "password_file", "code"],
                                  ("grant",)), "yes": ["revoke"]})
+    if want("pair"):
+        p = add("pair", "pair a device: start a window (shows a one-time code and QR code), join from the device, "
+                        "status, cancel")
+        p.add_argument("action", choices=["start", "join", "status", "cancel"])
+        p.add_argument("code", nargs="?", metavar="CODE", help="join: the one-time code the mesh showed")
+        p.add_argument("--name", metavar="N", help="start: what the device will be called; join: a name to suggest")
+        p.add_argument("--ttl", type=count, default=None, metavar="S",
+                       help="start: seconds the window stays open (default [pairing] window_default_s, 120)")
+        p.add_argument("--host", metavar="H", help="start: the address devices reach this machine at")
+        p.add_argument("--no-wait", action="store_true", help="start: print the window and return")
+        p.add_argument("--endpoint", metavar="tcp://HOST:PORT", help="join: the pairing endpoint the mesh showed")
+        p.add_argument("--offer", metavar="TEXT", help="join: the QR code's text instead of CODE and --endpoint")
+        p.add_argument("--device-dir", metavar="DIR",
+                       help="join: where the device keeps its keys (default ~/.config/curvemesh-device)")
+        only(p, {"code": ["join"], "name": ["start", "join"], **dict.fromkeys(["ttl", "host", "no_wait"], ("start",)),
+                 **dict.fromkeys(["endpoint", "offer", "device_dir"], ("join",))})
+    if want("devices"):
+        p = add("devices", "paired devices: list, show, rename, revoke (cuts its connection, sign-ins and grants)")
+        p.add_argument("action", choices=["list", "show", "rename", "revoke"])
+        p.add_argument("ref", nargs="?", metavar="DEVICE", help="its name, identity or fingerprint (8+ hex digits)")
+        p.add_argument("new_name", nargs="?", metavar="NEW_NAME", help="rename: what it will be called")
+        p.add_argument("--all", action="store_true", help="list: revoked devices too")
+        yes(p, "revoke: ")
+        only(p, {"ref": ["show", "rename", "revoke"], "new_name": ["rename"], "all": ["list"], "yes": ["revoke"]})
     if want("logs"):
         p = add("logs", "a process's log (JSON lines)")
         p.add_argument("service")

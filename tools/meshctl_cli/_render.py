@@ -12,6 +12,18 @@ if TYPE_CHECKING:  # only for the annotations: an offline table must not load th
 from ._output import duration, millis, paint, table
 
 
+def qr_code(text: str) -> str:
+    """``text`` as a QR code for a terminal (segno, imported only when one is shown): the TOTP
+    enrolment URI, the pairing offer."""
+    import io
+
+    import segno
+
+    out = io.StringIO()
+    segno.make(text, error="m").terminal(out=out, compact=True)
+    return out.getvalue()
+
+
 def yes(value: bool | None) -> str:
     return "yes" if value else "no"
 
@@ -73,6 +85,9 @@ def status(s: dict[str, Any], *, with_warnings: bool = False) -> str:
             for r in s["services"]]
     out += ["", table(["PROCESS", "STATE", "READY", "PID", "UPTIME", "RESTARTS", "REGISTERED", "HEARTBEAT", "IN",
                        "OUT", "ERRORS", "P50 MS", "P99 MS"], rows, states=(1, 2))]
+    devices = s.get("devices") or []
+    out += ["", "devices connected: " + (", ".join(f"{d['name']} ({d['mode']}, {d['address']})" for d in devices)
+                                         if devices else "none")]
     if with_warnings:
         out += [f"warning: {w}" for w in status_warnings(s)]
     if not s["healthy"]:

@@ -268,6 +268,7 @@ def _report(home: MeshHome, supervisor: Supervisor, config: MeshConfig, broker_c
                    "pending_certificates": (stats or {}).get("pending_certificates")},
         "keyring": keyring, "keyvault": vault, "storage": storage, "audit": audit_view(health.get("audit")),
         "services": rows, "problems": verdict["problems"], "warnings": warnings,
+        "devices": (stats or {}).get("devices") or [],
     }
 
 

@@ -22,6 +22,7 @@ from . import _confirm, _intake
 from ._audit import when
 from ._mesh import connected
 from ._output import CliError, emit, table
+from ._render import qr_code
 
 _TIMEOUT_S = 30.0
 
@@ -59,17 +60,6 @@ def _password(args: argparse.Namespace, what: str) -> bytearray:
     return _intake.ask_new(args.password_file, what, checked=False)
 
 
-def _qr(uri: str) -> str:
-    """The enrolment URI as a QR code for a terminal (segno, imported only here)."""
-    import io
-
-    import segno
-
-    out = io.StringIO()
-    segno.make(uri, error="m").terminal(out=out, compact=True)
-    return out.getvalue()
-
-
 def _totp(args: argparse.Namespace, home: MeshHome) -> int:
     """``users totp NAME``: begin, show the QR code, and on a terminal ask for the first code;
     ``users totp-confirm NAME --code CODE`` finishes an enrolment begun without a terminal."""
@@ -78,7 +68,7 @@ def _totp(args: argparse.Namespace, home: MeshHome) -> int:
         if args.json:
             emit(True, begun, "")
         else:
-            print(_qr(begun["uri"]), end="")
+            print(qr_code(begun["uri"]), end="")
             print(f"scan this with an authenticator app, or enter the secret {begun['secret']} by hand")
         code = args.code
         if code is None:
