@@ -17,6 +17,7 @@ import structlog
 from shared import MeshHome
 
 from .mesh import InProcessMesh
+from .netns import NetnsPair, require_root
 from .secret_service import check_host, running_secret_service
 
 # Fast timings so liveness and revocation tests finish quickly; limits stay on.
@@ -144,6 +145,15 @@ def short_tmp() -> Iterator[Path]:
     """A short temporary directory: unix socket paths are limited to 107 bytes."""
     with tempfile.TemporaryDirectory(prefix="cm") as path:
         yield Path(path)
+
+
+@pytest.fixture
+def netns_pair() -> Iterator[NetnsPair]:
+    """Two network namespaces joined by a veth, the mesh's and a device's (tests/netns.py): new
+    for each test, torn down after it (a failed one too). Skips the test when not root."""
+    require_root()
+    with NetnsPair() as pair:
+        yield pair
 
 
 @pytest_asyncio.fixture

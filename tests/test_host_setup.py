@@ -28,7 +28,7 @@ INSTALL = "apt-get install -y --no-install-recommends"
 # The interpreter itself, not a wrapper (a pyenv shim needs pyenv on PATH to work).
 PYTHON = os.path.realpath(sys.executable)
 # Every tool the script or the suite needs, and what provides it on this machine.
-TOOLS = ("bash", "make", "dbus-daemon", "gnome-keyring-daemon", "apt-get")
+TOOLS = ("bash", "make", "dbus-daemon", "gnome-keyring-daemon", "ip", "tcpdump", "apt-get")
 
 
 def root_prefix() -> str:
@@ -89,6 +89,19 @@ def test_check_names_every_missing_package_once(bin_dir: Path) -> None:
     (line,) = done.stderr.splitlines()
     assert "dbus-daemon, gnome-keyring-daemon, make" in line
     assert line.endswith(f"{root_prefix()}{INSTALL} dbus-daemon gnome-keyring make")
+
+
+def test_the_network_rig_needs_ip_and_tcpdump(bin_dir: Path) -> None:
+    """tests/netns.py runs ``ip netns`` and captures with tcpdump: both are named with
+    their Debian packages (ip comes from iproute2)."""
+    for tool in ("ip", "tcpdump"):
+        (bin_dir / tool).unlink()
+    done = host_deps(bin_dir, "--check", "test")
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert "ip, tcpdump" in line
+    assert line.endswith(f"{root_prefix()}{INSTALL} iproute2 tcpdump")
+    assert host_deps(bin_dir, "--check", "up").returncode == 0  # the mesh itself needs neither
 
 
 def test_check_with_everything_present_is_silent(bin_dir: Path) -> None:
