@@ -2,8 +2,8 @@
 
 A pairing code is 8 decimal digits drawn with :mod:`secrets`, shown as ``1234-5678``. It carries
 26.6 bits, which is enough only because it is used once and guessed online: SPAKE2 gives an attacker
-one guess per attempt and nothing to test offline, and the pairing service ends the code after a
-failed attempt. An offer bundles the code with where to connect and which broker key to expect.
+one guess per attempt and nothing to test offline, and the pairing service ends the code after an
+attempt that does not complete. An offer bundles the code with where to connect and which broker key to expect.
 
 Every check here raises :class:`~shared.BadRequest` with a message that names what is wrong and
 never repeats the input: a rejected code may be the right code mistyped by one character.

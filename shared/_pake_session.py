@@ -164,8 +164,12 @@ class DeviceSide(_Session):
 
 class MeshSide(_Session):
     """The mesh's side (SPAKE2 side B): :meth:`reply`, :meth:`confirm`, :meth:`welcome`, once each
-    and in that order. One instance serves one attempt: after :class:`WrongCode` the code is spent,
-    and the caller must not try it again with a new instance."""
+    and in that order.
+
+    Each :meth:`reply` answers one guess of the code: its confirmation tells whoever sent the hello
+    whether the guess was right, even if they never send a confirm. So the caller counts an attempt
+    when it calls :meth:`reply`, not when :meth:`confirm` raises :class:`WrongCode`, and retires the
+    code after an attempt that does not reach ``done``: one instance, one code, one attempt."""
 
     __slots__ = ()
 
@@ -175,7 +179,7 @@ class MeshSide(_Session):
     def reply(self, hello: dict[str, Any]) -> dict[str, Any]:
         """Answer the device's hello: ``{"v": 1, "t": "pake", "m": <SPAKE2 message>, "c": <our
         confirmation>}``. The device learns from ``c`` whether its code was right; an attacker
-        without the code learns only that one guess was wrong."""
+        without the code learns only that one guess was wrong, but learns it here (see the class)."""
         self._enter("new")
         try:
             fields = expect_message(hello, "pake", {"m": _SPAKE_FIELD})
