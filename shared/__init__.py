@@ -11,7 +11,8 @@ them are private (tests/test_import_graph.py fails when code outside ``shared/``
 - :mod:`shared.keystore`: where anchors and other secrets are kept between runs;
 - :mod:`shared.keeper`: the unseal and event loops of a service that holds keys;
 - :mod:`shared.files`: atomic and exclusive private file writes;
-- :mod:`shared.passwords`: password strength; :mod:`shared.testing`: test helpers.
+- :mod:`shared.passwords`: password strength; :mod:`shared.testing`: test helpers;
+- :mod:`shared.pake`: device pairing (codes, offers, frames, the SPAKE2 state machines).
 """
 
 from __future__ import annotations
