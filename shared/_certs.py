@@ -65,7 +65,9 @@ def z85_decode(text: str | bytes | bytearray | memoryview) -> bytes:
 
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid identity name, else raise :class:`CertificateError`."""
-    if not NAME_RE.match(name):
+    # fullmatch: a "$" in a pattern given to match() also matches before a final newline, and a
+    # name is written into certificate files, where a newline would start a line of its own.
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise CertificateError(
             "identity names are 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter"
         )
@@ -78,7 +80,7 @@ def check_public_key(z85: str | bytes) -> bytes:
     Refuses a wrong length, characters outside Z85, and the all-zero key.
     """
     text = z85.decode("ascii", "replace") if isinstance(z85, bytes) else z85
-    if not _Z85_RE.match(text):
+    if not _Z85_RE.fullmatch(text):
         raise CertificateError("a CURVE key must be 40 characters of Z85")
     raw = z85_decode(text.encode("ascii"))
     if len(raw) != 32 or raw == bytes(32):

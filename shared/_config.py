@@ -168,7 +168,7 @@ class KeyvaultConfig:
                 raise ConfigError("keyvault.anchor_dir: must be an absolute path without '..' "
                                   "(a directory outside the mesh home)")
         for name, purposes in self.entitlements.items():
-            if not NAME_RE.match(name):
+            if not NAME_RE.fullmatch(name):
                 raise ConfigError(f"keyvault.entitlements.{name}: not a valid identity name")
             for purpose in purposes:
                 if purpose not in PURPOSES:
@@ -241,7 +241,7 @@ class MeshConfig:
                     raise ConfigError(f"{section}.{role}: unknown role; roles are {', '.join(sorted(ROLES))}")
         for section, table in (("acl.identity", self.acl.identity), ("limits.identity", self.limits.identity)):
             for name in table:
-                if not NAME_RE.match(name):
+                if not NAME_RE.fullmatch(name):
                     raise ConfigError(f"{section}.{name}: not a valid identity name")
         for where, rules in (("role", self.acl.role), ("identity", self.acl.identity)):
             for who, rule in rules.items():

@@ -140,7 +140,7 @@ class ServiceDeclaration:
             if not _METHOD_RE.match(pattern):
                 raise ConfigError(f"expose: {pattern!r} is not a method name, group.* or '*'")
             for caller in callers:
-                if caller not in ROLES and not NAME_RE.match(caller):
+                if caller not in ROLES and not NAME_RE.fullmatch(caller):
                     raise ConfigError(f"expose.{pattern}: {caller!r} is neither a role nor an identity name")
         for key in ("publish", "subscribe"):
             for topic in getattr(self, key):
@@ -159,7 +159,7 @@ def address(name: str) -> str:
 def check_names(services: Mapping[str, ServiceDeclaration]) -> None:
     """Refuse declaration names that are not identity names, or that would pose as the broker."""
     for name, declaration in services.items():
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise ConfigError(f"services.{name}: not a valid identity name (a-z, 0-9, '-', '_'; "
                               "starting with a letter)")
         if name == BROKER_ADDRESS:

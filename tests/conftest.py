@@ -59,6 +59,7 @@ storage = ["sqlcipher", "duckdb", "rocksdb", "files", "backups"]
 audit = ["audit-hmac", "audit-signing"]
 authn = ["token-signing", "accounts"]
 authz = ["authz"]
+pairing = ["pairing"]
 """
 
 # A tiny master Argon2 profile, allowed only with test_profiles: a derivation in milliseconds.

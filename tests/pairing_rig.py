@@ -23,9 +23,6 @@ PAIRING_CONFIG = """
 port = 0
 step_timeout_s = 2.0
 
-[keyvault.entitlements]
-pairing = ["pairing"]
-
 [acl.identity.pairing]
 call = ["mesh.devices.enroll", "mesh.devices.revoke", "mesh.devices.seen", "authn.sessions.end_device",
         "authz.revoke_device", "audit.public_key", "audit.checkpoint", "keyvault.keys.get", "audit.append"]

@@ -116,3 +116,12 @@ def test_z85_decoding_without_libzmq_is_pyzmq_s() -> None:
             zmq.utils.z85.decode(bad)
         with pytest.raises(error):
             certs.fingerprint(bad)
+
+
+def test_a_name_or_key_with_a_trailing_newline_is_refused() -> None:
+    # re.match with "$" accepts a final newline; a name is written into certificate files.
+    pair = certs.generate("svc", "service")
+    with pytest.raises(CertificateError):
+        certs.check_name("abc\n")
+    with pytest.raises(CertificateError):
+        certs.check_public_key(pair.certificate.public_key.decode() + "\n")
