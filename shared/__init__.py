@@ -11,6 +11,8 @@ them are private (tests/test_import_graph.py fails when code outside ``shared/``
 - :mod:`shared.keystore`: where anchors and other secrets are kept between runs;
 - :mod:`shared.keeper`: the unseal and event loops of a service that holds keys;
 - :mod:`shared.files`: atomic and exclusive private file writes;
+- :mod:`shared.transparency`: checking the audit log from outside (RFC 9162 proofs, signed
+  checkpoints) and a paired device's witness of it;
 - :mod:`shared.passwords`: password strength; :mod:`shared.testing`: test helpers.
 """
 
