@@ -11,8 +11,11 @@ them are private (tests/test_import_graph.py fails when code outside ``shared/``
 - :mod:`shared.keystore`: where anchors and other secrets are kept between runs;
 - :mod:`shared.keeper`: the unseal and event loops of a service that holds keys;
 - :mod:`shared.files`: atomic and exclusive private file writes;
-- :mod:`shared.passwords`: password strength; :mod:`shared.testing`: test helpers;
-- :mod:`shared.pake`: device pairing (codes, offers, frames, the SPAKE2 state machines).
+- :mod:`shared.transparency`: checking the audit log from outside (RFC 9162 proofs, signed
+  checkpoints) and a paired device's witness of it;
+- :mod:`shared.pake`: device pairing (codes, offers, frames, the SPAKE2 state machines);
+- :mod:`shared.device`: a device's side (pairing, its profile, detached connections);
+- :mod:`shared.passwords`: password strength; :mod:`shared.testing`: test helpers.
 """
 
 from __future__ import annotations

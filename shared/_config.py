@@ -197,6 +197,8 @@ class AlertRules:
     large_read: AlertRule = AlertRule(3600.0, 256 << 20)
     repeated_denies: AlertRule = AlertRule(60.0, 10)
     credential_theft: AlertRule = AlertRule(86400.0, 1)
+    witness_mismatch: AlertRule = AlertRule(86400.0, 1)
+    pairing_failures: AlertRule = AlertRule(60.0, 5)
 
 
 @dataclass(frozen=True, slots=True)

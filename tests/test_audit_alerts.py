@@ -71,6 +71,11 @@ BURSTS: dict[str, tuple[Callable[[], Record], str]] = {
                                     action="call", target="keyvault.keys.get"), "outsider"),
     "credential_theft": (lambda: rec("authn.refresh_reused", "denied", actor="authn", target="alice",
                                      user_id="u-1"), "alice"),
+    # Written by audit from a device's audit.witness_report: the device is actor and target.
+    "witness_mismatch": (lambda: rec("audit.witness_mismatch", "failure", actor="phone", target="phone",
+                                     problem="shrunk"), "phone"),
+    "pairing_failures": (lambda: rec("pairing.attempt", "failure", actor="pairing", window="w1",
+                                     source="10.0.0.7", reason="wrong code"), "pairing"),
 }
 
 

@@ -19,6 +19,7 @@ from services.audit.sanitize import (
     HASH,
     HASH_PREFIX,
     NUMBER,
+    TALLY,
     TEXT,
     sanitize_details,
     schema_for,
@@ -28,7 +29,8 @@ KEY = b"k" * 32
 SECRETS = ["hunter2-Planted-Password", "tok_PLANTED_0123456789", "-----BEGIN PRIVATE KEY-----AAAA", "493817"]
 SECRET_NAMES = ["password", "token", "api_key", "mfa_code", "secret", "passphrase", "otp", "pin"]
 
-SAMPLE: dict[str, Any] = {TEXT: "ok-value", NUMBER: 7, FLAG: True, COUNTS: {"auth": 2, "protocol": 1}, HASH: "sess-1"}
+SAMPLE: dict[str, Any] = {TEXT: "ok-value", NUMBER: 7, FLAG: True, COUNTS: {"auth": 2, "protocol": 1}, HASH: "sess-1",
+                          TALLY: 3}
 EVENTS = sorted(e.replace("*", "fired_rule") for e in EVENT_SCHEMAS)
 
 
@@ -111,3 +113,13 @@ def test_unknown_type_uses_the_name_based_safety_net() -> None:
 def test_kept_values_are_still_bounded() -> None:
     out = sanitize_details({"reason": "x" * 5000}, KEY, "mesh.refused")
     assert len(out["reason"]) < 1100 and "truncated" in out["reason"]
+
+
+def test_a_tally_keeps_a_count_named_like_a_secret_and_nothing_else() -> None:
+    """``sessions_ended`` would be hashed by the name-based rule; as a tally its count is kept, and
+    anything but a non-negative integer is still hashed."""
+    out = sanitize_details({"device": "phone", "sessions_ended": 2, "grants_revoked": 0}, KEY, "pairing.device_revoked")
+    assert out == {"device": "phone", "sessions_ended": 2, "grants_revoked": 0}
+    for planted in ("493817", 4.5, -1, True, b"raw"):
+        out = sanitize_details({"sessions_ended": planted}, KEY, "pairing.device_revoked")
+        assert type(out["sessions_ended"]) is str and out["sessions_ended"].startswith(HASH_PREFIX), planted

@@ -86,8 +86,8 @@ class Rig:
 
 @asynccontextmanager
 async def rig(root: Path, *, audit: bool = True, ship: bool = False, kind: type[Rig] = Rig,
-              config: str = CONFIG) -> AsyncIterator[Any]:
-    mesh = InProcessMesh(root, config, dict(IDENTITIES))
+              config: str = CONFIG, identities: dict[str, str] | None = None) -> AsyncIterator[Any]:
+    mesh = InProcessMesh(root, config, dict(identities or IDENTITIES))
     initialise(mesh.home, mesh.config, bytearray(PASSWORD.encode()))
     async with mesh:
         # Most of these tests count audit's records exactly, so unless ``ship`` is set the

@@ -65,7 +65,8 @@ def test_the_project_declarations_give_exactly_the_rights_the_hand_written_acl_g
     """The ACL as mesh.toml spelled it out before declarations (issue 12): same rights, to the rule,
     plus what authn's declaration adds (issue 14: people sign in through services and devices) and
     authz's (issue 15: services ask for decisions; services and devices carry people's consent;
-    devices reach storage's data calls, where authz decides on people's data)."""
+    devices reach storage's data calls, where authz decides on people's data) and audit's for witnesses
+    (services and devices fetch checkpoints with consistency proofs; only devices report a mismatch)."""
     config = load_config(DEFAULT_CONFIG_PATH)
     operator = compile_grant(config.acl, "meshctl", "operator")
     assert operator.call_services == {"mesh", "keyvault", "audit", "storage", "authn", "authz"}
@@ -73,11 +74,11 @@ def test_the_project_declarations_give_exactly_the_rights_the_hand_written_acl_g
     authn_calls = {"authn.logout", "authn.verify"}
     service = compile_grant(config.acl, "notes", "service")
     assert service.calls == {"keyvault.keys.get", "keyvault.status", "audit.append", "audit.public_key",
-                             "authn.keys", "authn.revocations", "authz.check", *authn_calls}
+                             "audit.checkpoint", "authn.keys", "authn.revocations", "authz.check", *authn_calls}
     data = ("storage.analytics.", "storage.files.", "storage.kv.", "storage.records.")
     assert service.call_groups == ("authn.login.", "authn.passkey.", "authn.token.", "authz.consent.", *data)
     device = compile_grant(config.acl, "phone", "device")
-    assert device.calls == authn_calls
+    assert device.calls == {*authn_calls, "audit.checkpoint", "audit.witness_report"}
     assert device.call_groups == ("authn.login.", "authn.passkey.", "authn.token.", "authz.consent.", *data)
     assert not device.call_services and not device.publish and not device.subscribe
     assert not service.call_services and not service.call_methods

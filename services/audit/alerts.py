@@ -35,6 +35,12 @@ The rules (the record fields each one reads; producers that do not exist yet are
                             ``authn.passkey_cloned`` (a passkey's signature counter went back):
                             one is enough; subject ``target`` (the username), else
                             ``details.user_id``
+``witness_mismatch``        ``audit.witness_mismatch``: a paired device found the log shrunk,
+                            forked or not signed by the key it paired with (written by audit
+                            from ``audit.witness_report``); one is enough; subject the device
+                            (``target``, else the actor)
+``pairing_failures``        ``pairing.attempt`` with outcome ``failure``/``failed``/``denied``
+                            (a wrong pairing code, an expired window); one subject, ``pairing``
 ==========================  =====================================================================
 
 Open alerts are kept in memory and rebuilt from the log when audit unseals
@@ -60,8 +66,9 @@ from .chain import Record
 
 __all__ = [
     "ACK_EVENT", "ALERT_ACTOR", "CERT_EVENTS", "DENY_EVENTS", "FAILURE_OUTCOMES", "RULES", "SUPERVISOR_SENDER",
-    "Alert", "Match", "THEFT_EVENTS", "alert_of", "crash_loop", "credential_theft", "failed_logins_account",
-    "failed_logins_source", "large_read", "rate_limited", "repeated_denies", "unknown_certs",
+    "Alert", "Match", "PAIRING_ATTEMPT", "THEFT_EVENTS", "WITNESS_EVENT", "alert_of", "crash_loop",
+    "credential_theft", "failed_logins_account", "failed_logins_source", "large_read", "pairing_failures",
+    "rate_limited", "repeated_denies", "unknown_certs", "witness_mismatch",
 ]
 
 ALERT_ACTOR: Final = "audit"
@@ -71,6 +78,10 @@ DENY_EVENTS: Final = frozenset({"mesh.deny", "mesh.refused", "authz.deny"})
 #: Records that mean a credential is in two hands: the owner's and someone else's.
 THEFT_EVENTS: Final = frozenset({"authn.refresh_reused", "authn.passkey_cloned"})
 CERT_EVENTS: Final = frozenset({"mesh.handshake_failed", "mesh.cert_pending"})
+#: A paired device's report that the log is not the one it witnessed (only audit writes it).
+WITNESS_EVENT: Final = "audit.witness_mismatch"
+#: One attempt to pair a device (the pairing service's record; outcome ``ok`` or ``failure``).
+PAIRING_ATTEMPT: Final = "pairing.attempt"
 #: The only identity that may append ``process.*`` records (it speaks for supervisord).
 SUPERVISOR_SENDER: Final = "supervisor-events"
 
@@ -151,10 +162,19 @@ def repeated_denies(record: Record) -> Match:
     return (subject, _amount(record))
 
 
+def witness_mismatch(record: Record) -> Match:
+    return (record.target or record.actor, 1) if record.event == WITNESS_EVENT else None
+
+
+def pairing_failures(record: Record) -> Match:
+    return ("pairing", 1) if record.event == PAIRING_ATTEMPT and record.outcome in FAILURE_OUTCOMES else None
+
+
 RULES: Final[dict[str, Callable[[Record], Match]]] = {
     "failed_logins_account": failed_logins_account, "failed_logins_source": failed_logins_source,
     "unknown_certs": unknown_certs, "rate_limited": rate_limited, "crash_loop": crash_loop,
     "large_read": large_read, "repeated_denies": repeated_denies, "credential_theft": credential_theft,
+    "witness_mismatch": witness_mismatch, "pairing_failures": pairing_failures,
 }
 
 

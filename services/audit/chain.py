@@ -15,25 +15,26 @@ Three layers of evidence, each catching what the one before cannot:
 
 Everything here is pure: bytes and objects in, objects out, no storage and no clock. Failed
 verification raises :class:`TamperError`; malformed arguments raise :class:`shared.BadRequest`.
+What a party outside audit needs to check a checkpoint (:class:`Checkpoint`,
+:func:`checkpoint_message`, :func:`verify_checkpoint`) is in :mod:`shared.transparency`, so a
+paired device verifies as audit does; it is re-exported here, and signing stays here.
 Verifying a whole stored log against these pieces is :func:`.verifier.verify_log`, one layer up:
-this module imports no other audit module but :mod:`.errors` and :mod:`.merkle`.
+this module imports no other audit module but :mod:`.merkle`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shared import BadRequest, encode_body
+from shared.transparency import Checkpoint, checkpoint_message, verify_checkpoint
 
-from .errors import TamperError
 from .merkle import HASH_BYTES, Frontier, leaf_hash
 
 __all__ = [
@@ -45,9 +46,6 @@ GENESIS: Final = bytes(HASH_BYTES)  # the chain hash "before" record 0
 RECORD_VERSION: Final = 1
 #: A record larger than this, in canonical form, is refused at append; verifiers refuse it too.
 MAX_RECORD_BYTES: Final = 64 << 10
-#: Domain separation for checkpoint signatures: this key signs nothing else with this prefix.
-_CHECKPOINT_CONTEXT: Final = b"curvemesh-audit-checkpoint/v1\x00"
-_CHECKPOINT_FIELDS: Final = struct.Struct(">Q32s32sd")  # tree size, root, chain head, time
 
 
 def _text(value: object, name: str, optional: bool = False) -> None:
@@ -127,33 +125,6 @@ class LogEntry:
     chain_hash: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    """A signed statement: the log's first ``tree_size`` records have Merkle root ``root`` and
-    chain head ``chain_head`` (the chain hash of record ``tree_size - 1``; :data:`GENESIS` for
-    an empty log), as of ``time``."""
-
-    tree_size: int
-    root: bytes
-    chain_head: bytes
-    time: float
-    signature: bytes
-
-
-def checkpoint_message(tree_size: int, root: bytes, chain_head: bytes, time: float) -> bytes:
-    """The exact bytes a checkpoint signature covers: a versioned context string, then the tree
-    size (8 bytes, big-endian), root (32), chain head (32) and time (IEEE 754 double, 8). Every
-    field has a fixed width, so no two checkpoints share a message."""
-    if type(tree_size) is not int or not 0 <= tree_size < 1 << 63:
-        raise BadRequest("checkpoint tree size must be an integer from 0")
-    for name, value in (("root", root), ("chain head", chain_head)):
-        if type(value) is not bytes or len(value) != HASH_BYTES:
-            raise BadRequest(f"checkpoint {name} must be {HASH_BYTES} bytes")
-    if type(time) is not float or not math.isfinite(time):
-        raise BadRequest("checkpoint time must be a finite float")
-    return _CHECKPOINT_CONTEXT + _CHECKPOINT_FIELDS.pack(tree_size, root, chain_head, time)
-
-
 def _private_key(private_key: bytes | bytearray) -> Ed25519PrivateKey:
     # The keyvault hands out a wipeable bytearray; never turn it into bytes here.
     if not isinstance(private_key, bytes | bytearray) or len(private_key) != 32:
@@ -172,20 +143,6 @@ def sign_checkpoint(private_key: bytes | bytearray, *, tree_size: int, root: byt
     time = float(time) if type(time) is int else time
     signature = _private_key(private_key).sign(checkpoint_message(tree_size, root, chain_head, time))
     return Checkpoint(tree_size, root, chain_head, time, signature)
-
-
-def verify_checkpoint(public_key: bytes, checkpoint: Checkpoint) -> None:
-    """Check the checkpoint's signature under the 32-byte Ed25519 ``public_key``. Returns nothing;
-    raises :class:`TamperError` if it does not verify (forged, altered, or another key's)."""
-    if type(public_key) is not bytes or len(public_key) != 32:
-        raise BadRequest("the audit public key must be 32 bytes (raw Ed25519)")
-    try:
-        key = Ed25519PublicKey.from_public_bytes(public_key)
-        message = checkpoint_message(checkpoint.tree_size, checkpoint.root, checkpoint.chain_head, checkpoint.time)
-        key.verify(checkpoint.signature, message)
-    except (InvalidSignature, BadRequest, TypeError, ValueError):
-        raise TamperError(f"the checkpoint at tree size {checkpoint.tree_size!r} has a bad signature: "
-                          "it was forged, altered, or signed by another key") from None
 
 
 class LogHead:

@@ -11,44 +11,38 @@ proofs, so a third party can verify an exported audit log with its own tools.
   appends in O(log n) and knows the current root for a checkpoint at any moment.
 - :class:`MerkleTree` keeps every node of a fixed list of leaves, for inclusion proofs (section
   2.1.3) and consistency proofs (section 2.1.4) in O(log n) each after an O(n) build.
-- :func:`verify_inclusion` and :func:`verify_consistency` follow the RFC's verification
-  algorithms step by step. They return nothing and raise :class:`TamperError` on any mismatch.
+- :func:`consistency_path` is the RFC's consistency proof over any source of subtree hashes, so
+  a tree that keeps only some of its nodes (:mod:`.witness_tree`) proves exactly as this one does.
 
-Arguments a caller got wrong (an index past the end) raise :class:`shared.BadRequest`.
+The hashing (:func:`leaf_hash`, :func:`node_hash`, :data:`EMPTY_ROOT`) and the verifiers
+(:func:`verify_inclusion`, :func:`verify_consistency`, raising :class:`TamperError`) are the
+verification core in :mod:`shared.transparency`, which a paired device runs too; they are
+re-exported here. Arguments a caller got wrong (an index past the end) raise :class:`shared.BadRequest`.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Sequence
-from typing import Final
+from collections.abc import Callable, Iterable, Sequence
 
 from shared import BadRequest
-
-from .errors import TamperError
+from shared.transparency import (
+    EMPTY_ROOT,
+    HASH_BYTES,
+    leaf_hash,
+    node_hash,
+    verify_consistency,
+    verify_inclusion,
+)
 
 __all__ = [
     "EMPTY_ROOT", "HASH_BYTES",
     "Frontier", "MerkleTree",
-    "leaf_hash", "merkle_root", "node_hash", "verify_consistency", "verify_inclusion",
+    "consistency_path", "fold", "leaf_hash", "merkle_root", "node_hash", "split", "verify_consistency",
+    "verify_inclusion",
 ]
 
-HASH_BYTES: Final = 32
-#: The hash of the tree with no leaves: SHA-256 of the empty string.
-EMPTY_ROOT: Final = hashlib.sha256(b"").digest()
 
-
-def leaf_hash(leaf: bytes) -> bytes:
-    """The hash of one leaf: ``SHA-256(0x00 || leaf)``."""
-    return hashlib.sha256(b"\x00" + leaf).digest()
-
-
-def node_hash(left: bytes, right: bytes) -> bytes:
-    """The hash of an interior node: ``SHA-256(0x01 || left || right)``."""
-    return hashlib.sha256(b"\x01" + left + right).digest()
-
-
-def _fold(nodes: Sequence[bytes]) -> bytes:
+def fold(nodes: Sequence[bytes]) -> bytes:
     # Perfect subtrees, largest (leftmost) first: the RFC's split always puts the largest power of
     # two on the left, so the root is the right-to-left fold of them.
     root = nodes[-1]
@@ -106,14 +100,14 @@ class Frontier:
 
     def root(self) -> bytes:
         """MTH of the leaves appended so far; :data:`EMPTY_ROOT` when there are none."""
-        return _fold(self._nodes) if self._nodes else EMPTY_ROOT
+        return fold(self._nodes) if self._nodes else EMPTY_ROOT
 
     def copy(self) -> Frontier:
         """An independent copy, to try appends that may be rolled back."""
         return Frontier(self._size, self._nodes)
 
 
-def _split(size: int) -> int:
+def split(size: int) -> int:
     # The largest power of two strictly below size (size >= 2): RFC 9162's k.
     return 1 << ((size - 1).bit_length() - 1)
 
@@ -161,7 +155,7 @@ class MerkleTree:
             height = (end - start).bit_length() - 1
             parts.append(self._levels[height][start >> height])
             start += 1 << height
-        return _fold(parts)
+        return fold(parts)
 
     def root(self, size: int | None = None) -> bytes:
         """MTH of the first ``size`` leaves (default: all of them)."""
@@ -175,7 +169,7 @@ class MerkleTree:
             raise BadRequest(f"leaf {index!r} is not in a tree of {size} leaves")
         path, start, end = [], 0, size
         while end - start > 1:
-            mid = start + _split(end - start)
+            mid = start + split(end - start)
             if index < mid:
                 path.append(self._subtree(mid, end))
                 end = mid
@@ -191,110 +185,27 @@ class MerkleTree:
         size = self._check_size(size)
         if type(first_size) is not int or not 0 <= first_size <= size:
             raise BadRequest(f"first tree size {first_size!r} is outside 0..{size}")
-        if first_size in (0, size):
-            return []
-        # SUBPROOF(m, D[start:end], b), unrolled: m is the old tree's size inside [start, end),
-        # complete is b (the range is still a prefix of the old tree's own left spine).
-        proof, start, end, m, complete = [], 0, size, first_size, True
-        while m != end - start:
-            k = _split(end - start)
-            if m <= k:
-                proof.append(self._subtree(start + k, end))
-                end = start + k
-            else:
-                proof.append(self._subtree(start, start + k))
-                start, m, complete = start + k, m - k, False
-        if not complete:
-            proof.append(self._subtree(start, end))
-        proof.reverse()
-        return proof
+        return consistency_path(self._subtree, first_size, size)
 
 
-def _check_hash(value: object, what: str) -> None:
-    if type(value) is not bytes or len(value) != HASH_BYTES:
-        raise TamperError(f"{what} is not a {HASH_BYTES}-byte hash")
-
-
-def _shift_to_odd(fn: int, sn: int) -> tuple[int, int]:
-    # "right-shift both fn and sn equally until either LSB(fn) is set or fn is 0"
-    while fn and not fn & 1:
-        fn, sn = fn >> 1, sn >> 1
-    return fn, sn
-
-
-def verify_inclusion(leaf_hash: bytes, index: int, tree_size: int, proof: Sequence[bytes], root: bytes) -> None:
-    """Check that ``leaf_hash`` is leaf ``index`` of the tree of ``tree_size`` leaves with ``root``.
-
-    RFC 9162 section 2.1.3.2. Returns nothing; raises :class:`TamperError` naming what failed.
-    """
-    _check_hash(leaf_hash, "the leaf hash")
-    _check_hash(root, "the root")
-    for i, p in enumerate(proof):
-        _check_hash(p, f"inclusion proof element {i}")
-    if type(index) is not int or type(tree_size) is not int or not 0 <= index < tree_size:
-        raise TamperError(f"an inclusion proof cannot place leaf {index!r} in a tree of {tree_size!r}")
-    fn, sn, r = index, tree_size - 1, leaf_hash
-    for p in proof:
-        if sn == 0:
-            raise TamperError(f"inclusion proof for leaf {index} of {tree_size} is too long")
-        if fn & 1 or fn == sn:
-            r = node_hash(p, r)
-            if not fn & 1:
-                fn, sn = _shift_to_odd(fn, sn)
+def consistency_path(subtree: Callable[[int, int], bytes], first_size: int, size: int) -> list[bytes]:
+    """PROOF(first_size, D[0:size]) of RFC 9162 section 2.1.4.1 (``0 <= first_size <= size``,
+    checked by the caller), with ``subtree(start, end)`` giving MTH(D[start:end]) for the nodes
+    the proof needs; empty when either tree is empty or both are the same size."""
+    if first_size in (0, size):
+        return []
+    # SUBPROOF(m, D[start:end], b), unrolled: m is the old tree's size inside [start, end),
+    # complete is b (the range is still a prefix of the old tree's own left spine).
+    proof, start, end, m, complete = [], 0, size, first_size, True
+    while m != end - start:
+        k = split(end - start)
+        if m <= k:
+            proof.append(subtree(start + k, end))
+            end = start + k
         else:
-            r = node_hash(r, p)
-        fn, sn = fn >> 1, sn >> 1
-    if sn != 0:
-        raise TamperError(f"inclusion proof for leaf {index} of {tree_size} is too short")
-    if r != root:
-        raise TamperError(f"inclusion proof for leaf {index} of {tree_size} does not match the root: "
-                          "the leaf or the proof was altered")
-
-
-_REWRITTEN: Final = "the log was rewritten or rolled back"
-
-
-def verify_consistency(first_size: int, second_size: int, first_root: bytes, second_root: bytes,
-                       proof: Sequence[bytes]) -> None:
-    """Check that the tree of ``first_size`` leaves with ``first_root`` is a prefix of the tree of
-    ``second_size`` leaves with ``second_root``: the log only grew in between.
-
-    RFC 9162 section 2.1.4.2, plus the trivial cases it leaves out: equal sizes need equal roots
-    and an empty proof; an empty first tree needs :data:`EMPTY_ROOT` and an empty proof.
-    Returns nothing; raises :class:`TamperError` naming what failed.
-    """
-    _check_hash(first_root, "the first root")
-    _check_hash(second_root, "the second root")
-    for i, c in enumerate(proof):
-        _check_hash(c, f"consistency proof element {i}")
-    if type(first_size) is not int or type(second_size) is not int or not 0 <= first_size <= second_size:
-        raise TamperError(f"a consistency proof cannot go from {first_size!r} records to {second_size!r}: "
-                          f"{_REWRITTEN}")
-    if first_size == second_size or first_size == 0:
-        expected = second_root if first_size else EMPTY_ROOT
-        if proof or first_root != expected:
-            raise TamperError(f"consistency proof from {first_size} to {second_size} records does not match: "
-                              f"{_REWRITTEN}")
-        return
-    if not proof:
-        raise TamperError(f"consistency proof from {first_size} to {second_size} records is empty")
-    path = list(proof)
-    if first_size & (first_size - 1) == 0:  # the old tree is a perfect subtree: its root starts the path
-        path.insert(0, first_root)
-    fn, sn = first_size - 1, second_size - 1
-    while fn & 1:
-        fn, sn = fn >> 1, sn >> 1
-    fr = sr = path[0]
-    for c in path[1:]:
-        if sn == 0:
-            raise TamperError(f"consistency proof from {first_size} to {second_size} records is too long")
-        if fn & 1 or fn == sn:
-            fr, sr = node_hash(c, fr), node_hash(c, sr)
-            if not fn & 1:
-                fn, sn = _shift_to_odd(fn, sn)
-        else:
-            sr = node_hash(sr, c)
-        fn, sn = fn >> 1, sn >> 1
-    if sn != 0 or fr != first_root or sr != second_root:
-        raise TamperError(f"consistency proof from {first_size} to {second_size} records does not match: "
-                          f"{_REWRITTEN}")
+            proof.append(subtree(start, start + k))
+            start, m, complete = start + k, m - k, False
+    if not complete:
+        proof.append(subtree(start, end))
+    proof.reverse()
+    return proof

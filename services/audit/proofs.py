@@ -12,8 +12,9 @@ root, the proof ties each record's exact bytes to the root. The records need not
 chain hashes are left out because a verifier could not check them across the gaps, and a bundle
 carries only what its verifier checks.
 
-:func:`encode_checkpoint` and :func:`decode_checkpoint` are also the form in which the audit service
-keeps its latest checkpoint outside the log (keyvault state or the keyring).
+:func:`encode_checkpoint` and :func:`decode_checkpoint` (from :mod:`shared.transparency`, re-exported
+here) are also the form in which the audit service keeps its latest checkpoint outside the log
+(keyvault state or the keyring), and in which a paired device keeps its witness copy.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any, Final
 
 import msgpack
 
-from shared import BadRequest, decode_body, encode_body
+from shared import BadRequest, decode_body
+from shared.transparency import decode_checkpoint, encode_checkpoint
 
 from .chain import MAX_RECORD_BYTES, RECORD_VERSION, Checkpoint, Record, encode_record, verify_checkpoint
 from .errors import TamperError
@@ -38,8 +40,6 @@ __all__ = [
 
 BUNDLE_FORMAT: Final = "curvemesh-audit-bundle/v1"
 EXPORT_FORMAT: Final = "curvemesh-audit-export/v1"
-_CHECKPOINT_VERSION: Final = 1
-_CHECKPOINT_KEYS: Final = frozenset({"v", "tree_size", "root", "chain_head", "time", "signature"})
 _RECORD_KEYS: Final = frozenset({"v", "seq", "time", "actor", "on_behalf_of", "event", "target", "outcome",
                                  "details"})
 _ENTRY_KEYS: Final = frozenset({"seq", "record", "proof"})
@@ -60,26 +60,6 @@ def decode_record(data: bytes) -> Record:
     if encode_record(record) != data:  # one record, one encoding: nothing else can hash the same
         raise BadRequest(f"record {record.seq} is not in canonical form")
     return record
-
-
-def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
-    """A checkpoint as msgpack bytes, signature included."""
-    return encode_body({"v": _CHECKPOINT_VERSION, "tree_size": checkpoint.tree_size, "root": checkpoint.root,
-                        "chain_head": checkpoint.chain_head, "time": checkpoint.time,
-                        "signature": checkpoint.signature})
-
-
-def decode_checkpoint(data: bytes) -> Checkpoint:
-    """The checkpoint :func:`encode_checkpoint` wrote. Raises :class:`BadRequest` if ``data`` is not
-    one; the signature is *not* checked here (that is :func:`.chain.verify_checkpoint`)."""
-    value = decode_body(data, 1024)
-    if type(value) is not dict or value.keys() != _CHECKPOINT_KEYS or value["v"] != _CHECKPOINT_VERSION:
-        raise BadRequest("not an audit checkpoint of a known version")
-    kinds = {"tree_size": int, "root": bytes, "chain_head": bytes, "time": float, "signature": bytes}
-    for key, kind in kinds.items():
-        if type(value[key]) is not kind:
-            raise BadRequest(f"checkpoint field {key!r} must be {kind.__name__}")
-    return Checkpoint(value["tree_size"], value["root"], value["chain_head"], value["time"], value["signature"])
 
 
 def export_bundle(records: Sequence[Record], checkpoint: Checkpoint, *, only: Iterable[int] | None = None) -> bytes:

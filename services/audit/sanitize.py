@@ -15,7 +15,9 @@ Contract: :func:`sanitize_details` returns a new map that is safe to store forev
 
 Per-event schemas come first (:data:`EVENT_SCHEMAS`): for a known event type only the listed
 fields are kept, each with its treatment (``text``: a string; ``number``; ``flag``: a bool;
-``counts``: a map of names to numbers; ``hash``: always the keyed hash). A value of the wrong
+``counts``: a map of names to numbers; ``hash``: always the keyed hash; ``tally``: a count whose
+name looks like a secret's, such as ``sessions_ended``: kept only as a non-negative integer, and
+the one treatment the name-based rule below leaves alone). A value of the wrong
 type is hashed when it is a scalar and dropped otherwise, so a secret smuggled into a ``count``
 field does not survive. Unlisted fields are dropped and only their number is kept
 (``details["dropped_fields"]``), never their names. Unknown event types get the name-based rule
@@ -32,7 +34,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 __all__ = ["HASH_PREFIX", "DROPPED", "DROPPED_FIELDS", "EVENT_SCHEMAS", "MAX_DEPTH", "MAX_ENTRIES", "MAX_TEXT",
-           "schema_for", "sanitize_details"]
+           "TALLY", "schema_for", "sanitize_details"]
 
 HASH_PREFIX: Final = "hmac-sha256:"
 DROPPED: Final = "<dropped>"
@@ -41,7 +43,7 @@ MAX_ENTRIES: Final = 64      # entries kept per map or list
 MAX_TEXT: Final = 1024       # characters of a string, bytes of a bytes value
 DROPPED_FIELDS: Final = "dropped_fields"  # how many fields a per-event schema dropped
 
-TEXT, NUMBER, FLAG, COUNTS, HASH = "text", "number", "flag", "counts", "hash"
+TEXT, NUMBER, FLAG, COUNTS, HASH, TALLY = "text", "number", "flag", "counts", "hash", "tally"
 _WHO: Final = {"subject": TEXT, "role": TEXT}    # the identity a producer reported as acting
 _PROCESS: Final = {name: TEXT for name in ("process", "group", "state", "from_state", "supervisor")} | {
     name: NUMBER for name in ("pid", "tries", "serial")} | {"expected": FLAG}
@@ -62,6 +64,10 @@ _AUTHZ: Final = _WHO | {"source": TEXT, "source_role": TEXT, "source_fp": TEXT, 
                         "category": TEXT, "user": TEXT, "purpose": TEXT, "policies": TEXT, "reason": TEXT,
                         "sensitivity": NUMBER, "assigned_role": TEXT, "grant": TEXT, "grantee": TEXT,
                         "categories": TEXT, "actions": TEXT, "expires_at": NUMBER, "digest": TEXT, "error": TEXT}
+#: A paired device's report that the log is not the one it witnessed (audit.witness_report): the two
+#: checkpoints as tree sizes and hex roots, whether each is signed by this mesh's audit key, and the problem.
+_WITNESS: Final = {"problem": TEXT, "kept_tree_size": NUMBER, "kept_root": TEXT, "kept_signed": FLAG,
+                   "seen_tree_size": NUMBER, "seen_root": TEXT, "seen_signed": FLAG}
 #: Event type -> {field: treatment}. ``alert.*`` (other than ``alert.ack``) share ``alert.*``.
 EVENT_SCHEMAS: Final[Mapping[str, Mapping[str, str]]] = {
     # broker (spooled; the acting peer arrives as ``subject``)
@@ -127,8 +133,21 @@ EVENT_SCHEMAS: Final[Mapping[str, Mapping[str, str]]] = {
     "authz.consent_revoked": _AUTHZ,
     "authz.policy_reloaded": _AUTHZ,
     "authz.policy_refused": _AUTHZ,
+    # pairing: a window opened or closed, an attempt (outcome ok or failure), a device paired, revoked
+    # or renamed (the pairing service appends these); mesh.device_*: the broker's certificate side
+    "pairing.window_opened": {"window": TEXT, "name": TEXT, "ttl_s": NUMBER, "endpoint": TEXT},
+    "pairing.window_closed": {"window": TEXT, "reason": TEXT},
+    "pairing.attempt": {"window": TEXT, "source": TEXT, "reason": TEXT},
+    "pairing.device_paired": {"window": TEXT, "device": TEXT, "fingerprint": TEXT, "source": TEXT,
+                              "client_version": TEXT},
+    "pairing.device_revoked": {"device": TEXT, "fingerprint": TEXT, "sessions_ended": TALLY,
+                               "grants_revoked": TALLY, "steps": TEXT},
+    "pairing.device_renamed": {"device": TEXT, "old_label": TEXT, "new_label": TEXT},
+    "mesh.device_enrolled": _WHO | {"name": TEXT, "fingerprint": TEXT},
+    "mesh.device_revoked": _WHO | {"name": TEXT, "fingerprint": TEXT},
     # audit's own records
     "audit.anchor_moved": _ANCHOR,
+    "audit.witness_mismatch": _WITNESS,
     "alert.*": _ALERT,
     "alert.ack": {"alert_id": NUMBER, "rule": TEXT, "subject": TEXT, "count": NUMBER},
     "process.crash": _PROCESS,
@@ -212,7 +231,9 @@ def _treat(treatment: str, value: Any, hash_key: bytes | bytearray) -> Any:
         if not isinstance(value, dict):
             return DROPPED
         return {k[:128]: v for k, v in list(value.items())[:MAX_ENTRIES] if type(k) is str and _is_number(v)}
-    if treatment == TEXT:
+    if treatment == TALLY:
+        fits = type(value) is int and value >= 0
+    elif treatment == TEXT:
         fits = isinstance(value, str)
     elif treatment == NUMBER:
         fits = _is_number(value)
@@ -238,7 +259,7 @@ def sanitize_details(details: dict[str, Any] | None, hash_key: bytes | bytearray
         cleaned = _clean(details, hash_key, 0)
         return cleaned if isinstance(cleaned, dict) else {}
     out: dict[str, Any] = {}
-    hashed: set[str] = set()
+    hashed: set[str] = set()  # what the name-based pass leaves alone: hashed already, or a tally
     dropped = 0
     for name, value in details.items():
         treatment = schema.get(name) if type(name) is str else None
@@ -246,7 +267,7 @@ def sanitize_details(details: dict[str, Any] | None, hash_key: bytes | bytearray
             dropped += 1
             continue
         out[name] = _treat(treatment, value, hash_key)
-        if treatment == HASH:
+        if treatment in (HASH, TALLY):  # a tally is a count kept, or a value hashed already
             hashed.add(name)
     # Second pass, defence in depth: the name-based rule and the size bounds on what was kept.
     for name, value in out.items():

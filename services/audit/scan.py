@@ -30,7 +30,7 @@ Blocking (SQLite and hashing): the service runs it off the event loop.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -73,6 +73,7 @@ class LogScan:
         self._store = store
         self._verifier = LogVerifier(checkpoints, public_key, trusted)
         self._keep = 0
+        self._feed: Callable[[bytes], None] | None = None
         self._stream: Iterator[LogEntry] | None = None
         self._error: Exception | None = None
         self._head: LogHead | None = None
@@ -93,6 +94,12 @@ class LogScan:
             raise RuntimeError("keep_leaves must be called before the records are read")
         self._keep = count
 
+    def feed(self, sink: Callable[[bytes], None]) -> None:
+        """Pass the Merkle leaf hash of every record, in order, to ``sink`` as the pass computes it."""
+        if self._stream is not None:
+            raise RuntimeError("feed must be called before the records are read")
+        self._feed = sink
+
     def entries(self) -> Iterator[LogEntry]:
         """The log's entries in order, each yielded once it passed its own checks; the one stream
         of this pass (calling again continues it)."""
@@ -111,6 +118,8 @@ class LogScan:
                 leaf = self._verifier.add(entry, source)  # a deletion's lookahead reads on from source
                 if entry.record.seq < self._keep:
                     self.leaves += leaf
+                if self._feed is not None:
+                    self._feed(leaf)
                 yield entry
             # Before the stream ends, so that no consumer sees a clean end of a cut-off log.
             self._head = self._verifier.finish()

@@ -44,6 +44,7 @@ from .pages import TREES
 from .sanitize import sanitize_details
 from .scan import scan
 from .store import AuditStore, StoreError, db_path
+from .witness_tree import WitnessTree
 from .writer import CHECKPOINT_EVERY_S, WriterMixin
 
 log = structlog.get_logger("audit")  # one logger name for the whole service, as before the split
@@ -209,8 +210,9 @@ class SealMixin(WriterMixin):
                 self.state, self.problem = "failed", exc.message
                 log.error("audit_db_unusable", reason=exc.message)
                 return True
+            tree = WitnessTree()
             try:
-                head, latest, trusted = await loop.run_in_executor(None, self._verify, store)
+                head, latest, trusted = await loop.run_in_executor(None, self._verify, store, tree)
             except TamperError as exc:
                 store.close()
                 self.state, self.problem = "tampered", exc.message
@@ -225,6 +227,7 @@ class SealMixin(WriterMixin):
                 wipe(self._older_db_key)
                 self._older_db_key = None
             self.store, self.head, self.latest, self.state, self.problem = store, head, latest, "ok", None
+            self.witness_tree = tree
             log.info("unsealed", size=head.size, checkpoint_size=latest.tree_size if latest else 0)
             if move is not None:
                 await self._record_move(move)
@@ -248,8 +251,10 @@ class SealMixin(WriterMixin):
         move.finish()
         log.warning("anchor_moved", anchor="trusted checkpoint", destination=move.new)
 
-    def _verify(self, store: AuditStore) -> tuple[LogHead, Checkpoint | None, Checkpoint | None]:
-        """Verify the whole log in one streamed read that also rebuilds the open alerts.
+    def _verify(self, store: AuditStore,
+                tree: WitnessTree | None = None) -> tuple[LogHead, Checkpoint | None, Checkpoint | None]:
+        """Verify the whole log in one streamed read that also rebuilds the open alerts and, when
+        ``tree`` is given, feeds it every verified leaf (the witness tree audit.checkpoint proves from).
 
         Only a verified log is evidence: the open alerts come back from it (a restart forgets
         nothing). The rebuild reads the verification stream itself, so the log is read once and
@@ -257,6 +262,8 @@ class SealMixin(WriterMixin):
         ending when anything is wrong, so a log that fails verification rebuilds nothing."""
         assert self.public_key is not None and self.slot is not None
         with scan(store, self.public_key, self.slot) as verified:
+            if tree is not None:
+                verified.feed(tree.append)
             try:
                 reopened = self.alerts.engine.rebuild(verified.records())
             except Exception as exc:
@@ -279,7 +286,7 @@ class SealMixin(WriterMixin):
             for key in (self._db_key, self._sign_key, self._hash_key):
                 if key is not None:
                     wipe(key)
-            self.store = self.head = self._db_key = self._sign_key = self._hash_key = None
+            self.store = self.head = self._db_key = self._sign_key = self._hash_key = self.witness_tree = None
             TREES.forget(db_path(self.home))  # verified export trees live only while unsealed
             self.state, self.problem = "sealed", reason
             self.without_keys = Readiness(SEALED, LOCKED_REASON, "keyvault")

@@ -24,12 +24,12 @@ by supervisord arrive as ``process.crash`` records appended by the ``supervisor-
 (from its own audit spool, so none is lost while audit is down); the ``crash_loop`` rule watches
 them. Only that listener may append ``process.*`` records.
 
-The module split: this class is the wire surface (every handler, and the lifecycle hooks); the
-group-commit and checkpoint writer is :mod:`.writer`, the seal state (keys, unseal and verify,
-seal and wipe) is :mod:`.seal`, and export paging is :mod:`.export`. Verification of the stored
-log (at unseal, ``verify``, an export's first page) is one streamed pass, :mod:`.scan` over
-:mod:`.verifier`, in memory that does not grow with the log; export pages reuse the verified
-tree of their checkpoint (:mod:`.pages`). Names other code imports
+The module split: this class is the wire surface (every handler but the paired devices', which are
+:mod:`.witness`, and the lifecycle hooks); the group-commit and checkpoint writer is :mod:`.writer`,
+the seal state (keys, unseal and verify, seal and wipe) is :mod:`.seal`, and export paging is
+:mod:`.export`. Verification of the stored log (at unseal, ``verify``, an export's first page) is
+one streamed pass, :mod:`.scan` over :mod:`.verifier`, in memory that does not grow with the log;
+export pages reuse the verified tree of their checkpoint (:mod:`.pages`). Names other code imports
 from here (``Audit``, ``export_page``, the constants) stay importable from here (``__all__``).
 """
 
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,7 +66,7 @@ from shared import (
 from shared.keystore import Keystore
 
 from .alert_desk import AlertDesk
-from .alerts import SUPERVISOR_SENDER
+from .alerts import SUPERVISOR_SENDER, WITNESS_EVENT
 from .chain import Record, encode_record
 from .errors import TamperError
 from .export import EXPORT_MARGIN, EXPORT_PAGE_RECORDS, MAX_EXPORT_PAGE_RECORDS, ExportRequest, export_page
@@ -74,6 +75,7 @@ from .scan import verify_report
 from .schema import MAX_TAIL, AckRequest, AppendRequest, TailRequest, record_to_wire
 from .seal import KEY_CALL_TIMEOUT_S, KEY_RETRY_MAX_S, KEY_RETRY_MIN_S, SealMixin
 from .store import AuditStore, db_path
+from .witness import WitnessMixin
 from .writer import CHECKPOINT_EVERY_RECORDS, CHECKPOINT_EVERY_S, Pending
 
 # What this module offered before the split, re-exported so its importers (tests/, storage_rig)
@@ -90,9 +92,10 @@ ALERT_PREFIX: Final = "alert."         #: events only audit writes (alerts and t
 PROCESS_PREFIX: Final = "process."     #: events only the supervisor-events listener appends
 
 
-class Audit(SealMixin, Service):
+class Audit(WitnessMixin, SealMixin, Service):
     """Mesh name ``audit``; handlers: ``append``, ``tail``, ``verify``, ``export``, ``public_key``,
-    ``alerts``, ``alerts.ack``, ``health``. ``clock`` measures the alert windows (tests inject one)."""
+    ``alerts``, ``alerts.ack``, ``health``, and the devices' ``checkpoint`` and ``witness_report``.
+    ``clock`` measures the alert windows (tests inject one)."""
 
     name = "audit"
 
@@ -108,6 +111,8 @@ class Audit(SealMixin, Service):
         self.head = None
         self.latest = None               # the latest checkpoint durable in the database
         self.slot = None                 # where the trusted latest checkpoint is kept
+        self.witness_tree = None         # the verified log's tree, for audit.checkpoint's proofs
+        self._witness_lock = threading.Lock()
         self.public_key = None
         self._db_key = None
         self._sign_key = None
@@ -155,16 +160,16 @@ class Audit(SealMixin, Service):
         ``{first_seq, last_seq}``, answered only once every record is durable. The actor is the
         caller the broker authenticated. ``SEALED`` while sealed; ``UNAVAILABLE`` when the log
         failed verification or the disk write failed (then nothing of the request was stored);
-        ``FORBIDDEN`` for an ``alert.*`` type (only audit writes those), and for a ``process.*`` type
-        from any caller but ``supervisor-events`` (only it speaks for supervisord)."""
+        ``FORBIDDEN`` for an ``alert.*`` type and ``audit.witness_mismatch`` (only audit writes those),
+        and for a ``process.*`` type from any caller but ``supervisor-events`` (only it speaks for supervisord)."""
         if self.state != "ok" or self._hash_key is None:
             raise self._refusal()
         if not req.records:
             raise BadRequest("append needs at least one record")
         now, prepared = time.time(), []
         for item in req.records:
-            if item.type.startswith(ALERT_PREFIX):
-                raise Forbidden(f"{ALERT_PREFIX}* records are written by audit itself, not appended")
+            if item.type.startswith(ALERT_PREFIX) or item.type == WITNESS_EVENT:
+                raise Forbidden(f"{ALERT_PREFIX}* and {WITNESS_EVENT} records are written by audit itself")
             if item.type.startswith(PROCESS_PREFIX) and ctx.caller != SUPERVISOR_SENDER:
                 raise Forbidden(f"{PROCESS_PREFIX}* records are appended by {SUPERVISOR_SENDER} only")
             details = sanitize_details(item.details, self._hash_key, item.type)

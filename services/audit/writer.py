@@ -33,6 +33,7 @@ from .alert_desk import AlertDesk
 from .chain import Checkpoint, LogHead, Record
 from .proofs import encode_checkpoint
 from .store import AuditStore, StoreError
+from .witness_tree import WitnessTree
 
 log = structlog.get_logger("audit")  # one logger name for the whole service, as before the split
 
@@ -53,6 +54,7 @@ class WriterMixin:
     head: LogHead | None
     latest: Checkpoint | None           # the latest checkpoint durable in the database
     slot: Keystore | None               # where the trusted latest checkpoint is kept
+    witness_tree: WitnessTree | None    # the verified log's tree, for audit.checkpoint's proofs
     alerts: AlertDesk
     _sign_key: bytearray | None
     _pending: list[Pending]
