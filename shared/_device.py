@@ -36,6 +36,7 @@ from ._connection import Connection
 from ._errors import ConfigError, Conflict, MeshError, Unavailable
 from ._files import write_atomic
 from ._home import MeshHome
+from ._witness import Witness, WitnessMismatch, witness_check
 
 PROFILE: Final = "device.toml"
 SECRET: Final = "device.key_secret"  # noqa: S105 - a file name, not a secret
@@ -110,8 +111,6 @@ async def join(code: str, endpoint: str, directory: Path, *, name: str = "", exp
     its first witnessed checkpoint. ``expect_broker``: the broker fingerprint a QR code carried (the
     welcome must name that key). Raises :class:`Conflict` if the directory is already paired and
     :class:`Unavailable` with one uniform message when pairing fails."""
-    from .transparency import Witness  # verification code only a pairing needs
-
     host, port = _host_port(endpoint)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     if (directory / PROFILE).exists() or (directory / SECRET).exists():
@@ -183,8 +182,6 @@ async def connect_device(directory: Path | None = None, *, config: RuntimeConfig
     against the device's witness now and after every reconnection; a mismatch is reported to the
     mesh and raised (:class:`~shared.transparency.WitnessMismatch`), and the client refuses every
     later call."""
-    from .transparency import Witness, WitnessMismatch, witness_check
-
     directory = directory or default_directory()
     profile = load_profile(directory)
     keypair = load_keypair(directory / SECRET)

@@ -27,9 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shared.transparency import Witness, WitnessMismatch
-
 from shared import Connection, MeshError, RuntimeConfig, certs, device
+from shared.transparency import Witness, WitnessMismatch
 
 
 def _plain(value: Any) -> Any:

@@ -198,12 +198,12 @@ def test_a_revoked_device_is_cut_off_across_the_boundary(detached: Detached) -> 
     try:
         assert agent.first["ready"]
         agent.call("authn.login.password", {"username": "alice", "password": PASSWORD})
-        assert agent.call("authn.verify", {"access_token": "$token"})["sub"]
+        assert agent.call("authn.verify", {"access_token": "$token", "audience": "curvemesh"})["sub"]
         token_file = detached.work / "tablet.token"
         agent.ask({"token_out": str(token_file)})
         done = detached.operator("devices", "revoke", paired["name"], "--yes")
         assert (done["connections_cut"], done["sessions_ended"]) == (1, 1)
-        cut = agent.ask({"call": "authn.verify", "body": {"access_token": "$token"}})
+        cut = agent.ask({"call": "authn.verify", "body": {"access_token": "$token", "audience": "curvemesh"}})
         assert cut["error"] == "UNAUTHENTICATED"
     finally:
         agent.close()
@@ -217,7 +217,7 @@ def test_a_revoked_device_is_cut_off_across_the_boundary(detached: Detached) -> 
     other = Agent(ns.device_ns, other_dir)
     try:
         other.ask({"token_in": str(detached.work / "tablet.token")})
-        refused = other.ask({"call": "authn.verify", "body": {"access_token": "$token"}})
+        refused = other.ask({"call": "authn.verify", "body": {"access_token": "$token", "audience": "curvemesh"}})
         assert refused["error"] == "UNAUTHENTICATED"
     finally:
         other.close()

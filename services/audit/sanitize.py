@@ -64,6 +64,9 @@ _AUTHZ: Final = _WHO | {"source": TEXT, "source_role": TEXT, "source_fp": TEXT, 
                         "category": TEXT, "user": TEXT, "purpose": TEXT, "policies": TEXT, "reason": TEXT,
                         "sensitivity": NUMBER, "assigned_role": TEXT, "grant": TEXT, "grantee": TEXT,
                         "categories": TEXT, "actions": TEXT, "expires_at": NUMBER, "digest": TEXT, "error": TEXT}
+#: Who acted on pairing (an operator opening a window or managing a device; nothing when an attempt
+#: or the window's own end is recorded): the peer as the broker authenticated it.
+_PAIRING: Final = {"source": TEXT, "source_role": TEXT, "source_fp": TEXT}
 #: A paired device's report that the log is not the one it witnessed (audit.witness_report): the two
 #: checkpoints as tree sizes and hex roots, whether each is signed by this mesh's audit key, and the problem.
 _WITNESS: Final = {"problem": TEXT, "kept_tree_size": NUMBER, "kept_root": TEXT, "kept_signed": FLAG,
@@ -135,14 +138,15 @@ EVENT_SCHEMAS: Final[Mapping[str, Mapping[str, str]]] = {
     "authz.policy_refused": _AUTHZ,
     # pairing: a window opened or closed, an attempt (outcome ok or failure), a device paired, revoked
     # or renamed (the pairing service appends these); mesh.device_*: the broker's certificate side
-    "pairing.window_opened": {"window": TEXT, "name": TEXT, "ttl_s": NUMBER, "endpoint": TEXT},
-    "pairing.window_closed": {"window": TEXT, "reason": TEXT},
-    "pairing.attempt": {"window": TEXT, "source": TEXT, "reason": TEXT},
-    "pairing.device_paired": {"window": TEXT, "device": TEXT, "fingerprint": TEXT, "source": TEXT,
+    "pairing.window_opened": _PAIRING | {"window": TEXT, "name": TEXT, "ttl_s": NUMBER, "endpoint": TEXT},
+    "pairing.window_closed": _PAIRING | {"window": TEXT, "reason": TEXT},
+    "pairing.attempt": {"window": TEXT, "address": TEXT, "reason": TEXT},
+    "pairing.device_paired": {"window": TEXT, "device": TEXT, "fingerprint": TEXT, "address": TEXT,
                               "client_version": TEXT},
-    "pairing.device_revoked": {"device": TEXT, "fingerprint": TEXT, "sessions_ended": TALLY,
-                               "grants_revoked": TALLY, "steps": TEXT},
-    "pairing.device_renamed": {"device": TEXT, "old_label": TEXT, "new_label": TEXT},
+    "pairing.device_revoked": _PAIRING | {"device": TEXT, "fingerprint": TEXT, "connections_cut": TALLY,
+                                          "sessions_ended": TALLY, "grants_revoked": TALLY, "steps": TEXT,
+                                          "reason": TEXT},
+    "pairing.device_renamed": _PAIRING | {"device": TEXT, "old_label": TEXT, "new_label": TEXT},
     "mesh.device_enrolled": _WHO | {"name": TEXT, "fingerprint": TEXT},
     "mesh.device_revoked": _WHO | {"name": TEXT, "fingerprint": TEXT},
     # audit's own records
