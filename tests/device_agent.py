@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shared import Connection, MeshError, RuntimeConfig, certs, device
+from shared import Connection, MeshError, RuntimeConfig, certs, defer_logging, device
 from shared.transparency import Witness, WitnessMismatch
 
 
@@ -107,6 +107,7 @@ async def stranger(endpoint: str, broker_key: Path) -> int:
 
 
 def main(argv: list[str]) -> int:
+    defer_logging("device-agent", "critical")  # stdout is the JSON lines' alone
     if argv[:1] == ["session"] and len(argv) == 2:
         return asyncio.run(session(Path(argv[1])))
     if argv[:1] == ["stranger"] and len(argv) == 3:

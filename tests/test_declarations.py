@@ -66,10 +66,12 @@ def test_the_project_declarations_give_exactly_the_rights_the_hand_written_acl_g
     plus what authn's declaration adds (issue 14: people sign in through services and devices) and
     authz's (issue 15: services ask for decisions; services and devices carry people's consent;
     devices reach storage's data calls, where authz decides on people's data) and audit's for witnesses
-    (services and devices fetch checkpoints with consistency proofs; only devices report a mismatch)."""
+    (services and devices fetch checkpoints with consistency proofs; only devices report a mismatch) and
+    pairing's (issue 16: operators open windows and manage devices; pairing alone admits and revokes
+    device certificates at the broker and ends a revoked device's sessions and grants)."""
     config = load_config(DEFAULT_CONFIG_PATH)
     operator = compile_grant(config.acl, "meshctl", "operator")
-    assert operator.call_services == {"mesh", "keyvault", "audit", "storage", "authn", "authz"}
+    assert operator.call_services == {"mesh", "keyvault", "audit", "storage", "authn", "authz", "pairing"}
     assert operator.call_methods == {"health"} and operator.subscribe == ("*",) and operator.publish == ()
     authn_calls = {"authn.logout", "authn.verify"}
     service = compile_grant(config.acl, "notes", "service")
@@ -91,7 +93,15 @@ def test_the_project_declarations_give_exactly_the_rights_the_hand_written_acl_g
     assert topics["supervisor-events"] == (("supervisor.",), ())
     assert topics["authn"] == (("authn.",), ("security.",))
     assert topics["authz"] == (("authz.",), ("security.",))
-    assert all(topics[n] == ((), ()) for n in ("pairing", "plugin-host"))
+    assert topics["pairing"] == (("pairing.",), ("security.",))
+    assert topics["plugin-host"] == ((), ())
+    pairing = compile_grant(config.acl, "pairing", "service")
+    assert pairing.calls - service.calls == {"mesh.devices.enroll", "mesh.devices.revoke", "mesh.devices.seen",
+                                             "authn.sessions.end_device", "authz.revoke_device"}
+    # Only pairing, of the peers: no other service and no device.
+    for other in (service, device):
+        assert not any(other.may_call(*m.split(".", 1)) for m in ("mesh.devices.enroll", "mesh.devices.revoke",
+                                                                 "authn.sessions.end_device", "authz.revoke_device"))
     assert dict(config.keyvault.entitlements) == {
         "storage": ("sqlcipher", "duckdb", "rocksdb", "files", "backups"), "audit": ("audit-hmac", "audit-signing"),
         "authn": ("token-signing", "accounts"), "authz": ("authz",), "pairing": ("pairing",),

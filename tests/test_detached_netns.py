@@ -125,9 +125,12 @@ def detached() -> Iterator[Detached]:
     try:
         with NetnsPair() as ns, mesh_home() as home:
             text = fast_config_text()
-            assert "tcp_endpoints = []" in text and 'anchor_dir = ""' in text
+            assert "tcp_endpoints = []" in text and 'anchor_dir = ""' in text and 'keystore = "auto"' in text
             text = text.replace("tcp_endpoints = []", f'tcp_endpoints = ["tcp://{ns.mesh_addr}:{BROKER_PORT}"]')
             text = text.replace('anchor_dir = ""', f'anchor_dir = "{anchors}"')
+            # Every anchor in the anchor directory, none in a platform keyring: a disk image of the
+            # home and that directory is then the whole machine, as the rollback test needs.
+            text = text.replace('keystore = "auto"', 'keystore = "file"')
             home.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             (home.root / "mesh.toml").write_text(text)
             init = meshctl(home, "init")

@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 
+from services.pairing.service import Pairing
 from shared import HandshakeError, MeshError, Unauthenticated, Unavailable, certs, device, pake
 from shared.tokens import MESH_AUDIENCE
 
 from .conftest import eventually
 from .pairing_rig import PairingRig, pairing_rig
-from .people_rig import USER_PASSWORD
+from .people_rig import USER_PASSWORD, people_rig
 
 pytestmark = pytest.mark.asyncio
 
@@ -271,7 +272,8 @@ async def test_revoking_a_device_cuts_its_connection_sessions_and_grants(tmp_pat
         assert cut.value.code == "UNAUTHENTICATED"
         # ... its token fails wherever it is presented, its grant is revoked ...
         with pytest.raises(Unauthenticated):
-            await r["frontend"].call("authn.verify", {"access_token": token, "presenter": a_fp, "audience": MESH_AUDIENCE}, timeout=10)
+            await r["frontend"].call("authn.verify", {"access_token": token, "presenter": a_fp,
+                                                      "audience": MESH_AUDIENCE}, timeout=10)
         shown = await r.operator.call("authz.consent.show", {"grant_id": grant["id"]}, timeout=10)
         assert shown["state"] == "revoked"
         # ... and it cannot connect again, while the other device carries on.
@@ -286,3 +288,30 @@ async def test_revoking_a_device_cuts_its_connection_sessions_and_grants(tmp_pat
         # Revoking again finishes nothing new and says so.
         again = await r.operator.call("pairing.devices.revoke", {"ref": "phone-a"}, timeout=20)
         assert (again["connections_cut"], again["sessions_ended"], again["grants_revoked"]) == (0, 0, 0)
+
+
+async def test_windows_need_detached_mode_and_come_one_at_a_time(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    async with pairing_rig(tmp_path) as r:
+        started = await r.start()
+        with pytest.raises(MeshError) as second:
+            await r.start()
+        assert second.value.code == "CONFLICT" and "pair cancel" in second.value.message
+        with pytest.raises(MeshError) as too_long:
+            await r.operator.call("pairing.start", {"ttl_s": 100000}, timeout=10)
+        assert too_long.value.code == "BAD_REQUEST"
+        cancelled = await r.operator.call("pairing.cancel", {"window": started["window"]}, timeout=10)
+        assert cancelled["state"] == "cancelled" and "code" not in cancelled
+        with pytest.raises(MeshError):  # a device only ever hears that pairing failed
+            await device.join(started["code"], started["endpoint"], r.device_dir("late"))
+        # The code went to the operator once, and nowhere else: not to any log.
+        logs = capsys.readouterr()
+        for secret in (started["code"], pake.normalize_code(started["code"])):
+            assert secret not in logs.out and secret not in logs.err
+    async with people_rig(tmp_path / "coupled-only", identities={"pairing": "service"}) as rig:
+        pairing = Pairing(rig.home, rig.mesh.config)
+        await rig.mesh.start_service(pairing)
+        await eventually(lambda: rig.ready("pairing"), deadline=20)
+        with pytest.raises(MeshError) as off:
+            await rig["meshctl"].call("pairing.start", {}, timeout=10)
+        assert off.value.code == "CONFLICT" and "[broker] tcp_endpoints" in off.value.message
