@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import select
+import queue
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -76,6 +77,28 @@ def device_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("CURVEMESH")}
 
 
+class Lines:
+    """A child's stdout, line by line, each wait with a deadline. A thread reads it into a queue:
+    select() on the pipe would miss lines already taken into the reader's buffer."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.queue: queue.Queue[str] = queue.Queue()
+        self.thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self.thread.start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.queue.put(line)
+        self.queue.put("")
+
+    def next(self, timeout: float) -> str:
+        """The next line ("" once the stream ended); AssertionError after ``timeout`` seconds."""
+        try:
+            return self.queue.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no line within {timeout} s") from None
+
+
 class Agent:
     """``python -m tests.device_agent session DIR`` inside the device namespace, one JSON line each way."""
 
@@ -84,13 +107,12 @@ class Agent:
                                                   str(directory)]),
                                      cwd=REPO, env=device_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout is not None
+        self.lines = Lines(self.proc.stdout)
         self.first = self.line(60)
 
     def line(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        assert ready, f"the device agent said nothing within {timeout} s"
-        text = self.proc.stdout.readline()
+        text = self.lines.next(timeout)
         assert text, f"the device agent ended (exit {self.proc.wait(10)})"
         value: dict[str, Any] = json.loads(text)
         return value
@@ -260,3 +282,34 @@ def test_a_rolled_back_machine_is_detected_by_a_paired_device(detached: Detached
     # The device reported before it gave up, and audit answers a report once its alert is raised.
     alerts = detached.operator("alerts")
     assert any(a["rule"] == "witness_mismatch" for a in alerts), alerts
+
+
+def test_pair_start_waits_for_the_device_and_says_who_joined(detached: Detached) -> None:
+    """The operator's command as a person runs it: the code first, then a wait that ends when the
+    device joins (no terminal here, so no QR code and no progress line)."""
+    ns = detached.ns
+    waiting = subprocess.Popen([*MESHCTL, "pair", "start", "--name", "Laptop", "--ttl", "60"], cwd=REPO,
+                               env=detached.mesh_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert waiting.stdout is not None
+        lines = Lines(waiting.stdout)
+        shown: dict[str, str] = {}
+        while "endpoint" not in shown:
+            line = lines.next(30)
+            assert line, "meshctl pair start ended before it showed the code"
+            key, _, value = line.partition(":")
+            if key in ("pairing code", "endpoint"):
+                shown[key.split()[-1]] = value.strip()
+        joined = run_in(ns.device_ns, [*MESHCTL, "pair", "join", shown["code"], "--endpoint", shown["endpoint"],
+                                       "--device-dir", str(detached.work / "laptop")], timeout=60, env=device_env())
+        assert "paired as laptop" in joined.stdout
+        rest = []
+        while line := lines.next(60):
+            rest.append(line)
+        assert waiting.wait(30) == 0
+        assert "paired: laptop joined the mesh\n" in rest
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait(10)
