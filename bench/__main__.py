@@ -63,14 +63,14 @@ import zmq
 
 from shared import MeshClient
 
-from . import authn, authz, keyvault, report, startup, storage, storage_mesh
+from . import authn, authz, keyvault, pairing, report, startup, storage, storage_mesh
 from .harness import REPO, BenchError, Children, make_home, remove_home
 from .measure import RawClient, cpu_seconds, percentile, runtime_connect, runtime_round_trips
 from .profile import print_profile
 from .wire import IDENTITIES, ipc, server_key
 
 READY_TIMEOUT = 60.0
-SECTIONS: Final = ("broker", "keyvault", "storage", "startup", "authn", "authz")
+SECTIONS: Final = ("broker", "keyvault", "storage", "startup", "authn", "authz", "pairing")
 #: --flag -> StorageOptions field (None on the command line: the default, or --quick's value).
 STORAGE_FLAGS: Final = {
     "storage_rounds": ("rounds", "interleaved rounds of each comparison and of the mesh calls"),
@@ -104,6 +104,13 @@ AUTHZ_FLAGS: Final = {
     "authz_warmup": ("warmup", "calls of each mesh method before the rounds (10x in process)"),
 }
 
+#: --flag -> PairingOptions field (None on the command line: the default, or --quick's value).
+PAIRING_FLAGS: Final = {
+    "pairings": ("pairings", "devices paired end to end (each a new window and device directory)"),
+    "pairing_rounds": ("rounds", "alternating blocks of detached and ipc reads, each way"),
+    "pairing_reads": ("reads", "storage.kv.get calls per block"),
+}
+
 #: The sections sized by an options class: their --flags, the class, the title of their options group.
 SIZED: Final[dict[str, tuple[dict[str, tuple[str, str]], Any, str]]] = {
     "storage": (STORAGE_FLAGS, storage.StorageOptions,
@@ -112,6 +119,8 @@ SIZED: Final[dict[str, tuple[dict[str, tuple[str, str]], Any, str]]] = {
               "authn (password login, token verification over the mesh and in process)"),
     "authz": (AUTHZ_FLAGS, authz.AuthzOptions,
               "authz (decisions in process and over the mesh, a person's data read end to end)"),
+    "pairing": (PAIRING_FLAGS, pairing.PairingOptions,
+                "pairing (wall time end to end, a detached read across network namespaces beside ipc; root)"),
 }
 
 
@@ -158,6 +167,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                     help="rounds of every command, each run once a round (default 15, --quick 5)")
     _sized_group(parser, "authn")
     _sized_group(parser, "authz")
+    _sized_group(parser, "pairing")
     args = parser.parse_args(argv)
     for section, (flags, sizes, _title) in SIZED.items():
         options = dataclasses.replace(
@@ -358,6 +368,11 @@ def run(args: argparse.Namespace) -> int:
                            "setup_master_profile": dataclasses.asdict(authz.SETUP_PROFILE),
                            "in_process": {k: az["local"][k] for k in ("policies", "grants", "uncached_by")},
                            "value_bytes": az["mesh"]["value_bytes"]}
+    if "pairing" in sections:
+        pa = pairing.measure(args.pairing_options)
+        figs.update(pairing.figures(pa))
+        params["pairing"] = {**pa["options"], "addresses": pa["addresses"], "keystore": "file",
+                             "mesh": "meshctl up in the mesh namespace (supervisord, every process)"}
     print()
     print(report.table(figs))
     if args.profile:
