@@ -219,33 +219,34 @@ def test_pairing_then_detached_login_reveals_nothing_on_the_wire(detached: Detac
 def test_a_revoked_device_is_cut_off_across_the_boundary(detached: Detached) -> None:
     ns = detached.ns
     directory, paired = detached.pair("tablet")
-    agent = Agent(ns.device_ns, directory)
+    other_dir, _ = detached.pair("watch")
+    agent, other = Agent(ns.device_ns, directory), Agent(ns.device_ns, other_dir)
     try:
-        assert agent.first["ready"]
+        assert agent.first["ready"] and other.first["ready"]
         agent.call("authn.login.password", {"username": "alice", "password": PASSWORD})
         assert agent.call("authn.verify", {"access_token": "$token", "audience": "curvemesh"})["sub"]
+        # The token is bound to the tablet's key: carried to another paired device, it is refused there.
         token_file = detached.work / "tablet.token"
         agent.ask({"token_out": str(token_file)})
-        done = detached.operator("devices", "revoke", paired["name"], "--yes")
-        assert (done["connections_cut"], done["sessions_ended"]) == (1, 1)
-        cut = agent.ask({"call": "authn.verify", "body": {"access_token": "$token", "audience": "curvemesh"}})
-        assert cut["error"] == "UNAUTHENTICATED"
-    finally:
-        agent.close()
-    again = Agent(ns.device_ns, directory)
-    try:
-        assert again.first.get("error"), again.first
-    finally:
-        again.close()
-    # Its token, carried to another paired device, is refused there too.
-    other_dir, _ = detached.pair("watch")
-    other = Agent(ns.device_ns, other_dir)
-    try:
-        other.ask({"token_in": str(detached.work / "tablet.token")})
+        other.ask({"token_in": str(token_file)})
         refused = other.ask({"call": "authn.verify", "body": {"access_token": "$token", "audience": "curvemesh"}})
         assert refused["error"] == "UNAUTHENTICATED"
+        done = detached.operator("devices", "revoke", paired["name"], "--yes")
+        assert (done["connections_cut"], done["sessions_ended"]) == (1, 1)
+        # The tablet's live connection is refused on its very next message; the watch carries on.
+        cut = agent.ask({"call": "authn.verify", "body": {"access_token": "$token", "audience": "curvemesh"}})
+        assert cut["error"] == "UNAUTHENTICATED"
+        assert "ok" in other.ask({"call": "audit.checkpoint", "body": {"since": 0}})
     finally:
+        agent.close()
         other.close()
+    again = Agent(ns.device_ns, directory)
+    try:
+        assert again.first.get("error"), again.first  # and it cannot connect again
+    finally:
+        again.close()
+    listed = {d["identity"]: d["trust"] for d in detached.operator("devices", "list", "--all")}
+    assert listed[paired["name"]] == "revoked"
 
 
 def test_a_rolled_back_machine_is_detected_by_a_paired_device(detached: Detached) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from services.pairing.service import Pairing
-from shared import HandshakeError, MeshError, Unauthenticated, Unavailable, certs, device, pake
+from shared import ConfigError, HandshakeError, MeshError, Unauthenticated, Unavailable, certs, device, pake
 from shared.tokens import MESH_AUDIENCE
 
 from .conftest import eventually
@@ -229,6 +229,16 @@ async def test_pairing_end_to_end_and_a_recorded_exchange_replayed(tmp_path: Pat
         # The paired device connects detached (tcp, CURVE, pinned key) and is seen as such.
         client = await r.connect("alice")
         await client.call("audit.checkpoint", {"since": 0}, timeout=10)
+        # The client library picks the mode from what it is given: a device directory is detached,
+        # a mesh home is coupled (ipc, one of the home's own identities, no pairing).
+        picked = await device.connect_frontend(r.device_dir("alice"))
+        assert isinstance(picked, device.DeviceClient) and picked.connection.endpoint.startswith("tcp://")
+        await picked.close()
+        coupled = await device.connect_frontend(r.rig.home.root, "frontend")
+        assert coupled.connection.endpoint.startswith("ipc://")
+        await coupled.close()
+        with pytest.raises(ConfigError):
+            await device.connect_frontend(r.rig.home.root)
         listed = await r.operator.call("pairing.devices.list", {}, timeout=10)
         alice = next(d for d in listed if d["identity"] == "alice-s-phone")
         assert (alice["name"], alice["connected"], alice["mode"], alice["address"]) == \
