@@ -135,18 +135,23 @@ async def test_sources_are_rate_limited_and_no_guess_is_spent(tmp_path: Path) ->
     async with pairing_rig(tmp_path, pairing_config="per_source_per_minute = 2\n") as r:
         started = await r.start()
         host, port = _host_port(started["endpoint"])
-        for _ in range(3):
+        for _ in range(6):
             reader, writer = await asyncio.open_connection(host, port)
             writer.write(b"not pairing")
             writer.write_eof()
             assert await _closed_without_answer(reader)
             writer.close()
-        reasons = [a["details"]["reason"] for a in await _audited(r, "pairing.attempt", 3)]
-        assert sorted(reasons) == ["not_a_pairing_message", "not_a_pairing_message", "rate_limited"]
         # The limited source is refused before a byte is read, even with the right code.
         with pytest.raises(Unavailable):
             await device.join(started["code"], started["endpoint"], r.device_dir("limited"))
-        assert (await r.window())["failures"] == 0
+        window = await r.window()
+        assert (window["failures"], window["refused"]) == (0, 5)
+        await r.operator.call("pairing.cancel", {}, timeout=10)
+        closed = (await _audited(r, "pairing.window_closed"))[0]["details"]
+        assert (closed["reason"], closed["refused"]) == ("cancelled", 5)
+        # A flood is counted, not written to the log once per connection: one record per source a minute.
+        reasons = [a["details"]["reason"] for a in await _audited(r, "pairing.attempt", 3)]
+        assert sorted(reasons) == ["not_a_pairing_message", "not_a_pairing_message", "rate_limited"]
 
 
 async def test_a_relay_without_the_code_learns_nothing_and_cannot_complete(tmp_path: Path) -> None:

@@ -139,7 +139,7 @@ EVENT_SCHEMAS: Final[Mapping[str, Mapping[str, str]]] = {
     # pairing: a window opened or closed, an attempt (outcome ok or failure), a device paired, revoked
     # or renamed (the pairing service appends these); mesh.device_*: the broker's certificate side
     "pairing.window_opened": _PAIRING | {"window": TEXT, "name": TEXT, "ttl_s": NUMBER, "endpoint": TEXT},
-    "pairing.window_closed": _PAIRING | {"window": TEXT, "reason": TEXT},
+    "pairing.window_closed": _PAIRING | {"window": TEXT, "reason": TEXT, "failures": NUMBER, "refused": NUMBER},
     "pairing.attempt": {"window": TEXT, "address": TEXT, "reason": TEXT},
     "pairing.device_paired": {"window": TEXT, "device": TEXT, "fingerprint": TEXT, "address": TEXT,
                               "client_version": TEXT},

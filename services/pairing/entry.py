@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
@@ -31,6 +31,9 @@ from shared import MeshError, pake
 from .window import SourceLimiter, Window, WindowDesk
 
 log = structlog.get_logger("pairing")
+
+#: A source refused again within this many seconds is counted (``refused``), not recorded again.
+REFUSAL_RECORD_S: Final = 60.0
 
 #: admit(window, hello, source) -> (welcome, undo): undo takes the device back out if the welcome
 #: cannot be delivered (the device would hold a key the mesh allows but no way to use it).
@@ -55,6 +58,8 @@ class EntryPoint:
         self.clock = clock
         self.server: asyncio.Server | None = None
         self._attempts: set[asyncio.Task[Any]] = set()
+        #: Source address -> when a refusal of it was last recorded.
+        self._recorded_refusal: dict[str, float] = {}
 
     async def open(self, host: str, port: int) -> int:
         """Start listening; returns the port bound (``port`` 0: any free port)."""
@@ -89,10 +94,10 @@ class EntryPoint:
             if window is None:
                 return  # the window ended while this connection was being accepted
             if task is not None and len(self._attempts) >= self.max_connections:
-                self.record(window, source, "failure", "busy")
+                self._refused(window, source, "busy")
                 return
             if not self.limiter.allow(source, self.clock()):
-                self.record(window, source, "failure", "rate_limited")
+                self._refused(window, source, "rate_limited")
                 return
             if task is not None:
                 self._attempts.add(task)
@@ -107,6 +112,19 @@ class EntryPoint:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _refused(self, window: Window, source: str, reason: str) -> None:
+        """A connection closed unread. Counted on the window; recorded once per source and minute,
+        so that a flood cannot turn each of its connections into a durable audit write."""
+        window.refused += 1
+        now = self.clock()
+        last = self._recorded_refusal.get(source)
+        if last is not None and now - last < REFUSAL_RECORD_S:
+            return
+        if len(self._recorded_refusal) >= 4096:
+            self._recorded_refusal.clear()
+        self._recorded_refusal[source] = now
+        self.record(window, source, "failure", reason)
 
     async def _attempt(self, window: Window, source: str, reader: asyncio.StreamReader,
                        writer: asyncio.StreamWriter) -> None:

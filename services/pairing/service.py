@@ -17,6 +17,7 @@ devices are recorded in audit through a durable spool; window changes go out on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -153,8 +154,12 @@ class Pairing(DeviceHandlers, Service):
         window.endpoint = f"tcp://{host}:{port}" if ":" not in host else f"tcp://[{host}]:{port}"
         broker = certs.load_certificate(self.home.public_key_path("broker"))
         offer = pake.encode_offer(pake.Offer(window.endpoint, broker.fingerprint, window.code))
-        self.recorder.record("pairing.window_opened", ctx, "ok", window=window.id, name=label, ttl_s=ttl,
-                             endpoint=window.endpoint)
+        try:
+            self.recorder.record("pairing.window_opened", ctx, "ok", window=window.id, name=label, ttl_s=ttl,
+                                 endpoint=window.endpoint)
+        except Unavailable:
+            await self._end(window, "stopped")  # a window that cannot be recorded does not stay open
+            raise
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(ttl, self._expire, window)
         await self._announce(window)
@@ -168,7 +173,8 @@ class Pairing(DeviceHandlers, Service):
         Operators only. ``meshctl pair cancel``."""
         window = self._window(req.window)
         if window.open:
-            self.recorder.record("pairing.window_closed", ctx, "ok", window=window.id, reason="cancelled")
+            self.recorder.record("pairing.window_closed", ctx, "ok", window=window.id, reason="cancelled",
+                                 failures=window.failures, refused=window.refused)
             await self._end(window, "cancelled")
         return window.view(self.clock())
 
@@ -211,7 +217,8 @@ class Pairing(DeviceHandlers, Service):
 
     def _record_closed(self, window: Window, reason: str) -> None:
         try:
-            self.recorder.record("pairing.window_closed", None, "ok", window=window.id, reason=reason)
+            self.recorder.record("pairing.window_closed", None, "ok", window=window.id, reason=reason,
+                                 failures=window.failures, refused=window.refused)
         except Unavailable:
             log.error("pairing_audit_unavailable", window=window.id)
 
@@ -258,10 +265,22 @@ class Pairing(DeviceHandlers, Service):
         now = self.clock()
         device = Device(identity, label, str(enrolled["fingerprint"]), hello.public_key.decode(), now, source,
                         hello.client_version, window.id, now, source, None, None)
-        db.add(device)
-        self.recorder.record("pairing.device_paired", None, "ok", target=identity, window=window.id,
-                             device=identity, fingerprint=device.fingerprint, address=source,
-                             client_version=hello.client_version)
+
+        async def undo() -> None:
+            await self._call("mesh.devices.revoke", {"name": identity})
+            with contextlib.suppress(MeshError):
+                self.db().revoke(identity, "pairing: the device was not welcomed", self.clock())
+
+        try:
+            db.add(device)
+            self.recorder.record("pairing.device_paired", None, "ok", target=identity, window=window.id,
+                                 device=identity, fingerprint=device.fingerprint, address=source,
+                                 client_version=hello.client_version)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the enrolment must be undone
+            # Enrolled but not kept or not recorded: the key leaves the allow-list again (fail closed).
+            log.error("pairing_device_not_kept", device=identity, error=type(exc).__name__)
+            await undo()
+            raise Unavailable("the device could not be recorded; it was not admitted") from None
         try:
             checkpoint = await self._latest_checkpoint()
         except MeshError:  # the window's checkpoint is a little older; still a sound witness start
@@ -269,11 +288,6 @@ class Pairing(DeviceHandlers, Service):
         broker = certs.load_certificate(self.home.public_key_path("broker"))
         host = window.endpoint.rsplit(":", 1)[0].removeprefix("tcp://")
         endpoints = tuple(_reachable(e, host) for e in enrolled["endpoints"])
-
-        async def undo() -> None:
-            await self._call("mesh.devices.revoke", {"name": identity})
-            self.db().revoke(identity, "pairing: the welcome was not delivered", self.clock())
-
         return pake.Welcome(broker.public_key, endpoints, identity, self._audit_key, checkpoint), undo
 
 

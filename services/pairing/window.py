@@ -40,6 +40,7 @@ class Window:
     guesses: int = 0
     failures: int = 0
     in_progress: int = 0
+    refused: int = 0  # connections closed unread (rate limited, busy)
     state: str = "open"  # open | joined | expired | failures | cancelled | stopped
     device: str | None = None
 
@@ -52,7 +53,8 @@ class Window:
         return {"window": self.id, "state": self.state, "name": self.name, "endpoint": self.endpoint,
                 "opened_at": self.opened_at, "expires_at": self.expires_at,
                 "remaining_s": max(0.0, round(self.expires_at - now, 3)) if self.open else 0.0,
-                "failures": self.failures, "max_failures": self.max_failures, "device": self.device}
+                "failures": self.failures, "max_failures": self.max_failures, "refused": self.refused,
+                "device": self.device}
 
 
 class WindowDesk:
