@@ -134,7 +134,7 @@ def _window(args: argparse.Namespace, home: MeshHome, method: str) -> int:
     state = with_mesh(home, lambda c: call(c, method, {}))
     text = (f"window {state['window']}: {state['state']}"
             + (f", {int(state['remaining_s'])} s left" if state["state"] == "open" else "")
-            + f", {state['failures']}/{state['max_failures']} failed attempts"
+            + f", {state['failures']}/{state['max_failures']} failed attempts, {state['refused']} connections refused"
             + (f", device {state['device']}" if state.get("device") else ""))
     emit(args.json, state, text)
     return 0
