@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import os
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +48,15 @@ async def _audited(r: PairingRig, event: str, count: int = 1) -> list[dict[str, 
 
 
 @contextlib.asynccontextmanager
-async def _relay(target: str, record: list[tuple[str, bytes]],
-                 rewrite: Callable[[str, bytes], bytes] | None = None) -> AsyncIterator[str]:
-    """A tcp relay in front of ``target`` that records every chunk (and may rewrite them)."""
+async def _relay(target: str, record: list[tuple[str, bytes]]) -> AsyncIterator[str]:
+    """A tcp relay in front of ``target`` that records every chunk it passes on."""
     host, port = _host_port(target)
 
     async def pump(name: str, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             while chunk := await src.read(65536):
                 record.append((name, chunk))
-                dst.write(rewrite(name, chunk) if rewrite else chunk)
+                dst.write(chunk)
                 await dst.drain()
         dst.close()
 

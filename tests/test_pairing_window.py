@@ -22,7 +22,7 @@ def test_one_window_at_a_time_until_it_ends() -> None:
     assert desk.current(1119.9) is window
     assert desk.current(1120.0) is None and window.state == "expired"
     again = desk.open("other", 120, "tcp://h:1", 3, now=1121.0)  # an expired window is no obstacle
-    assert again.code != window.code or again.id != window.id
+    assert desk.window is again and again.open and again.id != window.id and window.state == "expired"
 
 
 def test_guesses_are_spent_when_answered_and_three_failures_close() -> None:
