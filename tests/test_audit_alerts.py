@@ -76,6 +76,9 @@ BURSTS: dict[str, tuple[Callable[[], Record], str]] = {
                                      problem="shrunk"), "phone"),
     "pairing_failures": (lambda: rec("pairing.attempt", "failure", actor="pairing", window="w1",
                                      source="10.0.0.7", reason="wrong code"), "pairing"),
+    # plugin-host stopped a plugin: the plugin is the target.
+    "plugin_faults": (lambda: rec("plugin.killed", "failure", actor="plugin-host", target="plugin:weather",
+                                  reason="seccomp"), "plugin:weather"),
 }
 
 

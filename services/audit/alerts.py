@@ -41,6 +41,9 @@ The rules (the record fields each one reads; producers that do not exist yet are
                             (``target``, else the actor)
 ``pairing_failures``        ``pairing.attempt`` with outcome ``failure``/``failed``/``denied``
                             (a wrong pairing code, an expired window); one subject, ``pairing``
+``plugin_faults``           ``plugin.killed``: plugin-host stopped a plugin that broke a quota or
+                            a sandbox rule, flooded its socket or crashed; one is enough; subject
+                            the plugin (``target``, ``plugin:<name>``)
 ==========================  =====================================================================
 
 Open alerts are kept in memory and rebuilt from the log when audit unseals
@@ -66,9 +69,9 @@ from .chain import Record
 
 __all__ = [
     "ACK_EVENT", "ALERT_ACTOR", "CERT_EVENTS", "DENY_EVENTS", "FAILURE_OUTCOMES", "RULES", "SUPERVISOR_SENDER",
-    "Alert", "Match", "PAIRING_ATTEMPT", "THEFT_EVENTS", "WITNESS_EVENT", "alert_of", "crash_loop",
+    "Alert", "Match", "PAIRING_ATTEMPT", "PLUGIN_KILLED", "THEFT_EVENTS", "WITNESS_EVENT", "alert_of", "crash_loop",
     "credential_theft", "failed_logins_account", "failed_logins_source", "large_read", "pairing_failures",
-    "rate_limited", "repeated_denies", "unknown_certs", "witness_mismatch",
+    "plugin_faults", "rate_limited", "repeated_denies", "unknown_certs", "witness_mismatch",
 ]
 
 ALERT_ACTOR: Final = "audit"
@@ -82,6 +85,8 @@ CERT_EVENTS: Final = frozenset({"mesh.handshake_failed", "mesh.cert_pending"})
 WITNESS_EVENT: Final = "audit.witness_mismatch"
 #: One attempt to pair a device (the pairing service's record; outcome ``ok`` or ``failure``).
 PAIRING_ATTEMPT: Final = "pairing.attempt"
+#: plugin-host stopped a plugin for a fault (a quota, a sandbox rule, a flood, a crash).
+PLUGIN_KILLED: Final = "plugin.killed"
 #: The only identity that may append ``process.*`` records (it speaks for supervisord).
 SUPERVISOR_SENDER: Final = "supervisor-events"
 
@@ -170,11 +175,17 @@ def pairing_failures(record: Record) -> Match:
     return ("pairing", 1) if record.event == PAIRING_ATTEMPT and record.outcome in FAILURE_OUTCOMES else None
 
 
+def plugin_faults(record: Record) -> Match:
+    if record.event != PLUGIN_KILLED:
+        return None
+    return (record.target or _text(record, "plugin") or record.actor, 1)
+
+
 RULES: Final[dict[str, Callable[[Record], Match]]] = {
     "failed_logins_account": failed_logins_account, "failed_logins_source": failed_logins_source,
     "unknown_certs": unknown_certs, "rate_limited": rate_limited, "crash_loop": crash_loop,
     "large_read": large_read, "repeated_denies": repeated_denies, "credential_theft": credential_theft,
-    "witness_mismatch": witness_mismatch, "pairing_failures": pairing_failures,
+    "witness_mismatch": witness_mismatch, "pairing_failures": pairing_failures, "plugin_faults": plugin_faults,
 }
 
 

@@ -71,6 +71,13 @@ _PAIRING: Final = {"source": TEXT, "source_role": TEXT, "source_fp": TEXT}
 #: checkpoints as tree sizes and hex roots, whether each is signed by this mesh's audit key, and the problem.
 _WITNESS: Final = {"problem": TEXT, "kept_tree_size": NUMBER, "kept_root": TEXT, "kept_signed": FLAG,
                    "seen_tree_size": NUMBER, "seen_root": TEXT, "seen_signed": FLAG}
+#: plugin-host's records: which plugin (``target`` is ``plugin:<name>``), which version and package,
+#: and why it was refused, stopped, disabled or denied; who acted when an operator did (``source*``).
+#: Never a plugin's data, arguments or output: plugin-host does not send them.
+_PLUGIN: Final = _WHO | _PAIRING | {
+    "plugin": TEXT, "version": TEXT, "previous_version": TEXT, "publisher": TEXT, "publisher_fp": TEXT,
+    "content_hash": TEXT, "capabilities": TEXT, "reason": TEXT, "detail": TEXT, "path": TEXT, "pid": NUMBER,
+    "layers": TEXT, "failures": NUMBER, "backoff_s": NUMBER, "op": TEXT, "grant": TEXT}
 #: Event type -> {field: treatment}. ``alert.*`` (other than ``alert.ack``) share ``alert.*``.
 EVENT_SCHEMAS: Final[Mapping[str, Mapping[str, str]]] = {
     # broker (spooled; the acting peer arrives as ``subject``)
@@ -147,6 +154,10 @@ EVENT_SCHEMAS: Final[Mapping[str, Mapping[str, str]]] = {
                                           "sessions_ended": TALLY, "grants_revoked": TALLY, "steps": TEXT,
                                           "reason": TEXT},
     "pairing.device_renamed": _PAIRING | {"device": TEXT, "old_label": TEXT, "new_label": TEXT},
+    # plugin-host: installs and refusals, operators' changes, starts, failures (a quota or sandbox rule
+    # broken, a crash: plugin.killed raises the plugin_faults alert) and refused requests
+    **{f"plugin.{event}": _PLUGIN for event in ("installed", "install_refused", "enabled", "disabled", "removed",
+                                                "started", "killed", "denied")},
     "mesh.device_enrolled": _WHO | {"name": TEXT, "fingerprint": TEXT},
     "mesh.device_revoked": _WHO | {"name": TEXT, "fingerprint": TEXT},
     # audit's own records

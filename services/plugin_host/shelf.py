@@ -1,0 +1,94 @@
+"""Where installed packages and plugin scratch directories live on disk.
+
+- ``<home>/data/plugin-host/packages/<name>-<version>-<hash>/``: an installed package, copied (never
+  linked) from what the operator named, verified, then made read-only. The copy is what runs: a
+  package changed at its source after installing changes nothing, and the copy itself is verified
+  against its content hash again before every start (a file changed on disk refuses to run).
+- ``<home>/data/plugin-host/staging/<random>/``: a package being installed; it becomes the
+  installed copy by a rename, or is deleted.
+- the scratch directories, one per plugin, on a memory file system (``/dev/shm``) so that what a
+  plugin writes there never reaches a disk in the clear; inside its sandbox the plugin also gets a
+  private tmpfs of its ``scratch_mb`` quota over it where the kernel allows (layer ``tmpfs``). A
+  plugin's scratch is emptied when it stops: persistent data goes through storage (encrypted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import stat
+from pathlib import Path
+from typing import Final
+
+#: Where scratch directories go: a memory file system on every Linux.
+MEMORY_FS: Final = Path("/dev/shm")
+
+
+class Shelf:
+    """The on-disk places of one plugin-host (``root``: ``<home>/data/plugin-host``)."""
+
+    def __init__(self, root: Path, home_root: Path) -> None:
+        self.root = root
+        self.packages = root / "packages"
+        self.staging = root / "staging"
+        # One scratch tree per mesh home, named by a digest of the home's path (several homes may run).
+        digest = hashlib.sha256(str(home_root.resolve()).encode()).hexdigest()[:12]
+        self.scratch_root = MEMORY_FS / f"curvemesh-{digest}-plugins"
+
+    def prepare(self) -> None:
+        """Create the directories (0700) and clear what an earlier run left half done."""
+        for path in (self.root, self.packages, self.staging, self.scratch_root):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(path, 0o700)
+        for leftover in self.staging.iterdir():
+            remove_tree(leftover)
+        for leftover in self.scratch_root.iterdir():
+            remove_tree(leftover)
+
+    def new_staging(self) -> Path:
+        path = self.staging / secrets.token_hex(8)
+        path.mkdir(mode=0o700)
+        return path
+
+    def keep(self, staged: Path, name: str, version: str, content_hash: str) -> Path:
+        """Move a verified staged package into place, read-only; its final path."""
+        final = self.packages / f"{name}-{version}-{content_hash.split(':', 1)[-1][:12]}"
+        if final.exists():
+            remove_tree(final)
+        os.rename(staged, final)
+        for path, dirs, files in os.walk(final):
+            for f in files:
+                os.chmod(os.path.join(path, f), stat.S_IMODE(os.lstat(os.path.join(path, f)).st_mode) & 0o500)
+            os.chmod(path, 0o500)
+        return final
+
+    def scratch(self, name: str) -> Path:
+        """A fresh, empty scratch directory for ``name`` (0700)."""
+        path = self.scratch_root / name
+        remove_tree(path)
+        path.mkdir(mode=0o700)
+        return path
+
+    def clear_scratch(self, name: str) -> None:
+        remove_tree(self.scratch_root / name)
+
+    def discard(self, path: Path) -> None:
+        remove_tree(path)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete ``path`` and everything under it, read-only parts included; nothing if it is gone."""
+    if not os.path.lexists(path):
+        return
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+        return
+    for sub, dirs, _ in os.walk(path):
+        os.chmod(sub, 0o700)
+        for d in dirs:
+            full = os.path.join(sub, d)
+            if not os.path.islink(full):
+                os.chmod(full, 0o700)
+    shutil.rmtree(path)
