@@ -72,7 +72,7 @@ def stage_package(source: Path, staging: Path) -> Path:
         raise
     try:
         if is_archive:
-            _unpack(source, writer)
+            _unpack(source, writer, staging / STAGED_NAME)
         else:
             budget = Budget(str(source))
 
@@ -156,7 +156,7 @@ class _Writer:
         self.dirs = {}
 
 
-def _unpack(source: Path, writer: _Writer) -> None:
+def _unpack(source: Path, writer: _Writer, destination: Path) -> None:
     where = str(source)
     try:
         fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -172,7 +172,7 @@ def _unpack(source: Path, writer: _Writer) -> None:
                 _check_decompressed(raw, where)
                 raw.seek(0)
             with tarfile.open(fileobj=raw, mode="r:gz" if compressed else "r:") as tar:
-                members = _check_members(tar, where)
+                members = _check_members(tar, where, destination)
                 budget = Budget(where)
                 for parts, member in members:
                     _extract(tar, member, parts, writer, budget)
@@ -193,11 +193,11 @@ def _check_decompressed(raw: IO[bytes], where: str) -> None:
                                                   "MiB; a plugin package is smaller")
 
 
-def _check_members(tar: tarfile.TarFile, where: str) -> list[tuple[tuple[str, ...], tarfile.TarInfo]]:
+def _check_members(tar: tarfile.TarFile, where: str,
+                   destination: Path) -> list[tuple[tuple[str, ...], tarfile.TarInfo]]:
     """Every member checked, before anything is written: the files to extract, with their paths
     inside the package (a single top-level directory taken off)."""
     budget = Budget(where)
-    destination = os.path.join(os.sep, "staging")  # the data filter's checks are about names only
     files: dict[tuple[str, ...], tarfile.TarInfo] = {}
     directories: set[tuple[str, ...]] = set()
     count = 0
@@ -216,7 +216,7 @@ def _check_members(tar: tarfile.TarFile, where: str) -> list[tuple[tuple[str, ..
             raise PackageRefused("unsafe_package", f"{where}: member {show(name)} is {_kind(member)}; a package "
                                                    "holds only regular files and directories")
         try:
-            tarfile.data_filter(member, destination)
+            tarfile.data_filter(member, str(destination))  # checks only: this module writes the files
         except tarfile.FilterError as exc:
             raise PackageRefused("unsafe_package", f"{where}: member {show(name)} is refused by tarfile's data "
                                                    f"filter ({type(exc).__name__})") from None

@@ -22,7 +22,7 @@ import pytest
 import tomli_w
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared import BadRequest, CertificateError
@@ -281,6 +281,34 @@ def test_a_malformed_signature_file_is_a_bad_signature(signed: Path, acme: Publi
     else:
         sig.write_bytes(data)
     refused("bad_signature", lambda: verify_package(signed, trusted(acme)))
+
+
+_SIG_DOCUMENTS = st.fixed_dictionaries({}, optional={
+    "v": st.integers() | st.booleans() | st.text(max_size=3), "publisher": st.text(max_size=20) | st.just(KEY_ID),
+    "content_hash": st.text(max_size=80), "signature": st.text(max_size=100)})
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=600) | _SIG_DOCUMENTS.map(lambda d: json.dumps(d).encode()))
+def test_arbitrary_signature_bytes_are_only_ever_refused(signed: Path, acme: Publisher, data: bytes) -> None:
+    """The same signed package with ``plugin.sig`` replaced by anything: refused, with a reason of the
+    signature's, never an uncaught error (and never accepted)."""
+    (signed / SIGNATURE_FILE).write_bytes(data)
+    with pytest.raises(PackageRefused) as info:
+        verify_package(signed, trusted(acme))
+    assert info.value.reason in ("bad_signature", "unknown_publisher", "tampered")
+
+
+@QUICK
+@given(st.text(max_size=60) | st.binary(max_size=40).map(lambda raw: "ed25519:" + base64.b64encode(raw).decode()))
+def test_publisher_key_text_only_ever_parses_or_refuses(text: str) -> None:
+    try:
+        raw = parse_publisher_key(text)
+    except PackageRefused as exc:
+        assert exc.reason == "unknown_publisher"
+    else:
+        assert len(raw) == 32 and publisher_key_text(raw) == text
 
 
 def test_a_signature_file_that_is_a_symlink_is_not_followed(signed: Path, acme: Publisher, tmp_path: Path) -> None:
