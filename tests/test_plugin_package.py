@@ -410,19 +410,15 @@ def test_a_symlink_anywhere_is_refused_and_never_followed(tmp_path: Path, acme: 
     refused("unsafe_package", lambda: content_hash(tmp_path / "alias"))
 
 
-def test_fifos_and_sockets_are_refused_without_being_opened(tmp_path: Path) -> None:
+def test_fifos_and_sockets_are_refused_without_being_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     package = write_package(tmp_path / "p")
     os.mkfifo(package / "pipe")  # opening it for reading would block forever
     assert "fifo" in str(refused("unsafe_package", lambda: content_hash(package)))
     (package / "pipe").unlink()
-    server = socket.socket(socket.AF_UNIX)
-    try:
-        os.chdir(package)  # a short relative path: AF_UNIX paths are short
+    monkeypatch.chdir(package)  # a short relative path: AF_UNIX paths are short
+    with socket.socket(socket.AF_UNIX) as server:
         server.bind("sock")
         assert "socket" in str(refused("unsafe_package", lambda: content_hash(package)))
-    finally:
-        server.close()
-        os.chdir(tmp_path)
 
 
 @pytest.mark.parametrize("name", ["bad\nname.py", "tab\there", "\u202egnp.py", "nul\x7f", "..hidden",
