@@ -15,6 +15,7 @@ them are private (tests/test_import_graph.py fails when code outside ``shared/``
   checkpoints) and a paired device's witness of it;
 - :mod:`shared.pake`: device pairing (codes, offers, frames, the SPAKE2 state machines);
 - :mod:`shared.device`: a device's side (pairing, its profile, detached connections);
+- :mod:`shared.plugins`: signed plugin packages (manifest, content hash, signatures, staging);
 - :mod:`shared.passwords`: password strength; :mod:`shared.testing`: test helpers.
 """
 
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
     from ._config_authn import AuthnConfig
     from ._config_authz import AuthzConfig
     from ._config_pairing import PairingConfig
+    from ._config_plugins import PluginsConfig
     from ._connection import Connection
     from ._declarations import BROKER, BROKER_ADDRESS, AclConfig, AclRule, ServiceDeclaration
     from ._errors import (
@@ -132,6 +134,7 @@ _EXPORTS: Final[dict[str, tuple[str, ...]]] = {
     "._config_authn": ("AuthnConfig",),
     "._config_authz": ("AuthzConfig",),
     "._config_pairing": ("PairingConfig",),
+    "._config_plugins": ("PluginsConfig",),
     "._config": (
         "DEFAULT_CONFIG_PATH", "AlertRule", "AlertRules", "Argon2Config", "AuditConfig", "BrokerConfig",
         "KeyvaultConfig", "LimitsConfig", "MeshConfig", "RateLimit", "RuntimeConfig", "build_config", "config_path",
@@ -199,8 +202,8 @@ __all__ = [
     "PROTOCOL_VERSION", "WIRE_CODES", "ENV_HOME", "DEFAULT_CONFIG_PATH",
     "AclConfig", "AclRule", "AlertRule", "AlertRules", "AuditConfig",
     "Argon2Config", "Argon2Profile", "AuthnConfig", "AuthzConfig", "BrokerConfig", "KeyvaultConfig", "PURPOSES",
-    "PairingConfig", "LimitsConfig", "MeshConfig", "RateLimit", "RuntimeConfig", "ServiceDeclaration", "BROKER",
-    "BROKER_ADDRESS",
+    "PairingConfig", "PluginsConfig", "LimitsConfig", "MeshConfig", "RateLimit", "RuntimeConfig", "ServiceDeclaration",
+    "BROKER", "BROKER_ADDRESS",
     "BadRequest", "CertificateError", "ConfigError", "Conflict", "Forbidden", "HandshakeError",
     "Internal", "MeshError", "NotFound", "RateLimited", "ReauthRequired", "Sealed", "StateError", "Timeout",
     "Unauthenticated", "Unavailable",

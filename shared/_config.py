@@ -24,6 +24,7 @@ from ._certs import NAME_RE, ROLES
 from ._config_authn import AuthnConfig
 from ._config_authz import AuthzConfig
 from ._config_pairing import PairingConfig
+from ._config_plugins import PluginsConfig
 from ._declarations import (
     CALL_RE,
     TOPIC_RE,
@@ -226,6 +227,7 @@ class MeshConfig:
     authn: AuthnConfig = AuthnConfig()
     authz: AuthzConfig = AuthzConfig()
     pairing: PairingConfig = PairingConfig()
+    plugins: PluginsConfig = PluginsConfig()
     #: ``[services.<name>]``: every process of the mesh, declared once (:mod:`._declarations`).
     services: Mapping[str, ServiceDeclaration] = field(default_factory=_empty)
 
