@@ -18,8 +18,12 @@ from typing import Any, Final
 from ._errors import BadRequest
 
 #: The short codes :attr:`PackageRefused.reason` takes.
+#: The first eight are the package's own faults (found here); the last four are what an installer
+#: adds about a package that verifies: not the content or grants approved, quotas above its limits,
+#: a sandbox layer the kernel lacks, a version below one installed before.
 REASONS: Final = frozenset({"bad_manifest", "bad_signature", "unsigned", "unknown_publisher", "tampered",
-                            "unsafe_package", "too_large", "not_found"})
+                            "unsafe_package", "too_large", "not_found",
+                            "not_approved", "quota", "sandbox", "rollback"})
 
 #: Every sandbox layer plugin-host knows, from the outermost in.
 LAYERS: Final[tuple[str, ...]] = ("rlimits", "no_new_privs", "seccomp", "landlock", "landlock_net",

@@ -199,8 +199,8 @@ class PluginAdmin:
         layers this kernel applies. ``meshctl plugins list``."""
         _operator(ctx)
         installed = self.db().plugins()
-        return {"layers": {name: {"available": reason is None, "reason": reason} for name, reason in self.layers.items()},
-                "plugins": [self._view(p) for p in installed]}
+        layers = {name: {"available": reason is None, "reason": reason} for name, reason in self.layers.items()}
+        return {"layers": layers, "plugins": [self._view(p) for p in installed]}
 
     @handler("plugins.show", request=PluginRef)
     async def show(self, ctx: RequestContext, req: PluginRef) -> dict[str, Any]:

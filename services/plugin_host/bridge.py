@@ -85,8 +85,8 @@ class Bridge:
             "principal": f"plugin:{self.name}", "action": request.action, "category": request.category,
             "owner": person.user, "user": person.user, "purpose": self.name})
         if decision.get("allow") is not True:
-            raise CapabilityDenied("FORBIDDEN", f"{request.op} on {request.category}: {decision.get('reason') or 'denied'}",
-                                   request.grant)
+            reason = decision.get("reason") or "denied"
+            raise CapabilityDenied("FORBIDDEN", f"{request.op} on {request.category}: {reason}", request.grant)
         access = {"category": request.category, "token": person.token, "presenter": person.presenter,
                   "purpose": self.name}
         args = request.args

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -22,8 +23,10 @@ import stat
 from pathlib import Path
 from typing import Final
 
+from shared import StateError
+
 #: Where scratch directories go: a memory file system on every Linux.
-MEMORY_FS: Final = Path("/dev/shm")
+MEMORY_FS: Final = Path("/dev/shm")  # noqa: S108 - a private 0700 directory is made under it, never a shared name
 
 
 class Shelf:
@@ -39,9 +42,10 @@ class Shelf:
 
     def prepare(self) -> None:
         """Create the directories (0700) and clear what an earlier run left half done."""
-        for path in (self.root, self.packages, self.staging, self.scratch_root):
+        for path in (self.root, self.packages, self.staging):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(path, 0o700)
+        private_directory(self.scratch_root)
         for leftover in self.staging.iterdir():
             remove_tree(leftover)
         for leftover in self.scratch_root.iterdir():
@@ -58,7 +62,7 @@ class Shelf:
         if final.exists():
             remove_tree(final)
         os.rename(staged, final)
-        for path, dirs, files in os.walk(final):
+        for path, _, files in os.walk(final):
             for f in files:
                 os.chmod(os.path.join(path, f), stat.S_IMODE(os.lstat(os.path.join(path, f)).st_mode) & 0o500)
             os.chmod(path, 0o500)
@@ -76,6 +80,19 @@ class Shelf:
 
     def discard(self, path: Path) -> None:
         remove_tree(path)
+
+
+def private_directory(path: Path) -> None:
+    """Make ``path`` (in a world-writable directory such as /dev/shm) ours alone, or refuse.
+
+    Its name is predictable, so another local user may have made it first, or put a symlink there:
+    it is used only when it is a real directory (not a link), owned by us and 0700."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        raise StateError(f"{path} is not a private directory of this user (a link, another owner, or open to "
+                         "others); remove it and start plugin-host again")
 
 
 def remove_tree(path: Path) -> None:
