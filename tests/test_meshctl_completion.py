@@ -120,3 +120,10 @@ def test_authz_commands_principals_and_categories_complete(home: Path, tmp_path:
     assert complete("meshctl policy test service:storage read me", home, tmp_path) == ["memories "]
     assert complete("meshctl consent grant --category he", home, tmp_path) == ["health "]
     assert complete("meshctl policy test service:storage ", home, tmp_path) == ["read", "write", "delete"]
+
+
+def test_plugins_and_its_actions_complete(home: Path, tmp_path: Path) -> None:
+    assert complete("meshctl plug", home, tmp_path) == ["plugins "]
+    assert complete("meshctl plugins ", home, tmp_path) == ["install", "list", "show", "enable", "disable", "remove",
+                                                            "logs", "call", "keygen", "sign"]
+    assert complete("meshctl plugins install --app", home, tmp_path) == ["--approve "]

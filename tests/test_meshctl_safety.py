@@ -115,7 +115,7 @@ def added_service(home: MeshHome, name: str = "notes") -> None:
 
 
 DESTRUCTIVE = [("down",), ("security", "lock"), ("keys", "rotate", "rocksdb"), ("certs", "revoke", "storage"),
-               ("backup", "restore", "ARCHIVE"), ("service", "remove", "notes")]
+               ("backup", "restore", "ARCHIVE"), ("service", "remove", "notes"), ("plugins", "remove", "weather")]
 
 
 @pytest.mark.parametrize("argv", DESTRUCTIVE, ids=" ".join)
@@ -241,7 +241,8 @@ def test_every_table_names_real_arguments_and_actions() -> None:
     assert _args.inapplicable(parser, parser.parse_args(["certs", "list", "--state", "revoked"])) is None
     subparsers = next(a for a in parser._actions if a.dest == "command").choices
     assert subparsers is not None
-    for name in ("certs", "security", "keys", "audit", "alerts", "backup", "service", "roles", "policy", "consent"):
+    for name in ("certs", "security", "keys", "audit", "alerts", "backup", "service", "roles", "policy", "consent",
+                 "pair", "devices", "plugins"):
         assert subparsers[name] in _args._TABLES, name
 
 

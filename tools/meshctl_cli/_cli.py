@@ -271,6 +271,11 @@ def _pairing_cmd(args: argparse.Namespace, home: MeshHome) -> int:
     return _pairing.run_pair(args, home) if args.command == "pair" else _pairing.run_devices(args, home)
 
 
+def _plugins_cmd(args: argparse.Namespace, home: MeshHome) -> int:
+    from . import _plugins
+    return _plugins.run_plugins(args, home)
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace, MeshHome], int]] = {
     "init": _init_cmd, "up": _up_or_status, "status": _up_or_status, "down": _down, "restart": _restart,
     "ping": _ping, "call": _call, "certs": _certs, "events": _events, "logs": _logs_cmd,
@@ -278,7 +283,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, MeshHome], int]] = {
     "storage": _storage_cmd, "backup": _backup_cmd, "config": _config_cmd,
     "service": _service_cmd, "users": _users_cmd, "sessions": _users_cmd,
     "roles": _authz_cmd, "policy": _authz_cmd, "consent": _authz_cmd,
-    "pair": _pairing_cmd, "devices": _pairing_cmd,
+    "pair": _pairing_cmd, "devices": _pairing_cmd, "plugins": _plugins_cmd,
 }
 
 
@@ -302,6 +307,11 @@ def _run(args: argparse.Namespace) -> int:
 
         defer_logging("meshctl", "critical")
         return _pairing.run_pair(args, None)  # on the device: no mesh home, its device directory
+    if args.command == "plugins" and args.action in ("keygen", "sign"):
+        from . import _plugins_publish
+
+        defer_logging("meshctl", "critical")
+        return _plugins_publish.run_publish(args)  # a publisher's machine: no mesh home, no mesh
     home = home_from(args.home)
     # The shared modules log through structlog; in a CLI they would only repeat what the
     # one-line errors say, except while following events, where a lost broker is news.

@@ -86,7 +86,7 @@ class _Parser(argparse.ArgumentParser):
 #: Every command, in the order ``--help`` lists them (``completion`` is added by _completion.attach).
 COMMANDS: Final = ("init", "up", "down", "restart", "status", "ping", "call", "certs", "events", "security",
                    "keys", "audit", "alerts", "storage", "backup", "config", "service", "users", "sessions", "roles",
-                   "policy", "consent", "pair", "devices", "logs")
+                   "policy", "consent", "pair", "devices", "plugins", "logs")
 
 
 def command_word(words: list[str]) -> str | None:
@@ -352,6 +352,29 @@ def build(command: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--all", action="store_true", help="list: revoked devices too")
         yes(p, "revoke: ")
         only(p, {"ref": ["show", "rename", "revoke"], "new_name": ["rename"], "all": ["list"], "yes": ["revoke"]})
+    if want("plugins"):
+        p = add("plugins", "signed plugins run by plugin-host: install (shows what a package requests, then asks), "
+                           "list, show, enable, disable, remove, logs, call; keygen and sign for publishers")
+        p.add_argument("action", choices=["install", "list", "show", "enable", "disable", "remove", "logs", "call",
+                                          "keygen", "sign"],
+                       help="keygen: a publisher's signing key; sign: a package DIR with it (no mesh needed)")
+        p.add_argument("target", nargs="?", metavar="TARGET",
+                       help="install: the package (a directory or archive); show, enable, disable, remove, logs, "
+                            "call: the plugin's NAME; keygen: the KEYFILE to write; sign: the package DIR")
+        p.add_argument("function", nargs="?", metavar="FUNCTION", help="call: the plugin's function")
+        p.add_argument("body", nargs="?", metavar="JSON", help="call: its arguments, as JSON")
+        p.add_argument("--approve", action="store_true",
+                       help="install: install what is shown without asking (without a terminal it is required)")
+        p.add_argument("--enable", action="store_true", help="install: start it once installed")
+        p.add_argument("-n", "--lines", type=int_range(1, 1000), default=50,
+                       help="logs: how many of the last lines, 1 to 1000 (default 50)")
+        p.add_argument("--key", metavar="KEYFILE", help="sign: the publisher key `plugins keygen` wrote")
+        p.add_argument("--id", dest="key_id", metavar="KEY_ID",
+                       help="keygen, sign: the publisher's key id, as mesh.toml's [plugins.publishers] names it")
+        yes(p, "remove: ")
+        only(p, {"target": ["install", "show", "enable", "disable", "remove", "logs", "call", "keygen", "sign"],
+                 "function": ["call"], "body": ["call"], "approve": ["install"], "enable": ["install"],
+                 "lines": ["logs"], "key": ["sign"], "key_id": ["keygen", "sign"], "yes": ["remove"]})
     if want("logs"):
         p = add("logs", "a process's log (JSON lines)")
         p.add_argument("service")
