@@ -1,0 +1,311 @@
+"""Host side: one plugin's child process (:class:`Child`).
+
+The host reads the child's socket, stdout and stderr all the time, and watches its process
+through a pidfd, so that a violation is caught and ``exit`` is set even while no call runs.
+What the host kills for (SIGKILL to the child's process group): a frame larger than
+``max_message_bytes`` (oversized), a frame that does not decode or is not exactly the frame the
+protocol expects at that moment (protocol), more than ``messages_per_s`` frames or
+``log_bytes_per_s`` bytes of output in a second (flood), a call past its timeout
+(call_timeout). Nothing a child does raises out of a background task or blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from . import frames, runtime
+from .exits import ChildGone, ExitInfo, PluginFailed, RequestDenied, SandboxUnavailable, classify, printable
+from .spec import SandboxSpec
+from .streams import LogPipe, Meter
+
+OnRequest = Callable[[str, dict[str, Any]], Awaitable[Any]]
+#: How long a child that was killed, or said it is leaving, may take to be reaped.
+REAP_TIMEOUT: Final = 5.0
+#: A child that closed its socket has this long to exit before it is killed for it.
+EOF_GRACE: Final = 1.0
+
+
+class Child:
+    """A running plugin child. Create with :meth:`start`; end with :meth:`stop`."""
+
+    pid: int
+    functions: tuple[str, ...]
+    topics: tuple[str, ...]
+    layers: dict[str, bool]
+    exit: ExitInfo | None
+
+    def __init__(self, spec: SandboxSpec, popen: subprocess.Popen[bytes], sock: socket.socket,
+                 on_log: Callable[[str, str], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._spec = spec
+        self._popen = popen
+        self._sock = sock
+        self.pid = popen.pid
+        self.functions, self.topics, self.layers = (), (), {}
+        self.exit = None
+        self._ready = False
+        self._reaped = False
+        self._kill_reason: tuple[str, str] | None = None
+        self._exited: asyncio.Future[ExitInfo] = self._loop.create_future()
+        self._waiter: asyncio.Future[dict[str, Any]] | None = None
+        self._lock = asyncio.Lock()
+        self._next_id = 0
+        self._frames = Meter(spec.messages_per_s)
+        output = Meter(spec.log_bytes_per_s)
+
+        def flood() -> None:
+            self._kill("flood", f"more than {spec.log_bytes_per_s} bytes of output in a second")
+        assert popen.stdout is not None and popen.stderr is not None
+        self._pipes = [LogPipe(self._loop, popen.stdout, "stdout", on_log, output, flood),
+                       LogPipe(self._loop, popen.stderr, "stderr", on_log, output, flood)]
+        self._pidfd = os.pidfd_open(self.pid)
+        self._loop.add_reader(self._pidfd, self._on_exit)
+        self._reader = self._loop.create_task(self._read_frames(), name=f"plugin-{spec.name}-frames")
+
+    # -- life ----------------------------------------------------------------------------------
+
+    @classmethod
+    async def start(cls, spec: SandboxSpec, *, bpf: bytes, on_log: Callable[[str, str], None],
+                    start_timeout: float) -> Child:
+        """Spawn the child, send it its setup, and wait for ``ready``."""
+        host_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            for end in (host_sock, child_sock):  # room for one frame of the largest size allowed
+                end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, spec.max_message_bytes + 65536)
+            host_sock.setblocking(False)
+            popen = subprocess.Popen(  # noqa: S603 - our interpreter and bootstrap, no shell
+                runtime.argv(child_sock.fileno()), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, pass_fds=(child_sock.fileno(),), close_fds=True, start_new_session=True,
+                cwd=spec.scratch_dir, env=runtime.environment(spec.scratch_dir))
+        except OSError as exc:
+            host_sock.close()
+            raise ChildGone(ExitInfo("start_failed", f"could not start the child: {exc.strerror or exc}", None)) \
+                from None
+        finally:
+            child_sock.close()
+        child = cls(spec, popen, host_sock, on_log)
+        setup = {"t": "setup", "name": spec.name, "entry": spec.entry, "package_dir": str(spec.package_dir),
+                 "scratch_dir": str(spec.scratch_dir), "limits": spec.limits.as_wire(), "bpf": bpf,
+                 "requires": sorted(spec.requires), "read_paths": list(runtime.read_paths())}
+        try:
+            try:
+                async with asyncio.timeout(start_timeout):
+                    waiter = child._arm()
+                    await child._send(frames.encode(setup))
+                    frame = await child._await(waiter)
+            except TimeoutError:
+                child._kill("start_failed", f"not ready within {start_timeout:g} s")
+                raise ChildGone(await child._reap()) from None
+            if frame["t"] == "unavailable":
+                layer, reason = frame["layer"], printable(frame["reason"], 150)
+                child._kill_reason = ("sandbox_unavailable", f"layer {layer} cannot be applied: {reason}")
+                await child._reap()  # it exits by itself (78); killed if it lingers
+                raise SandboxUnavailable(layer, reason)
+            if frame["t"] != "ready":
+                child._kill("protocol", f"a {frame['t']} frame before ready")
+                raise ChildGone(await child._reap())
+        except BaseException:
+            if child.exit is None:  # cancelled, or gone: never leave a half-started child behind
+                child._kill("start_failed", "its start was abandoned")
+            raise
+        child.functions, child.topics = tuple(frame["functions"]), tuple(frame["topics"])
+        child.layers = dict(frame["layers"])
+        child._ready = True
+        return child
+
+    async def stop(self, grace: float = 2.0) -> ExitInfo:
+        """Close the socket (the child exits), SIGKILL it after ``grace`` seconds, reap it."""
+        if self.exit is not None:
+            return self.exit
+        if self._kill_reason is None:
+            self._kill_reason = ("stopped", "stopped by plugin-host")
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._exited), grace)
+        except TimeoutError:
+            self._kill("stopped", "stopped by plugin-host")
+        return await self._reap()
+
+    async def wait(self) -> ExitInfo:
+        """How the child ended, once it has (for whatever reason)."""
+        return await asyncio.shield(self._exited)
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    async def call(self, function: str, args: Any, *, timeout: float, on_request: OnRequest) -> Any:
+        """Call an exported function; its return value, or PluginFailed / ChildGone."""
+        return await self._exchange({"t": "call", "fn": function, "args": args}, timeout, on_request)
+
+    async def event(self, topic: str, body: Any, *, timeout: float, on_request: OnRequest) -> None:
+        """Deliver an event to the handlers whose prefix matches ``topic``."""
+        await self._exchange({"t": "event", "topic": topic, "body": body}, timeout, on_request)
+
+    async def _exchange(self, frame: dict[str, Any], timeout: float, on_request: OnRequest) -> Any:
+        async with self._lock:
+            self._next_id += 1
+            call_id = frame["id"] = self._next_id
+            data = frames.encode(frame)  # EncodeError (a ValueError): the caller's arguments
+            if len(data) > self._spec.max_message_bytes:
+                raise ValueError(f"the {frame['t']} frame exceeds max_message_bytes ({self._spec.max_message_bytes})")
+            try:
+                async with asyncio.timeout(timeout):
+                    waiter = self._arm()
+                    await self._send(data)
+                    while True:
+                        reply = await self._await(waiter)
+                        if reply["t"] == "request":
+                            answer = await self._answer(reply, on_request)
+                            waiter = self._arm()
+                            await self._send(answer)
+                        elif reply["t"] == "result" and reply["id"] == call_id:
+                            return self._outcome(reply)
+                        else:
+                            self._kill("protocol", f"a {reply['t']} frame that answers nothing asked")
+                            raise ChildGone(await self._reap())
+            except TimeoutError:
+                self._kill("call_timeout", f"no result within {timeout:g} s")
+                raise ChildGone(await self._reap()) from None
+            except asyncio.CancelledError:
+                self._kill("stopped", "a call to it was cancelled midway")
+                raise
+
+    @staticmethod
+    def _outcome(result: dict[str, Any]) -> Any:
+        if result["ok"]:
+            return result["value"]
+        raise PluginFailed(printable(result["type"], 100), printable(result["message"], 1000), result["denied"])
+
+    async def _answer(self, request: dict[str, Any], on_request: OnRequest) -> bytes:
+        def error(code: str, message: str) -> dict[str, Any]:
+            return {"t": "reply", "id": request["id"], "ok": False, "code": code, "message": message}
+        try:
+            reply = {"t": "reply", "id": request["id"], "ok": True, "value": await on_request(request["op"],
+                                                                                              request["args"])}
+        except RequestDenied as exc:
+            reply = error(printable(str(exc.code), 100) or "DENIED", printable(str(exc.message), 1000))
+        except Exception:  # noqa: BLE001 - never the host's exception text to a plugin
+            reply = error("UNAVAILABLE", "plugin-host could not serve this request")
+        try:
+            data = frames.encode(reply)
+        except frames.EncodeError:
+            data = frames.encode(error("UNAVAILABLE", "plugin-host could not encode the answer"))
+        if len(data) > self._spec.max_message_bytes:
+            data = frames.encode(error("UNAVAILABLE", "the answer is larger than a message may be"))
+        return data
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _arm(self) -> asyncio.Future[dict[str, Any]]:
+        """Expect exactly one frame from now on (armed before sending what it answers)."""
+        if self.exit is not None:
+            raise ChildGone(self.exit)
+        self._waiter = self._loop.create_future()
+        return self._waiter
+
+    async def _await(self, waiter: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return await waiter
+        finally:
+            if self._waiter is waiter:
+                self._waiter = None
+
+    async def _send(self, data: bytes) -> None:
+        # A failure means the child is gone or going: the exit watcher fails the waiter with how.
+        with contextlib.suppress(OSError):
+            await self._loop.sock_sendall(self._sock, data)
+
+    async def _read_frames(self) -> None:
+        limit = self._spec.max_message_bytes
+        try:
+            while True:
+                try:
+                    data = await self._loop.sock_recv(self._sock, limit + 1)
+                except OSError:
+                    data = b""
+                if not data:
+                    await self._on_eof()
+                    return
+                if len(data) > limit:
+                    self._kill("oversized", f"a frame larger than {limit} bytes")
+                    return
+                if self._frames.over(1):
+                    self._kill("flood", f"more than {self._spec.messages_per_s} frames in a second")
+                    return
+                try:
+                    frame = frames.check_from_child(frames.decode(data, limit))
+                except frames.ProtocolError as exc:
+                    self._kill("protocol", printable(f"a malformed frame: {exc}", 200))
+                    return
+                waiter = self._waiter
+                if waiter is None or waiter.done():
+                    self._kill("protocol", f"a {frame['t']} frame when none was expected")
+                    return
+                self._waiter = None
+                waiter.set_result(frame)
+        except Exception:  # noqa: BLE001 - a bug here must not outlive the child or reach the loop
+            self._kill("protocol", "plugin-host could not read its frames")
+
+    async def _on_eof(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._exited), EOF_GRACE)
+            return
+        if self._kill_reason is None:
+            self._kill("protocol", "it closed its socket and kept running")
+
+    def _kill(self, reason: str, detail: str) -> None:
+        """Record why (the first reason wins) and SIGKILL the process group, unless reaped."""
+        if self._kill_reason is None:
+            self._kill_reason = (reason, detail)
+        if not self._reaped:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+
+    async def _reap(self) -> ExitInfo:
+        """The exit, once the watcher has it; killed and named by the recorded reason if it takes
+        longer than REAP_TIMEOUT (the process may then still be unreaped: ``exit`` stays None)."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._exited), REAP_TIMEOUT)
+        except TimeoutError:
+            self._kill("crash", "it could not be reaped")
+            reason, detail = self._kill_reason or ("crash", "it could not be reaped")
+            return ExitInfo(reason, detail + " (not yet reaped)", None)
+
+    def _on_exit(self) -> None:
+        try:
+            pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped behind our back: the status is lost
+            pid, status, usage = self.pid, None, None
+        except OSError:
+            return
+        if pid == 0:
+            return
+        try:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._reaped = True
+            returncode = None if status is None else os.waitstatus_to_exitcode(status)
+            self._popen.returncode = returncode  # so that subprocess never waits for this pid again
+            if self._kill_reason is not None:
+                info = ExitInfo(*self._kill_reason, returncode)
+            elif returncode is None:
+                info = ExitInfo("crash", "its exit status was lost", None)
+            else:
+                cpu = usage.ru_utime + usage.ru_stime if usage is not None else 0.0
+                info = classify(returncode, cpu_seconds=cpu, cpu_limit=self._spec.limits.cpu_s, ready=self._ready)
+            self.exit = info
+            self._exited.set_result(info)
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_exception(ChildGone(info))
+            self._reader.cancel()
+            self._reader.add_done_callback(lambda _: self._sock.close())
+        except Exception:  # noqa: BLE001 - the watcher runs on the loop: it must not raise into it
+            if not self._exited.done():
+                self._exited.set_result(ExitInfo("crash", "plugin-host could not classify its exit", None))
