@@ -50,7 +50,11 @@ class EncodeError(ValueError):
 
 
 def encode(frame: dict[str, Any]) -> bytes:
-    """One frame as the bytes of one packet."""
+    """One frame as the bytes of one packet (EncodeError for what the other side would refuse)."""
+    try:
+        _check_depth(frame, 0)
+    except ProtocolError:
+        raise EncodeError(f"values nested deeper than {MAX_DEPTH}") from None
     try:
         return msgpack.packb(frame, use_bin_type=True, datetime=False)  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
@@ -83,10 +87,10 @@ def decode(data: bytes, max_bytes: int) -> dict[str, Any]:
 def _check_depth(value: Any, depth: int) -> None:
     if depth > MAX_DEPTH:
         raise ProtocolError(f"values nested deeper than {MAX_DEPTH}")
-    if type(value) is dict:
+    if isinstance(value, dict):
         for item in value.values():
             _check_depth(item, depth + 1)
-    elif type(value) is list:
+    elif isinstance(value, list | tuple):
         for item in value:
             _check_depth(item, depth + 1)
 
