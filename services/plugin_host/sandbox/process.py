@@ -51,7 +51,7 @@ class Child:
         self.functions, self.topics, self.layers = (), (), {}
         self.exit = None
         self._ready = False
-        self._reaped = False
+        self._reaped: asyncio.Future[tuple[int | None, float]] = self._loop.create_future()
         self._kill_reason: tuple[str, str] | None = None
         self._exited: asyncio.Future[ExitInfo] = self._loop.create_future()
         self._waiter: asyncio.Future[dict[str, Any]] | None = None
@@ -104,10 +104,8 @@ class Child:
                 child._kill("start_failed", f"not ready within {start_timeout:g} s")
                 raise ChildGone(await child._reap()) from None
             if frame["t"] == "unavailable":
-                layer, reason = frame["layer"], printable(frame["reason"], 150)
-                child._kill_reason = ("sandbox_unavailable", f"layer {layer} cannot be applied: {reason}")
                 await child._reap()  # it exits by itself (78); killed if it lingers
-                raise SandboxUnavailable(layer, reason)
+                raise SandboxUnavailable(frame["layer"], printable(frame["reason"], 150))
             if frame["t"] != "ready":
                 child._kill("protocol", f"a {frame['t']} frame before ready")
                 raise ChildGone(await child._reap())
@@ -117,7 +115,6 @@ class Child:
             raise
         child.functions, child.topics = tuple(frame["functions"]), tuple(frame["topics"])
         child.layers = dict(frame["layers"])
-        child._ready = True
         return child
 
     async def stop(self, grace: float = 2.0) -> ExitInfo:
@@ -223,48 +220,58 @@ class Child:
             await self._loop.sock_sendall(self._sock, data)
 
     async def _read_frames(self) -> None:
-        limit = self._spec.max_message_bytes
         try:
             while True:
                 try:
-                    data = await self._loop.sock_recv(self._sock, limit + 1)
+                    data = await self._loop.sock_recv(self._sock, self._spec.max_message_bytes + 1)
                 except OSError:
                     data = b""
                 if not data:
                     await self._on_eof()
                     return
-                if len(data) > limit:
-                    self._kill("oversized", f"a frame larger than {limit} bytes")
+                if not self._take(data):
                     return
-                if self._frames.over(1):
-                    self._kill("flood", f"more than {self._spec.messages_per_s} frames in a second")
-                    return
-                try:
-                    frame = frames.check_from_child(frames.decode(data, limit))
-                except frames.ProtocolError as exc:
-                    self._kill("protocol", printable(f"a malformed frame: {exc}", 200))
-                    return
-                waiter = self._waiter
-                if waiter is None or waiter.done():
-                    self._kill("protocol", f"a {frame['t']} frame when none was expected")
-                    return
-                self._waiter = None
-                waiter.set_result(frame)
         except Exception:  # noqa: BLE001 - a bug here must not outlive the child or reach the loop
             self._kill("protocol", "plugin-host could not read its frames")
 
+    def _take(self, data: bytes) -> bool:
+        """Deliver one packet to the waiter; False (and the child killed) when it breaks the rules."""
+        limit = self._spec.max_message_bytes
+        if len(data) > limit:
+            self._kill("oversized", f"a frame larger than {limit} bytes")
+            return False
+        if self._frames.over(1):
+            self._kill("flood", f"more than {self._spec.messages_per_s} frames in a second")
+            return False
+        try:
+            frame = frames.check_from_child(frames.decode(data, limit))
+        except frames.ProtocolError as exc:
+            self._kill("protocol", printable(f"a malformed frame: {exc}", 200))
+            return False
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            self._kill("protocol", f"a {frame['t']} frame when none was expected")
+            return False
+        if frame["t"] == "ready":
+            self._ready = True
+        if frame["t"] == "unavailable" and self._kill_reason is None:  # it exits (78) right after
+            reason = printable(frame["reason"], 150)
+            self._kill_reason = ("sandbox_unavailable", f"layer {frame['layer']} cannot be applied: {reason}")
+        self._waiter = None
+        waiter.set_result(frame)
+        return True
+
     async def _on_eof(self) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._exited), EOF_GRACE)
-            return
-        if self._kill_reason is None:
+            await asyncio.wait_for(asyncio.shield(self._reaped), EOF_GRACE)
+        if not self._reaped.done() and self._kill_reason is None:
             self._kill("protocol", "it closed its socket and kept running")
 
     def _kill(self, reason: str, detail: str) -> None:
         """Record why (the first reason wins) and SIGKILL the process group, unless reaped."""
         if self._kill_reason is None:
             self._kill_reason = (reason, detail)
-        if not self._reaped:
+        if not self._reaped.done():  # once reaped, the pid may already be someone else's
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)
 
@@ -279,6 +286,10 @@ class Child:
             return ExitInfo(reason, detail + " (not yet reaped)", None)
 
     def _on_exit(self) -> None:
+        """The pidfd is readable: reap. The end is announced once the frame reader has taken what
+        the child sent before it died (the socket then reads as closed), or EOF_GRACE later."""
+        if self._reaped.done():
+            return
         try:
             pid, status, usage = os.wait4(self.pid, os.WNOHANG)
         except ChildProcessError:  # reaped behind our back: the status is lost
@@ -287,25 +298,35 @@ class Child:
             return
         if pid == 0:
             return
-        try:
+        with contextlib.suppress(Exception):  # the watcher runs on the loop: it must not raise into it
             self._loop.remove_reader(self._pidfd)
             os.close(self._pidfd)
-            self._reaped = True
-            returncode = None if status is None else os.waitstatus_to_exitcode(status)
-            self._popen.returncode = returncode  # so that subprocess never waits for this pid again
+        returncode = None if status is None else os.waitstatus_to_exitcode(status)
+        self._popen.returncode = returncode  # so that subprocess never waits for this pid again
+        cpu = usage.ru_utime + usage.ru_stime if usage is not None else 0.0
+        self._reaped.set_result((returncode, cpu))
+        if self._reader.done():
+            self._finish()
+        else:
+            self._reader.add_done_callback(lambda _: self._finish())
+            self._loop.call_later(EOF_GRACE, self._finish)
+
+    def _finish(self) -> None:
+        if self._exited.done():
+            return
+        try:
+            returncode, cpu = self._reaped.result()
             if self._kill_reason is not None:
                 info = ExitInfo(*self._kill_reason, returncode)
             elif returncode is None:
                 info = ExitInfo("crash", "its exit status was lost", None)
             else:
-                cpu = usage.ru_utime + usage.ru_stime if usage is not None else 0.0
                 info = classify(returncode, cpu_seconds=cpu, cpu_limit=self._spec.limits.cpu_s, ready=self._ready)
-            self.exit = info
-            self._exited.set_result(info)
-            if self._waiter is not None and not self._waiter.done():
-                self._waiter.set_exception(ChildGone(info))
-            self._reader.cancel()
-            self._reader.add_done_callback(lambda _: self._sock.close())
-        except Exception:  # noqa: BLE001 - the watcher runs on the loop: it must not raise into it
-            if not self._exited.done():
-                self._exited.set_result(ExitInfo("crash", "plugin-host could not classify its exit", None))
+        except Exception:  # noqa: BLE001 - never raise into the loop
+            info = ExitInfo("crash", "plugin-host could not classify its exit", None)
+        self.exit = info
+        self._exited.set_result(info)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(ChildGone(info))
+        self._reader.cancel()
+        self._reader.add_done_callback(lambda _: self._sock.close())
