@@ -17,15 +17,15 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Final
 
-from . import frames, runtime
-from .exits import ChildGone, ExitInfo, PluginFailed, RequestDenied, SandboxUnavailable, classify, printable
+from . import frames, replies, runtime
+from .exits import ChildGone, ExitInfo, SandboxUnavailable, classify, printable
+from .replies import OnRequest
 from .spec import SandboxSpec
 from .streams import LogPipe, Meter
 
-OnRequest = Callable[[str, dict[str, Any]], Awaitable[Any]]
 #: How long a child that was killed, or said it is leaving, may take to be reaped.
 REAP_TIMEOUT: Final = 5.0
 #: A child that closed its socket has this long to exit before it is killed for it.
@@ -47,6 +47,8 @@ class Child:
         self._spec = spec
         self._popen = popen
         self._sock = sock
+        # The largest packet this end can send: the spec's limit, or less if the kernel's is lower.
+        self._max_send = min(spec.max_message_bytes, sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) - 32)
         self.pid = popen.pid
         self.functions, self.topics, self.layers = (), (), {}
         self.exit = None
@@ -75,25 +77,9 @@ class Child:
     async def start(cls, spec: SandboxSpec, *, bpf: bytes, on_log: Callable[[str, str], None],
                     start_timeout: float) -> Child:
         """Spawn the child, send it its setup, and wait for ``ready``."""
-        host_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            for end in (host_sock, child_sock):  # room for one frame of the largest size allowed
-                end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, spec.max_message_bytes + 65536)
-            host_sock.setblocking(False)
-            popen = subprocess.Popen(  # noqa: S603 - our interpreter and bootstrap, no shell
-                runtime.argv(child_sock.fileno()), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, pass_fds=(child_sock.fileno(),), close_fds=True, start_new_session=True,
-                cwd=spec.scratch_dir, env=runtime.environment(spec.scratch_dir))
-        except OSError as exc:
-            host_sock.close()
-            raise ChildGone(ExitInfo("start_failed", f"could not start the child: {exc.strerror or exc}", None)) \
-                from None
-        finally:
-            child_sock.close()
+        popen, host_sock = runtime.spawn(spec)
         child = cls(spec, popen, host_sock, on_log)
-        setup = {"t": "setup", "name": spec.name, "entry": spec.entry, "package_dir": str(spec.package_dir),
-                 "scratch_dir": str(spec.scratch_dir), "limits": spec.limits.as_wire(), "bpf": bpf,
-                 "requires": sorted(spec.requires), "read_paths": list(runtime.read_paths())}
+        setup = runtime.setup_frame(spec, bpf)
         try:
             try:
                 async with asyncio.timeout(start_timeout):
@@ -150,8 +136,8 @@ class Child:
             self._next_id += 1
             call_id = frame["id"] = self._next_id
             data = frames.encode(frame)  # EncodeError (a ValueError): the caller's arguments
-            if len(data) > self._spec.max_message_bytes:
-                raise ValueError(f"the {frame['t']} frame exceeds max_message_bytes ({self._spec.max_message_bytes})")
+            if len(data) > self._max_send:
+                raise ValueError(f"the {frame['t']} frame is larger than max_message_bytes ({self._max_send})")
             try:
                 async with asyncio.timeout(timeout):
                     waiter = self._arm()
@@ -159,11 +145,11 @@ class Child:
                     while True:
                         reply = await self._await(waiter)
                         if reply["t"] == "request":
-                            answer = await self._answer(reply, on_request)
+                            answer = await replies.answer(reply, on_request, self._max_send)
                             waiter = self._arm()
                             await self._send(answer)
                         elif reply["t"] == "result" and reply["id"] == call_id:
-                            return self._outcome(reply)
+                            return replies.outcome(reply)
                         else:
                             self._kill("protocol", f"a {reply['t']} frame that answers nothing asked")
                             raise ChildGone(await self._reap())
@@ -173,30 +159,6 @@ class Child:
             except asyncio.CancelledError:
                 self._kill("stopped", "a call to it was cancelled midway")
                 raise
-
-    @staticmethod
-    def _outcome(result: dict[str, Any]) -> Any:
-        if result["ok"]:
-            return result["value"]
-        raise PluginFailed(printable(result["type"], 100), printable(result["message"], 1000), result["denied"])
-
-    async def _answer(self, request: dict[str, Any], on_request: OnRequest) -> bytes:
-        def error(code: str, message: str) -> dict[str, Any]:
-            return {"t": "reply", "id": request["id"], "ok": False, "code": code, "message": message}
-        try:
-            reply = {"t": "reply", "id": request["id"], "ok": True, "value": await on_request(request["op"],
-                                                                                              request["args"])}
-        except RequestDenied as exc:
-            reply = error(printable(str(exc.code), 100) or "DENIED", printable(str(exc.message), 1000))
-        except Exception:  # noqa: BLE001 - never the host's exception text to a plugin
-            reply = error("UNAVAILABLE", "plugin-host could not serve this request")
-        try:
-            data = frames.encode(reply)
-        except frames.EncodeError:
-            data = frames.encode(error("UNAVAILABLE", "plugin-host could not encode the answer"))
-        if len(data) > self._spec.max_message_bytes:
-            data = frames.encode(error("UNAVAILABLE", "the answer is larger than a message may be"))
-        return data
 
     # -- plumbing ------------------------------------------------------------------------------
 

@@ -10,10 +10,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import socket
+import subprocess
 import sys
 import sysconfig
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
+
+from .exits import ChildGone, ExitInfo
+from .spec import SandboxSpec
 
 #: The project root: the child imports its bootstrap from here, before Landlock hides it.
 PROJECT_ROOT: Final = str(Path(__file__).resolve().parents[3])
@@ -60,3 +65,30 @@ def read_paths() -> tuple[str, ...]:
                 found.append(real)
     return tuple(path for path in found
                  if not any(other != path and path.startswith(other.rstrip("/") + "/") for other in found))
+
+
+def spawn(spec: SandboxSpec) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """Start a child (not yet set up): its process, and the host's non-blocking end of the socketpair.
+    ChildGone (start_failed) when it cannot be started at all (no scratch directory, say)."""
+    host_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        for end in (host_sock, child_sock):  # room for one frame of the largest size allowed
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, spec.max_message_bytes + 65536)
+        host_sock.setblocking(False)
+        popen = subprocess.Popen(  # noqa: S603 - our interpreter and bootstrap, no shell
+            argv(child_sock.fileno()), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            pass_fds=(child_sock.fileno(),), close_fds=True, start_new_session=True, cwd=spec.scratch_dir,
+            env=environment(spec.scratch_dir))
+    except OSError as exc:
+        host_sock.close()
+        raise ChildGone(ExitInfo("start_failed", f"could not start the child: {exc.strerror or exc}", None)) from None
+    finally:
+        child_sock.close()
+    return popen, host_sock
+
+
+def setup_frame(spec: SandboxSpec, bpf: bytes) -> dict[str, Any]:
+    """The first frame a child reads: everything its bootstrap applies."""
+    return {"t": "setup", "name": spec.name, "entry": spec.entry, "package_dir": str(spec.package_dir),
+            "scratch_dir": str(spec.scratch_dir), "limits": spec.limits.as_wire(), "bpf": bpf,
+            "requires": sorted(spec.requires), "read_paths": list(read_paths())}
