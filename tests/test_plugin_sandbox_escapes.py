@@ -249,7 +249,8 @@ async def test_limits_capabilities_and_filters_are_in_force(rig: Rig) -> None:
         "RLIMIT_AS": [LIMITS.memory_mb * mb] * 2, "RLIMIT_CPU": [LIMITS.cpu_s, LIMITS.cpu_s + 1],
         "RLIMIT_NOFILE": [LIMITS.open_files] * 2, "RLIMIT_FSIZE": [LIMITS.file_size_mb * mb] * 2,
         "RLIMIT_CORE": [0, 0], "RLIMIT_NPROC": [LIMITS.processes] * 2, "RLIMIT_MEMLOCK": [0, 0]}
-    assert await rig.call(child, "capabilities") == {"bounding": [], "no_new_privs": 1, "seccomp": 2}
+    assert await rig.call(child, "capabilities") == {"bounding": [], "ambient": [], "held": [0, 0], "no_new_privs": 1,
+                                                     "seccomp": 2}
 
 
 async def test_the_standard_library_works_and_nothing_else_is_on_its_path(rig: Rig) -> None:

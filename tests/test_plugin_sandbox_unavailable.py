@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,30 @@ def test_without_seccomp_filters_seccomp_is_unavailable(tmp_path: Path) -> None:
     assert seen["required"] == {"layer": "seccomp", "reason": "EINVAL: prctl(PR_SET_SECCOMP): Invalid argument",
                                 "imported": False}
     assert seen["lenient"]["layers"] == {**ALL, "seccomp": False}
+
+
+def test_a_host_without_root_takes_the_user_namespace_way() -> None:
+    """plugin-host as uid 65534: where unprivileged user namespaces are allowed (here), the child
+    gets its network and mount namespaces inside one of its own and every layer applies; where
+    they are not, the probe says so and a spec requiring them is refused."""
+    with tempfile.TemporaryDirectory(prefix="cmnobody") as tmp:
+        os.chmod(tmp, 0o777)
+        done = subprocess.run([sys.executable, "-m", "tests.sandbox_nobody_host", tmp], cwd=PROJECT_ROOT,
+                              capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["host"] == [65534, 65534]
+    working = {layer: why is None for layer, why in seen["probe"].items()}
+    assert seen["layers"] == working
+    if all(working.values()):
+        assert "all_required" not in seen
+    else:
+        assert not working["netns"] and seen["all_required"]["reason"] == seen["probe"][seen["all_required"]["layer"]]
+    assert seen["ids"] == [65534] * 4
+    assert seen["capabilities"] == {"bounding": [], "ambient": [], "held": [0, 0], "no_new_privs": 1, "seccomp": 2}
+    assert seen["fds"] == [0, 1, 2, 3]
+    assert set(seen["environ"]) == {"LANG", "PYTHONDONTWRITEBYTECODE", "TMPDIR", "HOME"}
+    assert seen["stopped"] == "stopped"
 
 
 # -- tools/host-deps --------------------------------------------------------------------------------

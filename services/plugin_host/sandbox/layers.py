@@ -79,8 +79,13 @@ def unshare_network() -> None:
     uid, gid = os.geteuid(), os.getegid()
     _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNET), "unshare(CLONE_NEWUSER|CLONE_NEWNET)")
     for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
-        with open(f"/proc/self/{name}", "w", encoding="ascii") as out:
-            out.write(text)
+        # Raw os calls: nothing imported lazily here (in the new user namespace, files the host's
+        # uid could read only through a capability are out of reach).
+        fd = os.open(f"/proc/self/{name}", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
 
 
 def private_scratch(scratch_dir: str, size_mb: int) -> None:

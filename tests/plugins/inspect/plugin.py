@@ -56,6 +56,23 @@ def imports(args):
 
 @cp.function()
 def capabilities(args):
-    libc = __import__("ctypes").CDLL(None, use_errno=True)
-    bounding = [cap for cap in range(64) if libc.prctl(23, cap, 0, 0, 0) == 1]  # PR_CAPBSET_READ
-    return {"bounding": bounding, "no_new_privs": libc.prctl(39, 0, 0, 0, 0), "seccomp": libc.prctl(21, 0, 0, 0, 0)}
+    import ctypes
+
+    class Header(ctypes.Structure):
+        _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+    class Data(ctypes.Structure):
+        _fields_ = (("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32))
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    data = (Data * 2)()
+    assert libc.capget(ctypes.byref(Header(0x20080522, 0)), data) == 0
+    sets = [d.effective | d.permitted | d.inheritable for d in data]
+    return {"bounding": [cap for cap in range(64) if libc.prctl(23, cap, 0, 0, 0) == 1],  # PR_CAPBSET_READ
+            "ambient": [cap for cap in range(64) if libc.prctl(47, 1, cap, 0, 0) == 1],  # PR_CAP_AMBIENT_IS_SET
+            "held": sets, "no_new_privs": libc.prctl(39, 0, 0, 0, 0), "seccomp": libc.prctl(21, 0, 0, 0, 0)}
+
+
+@cp.function()
+def ids(args):
+    return [os.getuid(), os.geteuid(), os.getgid(), os.getegid()]
