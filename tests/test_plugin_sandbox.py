@@ -7,7 +7,12 @@ test_plugin_sandbox_protocol.py, layers this machine refuses in test_plugin_sand
 from __future__ import annotations
 
 import asyncio
+import os
+import select
+import signal
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,7 +28,9 @@ from services.plugin_host.sandbox import (
     RequestDenied,
     SandboxSpec,
     probe_layers,
+    sdk,
 )
+from services.plugin_host.sandbox.runtime import PROJECT_ROOT
 
 from .sandbox_rig import LIMITS, WAIT, Rig, bpf, gone
 
@@ -156,6 +163,53 @@ async def test_a_child_that_is_not_ready_in_time_is_killed(rig: Rig) -> None:
         await Child.start(spec, bpf=rig.bpf, on_log=lambda stream, line: None, start_timeout=0.001)
     assert start.value.exit.reason == "start_failed"
     assert "not ready within" in start.value.exit.detail
+
+
+ORPHANING_HOST = """
+import asyncio
+import sys
+from pathlib import Path
+
+from tests.sandbox_rig import Rig, bpf
+
+
+async def main() -> None:
+    rig = Rig(Path(sys.argv[1]), bpf())
+    child = await rig.start("good")
+    print(child.pid, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def test_a_child_never_outlives_plugin_host(tmp_path: Path) -> None:
+    """plugin-host killed with SIGKILL: its child gets SIGKILL from the kernel (PR_SET_PDEATHSIG)."""
+    host = subprocess.Popen([sys.executable, "-c", ORPHANING_HOST, str(tmp_path)], cwd=PROJECT_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert select.select([host.stdout], [], [], WAIT)[0], "the host never started its child"
+        pid = int(host.stdout.readline())  # type: ignore[union-attr]
+        pidfd = os.pidfd_open(pid)
+        host.send_signal(signal.SIGKILL)
+        assert select.select([pidfd], [], [], WAIT)[0], "the child outlived plugin-host"
+        os.close(pidfd)
+    finally:
+        host.kill()
+        host.communicate(timeout=WAIT)
+
+
+def test_the_sdk_refuses_bad_names() -> None:
+    for name in ("", "has space", "x" * 65, "1starts_with_digit"):
+        with pytest.raises(ValueError):
+            sdk.function(name)(lambda args: None)
+    for prefix in ("", "has space", "x" * 201):
+        with pytest.raises(ValueError):
+            sdk.on_event(prefix)
+    with pytest.raises(sdk.Error) as outside:
+        sdk.kv.get("notes", b"k")  # not under plugin-host: no link
+    assert outside.value.code == "UNAVAILABLE"
+    assert issubclass(sdk.Denied, sdk.Error)
 
 
 def test_specs_and_limits_refuse_nonsense(tmp_path: Path) -> None:
