@@ -262,6 +262,18 @@ async def test_the_standard_library_works_and_nothing_else_is_on_its_path(rig: R
     assert not any(entry.startswith(PROJECT_ROOT) or "site-packages" in entry for entry in path[1:])
 
 
+async def test_the_child_loads_the_bootstrap_and_nothing_of_the_host(rig: Rig) -> None:
+    """Neither the plugin-host service (its package __init__ never runs in a child) nor the
+    host side of the sandbox (asyncio, libseccomp) is loaded in a child. (subprocess is: landlockpy
+    imports ctypes.util, whose library search would spawn ldconfig; the child hands it libc instead.)"""
+    child = await rig.start("inspect")
+    modules = set(await rig.call(child, "modules"))
+    assert "services.plugin_host.sandbox.child" in modules and "curvemesh_plugin" in modules
+    for absent in ("shared", "zmq", "pyseccomp", "asyncio", "services.plugin_host.service",
+                   "services.plugin_host.sandbox.process", "services.plugin_host.sandbox.seccomp_filter"):
+        assert absent not in modules
+
+
 async def test_an_exit_is_reaped_even_while_idle(rig: Rig) -> None:
     child = await rig.start("misbehave")
     assert await rig.call(child, "exit_later") == "done"

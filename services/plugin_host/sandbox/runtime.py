@@ -22,8 +22,17 @@ from .spec import SandboxSpec
 
 #: The project root: the child imports its bootstrap from here, before Landlock hides it.
 PROJECT_ROOT: Final = str(Path(__file__).resolve().parents[3])
-BOOT: Final = ("import sys; sys.path.insert(0, {root!r}); "
-               "from services.plugin_host.sandbox.child import main; main({fd})")
+#: The child's program. The parent packages are registered bare, so that their __init__ (the
+#: plugin-host service and all it imports) never runs in a child: only this package does.
+BOOT: Final = """\
+import sys, types
+sys.path.insert(0, {root!r})
+for name in ("services", "services.plugin_host"):
+    package = sys.modules[name] = types.ModuleType(name)
+    package.__path__ = [{root!r} + "/" + name.replace(".", "/")]
+from services.plugin_host.sandbox.child import main
+main({fd})
+"""
 
 
 def argv(fd: int) -> list[str]:

@@ -76,3 +76,8 @@ def capabilities(args):
 @cp.function()
 def ids(args):
     return [os.getuid(), os.geteuid(), os.getgid(), os.getegid()]
+
+
+@cp.function()
+def modules(args):
+    return sorted(sys.modules)
