@@ -79,9 +79,7 @@ async def test_a_flood_of_output(rig: Rig) -> None:
 async def test_output_lines_are_escaped_and_cut(rig: Rig) -> None:
     child = await rig.start("misbehave")
     assert await rig.call(child, "odd_output") is True
-    await child.stop()
-    for pipe in child._pipes:  # both pipes are drained to their end once the child is gone
-        await pipe.closed
+    await child.stop()  # its end is announced once both pipes are read to their end
     lines = rig.logs["misbehave"]
     assert ("stdout", "\\x1b[31mred\\x07 and a bell") in lines
     assert ("stdout", "y" * 997 + "...") in lines

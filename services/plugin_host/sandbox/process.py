@@ -249,7 +249,8 @@ class Child:
 
     def _on_exit(self) -> None:
         """The pidfd is readable: reap. The end is announced once the frame reader has taken what
-        the child sent before it died (the socket then reads as closed), or EOF_GRACE later."""
+        the child sent before it died and both output pipes are read to their end (a dead child
+        holds nothing open: it cannot have forked), or EOF_GRACE later at most."""
         if self._reaped.done():
             return
         try:
@@ -267,11 +268,15 @@ class Child:
         self._popen.returncode = returncode  # so that subprocess never waits for this pid again
         cpu = usage.ru_utime + usage.ru_stime if usage is not None else 0.0
         self._reaped.set_result((returncode, cpu))
-        if self._reader.done():
+        self._reader.add_done_callback(lambda _: self._finish_when_drained())
+        for pipe in self._pipes:
+            pipe.closed.add_done_callback(lambda _: self._finish_when_drained())
+        self._loop.call_later(EOF_GRACE, self._finish)  # whatever is still unread by then is lost
+
+    def _finish_when_drained(self) -> None:
+        """Announce the end once its frames and its last output lines (a traceback, say) are in."""
+        if self._reader.done() and all(pipe.closed.done() for pipe in self._pipes):
             self._finish()
-        else:
-            self._reader.add_done_callback(lambda _: self._finish())
-            self._loop.call_later(EOF_GRACE, self._finish)
 
     def _finish(self) -> None:
         if self._exited.done():
