@@ -14,8 +14,10 @@ descriptor besides 0, 1 and 2. Before any plugin code runs, in this order:
    library on ``sys.path``, import the entry module, send ``ready``; then serve one call or
    event at a time until the host closes the socket (exit 0).
 
-Everything the bootstrap needs is imported before step 6: afterwards the project and the
-virtualenv are unreadable.
+Everything the bootstrap needs is imported before step 2, and nothing is imported lazily after
+it: once Landlock applies the project and the virtualenv are unreadable (and without root, the
+user namespace of step 2 may already hide what the host's uid reached through a capability).
+A MemoryError from plugin code ends the child with EXIT_MEMORY (the host's "memory_quota").
 """
 
 from __future__ import annotations
