@@ -107,6 +107,9 @@ async def test_arguments_larger_than_a_message_are_refused_before_sending(rig: R
         await rig.call(child, "ping", b"x" * 5000)
     with pytest.raises(ValueError):
         await rig.call(child, "ping", {1, 2})  # not msgpack
+    for name in ("", "x" * 201, b"ping"):
+        with pytest.raises(ValueError):
+            await rig.call(child, name)  # type: ignore[arg-type]
     assert await rig.call(child, "ping", 3) == {"pong": 3}
 
 

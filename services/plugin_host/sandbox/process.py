@@ -132,6 +132,9 @@ class Child:
         await self._exchange({"t": "event", "topic": topic, "body": body}, timeout, on_request)
 
     async def _exchange(self, frame: dict[str, Any], timeout: float, on_request: OnRequest) -> Any:
+        name = frame.get("fn", frame.get("topic"))
+        if type(name) is not str or not 0 < len(name) <= frames.MAX_NAME_LEN:
+            raise ValueError(f"a function or topic is a string of 1 to {frames.MAX_NAME_LEN} characters")
         async with self._lock:
             self._next_id += 1
             call_id = frame["id"] = self._next_id
