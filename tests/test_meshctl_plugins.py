@@ -498,9 +498,8 @@ memory_mb = 64
 
 def test_a_publisher_makes_a_key_and_signs_a_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    # shared.plugins comes from the branch that writes the package format; until it is merged here
-    # this one test is skipped (everything else in this file runs without it).
-    plugins = pytest.importorskip("shared.plugins")
+    from shared import plugins
+
     monkeypatch.delenv("CURVEMESH_HOME", raising=False)  # a publisher's machine has no mesh home
     key = tmp_path / "acme.key"
     assert main(["plugins", "keygen", str(key), "--id", "acme"]) == 0

@@ -68,7 +68,7 @@ async def test_bad_packages_are_refused_and_audited(short_tmp: Path) -> None:
         refusals = await rig.records("plugin.install_refused")
         # Inspect and install each refused with the precise reason, and by whom.
         assert [r["details"]["reason"] for r in refusals] == [reason for _, reason in cases for _ in range(2)]
-        assert {r["actor"] for r in refusals} == {"meshctl"}
+        assert {r["details"]["source"] for r in refusals} == {"meshctl"}
         listed = await rig.operator.call("plugin-host.plugins.list", {}, timeout=10)
         assert listed["plugins"] == []
 
