@@ -24,6 +24,8 @@ from .conftest import eventually
 from .people_rig import PeopleRig, people_rig
 
 SOURCES = Path(__file__).parent / "host_plugins"
+#: The sandbox tests' plugins (escape attempts, hogs): installed through plugin-host here too.
+ESCAPES = Path(__file__).parent / "plugins"
 
 PLUGIN_CONFIG = """
 [services.plugin-host]
@@ -62,12 +64,13 @@ class PluginRig:
 
     def package(self, name: str, version: str = "1.0.0", capabilities: list[str] | None = None, *,
                 source: str = "notes", key: str = "test", quotas: dict[str, Any] | None = None,
-                requires: list[str] | None = None, sign_as: str | None = None) -> Path:
-        """A signed package directory of ``source`` named ``name`` at ``version``."""
+                requires: list[str] | None = None, sign_as: str | None = None,
+                sources: Path = SOURCES) -> Path:
+        """A signed package directory of ``sources/source`` named ``name`` at ``version``."""
         directory = self.root / "packages" / f"{name}-{version}-{key}"
         if directory.exists():
             shutil.rmtree(directory)
-        shutil.copytree(SOURCES / source, directory)
+        shutil.copytree(sources / source, directory, ignore=shutil.ignore_patterns("__pycache__"))
         manifest: dict[str, Any] = {"name": name, "version": version, "publisher": sign_as or key, "entry": "plugin",
                                     "description": f"test plugin {name}",
                                     "capabilities": capabilities if capabilities is not None else CAPABILITIES}

@@ -68,15 +68,18 @@ def test_the_project_declarations_give_exactly_the_rights_the_hand_written_acl_g
     devices reach storage's data calls, where authz decides on people's data) and audit's for witnesses
     (services and devices fetch checkpoints with consistency proofs; only devices report a mismatch) and
     pairing's (issue 16: operators open windows and manage devices; pairing alone admits and revokes
-    device certificates at the broker and ends a revoked device's sessions and grants)."""
+    device certificates at the broker and ends a revoked device's sessions and grants) and plugin-host's
+    (issue 17: operators manage plugins; services call their functions; no device reaches them)."""
     config = load_config(DEFAULT_CONFIG_PATH)
     operator = compile_grant(config.acl, "meshctl", "operator")
-    assert operator.call_services == {"mesh", "keyvault", "audit", "storage", "authn", "authz", "pairing"}
+    assert operator.call_services == {"mesh", "keyvault", "audit", "storage", "authn", "authz", "pairing",
+                                      "plugin-host"}
     assert operator.call_methods == {"health"} and operator.subscribe == ("*",) and operator.publish == ()
     authn_calls = {"authn.logout", "authn.verify"}
     service = compile_grant(config.acl, "notes", "service")
     assert service.calls == {"keyvault.keys.get", "keyvault.status", "audit.append", "audit.public_key",
-                             "audit.checkpoint", "authn.keys", "authn.revocations", "authz.check", *authn_calls}
+                             "audit.checkpoint", "authn.keys", "authn.revocations", "authz.check", "plugin-host.call",
+                             *authn_calls}
     data = ("storage.analytics.", "storage.files.", "storage.kv.", "storage.records.")
     assert service.call_groups == ("authn.login.", "authn.passkey.", "authn.token.", "authz.consent.", *data)
     device = compile_grant(config.acl, "phone", "device")
@@ -94,7 +97,7 @@ def test_the_project_declarations_give_exactly_the_rights_the_hand_written_acl_g
     assert topics["authn"] == (("authn.",), ("security.",))
     assert topics["authz"] == (("authz.",), ("security.",))
     assert topics["pairing"] == (("pairing.",), ("security.",))
-    assert topics["plugin-host"] == ((), ())
+    assert topics["plugin-host"] == ((), ("security.",))
     pairing = compile_grant(config.acl, "pairing", "service")
     assert pairing.calls - service.calls == {"mesh.devices.enroll", "mesh.devices.revoke", "mesh.devices.seen",
                                              "authn.sessions.end_device", "authz.revoke_device"}
@@ -102,6 +105,9 @@ def test_the_project_declarations_give_exactly_the_rights_the_hand_written_acl_g
     for other in (service, device):
         assert not any(other.may_call(*m.split(".", 1)) for m in ("mesh.devices.enroll", "mesh.devices.revoke",
                                                                  "authn.sessions.end_device", "authz.revoke_device"))
+    # Plugins are managed by operators only; services call them; devices reach nothing of plugin-host.
+    assert not any(device.may_call("plugin-host", m) for m in ("call", "plugins.install", "plugins.list"))
+    assert not service.may_call("plugin-host", "plugins.install")
     assert dict(config.keyvault.entitlements) == {
         "storage": ("sqlcipher", "duckdb", "rocksdb", "files", "backups"), "audit": ("audit-hmac", "audit-signing"),
         "authn": ("token-signing", "accounts"), "authz": ("authz",), "pairing": ("pairing",),

@@ -103,6 +103,7 @@ class PluginHost(PluginAdmin, Service):
         await self.logbook.stop()
         await self.keeper.stop()
         await self.recorder.close()
+        self.shelf.close()
 
     def readiness(self) -> Readiness:
         override = self.keeper.readiness

@@ -51,6 +51,10 @@ class Shelf:
         for leftover in self.scratch_root.iterdir():
             remove_tree(leftover)
 
+    def close(self) -> None:
+        """Remove the scratch tree (every plugin has stopped): nothing stays in memory after plugin-host."""
+        remove_tree(self.scratch_root)
+
     def new_staging(self) -> Path:
         path = self.staging / secrets.token_hex(8)
         path.mkdir(mode=0o700)
