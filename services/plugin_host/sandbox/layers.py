@@ -21,7 +21,7 @@ from landlockpy import _syscall as landlock_syscall
 from .spec import LAYERS
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
+_libc.syscall.restype = ctypes.c_long  # as landlockpy expects it (below)
 _libc.prctl.restype = ctypes.c_int
 _libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
 _libc.unshare.argtypes = (ctypes.c_int,)
