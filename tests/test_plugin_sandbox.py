@@ -126,7 +126,7 @@ async def test_stop_is_clean_idempotent_and_ends_every_call(rig: Rig) -> None:
 async def test_stop_kills_a_busy_child_after_the_grace(rig: Rig) -> None:
     child = await rig.start("hog")
     busy = asyncio.create_task(rig.call(child, "spin", timeout=WAIT))
-    await asyncio.sleep(0)  # let the call go out
+    await asyncio.sleep(0)  # one loop step: the call frame is out (sending it does not suspend the call)
     exit_info = await asyncio.wait_for(child.stop(grace=0.2), WAIT)
     assert (exit_info.reason, exit_info.returncode) == ("stopped", -9)
     with pytest.raises(ChildGone) as call:

@@ -21,7 +21,7 @@ from landlockpy import _syscall as landlock_syscall
 from .spec import LAYERS
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
+_libc.syscall.restype = ctypes.c_long  # as landlockpy expects it (below)
 _libc.prctl.restype = ctypes.c_int
 _libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
 _libc.unshare.argtypes = (ctypes.c_int,)
@@ -45,6 +45,7 @@ PR_SET_NO_NEW_PRIVS: Final = 38
 PR_CAP_AMBIENT: Final = 47
 PR_CAP_AMBIENT_CLEAR_ALL: Final = 4
 SECCOMP_MODE_FILTER: Final = 2
+CAP_SETPCAP: Final = 8
 _LINUX_CAPABILITY_VERSION_3: Final = 0x20080522
 MIB: Final = 1024 * 1024
 
@@ -109,15 +110,23 @@ class _CapData(ctypes.Structure):
 def drop_capabilities() -> None:
     """Empty the bounding, ambient, effective, permitted and inheritable sets.
 
-    A plugin runs as the host's uid. When that is root, capabilities would take it around every
-    owner check (CAP_DAC_OVERRIDE reads any file Landlock would otherwise not be the only thing
-    guarding) and RLIMIT_NPROC does not bind uid 0 anyway; in a user namespace, the new namespace
-    hands the same full set. Bounding first (it needs CAP_SETPCAP, dropped last with capset).
+    A plugin runs as the host's uid. As root, its capabilities would take it past every owner and
+    mode check (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH: Landlock would be all that stands between
+    it and any file, and /proc/<pid>/mem of its own uid's processes), past the ptrace and signal
+    checks (CAP_SYS_PTRACE, CAP_KILL), and out of its rlimits (CAP_SYS_RESOURCE). RLIMIT_NPROC
+    does not bind a holder of CAP_SYS_RESOURCE or CAP_SYS_ADMIN, and never binds uid 0, with or
+    without capabilities: there, seccomp is what stops new processes. Without root, the user
+    namespace of the netns step hands the child a full set again (inside that namespace).
+
+    The bounding set goes first: dropping from it needs CAP_SETPCAP, which capset removes last.
+    A child holding capabilities but not CAP_SETPCAP (an unprivileged host given some ambient
+    capability, and no user namespace) cannot shrink its bounding set; that set only matters
+    across execve, which no_new_privs and seccomp both forbid.
     """
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
     _check(_libc.capget(ctypes.byref(header), data), "capget")
-    if any(d.effective or d.permitted for d in data):
+    if data[0].effective & (1 << CAP_SETPCAP):
         cap = 0
         while prctl(PR_CAPBSET_DROP, cap) == 0:
             cap += 1

@@ -64,9 +64,13 @@ def compile_filter() -> bytes:
     """The filter as raw BPF (``struct sock_filter`` array) for ``PR_SET_SECCOMP``.
 
     Imports pyseccomp (and with it libseccomp) here only, so that the child, which imports this
-    package, never loads it. Raises OSError when libseccomp refuses the filter.
+    package, never loads it. Raises OSError when libseccomp is missing or refuses the filter.
     """
-    import pyseccomp
+    try:
+        import pyseccomp
+    except RuntimeError:  # pyseccomp's word for "libseccomp.so not found"
+        raise OSError(errno.ENOENT, "libseccomp is not installed (Debian: libseccomp2); "
+                                    "tools/host-deps --check up names the command") from None
 
     flt = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
     flt.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.KILL_PROCESS)

@@ -3,8 +3,6 @@
 import os
 import socket
 import sys
-import threading
-import time
 
 import curvemesh_plugin as cp
 
@@ -53,22 +51,29 @@ def unknown_op(args):
     return True
 
 
+def after_the_result(then):
+    """Run ``then(result)`` right after the bootstrap has sent the current call's result."""
+    link = cp._link
+    send_result = link.send_result
+
+    def send_and_then(result):
+        link.send_result = send_result
+        send_result(result)
+        then(result)
+    link.send_result = send_and_then
+
+
 @cp.function()
 def late_frame(args):
     """Returns, then sends one more frame while the host expects none."""
-    def later():
-        time.sleep(0.2)
-        raw.send(PACK({"t": "result", "id": 1, "ok": True, "value": "late"}))
-    threading.Thread(target=later).start()
+    after_the_result(lambda result: raw.send(PACK({"t": "result", "id": result["id"], "ok": True, "value": "late"})))
     return "done"
 
 
 @cp.function()
 def exit_later(args):
-    def later():
-        time.sleep(0.2)
-        os._exit(3)
-    threading.Thread(target=later).start()
+    """Returns, then exits on its own while idle."""
+    after_the_result(lambda result: os._exit(3))
     return "done"
 
 
