@@ -34,8 +34,10 @@ class PluginsConfig:
     ``start_timeout_s``: how long a starting plugin has to become ready. A plugin that stops is
     restarted after a backoff from ``restart_backoff_min_s`` doubling up to ``restart_backoff_max_s``;
     ``max_failures`` failures within ``failure_window_s`` disable it until an operator enables it
-    again. Per plugin: ``max_message_bytes`` (largest message either way), ``messages_per_s`` (its
-    calls and events), ``log_bytes_per_s`` and ``log_lines`` (what of its output is kept).
+    again. Per plugin: ``max_message_bytes`` (largest message either way), ``messages_per_s`` (the
+    frames it may send in a second: its requests and results; a well-behaved plugin sends one per
+    request and call, each waiting for a mesh round trip, so far fewer: more is a flood and kills it),
+    ``log_bytes_per_s`` (its output a second: more is a flood) and ``log_lines`` (lines kept).
     """
 
     publishers: Mapping[str, str] = field(default_factory=_no_publishers)
@@ -48,7 +50,7 @@ class PluginsConfig:
     max_failures: int = field(default=5, metadata={"min": 1, "max": 1000})
     failure_window_s: float = field(default=600.0, metadata={"min": 1.0, "max": 7.0 * _DAY})
     max_message_bytes: int = field(default=262144, metadata={"min": 1024, "max": 64 << 20})
-    messages_per_s: int = field(default=500, metadata={"min": 1, "max": 1_000_000})
+    messages_per_s: int = field(default=10_000, metadata={"min": 1, "max": 1_000_000})
     log_bytes_per_s: int = field(default=65536, metadata={"min": 1024, "max": 64 << 20})
     log_lines: int = field(default=1000, metadata={"min": 10, "max": 1_000_000})
 

@@ -20,7 +20,7 @@ def test_the_defaults_trust_no_publisher() -> None:
             config.plugins.restart_backoff_max_s) == (10.0, 1.0, 60.0)
     assert (config.plugins.max_failures, config.plugins.failure_window_s) == (5, 600.0)
     assert (config.plugins.max_message_bytes, config.plugins.messages_per_s, config.plugins.log_bytes_per_s,
-            config.plugins.log_lines) == (262144, 500, 65536, 1000)
+            config.plugins.log_lines) == (262144, 10_000, 65536, 1000)
 
 
 def test_the_repository_mesh_toml_says_the_defaults() -> None:

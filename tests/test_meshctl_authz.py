@@ -85,8 +85,11 @@ def password_file(home: MeshHome, text: str = PASSWORD, name: str = "person-pass
 
 
 def test_roles_are_assigned_listed_and_revoked(live: MeshHome) -> None:
-    assert ok(live, "roles", "list").strip() == "no roles assigned"
-    assert as_json(live, "roles", "list") == []
+    # The repository's mesh.toml declares one role: plugin-host acts for people (issue 17).
+    declared = [{"principal": "service:plugin-host", "roles": [{"role": "user-data", "source": "declared"}]}]
+    assert as_json(live, "roles", "list") == declared
+    assert ok(live, "roles", "list").splitlines()[1].split() == ["service:plugin-host", "user-data", "declared", "-",
+                                                                 "-"]
     assert as_json(live, "roles", "list", "service:helper") == []
     assigned = ok(live, "roles", "assign", "service:helper", "user-data")
     assert assigned.startswith("assigned: service:helper holds user-data")
@@ -100,10 +103,10 @@ def test_roles_are_assigned_listed_and_revoked(live: MeshHome) -> None:
     # Revoking asks first: with no terminal and no --yes it refuses and nothing changes.
     refused = fails(live, 2, "roles", "revoke", "service:helper", "user-data")
     assert "--yes" in refused.stderr
-    assert len(as_json(live, "roles", "list")) == 1
+    assert len(as_json(live, "roles", "list")) == 2
     revoked = ok(live, "roles", "revoke", "service:helper", "user-data", "--yes")
     assert revoked.startswith("revoked: service:helper no longer holds user-data") and "roles: none" in revoked
-    assert as_json(live, "roles", "list") == []
+    assert as_json(live, "roles", "list") == declared
     # Revoking what is not held is authz's NOT_FOUND, asked about nothing.
     assert "was not assigned" in fails(live, 1, "roles", "revoke", "service:helper", "user-data", "-y").stderr
 

@@ -231,3 +231,24 @@ async def test_operations_are_for_operators_only(short_tmp: Path) -> None:
         # A relative path, a path that is not there: refused with what to do.
         assert await code_of(rig.inspect(Path("relative/pkg"))) == "BAD_REQUEST"
         assert await code_of(rig.inspect(short_tmp / "missing")) == "BAD_REQUEST"
+
+
+async def test_the_example_plugin_installs_and_counts_a_note_with_consent(short_tmp: Path) -> None:
+    """examples/plugins/note-stats as shipped (its manifest unchanged but for the publisher key id)."""
+    example = Path(__file__).parent.parent / "examples" / "plugins" / "note-stats"
+    package = short_tmp / "note-stats"
+    shutil.copytree(example, package, ignore=shutil.ignore_patterns("__pycache__"))
+    manifest = package / plugins.MANIFEST_FILE
+    manifest.write_text(manifest.read_text().replace('publisher = "acme"', 'publisher = "test"'))
+    async with plugin_rig(short_tmp / "rig") as rig:
+        plugins.sign_package(package, plugins.load_publisher_key(rig.root / "test.pem"), "test")
+        await rig.rig.add_user("gina")
+        token = await rig.rig.token("frontend", "gina")
+        await rig["frontend"].call("storage.kv.put", {"category": "notes", "token": token, "key": b"n1",
+                                                      "value": b"three little words"}, timeout=10)
+        await rig.install(package)
+        await rig["frontend"].call("authz.consent.grant", {
+            "access_token": token, "grantee": "plugin:note-stats", "categories": ["notes"], "actions": ["read"],
+            "purpose": "note-stats", "duration_s": 600}, timeout=10)
+        assert await rig.call("note-stats", "count", {"note": "n1"}, token=token) == {"ok": True, "value": 3}
+        assert await rig.call("note-stats", "last", {}) == {"ok": True, "value": 3}

@@ -78,7 +78,7 @@ class SandboxSpec:
     limits: Limits
     requires: frozenset[str]
     max_message_bytes: int = 262144
-    messages_per_s: int = 500
+    messages_per_s: int = 10_000
     log_bytes_per_s: int = 65536
 
     def __post_init__(self) -> None:
