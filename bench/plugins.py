@@ -27,9 +27,10 @@ caller, ``frontend`` (a service), stores the same value in its own namespace.
   direct get, of the plugin calls, and of the plugin calls spread over both plugins, order rotating.
   A plugin's child handles one call at a time (plugin-host queues the rest), so the throughput
   through one plugin is bounded by its latency; two plugins serve in parallel. Here, though, the
-  client, the broker and every service share the bench process's interpreter, whose CPU per call is
-  given beside: where that is the bound (it is on two cores), a second plugin gains nothing, and
-  what separate processes would gain is not measured here.
+  client, the broker and every service share the bench process's interpreter: its CPU per call and
+  the cores it kept busy are given beside, and the nearer one core, the more that interpreter, not
+  the child, is the bound. So what a second plugin gains here understates what separate processes
+  (the real mesh) would allow; that is not measured here.
 * Cold start: ``notes`` stopped, then started as plugin-host starts it (``Runner.start``: its
   installed package verified again, signature and content hash, then its child spawned with its
   quotas and a fresh scratch directory, every layer applied, until ``ready``); target p50 under
