@@ -294,14 +294,20 @@ async def _measure(work: Path, opts: PluginsOptions) -> dict[str, Any]:
     anchors = work / "anchors"
     anchors.mkdir(mode=0o700)
     config = f"messages_per_s = {MESSAGES_PER_S}\n"
+    scratch: Path | None = None
     try:
         async with plugin_rig(work / "rig", _config(anchors), plugins_config=config) as rig:
+            scratch = rig.host.shelf.scratch_root
             pids = await _setup(rig)
             calls = await _calls(rig, opts, pids)
             cold = await _cold_starts(rig, opts)
             layers = sorted(rig.host.layers)
     except AssertionError as exc:  # the rig's waits: a service that never became ready
         raise BenchError(f"plugins: the in-process mesh did not come up: {exc}") from None
+    finally:
+        if scratch is not None:  # plugin-host's scratch tree in /dev/shm, emptied as its plugins stopped
+            with contextlib.suppress(OSError):
+                scratch.rmdir()
     return {"options": opts.params(), "calls": calls, "cold": cold, "layers": layers, "caller": CALLER,
             "value_bytes": len(VALUE), "messages_per_s": MESSAGES_PER_S,
             "shipped_messages_per_s": SHIPPED_MESSAGES_PER_S, "cpu_quota_s": CPU_QUOTA_S}
