@@ -22,7 +22,7 @@ informational, no targets): unlock time and peak RSS with the master Argon2id
 profile, and ``keyvault.keys.get`` p50/p99 over the real broker and keyvault,
 beside the same client's ``keyvault.health``. ``--no-keyvault`` skips them.
 
-Last, the storage figures (:mod:`bench.storage`, :mod:`bench.storage_mesh`): each engine
+Then the storage figures (:mod:`bench.storage`, :mod:`bench.storage_mesh`): each engine
 encrypted against its plaintext twin in process (targets: SQLCipher >= 0.7x sqlite3, DuckDB
 encrypted bulk insert >= 0.8x plain, a 1 GiB file through FileStore with < 64 MiB resident),
 the real storage service over the mesh (p50, p99, pipelined calls/s), and backup and restore
@@ -40,13 +40,26 @@ profile; informational), ``authn.verify`` beside ``authn.health`` (target: p50 <
 and passkey logins with a software authenticator beside the password login (informational).
 ``--no-authn`` skips it.
 
-Last, authz (:mod:`bench.authz`, issue 15) over the real broker, keyvault, audit, authn, authz and
+Then authz (:mod:`bench.authz`, issue 15) over the real broker, keyvault, audit, authn, authz and
 storage: ``Authority.check`` in process, uncached beside one ``cedarpy.is_authorized`` call and
 cached (target: p50 <= 20 us); ``authz.check`` over the mesh beside ``authz.health``
 (informational); a person's value read with their token (``storage.kv.get``: storage asks
 ``authn.verify`` and ``authz.check`` before the get) beside the same client's ``storage.health``
 (target: p50 <= 3.5x) and the same get of the caller's own value (no gate; informational).
-``--no-authz`` skips it; ``--only broker|keyvault|storage|startup|authn|authz`` runs one section.
+``--no-authz`` skips it.
+
+Then pairing (:mod:`bench.pairing`, issue 16; root): pairing wall time end to end across two network
+namespaces (target: p50 under 2 s), and a person's read from the paired device over tcp beside the same
+read over ipc (informational). ``--no-pairing`` skips it.
+
+Last, plugins (:mod:`bench.plugins`, issue 17) over tests/plugin_rig.py's in-process mesh with plugin-host:
+``plugin-host.call`` to a plugin whose function reads its own value from storage (client -> broker ->
+plugin-host -> sandboxed child -> plugin-host -> broker -> storage and back) beside the same client's direct
+``storage.kv.get`` of its own value, sequential p50/p99 and pipelined calls/s (through one plugin, whose
+child serves one call at a time, and two), informational; and a plugin's cold start as plugin-host starts
+it, every sandbox layer applied (target: p50 under 300 ms), beside ``python -I -B -c pass``. Every sandbox
+layer must apply (root here), or the section stops with an error rather than measure a weaker sandbox.
+``--no-plugins`` skips it; ``--only SECTION`` runs one section.
 """
 
 from __future__ import annotations
@@ -63,14 +76,14 @@ import zmq
 
 from shared import MeshClient
 
-from . import authn, authz, keyvault, pairing, report, startup, storage, storage_mesh
+from . import authn, authz, keyvault, pairing, plugins, report, startup, storage, storage_mesh
 from .harness import REPO, BenchError, Children, make_home, remove_home
 from .measure import RawClient, cpu_seconds, percentile, runtime_connect, runtime_round_trips
 from .profile import print_profile
 from .wire import IDENTITIES, ipc, server_key
 
 READY_TIMEOUT = 60.0
-SECTIONS: Final = ("broker", "keyvault", "storage", "startup", "authn", "authz", "pairing")
+SECTIONS: Final = ("broker", "keyvault", "storage", "startup", "authn", "authz", "pairing", "plugins")
 #: --flag -> StorageOptions field (None on the command line: the default, or --quick's value).
 STORAGE_FLAGS: Final = {
     "storage_rounds": ("rounds", "interleaved rounds of each comparison and of the mesh calls"),
@@ -111,6 +124,16 @@ PAIRING_FLAGS: Final = {
     "pairing_reads": ("reads", "storage.kv.get calls per block"),
 }
 
+#: --flag -> PluginsOptions field (None on the command line: the default, or --quick's value).
+PLUGINS_FLAGS: Final = {
+    "plugins_rounds": ("rounds", "rounds of alternating sequential blocks, then pipelined runs"),
+    "plugins_calls": ("calls", "sequential plugin and direct calls each per block"),
+    "plugins_messages": ("messages", "pipelined calls of each kind per round"),
+    "plugins_window": ("window", "calls in flight for throughput"),
+    "plugins_warmup": ("warmup", "sequential calls of each kind before the rounds"),
+    "plugin_starts": ("starts", "cold starts of the plugin (and as many interpreter starts)"),
+}
+
 #: The sections sized by an options class: their --flags, the class, the title of their options group.
 SIZED: Final[dict[str, tuple[dict[str, tuple[str, str]], Any, str]]] = {
     "storage": (STORAGE_FLAGS, storage.StorageOptions,
@@ -121,6 +144,8 @@ SIZED: Final[dict[str, tuple[dict[str, tuple[str, str]], Any, str]]] = {
               "authz (decisions in process and over the mesh, a person's data read end to end)"),
     "pairing": (PAIRING_FLAGS, pairing.PairingOptions,
                 "pairing (wall time end to end, a detached read across network namespaces beside ipc; root)"),
+    "plugins": (PLUGINS_FLAGS, plugins.PluginsOptions,
+                "plugins (a plugin call beside the direct mesh call, cold start in the full sandbox; root)"),
 }
 
 
@@ -168,6 +193,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     _sized_group(parser, "authn")
     _sized_group(parser, "authz")
     _sized_group(parser, "pairing")
+    _sized_group(parser, "plugins")
     args = parser.parse_args(argv)
     for section, (flags, sizes, _title) in SIZED.items():
         options = dataclasses.replace(
@@ -373,6 +399,15 @@ def run(args: argparse.Namespace) -> int:
         figs.update(pairing.figures(pa))
         params["pairing"] = {**pa["options"], "addresses": pa["addresses"], "keystore": "file",
                              "mesh": "meshctl up in the mesh namespace (supervisord, every process)"}
+    if "plugins" in sections:
+        pl = plugins.measure(args.plugins_options)
+        figs.update(plugins.figures(pl))
+        params["plugins"] = {**pl["options"], "caller": pl["caller"], "plugins": list(plugins.PLUGINS),
+                             "layers_required": pl["layers"], "value_bytes": pl["value_bytes"],
+                             "messages_per_s": pl["messages_per_s"],
+                             "shipped_messages_per_s": pl["shipped_messages_per_s"], "cpu_quota_s": pl["cpu_quota_s"],
+                             "keystore": "file",
+                             "mesh": "in process (tests/plugin_rig.py): broker thread, services on one event loop"}
     print()
     print(report.table(figs))
     if args.profile:

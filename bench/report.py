@@ -10,9 +10,9 @@ figures (bench/storage.py, bench/storage_mesh.py) have a section of their own to
 in-process engine figure is the encrypted twin's median rate beside its plaintext twin's, with
 the paired ratio (the target, where the storage issue sets one, is on it: the twins run side by
 side within each round) and the ratio of the medians; the mesh, backup and restore figures are
-informational. The meshctl start-up (bench/startup.py), authn (bench/authn.py) and authz
-(bench/authz.py) figures are built and tabled by their own modules; this one prints their sections
-after the others.
+informational. The meshctl start-up (bench/startup.py), authn (bench/authn.py), authz
+(bench/authz.py), pairing (bench/pairing.py) and plugins (bench/plugins.py) figures are built and
+tabled by their own modules; this one prints their sections after the others.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any, Final
 import msgpack
 import zmq
 
-from . import authn, authz, pairing, startup
+from . import authn, authz, pairing, plugins, startup
 from .harness import REPO
 from .measure import percentile
 
@@ -119,7 +119,7 @@ def table(figs: dict[str, dict[str, Any]]) -> str:
         sections.append(_broker_table(broker))
     for group, render in ((KEYVAULT_GROUP, keyvault_table), (STORAGE_GROUP, storage_table),
                           (startup.GROUP, startup.table), (authn.GROUP, authn.table), (authz.GROUP, authz.table),
-                          (pairing.GROUP, pairing.table)):
+                          (pairing.GROUP, pairing.table), (plugins.GROUP, plugins.table)):
         part = {k: f for k, f in figs.items() if f.get("group") == group}
         if part:
             sections.append(render(part))
