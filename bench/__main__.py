@@ -404,8 +404,7 @@ def run(args: argparse.Namespace) -> int:
         figs.update(plugins.figures(pl))
         params["plugins"] = {**pl["options"], "caller": pl["caller"], "plugins": list(plugins.PLUGINS),
                              "layers_required": pl["layers"], "value_bytes": pl["value_bytes"],
-                             "messages_per_s": pl["messages_per_s"],
-                             "shipped_messages_per_s": pl["shipped_messages_per_s"], "cpu_quota_s": pl["cpu_quota_s"],
+                             "messages_per_s": pl["messages_per_s"], "cpu_quota_s": pl["cpu_quota_s"],
                              "keystore": "file",
                              "mesh": "in process (tests/plugin_rig.py): broker thread, services on one event loop"}
     print()

@@ -68,8 +68,7 @@ def test_a_machine_without_every_layer_is_refused_by_name(monkeypatch: pytest.Mo
 
 def _raw(start_s: float) -> dict[str, Any]:
     cpu = {"bench": 2000.0, "child": 150.0}
-    return {"options": TINY.params(), "caller": "frontend", "layers": sorted(LAYERS), "messages_per_s": 10**6,
-            "shipped_messages_per_s": 500,
+    return {"options": TINY.params(), "caller": "frontend", "layers": sorted(LAYERS), "messages_per_s": 10_000,
             "calls": {"samples": {"plugin": [0.002] * 5, "direct": [0.001] * 5}, "calls": 5,
                       "round_p50_us": {"plugin": [2000.0], "direct": [1000.0]},
                       "throughput": {"direct": [1500.0], "plugin": [500.0], "plugin2": [600.0]},

@@ -23,11 +23,11 @@ def call_json(home: MeshHome, *args: str) -> tuple[subprocess.CompletedProcess[s
 
 
 def test_the_mesh_refusing_is_a_json_error_with_its_wire_code(live: MeshHome) -> None:
-    # The operator role may call every service's health, and no other method of plugin-host: the broker refuses.
-    done = meshctl(live, "call", "plugin-host.decide", "--json")
+    # supervisor-events exposes nothing (an event listener, not a service): the broker refuses the operator.
+    done = meshctl(live, "call", "supervisor-events.decide", "--json")
     error = json_error(done)
     assert (done.returncode, error["code"]) == (1, "forbidden") and error["message"].startswith("FORBIDDEN: ")
-    assert meshctl(live, "call", "plugin-host.decide").returncode == 1  # the same status without --json
+    assert meshctl(live, "call", "supervisor-events.decide").returncode == 1  # the same status without --json
     done = meshctl(live, "--json", "certs", "show", "nobody-at-all")
     assert json_error(done)["code"] == "not_found"
 
