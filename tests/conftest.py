@@ -183,3 +183,16 @@ async def holds(value: bool) -> bool:
     """A condition already computed, in the shape :func:`eventually` polls:
     ``await eventually(lambda: holds(x.count > 0))``."""
     return value
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Any]:
+    """The plugin sandbox tests' rig (tests/sandbox_rig.py): real sandboxed children, each stopped
+    when the test ends."""
+    from .sandbox_rig import Rig, bpf
+
+    started = Rig(tmp_path, bpf())
+    try:
+        yield started
+    finally:
+        await started.close()

@@ -14,7 +14,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -33,15 +32,6 @@ from services.plugin_host.sandbox import (
 from services.plugin_host.sandbox.runtime import PROJECT_ROOT
 
 from .sandbox_rig import LIMITS, WAIT, Rig, bpf, gone
-
-
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    rig = Rig(tmp_path, bpf())
-    try:
-        yield rig
-    finally:
-        await rig.close()
 
 
 async def test_a_plugin_starts_with_every_layer_and_answers(rig: Rig) -> None:

@@ -11,7 +11,6 @@ import _ctypes
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +20,10 @@ import pytest
 from services.plugin_host.sandbox import ChildGone, ExitInfo, Limits, PluginFailed
 from services.plugin_host.sandbox.runtime import PROJECT_ROOT
 
-from .sandbox_rig import LIMITS, Rig, bpf, gone
+from .sandbox_rig import LIMITS, Rig, gone
 
 VENV_SITE = next(Path(PROJECT_ROOT).glob(".venv/lib/python3*/site-packages"), Path(PROJECT_ROOT))
 
-
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    rig = Rig(tmp_path, bpf())
-    try:
-        yield rig
-    finally:
-        await rig.close()
 
 
 async def attempt(rig: Rig, plugin: str, function: str, args: Any = None, *, timeout: float = 10.0,

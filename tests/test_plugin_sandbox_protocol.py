@@ -5,8 +5,6 @@ carry on."""
 from __future__ import annotations
 
 import datetime
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -23,16 +21,7 @@ from services.plugin_host.sandbox.frames import (
     encode,
 )
 
-from .sandbox_rig import START_TIMEOUT, Rig, bpf, gone
-
-
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    rig = Rig(tmp_path, bpf())
-    try:
-        yield rig
-    finally:
-        await rig.close()
+from .sandbox_rig import START_TIMEOUT, Rig, gone
 
 
 async def broken(rig: Rig, function: str, args: Any = None, **options: Any) -> ExitInfo:
