@@ -29,7 +29,9 @@ REASONS: Final = frozenset({"bad_manifest", "bad_signature", "unsigned", "unknow
 LAYERS: Final[tuple[str, ...]] = ("rlimits", "no_new_privs", "seccomp", "landlock", "landlock_net",
                                   "landlock_scope", "netns", "tmpfs")
 #: The layers every plugin runs under; a manifest may require more, never fewer.
-DEFAULT_REQUIRES: Final = frozenset({"rlimits", "no_new_privs", "seccomp", "landlock"})
+#: landlock_scope is among them because without it a plugin, running as plugin-host's user, could
+#: signal plugin-host and every other process of that user (and reach abstract unix sockets).
+DEFAULT_REQUIRES: Final = frozenset({"rlimits", "no_new_privs", "seccomp", "landlock", "landlock_scope"})
 
 
 class PackageRefused(BadRequest):

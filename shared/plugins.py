@@ -28,7 +28,7 @@ The manifest (``plugin.toml``; unknown keys and out-of-range values are refused 
     memory_mb = 256   # open_files 16..1024, file_size_mb 1..1024, processes 1..256,
                       # scratch_mb 1..1024, call_timeout_s 0.1..600 (defaults: Quotas())
     [sandbox]         # optional; default DEFAULT_REQUIRES, and a list must include all of those:
-    requires = ["rlimits", "no_new_privs", "seccomp", "landlock", "netns"]   # more, never fewer
+    requires = ["rlimits", "no_new_privs", "seccomp", "landlock", "landlock_scope", "netns"]  # more, never fewer
 
 Capabilities are exactly ``storage.kv:read:<category>``, ``storage.kv:write:<category>`` (the
 plugin's own storage), ``events:subscribe:<topic prefix>``, ``userdata:<category>:read`` and

@@ -58,7 +58,7 @@ MANIFEST: dict[str, Any] = {
     "capabilities": ["storage.kv:read:summaries", "storage.kv:write:summaries", "userdata:notes:read",
                      "events:subscribe:notes."],
     "quotas": {"memory_mb": 256},
-    "sandbox": {"requires": ["rlimits", "no_new_privs", "seccomp", "landlock", "netns"]},
+    "sandbox": {"requires": ["rlimits", "no_new_privs", "seccomp", "landlock", "landlock_scope", "netns"]},
 }
 QUICK = settings(max_examples=300, deadline=None, derandomize=True, database=None)
 
