@@ -112,8 +112,15 @@ class Runner:
             self._spawn(self._watch(child))
             self._spawn(self._deliver(child))
             self.deps.logbook.note(self.name, f"started (pid {child.pid})")
-            self._record("plugin.started", "ok", pid=child.pid,
-                         layers=",".join(sorted(k for k, v in child.layers.items() if v)))
+            try:
+                self._record("plugin.started", "ok", pid=child.pid,
+                             layers=",".join(sorted(k for k, v in child.layers.items() if v)))
+            except MeshError:
+                # Audit is fail-closed: a plugin whose start cannot be recorded does not run.
+                log.warning("plugin start not recorded (audit spool); stopped", plugin=self.name)
+                self.child, self.state = None, "stopped"
+                with contextlib.suppress(Exception):
+                    await child.stop(grace=0.0)
 
     async def _startable(self) -> str | None:
         missing = sorted(layer for layer in self.manifest.requires if self.deps.layers.get(layer, "unknown layer"))
