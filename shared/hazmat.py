@@ -21,6 +21,7 @@ from typing import Final, TypeAlias, cast
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hmac import HMAC
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -30,11 +31,15 @@ __all__ = [
     "GCM_TAG_BYTES",
     "HKDF_SHA256_MAX_LENGTH",
     "InvalidTag",
+    "AESGCM",
+    "HMAC",
+    "aes256gcm",
     "aes256gcm_decrypt",
     "aes256gcm_encrypt",
     "argon2id",
     "bytes_eq",
     "hkdf_sha256",
+    "hmac_sha256",
 ]
 
 #: Anything holding bytes that ``cryptography`` reads without copying into a Python object.
@@ -56,6 +61,27 @@ def _check_aes256gcm(key: BytesLike, nonce: BytesLike) -> None:
         raise ValueError(f"AES-256-GCM needs a {AES_KEY_BYTES}-byte key, got {len(key)} bytes")
     if len(nonce) != GCM_NONCE_BYTES:
         raise ValueError(f"AES-256-GCM needs a {GCM_NONCE_BYTES}-byte nonce, got {len(nonce)} bytes")
+
+
+def aes256gcm(key: BytesLike) -> AESGCM:
+    """An AES-256-GCM context keyed once with ``key``, for a caller that seals or opens many
+    values under one key: its ``encrypt``/``decrypt`` skip the per-call key schedule of
+    :func:`aes256gcm_encrypt`, and check nothing (the nonce length is the caller's job).
+
+    The context keeps its own copy of the key (``cryptography`` copies it on creation, so wiping
+    ``key`` afterwards does not change the context): drop the object when the key is wiped.
+    """
+    if len(key) != AES_KEY_BYTES:
+        raise ValueError(f"AES-256-GCM needs a {AES_KEY_BYTES}-byte key, got {len(key)} bytes")
+    return AESGCM(key)
+
+
+def hmac_sha256(key: BytesLike) -> HMAC:
+    """An HMAC-SHA256 context (``cryptography``'s) keyed with ``key``: feed it a common prefix
+    once, then ``copy()`` it per message, which costs less than keying a new one each time.
+    Like :func:`aes256gcm`, it holds its own copy of the key until it is dropped."""
+    # The stub types the key as bytes; the binding reads any buffer, and a bytes copy could not be wiped.
+    return HMAC(cast(bytes, key), hashes.SHA256())
 
 
 def aes256gcm_encrypt(key: BytesLike, nonce: BytesLike, plaintext: BytesLike, aad: BytesLike) -> bytes:

@@ -4,6 +4,10 @@ A :class:`KeySet` is the versions of one purpose's key (:data:`PURPOSES`) fetche
 Keys are ``bytearray`` held here only, never written anywhere, and wiped by :meth:`KeySet.wipe`
 when the mesh is sealed (DESIGN.md invariant 6). Which version is current moves forward when
 keyvault rotates a key; older versions stay held while data is still sealed under them.
+
+:attr:`KeySet.generation` changes whenever a version is added, replaced, retired or wiped, so a
+store that caches material derived from these keys (``KvStore``) notices with one comparison and
+wipes what it derived from a key that is gone.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ class KeySet:
     def __init__(self, purpose: str) -> None:
         self.purpose = purpose
         self.current = 0
+        #: Bumped by every add, retire and wipe (see the module notes).
+        self.generation = 0
         self._keys: dict[int, bytearray] = {}
 
     def add(self, version: int, key: bytearray, *, current: bool = False) -> None:
@@ -36,6 +42,7 @@ class KeySet:
         self._keys[version] = key
         if current or self.current == 0:
             self.current = version
+        self.generation += 1
 
     def key(self, version: int | None = None) -> bytearray:
         """The key of ``version`` (default: the current one); :class:`MissingKeyError` when not held."""
@@ -59,6 +66,7 @@ class KeySet:
         key = self._keys.pop(version, None)
         if key is not None:
             wipe(key)
+        self.generation += 1
 
     def wipe(self) -> None:
         """Wipe and forget every version."""
@@ -66,3 +74,4 @@ class KeySet:
             wipe(key)
         self._keys.clear()
         self.current = 0
+        self.generation += 1

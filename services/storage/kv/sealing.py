@@ -30,8 +30,21 @@ Why each part is there:
   wrong tags is reported instead of served.
 
 Every failure raises :class:`~..core.errors.DamagedError` naming the entry by version and tag prefixes
-(:func:`describe`), never by its contents or any key bytes. HMAC keys pass through ``hmac`` and
-OpenSSL, which keep short-lived copies (shared/_crypto.py lists the limits of wiping).
+(:func:`describe`, built only once a check has failed), never by its contents or any key bytes.
+
+Two implementations of that one format:
+
+- the module functions (:func:`namespace_tag`, :func:`name_tag`, :func:`seal_entry`,
+  :func:`open_entry`) derive everything on each call: the reference, used by tests and tools;
+- :class:`VersionMaterial`, what :class:`~.store.KvStore` uses: one key version's AES-GCM context
+  (:class:`~shared.crypto.Sealer`) and names HMAC (:class:`~shared.crypto.KeyedHash`), and per
+  namespace its label, tag and HMAC state with the label already fed, each made once while the
+  store is unsealed and dropped by :meth:`VersionMaterial.wipe` (seal, retirement, a replaced key).
+  The bytes it writes are exactly the reference's (tests/test_storage_kv.py checks a fixed vector).
+
+HMAC keys pass through ``cryptography`` and OpenSSL, which keep their own copies of the keyed state
+until the context is freed (shared/_crypto.py lists the limits of wiping): the material drops its
+contexts on wipe, and wipes its names subkey ``bytearray`` as soon as the HMAC context is keyed.
 """
 
 from __future__ import annotations
@@ -44,15 +57,15 @@ from typing import Final, NamedTuple
 import msgpack
 
 from shared import BadRequest
-from shared.crypto import SEAL_OVERHEAD, IntegrityError, open_sealed, seal
+from shared.crypto import SEAL_OVERHEAD, IntegrityError, KeyedHash, Sealer, derive_subkey, open_sealed, seal, wipe
 
 from ..core.errors import DamagedError
 from ..core.namespace import Namespace
 
 __all__ = [
     "ENTRY_FORMAT", "ENTRY_KEY_BYTES", "ENTRY_PREFIX", "HEADER_BYTES", "NAMES_LABEL", "NAME_TAG_BYTES",
-    "NS_TAG_BYTES", "Entry", "describe", "entry_key", "entry_version", "name_tag", "namespace_prefix",
-    "namespace_tag", "open_entry", "parse_entry_key", "seal_entry", "version_prefix",
+    "NS_TAG_BYTES", "Entry", "VersionMaterial", "describe", "entry_key", "entry_version", "name_tag",
+    "namespace_prefix", "namespace_tag", "open_entry", "parse_entry_key", "seal_entry", "version_prefix",
 ]
 
 #: The first byte of every RocksDB key that holds an entry (other record kinds get other letters).
@@ -68,6 +81,9 @@ HEADER_BYTES: Final = 1 + _VERSION.size
 _NS_START: Final = len(ENTRY_PREFIX) + _VERSION.size
 _NS_END: Final = _NS_START + NS_TAG_BYTES
 ENTRY_KEY_BYTES: Final = _NS_END + NAME_TAG_BYTES
+#: Namespaces whose material one version keeps; past that the cache is emptied and refilled (a
+#: namespace's material is about 300 bytes and an HMAC context, remade in a few microseconds).
+MAX_CACHED_NAMESPACES: Final = 4096
 
 
 class Entry(NamedTuple):
@@ -179,3 +195,130 @@ def open_entry(key: bytes | bytearray, subkey: bytes | bytearray, rocks_key: byt
             and hmac.compare_digest(name_tag(subkey, ns, name), tag)):
         raise DamagedError(f"{where} holds a record of another name or namespace")
     return Entry(ns, name, value)
+
+
+class _NsMaterial(NamedTuple):
+    """One namespace under one version: what its keys start with, the HMAC with its label fed, and
+    its fields as the sealed payload holds them (a list, as msgpack decodes it)."""
+
+    prefix: bytes
+    names: KeyedHash
+    fields: list[str]
+
+
+class VersionMaterial:
+    """Everything one key version ``version`` of key ``key`` seals and names entries with, derived
+    once (module notes). Byte for byte the format of :func:`seal_entry` and :func:`open_entry`.
+
+    ``key`` is kept only as the identity of the KeySet's ``bytearray`` it was derived from, so the
+    store notices a version whose key was replaced; the material never reads it again. After
+    :meth:`wipe` every method raises ``ValueError``.
+    """
+
+    def __init__(self, version: int, key: bytearray) -> None:
+        self.version = version
+        self.key = key
+        self.header = bytes([ENTRY_FORMAT]) + _VERSION.pack(version)
+        self._version_prefix = version_prefix(version)
+        self.sealer = Sealer(key)
+        #: The names subkey, wiped as soon as the HMAC context holds its keyed state.
+        self.subkey = derive_subkey(key, NAMES_LABEL)
+        try:
+            self.names: KeyedHash | None = KeyedHash(self.subkey)
+        finally:
+            wipe(self.subkey)
+        self.namespaces: dict[Namespace, _NsMaterial] = {}
+
+    def namespace(self, ns: Namespace) -> _NsMaterial:
+        """The material of ``ns`` (made on first use)."""
+        found = self.namespaces.get(ns)
+        if found is not None:
+            return found
+        if self.names is None:
+            raise ValueError("this key version's material was wiped")
+        label = ns.label()
+        if len(self.namespaces) >= MAX_CACHED_NAMESPACES:
+            self._drop_namespaces()
+        made = _NsMaterial(self._version_prefix + self.names.digest(label)[:NS_TAG_BYTES], self.names.extend(label),
+                           [ns.owner, ns.subject, ns.category])
+        self.namespaces[ns] = made
+        return made
+
+    def rocks_key(self, ns: Namespace, name: bytes) -> bytes:
+        """:func:`entry_key` of ``name`` in ``ns`` under this version."""
+        m = self.namespace(ns)
+        return m.prefix + m.names.digest(name)
+
+    def seal(self, rocks_key: bytes, ns: Namespace, name: bytes, value: bytes) -> bytes:
+        """:func:`seal_entry` for ``rocks_key``, which must be :meth:`rocks_key` of ``(ns, name)``."""
+        plaintext = msgpack.packb([[ns.owner, ns.subject, ns.category], name, value], use_bin_type=True)
+        return self.header + self.sealer.seal(plaintext, self.header + rocks_key)
+
+    def _open_payload(self, rocks_key: bytes, blob: bytes) -> tuple[list[str], bytes, bytes]:
+        if len(blob) < HEADER_BYTES + SEAL_OVERHEAD or not blob.startswith(self.header):
+            raise DamagedError(f"{describe(rocks_key)} has a malformed header: it failed its integrity check")
+        try:
+            # The header is the same bytes as self.header (just checked): associated data as sealed.
+            plaintext = self.sealer.open(blob[HEADER_BYTES:], self.header + rocks_key)
+        except IntegrityError:
+            raise DamagedError(f"{describe(rocks_key)} failed its integrity check") from None
+        try:
+            fields, name, value = msgpack.unpackb(plaintext, raw=False)
+            if not (isinstance(name, bytes) and isinstance(value, bytes) and isinstance(fields, list)):
+                raise TypeError("name and value are bytes")
+        except (ValueError, TypeError, msgpack.UnpackException):
+            raise DamagedError(f"{describe(rocks_key)} opened but does not decode as an entry") from None
+        return fields, name, value
+
+    def open_value(self, rocks_key: bytes, blob: bytes, nsm: _NsMaterial, name: bytes) -> bytes:
+        """The value of the entry ``blob`` found at ``rocks_key``, which the caller computed a moment
+        ago from ``nsm`` (:meth:`namespace` of ``ns``) and ``name``, as :meth:`rocks_key` does (the
+        get path). :class:`DamagedError` as :func:`open_entry`.
+
+        Why no HMAC here, where :func:`open_entry` hashes the sealed namespace and name again: the
+        seal opened with ``header || rocks_key`` as associated data, so only a holder of this
+        version's key wrote this value for exactly these tags; and the tags are those of
+        ``(ns, name)``, computed by our caller. So the sealed namespace and name equal ``(ns, name)``
+        exactly when they hash to the key's tags (barring an HMAC-SHA256 collision): comparing them
+        for equality is the same check as re-hashing, without the two HMACs. A writer bug that filed
+        a record under the wrong tags is still reported, never served.
+        """
+        fields, got_name, value = self._open_payload(rocks_key, blob)
+        if got_name != name or fields != nsm.fields:
+            raise DamagedError(f"{describe(rocks_key)} holds a record of another name or namespace")
+        return value
+
+    def open(self, rocks_key: bytes, blob: bytes) -> Entry:
+        """:func:`open_entry` under this version: for entries found by iterating, whose namespace and
+        name are learnt from the sealed payload and so are checked against the key's tags by HMAC."""
+        version, ns_tag, tag = parse_entry_key(rocks_key)
+        if version != self.version:
+            raise DamagedError(f"{describe(rocks_key)} has a malformed header: it failed its integrity check")
+        fields, name, value = self._open_payload(rocks_key, blob)
+        try:
+            owner, subject, category = fields
+            ns = Namespace(owner, subject, category)
+        except (ValueError, TypeError, BadRequest):
+            raise DamagedError(f"{describe(rocks_key)} opened but does not decode as an entry") from None
+        m = self.namespace(ns)
+        if not (hmac.compare_digest(m.prefix[_NS_START:], ns_tag) and hmac.compare_digest(m.names.digest(name), tag)):
+            raise DamagedError(f"{describe(rocks_key)} holds a record of another name or namespace")
+        return Entry(ns, name, value)
+
+    def _drop_namespaces(self) -> None:
+        for m in self.namespaces.values():
+            m.names.close()
+        self.namespaces.clear()
+
+    def wipe(self) -> None:
+        """Drop every context and namespace entry, and zero the subkey (already zero). Idempotent."""
+        self._drop_namespaces()
+        if self.names is not None:
+            self.names.close()
+            self.names = None
+        self.sealer.close()
+        wipe(self.subkey)
+
+    @property
+    def wiped(self) -> bool:
+        return self.names is None

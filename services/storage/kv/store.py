@@ -40,7 +40,6 @@ from typing import Final
 import rocksdict
 
 from shared import BadRequest, Unavailable
-from shared.crypto import derive_subkey, wipe
 
 from ..core.errors import DamagedError
 from ..core.keys import KeySet
@@ -111,9 +110,14 @@ class KvStore:
         self._sync = rocksdict.WriteOptions()
         self._sync.sync = True
         self._lock = threading.RLock()
-        # version -> (the KeySet's key it was derived from, names subkey); the identity check notices
-        # a KeySet that replaced the key of a version.
-        self._subkeys: dict[int, tuple[bytearray, bytearray]] = {}
+        # version -> what that version seals and names entries with (sealing.VersionMaterial), derived
+        # once while unsealed; wiped by forget_keys, and by _check_keys for a version the KeySet no longer
+        # holds or whose key it replaced. _for_keys / _for_generation: the KeySet (and its generation)
+        # the cache was last checked against; _order: that KeySet's versions in search order.
+        self._materials: dict[int, sealing.VersionMaterial] = {}
+        self._for_keys: KeySet | None = None
+        self._for_generation = -1
+        self._order: list[int] = []
         self._index: dict[Namespace, list[bytes]] = {}
         # The versions each namespace's index was built from: a version the KeySet gained since (an
         # older key fetched late) may hold names the index lacks, so it is rebuilt.
@@ -149,11 +153,12 @@ class KvStore:
         self.close()
 
     def forget_keys(self) -> None:
-        """Wipe the cached names subkeys and drop the name index (the mesh is sealing)."""
+        """Wipe every key version's cached material and drop the name index (the mesh is sealing)."""
         with self._lock:
-            for _, subkey in self._subkeys.values():
-                wipe(subkey)
-            self._subkeys.clear()
+            for material in self._materials.values():
+                material.wipe()
+            self._materials.clear()
+            self._for_keys, self._for_generation, self._order = None, -1, []
             self._index.clear()
             self._indexed.clear()
             self._reseal_at.clear()
@@ -174,14 +179,13 @@ class KvStore:
             if not isinstance(value, bytes) or len(value) > MAX_VALUE_BYTES:
                 raise BadRequest(f"a record value is at most {MAX_VALUE_BYTES} bytes")
         with self._lock:
-            key, current = keys.key(), keys.current
+            current, *others = (self._material(keys, v) for v in self._search_order(keys))
             batch = rocksdict.WriteBatch(raw_mode=True)
             for ns, name, value in items:
-                rocks_key = self._rocks_key(keys, current, ns, name)
-                batch.put(rocks_key, sealing.seal_entry(key, current, rocks_key, ns, name, value))
-                for version in keys.versions():
-                    if version != current:
-                        batch.delete(self._rocks_key(keys, version, ns, name))
+                rocks_key = current.rocks_key(ns, name)
+                batch.put(rocks_key, current.seal(rocks_key, ns, name, value))
+                for other in others:
+                    batch.delete(other.rocks_key(ns, name))
             self._write(batch)
             for ns, name, _ in items:
                 names = self._index.get(ns)
@@ -195,10 +199,13 @@ class KvStore:
         _check_name(name)
         with self._lock:
             for version in self._search_order(keys):
-                rocks_key = self._rocks_key(keys, version, ns, name)
+                material = self._materials.get(version) or self._material(keys, version)
+                # material.rocks_key, with the namespace's material looked up once for both steps.
+                nsm = material.namespace(ns)
+                rocks_key = nsm.prefix + nsm.names.digest(name)
                 blob = self._get(rocks_key)
                 if blob is not None:
-                    return self._open(keys, version, rocks_key, blob).value
+                    return material.open_value(rocks_key, blob, nsm, name)
             return None
 
     def delete(self, keys: KeySet, ns: Namespace, name: bytes) -> bool:
@@ -207,7 +214,7 @@ class KvStore:
         with self._lock:
             batch = rocksdict.WriteBatch(raw_mode=True)
             for version in self._search_order(keys):
-                rocks_key = self._rocks_key(keys, version, ns, name)
+                rocks_key = self._material(keys, version).rocks_key(ns, name)
                 if self._get(rocks_key) is not None:
                     batch.delete(rocks_key)
             if batch.is_empty():
@@ -256,10 +263,10 @@ class KvStore:
         if not 1 <= batch <= 10 * _CHUNK:
             raise ValueError(f"a reseal batch is 1 to {10 * _CHUNK} entries")
         with self._lock:
-            current, new_key = keys.current, keys.key()
-            if from_version == current:
+            new = self._material(keys, keys.current)
+            if from_version == keys.current:
                 raise ValueError("entries are resealed from a version other than the current one")
-            keys.key(from_version)  # MissingKeyError before anything is read
+            old = self._material(keys, from_version)  # MissingKeyError before anything is read
             prefix = sealing.version_prefix(from_version)
             chunk = self._read(self._reseal_at.get(from_version, prefix), _prefix_end(prefix), batch)
             if not chunk and from_version in self._reseal_at:
@@ -270,12 +277,11 @@ class KvStore:
                 return 0
             out = rocksdict.WriteBatch(raw_mode=True)
             for rocks_key, blob in chunk:
-                entry = self._open(keys, from_version, rocks_key, blob)
-                new_rocks_key = self._rocks_key(keys, current, entry.namespace, entry.name)
+                ns, name, value = old.open(rocks_key, blob)
+                new_rocks_key = new.rocks_key(ns, name)
                 # An entry under the current version was written later: never overwrite it with this one.
                 if self._get(new_rocks_key) is None:
-                    ns, name, value = entry
-                    out.put(new_rocks_key, sealing.seal_entry(new_key, current, new_rocks_key, ns, name, value))
+                    out.put(new_rocks_key, new.seal(new_rocks_key, ns, name, value))
                 out.delete(rocks_key)
             self._write(out)
             self._reseal_at[from_version] = chunk[-1][0] + b"\x00"
@@ -360,7 +366,9 @@ class KvStore:
         return self._db
 
     def _get(self, rocks_key: bytes) -> bytes | None:
-        db = self._live()
+        db = self._db
+        if db is None:
+            raise Unavailable("the rocksdb store is closed")
         try:
             blob: bytes | None = db.get(rocks_key)
         except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception for every RocksDB status
@@ -373,35 +381,51 @@ class KvStore:
         except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception for every RocksDB status
             raise Unavailable(f"the rocksdb write failed: {str(exc)[:200]}") from None
 
-    def _subkey(self, keys: KeySet, version: int) -> bytearray:
-        key = keys.key(version)
-        cached = self._subkeys.get(version)
-        if cached is not None and cached[0] is key:
-            return cached[1]
-        if cached is not None:
-            wipe(cached[1])
-        subkey = derive_subkey(key, sealing.NAMES_LABEL)
-        self._subkeys[version] = (key, subkey)
-        return subkey
+    def _check_keys(self, keys: KeySet) -> None:
+        """Check the cached material against ``keys`` (one comparison when nothing changed): wipe
+        the material of every version ``keys`` no longer holds, or holds under another key."""
+        if keys is self._for_keys and keys.generation == self._for_generation:
+            return
+        for version, material in list(self._materials.items()):
+            if not keys.has(version) or keys.key(version) is not material.key:
+                material.wipe()
+                del self._materials[version]
+        self._for_keys, self._for_generation = keys, keys.generation
+        current = keys.current
+        self._order = [current, *sorted((v for v in keys.versions() if v != current), reverse=True)] if current else []
 
-    def _rocks_key(self, keys: KeySet, version: int, ns: Namespace, name: bytes) -> bytes:
-        subkey = self._subkey(keys, version)
-        return sealing.entry_key(version, sealing.namespace_tag(subkey, ns), sealing.name_tag(subkey, ns, name))
+    def forget_versions(self, keys: KeySet) -> None:
+        """Wipe the material of every version ``keys`` no longer holds (after a retirement) now,
+        rather than at the next request."""
+        with self._lock:
+            self._for_keys = None
+            self._check_keys(keys)
+
+    def _material(self, keys: KeySet, version: int) -> sealing.VersionMaterial:
+        """The material of ``version`` of ``keys``; :class:`MissingKeyError` when it is not held."""
+        self._check_keys(keys)
+        material = self._materials.get(version)
+        if material is None:
+            material = self._materials[version] = sealing.VersionMaterial(version, keys.key(version))
+        return material
 
     def _open(self, keys: KeySet, version: int, rocks_key: bytes, blob: bytes) -> sealing.Entry:
-        return sealing.open_entry(keys.key(version), self._subkey(keys, version), rocks_key, blob)
+        return self._material(keys, version).open(rocks_key, blob)
 
     def _search_order(self, keys: KeySet) -> list[int]:
-        """The current version first, then the other held ones, newest first."""
-        keys.key()  # MissingKeyError when nothing is held
-        return [keys.current, *sorted((v for v in keys.versions() if v != keys.current), reverse=True)]
+        """The current version first, then the other held ones, newest first (the list is shared:
+        never change it)."""
+        self._check_keys(keys)
+        if not self._order:
+            keys.key()  # MissingKeyError: nothing is held
+        return self._order
 
     def _names(self, keys: KeySet, ns: Namespace) -> list[bytes]:
         names = self._index.get(ns)
         if names is None or not self._indexed[ns].issuperset(keys.versions()):
             found: set[bytes] = set()
             for version in self._search_order(keys):
-                prefix = sealing.namespace_prefix(version, sealing.namespace_tag(self._subkey(keys, version), ns))
+                prefix = self._material(keys, version).namespace(ns).prefix
                 for chunk in self._chunks(prefix):
                     found.update(self._open(keys, version, k, blob).name for k, blob in chunk)
             names = self._index[ns] = sorted(found)
