@@ -10,6 +10,8 @@ from shared.crypto import (
     KEY_BYTES,
     SEAL_OVERHEAD,
     IntegrityError,
+    KeyedHash,
+    Sealer,
     check_profile,
     derive_from_password,
     derive_subkey,
@@ -385,3 +387,48 @@ def test_secrets_open_into_a_wipeable_buffer() -> None:
     assert opened == bytearray(len(opened))
     with pytest.raises(IntegrityError):
         open_sealed_secret(key, blob, b"other aad")
+
+
+def test_sealer_blobs_are_seal_blobs_both_ways() -> None:
+    key = random_key()
+    sealer = Sealer(key)
+    for plaintext in (b"", b"x", bytes(range(256)) * 3):
+        assert open_sealed(key, sealer.seal(plaintext, b"aad"), b"aad") == plaintext
+        assert sealer.open(seal(key, plaintext, b"aad"), b"aad") == plaintext
+    blob = sealer.seal(b"secret", b"aad")
+    for bad in (blob[:-1], blob[:SEAL_OVERHEAD - 1], b"\x02" + blob[1:], blob[:-1] + bytes([blob[-1] ^ 1])):
+        with pytest.raises(IntegrityError):
+            sealer.open(bad, b"aad")
+    with pytest.raises(IntegrityError):
+        sealer.open(blob, b"other aad")
+    with pytest.raises(IntegrityError):
+        Sealer(random_key()).open(blob, b"aad")
+    # Wiping the caller's key does not change the sealer (it holds its own copy) until it is closed.
+    wipe(key)
+    assert sealer.open(blob, b"aad") == b"secret"
+    sealer.close()
+    assert sealer.closed
+    for use in (lambda: sealer.seal(b"x", b""), lambda: sealer.open(blob, b"aad")):
+        with pytest.raises(ValueError, match="closed"):
+            use()
+    with pytest.raises(ValueError):
+        Sealer(bytearray(16))
+
+
+def test_keyed_hash_is_hmac_sha256_of_prefix_and_data() -> None:
+    import hmac
+
+    key = random_key()
+    base = KeyedHash(key)
+    labelled = base.extend(b"label")
+    for data in (b"", b"name", bytes(200)):
+        assert base.digest(data) == hmac.digest(bytes(key), data, "sha256")
+        assert labelled.digest(data) == hmac.digest(bytes(key), b"label" + data, "sha256")
+        assert KeyedHash(key, b"label").digest(data) == labelled.digest(data)
+    assert labelled.extend(b"more").digest(b"x") == hmac.digest(bytes(key), b"labelmorex", "sha256")
+    base.close()
+    assert base.closed and not labelled.closed  # each holds its own keyed state
+    with pytest.raises(ValueError, match="closed"):
+        base.digest(b"x")
+    with pytest.raises(ValueError):
+        KeyedHash(bytearray(16))

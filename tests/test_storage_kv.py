@@ -108,6 +108,112 @@ def test_sealing_rejects_malformed_and_misfiled_entries() -> None:
         sealing.seal_entry(key, 2, rocks_key, NS, b"a", b"value")
 
 
+# The entry of b"greeting" -> b"hello, world" in NS under version 3 of key bytes(range(32)), with the
+# nonce bytes(range(100, 112)), as written by the code before the cached material (commit 6315793):
+# the on-disk format must never change under existing data.
+OLD_ROCKS_KEY = bytes.fromhex("6500000003b44ad8292600d28794f2222d94c06d7febc63af1c490f12d84143d640a9986cc3311bba49"
+                              "ba8eadbe888f10eec234d4d")
+OLD_BLOB = bytes.fromhex("0100000003016465666768696a6b6c6d6e6fdb887708169d33ed13032f987f04069421a7ae67ee019c00ceb4"
+                         "df8cf3c4d72df19d29ae2bd6976c989f1450d162bda06937fc04b8bac43a853cc81a58bf1d7fbc8648")
+
+
+def test_cached_material_writes_and_reads_the_old_format_byte_for_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shared._crypto
+
+    monkeypatch.setattr(shared._crypto.secrets, "token_bytes", lambda n: bytes(range(100, 100 + n)))
+    key = bytearray(range(32))
+    material = sealing.VersionMaterial(3, key)
+    rocks_key = material.rocks_key(NS, b"greeting")
+    assert rocks_key == OLD_ROCKS_KEY
+    assert material.seal(rocks_key, NS, b"greeting", b"hello, world") == OLD_BLOB
+    # The reference functions agree, and each side opens what the other wrote.
+    subkey = derive_subkey(key, sealing.NAMES_LABEL)
+    ns_tag, tag = sealing.namespace_tag(subkey, NS), sealing.name_tag(subkey, NS, b"greeting")
+    assert sealing.entry_key(3, ns_tag, tag) == rocks_key
+    assert sealing.seal_entry(key, 3, rocks_key, NS, b"greeting", b"hello, world") == OLD_BLOB
+    assert material.open(OLD_ROCKS_KEY, OLD_BLOB) == (NS, b"greeting", b"hello, world")
+    assert material.open_value(OLD_ROCKS_KEY, OLD_BLOB, material.namespace(NS), b"greeting") == b"hello, world"
+    assert sealing.open_entry(key, subkey, OLD_ROCKS_KEY, OLD_BLOB) == (NS, b"greeting", b"hello, world")
+    # The namespace prefix is what the store iterates a namespace by.
+    assert material.namespace(NS).prefix == sealing.namespace_prefix(3, sealing.namespace_tag(subkey, NS))
+
+
+def test_cached_material_refuses_what_open_entry_refuses() -> None:
+    key = bytearray(os.urandom(32))
+    material = sealing.VersionMaterial(1, key)
+    nsm = material.namespace(NS)
+    rocks_key = material.rocks_key(NS, b"a")
+    good = material.seal(rocks_key, NS, b"a", b"value")
+    for blob in (b"", b"\x01\x00\x00", good[:20], b"\x02" + good[1:], good[:1] + b"\x00\x00\x00\x02" + good[5:],
+                 good[:-1] + bytes([good[-1] ^ 1])):
+        with pytest.raises(DamagedError):
+            material.open_value(rocks_key, blob, nsm, b"a")
+        with pytest.raises(DamagedError):
+            material.open(rocks_key, blob)
+    # A value moved to another name's key, and a writer bug that sealed "b" under the tags of "a".
+    with pytest.raises(DamagedError):
+        material.open_value(material.rocks_key(NS, b"b"), good, material.namespace(NS), b"b")
+    misfiled = material.seal(rocks_key, NS, b"b", b"value")
+    for opened in (lambda: material.open_value(rocks_key, misfiled, nsm, b"a"),
+                   lambda: material.open(rocks_key, misfiled)):
+        with pytest.raises(DamagedError, match="another name or namespace"):
+            opened()
+    other = Namespace("notes-app", "bob", "memories")
+    other_ns = material.seal(rocks_key, other, b"a", b"value")
+    with pytest.raises(DamagedError, match="another name or namespace"):
+        material.open_value(rocks_key, other_ns, nsm, b"a")
+
+
+def _material_state(store: KvStore) -> list[tuple[sealing.VersionMaterial, list[object]]]:
+    return [(m, list(m.namespaces.values())) for m in store._materials.values()]
+
+
+def _assert_wiped(material: sealing.VersionMaterial, namespaces: list[object]) -> None:
+    assert material.wiped and material.names is None and material.sealer.closed
+    assert material.namespaces == {} and material.subkey == bytearray(32)
+    assert namespaces and all(nsm.names.closed for nsm in namespaces)  # type: ignore[attr-defined]
+    with pytest.raises(ValueError):
+        material.rocks_key(NS, b"name")
+    with pytest.raises(ValueError):
+        material.sealer.seal(b"x", b"")
+
+
+def test_cached_material_is_wiped_on_seal(store: KvStore, raw_keys: dict[int, bytes]) -> None:
+    keys = keyset(raw_keys, current=2)
+    store.put(keys, NS, b"name", b"value")
+    assert store.get(keys, NS, b"name") == b"value"
+    cached = _material_state(store)
+    assert sorted(m.version for m, _ in cached) == [1, 2]
+    store.forget_keys()  # what sealing the mesh does (KvEngine.close -> KvStore.close)
+    assert store._materials == {} and store._index == {}
+    for material, namespaces in cached:
+        _assert_wiped(material, namespaces)
+    keys.wipe()
+    with pytest.raises(MissingKeyError):
+        store.get(keys, NS, b"name")
+    # Unsealed again: the material is derived anew from the keys fetched again.
+    assert store.get(keyset(raw_keys, current=2), NS, b"name") == b"value"
+
+
+def test_material_of_a_retired_or_replaced_version_is_wiped(store: KvStore, raw_keys: dict[int, bytes]) -> None:
+    keys = keyset({1: raw_keys[1]})
+    store.put_many(keys, [(NS, b"n%d" % i, b"v%d" % i) for i in range(10)])
+    keys.add(2, bytearray(raw_keys[2]), current=True)
+    assert store.get(keys, NS, b"n1") == b"v1"  # found under version 1, material of both cached
+    (v1, ns1), = [(m, n) for m, n in _material_state(store) if m.version == 1]
+    while store.reseal_step(keys, 1):
+        pass
+    keys.retire(1)
+    store.forget_versions(keys)  # what rotation does right after retiring (KvEngine.forget_retired)
+    _assert_wiped(v1, ns1)
+    assert set(store._materials) == {2} and all(store.get(keys, NS, b"n%d" % i) == b"v%d" % i for i in range(10))
+    # A key replaced under the same version is noticed at the next request (KeySet.generation).
+    (v2, ns2), = _material_state(store)
+    keys.add(2, bytearray(raw_keys[1]))
+    assert store.get(keys, NS, b"n1") is None
+    _assert_wiped(v2, ns2)
+
+
 # -- records ---------------------------------------------------------------------------------
 
 

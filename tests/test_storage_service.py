@@ -153,9 +153,20 @@ async def test_operations_are_for_operators_only(short_tmp: Path) -> None:
 async def test_sealed_storage_wipes_keys_and_answers_sealed(short_tmp: Path) -> None:
     async with storage_rig(short_tmp / "h") as r:
         await r.put(r.authn, b"k", b"v")
+        assert await r.get(r.authn, b"k") == b"v"
+        assert r.storage is not None and r.storage.kv.store is not None
+        # The KvStore's cached sealing material (per key version, per namespace) while unsealed...
+        cached = [(m, list(m.namespaces.values())) for m in r.storage.kv.store._materials.values()]
+        store = r.storage.kv.store
+        assert cached and all(namespaces for _, namespaces in cached)
         await r.operator.call("keyvault.lock", timeout=10)
         await eventually(lambda: r.storage_state("sealed"))
         assert r.storage is not None and all(not k.versions() for k in r.storage.keys.values())
+        # ...is gone once sealed: the cache is empty, every context dropped, the subkeys zero.
+        assert r.storage.kv.store is None and store._materials == {}
+        for material, namespaces in cached:
+            assert material.wiped and material.sealer.closed and material.namespaces == {}
+            assert material.subkey == bytearray(32) and all(nsm.names.closed for nsm in namespaces)
         assert await _code(r.get(r.authn, b"k")) == "SEALED"
         await r.operator.call("keyvault.unlock", {"password": PASSWORD}, timeout=30)
         await eventually(lambda: r.storage_state("ready"), deadline=20)
@@ -229,9 +240,13 @@ async def test_rotation_reencrypts_every_engine_and_retires_the_old_keys(short_t
         for i in range(30):
             await r.put(r.authn, f"k{i}".encode(), f"v{i}".encode())
         await _write_everything(r, "rotation-marker")
+        assert r.storage is not None and r.storage.kv.store is not None
+        old_material = r.storage.kv.store._materials[1]
         for purpose in ("rocksdb", "files", "duckdb", "sqlcipher"):
             assert await _rotate(r, purpose) == 2
         await eventually(lambda: _rotation_done(r, {"rocksdb", "files", "duckdb", "sqlcipher"}), deadline=30)
+        # The KvStore wiped what it derived from version 1 when rotation retired it, before any request.
+        assert old_material.wiped and 1 not in r.storage.kv.store._materials
         status = await r.operator.call("storage.status", timeout=10)
         assert status["versions"]["rocksdb"] == 2 and status["retired"]["rocksdb"] == [1]
         assert {p: v["state"] for p, v in status["rotation"].items()} == {

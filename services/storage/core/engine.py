@@ -120,6 +120,10 @@ class StepwiseEngine(Engine):
         """Move some items from ``version`` to the current version, each move atomic on disk; how
         many moved, 0 when none are left."""
 
+    async def forget_retired(self) -> None:
+        """Rotation just retired versions of :attr:`keys`: drop at once anything the engine derived
+        from them (their keys are already wiped). Nothing by default."""
+
     async def fetch_older_keys(self) -> None:
         """Fetch each older version of the key that is not retired and still seals data (counted on
         the admin pool, so requests on the engine's own threads are not held up)."""

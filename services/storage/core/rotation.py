@@ -123,6 +123,8 @@ class Rotation:
                     return
             progress.state, progress.finished = "done", time.time()
         await self._retire(engine.purpose, old)
+        if old:
+            await engine.forget_retired()
 
     async def _rekey(self, engine: Rekeyable) -> None:
         keys = engine.keys

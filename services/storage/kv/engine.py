@@ -93,6 +93,12 @@ class KvEngine(StepwiseEngine):
     async def rotate_step(self, version: int) -> int:
         return await self.run(self._opened().reseal_step, self.keys, version)
 
+    async def forget_retired(self) -> None:
+        """Wipe the store's sealing material of the versions just retired (on the worker thread, so
+        never while a request uses it)."""
+        if self.store is not None:
+            await self.run(self.store.forget_versions, self.keys)
+
     async def verify(self) -> list[str]:
         return await self.run(self._opened().verify, self.keys)
 
