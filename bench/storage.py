@@ -44,6 +44,8 @@ class StorageOptions:
     duckdb_rows: int = 200_000       # rows ingested per DuckDB twin, 10,000 per transaction
     duckdb_scan_rows: int = 2_000_000
     kv_items: int = 20_000           # values put and got per RocksDB twin
+    # KvStore get p50 growth curve: entries in the store at each point (one store, filled in turn).
+    kv_curve: tuple[int, ...] = (10_000, 1_000_000)
     stream_mib: int = 256            # bytes through STREAM and raw AESGCM, each way
     rss_file_mib: int = 1024         # the file written and read through FileStore in the RSS child
     calls: int = 1000                # sequential mesh calls per method per round
@@ -56,7 +58,8 @@ class StorageOptions:
     def quick(cls) -> StorageOptions:
         """``--quick``: every part, smaller (a few minutes in all on two cores)."""
         return cls(rounds=3, sql_rows=20_000, duckdb_rows=100_000, duckdb_scan_rows=1_000_000, kv_items=5_000,
-                   stream_mib=128, rss_file_mib=256, calls=300, messages=1500, warmup=50, backup_mib=128)
+                   kv_curve=(10_000, 100_000), stream_mib=128, rss_file_mib=256, calls=300, messages=1500, warmup=50,
+                   backup_mib=128)
 
     def params(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,10 +96,11 @@ def measure_engines(opts: StorageOptions) -> dict[str, Any]:
                  "stream": storage_stream.stream_rounds(work, opts.rounds, opts.stream_mib)}
         rounds: Rounds = {key: values for got, _ in parts.values() for key, values in got.items()}
         info = {name: about for name, (_, about) in parts.items()}
+        growth = storage_stream.kv_growth(work, opts.kv_curve)
         rss = storage_stream.measure_rss(work, opts.rss_file_mib)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"rounds": rounds, "info": info, "rss": rss}
+    return {"rounds": rounds, "info": info, "rss": rss, "kv_growth": growth}
 
 
 def measure(opts: StorageOptions) -> dict[str, Any]:

@@ -102,6 +102,52 @@ def rocksdb_rounds(work: Path, rounds: int, count: int) -> tuple[Rounds, dict[st
     return out, {"items": count, "batch": KV_BATCH, "sync": True}
 
 
+def kv_growth(work: Path, sizes: tuple[int, ...], samples: int = 5000) -> dict[str, Any]:
+    """KvStore get latency as the store grows: one store filled (``put_many`` batches of
+    :data:`KV_BATCH`) to each size in turn; at each, ``samples`` gets of random names present, each
+    timed alone (ns). Returns the per-size p50/p99 in microseconds and the time the fill took."""
+    import random
+
+    from services.storage.core.keys import KeySet
+    from services.storage.core.namespace import Namespace
+    from services.storage.kv import store as kv
+
+    ns = Namespace("authn", "alice", "memories")
+    keys = KeySet("rocksdb")
+    keys.add(1, bytearray(secrets.token_bytes(32)))
+    path = work / "growth"
+    points: list[dict[str, Any]] = []
+    store = kv.KvStore.open(path)
+    try:
+        filled, fill_s = 0, 0.0
+        for size in sorted(sizes):
+            start = time.perf_counter()
+            while filled < size:
+                n = min(KV_BATCH, size - filled)
+                store.put_many(keys, [(ns, b"memory/%d" % (filled + i), os.urandom(150)) for i in range(n)])
+                filled += n
+            fill_s += time.perf_counter() - start
+            rng = random.Random(size)
+            lat: list[float] = []
+            for i in (rng.randrange(size) for _ in range(samples)):
+                name = b"memory/%d" % i
+                t0 = time.perf_counter_ns()
+                value = store.get(keys, ns, name)
+                lat.append((time.perf_counter_ns() - t0) / 1000)
+                if value is None:
+                    raise BenchError("kv growth: a get did not find a value put")
+            lat.sort()
+            points.append({"entries": size, "p50_us": round(lat[len(lat) // 2], 2),
+                           "p99_us": round(lat[int(len(lat) * 0.99)], 2), "fill_s": round(fill_s, 1)})
+            print(f"storage: kv growth {size:,} entries: get p50 {points[-1]['p50_us']} us, "
+                  f"p99 {points[-1]['p99_us']} us (filled in {fill_s:.1f} s)", flush=True)
+    finally:
+        store.close()
+        keys.wipe()
+        shutil.rmtree(path, ignore_errors=True)
+    return {"points": points, "samples": samples, "value_bytes": 150}
+
+
 # -- STREAM against raw AES-256-GCM -------------------------------------------------------------
 
 
