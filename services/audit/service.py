@@ -66,7 +66,7 @@ from shared import (
 from shared.keystore import Keystore
 
 from .alert_desk import AlertDesk
-from .alerts import SUPERVISOR_SENDER, WITNESS_EVENT
+from .alerts import SUPERVISOR_SENDER, VERIFY_FAILED_EVENT, WITNESS_EVENT
 from .chain import Record, encode_record
 from .errors import TamperError
 from .export import EXPORT_MARGIN, EXPORT_PAGE_RECORDS, MAX_EXPORT_PAGE_RECORDS, ExportRequest, export_page
@@ -141,6 +141,10 @@ class Audit(WitnessMixin, SealMixin, Service):
 
     async def on_stop(self) -> None:
         """Finish pending commits, write a final checkpoint, close the database, wipe the keys."""
+        if self._background_cancel is not None:
+            self._background_cancel.set()  # the background pass stops at its next record
+        if self._background_task is not None:
+            self._tasks.append(self._background_task)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -168,8 +172,9 @@ class Audit(WitnessMixin, SealMixin, Service):
             raise BadRequest("append needs at least one record")
         now, prepared = time.time(), []
         for item in req.records:
-            if item.type.startswith(ALERT_PREFIX) or item.type == WITNESS_EVENT:
-                raise Forbidden(f"{ALERT_PREFIX}* and {WITNESS_EVENT} records are written by audit itself")
+            if item.type.startswith(ALERT_PREFIX) or item.type in (WITNESS_EVENT, VERIFY_FAILED_EVENT):
+                raise Forbidden(f"{ALERT_PREFIX}*, {WITNESS_EVENT} and {VERIFY_FAILED_EVENT} records are written "
+                                "by audit itself")
             if item.type.startswith(PROCESS_PREFIX) and ctx.caller != SUPERVISOR_SENDER:
                 raise Forbidden(f"{PROCESS_PREFIX}* records are appended by {SUPERVISOR_SENDER} only")
             details = sanitize_details(item.details, self._hash_key, item.type)
@@ -216,13 +221,8 @@ class Audit(WitnessMixin, SealMixin, Service):
         appends. ``meshctl audit verify``."""
         self._operator(ctx)
         result: dict[str, Any] = await ctx.run_blocking(verify_report, *self._paths())
-        if not result["ok"] and self.state == "ok":
-            if result.get("damaged"):
-                self.state, self.problem = "failed", result["error"]
-                log.error("audit_db_unusable", reason=result["error"])
-            else:
-                self.state, self.problem = "tampered", result["error"]
-                log.error("audit_log_tampered", first_bad=result["first_bad"], reason=result["error"])
+        if not result["ok"]:
+            await self._verification_failed(result, "audit.verify")
         return result
 
     @handler("export", request=ExportRequest, concurrent=True)
@@ -296,5 +296,6 @@ class Audit(WitnessMixin, SealMixin, Service):
         ``checkpoint_size``."""
         reply = await super().health(ctx, req)
         reply.update(log=self.state, size=self.head.size if self.head else None,
-                     checkpoint_size=self.latest.tree_size if self.latest else 0)
+                     checkpoint_size=self.latest.tree_size if self.latest else 0,
+                     start=self.start_report.to_wire() if self.start_report else None, background=self.background)
         return reply
