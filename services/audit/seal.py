@@ -8,11 +8,13 @@ Contract:
   details-hash key are derived; ``audit-signing``, the Ed25519 checkpoint key). They live in
   bytearrays here only and are wiped by :meth:`SealMixin._seal` (on ``security.sealed`` from
   keyvault, and at stop).
-- :meth:`SealMixin._try_unseal` moves ``state`` from ``sealed`` to ``ok`` (the whole log verified
-  against the trusted checkpoint in one streamed pass, :mod:`.scan`, which also rebuilds the open
-  alerts), ``tampered`` (it logs the first bad record and never rewrites the trusted copy to make
-  a bad log pass) or ``failed`` (the database cannot be opened). Failing to reach keyvault leaves
-  it ``sealed``.
+- :meth:`SealMixin._try_unseal` moves ``state`` from ``sealed`` to ``ok`` (the records after the saved
+  verified anchor checked, with their consistency to the trusted checkpoint, and the open alerts
+  restored from the anchor: :mod:`.anchor`; without a usable anchor the whole log in one streamed
+  pass, :mod:`.scan`, which also rebuilds the open alerts; then the whole log in the background,
+  a failure stopping appends with the ``verify_failed`` alert), ``tampered`` (it logs the first
+  bad record and never rewrites the trusted copy to make a bad log pass) or ``failed`` (the
+  database cannot be opened). Failing to reach keyvault leaves it ``sealed``.
 - While sealed the keeper retries with a delay growing from :data:`KEY_RETRY_MIN_S` to
   :data:`KEY_RETRY_MAX_S`, and at once on ``security.unsealed``; once unsealed it signs a
   checkpoint every :data:`~.writer.CHECKPOINT_EVERY_S` seconds when records arrived since.
