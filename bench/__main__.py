@@ -211,7 +211,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         options = dataclasses.replace(
             sizes.quick() if args.quick else sizes(),
             **{name: getattr(args, flag) for flag, (name, _) in flags.items() if getattr(args, flag) is not None})
-        if any(v < 1 for v in options.params().values()):
+        # A tuple option (a growth curve's sizes) counts by its smallest point.
+        if any((min(v) if isinstance(v, tuple) else v) < 1 for v in options.params().values()):
             parser.error(f"every {section} option must be >= 1")
         setattr(args, f"{section}_options", options)
     if args.storage_options.backup_mib < 8:
