@@ -8,9 +8,14 @@ to the same raw pyzmq echo peer, all over ipc with CURVE and ZAP on:
 * ``broker``: through the full broker (``python -m services.broker``), every check on.
 
 Each round measures every setup in turn (the order rotates): sequential round
-trips (p50, p99), then pipelined throughput with 64 requests in flight; then,
-for information only, round trips through the real runtime (MeshClient ->
-broker -> ServiceRunner). While a setup is measured the other setups'
+trips (p50, p99), then pipelined throughput with 64 requests in flight; then
+round trips through the real runtime (MeshClient -> broker -> ServiceRunner;
+target, issue 18: p50 <= 1.3x the raw full-broker p50). After the rounds, the
+broker's growth curve (issue 18): the raw client's p50 through the full broker
+with 1, 50 and 200 connected peers (the measured client and idle CURVE peers of
+:mod:`bench.idlepeers`, each registered and heartbeating), then with 1 again to
+show the drift of the run; ``--peer-counts`` sets the counts, ``--no-peer-curve``
+skips it. While a setup is measured the other setups'
 processes are frozen (SIGSTOP; ``--no-isolate`` leaves them running), so
 each one has the two cores to itself. Figures are medians across rounds; the table and
 ``bench/results/latest.json`` give each one with its baselines, ratios and
@@ -75,9 +80,11 @@ from typing import Any, Final
 import zmq
 
 from shared import MeshClient
+from shared.provision import add_identity
 
 from . import audit, authn, authz, keyvault, pairing, plugins, report, startup, storage, storage_mesh
-from .harness import REPO, BenchError, Children, make_home, remove_home
+from .harness import REPO, BenchError, Child, Children, make_home, remove_home
+from .idlepeers import idle_names
 from .measure import RawClient, cpu_seconds, percentile, runtime_connect, runtime_round_trips
 from .profile import print_profile
 from .wire import IDENTITIES, ipc, server_key
@@ -177,6 +184,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true",
                         help="keep the broker setups' temporary mesh home (logs, profiles)")
     parser.add_argument("--only", choices=SECTIONS, help="run this section only")
+    parser.add_argument("--peer-counts", default="1,50,200",
+                        help="connected peers of the broker growth curve, increasing (default 1,50,200)")
+    parser.add_argument("--peer-rounds", type=int, default=3, help="p50 runs per peer count (default 3)")
+    parser.add_argument("--no-peer-curve", dest="peer_curve", action="store_false",
+                        help="skip the broker growth curve")
     kv = parser.add_argument_group("keyvault (informational figures, no targets)")
     kv.add_argument("--no-keyvault", dest="keyvault", action="store_false", help="skip the keyvault figures")
     kv.add_argument("--unlock-runs", type=int, default=3,
@@ -225,8 +237,16 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         args.startup_rounds = 5 if args.quick else 15
     if args.startup_rounds < 1:
         parser.error("--startup-rounds must be >= 1")
+    try:
+        args.peer_counts = [int(c) for c in args.peer_counts.split(",")]
+    except ValueError:
+        parser.error("--peer-counts takes increasing integers, comma-separated")
+    if (not args.peer_counts or args.peer_counts[0] < 1 or args.peer_rounds < 1
+            or any(b <= a for a, b in zip(args.peer_counts, args.peer_counts[1:], strict=False))):
+        parser.error("--peer-counts takes increasing integers >= 1, --peer-rounds >= 1")
     if args.quick:
         args.rounds, args.calls, args.messages, args.runtime_calls = 2, 300, 3000, 100
+        args.peer_rounds = 1
         args.key_calls, args.key_warmup = 400, 50
     if args.unlock_runs < 1 or args.key_blocks < 1 or args.key_calls < args.key_blocks or args.key_warmup < 1:
         parser.error("--unlock-runs, --key-blocks and --key-warmup must be >= 1, --key-calls >= --key-blocks")
@@ -270,6 +290,8 @@ def _measure(args: argparse.Namespace, kids: Children, clients: dict[str, RawCli
     runtime = loop.run(runtime_connect(kids.home))
     try:
         _rounds(args, kids, clients, loop, runtime, rounds)
+        if args.peer_curve and not args.profile:
+            rounds.update(_peer_curve(args, kids, clients["broker"]))
     except BenchError:
         kids.check_alive()  # a child that died explains a missing reply better than the timeout.
         raise
@@ -320,6 +342,37 @@ def _rounds(args: argparse.Namespace, kids: Children, clients: dict[str, RawClie
               + f" | runtime p50 {rounds['runtime_rtt_p50_us']['runtime'][-1]:.0f} us", flush=True)
 
 
+def _peer_curve(args: argparse.Namespace, kids: Children, client: RawClient) -> report.Rounds:
+    """The broker's p50 with each count of connected peers: the measured client plus idle peers
+    (:mod:`bench.idlepeers`, registered and heartbeating), added between counts; then, with the
+    idle peers gone, the first count again (the run's drift). Only the broker setup runs."""
+    curve: dict[str, list[float]] = {}
+    idle: list[Child] = []
+    have = 1
+
+    def measure(label: str) -> None:
+        kids.focus("broker")
+        client.round_trips(args.warmup)
+        curve[label] = [percentile(client.round_trips(args.calls), 0.5) * 1e6 for _ in range(args.peer_rounds)]
+        print(f"peers {label}: p50 us " + " ".join(f"{v:.0f}" for v in curve[label]), flush=True)
+
+    try:
+        for count in args.peer_counts:
+            if count > have:
+                child = kids.spawn(f"idle-{have}", "bench.idlepeers",
+                                   [kids.home.broker_endpoint, str(have), str(count - have)], setups=["broker"])
+                kids.focus("broker")
+                kids.wait_ready(child, READY_TIMEOUT)
+                idle.append(child)
+                have = count
+            measure(str(count))
+    finally:
+        for child in reversed(idle):
+            kids.stop(child)
+    measure(f"{args.peer_counts[0]} again")
+    return {report.PEER_CURVE: curve}
+
+
 def _sections(args: argparse.Namespace) -> list[str]:
     """The sections this run measures, in order (``--profile`` profiles the brokers only)."""
     if args.only is not None:
@@ -332,6 +385,9 @@ def _broker(args: argparse.Namespace) -> report.Rounds:
     Every child is stopped and the home removed (unless --keep) on the way out."""
     home = make_home()
     try:
+        if args.peer_curve and not args.profile:
+            for name in idle_names(1, args.peer_counts[-1] - 1):
+                add_identity(home, name, "service")
         with Children(home) as kids:
             context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
             clients: dict[str, RawClient] = {}
@@ -366,7 +422,8 @@ def run(args: argparse.Namespace) -> int:
     if "broker" in sections:
         figs.update(report.figures(_broker(args)))
         params.update({k: getattr(args, k) for k in
-                       ("rounds", "calls", "messages", "window", "runtime_calls", "warmup", "isolate")})
+                       ("rounds", "calls", "messages", "window", "runtime_calls", "warmup", "isolate",
+                        "peer_curve", "peer_counts", "peer_rounds")})
         params.update(body_bytes=100, transport="ipc", curve=True, identities=dict(IDENTITIES))
     if "keyvault" in sections:
         kv = keyvault.measure(args.unlock_runs, args.key_calls, args.key_blocks, args.key_warmup)

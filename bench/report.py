@@ -46,9 +46,16 @@ FIGURES: Final[dict[str, tuple[str, str, dict[str, tuple[str, str, float]]]]] = 
     # (direct: the echo server itself). Steadier than timings on a busy machine.
     "server_cpu_us": ("server CPU per call", "us", {}),
 }
-#: The real Python runtime end to end: reported, never a target.
+#: The real Python runtime end to end (MeshClient -> full broker -> ServiceRunner handler and back).
 RUNTIME_FIGURES: Final = {"runtime_rtt_p50_us": "runtime round trip p50",
                           "runtime_rtt_p99_us": "runtime round trip p99"}
+#: Issue 18: the runtime's p50 at most this many times the raw full-broker p50 of the same run
+#: (the Python a service call pays on top of the broker hop). The p99 stays informational.
+RUNTIME_TARGETS: Final = {"runtime_rtt_p50_us": 1.3}
+#: The broker growth curve (issue 18): rounds[PEER_CURVE][<count label>] = p50 (us) per run.
+PEER_CURVE: Final = "broker_peers_p50_us"
+#: Its figures' group: informational, printed in their own section.
+CURVE_GROUP: Final = "broker_curve"
 #: Figures of this group (bench/keyvault.py) are informational, printed in their own section.
 KEYVAULT_GROUP: Final = "keyvault"
 #: Figures of this group (bench/storage.py, bench/storage_mesh.py) have a section of their own too.
@@ -91,12 +98,55 @@ def figures(rounds: Rounds) -> dict[str, dict[str, Any]]:
         base_key = key.replace("runtime_", "")
         bases = {s: out[base_key]["baselines"][s] for s in ("direct", "forwarder")}
         bases["broker"] = out[base_key]["value"]
-        out[key] = {"label": label, "unit": "us", "value": round(value, 1), "baselines": bases,
-                    "ratios": {f"vs_{s}": _ratio(value, v) for s, v in bases.items()},
-                    "target": None, "met": None, "informational": True,
-                    "note": "MeshClient.call -> full broker -> ServiceRunner handler; not a target",
-                    "rounds": {"runtime": [round(v, 1) for v in values]}}
+        ratios = {f"vs_{s}": _ratio(value, v) for s, v in bases.items()}
+        paired = {"vs_broker": round(statistics.median(
+            r / b for r, b in zip(values, rounds[base_key]["broker"], strict=True)), 3)}
+        fig: dict[str, Any] = {"label": label, "unit": "us", "value": round(value, 1), "baselines": bases,
+                               "ratios": ratios, "paired_ratios": paired,
+                               "rounds": {"runtime": [round(v, 1) for v in values]}}
+        bound = RUNTIME_TARGETS.get(key)
+        if bound is None:
+            fig.update(target=None, met=None, informational=True,
+                       note="MeshClient.call -> full broker -> ServiceRunner handler; not a target")
+        else:
+            fig.update(target={"vs_broker": {"baseline": "broker", "bound": "max", "ratio": bound}},
+                       met=ratios["vs_broker"] <= bound,
+                       note="MeshClient.call -> full broker -> ServiceRunner handler, against the raw "
+                            "full-broker hop of the same run (issue 18)")
+        out[key] = fig
+    out.update(curve_figures(rounds.get(PEER_CURVE, {})))
     return out
+
+
+def curve_figures(curve: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
+    """The growth curve's figures: the raw client's p50 through the full broker per count of
+    connected peers, as a ratio to the first count (informational; the last label, the first
+    count measured again after the others, shows the run's drift)."""
+    if not curve:
+        return {}
+    labels = list(curve)
+    first = statistics.median(curve[labels[0]])
+    out: dict[str, dict[str, Any]] = {}
+    for label in labels:
+        value = statistics.median(curve[label])
+        out[f"{PEER_CURVE}_{label.replace(' ', '_')}"] = {
+            "label": f"broker p50, {label} peer(s)", "unit": "us", "value": round(value, 1),
+            "peers": label, "ratio_to_first": _ratio(value, first), "group": CURVE_GROUP,
+            "target": None, "met": None, "informational": True,
+            "rounds": [round(v, 1) for v in curve[label]],
+            "note": "the measured raw client plus idle CURVE peers, each registered and heartbeating"}
+    return out
+
+
+def curve_table(figs: dict[str, dict[str, Any]]) -> str:
+    """The growth curve section: p50 per count of connected peers and its ratio to the first."""
+    lines = ["broker growth curve (issue 18): raw client p50 through the full broker with N connected peers "
+             "(the client and N-1 idle peers, registered and heartbeating; informational)",
+             f"{'peers':<12}{'p50 us':>10}{'vs first':>10}  runs"]
+    for fig in figs.values():
+        lines.append(f"{fig['peers']:<12}{fig['value']:>10,.0f}{fig['ratio_to_first']:>9.2f}x  "
+                     + " ".join(f"{v:.0f}" for v in fig["rounds"]))
+    return "\n".join(lines)
 
 
 def _target_text(fig: dict[str, Any]) -> str:
@@ -104,7 +154,7 @@ def _target_text(fig: dict[str, Any]) -> str:
         return "info only"
     if not fig["target"]:
         return "-"
-    short = {"forwarder": "fwd", "direct": "direct"}
+    short = {"forwarder": "fwd", "direct": "direct", "broker": "broker"}
     parts = [f"{'<=' if t['bound'] == 'max' else '>='}{t['ratio']}x {short[t['baseline']]}"
              for t in fig["target"].values()]
     return ", ".join(parts)
@@ -117,7 +167,7 @@ def table(figs: dict[str, dict[str, Any]]) -> str:
     broker = {k: f for k, f in figs.items() if f.get("group") is None}
     if broker:
         sections.append(_broker_table(broker))
-    for group, render in ((KEYVAULT_GROUP, keyvault_table), (STORAGE_GROUP, storage_table),
+    for group, render in ((CURVE_GROUP, curve_table), (KEYVAULT_GROUP, keyvault_table), (STORAGE_GROUP, storage_table),
                           (startup.GROUP, startup.table), (authn.GROUP, authn.table), (authz.GROUP, authz.table),
                           (pairing.GROUP, pairing.table), (plugins.GROUP, plugins.table),
                           (audit.GROUP, audit.table)):
@@ -137,8 +187,12 @@ def _broker_table(figs: dict[str, dict[str, Any]]) -> str:
         lines.append(f"{label:<33}{fig['value']:>10,.0f}{fig['baselines']['direct']:>10,.0f}"
                      f"{fig['baselines']['forwarder']:>11,.0f}{fig['ratios']['vs_direct']:>10.2f}x"
                      f"{fig['ratios']['vs_forwarder']:>8.2f}x  {_target_text(fig):<29}{met:<4}")
-    lines.append("runtime rows: value = MeshClient -> broker -> ServiceRunner end to end (informational, "
-                 f"{figs['runtime_rtt_p50_us']['ratios']['vs_broker']:.2f}x the raw full-broker p50)")
+    if "runtime_rtt_p50_us" in figs:
+        runtime = figs["runtime_rtt_p50_us"]
+        lines.append("runtime rows: value = MeshClient -> broker -> ServiceRunner end to end; p50 "
+                     f"{runtime['ratios']['vs_broker']:.2f}x the raw full-broker p50 (paired "
+                     f"{runtime['paired_ratios']['vs_broker']:.2f}x; target <= "
+                     f"{RUNTIME_TARGETS['runtime_rtt_p50_us']}x)")
     return "\n".join(lines)
 
 

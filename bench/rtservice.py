@@ -3,8 +3,8 @@
 ``python -m bench.rtservice`` (with ``CURVEMESH_HOME`` set) connects to the
 full broker as ``rtecho``, registers, prints ``ready`` and answers
 ``rtecho.echo`` until SIGTERM or until its parent process is gone. It is
-used for the informational end-to-end row only (MeshClient -> broker ->
-ServiceRunner -> handler and back), never for a target.
+the service of the runtime rows (MeshClient -> broker -> ServiceRunner ->
+handler and back), whose p50 has a target against the raw broker hop (issue 18).
 """
 
 from __future__ import annotations

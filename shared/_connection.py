@@ -9,6 +9,14 @@ libzmq reconnects by itself with bounded exponential backoff
 (``reconnect_min_ms`` .. ``reconnect_max_ms``); each new handshake calls
 ``on_connect`` so a service registers again, and requests in flight on a lost
 connection fail with :class:`~shared.Unavailable` at once.
+
+The DEALER is read and written through a plain (synchronous) view of the socket, with
+``NOBLOCK``, from the event loop's own reader callback on the socket's ``ZMQ_FD``: no
+``zmq.asyncio`` future, timer or poller bookkeeping per message (that machinery was most
+of a service call's Python time, issue 18). ``ZMQ_FD`` is edge-triggered: it signals that
+the socket's state may have changed, and any operation on the socket (a send too) may
+consume that signal. So the reader drains until ``EAGAIN``, and every send checks
+``ZMQ_EVENTS`` afterwards and schedules a drain if a message is waiting.
 """
 
 from __future__ import annotations
@@ -36,6 +44,14 @@ Reply = tuple[dict[str, Any], bytes | None]
 RequestHandler = Callable[[dict[str, Any], bytes | None], None]
 EventHandler = Callable[[str, str, bytes | None], None]
 
+#: Messages handled per reader callback before the loop runs other work (fairness under a flood).
+_DRAIN_BATCH = 256
+_MAX_HEADER = 65536
+
+
+def _expire(future: asyncio.Future[Reply], timeout: float) -> None:
+    if not future.done():
+        future.set_exception(Timeout(f"no reply within {timeout:.3f} s"))
 
 
 class Connection:
@@ -63,6 +79,10 @@ class Connection:
         self._tasks: list[asyncio.Task[None]] = []
         self._callbacks: set[asyncio.Task[None]] = set()
         self._socket: zmq.asyncio.Socket | None = None
+        #: The same socket, synchronous: what the reader and :meth:`send_now` use (NOBLOCK only).
+        self._plain: zmq.Socket[bytes] | None = None
+        self._fd: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._monitor: zmq.asyncio.Socket | None = None
         #: Set when the broker refused us for good (certificate refused or revoked, or
         #: not the broker we pinned): retrying cannot help, so services exit on it.
@@ -82,8 +102,13 @@ class Connection:
         self._monitor = sock.get_monitor_socket(MONITORED)
         sock.connect(self.endpoint)
         self._socket = sock
+        self._plain = zmq.Socket.shadow(sock.underlying)
+        self._loop = asyncio.get_running_loop()
+        fd: int = self._plain.FD
+        self._fd = fd
+        self._loop.add_reader(fd, self._drain)
+        self._loop.call_soon(self._drain)
         self._tasks = [asyncio.create_task(self._watch(), name=f"{self.name}-monitor"),
-                       asyncio.create_task(self._read(), name=f"{self.name}-reader"),
                        asyncio.create_task(self._beat(), name=f"{self.name}-heartbeat")]
         await self.wait_connected(timeout if timeout is not None else self.config.handshake_timeout_ms / 1000)
 
@@ -144,41 +169,53 @@ class Connection:
             if not future.done():
                 future.set_exception(error)
 
-    async def _read(self) -> None:
-        assert self._socket is not None
-        max_header = 65536
-        while True:
-            frames = await self._socket.recv_multipart()
-            self.last_heard = time.monotonic()
+    def _drain(self) -> None:
+        """The reader: handle every message waiting on the socket (up to a batch), NOBLOCK."""
+        sock = self._plain
+        if sock is None or self._closed:
+            return
+        for _ in range(_DRAIN_BATCH):
             try:
-                header = decode_delivered(frames[0], max_header)
-            except BadRequest:
-                log.warning("bad_frame_from_broker")
-                continue
-            body = frames[1] if len(frames) > 1 else None
-            kind = header["k"]
-            if kind in ("rep", "err"):
-                future = self._waiting.pop(header.get("id", -1), None)
-                if future is not None and not future.done():
-                    if kind == "rep":
-                        future.set_result((header, body))
-                    else:
-                        future.set_exception(error_from_wire(header.get("code"), header.get("msg")))
-                elif kind == "err" and header.get("id") == 0:
-                    log.warning("broker_refused_message", error=header.get("code"), reason=header.get("msg"))
-                    if header.get("code") == "UNAUTHENTICATED":
-                        self.handshake_error = HandshakeError(REVOKED)
-                        self.connected.clear()
-                        self._fail_waiting(self.handshake_error)
-                        self.failed.set()
-                    elif header.get("code") == "UNAVAILABLE":
-                        # The broker dropped this connection (missed heartbeats): dial anew so
-                        # registration and subscriptions are redone on a fresh connection.
-                        self.connected.clear()
-                        self._fail_waiting(Unavailable("the broker expired this connection"))
-                        self._reconnect()
-            elif kind in ("req", "evt"):
-                self._deliver(kind, header, body)
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                return  # the socket is being closed
+            self._on_frames(frames)
+        assert self._loop is not None
+        self._loop.call_soon(self._drain)  # more may be waiting: let other work run first.
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        self.last_heard = time.monotonic()
+        try:
+            header = decode_delivered(frames[0], _MAX_HEADER)
+        except BadRequest:
+            log.warning("bad_frame_from_broker")
+            return
+        body = frames[1] if len(frames) > 1 else None
+        kind = header["k"]
+        if kind in ("rep", "err"):
+            future = self._waiting.pop(header.get("id", -1), None)
+            if future is not None and not future.done():
+                if kind == "rep":
+                    future.set_result((header, body))
+                else:
+                    future.set_exception(error_from_wire(header.get("code"), header.get("msg")))
+            elif kind == "err" and header.get("id") == 0:
+                log.warning("broker_refused_message", error=header.get("code"), reason=header.get("msg"))
+                if header.get("code") == "UNAUTHENTICATED":
+                    self.handshake_error = HandshakeError(REVOKED)
+                    self.connected.clear()
+                    self._fail_waiting(self.handshake_error)
+                    self.failed.set()
+                elif header.get("code") == "UNAVAILABLE":
+                    # The broker dropped this connection (missed heartbeats): dial anew so
+                    # registration and subscriptions are redone on a fresh connection.
+                    self.connected.clear()
+                    self._fail_waiting(Unavailable("the broker expired this connection"))
+                    self._reconnect()
+        elif kind in ("req", "evt"):
+            self._deliver(kind, header, body)
 
     def _deliver(self, kind: str, header: dict[str, Any], body: bytes | None) -> None:
         try:
@@ -212,13 +249,27 @@ class Connection:
             self._socket.disconnect(self.endpoint)
         self._socket.connect(self.endpoint)
         self.last_heard = time.monotonic()
+        assert self._loop is not None
+        self._loop.call_soon(self._drain)
 
     async def send(self, frames: list[bytes]) -> None:
-        assert self._socket is not None
+        """Send one message now (never waits); :class:`Unavailable` if it cannot be queued."""
+        self.send_now(frames)
+
+    def send_now(self, frames: list[bytes]) -> None:
+        """:meth:`send`, from synchronous code."""
+        sock = self._plain
+        if sock is None or self._closed:
+            raise Unavailable("not connected to the broker")
         try:
-            await self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+            sock.send_multipart(frames, flags=zmq.NOBLOCK)
         except zmq.Again:
             raise Unavailable("not connected to the broker, or its queue is full") from None
+        # The send may have consumed the edge of ZMQ_FD that announced a message: look.
+        events: int = sock.EVENTS  # type: ignore[assignment]
+        if events & zmq.POLLIN:
+            assert self._loop is not None
+            self._loop.call_soon(self._drain)
 
     async def request(self, header: dict[str, Any], body: bytes | None, timeout: float) -> Reply:
         """Send a message that expects exactly one reply; return ``(header, body)``.
@@ -232,17 +283,18 @@ class Connection:
             raise Unavailable("not connected to the broker")
         request_id = next(self._ids)
         header = {"v": PROTOCOL_VERSION, **header, "id": request_id}
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Reply] = loop.create_future()
         self._waiting[request_id] = future
+        # The deadline fails the future itself (no wait_for, no asyncio.timeout): a cancellation of
+        # the caller's task cancels the await as usual and is never lost, and a reply that lands
+        # first wins (the timer then finds the future done).
+        timer = loop.call_later(timeout, _expire, future, timeout)
         try:
-            await self.send([encode_header(header)] if body is None else [encode_header(header), body])
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns a reply that arrives in the
-            # same turn as a cancellation and loses the cancellation (the caller's task never stops).
-            async with asyncio.timeout(timeout):
-                return await future
-        except TimeoutError:
-            raise Timeout(f"no reply within {timeout:.3f} s") from None
+            self.send_now([encode_header(header)] if body is None else [encode_header(header), body])
+            return await future
         finally:
+            timer.cancel()
             self._waiting.pop(request_id, None)
 
     async def close(self) -> None:
@@ -255,6 +307,9 @@ class Connection:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._fail_waiting(Unavailable("connection closed"))
+        if self._fd is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
+            self._fd = None
         if self._socket is not None:
             self._socket.disable_monitor()
             self._socket.close(linger=0)

@@ -422,3 +422,31 @@ async def test_waiting_for_an_event_cancelled_as_it_arrives_is_cancelled(mesh: I
         assert (await subscription.next(timeout=1)).topic == "test.raced"  # the event stays queued
     finally:
         waiter.cancel()
+
+
+async def test_a_request_past_its_own_deadline_times_out_and_leaves_nothing_waiting(mesh: InProcessMesh) -> None:
+    """The client's deadline is one timer on the reply's future (issue 18): it fails the call with
+    Timeout even while the broker would still wait, and the request is forgotten."""
+    echo = Echo()
+    await mesh.start_service(echo)
+    client = await mesh.client("meshctl")
+    try:
+        with pytest.raises(Timeout, match=re.escape("no reply within 0.200 s")):
+            await client.connection.request({"k": "req", "to": "echo.block", "ttl": 5000}, None, 0.2)
+        assert client.connection._waiting == {}
+    finally:
+        echo.release.set()
+    # The connection still works, and an answered call leaves nothing waiting either.
+    assert (await client.call("echo.echo", {"value": 1}, timeout=2))["value"] == 1
+    assert client.connection._waiting == {}
+
+
+async def test_many_calls_in_flight_on_one_connection_are_all_answered(mesh: InProcessMesh) -> None:
+    """More replies than one reader pass handles (256) arrive while calls are being sent: the reader
+    drains them across passes, and a send that consumed the socket's edge-triggered signal still
+    lets the waiting replies be read (issue 18: the DEALER is read from the loop's own reader)."""
+    await mesh.start_service(Echo())
+    client = await mesh.client("meshctl")
+    replies = await asyncio.gather(*(client.call("echo.echo", {"value": i}, timeout=10) for i in range(700)))
+    assert [r["value"] for r in replies] == list(range(700))
+    assert client.connection._waiting == {}
