@@ -1,2 +1,1 @@
-"""The pairing service: pairs devices over a PAKE (the protocol comes with its issue).
-"""
+"""The pairing service: devices join over a PAKE, and operators manage them (docs/pairing.md)."""

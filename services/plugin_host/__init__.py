@@ -1,3 +1,2 @@
-"""The plugin-host service: runs signed plugins in sandboxes (loading and sandboxing come with their
-issue).
-"""
+"""The plugin-host service: signed, capability-scoped plugins, each in a kernel-sandboxed child
+process (docs/plugins.md). :mod:`.service` is the service, :mod:`.sandbox` the sandbox."""
