@@ -66,7 +66,7 @@ from .authz_figures import CACHED_TARGET_US, GROUP, READ_TARGET, figures, table
 from .authz_mesh import CALLER_ROLES, IDENTITIES, Reader, login, mesh_toml, setup
 from .harness import REPO, BenchError, Children
 from .measure import percentile
-from .meshcalls import call, connect
+from .meshcalls import call, connect, timed
 
 CATEGORY: Final = "memories"
 KEY: Final = b"bench/authz"
@@ -176,16 +176,8 @@ def _request(method: str, reader: Reader) -> tuple[str, Any, Callable[[Any], boo
 
 async def _sequential(client: MeshClient, reader: Reader, method: str, count: int) -> list[float]:
     """``count`` sequential calls; each round trip in seconds (the reply checked after the clock)."""
-    clock = time.perf_counter
-    samples = [0.0] * count
     target, body, check = _request(method, reader)
-    for i in range(count):
-        start = clock()
-        reply = await call(client, target, body)
-        samples[i] = clock() - start
-        if not check(reply):
-            raise BenchError(f"{target} ({method}): unexpected reply {str(reply)[:200]}")
-    return samples
+    return await timed(client, target, body, count, check, method)
 
 
 async def _measure(kids: Children, opts: AuthzOptions) -> dict[str, Any]:

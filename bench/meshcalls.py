@@ -23,6 +23,21 @@ async def call(client: MeshClient, target: str, body: Any = None, timeout: float
         raise BenchError(f"{target} as {client.name}: {exc.code}: {exc.message}") from None
 
 
+async def timed(client: MeshClient, target: str, body: Any, count: int, check: Callable[[Any], bool],
+                what: str) -> list[float]:
+    """``count`` sequential calls of ``target``; each round trip in seconds. The reply is checked after
+    the clock stopped: a reply ``check`` refuses is a :class:`BenchError` naming ``what``."""
+    clock = time.perf_counter
+    samples = [0.0] * count
+    for i in range(count):
+        start = clock()
+        reply = await call(client, target, body)
+        samples[i] = clock() - start
+        if not check(reply):
+            raise BenchError(f"{target} ({what}): unexpected reply {str(reply)[:200]}")
+    return samples
+
+
 async def connect(home: MeshHome, name: str) -> MeshClient:
     try:
         return await MeshClient.connect(home, name, timeout=READY_TIMEOUT)

@@ -72,7 +72,7 @@ from tests.plugin_rig import PluginRig, plugin_rig
 from .authn import CpuMeter
 from .harness import BenchError
 from .measure import percentile
-from .meshcalls import call
+from .meshcalls import call, timed
 from .plugins_figures import COLD_TARGET_MS, GROUP, figures, table
 
 PLUGINS: Final = ("notes", "notes2")
@@ -153,15 +153,7 @@ def _requests(kind: str) -> tuple[list[tuple[str, Any]], Callable[[Any], bool]]:
 async def _sequential(client: MeshClient, kind: str, count: int) -> list[float]:
     """``count`` sequential calls; each round trip in seconds (the reply checked after the clock)."""
     [(target, body)], check = _requests(kind)
-    clock = time.perf_counter
-    samples = [0.0] * count
-    for i in range(count):
-        start = clock()
-        reply = await call(client, target, body)
-        samples[i] = clock() - start
-        if not check(reply):
-            raise BenchError(f"{target} ({kind}): unexpected reply {str(reply)[:200]}")
-    return samples
+    return await timed(client, target, body, count, check, kind)
 
 
 async def _pipelined(client: MeshClient, kind: str, count: int, window: int) -> float:
