@@ -201,6 +201,7 @@ class AlertRules:
     witness_mismatch: AlertRule = AlertRule(86400.0, 1)
     pairing_failures: AlertRule = AlertRule(60.0, 5)
     plugin_faults: AlertRule = AlertRule(3600.0, 1)
+    verify_failed: AlertRule = AlertRule(86400.0, 1)
 
 
 @dataclass(frozen=True, slots=True)
