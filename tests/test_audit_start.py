@@ -8,6 +8,7 @@ Real SQLCipher databases, real keys from keyvault.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,10 @@ import pytest
 from services.audit.alert_engine import AlertEngine
 from services.audit.seal import SealMixin
 from services.audit.store import AuditStore, db_path
+from shared import MeshError
 
 from .conftest import eventually
-from .test_audit_service import _rows, rig
+from .test_audit_service import CONFIG, _rows, rig
 
 
 @pytest.fixture
@@ -133,3 +135,54 @@ async def test_open_alerts_come_back_from_the_anchor_without_reading_the_log(
         assert restored == [a.to_wire() for a in replayed.open_alerts()]
         untimed = [{k: v for k, v in a.items() if k not in ("opened", "last_seen")} for a in before]
         assert [{k: v for k, v in a.items() if k not in ("opened", "last_seen")} for a in restored] == untimed
+
+
+def _damage_a_middle_page(path: Path) -> None:
+    """Overwrite 64 bytes in the middle of the closed database: one old page's HMAC no longer matches."""
+    size = path.stat().st_size
+    assert size >= 4 * 4096, "the log must span several pages for a middle page to exist"
+    with path.open("r+b") as f:
+        f.seek(size // 2)
+        f.write(os.urandom(64))
+
+
+async def test_a_damaged_old_page_in_a_small_log_fails_the_start(short_tmp: Path) -> None:
+    async with rig(short_tmp / "h") as r:
+        await r.append(400, details={"note": "x" * 100})
+        await r.stop_audit()
+        _damage_a_middle_page(db_path(r.home))
+        audit = await r.start_audit()
+        assert audit.state == "failed" and "integrity check (page" in (audit.problem or "")
+
+
+async def test_a_damaged_old_page_in_a_large_log_is_found_by_the_background_pass(short_tmp: Path) -> None:
+    # A log over start_page_check_mib (0 here: any log) is ready without its pages checked at start ...
+    async with rig(short_tmp / "h", config=CONFIG + "[audit]\nstart_page_check_mib = 0\n") as r:
+        await r.append(400, details={"note": "x" * 100})
+        await r.stop_audit()
+        path = db_path(r.home)
+        _damage_a_middle_page(path)
+        audit = await r.start_audit()
+        assert audit.start_report is not None and not audit.start_report.pages_checked
+
+        # ... and the background pass checks every page first: the log fails, naming the page,
+        async def failed() -> dict[str, Any] | None:
+            reply = await r.operator.call("audit.health", timeout=5)
+            return reply if reply["log"] == "failed" else None
+        health = await eventually(failed, deadline=30)
+        assert health["state"] == "failed" and str(path) in health["reason"]
+        assert "integrity check (page" in health["reason"] and health["background"]["state"] == "failed"
+
+        # the verify_failed alert is raised (open, whether or not the damaged file took its record),
+        async def alerted() -> list[Any]:
+            return list((await r.operator.call("audit.alerts", timeout=5))["alerts"])
+        alerts = await eventually(alerted)
+        assert [(a["rule"], a["subject"]) for a in alerts] == [("verify_failed", "audit.db")]
+
+        # appends are refused from then on, and keyvault releases no key while audit cannot record it.
+        with pytest.raises(MeshError) as refused:
+            await r.producer.call("audit.append", {"records": [{"type": "x", "outcome": "ok"}]}, timeout=5)
+        assert refused.value.code == "UNAVAILABLE"
+        with pytest.raises(MeshError) as released:
+            await r.producer.call("keyvault.keys.get", {"purpose": "sqlcipher"}, timeout=5)
+        assert released.value.code == "UNAVAILABLE"

@@ -108,15 +108,18 @@ def decode_anchor(blob: bytes) -> Anchor:
 class StartReport:
     """What a start verified: records ``[from_seq, size)`` were read and checked (``records_read``
     counts every record row the start read, the few a trusted-checkpoint check reads included);
-    ``full`` when there was no usable anchor and the whole log was verified at start."""
+    ``full`` when there was no usable anchor and the whole log was verified at start;
+    ``pages_checked`` when the start also checked every page's HMAC (a small enough database)."""
 
     from_seq: int
     size: int
     records_read: int
     full: bool
+    pages_checked: bool = False
 
     def to_wire(self) -> dict[str, Any]:
-        return {"from_seq": self.from_seq, "size": self.size, "records_read": self.records_read, "full": self.full}
+        return {"from_seq": self.from_seq, "size": self.size, "records_read": self.records_read, "full": self.full,
+                "pages_checked": self.pages_checked}
 
 
 @dataclass(frozen=True, slots=True)

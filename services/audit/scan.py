@@ -226,6 +226,11 @@ def verify_report(path: Path, key: bytes | bytearray, public_key: bytes, slot: K
     (:func:`verify_head`): memory does not grow with the log. :class:`Cancelled` once ``cancel`` is set."""
     with AuditStore.open(path, key) as store:
         try:
+            # Every page first (SQLCipher's C code, about ten times faster than the records): a byte
+            # changed on disk anywhere is named by page before the record pass would stumble on it.
+            store.check_pages(structure=True)
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
             size = store.size()
             head, latest, trusted = verify_head(store, public_key, slot, cancel)
         except DamagedError as exc:

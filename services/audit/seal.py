@@ -28,6 +28,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import threading
 import time
@@ -68,6 +69,7 @@ log = structlog.get_logger("audit")  # one logger name for the whole service, as
 KEY_RETRY_MIN_S: Final = 1.0            #: first retry of the key fetch while sealed
 KEY_RETRY_MAX_S: Final = 60.0           #: keyvault rate-limits and audits each fetch: back off
 KEY_CALL_TIMEOUT_S: Final = 5.0
+MIB: Final = 1 << 20
 LEGACY_SLOT: Final = "audit-checkpoint"  #: the trusted checkpoint's file in <home>/keys before anchors moved out
 
 
@@ -276,6 +278,12 @@ class SealMixin(WriterMixin):
         with the trusted checkpoint (:func:`.anchor.resume`), or the whole log when there is no usable
         anchor (:meth:`_verify`). Raises :class:`TamperError` / :class:`StoreError` as :meth:`_verify`."""
         assert self.public_key is not None and self.slot is not None
+        # A byte changed on disk in the old part is found here when the file is small enough to read
+        # within the start's budget; a larger file has its pages checked first by the background pass.
+        limit = self.config.audit.start_page_check_mib * MIB
+        pages = limit > 0 and store.file_bytes() <= limit
+        if pages:
+            store.check_pages()  # DamagedError (a StoreError) names the pages: the start fails
         try:
             resumed = resume(store, self.public_key, self.slot, self.alerts.engine.rules)
         except AnchorUnusable as exc:
@@ -283,11 +291,12 @@ class SealMixin(WriterMixin):
                 log.warning("anchor_unusable", reason=str(exc), hint="verifying the whole log at start instead")
             tree = WitnessTree()
             head, latest, trusted = self._verify(store, tree)
-            return head, latest, trusted, tree, StartReport(0, head.size, head.size, True)
+            return head, latest, trusted, tree, StartReport(0, head.size, head.size, True, pages)
         reopened = self.alerts.engine.adopt(resumed.replay)
         if reopened:
             log.warning("alerts_reopened", open=reopened)
-        return resumed.head, resumed.latest, resumed.trusted, resumed.tree, resumed.report
+        report = dataclasses.replace(resumed.report, pages_checked=pages)
+        return resumed.head, resumed.latest, resumed.trusted, resumed.tree, report
 
     def _start_background(self) -> None:
         """Verify the whole log in the background (:func:`.scan.verify_report`, its own connection),

@@ -154,6 +154,25 @@ class AuditStore:
         """What the integrity checks find, after a read failed inside SQLCipher (reads every page)."""
         return DamagedError(self.path, integrity_problems(self._db))
 
+    def check_pages(self, structure: bool = False) -> None:
+        """Check every page's HMAC (``PRAGMA cipher_integrity_check``: a byte changed on disk, in any
+        part of the log) and, with ``structure``, SQLite's ``integrity_check`` too; raise
+        :class:`DamagedError` naming the pages that fail. It reads the whole file in SQLCipher's C code,
+        many times faster than verifying the records: a start runs the HMAC check when the file is small
+        enough (``[audit] start_page_check_mib``), the background pass and ``audit.verify`` both checks."""
+        try:
+            problems = (integrity_problems(self._db) if structure
+                        else integrity_problems(self._db, checks=("cipher_integrity_check",)))
+        except sqlcipher3.DatabaseError:
+            raise self.damaged() from None
+        if problems:
+            raise DamagedError(self.path, problems)
+
+    def file_bytes(self) -> int:
+        """The size of the database file and its WAL, in bytes (what :meth:`check_pages` reads)."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
     @contextmanager
     def reading(self) -> Iterator[None]:
         """Turn a read that fails inside SQLCipher (a damaged page: "database disk image is malformed")
