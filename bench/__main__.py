@@ -82,7 +82,7 @@ import zmq
 from shared import MeshClient
 from shared.provision import add_identity
 
-from . import authn, authz, keyvault, pairing, plugins, report, startup, storage, storage_mesh
+from . import audit, authn, authz, keyvault, pairing, plugins, report, startup, storage, storage_mesh
 from .harness import REPO, BenchError, Child, Children, make_home, remove_home
 from .idlepeers import idle_names
 from .measure import RawClient, cpu_seconds, percentile, runtime_connect, runtime_round_trips
@@ -90,7 +90,7 @@ from .profile import print_profile
 from .wire import IDENTITIES, ipc, server_key
 
 READY_TIMEOUT = 60.0
-SECTIONS: Final = ("broker", "keyvault", "storage", "startup", "authn", "authz", "pairing", "plugins")
+SECTIONS: Final = ("broker", "keyvault", "storage", "startup", "authn", "authz", "pairing", "plugins", "audit")
 #: --flag -> StorageOptions field (None on the command line: the default, or --quick's value).
 STORAGE_FLAGS: Final = {
     "storage_rounds": ("rounds", "interleaved rounds of each comparison and of the mesh calls"),
@@ -206,7 +206,19 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     _sized_group(parser, "authz")
     _sized_group(parser, "pairing")
     _sized_group(parser, "plugins")
+    au = parser.add_argument_group("audit (start-to-ready as the log grows, beside the whole-log verification)")
+    au.add_argument("--no-audit", dest="audit", action="store_false", help="skip the audit figures")
+    au.add_argument("--audit-sizes", type=lambda text: tuple(int(v) for v in text.split(",")), default=None,
+                    metavar="N,N,...", help="log sizes in records (default 10000,100000,1000000; --quick 2000,10000)")
+    au.add_argument("--audit-rounds", type=int, default=None, metavar="N",
+                    help="alternating start / full-verify rounds per size (default 3, --quick 2)")
     args = parser.parse_args(argv)
+    sizes = audit.AuditOptions.quick() if args.quick else audit.AuditOptions()
+    args.audit_options = dataclasses.replace(
+        sizes, **({"sizes": args.audit_sizes} if args.audit_sizes else {}),
+        **({"rounds": args.audit_rounds} if args.audit_rounds else {}))
+    if args.audit_options.rounds < 1 or any(n < 1 for n in args.audit_options.sizes):
+        parser.error("--audit-sizes and --audit-rounds must be >= 1")
     for section, (flags, sizes, _title) in SIZED.items():
         options = dataclasses.replace(
             sizes.quick() if args.quick else sizes(),
@@ -465,6 +477,11 @@ def run(args: argparse.Namespace) -> int:
                              "messages_per_s": pl["messages_per_s"], "cpu_quota_s": pl["cpu_quota_s"],
                              "keystore": "file",
                              "mesh": "in process (tests/plugin_rig.py): broker thread, services on one event loop"}
+    if "audit" in sections:
+        ad = audit.measure(args.audit_options)
+        figs.update(audit.figures(ad))
+        params["audit"] = {**ad["options"], "checkpoint_every": audit.EVERY, "anchor": "at the end (a clean stop)",
+                           "in_process": "open + anchor.resume (start) vs open + scan.verify_head with alert replay"}
     print()
     print(report.table(figs))
     if args.profile:

@@ -29,7 +29,7 @@ from typing import Any, Final
 import msgpack
 import zmq
 
-from . import authn, authz, pairing, plugins, startup
+from . import audit, authn, authz, pairing, plugins, startup
 from .harness import REPO
 from .measure import percentile
 
@@ -169,7 +169,8 @@ def table(figs: dict[str, dict[str, Any]]) -> str:
         sections.append(_broker_table(broker))
     for group, render in ((CURVE_GROUP, curve_table), (KEYVAULT_GROUP, keyvault_table), (STORAGE_GROUP, storage_table),
                           (startup.GROUP, startup.table), (authn.GROUP, authn.table), (authz.GROUP, authz.table),
-                          (pairing.GROUP, pairing.table), (plugins.GROUP, plugins.table)):
+                          (pairing.GROUP, pairing.table), (plugins.GROUP, plugins.table),
+                          (audit.GROUP, audit.table)):
         part = {k: f for k, f in figs.items() if f.get("group") == group}
         if part:
             sections.append(render(part))

@@ -16,12 +16,19 @@ MAX_PROBLEMS: Final = 50
 _PAGE = re.compile(r"\bpage (\d+)", re.IGNORECASE)
 
 
-def integrity_problems(db: Any, limit: int = MAX_PROBLEMS) -> list[str]:
+#: SQLCipher's check of every page's HMAC (a byte changed on disk), then SQLite's structural check.
+CHECKS: Final = ("cipher_integrity_check", "integrity_check")
+
+
+def integrity_problems(db: Any, limit: int = MAX_PROBLEMS, checks: tuple[str, ...] = CHECKS) -> list[str]:
     """Problems SQLCipher and SQLite find in the database behind connection ``db`` (keyed already),
-    at most ``limit``, each prefixed with the check that found it; ``[]`` when both pass. A check
-    that cannot even run is itself reported as a problem. Reads every page: off the event loop."""
+    at most ``limit``, each prefixed with the check that found it; ``[]`` when every check in
+    ``checks`` (a subset of :data:`CHECKS`) passes. A check that cannot even run is itself reported
+    as a problem. Reads every page: off the event loop."""
     problems: list[str] = []
-    for pragma in ("cipher_integrity_check", "integrity_check"):
+    for pragma in checks:
+        if pragma not in CHECKS:
+            raise ValueError(f"unknown integrity check {pragma!r}")
         try:
             rows = db.execute(f"PRAGMA {pragma}").fetchall()
         except Exception as exc:  # noqa: BLE001 - sqlcipher3's errors; any failure is a finding.

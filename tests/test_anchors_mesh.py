@@ -15,7 +15,10 @@ from typing import Any
 
 import pytest
 
+from services.audit.proofs import decode_checkpoint
+from services.audit.store import AuditStore, db_path
 from shared import MeshHome
+from shared.keystore import FileKeystore
 
 from .conftest import eventually, holds
 from .storage_rig import CONFIG as STORAGE_CONFIG
@@ -87,12 +90,20 @@ async def test_audit_moves_an_in_home_checkpoint_off_the_home_once_audited(short
         (slot,) = anchors.glob("audit-checkpoint_*")
         legacy = r.home.keys / "audit-checkpoint"
         older = slot.read_bytes()
+        was = decode_checkpoint(bytes(FileKeystore(slot).get() or b""))
         slot.rename(legacy)  # as an older curvemesh left it: in the home, nothing outside
         await r.start_audit()
         await eventually(lambda: audit_state(r, "ok", "tampered", "failed"), deadline=20)
         assert r.audit is not None and r.audit.state == "ok", r.audit.problem
         await eventually(lambda: holds(not legacy.exists()), deadline=10)
-        assert slot.read_bytes() == older and slot.stat().st_mode & 0o777 == 0o600
+        # The moved checkpoint, or (once the start's anchor signed the move record in) a later one of
+        # the same log: never an older one, and never another log's.
+        moved_to = decode_checkpoint(bytes(FileKeystore(slot).get() or b""))
+        assert slot.stat().st_mode & 0o777 == 0o600
+        assert moved_to == was or (moved_to.tree_size > was.tree_size and moved_to.chain_head != was.chain_head)
+        with AuditStore.open(db_path(r.home), await r.db_key()) as db:
+            stored = {c.tree_size: c for c in db.checkpoints()}
+        assert stored[was.tree_size] == was and stored[moved_to.tree_size] == moved_to
         (moved,) = await tail(r, "audit.anchor_moved")
         assert moved["actor"] == "audit" and moved["details"]["source"] == str(legacy)
         assert moved["details"]["destination"] == str(slot)

@@ -51,6 +51,7 @@ class AlertDesk:
         """Called by the committer with the records it just made durable, in log order. Never
         raises: a fault in the rules must not break the commit path."""
         try:
+            self.engine.replay.feed(records)  # what the log says is open, saved with the next anchor
             fired = self.engine.observe(records)
         except Exception as exc:  # noqa: BLE001 - logged; the records are durable regardless
             log.error("alert_rules_failed", error_type=type(exc).__name__)

@@ -5,18 +5,21 @@ durable records in log order (:meth:`~AlertEngine.observe`) and answers which al
 never writes them itself: the caller (:mod:`.alert_desk`) appends each alert's record and then
 reports it durable (:meth:`~AlertEngine.opened`) or lost (:meth:`~AlertEngine.discard`). While an
 alert is open, matching records of its subject are counted on it rather than raising another. At
-unseal :meth:`~AlertEngine.rebuild` replaces the open alerts with those the verified log says are
-open. Memory is bounded: :data:`MAX_TRACKED` subjects per rule, ``[audit] max_open_alerts`` open
-alerts, :data:`MAX_SUBJECT` characters per subject. The rules themselves are :mod:`.alerts`.
+unseal the open alerts are those the log says are open (:class:`Replay`): restored from the verified
+anchor and fed the records after it (:meth:`~AlertEngine.adopt`), or, without an anchor, replayed
+from the whole verified log (:meth:`~AlertEngine.rebuild`). Memory is bounded: :data:`MAX_TRACKED`
+subjects per rule, ``[audit] max_open_alerts`` open alerts, :data:`MAX_SUBJECT` characters per
+subject. The rules themselves are :mod:`.alerts`.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import structlog
 
@@ -25,7 +28,7 @@ from shared import AlertRule, AuditConfig, NotFound
 from .alerts import ACK_EVENT, RULES, Alert, alert_of
 from .chain import Record
 
-__all__ = ["MAX_SUBJECT", "MAX_TRACKED", "AlertEngine"]
+__all__ = ["MAX_SUBJECT", "MAX_TRACKED", "AlertEngine", "Replay"]
 
 log = structlog.get_logger("audit.alerts")  # one logger name for all of alerts, as before the split
 
@@ -48,6 +51,63 @@ class _Window:
             self.total -= self.hits.popleft()[1]
 
 
+class Replay:
+    """The open alerts as the log says them, record by record: what :meth:`AlertEngine.rebuild`
+    computes, kept as a state that can be fed more records and saved (:meth:`to_wire`) with the
+    verified anchor, so a start restores it and feeds it the new records only instead of replaying
+    the whole log. Alert records by audit open an alert, an ``alert.ack`` record closes it, and the
+    matching records after an open alert are counted on it (record times). Pure; no clock."""
+
+    __slots__ = ("opened", "rules")
+
+    def __init__(self, rules: dict[str, AlertRule], opened: dict[tuple[str, str], Alert] | None = None) -> None:
+        self.rules = rules
+        self.opened: dict[tuple[str, str], Alert] = opened or {}
+
+    def feed(self, records: Iterable[Record]) -> None:
+        """Apply records in log order."""
+        opened = self.opened
+        for record in records:
+            if record.event == ACK_EVENT:
+                alert_id = record.details.get("alert_id")
+                for key, acked in list(opened.items()):
+                    if acked.id == alert_id:
+                        del opened[key]
+                continue
+            announced = alert_of(record)
+            if announced is not None:
+                if announced.rule in self.rules:
+                    announced.window_s = self.rules[announced.rule].window_s
+                    opened[(announced.rule, announced.subject)] = announced
+                continue
+            if not opened:
+                continue
+            for name, match in RULES.items():
+                hit = match(record) if self.rules[name].enabled else None
+                if hit is not None and (open_alert := opened.get((name, hit[0][:MAX_SUBJECT]))) is not None:
+                    open_alert.count += hit[1]
+                    open_alert.last_seen, open_alert.last_seq = record.time, record.seq
+
+    def to_wire(self) -> list[dict[str, Any]]:
+        """The open alerts, msgpack-safe (for the anchor)."""
+        return [alert.to_wire() for alert in self.opened.values()]
+
+    @classmethod
+    def from_wire(cls, rules: dict[str, AlertRule], items: list[Any]) -> Replay:
+        """The state :meth:`to_wire` gave; an alert of a rule no longer known is dropped (as the
+        replay drops it). Raises ValueError / KeyError / TypeError on a malformed item."""
+        opened: dict[tuple[str, str], Alert] = {}
+        for item in items:
+            alert = Alert(rule=str(item["rule"]), subject=str(item["subject"]), count=int(item["count"]),
+                          threshold=int(item["threshold"]), window_s=float(item["window_s"]),
+                          opened=float(item["opened"]), last_seen=float(item["last_seen"]),
+                          first_seq=int(item["first_seq"]), last_seq=int(item["last_seq"]), id=int(item["id"]))
+            if alert.rule in rules:
+                alert.window_s = rules[alert.rule].window_s
+                opened[(alert.rule, alert.subject)] = alert
+        return cls(rules, opened)
+
+
 class AlertEngine:
     """The rule state: sliding windows per (rule, subject) and the alerts that are open.
 
@@ -59,6 +119,8 @@ class AlertEngine:
         self.rules: dict[str, AlertRule] = {name: getattr(config.rules, name) for name in RULES}
         self._windows: dict[str, dict[str, _Window]] = {name: {} for name in RULES}
         self._alerts: dict[tuple[str, str], Alert] = {}   # open or about to be (record not durable yet)
+        #: What the log so far says is open (record times, no clock): saved with each anchor.
+        self.replay = Replay(self.rules)
 
     def observe(self, records: Iterable[Record]) -> list[Alert]:
         """Feed durable records in log order; return the alerts that fire (their records are not
@@ -99,31 +161,21 @@ class AlertEngine:
         whole verified log): alert records by audit not acknowledged later and, counting the
         matching records after them as :meth:`observe` does, seen within their rule's window.
         Alerts still waiting for their record are kept. Returns how many are open."""
-        opened: dict[tuple[str, str], Alert] = {}
-        for record in records:
-            if record.event == ACK_EVENT:
-                alert_id = record.details.get("alert_id")
-                for key, acked in list(opened.items()):
-                    if acked.id == alert_id:
-                        del opened[key]
-                continue
-            announced = alert_of(record)
-            if announced is not None:
-                if announced.rule in self.rules:
-                    announced.window_s = self.rules[announced.rule].window_s
-                    opened[(announced.rule, announced.subject)] = announced
-                continue
-            if not opened:
-                continue
-            for name, match in RULES.items():
-                hit = match(record) if self.rules[name].enabled else None
-                if hit is not None and (open_alert := opened.get((name, hit[0][:MAX_SUBJECT]))) is not None:
-                    open_alert.count += hit[1]
-                    open_alert.last_seen, open_alert.last_seq = record.time, record.seq
+        replay = Replay(self.rules)
+        replay.feed(records)
+        return self.adopt(replay)
+
+    def adopt(self, replay: Replay) -> int:
+        """Make ``replay`` (the alerts a log up to some record says are open) the open alerts:
+        those still within their rule's window now; alerts still waiting for their record are
+        kept. From here on :attr:`replay` follows the committed records (:meth:`.alert_desk.AlertDesk.after_commit`)
+        so it can be saved with the next anchor. Returns how many are open."""
         now = self.clock()
         pending = {key: alert for key, alert in self._alerts.items() if alert.id is None}
-        live = {key: alert for key, alert in opened.items() if now - alert.last_seen <= alert.window_s}
+        live = {key: copy.copy(alert) for key, alert in replay.opened.items()
+                if now - alert.last_seen <= alert.window_s}
         self._alerts = {**dict(sorted(live.items(), key=lambda item: item[1].id or 0)), **pending}
+        self.replay = replay
         self._expire(now)
         return len(self.open_alerts())
 

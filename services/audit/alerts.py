@@ -44,14 +44,21 @@ The rules (the record fields each one reads; producers that do not exist yet are
 ``plugin_faults``           ``plugin.killed``: plugin-host stopped a plugin that broke a quota or
                             a sandbox rule, flooded its socket or crashed; one is enough; subject
                             the plugin (``target``, ``plugin:<name>``)
+``verify_failed``           ``audit.verify_failed``: audit's own verification of the stored log
+                            failed (the background pass after a start, or ``audit.verify``),
+                            written by audit only as it stops appends; one is enough; subject
+                            ``target`` (``audit.db``)
 ==========================  =====================================================================
 
-Open alerts are kept in memory and rebuilt from the log when audit unseals
-(:meth:`.alert_engine.AlertEngine.rebuild`): every ``alert.<rule>`` record written by audit with
-no later ``alert.ack`` for its id is open again, with the matching records after it counted on it,
-unless its rule's window has passed since the last of them (record times). The sliding windows of
-bursts that had not yet fired are not rebuilt. ``alert.*`` records only come from audit itself
-(the service refuses them from producers), so a forged acknowledgement cannot close an alert.
+Open alerts are kept in memory and, when audit unseals, restored from the state saved with the
+verified anchor (:class:`.alert_engine.Replay`, in audit's database) and brought up to date with
+the records after it; without an anchor they are rebuilt from the whole log
+(:meth:`.alert_engine.AlertEngine.rebuild`). Either way the result is what a replay gives: every
+``alert.<rule>`` record written by audit with no later ``alert.ack`` for its id is open again, with
+the matching records after it counted on it, unless its rule's window has passed since the last of
+them (record times). The sliding windows of bursts that had not yet fired are not rebuilt.
+``alert.*`` records only come from audit itself (the service refuses them from producers), so a
+forged acknowledgement cannot close an alert.
 
 The module split, each layer importing only the ones before it: this module holds the rules (what a
 record matches) and the :class:`Alert` with its record form, both ways (:meth:`Alert.record`,
@@ -71,7 +78,8 @@ __all__ = [
     "ACK_EVENT", "ALERT_ACTOR", "CERT_EVENTS", "DENY_EVENTS", "FAILURE_OUTCOMES", "RULES", "SUPERVISOR_SENDER",
     "Alert", "Match", "PAIRING_ATTEMPT", "PLUGIN_KILLED", "THEFT_EVENTS", "WITNESS_EVENT", "alert_of", "crash_loop",
     "credential_theft", "failed_logins_account", "failed_logins_source", "large_read", "pairing_failures",
-    "plugin_faults", "rate_limited", "repeated_denies", "unknown_certs", "witness_mismatch",
+    "plugin_faults", "rate_limited", "repeated_denies", "unknown_certs", "verify_failed", "VERIFY_FAILED_EVENT",
+    "witness_mismatch",
 ]
 
 ALERT_ACTOR: Final = "audit"
@@ -83,6 +91,8 @@ THEFT_EVENTS: Final = frozenset({"authn.refresh_reused", "authn.passkey_cloned"}
 CERT_EVENTS: Final = frozenset({"mesh.handshake_failed", "mesh.cert_pending"})
 #: A paired device's report that the log is not the one it witnessed (only audit writes it).
 WITNESS_EVENT: Final = "audit.witness_mismatch"
+#: Audit's own verification of the stored log failed (only audit writes it, as it stops appends).
+VERIFY_FAILED_EVENT: Final = "audit.verify_failed"
 #: One attempt to pair a device (the pairing service's record; outcome ``ok`` or ``failure``).
 PAIRING_ATTEMPT: Final = "pairing.attempt"
 #: plugin-host stopped a plugin for a fault (a quota, a sandbox rule, a flood, a crash).
@@ -181,11 +191,18 @@ def plugin_faults(record: Record) -> Match:
     return (record.target or _text(record, "plugin") or record.actor, 1)
 
 
+def verify_failed(record: Record) -> Match:
+    if record.event != VERIFY_FAILED_EVENT or record.actor != ALERT_ACTOR:
+        return None
+    return (record.target or "audit.db", 1)
+
+
 RULES: Final[dict[str, Callable[[Record], Match]]] = {
     "failed_logins_account": failed_logins_account, "failed_logins_source": failed_logins_source,
     "unknown_certs": unknown_certs, "rate_limited": rate_limited, "crash_loop": crash_loop,
     "large_read": large_read, "repeated_denies": repeated_denies, "credential_theft": credential_theft,
     "witness_mismatch": witness_mismatch, "pairing_failures": pairing_failures, "plugin_faults": plugin_faults,
+    "verify_failed": verify_failed,
 }
 
 

@@ -163,6 +163,8 @@ EVENT_SCHEMAS: Final[Mapping[str, Mapping[str, str]]] = {
     # audit's own records
     "audit.anchor_moved": _ANCHOR,
     "audit.witness_mismatch": _WITNESS,
+    "audit.verify_failed": {"source": TEXT, "first_bad": NUMBER, "problem": TEXT, "size": NUMBER,
+                            "damaged": FLAG},
     "alert.*": _ALERT,
     "alert.ack": {"alert_id": NUMBER, "rule": TEXT, "subject": TEXT, "count": NUMBER},
     "process.crash": _PROCESS,

@@ -8,11 +8,13 @@ Contract:
   details-hash key are derived; ``audit-signing``, the Ed25519 checkpoint key). They live in
   bytearrays here only and are wiped by :meth:`SealMixin._seal` (on ``security.sealed`` from
   keyvault, and at stop).
-- :meth:`SealMixin._try_unseal` moves ``state`` from ``sealed`` to ``ok`` (the whole log verified
-  against the trusted checkpoint in one streamed pass, :mod:`.scan`, which also rebuilds the open
-  alerts), ``tampered`` (it logs the first bad record and never rewrites the trusted copy to make
-  a bad log pass) or ``failed`` (the database cannot be opened). Failing to reach keyvault leaves
-  it ``sealed``.
+- :meth:`SealMixin._try_unseal` moves ``state`` from ``sealed`` to ``ok`` (the records after the saved
+  verified anchor checked, with their consistency to the trusted checkpoint, and the open alerts
+  restored from the anchor: :mod:`.anchor`; without a usable anchor the whole log in one streamed
+  pass, :mod:`.scan`, which also rebuilds the open alerts; then the whole log in the background,
+  a failure stopping appends with the ``verify_failed`` alert), ``tampered`` (it logs the first
+  bad record and never rewrites the trusted copy to make a bad log pass) or ``failed`` (the
+  database cannot be opened). Failing to reach keyvault leaves it ``sealed``.
 - While sealed the keeper retries with a delay growing from :data:`KEY_RETRY_MIN_S` to
   :data:`KEY_RETRY_MAX_S`, and at once on ``security.unsealed``; once unsealed it signs a
   checkpoint every :data:`~.writer.CHECKPOINT_EVERY_S` seconds when records arrived since.
@@ -26,8 +28,11 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -38,11 +43,23 @@ from shared.crypto import derive_subkey, wipe
 from shared.keeper import LOCKED_REASON, follow_events_of, keep_unsealed, without_keys
 from shared.keystore import Move, begin_move, choose_keystore
 
-from .chain import Checkpoint, LogHead, Record, public_key_of
+from .alerts import ALERT_ACTOR, VERIFY_FAILED_EVENT, Alert
+from .anchor import (
+    ANCHOR_EVERY_RECORDS,
+    Anchor,
+    AnchorUnusable,
+    StartReport,
+    anchored_state,
+    decode_anchor,
+    encode_anchor,
+    resume,
+)
+from .chain import Checkpoint, LogHead, Record, encode_record, public_key_of
 from .errors import TamperError
+from .merkle import leaf_hash
 from .pages import TREES
 from .sanitize import sanitize_details
-from .scan import scan
+from .scan import Cancelled, PinnedSlot, scan, verify_report
 from .store import AuditStore, StoreError, db_path
 from .witness_tree import WitnessTree
 from .writer import CHECKPOINT_EVERY_S, WriterMixin
@@ -52,6 +69,7 @@ log = structlog.get_logger("audit")  # one logger name for the whole service, as
 KEY_RETRY_MIN_S: Final = 1.0            #: first retry of the key fetch while sealed
 KEY_RETRY_MAX_S: Final = 60.0           #: keyvault rate-limits and audits each fetch: back off
 KEY_CALL_TIMEOUT_S: Final = 5.0
+MIB: Final = 1 << 20
 LEGACY_SLOT: Final = "audit-checkpoint"  #: the trusted checkpoint's file in <home>/keys before anchors moved out
 
 
@@ -71,9 +89,19 @@ class SealMixin(WriterMixin):
     _wake: asyncio.Event
     #: Why the service is sealed: the answer of its last key fetch (None once it has its keys).
     without_keys: Readiness | None = None
+    _witness_lock: threading.Lock
+    _publish: Callable[[str, Any], Awaitable[None]]
+    #: What the last start verified (records read, from which sequence number), for health and tests.
+    start_report: StartReport | None = None
+    #: The background pass of the whole log after the last start: ``{state: running|ok|failed, ...}``.
+    background: dict[str, Any] | None = None
+    _background_cancel: threading.Event | None = None
+    _background_task: asyncio.Task[None] | None = None
+    _anchored: int | None = None     #: the tree size of the anchor saved last in this run
+    _start_trusted: Checkpoint | None = None  #: the trusted checkpoint the last start verified against
 
     async def _keeper(self) -> None:
-        await keep_unsealed(self._wake, lambda: self.state == "sealed", self._try_unseal, self._checkpoint,
+        await keep_unsealed(self._wake, lambda: self.state == "sealed", self._try_unseal, self._tick,
                             period=CHECKPOINT_EVERY_S, retry_min=KEY_RETRY_MIN_S, retry_max=KEY_RETRY_MAX_S)
 
     async def _watch(self, subscription: Any) -> None:
@@ -210,9 +238,8 @@ class SealMixin(WriterMixin):
                 self.state, self.problem = "failed", exc.message
                 log.error("audit_db_unusable", reason=exc.message)
                 return True
-            tree = WitnessTree()
             try:
-                head, latest, trusted = await loop.run_in_executor(None, self._verify, store, tree)
+                head, latest, trusted, tree, report = await loop.run_in_executor(None, self._verify_start, store)
             except TamperError as exc:
                 store.close()
                 self.state, self.problem = "tampered", exc.message
@@ -227,13 +254,178 @@ class SealMixin(WriterMixin):
                 wipe(self._older_db_key)
                 self._older_db_key = None
             self.store, self.head, self.latest, self.state, self.problem = store, head, latest, "ok", None
-            self.witness_tree = tree
-            log.info("unsealed", size=head.size, checkpoint_size=latest.tree_size if latest else 0)
+            self.witness_tree, self.start_report, self._anchored = tree, report, None
+            self._start_trusted = trusted
+            log.info("unsealed", size=head.size, checkpoint_size=latest.tree_size if latest else 0,
+                     verified_from=report.from_seq, records_read=report.records_read, full=report.full)
             if move is not None:
                 await self._record_move(move)
             if latest is not None and (trusted is None or trusted.tree_size < latest.tree_size):
                 await self._save_trusted(latest)  # a crash came between the checkpoint and the slot update
+            async with self._write_lock:
+                await self._anchor_locked()  # the next start goes on from here
+            if report.full:  # nothing older than what the start read: no background pass to run
+                self.background = {"state": "ok", "size": report.size, "first_bad": None}
+            else:
+                self._start_background()
             return True
+
+    # -- what a start verifies, and the background pass -------------------------------------
+
+    def _verify_start(self, store: AuditStore) -> tuple[LogHead, Checkpoint | None, Checkpoint | None, WitnessTree,
+                                                         StartReport]:
+        """The start's verification (blocking): the records after the saved anchor and their consistency
+        with the trusted checkpoint (:func:`.anchor.resume`), or the whole log when there is no usable
+        anchor (:meth:`_verify`). Raises :class:`TamperError` / :class:`StoreError` as :meth:`_verify`."""
+        assert self.public_key is not None and self.slot is not None
+        # A byte changed on disk in the old part is found here when the file is small enough to read
+        # within the start's budget; a larger file has its pages checked first by the background pass.
+        limit = self.config.audit.start_page_check_mib * MIB
+        pages = limit > 0 and store.file_bytes() <= limit
+        if pages:
+            store.check_pages()  # DamagedError (a StoreError) names the pages: the start fails
+        try:
+            resumed = resume(store, self.public_key, self.slot, self.alerts.engine.rules)
+        except AnchorUnusable as exc:
+            if str(exc) != "no saved anchor":
+                log.warning("anchor_unusable", reason=str(exc), hint="verifying the whole log at start instead")
+            tree = WitnessTree()
+            head, latest, trusted = self._verify(store, tree)
+            return head, latest, trusted, tree, StartReport(0, head.size, head.size, True, pages)
+        reopened = self.alerts.engine.adopt(resumed.replay)
+        if reopened:
+            log.warning("alerts_reopened", open=reopened)
+        report = dataclasses.replace(resumed.report, pages_checked=pages)
+        return resumed.head, resumed.latest, resumed.trusted, resumed.tree, report
+
+    def _start_background(self) -> None:
+        """Verify the whole log in the background (:func:`.scan.verify_report`, its own connection),
+        now that the service is ready; a failure stops appends and raises an alert."""
+        if self._background_cancel is not None:
+            self._background_cancel.set()
+        cancel = self._background_cancel = threading.Event()
+        self.background = {"state": "running"}
+        self._background_task = asyncio.create_task(self._background_verify(cancel), name="audit-background-verify")
+
+    async def _background_verify(self, cancel: threading.Event) -> None:
+        assert self._db_key is not None and self.public_key is not None and self.slot is not None
+        # Against the trusted checkpoint this start verified (see PinnedSlot), not the live slot.
+        args = (db_path(self.home), bytes(self._db_key), self.public_key, PinnedSlot(self._start_trusted), cancel)
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(None, verify_report, *args)
+        except Cancelled:
+            return
+        except StoreError as exc:
+            result = {"ok": False, "size": None, "first_bad": None, "error": exc.message, "damaged": {"error": True}}
+        if cancel.is_set() or cancel is not self._background_cancel:
+            return
+        self.background = {"state": "ok" if result["ok"] else "failed", "size": result.get("size"),
+                           "first_bad": result.get("first_bad")}
+        if result["ok"]:
+            log.info("audit_verified_in_background", size=result["size"])
+            return
+        await self._verification_failed(result, "background")
+
+    async def _verification_failed(self, result: dict[str, Any], source: str) -> None:
+        """A whole-log verification failed (the background pass, ``audit.verify``): refuse appends
+        from now on (``tampered``, or ``failed`` when the database is damaged), and record why with its
+        ``verify_failed`` alert, the last records audit writes, published on ``alerts.verify_failed``."""
+        fired: list[Alert] = []
+        async with self._write_lock:
+            if self.state != "ok":
+                return
+            damaged = bool(result.get("damaged"))
+            self.state, self.problem = ("failed" if damaged else "tampered"), str(result["error"])
+            if damaged:
+                log.error("audit_db_unusable", reason=self.problem, found_by=source)
+            else:
+                log.error("audit_log_tampered", first_bad=result.get("first_bad"), reason=self.problem, found_by=source)
+            fired = await self._record_failure_locked(result, source, damaged)
+        for alert in fired:
+            try:
+                await self._publish(f"alerts.{alert.rule}", alert.to_wire())
+            except MeshError as exc:
+                log.warning("alert_not_published", id=alert.id, rule=alert.rule, reason=exc.code)
+
+    async def _record_failure_locked(self, result: dict[str, Any], source: str, damaged: bool) -> list[Alert]:
+        # Written past the refusal (the state is no longer ok): only these records, in one transaction.
+        if self.head is None or self.store is None or self._hash_key is None:
+            return []
+        raw: dict[str, Any] = {"source": source, "problem": str(result["error"])[:512], "damaged": damaged}
+        for name in ("first_bad", "size"):
+            if isinstance(result.get(name), int):
+                raw[name] = result[name]
+        now = time.time()
+        details = sanitize_details(raw, self._hash_key, VERIFY_FAILED_EVENT)
+        backup = self.head.copy()
+        entries = [self.head.append(time=now, actor=ALERT_ACTOR, event=VERIFY_FAILED_EVENT, outcome="failure",
+                                    target="audit.db", details=details)]
+        try:
+            fired = self.alerts.engine.observe([entries[0].record])
+        except Exception as exc:  # noqa: BLE001 - the failure record is written regardless
+            log.error("alert_rules_failed", error_type=type(exc).__name__)
+            fired = []
+        for alert in fired:
+            r = alert.record(now)
+            entries.append(self.head.append(time=r.time, actor=r.actor, event=r.event, outcome=r.outcome,
+                                            target=r.target, details=r.details))
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.store.append, entries, None)
+        except StoreError as exc:
+            self.head = backup
+            for alert in fired:
+                self.alerts.engine.discard(alert)
+            log.error("verify_failure_not_recorded", reason=exc.message)
+            return []
+        self.alerts.engine.replay.feed([entry.record for entry in entries])
+        for alert, entry in zip(fired, entries[1:], strict=True):
+            self.alerts.engine.opened(alert, entry.record.seq)
+            log.warning("alert", id=alert.id, rule=alert.rule, count=alert.count, threshold=alert.threshold)
+        return fired
+
+    async def _tick(self) -> None:
+        """The keeper's period: sign a checkpoint when records arrived, and save a new anchor once the
+        log grew :data:`.anchor.ANCHOR_EVERY_RECORDS` since the last."""
+        async with self._write_lock:
+            await self._checkpoint_locked()
+            if self.head is not None and self.head.size - (self._anchored or 0) >= ANCHOR_EVERY_RECORDS:
+                await self._anchor_locked()
+
+    async def _anchor_locked(self) -> None:
+        """Save the anchor (:mod:`.anchor`) at a checkpoint of the whole head; caller holds the write lock.
+        A failure is logged: the saved anchor only lags (the next start reads more), it is never wrong."""
+        if self.state != "ok" or self.head is None or self.store is None:
+            return
+        await self._checkpoint_locked()
+        latest = self.latest
+        if latest is None or latest.tree_size != self.head.size or self._anchored == latest.tree_size:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            blob = await loop.run_in_executor(None, self._anchor_blob, latest)
+            await loop.run_in_executor(None, self.store.put_anchor, latest.tree_size, blob)
+        except (StoreError, TamperError) as exc:
+            log.error("anchor_not_saved", reason=exc.message, tree_size=latest.tree_size)
+            return
+        self._anchored = latest.tree_size
+
+    def _anchor_blob(self, checkpoint: Checkpoint) -> bytes:
+        # Blocking: the witness tree catches up with the records written since (read back) first.
+        tree, store, head = self.witness_tree, self.store, self.head
+        assert tree is not None and store is not None and head is not None
+        size = checkpoint.tree_size
+        with self._witness_lock:
+            if tree.size < size:
+                tree.extend(leaf_hash(encode_record(entry.record)) for entry in store.entries(tree.size, size))
+            if tree.size != size or head.frontier.root() != checkpoint.root:
+                raise TamperError(f"the log head or witness tree is not at the checkpoint of tree size {size}")
+            blocks, tail = tree.state()
+            anchor = Anchor(checkpoint, head.frontier.nodes, tree.floor, blocks, tuple(tail),
+                            self.alerts.engine.replay.to_wire())
+            data = encode_anchor(anchor)
+        assert self.public_key is not None
+        anchored_state(decode_anchor(data), self.public_key)  # what the next start will check, checked now
+        return data
 
     async def _record_move(self, move: Move) -> None:
         """Record the move of the trusted checkpoint off the home, then remove the old copy. Until
@@ -278,9 +470,12 @@ class SealMixin(WriterMixin):
             return head, verified.latest, verified.trusted
 
     async def _seal(self, reason: str) -> None:
+        if self._background_cancel is not None:
+            self._background_cancel.set()  # the background pass stops at its next record
         async with self._write_lock:
             if self.state == "ok":
                 await self._checkpoint_locked()  # so a clean stop leaves every record under a checkpoint
+                await self._anchor_locked()      # ... and the next start reads only what comes after
             if self.store is not None:
                 self.store.close()
             for key in (self._db_key, self._sign_key, self._hash_key):

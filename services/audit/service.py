@@ -6,8 +6,10 @@ bytearrays here only and are wiped on ``security.sealed`` and at stop. Until bot
 fetched the service is *sealed*: every append answers ``SEALED`` and it retries with a growing
 delay, and at once on ``security.unsealed`` (when the ACL lets it subscribe to ``security.``).
 
-At start (once keys are there) the whole log is verified against the trusted latest checkpoint,
-kept outside the log in a secret slot (platform keyring, or a 0600 file). If that fails the
+At start (once keys are there) the records after the saved verified anchor (:mod:`.anchor`) are
+verified, with their consistency to the trusted latest checkpoint, kept outside the log in a secret
+slot (platform keyring, or a 0600 file); the whole log is then verified in the background (a failure
+stops appends and raises the ``verify_failed`` alert), and on ``audit.verify``. If that fails the
 service is *tampered*: it logs the first bad record and refuses appends; it never rewrites the
 trusted copy to make a bad log pass. The trusted copy only moves forward, after a newer checkpoint
 is durable in the database.
@@ -66,7 +68,7 @@ from shared import (
 from shared.keystore import Keystore
 
 from .alert_desk import AlertDesk
-from .alerts import SUPERVISOR_SENDER, WITNESS_EVENT
+from .alerts import SUPERVISOR_SENDER, VERIFY_FAILED_EVENT, WITNESS_EVENT
 from .chain import Record, encode_record
 from .errors import TamperError
 from .export import EXPORT_MARGIN, EXPORT_PAGE_RECORDS, MAX_EXPORT_PAGE_RECORDS, ExportRequest, export_page
@@ -141,6 +143,10 @@ class Audit(WitnessMixin, SealMixin, Service):
 
     async def on_stop(self) -> None:
         """Finish pending commits, write a final checkpoint, close the database, wipe the keys."""
+        if self._background_cancel is not None:
+            self._background_cancel.set()  # the background pass stops at its next record
+        if self._background_task is not None:
+            self._tasks.append(self._background_task)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -168,8 +174,9 @@ class Audit(WitnessMixin, SealMixin, Service):
             raise BadRequest("append needs at least one record")
         now, prepared = time.time(), []
         for item in req.records:
-            if item.type.startswith(ALERT_PREFIX) or item.type == WITNESS_EVENT:
-                raise Forbidden(f"{ALERT_PREFIX}* and {WITNESS_EVENT} records are written by audit itself")
+            if item.type.startswith(ALERT_PREFIX) or item.type in (WITNESS_EVENT, VERIFY_FAILED_EVENT):
+                raise Forbidden(f"{ALERT_PREFIX}*, {WITNESS_EVENT} and {VERIFY_FAILED_EVENT} records are written "
+                                "by audit itself")
             if item.type.startswith(PROCESS_PREFIX) and ctx.caller != SUPERVISOR_SENDER:
                 raise Forbidden(f"{PROCESS_PREFIX}* records are appended by {SUPERVISOR_SENDER} only")
             details = sanitize_details(item.details, self._hash_key, item.type)
@@ -216,13 +223,8 @@ class Audit(WitnessMixin, SealMixin, Service):
         appends. ``meshctl audit verify``."""
         self._operator(ctx)
         result: dict[str, Any] = await ctx.run_blocking(verify_report, *self._paths())
-        if not result["ok"] and self.state == "ok":
-            if result.get("damaged"):
-                self.state, self.problem = "failed", result["error"]
-                log.error("audit_db_unusable", reason=result["error"])
-            else:
-                self.state, self.problem = "tampered", result["error"]
-                log.error("audit_log_tampered", first_bad=result["first_bad"], reason=result["error"])
+        if not result["ok"]:
+            await self._verification_failed(result, "audit.verify")
         return result
 
     @handler("export", request=ExportRequest, concurrent=True)
@@ -296,5 +298,6 @@ class Audit(WitnessMixin, SealMixin, Service):
         ``checkpoint_size``."""
         reply = await super().health(ctx, req)
         reply.update(log=self.state, size=self.head.size if self.head else None,
-                     checkpoint_size=self.latest.tree_size if self.latest else 0)
+                     checkpoint_size=self.latest.tree_size if self.latest else 0,
+                     start=self.start_report.to_wire() if self.start_report else None, background=self.background)
         return reply

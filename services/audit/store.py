@@ -58,6 +58,11 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     tree_size INTEGER PRIMARY KEY,
     blob BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS anchor (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    tree_size INTEGER NOT NULL,
+    blob BLOB NOT NULL
+);
 """
 
 
@@ -149,6 +154,25 @@ class AuditStore:
         """What the integrity checks find, after a read failed inside SQLCipher (reads every page)."""
         return DamagedError(self.path, integrity_problems(self._db))
 
+    def check_pages(self, structure: bool = False) -> None:
+        """Check every page's HMAC (``PRAGMA cipher_integrity_check``: a byte changed on disk, in any
+        part of the log) and, with ``structure``, SQLite's ``integrity_check`` too; raise
+        :class:`DamagedError` naming the pages that fail. It reads the whole file in SQLCipher's C code,
+        many times faster than verifying the records: a start runs the HMAC check when the file is small
+        enough (``[audit] start_page_check_mib``), the background pass and ``audit.verify`` both checks."""
+        try:
+            problems = (integrity_problems(self._db) if structure
+                        else integrity_problems(self._db, checks=("cipher_integrity_check",)))
+        except sqlcipher3.DatabaseError:
+            raise self.damaged() from None
+        if problems:
+            raise DamagedError(self.path, problems)
+
+    def file_bytes(self) -> int:
+        """The size of the database file and its WAL, in bytes (what :meth:`check_pages` reads)."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
     @contextmanager
     def reading(self) -> Iterator[None]:
         """Turn a read that fails inside SQLCipher (a damaged page: "database disk image is malformed")
@@ -236,12 +260,40 @@ class AuditStore:
             if fetched < batch:
                 return
 
-    def checkpoints(self) -> list[Checkpoint]:
-        """Every stored checkpoint in tree-size order (few: at most one per hundred records).
-        Raises :class:`TamperError` naming the first row that does not decode."""
+    def checkpoints(self, since: int = 0) -> list[Checkpoint]:
+        """The stored checkpoints of tree size ``since`` and up (by default every one), in tree-size
+        order (at most one per hundred records). Raises :class:`TamperError` naming the first row that
+        does not decode."""
         with self.reading():
-            rows = self._db.execute("SELECT tree_size, blob FROM checkpoints ORDER BY tree_size").fetchall()
+            rows = self._db.execute("SELECT tree_size, blob FROM checkpoints WHERE tree_size >= ? "
+                                    "ORDER BY tree_size", (since,)).fetchall()
         return [_decode_checkpoint(size, blob) for size, blob in rows]
+
+    def chain_hash_at(self, seq: int) -> bytes | None:
+        """The chain hash stored with record ``seq`` (the record itself is not read), or None."""
+        with self.reading():
+            row = self._db.execute("SELECT chain_hash FROM records WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def max_seq(self) -> int:
+        """The largest record key, -1 when there is none (an index lookup, unlike :meth:`size`)."""
+        with self.reading():
+            value = self._db.execute("SELECT max(seq) FROM records").fetchone()[0]
+        return -1 if value is None else int(value)
+
+    def anchor(self) -> bytes | None:
+        """The saved verified anchor (:mod:`.anchor`), or None. Not judged here."""
+        with self.reading():
+            row = self._db.execute("SELECT blob FROM anchor WHERE id = 1").fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_anchor(self, tree_size: int, blob: bytes) -> None:
+        """Replace the saved anchor, durably (one transaction). :class:`StoreError` on failure."""
+        try:
+            self._db.execute("INSERT OR REPLACE INTO anchor (id, tree_size, blob) VALUES (1, ?, ?)",
+                             (tree_size, blob))
+        except sqlcipher3.Error as exc:
+            raise StoreError(f"the audit database write failed ({type(exc).__name__})") from None
 
     def checkpoint_at(self, tree_size: int) -> Checkpoint | None:
         """The stored checkpoint of ``tree_size``, or None. Its signature is not checked here."""

@@ -45,13 +45,26 @@ class LogVerifier:
                  "_vouched")
 
     def __init__(self, checkpoints: Sequence[Checkpoint], public_key: bytes,
-                 trusted_latest: Checkpoint | None = None) -> None:
+                 trusted_latest: Checkpoint | None = None, *, resume: tuple[Checkpoint, LogHead] | None = None,
+                 ) -> None:
         if trusted_latest is not None:
             verify_checkpoint(public_key, trusted_latest)  # a forged "trusted" checkpoint vouches for nothing
         self._checkpoints, self._public_key, self._trusted = checkpoints, public_key, trusted_latest
         self._frontier, self._head = Frontier(), GENESIS
         self._vouched, self._pending = 0, 0  # records [0, vouched) match a verified checkpoint
         self._previous: Checkpoint | None = None  # the last stored checkpoint judged
+        if resume is not None:
+            # Go on from a signed checkpoint whose log head (frontier and chain head) is known: the
+            # records before it are not read. The head must be the checkpoint's: its signed root and
+            # chain head (a frontier with the same root but other nodes would be a hash collision).
+            anchor, head = resume
+            verify_checkpoint(public_key, anchor)
+            if (head.size != anchor.tree_size or head.frontier.root() != anchor.root
+                    or head.chain_head != anchor.chain_head):
+                raise TamperError(f"the verified anchor does not match its signed checkpoint at tree size "
+                                  f"{anchor.tree_size}")
+            self._frontier, self._head = head.frontier.copy(), head.chain_head
+            self._vouched, self._previous = anchor.tree_size, anchor
         self._settle()  # checkpoints of the empty log (tree size 0) are checked before record 0
 
     @property

@@ -67,19 +67,44 @@ class WitnessTree:
     def append(self, leaf: bytes) -> None:
         """Add the next leaf hash."""
         self._block.append(leaf)
-        self._size += 1
         if len(self._block) == 1 << self.floor:
             node, self._block = _perfect_root(self._block), []
-            level = 0
-            while True:  # a binary counter's carry: two equal subtrees make one of the next height
-                if level == len(self._levels):
-                    self._levels.append(bytearray())
-                row = self._levels[level]
-                row += node
-                if len(row) // HASH_BYTES & 1:
-                    return
-                node = node_hash(bytes(row[-2 * HASH_BYTES:-HASH_BYTES]), bytes(row[-HASH_BYTES:]))
-                level += 1
+            self._size -= (1 << self.floor) - 1  # its other leaves were counted; _add_block counts them all
+            self._add_block(node)
+        else:
+            self._size += 1
+
+    def state(self) -> tuple[bytes, list[bytes]]:
+        """What rebuilds this tree (:meth:`restore`): the roots of its whole blocks (32 bytes each,
+        packed) and the leaf hashes after them. The levels above are recomputed from the roots."""
+        return bytes(self._levels[0]) if self._levels else b"", list(self._block)
+
+    @classmethod
+    def restore(cls, floor: int, blocks: bytes, tail: Sequence[bytes]) -> WitnessTree:
+        """The tree :meth:`state` described: its size is ``2**floor`` per block root plus the tail.
+        Only the block roots are kept, so the caller checks :meth:`root` against a signed root
+        (which every kept node above the blocks feeds) before trusting it."""
+        tree = cls(floor)
+        if len(blocks) % HASH_BYTES or len(tail) >= 1 << floor or any(len(leaf) != HASH_BYTES for leaf in tail):
+            raise BadRequest("a witness tree's state needs whole block roots and less than a block of leaves")
+        for i in range(0, len(blocks), HASH_BYTES):
+            tree._add_block(blocks[i:i + HASH_BYTES])
+        tree._block = [bytes(leaf) for leaf in tail]
+        tree._size += len(tail)
+        return tree
+
+    def _add_block(self, node: bytes) -> None:
+        self._size += 1 << self.floor
+        level = 0
+        while True:  # a binary counter's carry: two equal subtrees make one of the next height
+            if level == len(self._levels):
+                self._levels.append(bytearray())
+            row = self._levels[level]
+            row += node
+            if len(row) // HASH_BYTES & 1:
+                return
+            node = node_hash(bytes(row[-2 * HASH_BYTES:-HASH_BYTES]), bytes(row[-HASH_BYTES:]))
+            level += 1
 
     def extend(self, leaves: Iterable[bytes]) -> None:
         """Append each leaf hash in order."""
