@@ -8,7 +8,6 @@ Real SQLCipher databases, real keys from keyvault.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from shared import MeshError
 
 from .conftest import eventually
 from .test_audit_service import CONFIG, _rows, rig
+from .test_readiness import _damage_a_middle_page
 
 
 @pytest.fixture
@@ -135,15 +135,6 @@ async def test_open_alerts_come_back_from_the_anchor_without_reading_the_log(
         assert restored == [a.to_wire() for a in replayed.open_alerts()]
         untimed = [{k: v for k, v in a.items() if k not in ("opened", "last_seen")} for a in before]
         assert [{k: v for k, v in a.items() if k not in ("opened", "last_seen")} for a in restored] == untimed
-
-
-def _damage_a_middle_page(path: Path) -> None:
-    """Overwrite 64 bytes in the middle of the closed database: one old page's HMAC no longer matches."""
-    size = path.stat().st_size
-    assert size >= 4 * 4096, "the log must span several pages for a middle page to exist"
-    with path.open("r+b") as f:
-        f.seek(size // 2)
-        f.write(os.urandom(64))
 
 
 async def test_a_damaged_old_page_in_a_small_log_fails_the_start(short_tmp: Path) -> None:
