@@ -142,17 +142,24 @@ class Sealer:
         nonce = secrets.token_bytes(hazmat.GCM_NONCE_BYTES)
         return _SEAL_HEADER + nonce + self._aead.encrypt(nonce, plaintext, _SEAL_HEADER + aad)
 
-    def open(self, blob: bytes, aad: bytes) -> bytes:
-        """Like :func:`open_sealed` with this sealer's key (the same :class:`IntegrityError`)."""
-        if self._aead is None:
+    def open(self, blob: bytes, aad: bytes, start: int = 0) -> bytes:
+        """Like :func:`open_sealed` with this sealer's key (the same :class:`IntegrityError`).
+
+        ``start``: the sealed blob is ``blob[start:]`` (after a header of the caller's, which this does
+        not check), read in place rather than copied out first."""
+        aead = self._aead
+        if aead is None:
             raise ValueError("this sealer is closed: its key was wiped")
-        if len(blob) < SEAL_OVERHEAD:
-            raise IntegrityError(f"sealed data is truncated: {len(blob)} bytes, a sealed blob has at least "
-                                 f"{SEAL_OVERHEAD}")
-        if blob[0] != SEAL_VERSION:
-            raise IntegrityError(f"sealed data has unknown format version {blob[0]}: tampered with, or not ours")
+        if not 0 <= start <= len(blob) - SEAL_OVERHEAD:
+            if start < 0:
+                raise ValueError("a sealed blob starts at a position >= 0")
+            raise IntegrityError(f"sealed data is truncated: {max(len(blob) - start, 0)} bytes, a sealed blob has at "
+                                 f"least {SEAL_OVERHEAD}")
+        if blob[start] != SEAL_VERSION:
+            raise IntegrityError(f"sealed data has unknown format version {blob[start]}: tampered with, or not ours")
+        nonce_end = start + _NONCE_END
         try:
-            return self._aead.decrypt(blob[1:_NONCE_END], blob[_NONCE_END:], _SEAL_HEADER + aad)
+            return aead.decrypt(blob[start + 1:nonce_end], blob[nonce_end:], _SEAL_HEADER + aad)
         except hazmat.InvalidTag:
             raise IntegrityError(
                 "sealed data failed its integrity check: it was tampered with, or the key or associated data is wrong"
@@ -200,7 +207,10 @@ class KeyedHash:
 
     def digest(self, data: bytes = b"") -> bytes:
         """``HMAC-SHA256(key, prefix + data)``, 32 bytes."""
-        ctx = self._live().copy()
+        ctx = self._ctx  # _live(), inlined: this is on every keyed lookup
+        if ctx is None:
+            raise ValueError("this keyed hash is closed: its key was wiped")
+        ctx = ctx.copy()
         ctx.update(data)
         return ctx.finalize()
 

@@ -415,6 +415,25 @@ def test_sealer_blobs_are_seal_blobs_both_ways() -> None:
         Sealer(bytearray(16))
 
 
+def test_sealer_opens_a_blob_after_a_header_in_place() -> None:
+    sealer = Sealer(random_key())
+    blob = sealer.seal(b"secret", b"aad")
+    framed = b"HDR" + blob
+    assert sealer.open(framed, b"aad", 3) == b"secret" == sealer.open(blob, b"aad", 0)
+    # The same checks as at position 0: truncation, version byte, any flipped bit, the associated data.
+    for bad in (framed[:-1], framed[:3 + SEAL_OVERHEAD - 1], b"HDR\x02" + blob[1:],
+                framed[:-1] + bytes([framed[-1] ^ 1]), framed[:10] + bytes([framed[10] ^ 1]) + framed[11:]):
+        with pytest.raises(IntegrityError):
+            sealer.open(bad, b"aad", 3)
+    for start in (2, 4, len(framed), len(framed) + 5):
+        with pytest.raises(IntegrityError):
+            sealer.open(framed, b"aad", start)
+    with pytest.raises(IntegrityError):
+        sealer.open(framed, b"other aad", 3)
+    with pytest.raises(ValueError):
+        sealer.open(framed, b"aad", -1)
+
+
 def test_keyed_hash_is_hmac_sha256_of_prefix_and_data() -> None:
     import hmac
 
