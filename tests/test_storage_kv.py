@@ -165,6 +165,37 @@ def test_cached_material_refuses_what_open_entry_refuses() -> None:
         material.open_value(rocks_key, other_ns, nsm, b"a")
 
 
+def test_get_refuses_a_sealed_payload_of_the_wrong_shape() -> None:
+    """A writer bug that sealed something other than ``[fields, name: bytes, value: bytes]`` under the
+    right key and associated data: the get path (no re-hashing) refuses it as open() does."""
+    import msgpack
+
+    material = sealing.VersionMaterial(1, bytearray(os.urandom(32)))
+    nsm = material.namespace(NS)
+    rocks_key = material.rocks_key(NS, b"a")
+    fields = [NS.owner, NS.subject, NS.category]
+
+    def sealed(payload: object, *, extra: bytes = b"") -> bytes:
+        plaintext = msgpack.packb(payload, use_bin_type=True) + extra
+        return material.header + material.sealer.seal(plaintext, material.header + rocks_key)
+
+    assert material.open_value(rocks_key, sealed([fields, b"a", b"v"]), nsm, b"a") == b"v"
+    for bad in (sealed([fields, "a", b"v"]),            # the name as text, equal once decoded
+                sealed([fields, b"a", "v"]),            # the value as text
+                sealed([fields, b"a", 7]),              # the value not bytes at all
+                sealed([tuple(fields), b"a"]),          # two items
+                sealed([fields, b"a", b"v", b"w"]),     # four items
+                sealed({"o": 1, "n": 2, "v": 3}),       # a map of three
+                sealed([fields[:2], b"a", b"v"]),       # a namespace of two fields
+                sealed([[*fields[:2], "other"], b"a", b"v"]),
+                sealed([fields, b"a", b"v"], extra=b"\x00"),  # trailing bytes
+                material.header + material.sealer.seal(b"\xc1", material.header + rocks_key)):  # not msgpack
+        with pytest.raises(DamagedError):
+            material.open_value(rocks_key, bad, nsm, b"a")
+        with pytest.raises(DamagedError):
+            material.open(rocks_key, bad)
+
+
 def _material_state(store: KvStore) -> list[tuple[sealing.VersionMaterial, list[object]]]:
     return [(m, list(m.namespaces.values())) for m in store._materials.values()]
 
@@ -330,6 +361,37 @@ def test_value_moved_to_another_key_fails(tmp_path: Path, raw_keys: dict[int, by
             kv.get(keys, NS, b"public")
         assert b"launch" not in err.value.message.encode() and "public" not in err.value.message
         assert kv.get(keys, NS, b"secret") == b"launch code 1234"
+
+
+def test_values_swapped_between_keys_namespaces_or_versions_fail(tmp_path: Path, raw_keys: dict[int, bytes]) -> None:
+    """Swap two names' values, move a value to the same name in another namespace, and to the same
+    name under another key version (header edited to match): every get refuses, never serves."""
+    keys, path = keyset(raw_keys, current=2), tmp_path / "kv"
+    other = Namespace("notes-app", "bob", "memories")
+    with KvStore.open(path) as kv:
+        kv.put(keys, NS, b"a", b"value of a")
+        kv.put(keys, NS, b"b", b"value of b")
+        kv.put(keys, other, b"a", b"bob's a")
+        kv.put(keys, NS, b"c", b"value of c")
+        material = {v: (sealing.namespace_tag(sub, NS), sealing.namespace_tag(sub, other), sub)
+                    for v in (1, 2) for sub in [derive_subkey(keys.key(v), sealing.NAMES_LABEL)]}
+
+    def key(version: int, ns: Namespace, name: bytes) -> bytes:
+        ns_tag = material[version][0 if ns == NS else 1]
+        return sealing.entry_key(version, ns_tag, sealing.name_tag(material[version][2], ns, name))
+
+    with raw_db(path) as db:
+        a, b, bob_a, c = key(2, NS, b"a"), key(2, NS, b"b"), key(2, other, b"a"), key(2, NS, b"c")
+        db[a], db[b] = db[b], db[a]
+        db[bob_a] = db[key(2, NS, b"c")]
+        # c's value, filed under version 1's key for c with its header saying version 1.
+        db[key(1, NS, b"c")] = db[c][:1] + (1).to_bytes(4, "big") + db[c][5:]
+        del db[c]
+    with KvStore.open(path) as kv:
+        for ns, name in ((NS, b"a"), (NS, b"b"), (other, b"a"), (NS, b"c")):
+            with pytest.raises(DamagedError):
+                kv.get(keys, ns, name)
+        assert len(kv.verify(keys)) == 4
 
 
 @pytest.mark.parametrize("position", [0, 3, 5, 30, -1], ids=["format", "version", "seal-version", "body", "tag"])

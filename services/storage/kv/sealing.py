@@ -84,6 +84,7 @@ ENTRY_KEY_BYTES: Final = _NS_END + NAME_TAG_BYTES
 #: Namespaces whose material one version keeps; past that the cache is emptied and refilled (a
 #: namespace's material is about 300 bytes and an HMAC context, remade in a few microseconds).
 MAX_CACHED_NAMESPACES: Final = 4096
+_unpackb: Final = msgpack.unpackb
 
 
 class Entry(NamedTuple):
@@ -255,13 +256,7 @@ class VersionMaterial:
         return self.header + self.sealer.seal(plaintext, self.header + rocks_key)
 
     def _open_payload(self, rocks_key: bytes, blob: bytes) -> tuple[list[str], bytes, bytes]:
-        if len(blob) < HEADER_BYTES + SEAL_OVERHEAD or not blob.startswith(self.header):
-            raise DamagedError(f"{describe(rocks_key)} has a malformed header: it failed its integrity check")
-        try:
-            # The header is the same bytes as self.header (just checked): associated data as sealed.
-            plaintext = self.sealer.open(blob[HEADER_BYTES:], self.header + rocks_key)
-        except IntegrityError:
-            raise DamagedError(f"{describe(rocks_key)} failed its integrity check") from None
+        plaintext = self._open_plaintext(rocks_key, blob)
         try:
             fields, name, value = msgpack.unpackb(plaintext, raw=False)
             if not (isinstance(name, bytes) and isinstance(value, bytes) and isinstance(fields, list)):
@@ -269,6 +264,18 @@ class VersionMaterial:
         except (ValueError, TypeError, msgpack.UnpackException):
             raise DamagedError(f"{describe(rocks_key)} opened but does not decode as an entry") from None
         return fields, name, value
+
+    def _open_plaintext(self, rocks_key: bytes, blob: bytes) -> bytes:
+        """The sealed payload of ``blob``: its header checked, then opened in place (no copy of the
+        sealed part) with ``header || rocks_key`` as associated data."""
+        if blob[:HEADER_BYTES] != self.header:
+            raise DamagedError(f"{describe(rocks_key)} has a malformed header: it failed its integrity check")
+        try:
+            # The header is the same bytes as self.header (just checked): associated data as sealed.
+            # A blob too short to hold a seal after the header is IntegrityError, i.e. damage, too.
+            return self.sealer.open(blob, self.header + rocks_key, HEADER_BYTES)
+        except IntegrityError:
+            raise DamagedError(f"{describe(rocks_key)} failed its integrity check") from None
 
     def open_value(self, rocks_key: bytes, blob: bytes, nsm: _NsMaterial, name: bytes) -> bytes:
         """The value of the entry ``blob`` found at ``rocks_key``, which the caller computed a moment
@@ -282,11 +289,28 @@ class VersionMaterial:
         exactly when they hash to the key's tags (barring an HMAC-SHA256 collision): comparing them
         for equality is the same check as re-hashing, without the two HMACs. A writer bug that filed
         a record under the wrong tags is still reported, never served.
+
+        The happy path is one decryption, one msgpack decode and three comparisons (a name of
+        another type, fields that are not the namespace's list, a value that is not bytes all
+        compare unequal); which error it was is worked out only once one failed.
         """
-        fields, got_name, value = self._open_payload(rocks_key, blob)
-        if got_name != name or fields != nsm.fields:
-            raise DamagedError(f"{describe(rocks_key)} holds a record of another name or namespace")
-        return value
+        # _open_plaintext, inlined (the get path).
+        header = self.header
+        if blob[:HEADER_BYTES] != header:
+            raise DamagedError(f"{describe(rocks_key)} has a malformed header: it failed its integrity check")
+        try:
+            plaintext = self.sealer.open(blob, header + rocks_key, HEADER_BYTES)
+        except IntegrityError:
+            raise DamagedError(f"{describe(rocks_key)} failed its integrity check") from None
+        try:
+            fields, got_name, value = _unpackb(plaintext, raw=False)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            raise DamagedError(f"{describe(rocks_key)} opened but does not decode as an entry") from None
+        if got_name == name and fields == nsm.fields and value.__class__ is bytes:
+            return value
+        if not (isinstance(got_name, bytes) and isinstance(value, bytes) and isinstance(fields, list)):
+            raise DamagedError(f"{describe(rocks_key)} opened but does not decode as an entry")
+        raise DamagedError(f"{describe(rocks_key)} holds a record of another name or namespace")
 
     def open(self, rocks_key: bytes, blob: bytes) -> Entry:
         """:func:`open_entry` under this version: for entries found by iterating, whose namespace and

@@ -196,14 +196,25 @@ class KvStore:
 
     def get(self, keys: KeySet, ns: Namespace, name: bytes) -> bytes | None:
         """The value of ``name`` in ``ns``, or None. :class:`DamagedError` if it fails its check."""
-        _check_name(name)
+        # The hot path: _check_name, _search_order, _material, VersionMaterial.namespace, rocks_key and
+        # _get, inlined (each only on its fast path; the full methods handle every other case).
+        if name.__class__ is not bytes or not 0 < len(name) <= MAX_NAME_BYTES:
+            _check_name(name)
         with self._lock:
-            for version in self._search_order(keys):
-                material = self._materials.get(version) or self._material(keys, version)
-                # material.rocks_key, with the namespace's material looked up once for both steps.
-                nsm = material.namespace(ns)
+            if keys.generation != self._for_generation or keys is not self._for_keys or not self._order:
+                self._search_order(keys)
+            db = self._db
+            if db is None:
+                raise Unavailable("the rocksdb store is closed")
+            materials = self._materials
+            for version in self._order:
+                material = materials.get(version) or self._material(keys, version)
+                nsm = material.namespaces.get(ns) or material.namespace(ns)
                 rocks_key = nsm.prefix + nsm.names.digest(name)
-                blob = self._get(rocks_key)
+                try:
+                    blob = db.get(rocks_key)
+                except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception for every RocksDB status
+                    raise Unavailable(f"reading the rocksdb store failed: {str(exc)[:200]}") from None
                 if blob is not None:
                     return material.open_value(rocks_key, blob, nsm, name)
             return None
