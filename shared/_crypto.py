@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import Final
+from typing import Final, NoReturn
 
 from . import hazmat
 from ._argon2 import Argon2Profile, check_profile
@@ -150,13 +150,8 @@ class Sealer:
         aead = self._aead
         if aead is None:
             raise ValueError("this sealer is closed: its key was wiped")
-        if not 0 <= start <= len(blob) - SEAL_OVERHEAD:
-            if start < 0:
-                raise ValueError("a sealed blob starts at a position >= 0")
-            raise IntegrityError(f"sealed data is truncated: {max(len(blob) - start, 0)} bytes, a sealed blob has at "
-                                 f"least {SEAL_OVERHEAD}")
-        if blob[start] != SEAL_VERSION:
-            raise IntegrityError(f"sealed data has unknown format version {blob[start]}: tampered with, or not ours")
+        if start < 0 or len(blob) - start < SEAL_OVERHEAD or blob[start] != SEAL_VERSION:
+            _refuse_framing(blob, start)
         nonce_end = start + _NONCE_END
         try:
             return aead.decrypt(blob[start + 1:nonce_end], blob[nonce_end:], _SEAL_HEADER + aad)
@@ -221,6 +216,16 @@ class KeyedHash:
     @property
     def closed(self) -> bool:
         return self._ctx is None
+
+
+def _refuse_framing(blob: bytes, start: int) -> NoReturn:
+    """Why ``blob[start:]`` cannot be a sealed blob (:meth:`Sealer.open` found that it is not)."""
+    if start < 0:
+        raise ValueError("a sealed blob starts at a position >= 0")
+    if len(blob) - start < SEAL_OVERHEAD:
+        raise IntegrityError(f"sealed data is truncated: {max(len(blob) - start, 0)} bytes, a sealed blob has at "
+                             f"least {SEAL_OVERHEAD}")
+    raise IntegrityError(f"sealed data has unknown format version {blob[start]}: tampered with, or not ours")
 
 
 def _open(key: bytes | bytearray, blob: bytes, aad: bytes, *, into: bool) -> bytes | bytearray:
