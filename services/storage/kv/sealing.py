@@ -228,11 +228,14 @@ class VersionMaterial:
             self.names: KeyedHash | None = KeyedHash(self.subkey)
         finally:
             wipe(self.subkey)
-        self.namespaces: dict[Namespace, _NsMaterial] = {}
+        #: (owner, subject, category) -> that namespace's material: keyed by a plain tuple, whose hash
+        #: is computed in C (a Namespace's is a Python call), as the get path looks it up on every call.
+        self.namespaces: dict[tuple[str, str, str], _NsMaterial] = {}
 
     def namespace(self, ns: Namespace) -> _NsMaterial:
         """The material of ``ns`` (made on first use)."""
-        found = self.namespaces.get(ns)
+        key = (ns.owner, ns.subject, ns.category)
+        found = self.namespaces.get(key)
         if found is not None:
             return found
         if self.names is None:
@@ -242,7 +245,7 @@ class VersionMaterial:
             self._drop_namespaces()
         made = _NsMaterial(self._version_prefix + self.names.digest(label)[:NS_TAG_BYTES], self.names.extend(label),
                            [ns.owner, ns.subject, ns.category])
-        self.namespaces[ns] = made
+        self.namespaces[key] = made
         return made
 
     def rocks_key(self, ns: Namespace, name: bytes) -> bytes:

@@ -113,11 +113,13 @@ class KvStore:
         # version -> what that version seals and names entries with (sealing.VersionMaterial), derived
         # once while unsealed; wiped by forget_keys, and by _check_keys for a version the KeySet no longer
         # holds or whose key it replaced. _for_keys / _for_generation: the KeySet (and its generation)
-        # the cache was last checked against; _order: that KeySet's versions in search order.
+        # the cache was last checked against; _order: that KeySet's versions in search order, and
+        # _hot their materials in the same order (made as soon as the KeySet is checked).
         self._materials: dict[int, sealing.VersionMaterial] = {}
         self._for_keys: KeySet | None = None
         self._for_generation = -1
         self._order: list[int] = []
+        self._hot: list[sealing.VersionMaterial] = []
         self._index: dict[Namespace, list[bytes]] = {}
         # The versions each namespace's index was built from: a version the KeySet gained since (an
         # older key fetched late) may hold names the index lacks, so it is rebuilt.
@@ -158,7 +160,7 @@ class KvStore:
             for material in self._materials.values():
                 material.wipe()
             self._materials.clear()
-            self._for_keys, self._for_generation, self._order = None, -1, []
+            self._for_keys, self._for_generation, self._order, self._hot = None, -1, [], []
             self._index.clear()
             self._indexed.clear()
             self._reseal_at.clear()
@@ -201,15 +203,14 @@ class KvStore:
         if name.__class__ is not bytes or not 0 < len(name) <= MAX_NAME_BYTES:
             _check_name(name)
         with self._lock:
-            if keys.generation != self._for_generation or keys is not self._for_keys or not self._order:
+            if keys.generation != self._for_generation or keys is not self._for_keys or not self._hot:
                 self._search_order(keys)
             db = self._db
             if db is None:
                 raise Unavailable("the rocksdb store is closed")
-            materials = self._materials
-            for version in self._order:
-                material = materials.get(version) or self._material(keys, version)
-                nsm = material.namespaces.get(ns) or material.namespace(ns)
+            ns_key = (ns.owner, ns.subject, ns.category)
+            for material in self._hot:
+                nsm = material.namespaces.get(ns_key) or material.namespace(ns)
                 rocks_key = nsm.prefix + nsm.names.digest(name)
                 try:
                     blob = db.get(rocks_key)
@@ -401,9 +402,13 @@ class KvStore:
             if not keys.has(version) or keys.key(version) is not material.key:
                 material.wipe()
                 del self._materials[version]
-        self._for_keys, self._for_generation = keys, keys.generation
         current = keys.current
-        self._order = [current, *sorted((v for v in keys.versions() if v != current), reverse=True)] if current else []
+        order = [current, *sorted((v for v in keys.versions() if v != current), reverse=True)] if current else []
+        for version in order:
+            if version not in self._materials:
+                self._materials[version] = sealing.VersionMaterial(version, keys.key(version))
+        self._hot = [self._materials[version] for version in order]
+        self._for_keys, self._for_generation, self._order = keys, keys.generation, order
 
     def forget_versions(self, keys: KeySet) -> None:
         """Wipe the material of every version ``keys`` no longer holds (after a retirement) now,
