@@ -520,6 +520,35 @@ def test_key_cache_follows_the_keyset(store: KvStore, raw_keys: dict[int, bytes]
     assert store.scan(keys, NS, b"", None, 10)[0] == [(b"name", b"value")]
 
 
+def test_lookup_filters_on_new_files_and_files_written_without_them_still_read(
+        tmp_path: Path, raw_keys: dict[int, bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store writes SST files with whole-key Bloom filters (hashes of the already hashed keys);
+    a database whose files predate the filters (written with the engine settings alone) reads the
+    same, hits and misses, under one and two key versions."""
+    from services.storage.kv import store as store_module
+
+    keys, names = keyset(raw_keys, current=1), [b"n%d" % i for i in range(300)]
+    old_path, new_path = tmp_path / "old", tmp_path / "new"
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "_store_options", store_module._options)  # the store before the filters
+        with KvStore.open(old_path) as kv:
+            kv.put_many(keys, [(NS, n, n + b"!") for n in names])
+    with KvStore.open(new_path) as kv:
+        kv.put_many(keys, [(NS, n, n + b"!") for n in names])
+    # Closing flushed each memtable into an SST file, under the options each was opened with.
+    filtered = {path: [b"fullfilter.rocksdb.BuiltinBloomFilter" in data
+                       for name, data in file_bytes(path).items() if name.endswith(".sst")]
+                for path in (old_path, new_path)}
+    assert filtered == {old_path: [False], new_path: [True]}
+    later = keyset(raw_keys, current=2)  # version 2 current: every get misses under 2 first, then finds under 1
+    for path in (old_path, new_path):
+        with KvStore.open(path) as kv:
+            for k in (keys, later):
+                assert [kv.get(k, NS, n) for n in names] == [n + b"!" for n in names]
+                assert kv.get(k, NS, b"absent") is None
+            assert kv.verify(later) == []
+
+
 # -- durability, backups, boundaries ---------------------------------------------------------------
 
 CHILD = """
