@@ -206,24 +206,28 @@ class KvStore:
         if len(items) > MAX_BATCH_ITEMS:
             raise BadRequest(f"at most {MAX_BATCH_ITEMS} records are written at once")
         for _, name, value in items:
-            _check_name(name)
+            if name.__class__ is not bytes or not 0 < len(name) <= MAX_NAME_BYTES:
+                _check_name(name)
             if not isinstance(value, bytes) or len(value) > MAX_VALUE_BYTES:
                 raise BadRequest(f"a record value is at most {MAX_VALUE_BYTES} bytes")
         with self._lock:
-            current, *others = (self._material(keys, v) for v in self._search_order(keys))
+            self._search_order(keys)
+            current, *others = self._hot
             batch = rocksdict.WriteBatch(raw_mode=True)
-            for ns, name, value in items:
-                rocks_key = current.rocks_key(ns, name)
-                batch.put(rocks_key, current.seal(rocks_key, ns, name, value))
-                for other in others:
+            put = batch.put
+            for rocks_key, blob in current.seal_items(items):
+                put(rocks_key, blob)
+            for other in others:
+                for ns, name, _ in items:
                     batch.delete(other.rocks_key(ns, name))
             self._write(batch)
-            for ns, name, _ in items:
-                names = self._index.get(ns)
-                if names is not None:
-                    at = bisect.bisect_left(names, name)
-                    if at == len(names) or names[at] != name:
-                        names.insert(at, name)
+            if self._index:  # only namespaces scanned since the keys came have an index to keep
+                for ns, name, _ in items:
+                    names = self._index.get(ns)
+                    if names is not None:
+                        at = bisect.bisect_left(names, name)
+                        if at == len(names) or names[at] != name:
+                            names.insert(at, name)
 
     def get(self, keys: KeySet, ns: Namespace, name: bytes) -> bytes | None:
         """The value of ``name`` in ``ns``, or None. :class:`DamagedError` if it fails its check."""
