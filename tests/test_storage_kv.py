@@ -127,6 +127,8 @@ def test_cached_material_writes_and_reads_the_old_format_byte_for_byte(monkeypat
     rocks_key = material.rocks_key(NS, b"greeting")
     assert rocks_key == OLD_ROCKS_KEY
     assert material.seal(rocks_key, NS, b"greeting", b"hello, world") == OLD_BLOB
+    # The batch path (put_many) writes the same bytes: one nonce read for the batch, cut in order.
+    assert material.seal_items([(NS, b"greeting", b"hello, world")]) == [(OLD_ROCKS_KEY, OLD_BLOB)]
     # The reference functions agree, and each side opens what the other wrote.
     subkey = derive_subkey(key, sealing.NAMES_LABEL)
     ns_tag, tag = sealing.namespace_tag(subkey, NS), sealing.name_tag(subkey, NS, b"greeting")
