@@ -415,6 +415,50 @@ def test_sealer_blobs_are_seal_blobs_both_ways() -> None:
         Sealer(bytearray(16))
 
 
+def test_sealer_seal_many_is_seal_of_each_under_distinct_nonces(monkeypatch: pytest.MonkeyPatch) -> None:
+    import secrets
+
+    key = random_key()
+    sealer = Sealer(key)
+    items = [(b"", b"a"), (b"x", b""), (bytes(range(256)), b"aad 3"), (b"x", b"")]
+    blobs = sealer.seal_many(items)
+    assert len(blobs) == len(items) and sealer.seal_many([]) == []
+    for (plaintext, aad), blob in zip(items, blobs, strict=True):
+        assert len(blob) == len(plaintext) + SEAL_OVERHEAD and blob[0] == 0x01
+        assert open_sealed(key, blob, aad) == plaintext == sealer.open(blob, aad)
+        with pytest.raises(IntegrityError):
+            sealer.open(blob, aad + b"!")
+    assert len({blob[1:13] for blob in blobs}) == len(blobs)  # a nonce each (same plaintext and aad twice)
+    # The nonces are cut, in order, from one read of the CSPRNG of exactly the size they need.
+    reads: list[int] = []
+    monkeypatch.setattr(secrets, "token_bytes", lambda n: reads.append(n) or bytes(range(n)))
+    blobs = sealer.seal_many(items)
+    assert reads == [12 * len(items)]
+    assert [b[1:13] for b in blobs] == [bytes(range(i, i + 12)) for i in range(0, 48, 12)]
+    sealer.close()
+    with pytest.raises(ValueError, match="closed"):
+        sealer.seal_many(items)
+
+
+def test_sealer_opens_a_blob_after_a_header_in_place() -> None:
+    sealer = Sealer(random_key())
+    blob = sealer.seal(b"secret", b"aad")
+    framed = b"HDR" + blob
+    assert sealer.open(framed, b"aad", 3) == b"secret" == sealer.open(blob, b"aad", 0)
+    # The same checks as at position 0: truncation, version byte, any flipped bit, the associated data.
+    for bad in (framed[:-1], framed[:3 + SEAL_OVERHEAD - 1], b"HDR\x02" + blob[1:],
+                framed[:-1] + bytes([framed[-1] ^ 1]), framed[:10] + bytes([framed[10] ^ 1]) + framed[11:]):
+        with pytest.raises(IntegrityError):
+            sealer.open(bad, b"aad", 3)
+    for start in (2, 4, len(framed), len(framed) + 5):
+        with pytest.raises(IntegrityError):
+            sealer.open(framed, b"aad", start)
+    with pytest.raises(IntegrityError):
+        sealer.open(framed, b"other aad", 3)
+    with pytest.raises(ValueError):
+        sealer.open(framed, b"aad", -1)
+
+
 def test_keyed_hash_is_hmac_sha256_of_prefix_and_data() -> None:
     import hmac
 

@@ -127,6 +127,8 @@ def test_cached_material_writes_and_reads_the_old_format_byte_for_byte(monkeypat
     rocks_key = material.rocks_key(NS, b"greeting")
     assert rocks_key == OLD_ROCKS_KEY
     assert material.seal(rocks_key, NS, b"greeting", b"hello, world") == OLD_BLOB
+    # The batch path (put_many) writes the same bytes: one nonce read for the batch, cut in order.
+    assert material.seal_items([(NS, b"greeting", b"hello, world")]) == [(OLD_ROCKS_KEY, OLD_BLOB)]
     # The reference functions agree, and each side opens what the other wrote.
     subkey = derive_subkey(key, sealing.NAMES_LABEL)
     ns_tag, tag = sealing.namespace_tag(subkey, NS), sealing.name_tag(subkey, NS, b"greeting")
@@ -163,6 +165,37 @@ def test_cached_material_refuses_what_open_entry_refuses() -> None:
     other_ns = material.seal(rocks_key, other, b"a", b"value")
     with pytest.raises(DamagedError, match="another name or namespace"):
         material.open_value(rocks_key, other_ns, nsm, b"a")
+
+
+def test_get_refuses_a_sealed_payload_of_the_wrong_shape() -> None:
+    """A writer bug that sealed something other than ``[fields, name: bytes, value: bytes]`` under the
+    right key and associated data: the get path (no re-hashing) refuses it as open() does."""
+    import msgpack
+
+    material = sealing.VersionMaterial(1, bytearray(os.urandom(32)))
+    nsm = material.namespace(NS)
+    rocks_key = material.rocks_key(NS, b"a")
+    fields = [NS.owner, NS.subject, NS.category]
+
+    def sealed(payload: object, *, extra: bytes = b"") -> bytes:
+        plaintext = msgpack.packb(payload, use_bin_type=True) + extra
+        return material.header + material.sealer.seal(plaintext, material.header + rocks_key)
+
+    assert material.open_value(rocks_key, sealed([fields, b"a", b"v"]), nsm, b"a") == b"v"
+    for bad in (sealed([fields, "a", b"v"]),            # the name as text, equal once decoded
+                sealed([fields, b"a", "v"]),            # the value as text
+                sealed([fields, b"a", 7]),              # the value not bytes at all
+                sealed([tuple(fields), b"a"]),          # two items
+                sealed([fields, b"a", b"v", b"w"]),     # four items
+                sealed({"o": 1, "n": 2, "v": 3}),       # a map of three
+                sealed([fields[:2], b"a", b"v"]),       # a namespace of two fields
+                sealed([[*fields[:2], "other"], b"a", b"v"]),
+                sealed([fields, b"a", b"v"], extra=b"\x00"),  # trailing bytes
+                material.header + material.sealer.seal(b"\xc1", material.header + rocks_key)):  # not msgpack
+        with pytest.raises(DamagedError):
+            material.open_value(rocks_key, bad, nsm, b"a")
+        with pytest.raises(DamagedError):
+            material.open(rocks_key, bad)
 
 
 def _material_state(store: KvStore) -> list[tuple[sealing.VersionMaterial, list[object]]]:
@@ -332,6 +365,37 @@ def test_value_moved_to_another_key_fails(tmp_path: Path, raw_keys: dict[int, by
         assert kv.get(keys, NS, b"secret") == b"launch code 1234"
 
 
+def test_values_swapped_between_keys_namespaces_or_versions_fail(tmp_path: Path, raw_keys: dict[int, bytes]) -> None:
+    """Swap two names' values, move a value to the same name in another namespace, and to the same
+    name under another key version (header edited to match): every get refuses, never serves."""
+    keys, path = keyset(raw_keys, current=2), tmp_path / "kv"
+    other = Namespace("notes-app", "bob", "memories")
+    with KvStore.open(path) as kv:
+        kv.put(keys, NS, b"a", b"value of a")
+        kv.put(keys, NS, b"b", b"value of b")
+        kv.put(keys, other, b"a", b"bob's a")
+        kv.put(keys, NS, b"c", b"value of c")
+        material = {v: (sealing.namespace_tag(sub, NS), sealing.namespace_tag(sub, other), sub)
+                    for v in (1, 2) for sub in [derive_subkey(keys.key(v), sealing.NAMES_LABEL)]}
+
+    def key(version: int, ns: Namespace, name: bytes) -> bytes:
+        ns_tag = material[version][0 if ns == NS else 1]
+        return sealing.entry_key(version, ns_tag, sealing.name_tag(material[version][2], ns, name))
+
+    with raw_db(path) as db:
+        a, b, bob_a, c = key(2, NS, b"a"), key(2, NS, b"b"), key(2, other, b"a"), key(2, NS, b"c")
+        db[a], db[b] = db[b], db[a]
+        db[bob_a] = db[key(2, NS, b"c")]
+        # c's value, filed under version 1's key for c with its header saying version 1.
+        db[key(1, NS, b"c")] = db[c][:1] + (1).to_bytes(4, "big") + db[c][5:]
+        del db[c]
+    with KvStore.open(path) as kv:
+        for ns, name in ((NS, b"a"), (NS, b"b"), (other, b"a"), (NS, b"c")):
+            with pytest.raises(DamagedError):
+                kv.get(keys, ns, name)
+        assert len(kv.verify(keys)) == 4
+
+
 @pytest.mark.parametrize("position", [0, 3, 5, 30, -1], ids=["format", "version", "seal-version", "body", "tag"])
 def test_flipped_byte_is_damage(tmp_path: Path, raw_keys: dict[int, bytes], position: int) -> None:
     keys, path = keyset({1: raw_keys[1]}), tmp_path / "kv"
@@ -456,6 +520,35 @@ def test_key_cache_follows_the_keyset(store: KvStore, raw_keys: dict[int, bytes]
         store.get(keys, NS, b"name")
     keys = keyset({1: raw_keys[1]})
     assert store.scan(keys, NS, b"", None, 10)[0] == [(b"name", b"value")]
+
+
+def test_lookup_filters_on_new_files_and_files_written_without_them_still_read(
+        tmp_path: Path, raw_keys: dict[int, bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store writes SST files with whole-key Bloom filters (hashes of the already hashed keys);
+    a database whose files predate the filters (written with the engine settings alone) reads the
+    same, hits and misses, under one and two key versions."""
+    from services.storage.kv import store as store_module
+
+    keys, names = keyset(raw_keys, current=1), [b"n%d" % i for i in range(300)]
+    old_path, new_path = tmp_path / "old", tmp_path / "new"
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "_store_options", store_module._options)  # the store before the filters
+        with KvStore.open(old_path) as kv:
+            kv.put_many(keys, [(NS, n, n + b"!") for n in names])
+    with KvStore.open(new_path) as kv:
+        kv.put_many(keys, [(NS, n, n + b"!") for n in names])
+    # Closing flushed each memtable into an SST file, under the options each was opened with.
+    filtered = {path: [b"fullfilter.rocksdb.BuiltinBloomFilter" in data
+                       for name, data in file_bytes(path).items() if name.endswith(".sst")]
+                for path in (old_path, new_path)}
+    assert filtered == {old_path: [False], new_path: [True]}
+    later = keyset(raw_keys, current=2)  # version 2 current: every get misses under 2 first, then finds under 1
+    for path in (old_path, new_path):
+        with KvStore.open(path) as kv:
+            for k in (keys, later):
+                assert [kv.get(k, NS, n) for n in names] == [n + b"!" for n in names]
+                assert kv.get(k, NS, b"absent") is None
+            assert kv.verify(later) == []
 
 
 # -- durability, backups, boundaries ---------------------------------------------------------------

@@ -84,6 +84,7 @@ ENTRY_KEY_BYTES: Final = _NS_END + NAME_TAG_BYTES
 #: Namespaces whose material one version keeps; past that the cache is emptied and refilled (a
 #: namespace's material is about 300 bytes and an HMAC context, remade in a few microseconds).
 MAX_CACHED_NAMESPACES: Final = 4096
+_unpackb: Final = msgpack.unpackb
 
 
 class Entry(NamedTuple):
@@ -227,11 +228,17 @@ class VersionMaterial:
             self.names: KeyedHash | None = KeyedHash(self.subkey)
         finally:
             wipe(self.subkey)
-        self.namespaces: dict[Namespace, _NsMaterial] = {}
+        #: (owner, subject, category) -> that namespace's material: keyed by a plain tuple, whose hash
+        #: is computed in C (a Namespace's is a Python call), as the get path looks it up on every call.
+        self.namespaces: dict[tuple[str, str, str], _NsMaterial] = {}
+        # msgpack.packb makes a Packer per call, which costs more than the packing: one, reused (the
+        # store's lock serialises its callers; a pack call holds the GIL and keeps nothing between calls).
+        self._pack = msgpack.Packer(use_bin_type=True).pack
 
     def namespace(self, ns: Namespace) -> _NsMaterial:
         """The material of ``ns`` (made on first use)."""
-        found = self.namespaces.get(ns)
+        key = (ns.owner, ns.subject, ns.category)
+        found = self.namespaces.get(key)
         if found is not None:
             return found
         if self.names is None:
@@ -241,7 +248,7 @@ class VersionMaterial:
             self._drop_namespaces()
         made = _NsMaterial(self._version_prefix + self.names.digest(label)[:NS_TAG_BYTES], self.names.extend(label),
                            [ns.owner, ns.subject, ns.category])
-        self.namespaces[ns] = made
+        self.namespaces[key] = made
         return made
 
     def rocks_key(self, ns: Namespace, name: bytes) -> bytes:
@@ -251,17 +258,28 @@ class VersionMaterial:
 
     def seal(self, rocks_key: bytes, ns: Namespace, name: bytes, value: bytes) -> bytes:
         """:func:`seal_entry` for ``rocks_key``, which must be :meth:`rocks_key` of ``(ns, name)``."""
-        plaintext = msgpack.packb([[ns.owner, ns.subject, ns.category], name, value], use_bin_type=True)
+        plaintext = self._pack([[ns.owner, ns.subject, ns.category], name, value])
         return self.header + self.sealer.seal(plaintext, self.header + rocks_key)
 
+    def seal_items(self, items: list[tuple[Namespace, bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """``(rocks key, value)`` of each ``(ns, name, value)``: :meth:`rocks_key` and :meth:`seal`, the
+        same bytes, for a whole write batch (one nonce draw for all, see :meth:`Sealer.seal_many`)."""
+        header, pack = self.header, self._pack
+        rocks_keys: list[bytes] = []
+        payloads: list[tuple[bytes, bytes]] = []
+        last: Namespace | None = None
+        nsm = None
+        for ns, name, value in items:
+            if ns is not last or nsm is None:
+                nsm, last = self.namespace(ns), ns
+            rocks_key = nsm.prefix + nsm.names.digest(name)
+            rocks_keys.append(rocks_key)
+            payloads.append((pack([nsm.fields, name, value]), header + rocks_key))
+        return [(rocks_key, header + sealed)
+                for rocks_key, sealed in zip(rocks_keys, self.sealer.seal_many(payloads), strict=True)]
+
     def _open_payload(self, rocks_key: bytes, blob: bytes) -> tuple[list[str], bytes, bytes]:
-        if len(blob) < HEADER_BYTES + SEAL_OVERHEAD or not blob.startswith(self.header):
-            raise DamagedError(f"{describe(rocks_key)} has a malformed header: it failed its integrity check")
-        try:
-            # The header is the same bytes as self.header (just checked): associated data as sealed.
-            plaintext = self.sealer.open(blob[HEADER_BYTES:], self.header + rocks_key)
-        except IntegrityError:
-            raise DamagedError(f"{describe(rocks_key)} failed its integrity check") from None
+        plaintext = self._open_plaintext(rocks_key, blob)
         try:
             fields, name, value = msgpack.unpackb(plaintext, raw=False)
             if not (isinstance(name, bytes) and isinstance(value, bytes) and isinstance(fields, list)):
@@ -269,6 +287,18 @@ class VersionMaterial:
         except (ValueError, TypeError, msgpack.UnpackException):
             raise DamagedError(f"{describe(rocks_key)} opened but does not decode as an entry") from None
         return fields, name, value
+
+    def _open_plaintext(self, rocks_key: bytes, blob: bytes) -> bytes:
+        """The sealed payload of ``blob``: its header checked, then opened in place (no copy of the
+        sealed part) with ``header || rocks_key`` as associated data."""
+        if blob[:HEADER_BYTES] != self.header:
+            raise DamagedError(f"{describe(rocks_key)} has a malformed header: it failed its integrity check")
+        try:
+            # The header is the same bytes as self.header (just checked): associated data as sealed.
+            # A blob too short to hold a seal after the header is IntegrityError, i.e. damage, too.
+            return self.sealer.open(blob, self.header + rocks_key, HEADER_BYTES)
+        except IntegrityError:
+            raise DamagedError(f"{describe(rocks_key)} failed its integrity check") from None
 
     def open_value(self, rocks_key: bytes, blob: bytes, nsm: _NsMaterial, name: bytes) -> bytes:
         """The value of the entry ``blob`` found at ``rocks_key``, which the caller computed a moment
@@ -282,11 +312,28 @@ class VersionMaterial:
         exactly when they hash to the key's tags (barring an HMAC-SHA256 collision): comparing them
         for equality is the same check as re-hashing, without the two HMACs. A writer bug that filed
         a record under the wrong tags is still reported, never served.
+
+        The happy path is one decryption, one msgpack decode and three comparisons (a name of
+        another type, fields that are not the namespace's list, a value that is not bytes all
+        compare unequal); which error it was is worked out only once one failed.
         """
-        fields, got_name, value = self._open_payload(rocks_key, blob)
-        if got_name != name or fields != nsm.fields:
-            raise DamagedError(f"{describe(rocks_key)} holds a record of another name or namespace")
-        return value
+        # _open_plaintext, inlined (the get path).
+        header = self.header
+        if blob[:HEADER_BYTES] != header:
+            raise DamagedError(f"{describe(rocks_key)} has a malformed header: it failed its integrity check")
+        try:
+            plaintext = self.sealer.open(blob, header + rocks_key, HEADER_BYTES)
+        except IntegrityError:
+            raise DamagedError(f"{describe(rocks_key)} failed its integrity check") from None
+        try:
+            fields, got_name, value = _unpackb(plaintext, raw=False)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            raise DamagedError(f"{describe(rocks_key)} opened but does not decode as an entry") from None
+        if got_name == name and fields == nsm.fields and value.__class__ is bytes:
+            return value
+        if not (isinstance(got_name, bytes) and isinstance(value, bytes) and isinstance(fields, list)):
+            raise DamagedError(f"{describe(rocks_key)} opened but does not decode as an entry")
+        raise DamagedError(f"{describe(rocks_key)} holds a record of another name or namespace")
 
     def open(self, rocks_key: bytes, blob: bytes) -> Entry:
         """:func:`open_entry` under this version: for entries found by iterating, whose namespace and
