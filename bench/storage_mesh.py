@@ -29,6 +29,7 @@ process stopped on the way out (:class:`bench.harness.Children`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import secrets
 import shutil
@@ -60,7 +61,11 @@ PRELOAD: Final = 512
 #: The setup-only master profile (unlock is not measured here).
 SETUP_PROFILE: Final = Argon2Profile(memory_kib=8192, iterations=1, parallelism=1)
 FILE_BYTES: Final = 8 * MIB          # each fill file
-UPLOADS_AT_ONCE: Final = 4           # storage allows a caller 8 open uploads
+UPLOADS_AT_ONCE: Final = 8           # storage allows a caller 8 open uploads
+PUTS_AT_ONCE: Final = 256            # fill kv puts and record inserts in flight (storage commits them in groups)
+KV_BYTES: Final = 4096               # each fill kv value
+ROWS_PER_MIB: Final = 40             # analytics rows per MiB filled
+ROWS_PER_INGEST: Final = 10_000
 JOB_TIMEOUT: Final = 3600.0
 POLL_S: Final = 0.05
 
@@ -69,9 +74,10 @@ def _toml_list(items: Any) -> str:
     return json.dumps(list(items))  # a TOML array of plain strings reads the same as JSON
 
 
-def mesh_toml(repo: MeshConfig) -> str:
+def mesh_toml(repo: MeshConfig, anchors: Path) -> str:
     """The bench homes' mesh.toml: the repository's roles, identity rules and entitlements, limits
-    that never refuse the bench, the file keystore, a tiny setup-only master profile."""
+    that never refuse the bench, the file keystore with its anchors in ``anchors`` (never the
+    user's own anchor directory), a tiny setup-only master profile."""
     service, operator = repo.acl.role.get("service"), repo.acl.role.get("operator")
     if service is None or not {"storage.kv.*", "storage.records.*"} <= set(service.call):
         raise BenchError("mesh.toml: [acl.role.service] does not grant storage.kv.* and storage.records.*")
@@ -105,6 +111,7 @@ call = {_toml_list(extra)}
 
 [keyvault]
 keystore = "file"                # the master key in a 0600 file: keyvault unseals on start
+anchor_dir = {json.dumps(str(anchors))}
 
 [keyvault.entitlements]
 {entitlements}
@@ -130,12 +137,16 @@ def _make_home(text: str) -> MeshHome:
     from services.keyvault.setup import initialise  # keyring and the keystore load only here
 
     home = MeshHome(Path(tempfile.mkdtemp(prefix="cmst")))
-    provision(home, IDENTITIES)
-    (home.root / "mesh.toml").write_text(text, "utf-8")
-    keystore, _warning = initialise(home, load_config(home.root / "mesh.toml"),
-                                    bytearray(secrets.token_urlsafe(24).encode()))
-    if keystore != "file":
-        raise BenchError(f"keyvault setup chose keystore {keystore!r}, expected the file keystore")
+    try:
+        provision(home, IDENTITIES)
+        (home.root / "mesh.toml").write_text(text, "utf-8")
+        keystore, _warning = initialise(home, load_config(home.root / "mesh.toml"),
+                                        bytearray(secrets.token_urlsafe(24).encode()))
+        if keystore != "file":
+            raise BenchError(f"keyvault setup chose keystore {keystore!r}, expected the file keystore")
+    except BaseException:
+        remove_home(home)
+        raise
     return home
 
 
@@ -289,117 +300,230 @@ async def data_calls(client: MeshClient, kids: Children, opts: StorageOptions) -
 # -- fill, backup, restore ----------------------------------------------------------------------
 
 
-async def _upload(client: MeshClient, name: str, size: int, pool: list[bytes]) -> None:
-    """Upload ``size`` bytes as ``name`` in 256 KiB pieces; the commit's size proves every piece landed."""
+def file_piece(pool: list[bytes], number: int, index: int) -> bytes:
+    """Piece ``index`` of fill file ``number``: a pool piece, the first one stamped with the file's
+    number, so every file's content is its own and follows from its number alone."""
+    piece = pool[(number + index) % len(pool)]
+    return number.to_bytes(8, "big") + piece[8:] if index == 0 else piece
+
+
+def file_name(number: int) -> str:
+    return f"fill/{number:06d}.bin"
+
+
+def record_doc(pool: list[bytes], number: int) -> dict[str, Any]:
+    """Fill record ``number``: about 2 KiB of msgpack."""
+    return {"day": number % 365, "text": pool[number % len(pool)][:1024].hex(), "n": number}
+
+
+@dataclass
+class Filled:
+    """What the fill has stored in one home so far (it grows the store one curve point at a time),
+    and what a restore of it must give back (``checks``: a few items of every step)."""
+
+    pool: list[bytes] = field(default_factory=lambda: [secrets.token_bytes(PIECE_BYTES) for _ in range(8)])
+    files: int = 0
+    kv: int = 0
+    records: int = 0
+    rows: int = 0
+    bytes: int = 0
+    checks: dict[str, list[Any]] = field(default_factory=lambda: {"kv": [], "files": [], "records": []})
+
+
+async def _upload(client: MeshClient, pool: list[bytes], number: int) -> None:
+    """Upload fill file ``number`` (:data:`FILE_BYTES`) in 256 KiB pieces, in order; each piece's
+    reply and the commit's size prove every byte landed."""
+    name, size = file_name(number), FILE_BYTES
     begun = await call(client, "storage.files.put.begin", {**SCOPE, "category": "files", "name": name, "size": size})
-    sent = 0
-    while sent < size:
-        piece = pool[(sent // PIECE_BYTES + len(name)) % len(pool)][:size - sent]
+    for index in range(size // PIECE_BYTES):
+        piece = file_piece(pool, number, index)
         reply = await call(client, "storage.files.put.chunk", {"upload": begun["upload"], "data": piece})
-        sent += len(piece)
-        if reply.get("received") != sent:
-            raise BenchError(f"storage.files.put.chunk: {name}: received {reply.get('received')} of {sent} bytes")
+        if reply.get("received") != (index + 1) * PIECE_BYTES:
+            raise BenchError(f"storage.files.put.chunk: {name}: received {reply.get('received')} bytes, "
+                             f"{(index + 1) * PIECE_BYTES} sent")
     info = await call(client, "storage.files.put.commit", {"upload": begun["upload"]})
     if info.get("size") != size:
         raise BenchError(f"storage.files.put.commit: {name} stored {info.get('size')} bytes of {size}")
 
 
-async def fill(client: MeshClient, mib: int) -> dict[str, Any]:
-    """About ``mib`` MiB through the mesh: ~90 % files, ~6 % kv entries (4 KiB), ~3 % records (2 KiB
-    documents), and one small analytics table. Returns what was stored and how long it took."""
-    total = mib * MIB
-    files = max(1, round(total * 0.9 / FILE_BYTES))
-    kv_values, docs = max(1, total * 6 // 100 // 4096), max(1, total * 3 // 100 // 2048)
-    pool = [secrets.token_bytes(PIECE_BYTES) for _ in range(8)]
-    start = time.perf_counter()
-    slots = asyncio.Semaphore(UPLOADS_AT_ONCE)
+async def _windowed(count: int, window: int, one: Callable[[int], Coroutine[Any, Any, None]]) -> None:
+    """``one(i)`` for every i in range(count), ``window`` at a time (a worker takes the next i as soon
+    as its call is answered, so a slow call never holds up the others)."""
+    numbers: Iterator[int] = iter(range(count))
 
-    async def one(i: int) -> None:
-        async with slots:
-            await _upload(client, f"fill/{i:04d}.bin", FILE_BYTES, pool)
-    await asyncio.gather(*(one(i) for i in range(files)))
-    uploaded = time.perf_counter()
-    kv = {b"fill/%d" % i: secrets.token_bytes(4096) for i in range(kv_values)}
-    items = list(kv.items())
-    for at in range(0, len(items), 64):
-        await asyncio.gather(*(call(client, "storage.kv.put", {**SCOPE, "key": k, "value": v})
-                               for k, v in items[at:at + 64]))
-    ids: list[str] = []
-    for at in range(0, docs, 64):
-        replies = await asyncio.gather(*(call(client, "storage.records.insert", {
-            **SCOPE, "collection": COLLECTION, "doc": {"day": i % 365, "text": pool[i % 8][:1024].hex()}})
-            for i in range(at, min(docs, at + 64))))
-        ids += [r["id"] for r in replies]
+    async def worker() -> None:
+        for i in numbers:  # one shared iterator: every i is done once
+            await one(i)
+    await asyncio.gather(*(worker() for _ in range(min(window, count))))
+
+
+async def fill_to(client: MeshClient, filled: Filled, mib: int) -> dict[str, Any]:
+    """Grow the store through the mesh to about ``mib`` MiB of data, in the same mix at every size:
+    ~90 % files of 8 MiB (uploaded :data:`UPLOADS_AT_ONCE` at once), ~6 % kv entries of 4 KiB, ~3 %
+    records of ~2 KiB (each :data:`PUTS_AT_ONCE` in flight), and analytics rows. Returns how long
+    each part took; ``filled`` is updated, with a few items of this step to read back after a restore."""
+    add = mib * MIB - filled.bytes
+    if add < FILE_BYTES:
+        raise BenchError(f"backup curve: {mib} MiB is not {FILE_BYTES // MIB} MiB above the previous point")
+    files = max(1, round(add * 0.9 / FILE_BYTES))
+    kv_count, doc_count = max(1, add * 6 // 100 // KV_BYTES), max(1, add * 3 // 100 // 2048)
+    rows = max(1, add // MIB * ROWS_PER_MIB)
+    pool, first_file, first_kv, first_doc = filled.pool, filled.files, filled.kv, filled.records
+    clock = time.perf_counter
+    start = clock()
+    await _windowed(files, UPLOADS_AT_ONCE, lambda i: _upload(client, pool, first_file + i))
+    uploaded = clock()
+
+    async def put(i: int) -> None:
+        number = first_kv + i
+        await call(client, "storage.kv.put", {**SCOPE, "key": b"fill/%d" % number, "value": kv_value(number)})
+    await _windowed(kv_count, PUTS_AT_ONCE, put)
+    put_done = clock()
+    ids: dict[int, str] = {}
+
+    async def insert(i: int) -> None:
+        reply = await call(client, "storage.records.insert",
+                           {**SCOPE, "collection": COLLECTION, "doc": record_doc(pool, first_doc + i)})
+        if i in (0, doc_count - 1):
+            ids[first_doc + i] = reply["id"]
+    await _windowed(doc_count, PUTS_AT_ONCE, insert)
+    inserted = clock()
     scope = {**SCOPE, "table": "mood"}
-    await call(client, "storage.analytics.table", {**scope, "columns": [["day", "BIGINT"], ["score", "DOUBLE"]]})
-    await call(client, "storage.analytics.ingest", {**scope, "rows": [[d, d / 10] for d in range(10_000)]})
-    end = time.perf_counter()
-    data = files * FILE_BYTES + kv_values * 4096 + docs * 2048
-    print(f"storage: filled {data / MIB:,.0f} MiB ({files} files of {FILE_BYTES // MIB} MiB at "
-          f"{files * FILE_BYTES / (uploaded - start) / 1e6:,.0f} MB/s, {kv_values} kv entries, {docs} records) "
-          f"in {end - start:.1f} s", flush=True)
-    sample = next(iter(kv))
-    return {"bytes": data, "files": files, "file_bytes": FILE_BYTES, "kv_entries": kv_values, "records": docs,
-            "analytics_rows": 10_000, "seconds": round(end - start, 3), "upload_s": round(uploaded - start, 3),
+    if filled.rows == 0:
+        await call(client, "storage.analytics.table", {**scope, "columns": [["day", "BIGINT"], ["score", "DOUBLE"]]})
+    for at in range(filled.rows, filled.rows + rows, ROWS_PER_INGEST):
+        days = range(at, min(filled.rows + rows, at + ROWS_PER_INGEST))
+        await call(client, "storage.analytics.ingest", {**scope, "rows": [[d, d / 10] for d in days]})
+    end = clock()
+    data = files * FILE_BYTES + kv_count * KV_BYTES + doc_count * 2048
+    filled.files, filled.kv, filled.records = first_file + files, first_kv + kv_count, first_doc + doc_count
+    filled.rows, filled.bytes = filled.rows + rows, filled.bytes + data
+    filled.checks["files"] += sorted({first_file, filled.files - 1})
+    filled.checks["kv"] += sorted({first_kv, filled.kv - 1})
+    filled.checks["records"] += sorted(ids.items())
+    step = {"bytes": data, "files": files, "file_bytes": FILE_BYTES, "uploads_at_once": UPLOADS_AT_ONCE,
+            "puts_at_once": PUTS_AT_ONCE, "kv_entries": kv_count, "records": doc_count, "analytics_rows": rows,
+            "seconds": round(end - start, 3), "upload_s": round(uploaded - start, 3),
             "upload_mb_s": round(files * FILE_BYTES / (uploaded - start) / 1e6, 1),
-            "check": {"kv": (sample, kv[sample]), "file": "fill/0000.bin", "record": ids[0]}}
+            "kv_puts_s": round(kv_count / (put_done - uploaded), 1),
+            "record_inserts_s": round(doc_count / (inserted - put_done), 1)}
+    print(f"storage: filled to {filled.bytes / MIB:,.0f} MiB (+{data / MIB:,.0f} MiB: {files} files of "
+          f"{FILE_BYTES // MIB} MiB at {step['upload_mb_s']:,.0f} MB/s, {kv_count:,} kv entries at "
+          f"{step['kv_puts_s']:,.0f}/s, {doc_count:,} records at {step['record_inserts_s']:,.0f}/s) "
+          f"in {end - start:.1f} s", flush=True)
+    return step
+
+
+def kv_value(number: int) -> bytes:
+    """Fill kv entry ``number``'s value (4 KiB): derived from the number, so a restore can be checked
+    without keeping every value."""
+    seed = hashlib.sha256(b"fill/%d" % number).digest()
+    return seed * (KV_BYTES // len(seed))
 
 
 async def run_job(operator: MeshClient, kids: Children, method: str, body: dict[str, Any]) -> dict[str, Any]:
-    """Start a storage job as the operator and poll ``storage.jobs`` until it is no longer running."""
+    """Start a storage job as the operator and poll ``storage.jobs`` until it is no longer running.
+    The job's phases as the polls saw them change (``phases_s``: seconds in each, to the poll
+    interval) say where its time went."""
     start = time.perf_counter()
     job = (await call(operator, method, body))["job"]
     deadline = time.monotonic() + JOB_TIMEOUT
+    seen: list[tuple[str, float]] = []
     while True:
         final: dict[str, Any] = await call(operator, "storage.jobs", {"job": job})
         if final["state"] != "running":
             break
+        if not seen or seen[-1][0] != final["phase"]:
+            seen.append((final["phase"], time.perf_counter()))
         if time.monotonic() > deadline:
             raise BenchError(f"{method}: job {job} still running after {JOB_TIMEOUT:.0f} s (phase {final['phase']})")
         kids.check_alive()
-        await asyncio.sleep(POLL_S)
-    wall = time.perf_counter() - start
+        await asyncio.sleep(POLL_S)  # the poll interval (not a synchronisation)
+    ended = time.perf_counter()
+    wall = ended - start
     if final["state"] != "done":
         # The job's error names only the exception's type; storage's log says what failed.
         log = next((c.tail(4) for c in kids.started if c.name == "storage"), "")
         raise BenchError(f"{method}: job {final['state']}: {final.get('error')}\nstorage's log:\n{log[-2000:]}")
+    phases: dict[str, float] = {}
+    for (phase, at), (_, until_) in zip(seen, [*seen[1:], ("", ended)], strict=True):
+        phases[phase] = round(phases.get(phase, 0.0) + until_ - at, 3)
     return {"seconds": round(final["finished"] - final["started"], 3), "wall_s": round(wall, 3),
-            "result": final["result"]}
+            "phases_s": phases, "result": final["result"]}
 
 
-async def _verify_restore(client: MeshClient, check: dict[str, Any]) -> None:
-    """Read back a kv value, a file's metadata and a record in the restored home."""
-    key, value = check["kv"]
-    got = await call(client, "storage.kv.get", {**SCOPE, "key": key})
-    info = await call(client, "storage.files.info", {**SCOPE, "category": "files", "name": check["file"]})
-    doc = await call(client, "storage.records.get", {**SCOPE, "collection": COLLECTION, "id": check["record"]})
-    if got.get("value") != value or info.get("size") != FILE_BYTES or not doc.get("found"):
-        raise BenchError("restore: the restored storage does not hold what was backed up")
+async def _read_file(client: MeshClient, name: str) -> bytes:
+    """A whole file through ``storage.files.get``, one reply (up to 512 KiB) at a time."""
+    parts, offset = [], 0
+    while offset is not None:
+        reply = await call(client, "storage.files.get", {**SCOPE, "category": "files", "name": name, "offset": offset})
+        parts.append(reply["data"])
+        offset = reply["next"]
+    return b"".join(parts)
 
 
-async def _first(kids: Children, opts: StorageOptions, passphrase: str) -> dict[str, Any]:
-    """Data calls, then fill and backup; a failed fill or backup is recorded, not raised (the data
-    call figures stand), unless a process died."""
+async def verify_restore(client: MeshClient, filled: dict[str, Any], pool: list[bytes],
+                         result: dict[str, Any]) -> dict[str, int]:
+    """Check the restored home holds what was backed up: the restore's own count of files, and, read
+    back as ``authn``, a few kv values, whole files (every byte) and records of every fill step."""
+    if result.get("files") != filled["files"] or result.get("kv", 0) < filled["kv_entries"] \
+            or result.get("records", 0) < filled["records"]:
+        raise BenchError(f"restore: counts {result} do not cover the {filled['files']} files, "
+                         f"{filled['kv_entries']} kv entries and {filled['records']} records backed up")
+    checks = filled["checks"]
+    read = 0
+    for number in checks["kv"]:
+        got = await call(client, "storage.kv.get", {**SCOPE, "key": b"fill/%d" % number})
+        if got.get("value") != kv_value(number):
+            raise BenchError(f"restore: kv entry fill/{number} does not hold what was backed up")
+    for number in checks["files"]:
+        data = await _read_file(client, file_name(number))
+        want = b"".join(file_piece(pool, number, i) for i in range(FILE_BYTES // PIECE_BYTES))
+        if data != want:
+            raise BenchError(f"restore: {file_name(number)} reads back {len(data)} bytes that differ from the upload")
+        read += len(data)
+    for number, record in checks["records"]:
+        doc = await call(client, "storage.records.get", {**SCOPE, "collection": COLLECTION, "id": record})
+        if doc.get("doc") != record_doc(pool, number):
+            raise BenchError(f"restore: record {number} does not hold what was backed up")
+    return {"kv": len(checks["kv"]), "files": len(checks["files"]), "file_bytes": read,
+            "records": len(checks["records"])}
+
+
+async def _first(kids: Children, opts: StorageOptions, passphrase: str, filled: Filled) -> dict[str, Any]:
+    """Data calls, then for each curve size: fill up to it and back up. A failed fill or backup is
+    recorded, not raised (the figures before it stand) and ends the curve, unless a process died."""
     operator = await start_mesh(kids)
+    points: list[dict[str, Any]] = []
     try:
         client = await connect(kids.home, CALLER)
         try:
             calls = await data_calls(client, kids, opts)
-            try:
-                filled = await fill(client, opts.backup_mib)
-                backup = await run_job(operator, kids, "storage.backup.create", {"passphrase": passphrase})
-            except BenchError as exc:
-                kids.check_alive()
-                return {"calls": calls, "fill": None, "backup": {"error": str(exc)}}
+            for mib in opts.backup_sizes:
+                point: dict[str, Any] = {"mib": mib}
+                points.append(point)
+                try:
+                    point["fill"] = await fill_to(client, filled, mib)
+                    point["stored"] = {"bytes": filled.bytes, "files": filled.files, "kv_entries": filled.kv,
+                                       "records": filled.records, "analytics_rows": filled.rows,
+                                       "checks": {k: list(v) for k, v in filled.checks.items()}}
+                    point["backup"] = await run_job(operator, kids, "storage.backup.create", {"passphrase": passphrase})
+                except BenchError as exc:
+                    kids.check_alive()
+                    point["backup"] = {"error": str(exc)}
+                    break
+                got = point["backup"]
+                print(f"storage: backup at {mib:,} MiB stored: {got['result']['bytes'] / MIB:,.0f} MiB archive in "
+                      f"{got['seconds']:.2f} s (phases {got['phases_s']})", flush=True)
         finally:
             await client.close()
     finally:
         await operator.close()
-    print(f"storage: backup of {backup['result']['bytes'] / MIB:,.0f} MiB in {backup['seconds']:.2f} s", flush=True)
-    return {"calls": calls, "fill": filled, "backup": backup}
+    return {"calls": calls, "points": points}
 
 
-async def _second(kids: Children, archive: str, passphrase: str, check: dict[str, Any]) -> dict[str, Any]:
+async def _restore(kids: Children, archive: str, passphrase: str, stored: dict[str, Any],
+                   pool: list[bytes]) -> dict[str, Any]:
     operator = await start_mesh(kids)
     try:
         restore = await run_job(operator, kids, "storage.backup.restore",
@@ -408,10 +532,11 @@ async def _second(kids: Children, archive: str, passphrase: str, check: dict[str
         await operator.close()
     client = await connect(kids.home, CALLER)
     try:
-        await _verify_restore(client, check)
+        restore["verified"] = await verify_restore(client, stored, pool, restore["result"])
     finally:
         await client.close()
-    print(f"storage: restore in {restore['seconds']:.2f} s (into a fresh home, other keys)", flush=True)
+    print(f"storage: restore of {stored['bytes'] / MIB:,.0f} MiB stored in {restore['seconds']:.2f} s (into a "
+          f"fresh home, other keys; phases {restore['phases_s']}; verified {restore['verified']})", flush=True)
     return restore
 
 
@@ -426,34 +551,62 @@ def _run(home: MeshHome, work: Callable[[Children], Coroutine[Any, Any, dict[str
             raise
 
 
+def disk_needed(sizes: tuple[int, ...]) -> int:
+    """Bytes of free space the curve needs at its peak, with a margin: the first home holds the
+    largest store and every archive; a restore holds the largest archive, its extracted copy and the
+    restored store, beside the archives still to restore."""
+    largest, total = max(sizes) * MIB, sum(sizes) * MIB
+    return int(max(largest + total, 2 * largest + total) * 1.15) + 512 * MIB
+
+
 def measure(opts: StorageOptions) -> dict[str, Any]:
-    """Data calls, fill and backup in one home; restore in a second; both homes removed on the way out.
-    A backup or restore that fails is recorded as ``{"error": ...}`` for the report (and the exit status)."""
-    text = mesh_toml(load_config(REPO / "mesh.toml"))
+    """Data calls and the curve's fills and backups in one home; each archive restored in a fresh
+    home of its own, one at a time; every home, archive and the anchor directory removed on the way
+    out. A backup or restore that fails is recorded as ``{"error": ...}`` for the report (and the
+    exit status)."""
+    scratch = Path(tempfile.gettempdir())
+    free, needed = shutil.disk_usage(scratch).free, disk_needed(opts.backup_sizes)
+    if free < needed:
+        raise BenchError(f"storage: the backup curve at {opts.backup_sizes} MiB needs about {needed / 2**30:.1f} "
+                         f"GiB free in {scratch}, {free / 2**30:.1f} GiB is: give smaller --backup-sizes")
+    anchors = Path(tempfile.mkdtemp(prefix="cmsa"))  # 0700, outside every home
+    archives = Path(tempfile.mkdtemp(prefix="cmsk"))  # the operator's copies, between the two meshes
+    text = mesh_toml(load_config(REPO / "mesh.toml"), anchors)
     passphrase = secrets.token_urlsafe(24)
-    homes: list[MeshHome] = []
+    filled = Filled()
     try:
-        homes.append(_make_home(text))
-        first = _run(homes[0], lambda kids: _first(kids, opts, passphrase))
-        if "error" in first["backup"]:
-            restore: dict[str, Any] = {"error": "not run: the backup failed"}
-        else:
-            archive = Path(first["backup"]["result"]["path"])
-            homes.append(_make_home(text))
-            backups = homes[1].root / "backups"
-            backups.mkdir(mode=0o700, exist_ok=True)
-            shutil.copyfile(archive, backups / archive.name)  # what meshctl does with the operator's file
-            (backups / archive.name).chmod(0o600)
-            remove_home(homes[0])  # the first mesh is stopped: its disk space goes back before the restore
-            check = first["fill"].pop("check")  # holds bytes: not for the results file
+        home = _make_home(text)
+        try:
+            first = _run(home, lambda kids: _first(kids, opts, passphrase, filled))
+            for point in first["points"]:
+                if "error" not in point["backup"]:
+                    path = Path(point["backup"]["result"]["path"])
+                    shutil.move(path, archives / path.name)
+        finally:
+            remove_home(home)  # the first mesh is stopped: its disk space goes back before the restores
+        for point in first["points"]:
+            if "error" in point["backup"]:
+                point["restore"] = {"error": "not run: the backup failed"}
+                continue
+            name = point["backup"]["result"]["archive"]
+            home = _make_home(text)
             try:
-                restore = _run(homes[1], lambda kids: _second(kids, archive.name, passphrase, check))
+                backups = home.root / "backups"
+                backups.mkdir(mode=0o700, exist_ok=True)
+                shutil.move(archives / name, backups / name)  # what meshctl does with the operator's file
+                (backups / name).chmod(0o600)
+                point["restore"] = _run(home, lambda kids, p=point, n=name: _restore(kids, n, passphrase, p["stored"],
+                                                                                     filled.pool))
             except BenchError as exc:
-                restore = {"error": str(exc)}
+                point["restore"] = {"error": str(exc)}
+            finally:
+                remove_home(home)
     finally:
-        for home in homes:
-            remove_home(home)
-    for part, got in (("backup", first["backup"]), ("restore", restore)):
-        if "error" in got:
-            print(f"storage: {part} FAILED: {got['error']}", flush=True)
-    return {**first, "restore": restore, "caller": CALLER, "operator": OPERATOR}
+        shutil.rmtree(archives, ignore_errors=True)
+        shutil.rmtree(anchors, ignore_errors=True)
+    for point in first["points"]:
+        for part in ("backup", "restore"):
+            if "error" in point[part]:
+                print(f"storage: {part} at {point['mib']:,} MiB FAILED: {point[part]['error']}", flush=True)
+    return {"calls": first["calls"], "curve": first["points"], "disk": {"free_bytes": free, "needed_bytes": needed},
+            "caller": CALLER, "operator": OPERATOR}
