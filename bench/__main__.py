@@ -109,6 +109,7 @@ STORAGE_FLAGS: Final = {
     "storage_warmup": ("warmup", "mesh calls per method before the rounds"),
     "backup_sizes": ("backup_sizes", "MiB of data stored through the mesh at each point of the backup and restore "
                      "curve, increasing, comma-separated"),
+    "backup_rounds": ("backup_rounds", "backups, and restores, at each size of the curve (the median is the figure)"),
 }
 #: --flag -> AuthnOptions field (None on the command line: the default, or --quick's value).
 AUTHN_FLAGS: Final = {

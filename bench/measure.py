@@ -136,6 +136,23 @@ def cpu_seconds(pid: int) -> float | None:
     return total / 1e9
 
 
+def sched_seconds(pid: int) -> tuple[float, float] | None:
+    """CPU time used so far by every thread of process ``pid``, and the time they waited runnable
+    for a CPU (the run queue), both from ``/proc/<pid>/task/*/schedstat``; None where unavailable."""
+    cpu = waited = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            fields = Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()
+            cpu, waited = cpu + int(fields[0]), waited + int(fields[1])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return cpu / 1e9, waited / 1e9
+
+
 def percentile(samples: list[float], q: float) -> float:
     """The q-quantile (0..1) by nearest rank."""
     if not samples:

@@ -55,13 +55,14 @@ class StorageOptions:
     # Backup and restore growth curve: MiB of data stored through the mesh at each point, increasing
     # (one store filled to each size in turn, backed up at each; each archive restored into a fresh home).
     backup_sizes: tuple[int, ...] = (1024, 4096)
+    backup_rounds: int = 2           # backups, and restores, at each size (the median is the figure)
 
     @classmethod
     def quick(cls) -> StorageOptions:
         """``--quick``: every part, smaller (a few minutes in all on two cores)."""
         return cls(rounds=3, sql_rows=20_000, duckdb_rows=100_000, duckdb_scan_rows=1_000_000, kv_items=5_000,
                    kv_curve=(10_000, 100_000), stream_mib=128, rss_file_mib=256, calls=300, messages=1500, warmup=50,
-                   backup_sizes=(64, 256))
+                   backup_sizes=(64, 256), backup_rounds=1)
 
     def params(self) -> dict[str, Any]:
         return asdict(self)

@@ -44,7 +44,7 @@ from shared import Argon2Profile, MeshClient, MeshConfig, MeshHome, load_config
 from shared.provision import provision
 
 from .harness import REPO, BenchError, Children, remove_home
-from .measure import percentile
+from .measure import percentile, sched_seconds
 from .meshcalls import call, connect, until
 from .storage import MIB, PIECE_BYTES, StorageOptions
 
@@ -424,7 +424,11 @@ def kv_value(number: int) -> bytes:
 async def run_job(operator: MeshClient, kids: Children, method: str, body: dict[str, Any]) -> dict[str, Any]:
     """Start a storage job as the operator and poll ``storage.jobs`` until it is no longer running.
     The job's phases as the polls saw them change (``phases_s``: seconds in each, to the poll
-    interval) say where its time went."""
+    interval) say where its time went; so do the storage process's CPU seconds meanwhile (every
+    thread: ``cpu_s``) and the seconds its threads waited runnable for a CPU (``run_queue_s``). The
+    rest of the job's time its worker thread was blocked, on the disk mostly."""
+    pid = next(c.proc.pid for c in kids.started if c.name == "storage")
+    before = sched_seconds(pid)
     start = time.perf_counter()
     job = (await call(operator, method, body))["job"]
     deadline = time.monotonic() + JOB_TIMEOUT
@@ -440,6 +444,7 @@ async def run_job(operator: MeshClient, kids: Children, method: str, body: dict[
         kids.check_alive()
         await asyncio.sleep(POLL_S)  # the poll interval (not a synchronisation)
     ended = time.perf_counter()
+    after = sched_seconds(pid)
     wall = ended - start
     if final["state"] != "done":
         # The job's error names only the exception's type; storage's log says what failed.
@@ -448,8 +453,10 @@ async def run_job(operator: MeshClient, kids: Children, method: str, body: dict[
     phases: dict[str, float] = {}
     for (phase, at), (_, until_) in zip(seen, [*seen[1:], ("", ended)], strict=True):
         phases[phase] = round(phases.get(phase, 0.0) + until_ - at, 3)
+    used = (None, None) if before is None or after is None else (after[0] - before[0], after[1] - before[1])
     return {"seconds": round(final["finished"] - final["started"], 3), "wall_s": round(wall, 3),
-            "phases_s": phases, "result": final["result"]}
+            "phases_s": phases, "cpu_s": None if used[0] is None else round(used[0], 3),
+            "run_queue_s": None if used[1] is None else round(used[1], 3), "result": final["result"]}
 
 
 async def _read_file(client: MeshClient, name: str) -> bytes:
@@ -490,9 +497,19 @@ async def verify_restore(client: MeshClient, filled: dict[str, Any], pool: list[
             "records": len(checks["records"])}
 
 
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The runs of one job at one point as one: the run of median seconds (the lower middle of an even
+    count), every run's seconds, CPU and run-queue seconds beside it."""
+    middle = sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
+    return {**middle, "runs": [{k: r[k] for k in ("seconds", "wall_s", "cpu_s", "run_queue_s", "phases_s")}
+                               for r in runs]}
+
+
 async def _first(kids: Children, opts: StorageOptions, passphrase: str, filled: Filled) -> dict[str, Any]:
-    """Data calls, then for each curve size: fill up to it and back up. A failed fill or backup is
-    recorded, not raised (the figures before it stand) and ends the curve, unless a process died."""
+    """Data calls, then for each curve size: fill up to it and back up ``backup_rounds`` times (the
+    first run's archive is kept for the restores, the others removed at once). A failed fill or
+    backup is recorded, not raised (the figures before it stand) and ends the curve, unless a
+    process died."""
     operator = await start_mesh(kids)
     points: list[dict[str, Any]] = []
     try:
@@ -507,14 +524,21 @@ async def _first(kids: Children, opts: StorageOptions, passphrase: str, filled: 
                     point["stored"] = {"bytes": filled.bytes, "files": filled.files, "kv_entries": filled.kv,
                                        "records": filled.records, "analytics_rows": filled.rows,
                                        "checks": {k: list(v) for k, v in filled.checks.items()}}
-                    point["backup"] = await run_job(operator, kids, "storage.backup.create", {"passphrase": passphrase})
+                    runs = []
+                    for r in range(opts.backup_rounds):
+                        got = await run_job(operator, kids, "storage.backup.create", {"passphrase": passphrase})
+                        runs.append(got)
+                        if r:
+                            Path(got["result"]["path"]).unlink()
+                        print(f"storage: backup {r + 1}/{opts.backup_rounds} at {mib:,} MiB stored: "
+                              f"{got['result']['bytes'] / MIB:,.0f} MiB archive in {got['seconds']:.2f} s (CPU "
+                              f"{got['cpu_s']} s, run queue {got['run_queue_s']} s; phases {got['phases_s']})",
+                              flush=True)
+                    point["backup"] = {**summary(runs), "result": runs[0]["result"]}
                 except BenchError as exc:
                     kids.check_alive()
                     point["backup"] = {"error": str(exc)}
                     break
-                got = point["backup"]
-                print(f"storage: backup at {mib:,} MiB stored: {got['result']['bytes'] / MIB:,.0f} MiB archive in "
-                      f"{got['seconds']:.2f} s (phases {got['phases_s']})", flush=True)
         finally:
             await client.close()
     finally:
@@ -536,7 +560,8 @@ async def _restore(kids: Children, archive: str, passphrase: str, stored: dict[s
     finally:
         await client.close()
     print(f"storage: restore of {stored['bytes'] / MIB:,.0f} MiB stored in {restore['seconds']:.2f} s (into a "
-          f"fresh home, other keys; phases {restore['phases_s']}; verified {restore['verified']})", flush=True)
+          f"fresh home, other keys; CPU {restore['cpu_s']} s, run queue {restore['run_queue_s']} s; phases "
+          f"{restore['phases_s']}; verified {restore['verified']})", flush=True)
     return restore
 
 
@@ -584,23 +609,33 @@ def measure(opts: StorageOptions) -> dict[str, Any]:
                     shutil.move(path, archives / path.name)
         finally:
             remove_home(home)  # the first mesh is stopped: its disk space goes back before the restores
+        measured = [p for p in first["points"] if "error" not in p["backup"]]
         for point in first["points"]:
             if "error" in point["backup"]:
                 point["restore"] = {"error": "not run: the backup failed"}
-                continue
-            name = point["backup"]["result"]["archive"]
-            home = _make_home(text)
-            try:
-                backups = home.root / "backups"
-                backups.mkdir(mode=0o700, exist_ok=True)
-                shutil.move(archives / name, backups / name)  # what meshctl does with the operator's file
-                (backups / name).chmod(0o600)
-                point["restore"] = _run(home, lambda kids, p=point, n=name: _restore(kids, n, passphrase, p["stored"],
-                                                                                     filled.pool))
-            except BenchError as exc:
-                point["restore"] = {"error": str(exc)}
-            finally:
-                remove_home(home)
+        runs: dict[int, list[dict[str, Any]]] = {p["mib"]: [] for p in measured}
+        for r in range(opts.backup_rounds):  # the sizes in turn, round after round
+            for point in measured:
+                if "restore" in point:  # a failed restore is not tried again
+                    continue
+                name = point["backup"]["result"]["archive"]
+                last = r == opts.backup_rounds - 1
+                home = _make_home(text)
+                try:
+                    backups = home.root / "backups"
+                    backups.mkdir(mode=0o700, exist_ok=True)
+                    # What meshctl does with the operator's file (moved, not copied, the last time).
+                    (shutil.move if last else shutil.copyfile)(archives / name, backups / name)
+                    (backups / name).chmod(0o600)
+                    runs[point["mib"]].append(_run(home, lambda kids, p=point, n=name: _restore(
+                        kids, n, passphrase, p["stored"], filled.pool)))
+                except BenchError as exc:
+                    point["restore"] = {"error": str(exc)}
+                finally:
+                    remove_home(home)
+        for point in measured:
+            if "restore" not in point:
+                point["restore"] = summary(runs[point["mib"]])
     finally:
         shutil.rmtree(archives, ignore_errors=True)
         shutil.rmtree(anchors, ignore_errors=True)

@@ -30,9 +30,9 @@ pytestmark = pytest.mark.timeout(300)
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Two points (the fill adds at least one 8 MiB file per point); the data calls as small as they go.
-TINY = StorageOptions(rounds=1, calls=4, messages=8, window=4, warmup=2, backup_sizes=(16, 48))
-PER_POINT = ("st_backup_s", "st_backup_s_per_gib", "st_backup_mib_s", "st_restore_s", "st_restore_s_per_gib",
-             "st_restore_mib_s", "st_backup_archive_mib")
+TINY = StorageOptions(rounds=1, calls=4, messages=8, window=4, warmup=2, backup_sizes=(16, 48), backup_rounds=2)
+PER_POINT = ("st_backup_s", "st_backup_s_per_gib", "st_backup_mib_s", "st_backup_cpu_s_per_gib", "st_restore_s",
+             "st_restore_s_per_gib", "st_restore_mib_s", "st_restore_cpu_s_per_gib", "st_backup_archive_mib")
 
 
 def test_the_bench_mesh_keeps_the_repository_s_rules_and_its_anchors_out_of_the_user_s(tmp_path: Path) -> None:
@@ -75,6 +75,10 @@ def test_a_tiny_curve_backs_up_and_restores_real_data_at_each_size(monkeypatch: 
         previous = stored["bytes"]
         assert backup["result"]["bytes"] > stored["bytes"]  # the archive holds all of it, encrypted
         assert backup["seconds"] > 0 and set(backup["phases_s"]) <= {"starting", "snapshot", "pack"}
+        # Each job ran backup_rounds times; the figure is the median run's, and storage did the work.
+        for job in (backup, restore):
+            assert len(job["runs"]) == 2 and job["seconds"] in [r["seconds"] for r in job["runs"]]
+            assert all(r["cpu_s"] > 0 and r["run_queue_s"] >= 0 for r in job["runs"])
         # The restore is real: storage restored every file, and what was read back matched.
         assert restore["result"]["files"] == stored["files"]
         assert restore["result"]["kv"] >= stored["kv_entries"] and restore["result"]["records"] >= stored["records"]
@@ -88,17 +92,19 @@ def test_a_tiny_curve_backs_up_and_restores_real_data_at_each_size(monkeypatch: 
 
     figs = report.backup_figures(raw)
     expected = {f"{key}_{mib}" for key in PER_POINT for mib in (16, 48)}
-    expected |= {"st_backup_slope", "st_restore_slope", "st_file_upload_mb_s"}
+    expected |= {"st_backup_slope", "st_restore_slope", "st_backup_cpu_slope", "st_restore_cpu_slope",
+                 "st_file_upload_mb_s"}
     assert set(figs) == expected
     for key, fig in figs.items():
         assert fig["group"] == report.STORAGE_GROUP and fig["informational"] and fig["met"] is None, key
         assert fig["value"] > 0 and math.isfinite(fig["value"]) and not fig.get("error"), key
-    for name in ("backup", "restore"):
+    for name in ("backup", "restore", "backup_cpu", "restore_cpu"):
+        job, cpu = name.removesuffix("_cpu"), "cpu_" if name.endswith("_cpu") else ""
         slope = figs[f"st_{name}_slope"]
-        first, last = figs[f"st_{name}_s_per_gib_16"]["value"], figs[f"st_{name}_s_per_gib_48"]["value"]
+        first, last = (figs[f"st_{job}_{cpu}s_per_gib_{mib}"]["value"] for mib in (16, 48))
         assert slope["from_mib"] == 16 and slope["to_mib"] == 48
         assert slope["value"] == pytest.approx(last / first, rel=0.01)
-        assert figs[f"st_{name}_s_per_gib_48"]["ratio"] == slope["value"]
+        assert figs[f"st_{job}_{cpu}s_per_gib_48"]["ratio"] == slope["value"]
     assert figs["st_restore_s_48"]["verified"] == points[1]["restore"]["verified"]
     assert report.storage_errors(figs) == []
     json.dumps(figs)  # the results file can hold every figure
@@ -108,11 +114,13 @@ def test_a_tiny_curve_backs_up_and_restores_real_data_at_each_size(monkeypatch: 
 
 def test_a_failed_point_is_reported_as_not_measured() -> None:
     stored = {"bytes": 16 * MIB, "files": 2, "kv_entries": 1, "records": 1, "analytics_rows": 1}
-    backup = {"seconds": 1.0, "wall_s": 1.1, "phases_s": {"pack": 1.0}, "result": {"bytes": 17 * MIB}}
+    backup = {"seconds": 1.0, "wall_s": 1.1, "cpu_s": None, "run_queue_s": None, "phases_s": {"pack": 1.0},
+              "result": {"bytes": 17 * MIB}}  # no /proc: no CPU figures
     points = [{"mib": 16, "stored": stored, "backup": backup, "restore": {"error": "restore: job failed: boom"}},
               {"mib": 48, "backup": {"error": "storage.files.put.chunk as authn: UNAVAILABLE: sealed"},
                "restore": {"error": "not run: the backup failed"}}]
     figs = report.backup_figures({"curve": points})
+    assert figs["st_backup_s_16"]["value"] == 1.0 and "st_backup_cpu_s_per_gib_16" not in figs
     assert figs["st_restore_s_16"]["value"] is None and figs["st_backup_s_48"]["value"] is None
     assert "st_backup_slope" not in figs and "st_restore_slope" not in figs  # one point measured: no slope
     errors = report.storage_errors(figs)
@@ -174,9 +182,12 @@ def test_the_command_line_sizes_the_curve() -> None:
     args = _args(["--only", "storage"])
     assert _sections(args) == ["storage"] and args.storage_options.backup_sizes == (1024, 4096)
     assert _args(["--quick"]).storage_options.backup_sizes == (64, 256)
+    assert (args.storage_options.backup_rounds, _args(["--quick"]).storage_options.backup_rounds) == (2, 1)
     quick = _args(["--quick", "--backup-sizes", "1024,4096"]).storage_options
     assert quick == dataclasses.replace(StorageOptions.quick(), backup_sizes=(1024, 4096))
     assert _args(["--backup-sizes", "8,16,1024"]).storage_options.backup_sizes == (8, 16, 1024)
     for bad in ("4,1024", "1024,1024", "4096,1024", "1024,1030", "1024,x", ""):
         with pytest.raises(SystemExit):
             _args(["--backup-sizes", bad])
+    with pytest.raises(SystemExit):
+        _args(["--backup-rounds", "0"])
