@@ -13,17 +13,48 @@ has fetched its keys), each wait with a deadline.
   and ``storage.health`` (granted to ``authn`` by the bench's mesh.toml only) as the bare round trip
   to compare with. Each round times every method sequentially (p50, p99 over every sample) and
   then pipelined (``window`` calls in flight from one client; calls per second), the order rotating.
-* Backup. The same storage is filled through the mesh with about ``backup_mib`` MiB (files mostly,
-  uploaded in 256 KiB pieces, some kv entries, records and an analytics table), then ``meshctl``
-  (role operator) runs ``storage.backup.create {passphrase}`` and polls ``storage.jobs`` until the
-  job is no longer running.
-* Restore. That mesh is stopped; a second fresh home (another keyvault, other keys) gets the
-  archive copied into ``<home>/backups/`` and runs ``storage.backup.restore {archive, passphrase}``
-  the same way; then a few restored values are read back as ``authn`` to check the restore is real.
+* Backup, the growth curve (issue 18: "backup and restore per GiB at 1 and 4 GiB"). The same
+  storage is grown through the mesh, as ``authn``, to each size of ``backup_sizes`` in turn (MiB of
+  data stored; 1024 and 4096 by default, 64 and 256 with ``--quick``), always in the same mix: ~90 %
+  files of 8 MiB uploaded in 256 KiB pieces, 8 uploads at once (storage's limit per caller), ~6 %
+  kv entries of 4 KiB and ~3 % records of ~2 KiB, 256 calls in flight (storage commits them in
+  groups), and analytics rows. Nothing is written around the service: the archive holds what the
+  service stored. At each size ``meshctl`` (role operator) runs ``storage.backup.create
+  {passphrase}`` ``backup_rounds`` times (2; 1 with ``--quick``) and polls ``storage.jobs`` until the
+  job ends; the first archive is kept, the others removed at once.
+* Restore. That mesh is stopped and its home removed (the archives set aside). Each archive is then
+  restored ``backup_rounds`` times, the sizes in turn, each time into a fresh home of its own
+  (another keyvault, other keys): copied into ``<home>/backups/``, ``storage.backup.restore
+  {archive, passphrase}`` the same way, then read back as ``authn``: storage's count of restored
+  files must be every file stored, and for every fill step two files are read whole and compared
+  byte for byte, two kv values and two records compared too (:func:`verify_restore`).
 
-Backup and restore seconds are the job's own (``finished - started``, the storage process's clock);
-the wall time the bench saw, polls included, is kept beside them. Every home is removed and every
-process stopped on the way out (:class:`bench.harness.Children`).
+Backup and restore seconds are the job's own (``finished - started``, the storage process's clock;
+the figure is the median run); beside them the wall time the bench saw, the job's phases as the
+50 ms polls saw them change, and the storage process's CPU seconds during the job (every thread,
+user and kernel) with the time its threads waited for a CPU, from ``/proc/<pid>/task/*/schedstat``.
+Before anything, the free space the curve needs (:func:`disk_needed`: about 2x the largest size
+plus every archive, 15.5 GiB for 1 and 4 GiB) is checked in the temporary directory. Every home,
+archive and the anchor directory (a temporary one, never the user's) is removed and every process
+stopped on the way out (:class:`bench.harness.Children`).
+
+The slope. Measured on the 2-core VM these figures were first taken on (4 runs at 1 and 4 GiB, the
+load average from other people's tests between 1.3 and 12), the per-GiB wall clock at 4 GiB over
+1 GiB was 0.73 to 1.45 for backup and 1.09 to 1.37 for restore: the spread is the busy machine.
+What does rise at 4 GiB is the CPU per GiB (storage's CPU slope 1.7 to 2.1 for backup, 1.1 for
+restore), and it is not the archive code: its Python and crypto work per GiB is flat (py-spy:
+AES-GCM, SHA-256, the chunk wipes and the reads each cost the same per GiB at both sizes; in
+process, ``write_archive``, ``verify_archive`` and ``extract_archive`` of 1 and 4 GiB took the same
+per GiB). It is the kernel copying written data into the page cache (``copy_folio_from_iter_atomic``:
+5 % of storage's CPU during the 1 GiB backup, 44 % during the 4 GiB one, under ``perf``). On this
+VM the first ~4-5 GiB of page cache a burst of writes adds cost ~0.35 s per GiB, every GiB past
+that ~3.3 s of kernel time (a plain loop of 64 KiB writes shows it; likely the host faulting the
+guest's fresh memory in on first touch, as the VM hands freed memory back through virtio-balloon
+free page reporting). A 1 GiB backup writes a 1 GiB archive; a 4 GiB one writes 4.2 GiB on top of
+the 4 GiB the fill just cached, and a 4 GiB restore writes ~8 GiB (the extracted archive, then the
+re-encrypted store). Where free memory costs nothing to fill, both curves should be flat but for
+the fixed costs of a job (one Argon2id of the ``file`` profile, 0.15-0.6 s here, and the audit
+records), which make the smallest size the dearest per GiB.
 """
 
 from __future__ import annotations
@@ -369,6 +400,8 @@ async def fill_to(client: MeshClient, filled: Filled, mib: int) -> dict[str, Any
     kv_count, doc_count = max(1, add * 6 // 100 // KV_BYTES), max(1, add * 3 // 100 // 2048)
     rows = max(1, add // MIB * ROWS_PER_MIB)
     pool, first_file, first_kv, first_doc = filled.pool, filled.files, filled.kv, filled.records
+    if filled.records == 0:  # the data calls declare it too, with the same fields (idempotent)
+        await call(client, "storage.records.collection", {**SCOPE, "collection": COLLECTION, "indexed": ["day"]})
     clock = time.perf_counter
     start = clock()
     await _windowed(files, UPLOADS_AT_ONCE, lambda i: _upload(client, pool, first_file + i))
