@@ -153,6 +153,18 @@ def sched_seconds(pid: int) -> tuple[float, float] | None:
     return cpu / 1e9, waited / 1e9
 
 
+def user_system_seconds(pid: int) -> tuple[float, float] | None:
+    """CPU time process ``pid`` (every thread) has spent so far in user mode and in the kernel, from
+    ``/proc/<pid>/stat``, to the clock tick; None where unavailable."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) "
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def percentile(samples: list[float], q: float) -> float:
     """The q-quantile (0..1) by nearest rank."""
     if not samples:

@@ -444,6 +444,7 @@ def backup_figures(mesh: dict[str, Any]) -> dict[str, dict[str, Any]]:
                        f"{last['puts_at_once']} in flight)"),
             "fills": fills}
     curves: dict[str, list[tuple[int, float]]] = {}
+    split: dict[str, list[tuple[int, dict[str, float]]]] = {"backup": [], "restore": []}
     for point in points:
         mib, size = point["mib"], _size(point["mib"])
         stored = point.get("stored")
@@ -487,11 +488,20 @@ def backup_figures(mesh: dict[str, Any]) -> dict[str, dict[str, Any]]:
             if got["cpu_s"] is not None:
                 cpu = round(got["cpu_s"] / gib, 3)
                 curves.setdefault(f"{name}_cpu", []).append((mib, cpu))
+                modes = {}
+                if got.get("user_s") is not None:
+                    modes = {"user_s_per_gib": round(got["user_s"] / gib, 3),
+                             "system_s_per_gib": round(got["system_s"] / gib, 3)}
+                    split[name].append((mib, modes))
                 out[f"st_{name}_cpu_s_per_gib_{mib}"] = {
                     "label": f"{name} CPU per GiB at {size}", "unit": "s/GiB", "value": cpu, **base, "mib": mib,
-                    "detail": (f"the storage process's CPU time during the job, every thread; off CPU "
-                               f"{max(0.0, value - cpu):.2f} s/GiB (waiting for the disk or for a CPU; its threads "
-                               f"waited {got['run_queue_s'] / gib:.2f} s/GiB in the run queue, summed over threads)")}
+                    **modes,
+                    "detail": ("the storage process's CPU time during the job, every thread"
+                               + (f" (user {modes['user_s_per_gib']:.2f}, kernel {modes['system_s_per_gib']:.2f})"
+                                  if modes else "")
+                               + f"; off CPU {max(0.0, value - cpu):.2f} s/GiB (waiting for the disk or for a CPU; "
+                               f"its threads waited {got['run_queue_s'] / gib:.2f} s/GiB in the run queue, summed "
+                               "over threads)")}
         if stored is not None and archive is not None:
             out[f"st_backup_archive_mib_{mib}"] = {
                 "label": f"archive at {size} stored", "unit": "MiB", "value": round(archive / 2**20, 1), **base,
@@ -510,11 +520,17 @@ def backup_figures(mesh: dict[str, Any]) -> dict[str, dict[str, Any]]:
             fig["ratio"] = _ratio(value, curve[0][1])
         if len(curve) >= 2:
             (low, first), (high, last) = curve[0], curve[-1]
-            out[f"st_{name}_{'cpu_' if cpu else ''}slope"] = {
+            fig = out[f"st_{name}_{'cpu_' if cpu else ''}slope"] = {
                 "label": f"{name} {kind}per-GiB slope, {_size(high)} / {_size(low)}", "unit": "x",
                 "value": _ratio(last, first), **base, "from_mib": low, "to_mib": high,
                 "detail": f"{kind}s/GiB {last:.2f} at {_size(high)} over {first:.2f} at {_size(low)} (flat = 1)"
                           + ("" if cpu else "; " + BACKUP_SLOPE_NOTE)}
+            modes = [m for mib, m in split[name] if mib in (low, high)]
+            if cpu and len(modes) == 2:
+                for mode in ("user", "system"):
+                    fig[f"{mode}_slope"] = _ratio(modes[1][f"{mode}_s_per_gib"], modes[0][f"{mode}_s_per_gib"])
+                fig["detail"] += (f"; user CPU {fig['user_slope']:.2f}x (the code's own work), kernel "
+                                  f"{fig['system_slope']:.2f}x")
     return out
 
 

@@ -75,7 +75,7 @@ from shared import Argon2Profile, MeshClient, MeshConfig, MeshHome, load_config
 from shared.provision import provision
 
 from .harness import REPO, BenchError, Children, remove_home
-from .measure import percentile, sched_seconds
+from .measure import percentile, sched_seconds, user_system_seconds
 from .meshcalls import call, connect, until
 from .storage import MIB, PIECE_BYTES, StorageOptions
 
@@ -458,10 +458,10 @@ async def run_job(operator: MeshClient, kids: Children, method: str, body: dict[
     """Start a storage job as the operator and poll ``storage.jobs`` until it is no longer running.
     The job's phases as the polls saw them change (``phases_s``: seconds in each, to the poll
     interval) say where its time went; so do the storage process's CPU seconds meanwhile (every
-    thread: ``cpu_s``) and the seconds its threads waited runnable for a CPU (``run_queue_s``). The
-    rest of the job's time its worker thread was blocked, on the disk mostly."""
+    thread: ``cpu_s``, split into ``user_s`` and ``system_s``: the kernel's) and the seconds its
+    threads waited runnable for a CPU (``run_queue_s``, summed over threads)."""
     pid = next(c.proc.pid for c in kids.started if c.name == "storage")
-    before = sched_seconds(pid)
+    before, modes = sched_seconds(pid), user_system_seconds(pid)
     start = time.perf_counter()
     job = (await call(operator, method, body))["job"]
     deadline = time.monotonic() + JOB_TIMEOUT
@@ -477,7 +477,7 @@ async def run_job(operator: MeshClient, kids: Children, method: str, body: dict[
         kids.check_alive()
         await asyncio.sleep(POLL_S)  # the poll interval (not a synchronisation)
     ended = time.perf_counter()
-    after = sched_seconds(pid)
+    after, modes_after = sched_seconds(pid), user_system_seconds(pid)
     wall = ended - start
     if final["state"] != "done":
         # The job's error names only the exception's type; storage's log says what failed.
@@ -487,8 +487,12 @@ async def run_job(operator: MeshClient, kids: Children, method: str, body: dict[
     for (phase, at), (_, until_) in zip(seen, [*seen[1:], ("", ended)], strict=True):
         phases[phase] = round(phases.get(phase, 0.0) + until_ - at, 3)
     used = (None, None) if before is None or after is None else (after[0] - before[0], after[1] - before[1])
+    split = (None, None) if modes is None or modes_after is None else (modes_after[0] - modes[0],
+                                                                        modes_after[1] - modes[1])
     return {"seconds": round(final["finished"] - final["started"], 3), "wall_s": round(wall, 3),
             "phases_s": phases, "cpu_s": None if used[0] is None else round(used[0], 3),
+            "user_s": None if split[0] is None else round(split[0], 2),
+            "system_s": None if split[1] is None else round(split[1], 2),
             "run_queue_s": None if used[1] is None else round(used[1], 3), "result": final["result"]}
 
 
@@ -534,8 +538,8 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The runs of one job at one point as one: the run of median seconds (the lower middle of an even
     count), every run's seconds, CPU and run-queue seconds beside it."""
     middle = sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
-    return {**middle, "runs": [{k: r[k] for k in ("seconds", "wall_s", "cpu_s", "run_queue_s", "phases_s")}
-                               for r in runs]}
+    keys = ("seconds", "wall_s", "cpu_s", "user_s", "system_s", "run_queue_s", "phases_s")
+    return {**middle, "runs": [{k: r[k] for k in keys} for r in runs]}
 
 
 async def _first(kids: Children, opts: StorageOptions, passphrase: str, filled: Filled) -> dict[str, Any]:
@@ -565,7 +569,8 @@ async def _first(kids: Children, opts: StorageOptions, passphrase: str, filled: 
                             Path(got["result"]["path"]).unlink()
                         print(f"storage: backup {r + 1}/{opts.backup_rounds} at {mib:,} MiB stored: "
                               f"{got['result']['bytes'] / MIB:,.0f} MiB archive in {got['seconds']:.2f} s (CPU "
-                              f"{got['cpu_s']} s, run queue {got['run_queue_s']} s; phases {got['phases_s']})",
+                              f"{got['cpu_s']} s: user {got['user_s']}, kernel {got['system_s']}; run queue "
+                              f"{got['run_queue_s']} s; phases {got['phases_s']})",
                               flush=True)
                     point["backup"] = {**summary(runs), "result": runs[0]["result"]}
                 except BenchError as exc:
@@ -593,7 +598,8 @@ async def _restore(kids: Children, archive: str, passphrase: str, stored: dict[s
     finally:
         await client.close()
     print(f"storage: restore of {stored['bytes'] / MIB:,.0f} MiB stored in {restore['seconds']:.2f} s (into a "
-          f"fresh home, other keys; CPU {restore['cpu_s']} s, run queue {restore['run_queue_s']} s; phases "
+          f"fresh home, other keys; CPU {restore['cpu_s']} s: user {restore['user_s']}, kernel "
+          f"{restore['system_s']}; run queue {restore['run_queue_s']} s; phases "
           f"{restore['phases_s']}; verified {restore['verified']})", flush=True)
     return restore
 

@@ -79,6 +79,8 @@ def test_a_tiny_curve_backs_up_and_restores_real_data_at_each_size(monkeypatch: 
         for job in (backup, restore):
             assert len(job["runs"]) == 2 and job["seconds"] in [r["seconds"] for r in job["runs"]]
             assert all(r["cpu_s"] > 0 and r["run_queue_s"] >= 0 for r in job["runs"])
+            assert all(r["user_s"] >= 0 and r["system_s"] >= 0 and r["user_s"] + r["system_s"] > 0
+                       for r in job["runs"])
         # The restore is real: storage restored every file, and what was read back matched.
         assert restore["result"]["files"] == stored["files"]
         assert restore["result"]["kv"] >= stored["kv_entries"] and restore["result"]["records"] >= stored["records"]
@@ -105,6 +107,9 @@ def test_a_tiny_curve_backs_up_and_restores_real_data_at_each_size(monkeypatch: 
         assert slope["from_mib"] == 16 and slope["to_mib"] == 48
         assert slope["value"] == pytest.approx(last / first, rel=0.01)
         assert figs[f"st_{job}_{cpu}s_per_gib_48"]["ratio"] == slope["value"]
+        if cpu:  # the CPU split into the code's own (user) and the kernel's, each with its slope
+            assert figs[f"st_{job}_cpu_s_per_gib_48"]["user_s_per_gib"] >= 0
+            assert {"user_slope", "system_slope"} <= set(slope)  # to the clock tick: no sign asserted
     assert figs["st_restore_s_48"]["verified"] == points[1]["restore"]["verified"]
     assert report.storage_errors(figs) == []
     json.dumps(figs)  # the results file can hold every figure
