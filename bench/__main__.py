@@ -32,9 +32,10 @@ encrypted against its plaintext twin in process (targets: SQLCipher >= 0.7x sqli
 encrypted bulk insert >= 0.8x plain, a 1 GiB file through FileStore with < 64 MiB resident),
 the real storage service over the mesh (p50, p99, pipelined calls/s), and the backup and restore
 growth curve (one store filled through the mesh to each ``--backup-sizes`` point, 1 and 4 GiB by
-default, backed up there, each archive restored into a fresh home and read back: job seconds, s/GiB,
-MiB/s, archive size, and the per-GiB slope, largest size over smallest). ``--no-storage`` skips
-them. A backup or restore that fails is reported and makes the exit status 2.
+default, backed up there, each archive restored into a fresh home and read back, each job
+``--backup-rounds`` times: job seconds, s/GiB, MiB/s, storage's CPU s/GiB split into user and
+kernel time, archive size, and the per-GiB slopes, largest size over smallest). ``--no-storage``
+skips them. A backup or restore that fails is reported and makes the exit status 2.
 
 Then meshctl's start-up (:mod:`bench.startup`): ``--help``, ``--version``, ``status --json`` and
 ``ping mesh`` (against an initialised home whose mesh is down) beside ``python -c pass``, as ratios

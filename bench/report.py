@@ -416,11 +416,11 @@ def _size(mib: int) -> str:
 
 #: What the slopes mean (bench/storage_mesh.py's docstring has the measured detail).
 BACKUP_SLOPE_NOTE: Final = (
-    "the archive code's own work per GiB is flat (py-spy, in-process runs); storage's CPU per GiB also "
-    "counts the kernel filling the page cache, which on the VM measured costs ~10x per GiB past the "
-    "first ~4-5 GiB of new cache (a 4 GiB backup writes 4.2 GiB beside the 4 GiB just stored, a restore "
-    "~8 GiB); the wall clock adds waits for the disk and, on a busy machine, for a CPU; fixed costs "
-    "(one Argon2id, audit) make small sizes dearer")
+    "storage's user CPU per GiB (the code's own work) stays flat: see the CPU slope's split; its kernel "
+    "time grows, as filling the page cache cost ~10x per GiB past the first ~4-5 GiB of new cache on the "
+    "VM measured (a 4 GiB backup writes a 4.2 GiB archive beside the 4 GiB just stored, a restore ~8 GiB); "
+    "the wall clock adds waits for the disk and, on a busy machine, for a CPU; fixed costs (one Argon2id, "
+    "audit) make small sizes dearer")
 
 
 def backup_figures(mesh: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -38,23 +38,24 @@ plus every archive, 15.5 GiB for 1 and 4 GiB) is checked in the temporary direct
 archive and the anchor directory (a temporary one, never the user's) is removed and every process
 stopped on the way out (:class:`bench.harness.Children`).
 
-The slope. Measured on the 2-core VM these figures were first taken on (4 runs at 1 and 4 GiB, the
-load average from other people's tests between 1.3 and 12), the per-GiB wall clock at 4 GiB over
-1 GiB was 0.73 to 1.45 for backup and 1.09 to 1.37 for restore: the spread is the busy machine.
-What does rise at 4 GiB is the CPU per GiB (storage's CPU slope 1.7 to 2.1 for backup, 1.1 for
-restore), and it is not the archive code: its Python and crypto work per GiB is flat (py-spy:
-AES-GCM, SHA-256, the chunk wipes and the reads each cost the same per GiB at both sizes; in
-process, ``write_archive``, ``verify_archive`` and ``extract_archive`` of 1 and 4 GiB took the same
-per GiB). It is the kernel copying written data into the page cache (``copy_folio_from_iter_atomic``:
-5 % of storage's CPU during the 1 GiB backup, 44 % during the 4 GiB one, under ``perf``). On this
-VM the first ~4-5 GiB of page cache a burst of writes adds cost ~0.35 s per GiB, every GiB past
-that ~3.3 s of kernel time (a plain loop of 64 KiB writes shows it; likely the host faulting the
-guest's fresh memory in on first touch, as the VM hands freed memory back through virtio-balloon
-free page reporting). A 1 GiB backup writes a 1 GiB archive; a 4 GiB one writes 4.2 GiB on top of
-the 4 GiB the fill just cached, and a 4 GiB restore writes ~8 GiB (the extracted archive, then the
-re-encrypted store). Where free memory costs nothing to fill, both curves should be flat but for
-the fixed costs of a job (one Argon2id of the ``file`` profile, 0.15-0.6 s here, and the audit
-records), which make the smallest size the dearest per GiB.
+The slope. On the 2-core VM these figures were first taken on (6 runs at 1 and 4 GiB, the load
+average from other people's tests between 1.3 and 12), the per-GiB wall clock at 4 GiB over 1 GiB
+was 0.73 to 1.70 for backup (1.45 to 1.70 on the quieter runs) and 1.09 to 1.42 for restore. The
+code's own work is linear: storage's user CPU per GiB is flat (slope 0.95 for backup, 0.86 for
+restore in the last run), and so is every part of it py-spy shows (AES-GCM, SHA-256, the chunk
+wipes, the reads); in process, ``write_archive``, ``verify_archive`` and ``extract_archive`` of 1 and
+4 GiB took the same per GiB. What grows is kernel time (slope 3.7 for backup, 1.5 for restore):
+the kernel copying written data into the page cache (``copy_folio_from_iter_atomic``: 5 % of
+storage's CPU during the 1 GiB backup, 44 % during the 4 GiB one, under ``perf``). On this VM the
+first ~4-5 GiB of page cache a burst of writes adds cost ~0.35 s per GiB, every GiB past that ~3.3 s
+(a plain loop of 64 KiB writes and fsyncs shows it; likely the host faulting fresh guest memory in
+on first touch, as the VM hands freed memory back through virtio-balloon free page reporting). A
+1 GiB backup writes a 1 GiB archive; a 4 GiB one writes 4.2 GiB beside the 4 GiB the fill just
+cached, and a 4 GiB restore writes ~8 GiB (the extracted archive, then the re-encrypted store). The
+rest of the spread is the wall clock waiting for a CPU on a busy machine. Where fresh memory costs
+nothing to fill, both curves should be flat but for each job's fixed costs (one Argon2id of the
+``file`` profile, 0.15-0.6 s here, and the audit records), which make the smallest size the dearest
+per GiB.
 """
 
 from __future__ import annotations
