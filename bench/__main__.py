@@ -30,9 +30,12 @@ beside the same client's ``keyvault.health``. ``--no-keyvault`` skips them.
 Then the storage figures (:mod:`bench.storage`, :mod:`bench.storage_mesh`): each engine
 encrypted against its plaintext twin in process (targets: SQLCipher >= 0.7x sqlite3, DuckDB
 encrypted bulk insert >= 0.8x plain, a 1 GiB file through FileStore with < 64 MiB resident),
-the real storage service over the mesh (p50, p99, pipelined calls/s), and backup and restore
-time per GiB. ``--no-storage`` skips them. A backup or restore that fails is reported and makes
-the exit status 2.
+the real storage service over the mesh (p50, p99, pipelined calls/s), and the backup and restore
+growth curve (one store filled through the mesh to each ``--backup-sizes`` point, 1 and 4 GiB by
+default, backed up there, each archive restored into a fresh home and read back, each job
+``--backup-rounds`` times: job seconds, s/GiB, MiB/s, storage's CPU s/GiB split into user and
+kernel time, archive size, and the per-GiB slopes, largest size over smallest). ``--no-storage``
+skips them. A backup or restore that fails is reported and makes the exit status 2.
 
 Then meshctl's start-up (:mod:`bench.startup`): ``--help``, ``--version``, ``status --json`` and
 ``ping mesh`` (against an initialised home whose mesh is down) beside ``python -c pass``, as ratios
@@ -72,6 +75,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import itertools
 import os
 import signal
 import sys
@@ -104,7 +108,9 @@ STORAGE_FLAGS: Final = {
     "storage_messages": ("messages", "pipelined mesh calls per method per round"),
     "storage_window": ("window", "mesh calls in flight for throughput"),
     "storage_warmup": ("warmup", "mesh calls per method before the rounds"),
-    "backup_mib": ("backup_mib", "MiB put through the mesh before the backup"),
+    "backup_sizes": ("backup_sizes", "MiB of data stored through the mesh at each point of the backup and restore "
+                     "curve, increasing, comma-separated"),
+    "backup_rounds": ("backup_rounds", "backups, and restores, at each size of the curve (the median is the figure)"),
 }
 #: --flag -> AuthnOptions field (None on the command line: the default, or --quick's value).
 AUTHN_FLAGS: Final = {
@@ -163,8 +169,25 @@ def _sized_group(parser: argparse.ArgumentParser, section: str) -> None:
     group.add_argument(f"--no-{section}", dest=section, action="store_false", help=f"skip the {section} figures")
     defaults, quick = sizes(), sizes.quick()
     for flag, (name, text) in flags.items():
-        group.add_argument(f"--{flag.replace('_', '-')}", type=int, metavar="N",
-                           help=f"{text} (default {getattr(defaults, name)}, --quick {getattr(quick, name)})")
+        default, small = getattr(defaults, name), getattr(quick, name)
+        if isinstance(default, tuple):  # a growth curve's points: N,N,...
+            group.add_argument(f"--{flag.replace('_', '-')}", type=_numbers, metavar="N,N",
+                               help=f"{text} (default {_csv(default)}, --quick {_csv(small)})")
+        else:
+            group.add_argument(f"--{flag.replace('_', '-')}", type=int, metavar="N",
+                               help=f"{text} (default {default}, --quick {small})")
+
+
+def _csv(numbers: tuple[int, ...]) -> str:
+    return ",".join(str(n) for n in numbers)
+
+
+def _numbers(text: str) -> tuple[int, ...]:
+    """``N,N,...``: integers, comma-separated."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: integers, comma-separated") from None
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -227,8 +250,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         if any((min(v) if isinstance(v, tuple) else v) < 1 for v in options.params().values()):
             parser.error(f"every {section} option must be >= 1")
         setattr(args, f"{section}_options", options)
-    if args.storage_options.backup_mib < 8:
-        parser.error("--backup-mib must be >= 8 (the fill uploads 8 MiB files)")
+    backup_sizes = args.storage_options.backup_sizes
+    if backup_sizes[0] < 8 or any(b < a + 8 for a, b in itertools.pairwise(backup_sizes)):
+        parser.error("--backup-sizes takes increasing MiB counts, the first >= 8 and each >= 8 above the one "
+                     "before (the fill uploads 8 MiB files)")
     if args.only is not None and not getattr(args, args.only, True):  # --only X with --no-X
         parser.error(f"--only {args.only} contradicts --no-{args.only}")
     if args.profile and args.only not in (None, "broker"):
@@ -442,7 +467,7 @@ def run(args: argparse.Namespace) -> int:
                              "caller": st["mesh"]["caller"], "operator": st["mesh"]["operator"],
                              "identities": dict(storage_mesh.IDENTITIES), "keystore": "file",
                              "setup_master_profile": dataclasses.asdict(storage_mesh.SETUP_PROFILE),
-                             "backup_passphrase": True}
+                             "backup_passphrase": True, "backup_disk": st["mesh"]["disk"]}
     if "startup" in sections:
         figs.update(startup.figures(startup.measure(args.startup_rounds)))
         params["startup"] = {"rounds": args.startup_rounds, "meshctl": startup.meshctl_prefix()[1],

@@ -136,6 +136,35 @@ def cpu_seconds(pid: int) -> float | None:
     return total / 1e9
 
 
+def sched_seconds(pid: int) -> tuple[float, float] | None:
+    """CPU time used so far by every thread of process ``pid``, and the time they waited runnable
+    for a CPU (the run queue), both from ``/proc/<pid>/task/*/schedstat``; None where unavailable."""
+    cpu = waited = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            fields = Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()
+            cpu, waited = cpu + int(fields[0]), waited + int(fields[1])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return cpu / 1e9, waited / 1e9
+
+
+def user_system_seconds(pid: int) -> tuple[float, float] | None:
+    """CPU time process ``pid`` (every thread) has spent so far in user mode and in the kernel, from
+    ``/proc/<pid>/stat``, to the clock tick; None where unavailable."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) "
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def percentile(samples: list[float], q: float) -> float:
     """The q-quantile (0..1) by nearest rank."""
     if not samples:

@@ -10,8 +10,8 @@ takes medians across rounds). Every round uses fresh files in a temporary direct
   That last one runs in a child process, ``python -m bench.storage rss DIR BYTES`` (this module's
   entry point), so the figure is of the file alone, not of the bench around it.
 
-Then the mesh figures and backup/restore (:mod:`bench.storage_mesh`). No timed assertion anywhere:
-targets are checked on the figures by :mod:`bench.report`.
+Then the mesh figures and the backup/restore growth curve (:mod:`bench.storage_mesh`). No timed
+assertion anywhere: targets are checked on the figures by :mod:`bench.report`.
 
 This module holds what the others import: the options, the units and the small helpers of a round.
 """
@@ -52,14 +52,17 @@ class StorageOptions:
     messages: int = 4000             # pipelined mesh calls per method per round
     window: int = 32                 # mesh calls in flight
     warmup: int = 100                # mesh calls per method before the rounds
-    backup_mib: int = 256            # data put through the mesh before the backup
+    # Backup and restore growth curve: MiB of data stored through the mesh at each point, increasing
+    # (one store filled to each size in turn, backed up at each; each archive restored into a fresh home).
+    backup_sizes: tuple[int, ...] = (1024, 4096)
+    backup_rounds: int = 2           # backups, and restores, at each size (the median is the figure)
 
     @classmethod
     def quick(cls) -> StorageOptions:
         """``--quick``: every part, smaller (a few minutes in all on two cores)."""
         return cls(rounds=3, sql_rows=20_000, duckdb_rows=100_000, duckdb_scan_rows=1_000_000, kv_items=5_000,
                    kv_curve=(10_000, 100_000), stream_mib=128, rss_file_mib=256, calls=300, messages=1500, warmup=50,
-                   backup_mib=128)
+                   backup_sizes=(64, 256), backup_rounds=1)
 
     def params(self) -> dict[str, Any]:
         return asdict(self)
