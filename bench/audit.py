@@ -154,7 +154,8 @@ def table(figs: dict[str, dict[str, Any]]) -> str:
         met = "" if fig["met"] is None else ("yes" if fig["met"] else "NO")
         lines.append(f"{fig['label']:<32}{fig['value']:>10.4f}{fig['baseline']:>10.3f}{fig['ratio']:>8.4f}x"
                      f"  {target:<10}{met:<4}")
-    lines.append("before: the whole log verified at every start (now the background pass); start: pages (up to 256 MiB) + anchor + suffix")
+    lines.append("before: the whole log verified at every start (now the background pass); "
+                 "start: pages (up to 256 MiB) + anchor + suffix")
     return "\n".join(lines)
 
 
