@@ -15,8 +15,12 @@ The DEALER is read and written through a plain (synchronous) view of the socket,
 ``zmq.asyncio`` future, timer or poller bookkeeping per message (that machinery was most
 of a service call's Python time, issue 18). ``ZMQ_FD`` is edge-triggered: it signals that
 the socket's state may have changed, and any operation on the socket (a send too) may
-consume that signal. So the reader drains until ``EAGAIN``, and every send checks
-``ZMQ_EVENTS`` afterwards and schedules a drain if a message is waiting.
+consume that signal. So the reader reads until ``ZMQ_EVENTS`` shows nothing more waiting
+(or a read finds nothing), and every send checks ``ZMQ_EVENTS`` afterwards and schedules a
+drain if a message is waiting. Frames are sent and received one by one with plain integer
+flags and options rather than through ``send_multipart``/``recv_multipart`` and the socket's
+attribute sugar: those build flag enums and check every frame's type on each call, a
+measurable part of a call's cost (issue 18).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import contextlib
 import itertools
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import zmq
 import zmq.asyncio
@@ -47,6 +51,26 @@ EventHandler = Callable[[str, str, bytes | None], None]
 #: Messages handled per reader callback before the loop runs other work (fairness under a flood).
 _DRAIN_BATCH = 256
 _MAX_HEADER = 65536
+# libzmq's flags and options as plain ints: pyzmq's enum members cost an enum operation per use.
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+_MORE: Final = int(zmq.NOBLOCK | zmq.SNDMORE)
+_RCVMORE: Final = int(zmq.RCVMORE)
+_EVENTS: Final = int(zmq.EVENTS)
+_POLLIN: Final = int(zmq.POLLIN)
+
+
+def _receive(sock: zmq.Socket[bytes]) -> list[bytes]:
+    """One whole message, NOBLOCK (``recv_multipart`` without its per-call flag enums)."""
+    frames = [sock.recv(_NOBLOCK)]
+    while sock.getsockopt(_RCVMORE):
+        frames.append(sock.recv(_NOBLOCK))
+    return frames
+
+
+def _readable(sock: zmq.Socket[bytes]) -> bool:
+    """Whether a message is waiting (``ZMQ_EVENTS``; reading it also takes libzmq's pending commands)."""
+    events: int = sock.getsockopt(_EVENTS)  # type: ignore[assignment]  # an integer option
+    return bool(events & _POLLIN)
 
 
 def _expire(future: asyncio.Future[Reply], timeout: float) -> None:
@@ -170,18 +194,25 @@ class Connection:
                 future.set_exception(error)
 
     def _drain(self) -> None:
-        """The reader: handle every message waiting on the socket (up to a batch), NOBLOCK."""
+        """The reader: handle every message waiting on the socket (up to a batch), NOBLOCK.
+
+        The first read is tried at once (the loop calls this when ``ZMQ_FD`` signalled, usually
+        for a message); after each message ``ZMQ_EVENTS`` says whether another one is waiting,
+        which is cheaper than a read that fails with ``EAGAIN``. Either way the reader returns
+        only once the socket has reported nothing waiting, as the edge-triggered FD requires."""
         sock = self._plain
         if sock is None or self._closed:
             return
-        for _ in range(_DRAIN_BATCH):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            except zmq.ZMQError:
-                return  # the socket is being closed
-            self._on_frames(frames)
+        try:
+            for _ in range(_DRAIN_BATCH):
+                frames = _receive(sock)
+                self._on_frames(frames)
+                if self._closed or not _readable(sock):
+                    return
+        except zmq.Again:
+            return
+        except zmq.ZMQError:
+            return  # the socket is being closed
         assert self._loop is not None
         self._loop.call_soon(self._drain)  # more may be waiting: let other work run first.
 
@@ -261,13 +292,20 @@ class Connection:
         sock = self._plain
         if sock is None or self._closed:
             raise Unavailable("not connected to the broker")
+        *head, last = frames
+        for frame in frames:
+            if not isinstance(frame, bytes):  # checked before any frame goes: never half a message
+                raise TypeError(f"a frame must be bytes, not {type(frame).__name__}")
         try:
-            sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            # libzmq keeps a message whole: if a later frame is refused (the connection went away
+            # meanwhile), the frames before it are dropped too, never delivered alone.
+            for frame in head:
+                sock.send(frame, _MORE)
+            sock.send(last, _NOBLOCK)
         except zmq.Again:
             raise Unavailable("not connected to the broker, or its queue is full") from None
         # The send may have consumed the edge of ZMQ_FD that announced a message: look.
-        events: int = sock.EVENTS  # type: ignore[assignment]
-        if events & zmq.POLLIN:
+        if _readable(sock):
             assert self._loop is not None
             self._loop.call_soon(self._drain)
 
