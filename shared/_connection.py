@@ -324,15 +324,18 @@ class Connection:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Reply] = loop.create_future()
         self._waiting[request_id] = future
-        # The deadline fails the future itself (no wait_for, no asyncio.timeout): a cancellation of
-        # the caller's task cancels the await as usual and is never lost, and a reply that lands
-        # first wins (the timer then finds the future done).
-        timer = loop.call_later(timeout, _expire, future, timeout)
+        timer: asyncio.TimerHandle | None = None
         try:
             self.send_now([encode_header(header)] if body is None else [encode_header(header), body])
+            # The deadline fails the future itself (no wait_for, no asyncio.timeout): a cancellation of
+            # the caller's task cancels the await as usual and is never lost, and a reply that lands
+            # first wins (the timer then finds the future done). It is armed once the request is out,
+            # so the send is not delayed by it; no reply can be read before this task awaits.
+            timer = loop.call_later(timeout, _expire, future, timeout)
             return await future
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             self._waiting.pop(request_id, None)
 
     async def close(self) -> None:
