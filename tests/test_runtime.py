@@ -153,6 +153,23 @@ async def test_mailbox_takes_one_message_at_a_time_unless_concurrent(mesh: InPro
 
 
 
+async def test_a_full_mailbox_answers_unavailable_and_the_queued_requests_are_served(mesh: InProcessMesh) -> None:
+    echo = Echo()
+    runner = await mesh.start_service(echo)
+    runner.mailbox.bound = 1  # (10000 in service)
+    client = await mesh.client("meshctl")
+    running = asyncio.create_task(client.call("echo.block", timeout=5))
+    await asyncio.wait_for(echo.entered.wait(), 5)  # taken by the worker: the mailbox is empty again
+    queued = asyncio.create_task(client.call("echo.block", timeout=5))
+    await eventually(lambda: holds(runner.mailbox.qsize() == 1))
+    with pytest.raises(Unavailable, match=r"^echo is overloaded$"):
+        await client.call("echo.health", timeout=5)
+    echo.release.set()
+    assert await running == await queued == {"released": True}
+    assert runner.mailbox.qsize() == 0
+    await asyncio.wait_for(runner.mailbox.join(), 5)  # nothing left unfinished
+
+
 class Waiting(Echo):
     """Echo, plus handlers that wait (suspend) before they answer or fail."""
 
