@@ -15,9 +15,14 @@ The DEALER is read and written through a plain (synchronous) view of the socket,
 ``zmq.asyncio`` future, timer or poller bookkeeping per message (that machinery was most
 of a service call's Python time, issue 18). ``ZMQ_FD`` is edge-triggered: it signals that
 the socket's state may have changed, and any operation on the socket (a send too) may
-consume that signal. So the reader reads until ``ZMQ_EVENTS`` shows nothing more waiting
-(or a read finds nothing), and every send checks ``ZMQ_EVENTS`` afterwards and schedules a
-drain if a message is waiting. Frames are sent and received one by one with plain integer
+consume that signal. So the socket is always asked (``ZMQ_EVENTS``, or a read that finds
+nothing) whether another message waits before the loop may sleep: every send asks right
+after it, and schedules a drain if one waits; the reader, woken by the FD, reads one
+message and leaves the question for later in the same loop turn (a "look", scheduled at
+once so the loop cannot sleep first), after what that message started has run: a service
+replying or a caller sending its next request asks anyway, and the look is then skipped.
+That keeps the question off the path a call waits on (issue 18). A look that finds
+messages waiting drains them, asking after each. Frames are sent and received one by one with plain integer
 flags and options rather than through ``send_multipart``/``recv_multipart`` and the socket's
 attribute sugar: those build flag enums and check every frame's type on each call, a
 measurable part of a call's cost (issue 18).
@@ -106,6 +111,10 @@ class Connection:
         #: The same socket, synchronous: what the reader and :meth:`send_now` use (NOBLOCK only).
         self._plain: zmq.Socket[bytes] | None = None
         self._fd: int | None = None
+        #: A message was read and the socket not asked since whether another waits (see the module
+        #: docstring); a look is then scheduled, so the loop cannot sleep before it.
+        self._look_owed = False
+        self._look_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._monitor: zmq.asyncio.Socket | None = None
         #: Set when the broker refused us for good (certificate refused or revoked, or
@@ -194,12 +203,45 @@ class Connection:
                 future.set_exception(error)
 
     def _drain(self) -> None:
-        """The reader: handle every message waiting on the socket (up to a batch), NOBLOCK.
+        """The reader (``ZMQ_FD`` signalled): handle the message waiting, NOBLOCK, and owe a look.
 
-        The first read is tried at once (the loop calls this when ``ZMQ_FD`` signalled, usually
-        for a message); after each message ``ZMQ_EVENTS`` says whether another one is waiting,
-        which is cheaper than a read that fails with ``EAGAIN``. Either way the reader returns
-        only once the socket has reported nothing waiting, as the edge-triggered FD requires."""
+        A read that finds nothing has asked the socket itself: nothing is owed then."""
+        sock = self._plain
+        if sock is None or self._closed:
+            return
+        try:
+            frames = _receive(sock)
+        except zmq.Again:
+            self._look_owed = False
+            return
+        except zmq.ZMQError:
+            return  # the socket is being closed
+        self._look_owed = True
+        try:
+            self._on_frames(frames)
+        finally:
+            # Scheduled after what the message started (a task woken, a request queued), so a
+            # send they make in this loop turn asks first and the look is then skipped.
+            if not self._look_scheduled:
+                self._look_scheduled = True
+                assert self._loop is not None
+                self._loop.call_soon(self._look)
+
+    def _look(self) -> None:
+        """Ask the socket whether another message waits, unless a send asked since the last read."""
+        self._look_scheduled = False
+        sock = self._plain
+        if not self._look_owed or sock is None or self._closed:
+            return
+        self._look_owed = False
+        try:
+            if _readable(sock):
+                self._drain_all()
+        except zmq.ZMQError:
+            return  # the socket is being closed
+
+    def _drain_all(self) -> None:
+        """Handle every message waiting (up to a batch), asking after each whether another waits."""
         sock = self._plain
         if sock is None or self._closed:
             return
@@ -214,7 +256,7 @@ class Connection:
         except zmq.ZMQError:
             return  # the socket is being closed
         assert self._loop is not None
-        self._loop.call_soon(self._drain)  # more may be waiting: let other work run first.
+        self._loop.call_soon(self._drain_all)  # more may be waiting: let other work run first.
 
     def _on_frames(self, frames: list[bytes]) -> None:
         self.last_heard = time.monotonic()
@@ -304,10 +346,12 @@ class Connection:
             sock.send(last, _NOBLOCK)
         except zmq.Again:
             raise Unavailable("not connected to the broker, or its queue is full") from None
-        # The send may have consumed the edge of ZMQ_FD that announced a message: look.
+        # The send may have consumed the edge of ZMQ_FD that announced a message: look (this
+        # also settles a look the reader owes).
+        self._look_owed = False
         if _readable(sock):
             assert self._loop is not None
-            self._loop.call_soon(self._drain)
+            self._loop.call_soon(self._drain_all)
 
     async def request(self, header: dict[str, Any], body: bytes | None, timeout: float) -> Reply:
         """Send a message that expects exactly one reply; return ``(header, body)``.
