@@ -19,7 +19,8 @@ skips it. While a setup is measured the other setups'
 processes are frozen (SIGSTOP; ``--no-isolate`` leaves them running), so
 each one has the two cores to itself. Figures are medians across rounds; the table and
 ``bench/results/latest.json`` give each one with its baselines, ratios and
-targets. ``--profile`` runs the brokers under cProfile and prints where their
+targets. ``--profile`` runs the brokers and the runtime echo service under cProfile, and
+profiles this process's runtime calls (the ``MeshClient`` side), and prints where their
 time goes instead (its figures are distorted and not written).
 
 Then, once the broker setups are stopped, the keyvault figures (:mod:`bench.keyvault`;
@@ -74,6 +75,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import dataclasses
 import itertools
 import os
@@ -94,6 +96,8 @@ from .profile import print_profile
 from .wire import IDENTITIES, ipc, server_key
 
 READY_TIMEOUT = 60.0
+#: The child processes ``--profile`` runs under cProfile (the runtime client is profiled in process).
+PROFILED: Final = ("rtecho", "broker", "forwarder")
 SECTIONS: Final = ("broker", "keyvault", "storage", "startup", "authn", "authz", "pairing", "plugins", "audit")
 #: --flag -> StorageOptions field (None on the command line: the default, or --quick's value).
 STORAGE_FLAGS: Final = {
@@ -200,7 +204,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=200, help="calls before each measurement")
     parser.add_argument("--quick", action="store_true", help="a fast smoke run (2 small rounds)")
     parser.add_argument("--profile", action="store_true",
-                        help="run the brokers under cProfile and print their hot spots (figures not written)")
+                        help="run the brokers and the runtime echo service (and the runtime calls) under cProfile "
+                             "and print their hot spots (figures not written)")
     parser.add_argument("--no-isolate", dest="isolate", action="store_false",
                         help="leave the other setups' processes running while one is measured")
     parser.add_argument("--check", action="store_true", help="exit with status 1 if a target is missed")
@@ -285,7 +290,7 @@ def _start(kids: Children, args: argparse.Namespace, context: zmq.Context[zmq.So
            ) -> dict[str, RawClient]:
     """Start every server process and its echo peer; return a connected client per setup."""
     home = kids.home
-    prof = {name: (home.log / f"{name}.prof" if args.profile else None) for name in ("forwarder", "broker")}
+    prof = {name: (home.log / f"{name}.prof" if args.profile else None) for name in PROFILED}
     direct, fwd = ipc(home, "direct"), ipc(home, "fwd")
     waiting = [
         kids.spawn("direct-echo", "bench.echo", ["serve", direct], setups=["direct"]),
@@ -295,7 +300,7 @@ def _start(kids: Children, args: argparse.Namespace, context: zmq.Context[zmq.So
     kids.spawn("broker", "services.broker", setups=["broker", "runtime"], profile=prof["broker"], guard=True)
     waiting += [kids.spawn("broker-echo", "bench.echo", ["connect", home.broker_endpoint, "broker"],
                            setups=["broker"]),
-                kids.spawn("rtecho", "bench.rtservice", setups=["runtime"])]
+                kids.spawn("rtecho", "bench.rtservice", setups=["runtime"], profile=prof["rtecho"])]
     for child in waiting:  # the broker-echo registering proves the broker is up.
         kids.wait_ready(child, READY_TIMEOUT)
     broker_key = server_key(home, "broker")
@@ -339,6 +344,7 @@ def _rounds(args: argparse.Namespace, kids: Children, clients: dict[str, RawClie
     focus("runtime")
     loop.run(runtime_round_trips(runtime, args.warmup))
     setups = list(report.SETUPS)
+    client_profile = cProfile.Profile() if args.profile else None
     for r in range(args.rounds):
         order = setups[r % 3:] + setups[:r % 3]
         for name in order:
@@ -357,7 +363,11 @@ def _rounds(args: argparse.Namespace, kids: Children, clients: dict[str, RawClie
                 rounds["server_cpu_us"][name].append((cpu_after - cpu_before) / args.messages * 1e6)
         focus("runtime")
         loop.run(runtime_round_trips(runtime, args.warmup))
+        if client_profile is not None:
+            client_profile.enable()
         samples = loop.run(runtime_round_trips(runtime, args.runtime_calls))
+        if client_profile is not None:
+            client_profile.disable()
         rounds["runtime_rtt_p50_us"]["runtime"].append(percentile(samples, 0.5) * 1e6)
         rounds["runtime_rtt_p99_us"]["runtime"].append(percentile(samples, 0.99) * 1e6)
         kids.check_alive()
@@ -365,6 +375,8 @@ def _rounds(args: argparse.Namespace, kids: Children, clients: dict[str, RawClie
               + " ".join(f"{s}={rounds['rtt_p50_us'][s][-1]:.0f}" for s in setups)
               + " | msg/s " + " ".join(f"{s}={rounds['throughput_msg_s'][s][-1]:.0f}" for s in setups)
               + f" | runtime p50 {rounds['runtime_rtt_p50_us']['runtime'][-1]:.0f} us", flush=True)
+    if client_profile is not None:
+        client_profile.dump_stats(kids.home.log / "runtime-client.prof")
 
 
 def _peer_curve(args: argparse.Namespace, kids: Children, client: RawClient) -> report.Rounds:
@@ -425,10 +437,11 @@ def _broker(args: argparse.Namespace) -> report.Rounds:
                     client.close()
                 context.term()
             if args.profile:
-                for name in ("broker", "forwarder"):
+                for name in PROFILED:
                     child = next(c for c in kids.started if c.name == name)
                     kids.stop(child)
                     print_profile(name, home.log / f"{name}.prof")
+                print_profile("runtime client (this process's MeshClient calls)", home.log / "runtime-client.prof")
         return rounds
     finally:
         if args.keep:
@@ -510,7 +523,8 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(report.table(figs))
     if args.profile:
-        print("\n(--profile: the brokers ran under cProfile; these figures are not comparable, not written)")
+        print("\n(--profile: the brokers and the runtime ran under cProfile; these figures are not comparable, "
+              "not written)")
         return 0
     path = report.write(figs, params, report.machine(load_before))
     met = all(f["met"] for f in figs.values() if f["met"] is not None)

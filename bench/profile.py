@@ -1,9 +1,10 @@
 """Summaries of a cProfile output file: where a broker process spent its time.
 
-The bench's ``--profile`` mode runs the full broker and the minimal forwarder
-under ``python -m cProfile`` and prints, for each, the functions with the
-most own time and the broker's and codec's functions with their cumulative
-time per call, so the two hot paths can be compared function by function.
+The bench's ``--profile`` mode runs the full broker, the minimal forwarder and
+the runtime echo service under ``python -m cProfile`` (and profiles its own
+runtime calls) and prints, for each, the functions with the most own time and
+the mesh's own functions (broker, runtime, codec) with their cumulative time
+per call, so the hot paths can be compared function by function.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import io
 import pstats
 from pathlib import Path
 
-#: Source files whose functions are always listed (the broker's hot path and the codec).
-FOCUS = ("services/broker/", "shared/_codec.py", "shared/_ratelimit.py", "bench/forwarder.py")
+#: Source files whose functions are always listed (the broker's and the runtime's hot paths, the codec).
+FOCUS = ("services/broker/", "shared/_codec.py", "shared/_ratelimit.py", "bench/forwarder.py",
+         "shared/_runtime.py", "shared/_connection.py", "shared/_client.py", "shared/_schema.py",
+         "bench/rtservice.py")
 
 
 def _short(filename: str) -> str:
@@ -50,7 +53,7 @@ def summary(path: Path, top: int = 25) -> str:
     focus = [r for r in rows if any(part in r[4] for part in FOCUS)]
     focus.sort(key=lambda r: r[1], reverse=True)
     out.append("")
-    out.append("broker / codec / forwarder functions, by cumulative time:")
+    out.append("mesh functions (broker, runtime, codec, forwarder), by cumulative time:")
     out += [line(r) for r in focus[:top]]
     out.append(f"total own time {total:.3f} s")
     return "\n".join(out)

@@ -155,19 +155,27 @@ def encode_header(header: dict[str, Any]) -> bytes:
     return data
 
 
+#: The types of a body's leaves.
+_LEAVES: Final = frozenset({str, bytes, int, float, bool, type(None)})
+
+
 def _check_body(value: Any, depth: int) -> None:
     if depth > MAX_BODY_DEPTH:
         raise BadRequest(f"body nested deeper than {MAX_BODY_DEPTH} levels")
     kind = type(value)
     if kind is dict:
+        deepest = depth >= MAX_BODY_DEPTH  # an item here, even a leaf, is one level too deep
         for key, item in value.items():
             if type(key) is not str:
                 raise BadRequest("body map keys must be strings")
-            _check_body(item, depth + 1)
+            if deepest or type(item) not in _LEAVES:  # a leaf needs no call of its own
+                _check_body(item, depth + 1)
     elif kind is list:
+        deepest = depth >= MAX_BODY_DEPTH
         for item in value:
-            _check_body(item, depth + 1)
-    elif kind not in (str, bytes, int, float, bool) and value is not None:
+            if deepest or type(item) not in _LEAVES:
+                _check_body(item, depth + 1)
+    elif kind not in _LEAVES:
         raise BadRequest(f"body holds an unsupported type {kind.__name__}")
 
 

@@ -15,8 +15,17 @@ The DEALER is read and written through a plain (synchronous) view of the socket,
 ``zmq.asyncio`` future, timer or poller bookkeeping per message (that machinery was most
 of a service call's Python time, issue 18). ``ZMQ_FD`` is edge-triggered: it signals that
 the socket's state may have changed, and any operation on the socket (a send too) may
-consume that signal. So the reader drains until ``EAGAIN``, and every send checks
-``ZMQ_EVENTS`` afterwards and schedules a drain if a message is waiting.
+consume that signal. So the socket is always asked (``ZMQ_EVENTS``, or a read that finds
+nothing) whether another message waits before the loop may sleep: every send asks right
+after it, and schedules a drain if one waits; the reader, woken by the FD, reads one
+message and leaves the question for later in the same loop turn (a "look", scheduled at
+once so the loop cannot sleep first), after what that message started has run: a service
+replying or a caller sending its next request asks anyway, and the look is then skipped.
+That keeps the question off the path a call waits on (issue 18). A look that finds
+messages waiting drains them, asking after each. Frames are sent and received one by one with plain integer
+flags and options rather than through ``send_multipart``/``recv_multipart`` and the socket's
+attribute sugar: those build flag enums and check every frame's type on each call, a
+measurable part of a call's cost (issue 18).
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import contextlib
 import itertools
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import zmq
 import zmq.asyncio
@@ -47,6 +56,26 @@ EventHandler = Callable[[str, str, bytes | None], None]
 #: Messages handled per reader callback before the loop runs other work (fairness under a flood).
 _DRAIN_BATCH = 256
 _MAX_HEADER = 65536
+# libzmq's flags and options as plain ints: pyzmq's enum members cost an enum operation per use.
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+_MORE: Final = int(zmq.NOBLOCK | zmq.SNDMORE)
+_RCVMORE: Final = int(zmq.RCVMORE)
+_EVENTS: Final = int(zmq.EVENTS)
+_POLLIN: Final = int(zmq.POLLIN)
+
+
+def _receive(sock: zmq.Socket[bytes]) -> list[bytes]:
+    """One whole message, NOBLOCK (``recv_multipart`` without its per-call flag enums)."""
+    frames = [sock.recv(_NOBLOCK)]
+    while sock.getsockopt(_RCVMORE):
+        frames.append(sock.recv(_NOBLOCK))
+    return frames
+
+
+def _readable(sock: zmq.Socket[bytes]) -> bool:
+    """Whether a message is waiting (``ZMQ_EVENTS``; reading it also takes libzmq's pending commands)."""
+    events: int = sock.getsockopt(_EVENTS)  # type: ignore[assignment]  # an integer option
+    return bool(events & _POLLIN)
 
 
 def _expire(future: asyncio.Future[Reply], timeout: float) -> None:
@@ -82,6 +111,10 @@ class Connection:
         #: The same socket, synchronous: what the reader and :meth:`send_now` use (NOBLOCK only).
         self._plain: zmq.Socket[bytes] | None = None
         self._fd: int | None = None
+        #: A message was read and the socket not asked since whether another waits (see the module
+        #: docstring); a look is then scheduled, so the loop cannot sleep before it.
+        self._look_owed = False
+        self._look_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._monitor: zmq.asyncio.Socket | None = None
         #: Set when the broker refused us for good (certificate refused or revoked, or
@@ -170,20 +203,60 @@ class Connection:
                 future.set_exception(error)
 
     def _drain(self) -> None:
-        """The reader: handle every message waiting on the socket (up to a batch), NOBLOCK."""
+        """The reader (``ZMQ_FD`` signalled): handle the message waiting, NOBLOCK, and owe a look.
+
+        A read that finds nothing has asked the socket itself: nothing is owed then."""
         sock = self._plain
         if sock is None or self._closed:
             return
-        for _ in range(_DRAIN_BATCH):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            except zmq.ZMQError:
-                return  # the socket is being closed
+        try:
+            frames = _receive(sock)
+        except zmq.Again:
+            self._look_owed = False
+            return
+        except zmq.ZMQError:
+            return  # the socket is being closed
+        self._look_owed = True
+        try:
             self._on_frames(frames)
+        finally:
+            # Scheduled after what the message started (a task woken, a request queued), so a
+            # send they make in this loop turn asks first and the look is then skipped.
+            if not self._look_scheduled:
+                self._look_scheduled = True
+                assert self._loop is not None
+                self._loop.call_soon(self._look)
+
+    def _look(self) -> None:
+        """Ask the socket whether another message waits, unless a send asked since the last read."""
+        self._look_scheduled = False
+        sock = self._plain
+        if not self._look_owed or sock is None or self._closed:
+            return
+        self._look_owed = False
+        try:
+            if _readable(sock):
+                self._drain_all()
+        except zmq.ZMQError:
+            return  # the socket is being closed
+
+    def _drain_all(self) -> None:
+        """Handle every message waiting (up to a batch), asking after each whether another waits."""
+        sock = self._plain
+        if sock is None or self._closed:
+            return
+        try:
+            for _ in range(_DRAIN_BATCH):
+                frames = _receive(sock)
+                self._on_frames(frames)
+                if self._closed or not _readable(sock):
+                    return
+        except zmq.Again:
+            return
+        except zmq.ZMQError:
+            return  # the socket is being closed
         assert self._loop is not None
-        self._loop.call_soon(self._drain)  # more may be waiting: let other work run first.
+        self._loop.call_soon(self._drain_all)  # more may be waiting: let other work run first.
 
     def _on_frames(self, frames: list[bytes]) -> None:
         self.last_heard = time.monotonic()
@@ -261,15 +334,24 @@ class Connection:
         sock = self._plain
         if sock is None or self._closed:
             raise Unavailable("not connected to the broker")
+        *head, last = frames
+        for frame in frames:
+            if not isinstance(frame, bytes):  # checked before any frame goes: never half a message
+                raise TypeError(f"a frame must be bytes, not {type(frame).__name__}")
         try:
-            sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            # libzmq keeps a message whole: if a later frame is refused (the connection went away
+            # meanwhile), the frames before it are dropped too, never delivered alone.
+            for frame in head:
+                sock.send(frame, _MORE)
+            sock.send(last, _NOBLOCK)
         except zmq.Again:
             raise Unavailable("not connected to the broker, or its queue is full") from None
-        # The send may have consumed the edge of ZMQ_FD that announced a message: look.
-        events: int = sock.EVENTS  # type: ignore[assignment]
-        if events & zmq.POLLIN:
+        # The send may have consumed the edge of ZMQ_FD that announced a message: look (this
+        # also settles a look the reader owes).
+        self._look_owed = False
+        if _readable(sock):
             assert self._loop is not None
-            self._loop.call_soon(self._drain)
+            self._loop.call_soon(self._drain_all)
 
     async def request(self, header: dict[str, Any], body: bytes | None, timeout: float) -> Reply:
         """Send a message that expects exactly one reply; return ``(header, body)``.
@@ -286,15 +368,18 @@ class Connection:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Reply] = loop.create_future()
         self._waiting[request_id] = future
-        # The deadline fails the future itself (no wait_for, no asyncio.timeout): a cancellation of
-        # the caller's task cancels the await as usual and is never lost, and a reply that lands
-        # first wins (the timer then finds the future done).
-        timer = loop.call_later(timeout, _expire, future, timeout)
+        timer: asyncio.TimerHandle | None = None
         try:
             self.send_now([encode_header(header)] if body is None else [encode_header(header), body])
+            # The deadline fails the future itself (no wait_for, no asyncio.timeout): a cancellation of
+            # the caller's task cancels the await as usual and is never lost, and a reply that lands
+            # first wins (the timer then finds the future done). It is armed once the request is out,
+            # so the send is not delayed by it; no reply can be read before this task awaits.
+            timer = loop.call_later(timeout, _expire, future, timeout)
             return await future
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             self._waiting.pop(request_id, None)
 
     async def close(self) -> None:

@@ -153,6 +153,72 @@ async def test_mailbox_takes_one_message_at_a_time_unless_concurrent(mesh: InPro
 
 
 
+async def test_a_full_mailbox_answers_unavailable_and_the_queued_requests_are_served(mesh: InProcessMesh) -> None:
+    echo = Echo()
+    runner = await mesh.start_service(echo)
+    runner.mailbox.bound = 1  # (10000 in service)
+    client = await mesh.client("meshctl")
+    running = asyncio.create_task(client.call("echo.block", timeout=5))
+    await asyncio.wait_for(echo.entered.wait(), 5)  # taken by the worker: the mailbox is empty again
+    queued = asyncio.create_task(client.call("echo.block", timeout=5))
+    await eventually(lambda: holds(runner.mailbox.qsize() == 1))
+    with pytest.raises(Unavailable, match=r"^echo is overloaded$"):
+        await client.call("echo.health", timeout=5)
+    echo.release.set()
+    assert await running == await queued == {"released": True}
+    assert runner.mailbox.qsize() == 0
+    await asyncio.wait_for(runner.mailbox.join(), 5)  # nothing left unfinished
+
+
+class Waiting(Echo):
+    """Echo, plus handlers that wait (suspend) before they answer or fail."""
+
+    @handler("late", request=EchoRequest)
+    async def late(self, ctx: RequestContext, req: EchoRequest) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return {"late": req.value}
+
+    @handler("late_refuse", request=EchoRequest)
+    async def late_refuse(self, ctx: RequestContext, req: EchoRequest) -> None:
+        await asyncio.sleep(0)
+        raise BadRequest("refused after waiting")
+
+    @handler("late_fail", request=EchoRequest)
+    async def late_fail(self, ctx: RequestContext, req: EchoRequest) -> None:
+        await asyncio.sleep(0)
+        raise RuntimeError("failed after waiting")
+
+
+async def test_handlers_that_wait_answer_and_fail_as_those_that_do_not(mesh: InProcessMesh) -> None:
+    """The runtime runs a handler to its first suspension at once and arms the deadline only then
+    (issue 18): what a handler that waits returns or raises reaches the caller the same way."""
+    await mesh.start_service(Waiting())
+    client = await mesh.client("meshctl")
+    assert await client.call("echo.late", {"value": [1, "two"]}, timeout=5) == {"late": [1, "two"]}
+    with pytest.raises(BadRequest, match="refused after waiting"):
+        await client.call("echo.late_refuse", timeout=5)
+    with pytest.raises(Internal, match=r"^internal error$"):
+        await client.call("echo.late_fail", timeout=5)
+    assert (await client.call("echo.echo", {"value": 1}, timeout=5))["value"] == 1
+
+
+async def test_a_handler_still_running_at_its_deadline_is_cancelled_and_the_mailbox_moves_on(
+        mesh: InProcessMesh) -> None:
+    """At its request's deadline a handler is cancelled, and nothing is sent (the broker has answered
+    the caller TIMEOUT). ``echo.block`` is never released here: only that cancellation frees the
+    one-at-a-time mailbox for the next request."""
+    echo = Echo()
+    runner = await mesh.start_service(echo)
+    client = await mesh.client("meshctl")
+    with pytest.raises(Timeout):
+        await client.call("echo.block", timeout=0.3)
+    assert echo.entered.is_set()
+    assert (await client.call("echo.health", timeout=5))["state"] == "ready"
+    assert echo.active == 0  # block's finally ran: it was cancelled, not left waiting
+    assert not echo.release.is_set() and runner.mailbox.qsize() == 0
+
+
 async def test_unexpected_failures_are_internal_and_leak_nothing(mesh: InProcessMesh) -> None:
     planted = "correct-horse-battery-staple-7731"
     stream = io.StringIO()
