@@ -122,18 +122,9 @@ async def runtime_round_trips(client: MeshClient, count: int) -> list[float]:
 
 def cpu_seconds(pid: int) -> float | None:
     """CPU time used so far by every thread of process ``pid`` (libzmq's I/O and ZAP threads
-    included), from ``/proc/<pid>/task/*/schedstat`` in nanoseconds; None where unavailable."""
-    total = 0
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return None
-    for task in tasks:
-        try:
-            total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue  # a thread that ended meanwhile
-    return total / 1e9
+    included), from ``/proc/<pid>/task/*/schedstat`` (:func:`sched_seconds`); None where unavailable."""
+    both = sched_seconds(pid)
+    return None if both is None else both[0]
 
 
 def sched_seconds(pid: int) -> tuple[float, float] | None:
