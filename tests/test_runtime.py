@@ -170,23 +170,32 @@ async def test_a_full_mailbox_answers_unavailable_and_the_queued_requests_are_se
     await asyncio.wait_for(runner.mailbox.join(), 5)  # nothing left unfinished
 
 
+async def _suspend_once() -> None:
+    """Suspend the handler for one pass of the event loop, as a handler awaiting I/O does (the
+    future is resolved by the loop itself, on its next pass; nothing here waits for time)."""
+    loop = asyncio.get_running_loop()
+    resumed = loop.create_future()
+    loop.call_soon(resumed.set_result, None)
+    await resumed
+
+
 class Waiting(Echo):
     """Echo, plus handlers that wait (suspend) before they answer or fail."""
 
     @handler("late", request=EchoRequest)
     async def late(self, ctx: RequestContext, req: EchoRequest) -> dict[str, Any]:
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        await _suspend_once()
+        await _suspend_once()
         return {"late": req.value}
 
     @handler("late_refuse", request=EchoRequest)
     async def late_refuse(self, ctx: RequestContext, req: EchoRequest) -> None:
-        await asyncio.sleep(0)
+        await _suspend_once()
         raise BadRequest("refused after waiting")
 
     @handler("late_fail", request=EchoRequest)
     async def late_fail(self, ctx: RequestContext, req: EchoRequest) -> None:
-        await asyncio.sleep(0)
+        await _suspend_once()
         raise RuntimeError("failed after waiting")
 
 
