@@ -10,17 +10,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from shared import Argon2Profile, MeshClient, MeshConfig, MeshHome, load_config
-from shared.provision import provision
+from shared import Argon2Profile, MeshClient, MeshConfig, MeshHome
 
-from .harness import BenchError, Children, remove_home
+from .harness import BenchError, Children, initialised_home, remove_home
 from .meshcalls import until
 
 CALLER: Final = "frontend"
@@ -141,21 +139,9 @@ def mesh_toml(repo: MeshConfig, anchors: Path) -> str:
 
 
 def make_home(text: str, identities: Mapping[str, str] = IDENTITIES) -> tuple[MeshHome, str]:
-    """A fresh provisioned home (short path: the broker's ipc socket lives in it), keyvault
-    initialised; also the caller's key fingerprint (what its tokens are bound to)."""
-    from services.keyvault.setup import initialise  # keyring and the keystore load only here
-
-    home = MeshHome(Path(tempfile.mkdtemp(prefix="cmau")))
-    try:
-        pairs = provision(home, dict(identities))
-        (home.root / "mesh.toml").write_text(text, "utf-8")
-        keystore, _warning = initialise(home, load_config(home.root / "mesh.toml"),
-                                        bytearray(secrets.token_urlsafe(24).encode()))
-        if keystore != "file":
-            raise BenchError(f"keyvault setup chose keystore {keystore!r}, expected the file keystore")
-    except BaseException:
-        remove_home(home)
-        raise
+    """A fresh provisioned home, keyvault initialised (:func:`bench.harness.initialised_home`); also
+    the caller's key fingerprint (what its tokens are bound to)."""
+    home, pairs = initialised_home(text, identities, "cmau")
     return home, pairs[CALLER].certificate.fingerprint
 
 

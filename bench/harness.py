@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import selectors
 import shutil
 import signal
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -71,6 +72,27 @@ def make_home() -> MeshHome:
 
 def remove_home(home: MeshHome) -> None:
     shutil.rmtree(home.root, ignore_errors=True)
+
+
+def initialised_home(text: str, identities: Mapping[str, str], prefix: str) -> tuple[MeshHome, dict[str, Any]]:
+    """A fresh home provisioned for ``identities`` (short path: the broker's ipc socket lives in it),
+    ``text`` as its mesh.toml, keyvault initialised with the file keystore; also the key pairs
+    :func:`provision` made. Removed again if any step fails."""
+    from services.keyvault.setup import initialise  # keyring and the keystore load only here
+    from shared import load_config
+
+    home = MeshHome(Path(tempfile.mkdtemp(prefix=prefix)))
+    try:
+        pairs = provision(home, dict(identities))
+        (home.root / "mesh.toml").write_text(text, "utf-8")
+        keystore, _warning = initialise(home, load_config(home.root / "mesh.toml"),
+                                        bytearray(secrets.token_urlsafe(24).encode()))
+        if keystore != "file":
+            raise BenchError(f"keyvault setup chose keystore {keystore!r}, expected the file keystore")
+    except BaseException:
+        remove_home(home)
+        raise
+    return home, dict(pairs)
 
 
 def child_env(home: MeshHome) -> dict[str, str]:

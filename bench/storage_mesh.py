@@ -73,9 +73,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from shared import Argon2Profile, MeshClient, MeshConfig, MeshHome, load_config
-from shared.provision import provision
 
-from .harness import REPO, BenchError, Children, remove_home
+from .harness import REPO, BenchError, Children, initialised_home, remove_home
 from .measure import percentile, sched_seconds, user_system_seconds
 from .meshcalls import call, connect, until
 from .storage import MIB, PIECE_BYTES, StorageOptions
@@ -165,21 +164,8 @@ parallelism = {file.parallelism}
 
 
 def _make_home(text: str) -> MeshHome:
-    """A fresh provisioned home (short path: the broker's ipc socket lives in it), keyvault initialised."""
-    from services.keyvault.setup import initialise  # keyring and the keystore load only here
-
-    home = MeshHome(Path(tempfile.mkdtemp(prefix="cmst")))
-    try:
-        provision(home, IDENTITIES)
-        (home.root / "mesh.toml").write_text(text, "utf-8")
-        keystore, _warning = initialise(home, load_config(home.root / "mesh.toml"),
-                                        bytearray(secrets.token_urlsafe(24).encode()))
-        if keystore != "file":
-            raise BenchError(f"keyvault setup chose keystore {keystore!r}, expected the file keystore")
-    except BaseException:
-        remove_home(home)
-        raise
-    return home
+    """A fresh provisioned home, keyvault initialised (:func:`bench.harness.initialised_home`)."""
+    return initialised_home(text, IDENTITIES, "cmst")[0]
 
 
 async def start_mesh(kids: Children) -> MeshClient:
