@@ -5,7 +5,7 @@ fresh files in the temporary directory it is given, removed after:
 
 * RocksDB through :class:`services.storage.kv.store.KvStore` (application sealing, ``put_many`` batches,
   ``get``) against raw ``rocksdict`` put/get of the same values with the store's engine settings
-  (``kv._options()``: the store adds Bloom filters on top, which would make the raw twin ~12% slower,
+  (``settings.options()``: the store adds Bloom filters on top, which would make the raw twin ~12% slower,
   so the baseline keeps the plain ones) and synced write batches of the same size: the ratio is what
   sealing and keyed name hashing cost.
 * STREAM (:mod:`services.storage.core.stream`) against raw AES-256-GCM (``cryptography``'s ``AESGCM``,
@@ -48,6 +48,7 @@ def _rocks_round(work: Path, sealed: bool, names: list[bytes], values: list[byte
 
     from services.storage.core.keys import KeySet
     from services.storage.core.namespace import Namespace
+    from services.storage.kv import settings as kv_settings
     from services.storage.kv import store as kv
 
     ns = Namespace("authn", "alice", "memories")
@@ -65,7 +66,7 @@ def _rocks_round(work: Path, sealed: bool, names: list[bytes], values: list[byte
             keys.wipe()
     else:
         # The store's own options (private, but the point is the same engine settings) and synced batches.
-        db = rocksdict.Rdict(str(path), kv._options())
+        db = rocksdict.Rdict(str(path), kv_settings.options())
         sync = rocksdict.WriteOptions()
         sync.sync = True
         label = ns.label()

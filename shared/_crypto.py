@@ -39,7 +39,6 @@ __all__ = [
     "SEAL_VERSION",
     "SEAL_OVERHEAD",
     "IntegrityError",
-    "KeyedHash",
     "Sealer",
     "check_profile",
     "derive_from_password",
@@ -64,6 +63,8 @@ _HKDF_INFO_PREFIX: Final = b"curvemesh/v1/"
 _LABEL_RE: Final = re.compile(r"[a-z0-9._-]{1,64}")
 # Derived keys shorter than 128 bits are too weak to be worth offering.
 _SUBKEY_MIN_BYTES: Final = 16
+#: A Sealer frame is a short header (a format byte and a key version, say), not a second payload.
+_FRAME_MAX_BYTES: Final = 64
 
 class IntegrityError(MeshError):
     """Sealed data failed its check: it was tampered with, truncated, or the key or
@@ -122,26 +123,39 @@ class Sealer:
     """:func:`seal` and :func:`open_sealed` under one key, whose AES-256-GCM context is made once.
 
     For a store that seals and opens many small values under the same key: keying AES-GCM costs
-    about as much as sealing a 200-byte value. The blobs are exactly those of :func:`seal` (same
-    format, same random nonce, same associated data) and open either way.
+    about as much as sealing a 200-byte value. With no ``frame`` the blobs are exactly those of
+    :func:`seal` (same format, same random nonce, same associated data) and open either way.
+
+    ``frame`` (at most 64 bytes, default none) is a header of the caller's that every blob starts
+    with, ahead of the sealed part, and that is authenticated with it: a blob is
+    ``frame || seal(plaintext, aad = frame || aad)``, i.e. ``frame || 0x01 || nonce || ciphertext
+    || tag`` with ``0x01 || frame || aad`` as associated data. :meth:`open` refuses a blob that does
+    not start with the frame, so a store that prefixes its records with a format and key-version
+    header checks and binds it in one step.
 
     The context holds its own copy of the key (OpenSSL's key schedule), which wiping the caller's
     ``bytearray`` does not reach: :meth:`close` drops it when the key is wiped; after that the
     sealer refuses to work (``ValueError``). See the module notes for what dropping guarantees.
     """
 
-    __slots__ = ("_aead",)
+    __slots__ = ("_aad_lead", "_aead", "_lead", "_min")
 
-    def __init__(self, key: bytes | bytearray) -> None:
+    def __init__(self, key: bytes | bytearray, frame: bytes = b"") -> None:
         _check_key(key)
+        if not isinstance(frame, bytes) or len(frame) > _FRAME_MAX_BYTES:
+            raise ValueError(f"a sealer's frame is bytes, at most {_FRAME_MAX_BYTES} of them")
         self._aead: hazmat.AESGCM | None = hazmat.aes256gcm(key)
+        #: What every blob starts with, and what its associated data starts with.
+        self._lead = frame + _SEAL_HEADER
+        self._aad_lead = _SEAL_HEADER + frame
+        self._min = len(frame) + SEAL_OVERHEAD
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
-        """Like :func:`seal` with this sealer's key."""
+        """Like :func:`seal` with this sealer's key (and frame)."""
         if self._aead is None:
             raise ValueError("this sealer is closed: its key was wiped")
         nonce = secrets.token_bytes(hazmat.GCM_NONCE_BYTES)
-        return _SEAL_HEADER + nonce + self._aead.encrypt(nonce, plaintext, _SEAL_HEADER + aad)
+        return self._lead + nonce + self._aead.encrypt(nonce, plaintext, self._aad_lead + aad)
 
     def seal_many(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
         """:meth:`seal` of each ``(plaintext, aad)`` of ``items``, in order: the same blobs, each under
@@ -153,28 +167,28 @@ class Sealer:
             raise ValueError("this sealer is closed: its key was wiped")
         size = hazmat.GCM_NONCE_BYTES
         nonces = secrets.token_bytes(size * len(items))
-        encrypt = aead.encrypt
+        encrypt, lead, aad_lead = aead.encrypt, self._lead, self._aad_lead
         out = []
         at = 0
         for plaintext, aad in items:
             nonce = nonces[at:at + size]
             at += size
-            out.append(_SEAL_HEADER + nonce + encrypt(nonce, plaintext, _SEAL_HEADER + aad))
+            out.append(lead + nonce + encrypt(nonce, plaintext, aad_lead + aad))
         return out
 
-    def open(self, blob: bytes, aad: bytes, start: int = 0) -> bytes:
-        """Like :func:`open_sealed` with this sealer's key (the same :class:`IntegrityError`).
-
-        ``start``: the sealed blob is ``blob[start:]`` (after a header of the caller's, which this does
-        not check), read in place rather than copied out first."""
+    def open(self, blob: bytes, aad: bytes) -> bytes:
+        """Like :func:`open_sealed` with this sealer's key (the same :class:`IntegrityError`), for a
+        blob that starts with this sealer's frame (:class:`IntegrityError` when it does not)."""
         aead = self._aead
         if aead is None:
             raise ValueError("this sealer is closed: its key was wiped")
-        if start < 0 or len(blob) - start < SEAL_OVERHEAD or blob[start] != SEAL_VERSION:
-            _refuse_framing(blob, start)
-        nonce_end = start + _NONCE_END
+        lead = self._lead
+        if len(blob) < self._min or not blob.startswith(lead):
+            _refuse_framing(blob, lead, self._min)
+        at = len(lead)
         try:
-            return aead.decrypt(blob[start + 1:nonce_end], blob[nonce_end:], _SEAL_HEADER + aad)
+            return aead.decrypt(blob[at:at + hazmat.GCM_NONCE_BYTES], blob[at + hazmat.GCM_NONCE_BYTES:],
+                                self._aad_lead + aad)
         except hazmat.InvalidTag:
             raise IntegrityError(
                 "sealed data failed its integrity check: it was tampered with, or the key or associated data is wrong"
@@ -189,63 +203,13 @@ class Sealer:
         return self._aead is None
 
 
-class KeyedHash:
-    """HMAC-SHA256 under one key, keyed once: :meth:`digest` of ``data`` is
-    ``HMAC-SHA256(key, prefix + data)``, the same bytes as ``hmac.digest``.
-
-    :meth:`extend` makes another one with a longer prefix (a namespace label fed once, then one
-    name per digest), copying the keyed state instead of keying again. Like :class:`Sealer`, each
-    holds OpenSSL's copy of the keyed state until :meth:`close` drops it. The key is at least 32 bytes.
-    """
-
-    __slots__ = ("_ctx",)
-
-    def __init__(self, key: bytes | bytearray, prefix: bytes = b"") -> None:
-        if len(key) < KEY_BYTES:
-            raise ValueError(f"an HMAC key is at least {KEY_BYTES} bytes, got {len(key)}")
-        ctx = hazmat.hmac_sha256(key)
-        ctx.update(prefix)
-        self._ctx: hazmat.HMAC | None = ctx
-
-    def _live(self) -> hazmat.HMAC:
-        if self._ctx is None:
-            raise ValueError("this keyed hash is closed: its key was wiped")
-        return self._ctx
-
-    def extend(self, prefix: bytes) -> KeyedHash:
-        """A keyed hash of ``self``'s prefix followed by ``prefix``."""
-        ctx = self._live().copy()
-        ctx.update(prefix)
-        out = KeyedHash.__new__(KeyedHash)
-        out._ctx = ctx
-        return out
-
-    def digest(self, data: bytes = b"") -> bytes:
-        """``HMAC-SHA256(key, prefix + data)``, 32 bytes."""
-        ctx = self._ctx  # _live(), inlined: this is on every keyed lookup
-        if ctx is None:
-            raise ValueError("this keyed hash is closed: its key was wiped")
-        ctx = ctx.copy()
-        ctx.update(data)
-        return ctx.finalize()
-
-    def close(self) -> None:
-        """Drop the keyed state. Idempotent."""
-        self._ctx = None
-
-    @property
-    def closed(self) -> bool:
-        return self._ctx is None
-
-
-def _refuse_framing(blob: bytes, start: int) -> NoReturn:
-    """Why ``blob[start:]`` cannot be a sealed blob (:meth:`Sealer.open` found that it is not)."""
-    if start < 0:
-        raise ValueError("a sealed blob starts at a position >= 0")
-    if len(blob) - start < SEAL_OVERHEAD:
-        raise IntegrityError(f"sealed data is truncated: {max(len(blob) - start, 0)} bytes, a sealed blob has at "
-                             f"least {SEAL_OVERHEAD}")
-    raise IntegrityError(f"sealed data has unknown format version {blob[start]}: tampered with, or not ours")
+def _refuse_framing(blob: bytes, lead: bytes, least: int) -> NoReturn:
+    """Why ``blob`` cannot be a sealed blob framed by ``lead`` (:meth:`Sealer.open` found that it is not)."""
+    if len(blob) < least:
+        raise IntegrityError(f"sealed data is truncated: {len(blob)} bytes, a sealed blob here has at least {least}")
+    if not blob.startswith(lead[:-1]):
+        raise IntegrityError("sealed data does not start with its expected header: tampered with, or not ours")
+    raise IntegrityError(f"sealed data has unknown format version {blob[len(lead) - 1]}: tampered with, or not ours")
 
 
 def _open(key: bytes | bytearray, blob: bytes, aad: bytes, *, into: bool) -> bytes | bytearray:

@@ -10,8 +10,9 @@ key-handling notes of :mod:`shared._crypto` for what that does and does not prom
   :func:`derive_from_password` (Argon2id, checked by :func:`check_profile`) make keys;
 - :func:`seal` / :func:`open_sealed` (AES-256-GCM, associated data bound) protect data, and
   :func:`open_sealed_secret` opens a sealed key straight into a wipeable ``bytearray``;
-  :class:`Sealer` does both under one key many times, keying AES-GCM once, and
-  :class:`KeyedHash` is HMAC-SHA256 keyed once (with a fixed prefix) for many messages;
+  :class:`Sealer` does both under one key many times, keying AES-GCM once (optionally behind a
+  header of the caller's that it checks and binds);
+- :class:`KeyedHash` is HMAC-SHA256 keyed once (with a fixed prefix) for many messages;
 - :func:`wipe` zeroes a key in place.
 
 The raw primitives under these recipes are in :mod:`shared.hazmat`, for the people building new
@@ -26,7 +27,6 @@ from ._crypto import (
     SEAL_OVERHEAD,
     SEAL_VERSION,
     IntegrityError,
-    KeyedHash,
     Sealer,
     check_profile,
     derive_from_password,
@@ -37,6 +37,7 @@ from ._crypto import (
     seal,
     wipe,
 )
+from ._keyed_hash import KeyedHash
 
 __all__ = [
     "KEY_BYTES",

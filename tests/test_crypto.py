@@ -440,23 +440,31 @@ def test_sealer_seal_many_is_seal_of_each_under_distinct_nonces(monkeypatch: pyt
         sealer.seal_many(items)
 
 
-def test_sealer_opens_a_blob_after_a_header_in_place() -> None:
-    sealer = Sealer(random_key())
+def test_a_framed_sealer_binds_its_header_and_matches_the_header_plus_seal() -> None:
+    key = random_key()
+    sealer = Sealer(key, frame=b"HDR")
     blob = sealer.seal(b"secret", b"aad")
-    framed = b"HDR" + blob
-    assert sealer.open(framed, b"aad", 3) == b"secret" == sealer.open(blob, b"aad", 0)
-    # The same checks as at position 0: truncation, version byte, any flipped bit, the associated data.
-    for bad in (framed[:-1], framed[:3 + SEAL_OVERHEAD - 1], b"HDR\x02" + blob[1:],
-                framed[:-1] + bytes([framed[-1] ^ 1]), framed[:10] + bytes([framed[10] ^ 1]) + framed[11:]):
+    # frame || seal(plaintext, aad = frame || aad): what a store wrote as header + seal() before.
+    assert blob.startswith(b"HDR\x01") and len(blob) == 3 + SEAL_OVERHEAD + len(b"secret")
+    assert open_sealed(key, blob[3:], b"HDR" + b"aad") == b"secret"
+    assert sealer.open(b"HDR" + seal(key, b"other", b"HDRaad"), b"aad") == b"other"
+    assert sealer.seal_many([(b"secret", b"aad")])[0][:4] == b"HDR\x01"
+    assert sealer.open(sealer.seal_many([(b"x", b"aad")])[0], b"aad") == b"x"
+    # Truncation, another frame, another seal version, any flipped bit, other associated data.
+    for bad in (blob[:-1], blob[:3 + SEAL_OVERHEAD - 1], b"HDX" + blob[3:], b"HDR\x02" + blob[4:], blob[3:],
+                blob[:-1] + bytes([blob[-1] ^ 1]), blob[:10] + bytes([blob[10] ^ 1]) + blob[11:]):
         with pytest.raises(IntegrityError):
-            sealer.open(bad, b"aad", 3)
-    for start in (2, 4, len(framed), len(framed) + 5):
-        with pytest.raises(IntegrityError):
-            sealer.open(framed, b"aad", start)
+            sealer.open(bad, b"aad")
     with pytest.raises(IntegrityError):
-        sealer.open(framed, b"other aad", 3)
-    with pytest.raises(ValueError):
-        sealer.open(framed, b"aad", -1)
+        sealer.open(blob, b"other aad")
+    # The frame is authenticated: the same key under another frame does not open it, moved or not.
+    with pytest.raises(IntegrityError):
+        Sealer(key, frame=b"HDX").open(b"HDX" + blob[3:], b"aad")
+    with pytest.raises(IntegrityError):
+        Sealer(key).open(blob[3:], b"aad")
+    for frame in (bytes(65), "HDR"):
+        with pytest.raises(ValueError):
+            Sealer(key, frame=frame)  # type: ignore[arg-type]
 
 
 def test_keyed_hash_is_hmac_sha256_of_prefix_and_data() -> None:
@@ -476,3 +484,4 @@ def test_keyed_hash_is_hmac_sha256_of_prefix_and_data() -> None:
         base.digest(b"x")
     with pytest.raises(ValueError):
         KeyedHash(bytearray(16))
+

@@ -52,6 +52,16 @@ class KeySet:
         except KeyError:
             raise MissingKeyError(f"storage does not hold version {v} of its {self.purpose} key") from None
 
+    def snapshot(self) -> tuple[int, int, dict[int, bytearray]]:
+        """``(generation, current, {version: key})`` as of one moment, for a reader on another thread
+        than the one that changes the set (storage's workers read it while the event loop fetches and
+        retires versions). The generation is read first, so a change made after it shows at the next
+        check; the current version before the versions, which ``add`` fills before naming a current
+        one; and the versions are copied in one step, so none is listed and then missing. A current
+        version missing from the copy means the set was wiped meanwhile: nothing is held."""
+        generation, current = self.generation, self.current
+        return generation, current, dict(self._keys)
+
     def versions(self) -> list[int]:
         """Held versions, oldest first."""
         return sorted(self._keys)

@@ -5,7 +5,9 @@ Contracts:
 - Encrypted at rest (DESIGN.md invariant 5): RocksDB sees only keyed hashes as keys and sealed
   blobs as values; namespaces, names and values never reach a file (SST, WAL, MANIFEST, LOG) in
   the clear. The layout is described in :mod:`.sealing`: ``b"e" || version || ns_tag || name_tag``
-  keys, ``header || AES-256-GCM(namespace, name, value)`` values bound to their key. The directory
+  keys, ``header || AES-256-GCM(namespace, name, value)`` values bound to their key, in the entry
+  format of their key version (a new version takes the newest format; one that holds entries keeps
+  theirs, so rotation is what moves old entries to the new format). The directory
   is 0700; RocksDB's info LOG holds options and statistics only and is kept small.
 - Durable (invariant 9): every write is one RocksDB ``WriteBatch`` written with ``sync``, so a
   call that returned is on disk and survives kill -9. A batch is all or nothing.
@@ -23,8 +25,17 @@ and keeps its names in a sorted in-memory list, which put and delete then keep c
 first scan costs one decryption per entry; the list costs the namespace's names in memory until
 :meth:`KvStore.forget_keys` or :meth:`KvStore.close` drops it; each insert costs O(names).
 
-One :class:`KvStore` owns its directory (RocksDB's LOCK file refuses a second opener). Methods are
-blocking; the service calls them from a worker thread, and a lock serialises them anyway.
+One :class:`KvStore` owns its directory (RocksDB's LOCK file refuses a second opener).
+
+Threads. Methods are blocking; the service calls them from worker threads, and a lock serialises
+them, except the fast path of :meth:`KvStore.get`, which is most of a store's calls and for which
+the lock was a twentieth of the time. That path reads the cached material with no lock when the
+KeySet is the one it was made for and unchanged, and relies on the GIL for the rest: RocksDB's get
+runs whole under the GIL (so a close on another thread either happened before it, and it fails as
+a closed store, or after it); every material it reads is either live or wiped, and a wiped one
+raises ``ValueError``, on which the get is redone under the lock (where it sees the seal, the
+retirement or the new key as any locked call would). A get that overlaps a seal on another thread
+may thus still answer from what it read before the seal; none that starts after it does.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ from __future__ import annotations
 import bisect
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -44,7 +55,7 @@ from shared import BadRequest, Unavailable
 from ..core.errors import DamagedError
 from ..core.keys import KeySet
 from ..core.namespace import Namespace
-from . import sealing
+from . import sealing, settings
 
 __all__ = ["MAX_BATCH_ITEMS", "MAX_NAME_BYTES", "MAX_SCAN_LIMIT", "MAX_VALUE_BYTES", "KvStore"]
 
@@ -59,70 +70,6 @@ MAX_PROBLEMS: Final = 1000
 # and the value bytes after which a chunk ends early, so 1000 large values are never held at once.
 _CHUNK: Final = 1000
 _CHUNK_BYTES: Final = 16 * 1024 * 1024
-_LOG_FILE_BYTES: Final = 256 * 1024
-# Lookup filters (_store_options): ~1% false positives; the memtable's as a fraction of the write buffer.
-_BLOOM_BITS_PER_KEY: Final = 10
-_MEMTABLE_BLOOM_RATIO: Final = 0.02
-
-
-def _options() -> rocksdict.Options:
-    """The engine's settings (the bench's raw rocksdict twin opens with these too); the store opens
-    with :func:`_store_options`, which adds the lookup filters."""
-    opts = rocksdict.Options(raw_mode=True)
-    opts.create_if_missing(True)
-    opts.set_paranoid_checks(True)
-    # Sealed values and hashed keys do not compress; trying only costs CPU.
-    opts.set_compression_type(rocksdict.DBCompressionType.none())
-    # Synced writes make every acknowledged batch whole in the WAL; a torn tail is a batch that was
-    # never acknowledged, and point-in-time recovery drops exactly that.
-    opts.set_wal_recovery_mode(rocksdict.DBRecoveryMode.point_in_time())
-    opts.set_keep_log_file_num(2)
-    opts.set_max_log_file_size(_LOG_FILE_BYTES)
-    opts.set_stats_dump_period_sec(0)
-    opts.set_max_background_jobs(2)
-    return opts
-
-
-def _store_options() -> rocksdict.Options:
-    """:func:`_options` plus Bloom filters, which keep a get from searching where its key is not.
-
-    Keys are keyed hashes, so they spread uniformly over the key space: every memtable, every L0
-    file and every level may hold any key, and a lookup that reaches one that does not hold it pays
-    a full search (a skiplist walk of cache misses, or an index search and a data block read).
-    Gets that miss somewhere are the rule, not the exception: a store past its write buffer
-    (~250k entries) keeps most entries on disk, so most gets first miss the memtable; a name absent
-    from the current key version is looked up under each older one held; a name that does not exist
-    misses everywhere. With whole-key filters in the memtable (a ``_MEMTABLE_BLOOM_RATIO`` of the
-    write buffer, ~1.3 MiB) and in SST files (``_BLOOM_BITS_PER_KEY``, ~1.2 MiB per million entries,
-    held with the table readers), such a miss costs a few hashes. The filters hold hashes of the
-    keys, which are themselves keyed hashes: nothing about a name or namespace. Files written
-    before the filters simply have none and are searched as before.
-    """
-    opts = _options()
-    table = rocksdict.BlockBasedOptions()
-    table.set_bloom_filter(_BLOOM_BITS_PER_KEY, False)
-    opts.set_block_based_table_factory(table)
-    opts.set_memtable_prefix_bloom_ratio(_MEMTABLE_BLOOM_RATIO)
-    opts.set_memtable_whole_key_filtering(True)
-    return opts
-
-
-def _private_dir(path: Path) -> None:
-    """Create ``path`` and its missing parents 0700 (mkdir's ``parents`` would use the umask)."""
-    missing = []
-    probe = path
-    while not probe.exists():
-        missing.append(probe)
-        probe = probe.parent
-    for directory in reversed(missing):
-        directory.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(directory, 0o700)
-
-
-def _prefix_end(prefix: bytes) -> bytes | None:
-    """The smallest key after every key starting with ``prefix`` (None: no such key)."""
-    stripped = prefix.rstrip(b"\xff")
-    return stripped[:-1] + bytes([stripped[-1] + 1]) if stripped else None
 
 
 def _check_name(name: bytes, what: str = "record name") -> None:
@@ -136,6 +83,8 @@ class KvStore:
     def __init__(self, db: rocksdict.Rdict, path: Path) -> None:
         self.path = path
         self._db: rocksdict.Rdict | None = db
+        #: ``self._db.get``, bound once for the get path (None once closed).
+        self._db_get: Callable[[bytes], bytes | None] | None = db.get
         self._sync = rocksdict.WriteOptions()
         self._sync.sync = True
         self._lock = threading.RLock()
@@ -161,10 +110,10 @@ class KvStore:
     def open(cls, path: Path) -> KvStore:
         """Open (creating it 0700 when missing) the database in directory ``path``. Raises
         :class:`~shared.Unavailable` when RocksDB refuses (locked by another opener, corrupt)."""
-        _private_dir(path)
+        settings.private_dir(path)
         os.chmod(path, 0o700)  # an existing directory is tightened too
         try:
-            db = rocksdict.Rdict(str(path), _store_options())
+            db = rocksdict.Rdict(str(path), settings.store_options())
         except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception for every RocksDB status
             raise Unavailable(f"{path}: cannot open the rocksdb store: {str(exc)[:200]}") from None
         return cls(db, path)
@@ -174,6 +123,7 @@ class KvStore:
         with self._lock:
             self.forget_keys()
             if self._db is not None:
+                self._db_get = None
                 self._db.close()
                 self._db = None
 
@@ -214,9 +164,7 @@ class KvStore:
             self._search_order(keys)
             current, *others = self._hot
             batch = rocksdict.WriteBatch(raw_mode=True)
-            put = batch.put
-            for rocks_key, blob in current.seal_items(items):
-                put(rocks_key, blob)
+            current.seal_into(batch.put, items)
             for other in others:
                 for ns, name, _ in items:
                     batch.delete(other.rocks_key(ns, name))
@@ -231,27 +179,34 @@ class KvStore:
 
     def get(self, keys: KeySet, ns: Namespace, name: bytes) -> bytes | None:
         """The value of ``name`` in ``ns``, or None. :class:`DamagedError` if it fails its check."""
-        # The hot path: _check_name, _search_order, _material, VersionMaterial.namespace, rocks_key and
-        # _get, inlined (each only on its fast path; the full methods handle every other case).
         if name.__class__ is not bytes or not 0 < len(name) <= MAX_NAME_BYTES:
             _check_name(name)
+        # The fast path takes no lock (module notes, "Threads"): when ``keys`` is the KeySet the cached
+        # material was checked against, unchanged since, read with that material. The stamps are read
+        # before the material list, which _check_keys replaces before it stamps.
+        if keys is self._for_keys and keys.generation == self._for_generation and (hot := self._hot):
+            try:
+                return self._get_with(hot, ns, name)
+            except ValueError:
+                pass  # another thread wiped material this read held (a seal, a retirement): redo it locked
         with self._lock:
-            if keys.generation != self._for_generation or keys is not self._for_keys or not self._hot:
-                self._search_order(keys)
-            db = self._db
-            if db is None:
-                raise Unavailable("the rocksdb store is closed")
-            ns_key = (ns.owner, ns.subject, ns.category)
-            for material in self._hot:
-                nsm = material.namespaces.get(ns_key) or material.namespace(ns)
-                rocks_key = nsm.prefix + nsm.names.digest(name)
-                try:
-                    blob = db.get(rocks_key)
-                except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception for every RocksDB status
-                    raise Unavailable(f"reading the rocksdb store failed: {str(exc)[:200]}") from None
-                if blob is not None:
-                    return material.open_value(rocks_key, blob, nsm, name)
+            return self._get_with(self._search_order_materials(keys), ns, name)
+
+    def _get_with(self, materials: list[sealing.VersionMaterial], ns: Namespace, name: bytes) -> bytes | None:
+        """:meth:`get` with ``materials``, newest version first."""
+        db_get = self._db_get
+        if db_get is None:
+            raise Unavailable("the rocksdb store is closed")
+        try:
+            for material in materials:
+                value = material.read(db_get, ns, name)
+                if value is not None:
+                    return value
             return None
+        except Exception as exc:
+            if type(exc) is not Exception:  # ours (DamagedError, ValueError, ...): not a RocksDB status
+                raise
+            raise Unavailable(f"reading the rocksdb store failed: {str(exc)[:200]}") from None
 
     def delete(self, keys: KeySet, ns: Namespace, name: bytes) -> bool:
         """Durably delete ``name`` from ``ns`` under every held version; True if it existed."""
@@ -313,11 +268,11 @@ class KvStore:
                 raise ValueError("entries are resealed from a version other than the current one")
             old = self._material(keys, from_version)  # MissingKeyError before anything is read
             prefix = sealing.version_prefix(from_version)
-            chunk = self._read(self._reseal_at.get(from_version, prefix), _prefix_end(prefix), batch)
+            chunk = self._read(self._reseal_at.get(from_version, prefix), settings.prefix_end(prefix), batch)
             if not chunk and from_version in self._reseal_at:
                 # Before answering "none left", look once from the start of the version.
                 del self._reseal_at[from_version]
-                chunk = self._read(prefix, _prefix_end(prefix), batch)
+                chunk = self._read(prefix, settings.prefix_end(prefix), batch)
             if not chunk:
                 return 0
             out = rocksdict.WriteBatch(raw_mode=True)
@@ -367,7 +322,7 @@ class KvStore:
         are hard-linked when ``dest`` is on the same filesystem; everything in it is sealed."""
         if dest.exists() or dest.is_symlink():
             raise FileExistsError(f"{dest}: a checkpoint goes into a directory that does not exist yet")
-        _private_dir(dest.parent)
+        settings.private_dir(dest.parent)
         with self._lock:
             checkpoint = rocksdict.Checkpoint(self._live())
             try:
@@ -428,20 +383,22 @@ class KvStore:
 
     def _check_keys(self, keys: KeySet) -> None:
         """Check the cached material against ``keys`` (one comparison when nothing changed): wipe
-        the material of every version ``keys`` no longer holds, or holds under another key."""
+        the material of every version ``keys`` no longer holds, or holds under another key. Works
+        from one :meth:`KeySet.snapshot`, as the event loop may change the set meanwhile."""
         if keys is self._for_keys and keys.generation == self._for_generation:
             return
+        generation, current, held = keys.snapshot()
         for version, material in list(self._materials.items()):
-            if not keys.has(version) or keys.key(version) is not material.key:
+            if held.get(version) is not material.key:
                 material.wipe()
                 del self._materials[version]
-        current = keys.current
-        order = [current, *sorted((v for v in keys.versions() if v != current), reverse=True)] if current else []
+        order = [current, *sorted((v for v in held if v != current), reverse=True)] if current in held else []
         for version in order:
             if version not in self._materials:
-                self._materials[version] = sealing.VersionMaterial(version, keys.key(version))
+                self._materials[version] = self._new_material(version, held[version])
+        # In this order: get's lock-free path reads the stamps, then the list (module notes, "Threads").
         self._hot = [self._materials[version] for version in order]
-        self._for_keys, self._for_generation, self._order = keys, keys.generation, order
+        self._for_keys, self._for_generation, self._order = keys, generation, order
 
     def forget_versions(self, keys: KeySet) -> None:
         """Wipe the material of every version ``keys`` no longer holds (after a retirement) now,
@@ -455,11 +412,23 @@ class KvStore:
         self._check_keys(keys)
         material = self._materials.get(version)
         if material is None:
-            material = self._materials[version] = sealing.VersionMaterial(version, keys.key(version))
+            material = self._materials[version] = self._new_material(version, keys.key(version))
         return material
+
+    def _new_material(self, version: int, key: bytearray) -> sealing.VersionMaterial:
+        """The material of ``version`` in the format its entries are in (:func:`sealing.format_of`
+        reads its first few; a version with none is new, and takes the newest format)."""
+        prefix = sealing.version_prefix(version)
+        first = self._read(prefix, settings.prefix_end(prefix), sealing.PROBE_ENTRIES)
+        return sealing.material(version, key, sealing.format_of(version, key, first))
 
     def _open(self, keys: KeySet, version: int, rocks_key: bytes, blob: bytes) -> sealing.Entry:
         return self._material(keys, version).open(rocks_key, blob)
+
+    def _search_order_materials(self, keys: KeySet) -> list[sealing.VersionMaterial]:
+        """The material of each version of :meth:`_search_order`, in that order (shared: never change it)."""
+        self._search_order(keys)
+        return self._hot
 
     def _search_order(self, keys: KeySet) -> list[int]:
         """The current version first, then the other held ones, newest first (the list is shared:
@@ -483,7 +452,7 @@ class KvStore:
 
     def _chunks(self, prefix: bytes, *, values: bool = True) -> Iterator[list[tuple[bytes, bytes]]]:
         """Every entry under ``prefix``, in key order, as lists of at most ``_CHUNK``."""
-        start, end = prefix, _prefix_end(prefix)
+        start, end = prefix, settings.prefix_end(prefix)
         while chunk := self._read(start, end, _CHUNK, values=values):
             yield chunk
             start = chunk[-1][0] + b"\x00"
