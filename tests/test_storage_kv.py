@@ -783,11 +783,13 @@ def test_lock_free_gets_racing_seals_and_replaced_keys_never_err_or_serve_other_
     keys = keyset({1: raw_keys[1]})
     values = {b"n%d" % i: b"value %d" % i for i in range(50)}
     store.put_many(keys, list((NS, n, v) for n, v in values.items()))
-    done = threading.Event()
+    started, done = threading.Event(), threading.Event()
     failures: list[BaseException] = []
 
     def churn() -> None:
         try:
+            if not started.wait(timeout=60):
+                raise TimeoutError("the reader never started")
             for i in range(600):
                 if i % 3 == 0:
                     store.forget_keys()
@@ -806,10 +808,11 @@ def test_lock_free_gets_racing_seals_and_replaced_keys_never_err_or_serve_other_
     try:
         worker.start()
         served = 0
-        while not done.is_set():
+        while not done.is_set() or served < 1000:
             for name, value in values.items():
                 assert store.get(keys, NS, name) == value
                 served += 1
+            started.set()
     finally:
         sys.setswitchinterval(interval)
         worker.join(timeout=60)

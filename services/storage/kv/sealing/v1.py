@@ -23,12 +23,12 @@ from typing import Final
 
 import msgpack
 
-from shared import BadRequest
-from shared.crypto import SEAL_OVERHEAD, IntegrityError, KeyedHash, open_sealed, seal
+from shared.crypto import IntegrityError, KeyedHash
 
 from ...core.errors import DamagedError
 from ...core.namespace import Namespace
-from ._layout import HEADER_BYTES, NS_TAG_BYTES, Entry, describe, header, parse_entry_key
+from . import _reference
+from ._layout import NS_TAG_BYTES, Entry, describe
 from ._material import NameHash, NsMaterial, VersionMaterial
 
 __all__ = ["FORMAT", "NAMES_LABEL", "Material", "name_tag", "namespace_tag", "open_entry", "seal_entry"]
@@ -56,41 +56,32 @@ def seal_entry(key: bytes | bytearray, version: int, rocks_key: bytes, ns: Names
     ``rocks_key`` must be an entry key of this version (a mismatch is a caller bug, ``ValueError``);
     the caller has validated name and value sizes.
     """
-    if parse_entry_key(rocks_key)[0] != version:
-        raise ValueError("an entry is sealed under the version its key names")
-    head = header(FORMAT, version)
     plaintext = msgpack.packb([[ns.owner, ns.subject, ns.category], name, value], use_bin_type=True)
-    return head + seal(key, plaintext, head + rocks_key)
+    return _reference.seal_entry(FORMAT, key, version, rocks_key, plaintext)
+
+
+def _tags(subkey: bytes | bytearray, ns: Namespace, name: bytes) -> tuple[bytes, bytes]:
+    return namespace_tag(subkey, ns), name_tag(subkey, ns, name)
 
 
 def open_entry(key: bytes | bytearray, subkey: bytes | bytearray, rocks_key: bytes, blob: bytes) -> Entry:
-    """Check and open the value ``blob`` found at ``rocks_key``.
-
-    ``key`` and ``subkey`` are the data key and names subkey of the version the rocks key names.
-    Raises :class:`DamagedError` when the key or value is malformed, the header names another
-    format or version, the seal does not open (flipped byte, moved value, wrong key) or the sealed
-    namespace and name do not hash to the key's tags.
+    """Check and open the value ``blob`` found at ``rocks_key`` (``key`` and ``subkey``: the data key
+    and names subkey of the version the rocks key names). :class:`DamagedError` when the key or value
+    is malformed, the header names another format or version, the seal does not open (flipped byte,
+    moved value, wrong key) or the sealed namespace and name do not hash to the key's tags.
     """
-    version, ns_tag, tag = parse_entry_key(rocks_key)
-    where = describe(rocks_key)
-    head = header(FORMAT, version)
-    if len(blob) < HEADER_BYTES + SEAL_OVERHEAD or blob[:HEADER_BYTES] != head:
-        raise DamagedError(f"{where} has a malformed header: it failed its integrity check")
+    return _reference.open_entry(FORMAT, key, subkey, rocks_key, blob, _parse_payload, _tags)
+
+
+def _parse_payload(plaintext: bytes) -> tuple[list[str], bytes, bytes]:
+    """``(namespace fields, name, value)`` of a payload; ``ValueError``/``TypeError`` when malformed."""
     try:
-        plaintext = open_sealed(key, blob[HEADER_BYTES:], head + rocks_key)
-    except IntegrityError:
-        raise DamagedError(f"{where} failed its integrity check") from None
-    try:
-        (owner, subject, category), name, value = msgpack.unpackb(plaintext, raw=False)
-        if not (isinstance(name, bytes) and isinstance(value, bytes)):
-            raise TypeError("name and value are bytes")
-        ns = Namespace(owner, subject, category)
-    except (ValueError, TypeError, BadRequest, msgpack.UnpackException):
-        raise DamagedError(f"{where} opened but does not decode as an entry") from None
-    if not (hmac.compare_digest(namespace_tag(subkey, ns), ns_tag)
-            and hmac.compare_digest(name_tag(subkey, ns, name), tag)):
-        raise DamagedError(f"{where} holds a record of another name or namespace")
-    return Entry(ns, name, value)
+        fields, name, value = _unpackb(plaintext, raw=False)
+    except msgpack.UnpackException:
+        raise ValueError("not msgpack") from None
+    if not (isinstance(name, bytes) and isinstance(value, bytes) and isinstance(fields, list)):
+        raise TypeError("a namespace list, and name and value bytes")
+    return fields, name, value
 
 
 class Material(VersionMaterial):
@@ -114,13 +105,7 @@ class Material(VersionMaterial):
         return payload
 
     def _parse(self, plaintext: bytes) -> tuple[list[str], bytes, bytes]:
-        try:
-            fields, name, value = _unpackb(plaintext, raw=False)
-        except msgpack.UnpackException:
-            raise ValueError("not msgpack") from None
-        if not (isinstance(name, bytes) and isinstance(value, bytes) and isinstance(fields, list)):
-            raise TypeError("a namespace list, and name and value bytes")
-        return fields, name, value
+        return _parse_payload(plaintext)
 
     def open_value(self, rocks_key: bytes, blob: bytes, nsm: NsMaterial, name: bytes) -> bytes:
         """See :meth:`VersionMaterial.open_value`. The happy path is one decryption, one msgpack

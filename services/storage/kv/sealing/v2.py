@@ -27,7 +27,6 @@ The module functions are the reference, deriving everything on each call (tests 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 import struct
 from collections.abc import Callable
@@ -35,12 +34,13 @@ from typing import Final
 
 import msgpack
 
-from shared import BadRequest, hazmat
-from shared.crypto import SEAL_OVERHEAD, SEAL_VERSION, IntegrityError, open_sealed, seal
+from shared import hazmat
+from shared.crypto import SEAL_OVERHEAD, SEAL_VERSION, IntegrityError
 
 from ...core.errors import DamagedError
 from ...core.namespace import Namespace
-from ._layout import HEADER_BYTES, NS_TAG_BYTES, Entry, describe, header, parse_entry_key
+from . import _reference
+from ._layout import HEADER_BYTES, NS_TAG_BYTES, Entry, describe
 from ._material import NameHash, NsMaterial, VersionMaterial
 
 __all__ = ["FORMAT", "NAMES_LABEL", "PERSON", "Material", "name_tag", "namespace_tag", "open_entry",
@@ -102,37 +102,18 @@ def parse_payload(plaintext: bytes) -> tuple[list[str], bytes, bytes]:
 
 def seal_entry(key: bytes | bytearray, version: int, rocks_key: bytes, ns: Namespace, name: bytes,
                value: bytes) -> bytes:
-    """Seal ``(ns, name, value)`` as the value stored at ``rocks_key`` under key ``version``.
+    """Seal ``(ns, name, value)`` as the value stored at ``rocks_key`` under key ``version``: as
+    :func:`.v1.seal_entry`."""
+    return _reference.seal_entry(FORMAT, key, version, rocks_key, payload(ns, name, value))
 
-    ``rocks_key`` must be an entry key of this version (a mismatch is a caller bug, ``ValueError``);
-    the caller has validated name and value sizes.
-    """
-    if parse_entry_key(rocks_key)[0] != version:
-        raise ValueError("an entry is sealed under the version its key names")
-    head = header(FORMAT, version)
-    return head + seal(key, payload(ns, name, value), head + rocks_key)
+
+def _tags(subkey: bytes | bytearray, ns: Namespace, name: bytes) -> tuple[bytes, bytes]:
+    return namespace_tag(subkey, ns), name_tag(subkey, ns, name)
 
 
 def open_entry(key: bytes | bytearray, subkey: bytes | bytearray, rocks_key: bytes, blob: bytes) -> Entry:
     """Check and open the value ``blob`` found at ``rocks_key``: as :func:`.v1.open_entry`."""
-    version, ns_tag, tag = parse_entry_key(rocks_key)
-    where = describe(rocks_key)
-    head = header(FORMAT, version)
-    if len(blob) < HEADER_BYTES + SEAL_OVERHEAD or blob[:HEADER_BYTES] != head:
-        raise DamagedError(f"{where} has a malformed header: it failed its integrity check")
-    try:
-        plaintext = open_sealed(key, blob[HEADER_BYTES:], head + rocks_key)
-    except IntegrityError:
-        raise DamagedError(f"{where} failed its integrity check") from None
-    try:
-        (owner, subject, category), name, value = parse_payload(plaintext)
-        ns = Namespace(owner, subject, category)
-    except (ValueError, TypeError, BadRequest):
-        raise DamagedError(f"{where} opened but does not decode as an entry") from None
-    if not (hmac.compare_digest(namespace_tag(subkey, ns), ns_tag)
-            and hmac.compare_digest(name_tag(subkey, ns, name), tag)):
-        raise DamagedError(f"{where} holds a record of another name or namespace")
-    return Entry(ns, name, value)
+    return _reference.open_entry(FORMAT, key, subkey, rocks_key, blob, parse_payload, _tags)
 
 
 class _Names:
