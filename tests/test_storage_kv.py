@@ -731,6 +731,44 @@ def test_key_cache_follows_the_keyset(store: KvStore, raw_keys: dict[int, bytes]
     assert store.scan(keys, NS, b"", None, 10)[0] == [(b"name", b"value")]
 
 
+def test_a_get_takes_no_lock_for_what_is_cached_and_the_lock_for_what_it_would_make(
+        store: KvStore, raw_keys: dict[int, bytes]) -> None:
+    """While another thread holds the store's lock, a get of a namespace whose material is cached
+    answers at once; a get of a namespace never seen waits for the lock, because making material
+    is a change, and the lock-free path changes nothing (store.py, "Threads")."""
+    import threading
+
+    keys = keyset({1: raw_keys[1]})
+    store.put(keys, NS, b"a", b"value of a")
+    carol = Namespace("notes-app", "carol", "memories")
+    material = store._hot[0]
+    with pytest.raises(sealing.Uncached):
+        material.read({}.get, carol, b"x", make=False)
+    assert (carol.owner, carol.subject, carol.category) not in material.namespaces
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store._lock:
+            held.set()
+            release.wait(timeout=60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    answers: list[bytes | None] = []
+    waiter = threading.Thread(target=lambda: answers.append(store.get(keys, carol, b"x")))
+    try:
+        assert held.wait(timeout=60)
+        assert store.get(keys, NS, b"a") == b"value of a"  # the lock is held elsewhere: no lock taken
+        waiter.start()
+        waiter.join(timeout=0.5)
+        assert waiter.is_alive() and answers == []  # carol's material would be made: it waits for the lock
+    finally:
+        release.set()
+        holder.join(timeout=60)
+        waiter.join(timeout=60)
+    assert answers == [None] and (carol.owner, carol.subject, carol.category) in material.namespaces
+
+
 def test_a_seal_landing_inside_a_lock_free_get_makes_it_redo_itself_locked(
         store: KvStore, raw_keys: dict[int, bytes]) -> None:
     """The interleaving the threaded test below can only hope for, made to happen: the cached

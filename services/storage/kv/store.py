@@ -32,9 +32,10 @@ them, except the fast path of :meth:`KvStore.get`, which is most of a store's ca
 the lock was a twentieth of the time. That path reads the cached material with no lock when the
 KeySet is the one it was made for and unchanged, and relies on the GIL for the rest: RocksDB's get
 runs whole under the GIL (so a close on another thread either happened before it, and it fails as
-a closed store, or after it); every material it reads is either live or wiped, and a wiped one
-raises ``ValueError``, on which the get is redone under the lock (where it sees the seal, the
-retirement or the new key as any locked call would). A get that overlaps a seal on another thread
+a closed store, or after it); it changes nothing (a namespace whose material is not made yet sends
+it to the lock); every material it reads is either live or wiped, and a wiped one raises
+``ValueError``, on which the get is redone under the lock (where it sees the seal, the retirement
+or the new key as any locked call would). A get that overlaps a seal on another thread
 may thus still answer from what it read before the seal; none that starts after it does.
 """
 
@@ -186,20 +187,23 @@ class KvStore:
         # before the material list, which _check_keys replaces before it stamps.
         if keys is self._for_keys and keys.generation == self._for_generation and (hot := self._hot):
             try:
-                return self._get_with(hot, ns, name)
+                return self._get_with(hot, ns, name, make=False)
             except ValueError:
-                pass  # another thread wiped material this read held (a seal, a retirement): redo it locked
+                # A namespace seen for the first time (its material is made under the lock), or material
+                # this read held was wiped by another thread (a seal, a retirement): redo it locked.
+                pass
         with self._lock:
-            return self._get_with(self._search_order_materials(keys), ns, name)
+            return self._get_with(self._search_order_materials(keys), ns, name, make=True)
 
-    def _get_with(self, materials: list[sealing.VersionMaterial], ns: Namespace, name: bytes) -> bytes | None:
-        """:meth:`get` with ``materials``, newest version first."""
+    def _get_with(self, materials: list[sealing.VersionMaterial], ns: Namespace, name: bytes, *,
+                  make: bool) -> bytes | None:
+        """:meth:`get` with ``materials``, newest version first; ``make``: as :meth:`VersionMaterial.read`."""
         db_get = self._db_get
         if db_get is None:
             raise Unavailable("the rocksdb store is closed")
         try:
             for material in materials:
-                value = material.read(db_get, ns, name)
+                value = material.read(db_get, ns, name, make=make)
                 if value is not None:
                     return value
             return None

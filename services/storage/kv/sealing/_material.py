@@ -37,7 +37,11 @@ from ._layout import (
     version_prefix,
 )
 
-__all__ = ["NameHash", "NsMaterial", "VersionMaterial"]
+__all__ = ["NameHash", "NsMaterial", "Uncached", "VersionMaterial"]
+
+
+class Uncached(ValueError):
+    """A read that may change nothing found a namespace whose material is not made yet."""
 
 
 class NameHash(Protocol):
@@ -118,17 +122,27 @@ class VersionMaterial:
         """
         raise NotImplementedError
 
-    def read(self, db_get: Callable[[bytes], bytes | None], ns: Namespace, name: bytes) -> bytes | None:
+    def read(self, db_get: Callable[[bytes], bytes | None], ns: Namespace, name: bytes, *,
+             make: bool = True) -> bytes | None:
         """The value of ``name`` in ``ns`` under this version, looked up with ``db_get`` (RocksDB's
         get: the value at a key, or None); None when this version holds no such entry.
         :class:`DamagedError` as :meth:`open_value`; whatever ``db_get`` raises passes through.
 
+        With ``make`` false the read changes nothing: a namespace whose material is not made yet
+        raises :class:`Uncached` rather than making it (the store's lock-free get, which must not
+        change what callers holding the lock read).
+
         The get path: :meth:`namespace`, :meth:`rocks_key`, the lookup and :meth:`open_value` in one
         call (a format may inline them further)."""
-        nsm = self.namespaces.get((ns.owner, ns.subject, ns.category)) or self.namespace(ns)
+        nsm = self.namespaces.get((ns.owner, ns.subject, ns.category)) or self._uncached(ns, make)
         rocks_key = nsm.prefix + nsm.names.digest(name)
         blob = db_get(rocks_key)
         return None if blob is None else self.open_value(rocks_key, blob, nsm, name)
+
+    def _uncached(self, ns: Namespace, make: bool) -> NsMaterial:
+        if not make:
+            raise Uncached("this namespace's material is not made yet")
+        return self.namespace(ns)
 
     # -- shared by every format ----------------------------------------------------------------
 
