@@ -743,7 +743,7 @@ def test_a_get_takes_no_lock_for_what_is_cached_and_the_lock_for_what_it_would_m
     carol = Namespace("notes-app", "carol", "memories")
     material = store._hot[0]
     with pytest.raises(sealing.Uncached):
-        material.read({}.get, carol, b"x", make=False)
+        material.read({}.get, carol, b"x")
     assert (carol.owner, carol.subject, carol.category) not in material.namespaces
     held, release = threading.Event(), threading.Event()
 

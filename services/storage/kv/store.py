@@ -185,25 +185,37 @@ class KvStore:
         # The fast path takes no lock (module notes, "Threads"): when ``keys`` is the KeySet the cached
         # material was checked against, unchanged since, read with that material. The stamps are read
         # before the material list, which _check_keys replaces before it stamps.
-        if keys is self._for_keys and keys.generation == self._for_generation and (hot := self._hot):
+        # It is _get_with written out (a call less on every get).
+        if (keys is self._for_keys and keys.generation == self._for_generation and (hot := self._hot)
+                and (db_get := self._db_get) is not None):
             try:
-                return self._get_with(hot, ns, name, make=False)
+                for material in hot:
+                    value = material.read(db_get, ns, name)
+                    if value is not None:
+                        return value
+                return None
             except ValueError:
                 # A namespace seen for the first time (its material is made under the lock), or material
                 # this read held was wiped by another thread (a seal, a retirement): redo it locked.
                 pass
+            except Exception as exc:
+                if type(exc) is not Exception:  # ours (DamagedError, ...): not a RocksDB status
+                    raise
+                raise Unavailable(f"reading the rocksdb store failed: {str(exc)[:200]}") from None
         with self._lock:
-            return self._get_with(self._search_order_materials(keys), ns, name, make=True)
+            materials = self._search_order_materials(keys)
+            for material in materials:
+                material.namespace(ns)  # what the read needs, made here under the lock
+            return self._get_with(materials, ns, name)
 
-    def _get_with(self, materials: list[sealing.VersionMaterial], ns: Namespace, name: bytes, *,
-                  make: bool) -> bytes | None:
-        """:meth:`get` with ``materials``, newest version first; ``make``: as :meth:`VersionMaterial.read`."""
+    def _get_with(self, materials: list[sealing.VersionMaterial], ns: Namespace, name: bytes) -> bytes | None:
+        """:meth:`get` with ``materials``, newest version first, each holding ``ns``'s material."""
         db_get = self._db_get
         if db_get is None:
             raise Unavailable("the rocksdb store is closed")
         try:
             for material in materials:
-                value = material.read(db_get, ns, name, make=make)
+                value = material.read(db_get, ns, name)
                 if value is not None:
                     return value
             return None

@@ -122,27 +122,25 @@ class VersionMaterial:
         """
         raise NotImplementedError
 
-    def read(self, db_get: Callable[[bytes], bytes | None], ns: Namespace, name: bytes, *,
-             make: bool = True) -> bytes | None:
+    def read(self, db_get: Callable[[bytes], bytes | None], ns: Namespace, name: bytes) -> bytes | None:
         """The value of ``name`` in ``ns`` under this version, looked up with ``db_get`` (RocksDB's
         get: the value at a key, or None); None when this version holds no such entry.
         :class:`DamagedError` as :meth:`open_value`; whatever ``db_get`` raises passes through.
 
-        With ``make`` false the read changes nothing: a namespace whose material is not made yet
-        raises :class:`Uncached` rather than making it (the store's lock-free get, which must not
-        change what callers holding the lock read).
+        A read changes nothing: the material of ``ns`` must be made already (:meth:`namespace`),
+        else it raises :class:`Uncached`. So the store's lock-free get cannot change what a caller
+        holding the lock reads; it makes a new namespace's material under the lock, then reads.
 
-        The get path: :meth:`namespace`, :meth:`rocks_key`, the lookup and :meth:`open_value` in one
-        call (a format may inline them further)."""
-        nsm = self.namespaces.get((ns.owner, ns.subject, ns.category)) or self._uncached(ns, make)
+        The get path: :meth:`rocks_key`, the lookup and :meth:`open_value` in one call (a format may
+        inline them further)."""
+        nsm = self.namespaces.get((ns.owner, ns.subject, ns.category)) or self._uncached()
         rocks_key = nsm.prefix + nsm.names.digest(name)
         blob = db_get(rocks_key)
         return None if blob is None else self.open_value(rocks_key, blob, nsm, name)
 
-    def _uncached(self, ns: Namespace, make: bool) -> NsMaterial:
-        if not make:
-            raise Uncached("this namespace's material is not made yet")
-        return self.namespace(ns)
+    @staticmethod
+    def _uncached() -> NsMaterial:
+        raise Uncached("this namespace's material is not made yet")
 
     # -- shared by every format ----------------------------------------------------------------
 

@@ -225,11 +225,10 @@ class Material(VersionMaterial):
             return plaintext[len(expect):]
         raise self._misfiled(rocks_key, plaintext)
 
-    def read(self, db_get: Callable[[bytes], bytes | None], ns: Namespace, name: bytes, *,
-             make: bool = True) -> bytes | None:
+    def read(self, db_get: Callable[[bytes], bytes | None], ns: Namespace, name: bytes) -> bytes | None:
         """See :meth:`VersionMaterial.read`: :meth:`namespace`, :meth:`rocks_key` and
         :meth:`open_value` written out in one function (class notes)."""
-        nsm = self.namespaces.get((ns.owner, ns.subject, ns.category)) or self._uncached(ns, make)
+        nsm = self.namespaces.get((ns.owner, ns.subject, ns.category)) or self._uncached()
         state = nsm.names.state  # type: ignore[attr-defined]  # this format's names are _Names
         aead = self._aead
         if state is None or aead is None:
