@@ -189,8 +189,8 @@ class Material(VersionMaterial):
         aead = self._aead
         if aead is None:
             raise ValueError("this key version's material was wiped")
-        encrypt, lead, aad_lead = aead.encrypt, self._lead, self._aad_lead
-        nonces = secrets.token_bytes(hazmat.GCM_NONCE_BYTES * len(items))
+        encrypt, lead, aad_lead, size = aead.encrypt, self._lead, self._aad_lead, hazmat.GCM_NONCE_BYTES
+        nonces = secrets.token_bytes(size * len(items))
         at = 0
         last: Namespace | None = None
         prefix = head = b""
@@ -206,8 +206,8 @@ class Material(VersionMaterial):
             state = names.copy()
             state.update(name)
             rocks_key = prefix + state.digest()
-            nonce = nonces[at:at + hazmat.GCM_NONCE_BYTES]
-            at += hazmat.GCM_NONCE_BYTES
+            nonce = nonces[at:at + size]
+            at += size
             put(rocks_key, lead + nonce + encrypt(nonce, head + _u16(len(name)) + name + value, aad_lead + rocks_key))
 
     def _parse(self, plaintext: bytes) -> tuple[list[str], bytes, bytes]:
