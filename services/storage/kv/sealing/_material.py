@@ -45,7 +45,7 @@ class Uncached(ValueError):
 
 
 class NameHash(Protocol):
-    """A keyed hash keyed once (:class:`~shared.crypto.KeyedHash`, :class:`~shared.crypto.KeyedBlake2b`)."""
+    """A keyed hash keyed once: :class:`~shared.crypto.KeyedHash` (format 1), ``v2._Names`` (format 2)."""
 
     def digest(self, data: bytes = b"") -> bytes: ...
     def extend(self, prefix: bytes) -> NameHash: ...

@@ -32,9 +32,11 @@ def seal_entry(entry_format: int, key: bytes | bytearray, version: int, rocks_ke
 
 def open_entry(entry_format: int, key: bytes | bytearray, subkey: bytes | bytearray, rocks_key: bytes, blob: bytes,
                parse: Callable[[bytes], tuple[list[str], bytes, bytes]],
-               tags: Callable[[bytes | bytearray, Namespace, bytes], tuple[bytes, bytes]]) -> Entry:
+               namespace_tag: Callable[[bytes | bytearray, Namespace], bytes],
+               name_tag: Callable[[bytes | bytearray, Namespace, bytes], bytes]) -> Entry:
     """Check and open the value ``blob`` of ``entry_format`` found at ``rocks_key``; ``parse`` splits
-    the payload (``ValueError``/``TypeError`` when malformed) and ``tags`` gives ``(ns_tag, name_tag)``.
+    the payload (``ValueError``/``TypeError`` when malformed), and ``namespace_tag`` and ``name_tag``
+    are the format's tag functions.
 
     ``key`` and ``subkey`` are the data key and names subkey of the version the rocks key names.
     Raises :class:`DamagedError` when the key or value is malformed, the header names another
@@ -56,7 +58,7 @@ def open_entry(entry_format: int, key: bytes | bytearray, subkey: bytes | bytear
     except (ValueError, TypeError, BadRequest):
         # A payload that opens but does not decode was sealed by a buggy writer: still damage.
         raise DamagedError(f"{where} opened but does not decode as an entry") from None
-    want_ns_tag, want_tag = tags(subkey, ns, name)
-    if not (hmac.compare_digest(want_ns_tag, ns_tag) and hmac.compare_digest(want_tag, tag)):
+    if not (hmac.compare_digest(namespace_tag(subkey, ns), ns_tag)
+            and hmac.compare_digest(name_tag(subkey, ns, name), tag)):
         raise DamagedError(f"{where} holds a record of another name or namespace")
     return Entry(ns, name, value)

@@ -60,17 +60,13 @@ def seal_entry(key: bytes | bytearray, version: int, rocks_key: bytes, ns: Names
     return _reference.seal_entry(FORMAT, key, version, rocks_key, plaintext)
 
 
-def _tags(subkey: bytes | bytearray, ns: Namespace, name: bytes) -> tuple[bytes, bytes]:
-    return namespace_tag(subkey, ns), name_tag(subkey, ns, name)
-
-
 def open_entry(key: bytes | bytearray, subkey: bytes | bytearray, rocks_key: bytes, blob: bytes) -> Entry:
     """Check and open the value ``blob`` found at ``rocks_key`` (``key`` and ``subkey``: the data key
     and names subkey of the version the rocks key names). :class:`DamagedError` when the key or value
     is malformed, the header names another format or version, the seal does not open (flipped byte,
     moved value, wrong key) or the sealed namespace and name do not hash to the key's tags.
     """
-    return _reference.open_entry(FORMAT, key, subkey, rocks_key, blob, _parse_payload, _tags)
+    return _reference.open_entry(FORMAT, key, subkey, rocks_key, blob, _parse_payload, namespace_tag, name_tag)
 
 
 def _parse_payload(plaintext: bytes) -> tuple[list[str], bytes, bytes]:

@@ -107,13 +107,9 @@ def seal_entry(key: bytes | bytearray, version: int, rocks_key: bytes, ns: Names
     return _reference.seal_entry(FORMAT, key, version, rocks_key, payload(ns, name, value))
 
 
-def _tags(subkey: bytes | bytearray, ns: Namespace, name: bytes) -> tuple[bytes, bytes]:
-    return namespace_tag(subkey, ns), name_tag(subkey, ns, name)
-
-
 def open_entry(key: bytes | bytearray, subkey: bytes | bytearray, rocks_key: bytes, blob: bytes) -> Entry:
     """Check and open the value ``blob`` found at ``rocks_key``: as :func:`.v1.open_entry`."""
-    return _reference.open_entry(FORMAT, key, subkey, rocks_key, blob, parse_payload, _tags)
+    return _reference.open_entry(FORMAT, key, subkey, rocks_key, blob, parse_payload, namespace_tag, name_tag)
 
 
 class _Names:
