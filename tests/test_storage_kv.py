@@ -349,7 +349,7 @@ def _material_state(store: KvStore) -> list[tuple[sealing.VersionMaterial, list[
 
 def _assert_wiped(material: sealing.VersionMaterial, namespaces: list[object]) -> None:
     assert material.wiped and material.names is None and material.sealer.closed
-    assert material.namespaces == {} and material.subkey == bytearray(32)
+    assert material.namespaces == {} and material.readers == {} and material.subkey == bytearray(32)
     assert namespaces and all(nsm.names.closed for nsm in namespaces)  # type: ignore[attr-defined]
     for use in (lambda: material.rocks_key(NS, b"name"), lambda: material.sealer.seal(b"x", b""),
                 lambda: material.read({}.get, NS, b"name"),
@@ -773,7 +773,7 @@ def test_a_seal_landing_inside_a_lock_free_get_makes_it_redo_itself_locked(
         store: KvStore, raw_keys: dict[int, bytes]) -> None:
     """The interleaving the threaded test below can only hope for, made to happen: the cached
     material is wiped (forget_keys, as a seal on another thread would) just as a lock-free get looks
-    up its namespace. The get finds its hash state gone, redoes itself under the lock with material
+    up its namespace's reader. The get finds its hash state gone, redoes itself under the lock with material
     made anew from the keys, and answers the value; with the keys wiped as well it answers
     MissingKeyError, as any get after a seal does."""
     keys = keyset({1: raw_keys[1]})
@@ -782,7 +782,7 @@ def test_a_seal_landing_inside_a_lock_free_get_makes_it_redo_itself_locked(
 
     class SealsOnLookup(dict):  # type: ignore[type-arg]
         def __init__(self, wipe_keys: bool) -> None:
-            super().__init__(material.namespaces)
+            super().__init__(material.readers)
             self.wipe_keys = wipe_keys
 
         def get(self, key: object, default: object = None) -> object:
@@ -794,7 +794,7 @@ def test_a_seal_landing_inside_a_lock_free_get_makes_it_redo_itself_locked(
 
     for wipe_keys in (False, True):
         material = store._hot[0]
-        material.namespaces = SealsOnLookup(wipe_keys)
+        material.readers = SealsOnLookup(wipe_keys)
         if wipe_keys:
             with pytest.raises(MissingKeyError):
                 store.get(keys, NS, b"name")

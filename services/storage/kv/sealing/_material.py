@@ -37,7 +37,7 @@ from ._layout import (
     version_prefix,
 )
 
-__all__ = ["NameHash", "NsMaterial", "Uncached", "VersionMaterial"]
+__all__ = ["DbGet", "NameHash", "NsMaterial", "Reader", "Uncached", "VersionMaterial"]
 
 
 class Uncached(ValueError):
@@ -52,6 +52,12 @@ class NameHash(Protocol):
     def close(self) -> None: ...
     @property
     def closed(self) -> bool: ...
+
+
+#: RocksDB's get as the material reads with it: the value at a key, or None.
+DbGet = Callable[[bytes], bytes | None]
+#: One namespace's get under one version (:attr:`VersionMaterial.readers`): ``read(db_get, name)``.
+Reader = Callable[[DbGet, bytes], bytes | None]
 
 
 class NsMaterial(NamedTuple):
@@ -90,8 +96,11 @@ class VersionMaterial:
         finally:
             wipe(self.subkey)
         #: (owner, subject, category) -> that namespace's material: keyed by a plain tuple, whose hash
-        #: is computed in C (a Namespace's is a Python call), as the get path looks it up on every call.
+        #: is computed in C (a Namespace's is a Python call), as the get path looks its reader up by
+        #: the same key on every call.
         self.namespaces: dict[tuple[str, str, str], NsMaterial] = {}
+        #: The same key -> that namespace's get (:meth:`_reader`), which the store's get calls directly.
+        self.readers: dict[tuple[str, str, str], Reader] = {}
 
     # -- what a format defines -----------------------------------------------------------------
 
@@ -122,7 +131,7 @@ class VersionMaterial:
         """
         raise NotImplementedError
 
-    def read(self, db_get: Callable[[bytes], bytes | None], ns: Namespace, name: bytes) -> bytes | None:
+    def read(self, db_get: DbGet, ns: Namespace, name: bytes) -> bytes | None:
         """The value of ``name`` in ``ns`` under this version, looked up with ``db_get`` (RocksDB's
         get: the value at a key, or None); None when this version holds no such entry.
         :class:`DamagedError` as :meth:`open_value`; whatever ``db_get`` raises passes through.
@@ -131,15 +140,24 @@ class VersionMaterial:
         else it raises :class:`Uncached`. So the store's lock-free get cannot change what a caller
         holding the lock reads; it makes a new namespace's material under the lock, then reads.
 
-        The get path: :meth:`rocks_key`, the lookup and :meth:`open_value` in one call (a format may
-        inline them further)."""
-        nsm = self.namespaces.get((ns.owner, ns.subject, ns.category)) or self._uncached()
-        rocks_key = nsm.prefix + nsm.names.digest(name)
-        blob = db_get(rocks_key)
-        return None if blob is None else self.open_value(rocks_key, blob, nsm, name)
+        The get path: the namespace's reader (:attr:`readers`, made by :meth:`_reader`)."""
+        return (self.readers.get((ns.owner, ns.subject, ns.category)) or self._uncached())(db_get, name)
+
+    def _reader(self, nsm: NsMaterial) -> Reader:
+        """The get of the namespace ``nsm``: :meth:`rocks_key`, the lookup and :meth:`open_value`. A
+        format may write them out in one function; whatever it makes raises ``ValueError`` once the
+        material is wiped."""
+        prefix, names = nsm.prefix, nsm.names
+        open_value = self.open_value
+
+        def read(db_get: DbGet, name: bytes) -> bytes | None:
+            rocks_key = prefix + names.digest(name)
+            blob = db_get(rocks_key)
+            return None if blob is None else open_value(rocks_key, blob, nsm, name)
+        return read
 
     @staticmethod
-    def _uncached() -> NsMaterial:
+    def _uncached() -> Reader:
         raise Uncached("this namespace's material is not made yet")
 
     # -- shared by every format ----------------------------------------------------------------
@@ -158,6 +176,7 @@ class VersionMaterial:
         made = NsMaterial(self._version_prefix + self.names.digest(label)[:NS_TAG_BYTES], self.names.extend(label),
                           [ns.owner, ns.subject, ns.category], len(label).to_bytes(2, "big") + label)
         self.namespaces[key] = made
+        self.readers[key] = self._reader(made)
         return made
 
     def rocks_key(self, ns: Namespace, name: bytes) -> bytes:
@@ -225,6 +244,7 @@ class VersionMaterial:
         for m in self.namespaces.values():
             m.names.close()
         self.namespaces.clear()
+        self.readers.clear()
 
     def wipe(self) -> None:
         """Drop every state and namespace entry, and zero the subkey (already zero). Idempotent."""
