@@ -811,10 +811,9 @@ def test_lock_free_gets_racing_seals_and_replaced_keys_never_err_or_serve_other_
     threads as often as it can: every get answers its own value, never another, and never leaks the
     ValueError of a wiped material (it redoes itself under the lock).
 
-    The KeySet's own keys are not replaced under a version in use here: KeySet.add wipes the old
-    bytes in place, and material being derived from them at that instant would be garbage (until
-    the next check), which no lock of the store's can prevent; storage never replaces a version's
-    key while serving it."""
+    The current version's key is also fetched again (the same bytes: KeySet keeps the bytearray it
+    holds, which the reader may be deriving from, and wipes the copy); a key replaced by other
+    bytes while material is derived from it is the deterministic test below."""
     import sys
     import threading
 
@@ -828,13 +827,15 @@ def test_lock_free_gets_racing_seals_and_replaced_keys_never_err_or_serve_other_
         try:
             if not started.wait(timeout=60):
                 raise TimeoutError("the reader never started")
-            for i in range(600):
-                if i % 3 == 0:
+            for i in range(800):
+                if i % 4 == 0:
                     store.forget_keys()
-                elif i % 3 == 1:
+                elif i % 4 == 1:
                     keys.add(2, bytearray(raw_keys[2]))  # an older-than-current version fetched late
-                else:
+                elif i % 4 == 2:
                     keys.retire(2)
+                else:
+                    keys.add(1, bytearray(raw_keys[1]))  # the current version fetched again
         except BaseException as exc:  # noqa: BLE001 - reported to the main thread, which fails the test
             failures.append(exc)
         finally:
@@ -856,6 +857,50 @@ def test_lock_free_gets_racing_seals_and_replaced_keys_never_err_or_serve_other_
         worker.join(timeout=60)
     assert not worker.is_alive() and failures == [] and served > 0
     assert all(store.get(keys, NS, n) == v for n, v in values.items())
+
+
+def test_a_key_fetched_again_keeps_the_held_bytes_and_a_replaced_one_is_wiped_after() -> None:
+    keys, raw = KeySet("rocksdb"), os.urandom(32)
+    held = bytearray(raw)
+    keys.add(1, held)
+    again = bytearray(raw)
+    keys.add(1, again)
+    assert keys.key(1) is held and held == raw and again == bytearray(32)
+    other, generation = bytearray(os.urandom(32)), keys.generation
+    keys.add(1, other)
+    assert keys.key(1) is other and held == bytearray(32) and keys.generation > generation
+
+
+@pytest.mark.parametrize("change", ["replace", "wipe"])
+def test_a_key_changed_while_material_is_derived_from_it_is_never_used(
+        store: KvStore, raw_keys: dict[int, bytes], monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    """The event loop replaces a version's key by other bytes, or wipes the set (a seal), while a
+    worker derives material from the key: the bytes are zeroed under the derivation. The store's
+    check sees the generation moved and derives again, so nothing is sealed with material made
+    from zeros: the put lands under the new key, or is refused as no key is held."""
+    keys = keyset({1: raw_keys[1]})
+    made, seen = sealing.material, []
+
+    def change_then_make(version: int, key: bytearray, entry_format: int) -> sealing.VersionMaterial:
+        if not seen:
+            seen.append(version)
+            if change == "replace":
+                keys.add(1, bytearray(raw_keys[2]))
+            else:
+                keys.wipe()
+            assert key == bytearray(32)  # what this derivation reads now
+        return made(version, key, entry_format)
+
+    monkeypatch.setattr(sealing, "material", change_then_make)
+    if change == "wipe":
+        with pytest.raises(MissingKeyError):
+            store.put(keys, NS, b"name", b"value")
+        assert store.is_empty()
+        return
+    store.put(keys, NS, b"name", b"value")
+    monkeypatch.undo()
+    assert store.get(keyset({1: raw_keys[2]}), NS, b"name") == b"value"
+    assert store.get(keyset({1: bytes(32)}), NS, b"name") is None
 
 
 def test_lookup_filters_on_new_files_and_files_written_without_them_still_read(

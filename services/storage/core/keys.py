@@ -12,6 +12,7 @@ wipes what it derived from a key that is gone.
 
 from __future__ import annotations
 
+import hmac
 from typing import Final
 
 from shared.crypto import wipe
@@ -33,16 +34,25 @@ class KeySet:
         self._keys: dict[int, bytearray] = {}
 
     def add(self, version: int, key: bytearray, *, current: bool = False) -> None:
-        """Hold ``key`` as ``version`` (taking ownership of the bytearray)."""
+        """Hold ``key`` as ``version`` (taking ownership of the bytearray).
+
+        A version held already keeps its bytearray when ``key`` has the same bytes (a key fetched
+        again), and ``key`` is wiped: a worker thread may be deriving from the held one at this
+        moment. A version given other bytes is replaced, and the old bytes are wiped only after the
+        generation changed, so a reader that derived from them while they were being zeroed finds
+        the generation moved when it checks again (``KvStore`` does, before it uses what it derived)."""
         if len(key) != 32 or version < 1:
             raise ValueError("a data key is 32 bytes with a version >= 1")
         old = self._keys.get(version)
-        if old is not None and old is not key:
-            wipe(old)
+        if old is not None and old is not key and hmac.compare_digest(old, key):
+            wipe(key)
+            key, old = old, None
         self._keys[version] = key
         if current or self.current == 0:
             self.current = version
         self.generation += 1
+        if old is not None and old is not key:
+            wipe(old)
 
     def key(self, version: int | None = None) -> bytearray:
         """The key of ``version`` (default: the current one); :class:`MissingKeyError` when not held."""
@@ -74,14 +84,15 @@ class KeySet:
         if version == self.current:
             raise ValueError("the current version cannot be retired")
         key = self._keys.pop(version, None)
+        self.generation += 1
         if key is not None:
             wipe(key)
-        self.generation += 1
 
     def wipe(self) -> None:
-        """Wipe and forget every version."""
-        for key in self._keys.values():
-            wipe(key)
+        """Forget and wipe every version (forgotten first, as in :meth:`add`)."""
+        held = list(self._keys.values())
         self._keys.clear()
         self.current = 0
         self.generation += 1
+        for key in held:
+            wipe(key)

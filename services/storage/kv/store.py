@@ -53,7 +53,7 @@ import rocksdict
 
 from shared import BadRequest, Unavailable
 
-from ..core.errors import DamagedError
+from ..core.errors import DamagedError, MissingKeyError
 from ..core.keys import KeySet
 from ..core.namespace import Namespace
 from . import sealing, settings
@@ -401,21 +401,22 @@ class KvStore:
     def _check_keys(self, keys: KeySet) -> None:
         """Check the cached material against ``keys`` (one comparison when nothing changed): wipe
         the material of every version ``keys`` no longer holds, or holds under another key. Works
-        from one :meth:`KeySet.snapshot`, as the event loop may change the set meanwhile."""
-        if keys is self._for_keys and keys.generation == self._for_generation:
-            return
-        generation, current, held = keys.snapshot()
-        for version, material in list(self._materials.items()):
-            if held.get(version) is not material.key:
-                material.wipe()
-                del self._materials[version]
-        order = [current, *sorted((v for v in held if v != current), reverse=True)] if current in held else []
-        for version in order:
-            if version not in self._materials:
-                self._materials[version] = self._new_material(version, held[version])
-        # In this order: get's lock-free path reads the stamps, then the list (module notes, "Threads").
-        self._hot = [self._materials[version] for version in order]
-        self._for_keys, self._for_generation, self._order = keys, generation, order
+        from one :meth:`KeySet.snapshot` (the event loop may change the set meanwhile), again until
+        the set did not change while it derived: a key replaced or wiped meanwhile may have been
+        zeroed under the derivation, and KeySet wipes only after it moved the generation."""
+        while not (keys is self._for_keys and keys.generation == self._for_generation):
+            generation, current, held = keys.snapshot()
+            for version, material in list(self._materials.items()):
+                if held.get(version) is not material.key:
+                    material.wipe()
+                    del self._materials[version]
+            order = [current, *sorted((v for v in held if v != current), reverse=True)] if current in held else []
+            for version in order:
+                if version not in self._materials:
+                    self._materials[version] = self._new_material(version, held[version])
+            # In this order: get's lock-free path reads the stamps, then the list (module notes, "Threads").
+            self._hot = [self._materials[version] for version in order]
+            self._for_keys, self._for_generation, self._order = keys, generation, order
 
     def forget_versions(self, keys: KeySet) -> None:
         """Wipe the material of every version ``keys`` no longer holds (after a retirement) now,
@@ -427,9 +428,12 @@ class KvStore:
     def _material(self, keys: KeySet, version: int) -> sealing.VersionMaterial:
         """The material of ``version`` of ``keys``; :class:`MissingKeyError` when it is not held."""
         self._check_keys(keys)
-        material = self._materials.get(version)
-        if material is None:
-            material = self._materials[version] = self._new_material(version, keys.key(version))
+        if version not in self._materials:
+            keys.key(version)  # MissingKeyError when not held; held, it came since the check: check again
+            self._for_keys = None
+            self._check_keys(keys)
+        if (material := self._materials.get(version)) is None:
+            raise MissingKeyError(f"storage does not hold version {version} of its rocksdb key")
         return material
 
     def _new_material(self, version: int, key: bytearray) -> sealing.VersionMaterial:
