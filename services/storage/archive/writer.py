@@ -5,6 +5,13 @@ only once its manifest is written; :func:`write_archive` packs a list of files a
 one go. The format itself (header, key wraps, manifest records, entry-name rule) is
 :mod:`.format`; reading an archive back (verify, extract) is :mod:`.reader`. The three were split
 so the writer, the format and the untrusted-input reader can each be read on their own.
+
+Page cache. An archive is as large as everything stored, and nothing reads it soon after it is
+written, so the writer syncs it every :data:`DROP_EVERY` bytes and tells the kernel to drop those
+pages (``POSIX_FADV_DONTNEED``): a backup then leaves the page cache as it found it (the companion's
+hot data stays cached) instead of filling it with a second copy of the store, which on the machine
+measured made each GiB past the first few about ten times dearer (issue 18, docs/storage.md). The
+data reaches the disk no later than before: what was synced once at the end is synced in steps.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ __all__ = ["ArchiveInfo", "ArchiveWriter", "write_archive"]
 
 #: How much of a source file the writer reads at a time.
 _PIECE: Final = 1 << 20
+#: Written bytes between syncs that drop the archive's pages from the page cache (module notes).
+DROP_EVERY: Final = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +82,14 @@ class ArchiveWriter:
     def __init__(self, path: Path, *, mesh_id: str, sequence: int, backup_key: tuple[int, bytes | bytearray],
                  passphrase: bytes | bytearray | None = None, profile: Argon2Profile | None = None,
                  progress: Progress = no_progress, total_bytes: int = 0,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE, created: float | None = None) -> None:
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, created: float | None = None,
+                 drop_every: int = DROP_EVERY) -> None:
         if not isinstance(mesh_id, str) or not 1 <= len(mesh_id) <= 128 or type(sequence) is not int or sequence < 0:
             raise ValueError("an archive needs a mesh_id (1-128 characters) and a sequence >= 0")
         if passphrase is not None and (profile is None or not passphrase):
             raise ValueError("a passphrase needs an Argon2id profile and at least one character")
         self.path, self._progress, self._total, self._done = path, progress, total_bytes, 0
+        self._drop_every, self._unsynced = max(1, drop_every), 0
         when = time.time() if created is None else float(created)
         kdf = None if passphrase is None or profile is None else (profile, secrets.token_bytes(16))
         if kdf is not None and not (kdf[0].memory_kib <= MAX_ARGON2_MEMORY_KIB and kdf[0].iterations <= 100
@@ -137,12 +148,24 @@ class ArchiveWriter:
             digest.update(piece)
             self._stream.write(piece)
             written += len(piece)
+            self._unsynced += len(piece)
+            if self._unsynced >= self._drop_every:
+                self._drop_written()
             if kind != "manifest":
                 self._done += len(piece)
                 self._progress(self._done, self._total)
         if written != size:
             raise ValueError(f"archive entry {name!r:.80} changed size while it was being archived")
         return ManifestEntry(name, kind, size, digest.digest())
+
+    def _drop_written(self) -> None:
+        """Sync what the archive holds so far and drop its pages from the page cache (module notes)."""
+        self._unsynced = 0
+        self._out.flush()
+        fd = self._out.fileno()
+        os.fdatasync(fd)
+        if hasattr(os, "posix_fadvise"):  # Linux; elsewhere the pages stay for the kernel to evict
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
     def _claim(self, name: str) -> None:
         check_entry_name(name)
@@ -176,6 +199,8 @@ class ArchiveWriter:
         self._stream.close()
         self._out.flush()
         os.fsync(self._out.fileno())
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self._out.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         self._out.close()
         try:
             os.link(self._part, self.path)  # fails if ``path`` exists: an archive is never overwritten
