@@ -5,7 +5,8 @@
   ``checkpoint`` callback lets tests kill the process between the steps;
 - :func:`write_exclusive` creates a new file with ``O_EXCL`` and an exact mode from the first
   instant (never through the umask), for secrets, tokens and credentials;
-- :func:`fsync_path` makes a file, or a directory's entries, durable.
+- :func:`fsync_path` makes a file, or a directory's entries, durable;
+- :func:`drop_cached` drops a large file written or read once from the page cache.
 
 The code is in :mod:`shared._files` and :mod:`shared._certs`.
 """
@@ -13,6 +14,6 @@ The code is in :mod:`shared._files` and :mod:`shared._certs`.
 from __future__ import annotations
 
 from ._certs import write_exclusive
-from ._files import fsync_path, write_atomic
+from ._files import drop_cached, fsync_path, write_atomic
 
-__all__ = ["fsync_path", "write_atomic", "write_exclusive"]
+__all__ = ["drop_cached", "fsync_path", "write_atomic", "write_exclusive"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -196,3 +197,10 @@ async def rig(tmp_path: Path) -> AsyncIterator[Any]:
         yield started
     finally:
         await started.close()
+
+
+def resident_bytes(path: Path) -> int:
+    """How much of the file ``path`` is in the page cache (util-linux ``fincore``)."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                         capture_output=True, text=True, timeout=30, check=True)
+    return int(out.stdout.strip())

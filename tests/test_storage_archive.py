@@ -27,6 +27,8 @@ from services.storage.archive.writer import ArchiveInfo, ArchiveWriter, write_ar
 from services.storage.core.errors import DamagedError, MissingKeyError
 from shared import Argon2Profile, BadRequest, Unauthenticated
 
+from .conftest import resident_bytes
+
 REPO = Path(__file__).resolve().parent.parent
 TINY = Argon2Profile(memory_kib=8, iterations=1, parallelism=1)
 PASSPHRASE = b"correct horse battery staple"
@@ -287,18 +289,12 @@ def test_memory_stays_flat_for_a_64_mib_file(tmp_path: Path) -> None:
     assert growth_mib < 24, f"peak memory grew by {growth_mib} MiB streaming a 64 MiB file"
 
 
-def _resident_bytes(path: Path) -> int:
-    """How much of ``path`` is in the page cache (util-linux fincore)."""
-    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
-                         capture_output=True, text=True, timeout=30, check=True)
-    return int(out.stdout.strip())
-
-
 @pytest.mark.parametrize("drop_every", [1 << 20, None])
 def test_the_archive_leaves_the_page_cache_as_it_found_it(tmp_path: Path, drop_every: int | None) -> None:
     """Written every ``drop_every`` bytes, synced and dropped from the page cache, so the part being
     written keeps at most about that much cached (the default, 64 MiB, keeps all of these 8 MiB
-    until the end); published, none of it is cached; and it reads back whole."""
+    until the end); published, none of it is cached; and it reads back whole, into files that are
+    not left cached either (a restore reads them once)."""
     big = tmp_path / "big"
     big.write_bytes(os.urandom(8 << 20))
     path = tmp_path / "a.cmbak"
@@ -306,12 +302,13 @@ def test_the_archive_leaves_the_page_cache_as_it_found_it(tmp_path: Path, drop_e
     with ArchiveWriter(path, mesh_id="m", sequence=1, backup_key=BACKUP_KEY, **options) as writer:
         writer.add_file("big", big)
         (part,) = [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
-        cached = _resident_bytes(part)
+        cached = resident_bytes(part)
         if drop_every is None:
             assert cached >= 6 << 20
         else:
             assert cached <= 3 << 20
         writer.finish({"mesh_id": "m", "sequence": 1})
-    assert _resident_bytes(path) == 0
+    assert resident_bytes(path) == 0
     extract_archive(path, key_of(path), tmp_path / "out").wipe()
+    assert resident_bytes(tmp_path / "out" / "big") == 0
     assert (tmp_path / "out" / "big").read_bytes() == big.read_bytes()

@@ -31,10 +31,11 @@ import msgpack
 
 from shared import Argon2Profile
 from shared.crypto import derive_from_password, random_key, seal, wipe
-from shared.files import fsync_path
+from shared.files import drop_cached, fsync_path
 
 from ..core.stream import DEFAULT_CHUNK_SIZE, StreamWriter
 from .format import (
+    DROP_EVERY,
     FORMAT_VERSION,
     MAGIC,
     MANIFEST_NAME,
@@ -57,8 +58,6 @@ __all__ = ["ArchiveInfo", "ArchiveWriter", "write_archive"]
 
 #: How much of a source file the writer reads at a time.
 _PIECE: Final = 1 << 20
-#: Written bytes between syncs that drop the archive's pages from the page cache (module notes).
-DROP_EVERY: Final = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,8 +163,7 @@ class ArchiveWriter:
         self._out.flush()
         fd = self._out.fileno()
         os.fdatasync(fd)
-        if hasattr(os, "posix_fadvise"):  # Linux; elsewhere the pages stay for the kernel to evict
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        drop_cached(fd)
 
     def _claim(self, name: str) -> None:
         check_entry_name(name)
@@ -199,8 +197,7 @@ class ArchiveWriter:
         self._stream.close()
         self._out.flush()
         os.fsync(self._out.fileno())
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(self._out.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        drop_cached(self._out.fileno())
         self._out.close()
         try:
             os.link(self._part, self.path)  # fails if ``path`` exists: an archive is never overwritten
