@@ -21,22 +21,13 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def drop_cached(file: int | Path) -> None:
-    """Ask the kernel to drop a file's pages (an open descriptor, or a path opened without following
-    a symlink) from the page cache (``POSIX_FADV_DONTNEED``), for large files written or read once
-    (a backup archive, a restore's staging and what it imports). Pages not written back yet stay:
-    sync a file first to drop what was written. Where the call does not exist the pages stay for
-    the kernel to evict in its own time."""
-    if not hasattr(os, "posix_fadvise"):
-        return
-    if isinstance(file, int):
-        os.posix_fadvise(file, 0, 0, os.POSIX_FADV_DONTNEED)
-        return
-    fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
+def drop_cached(fd: int) -> None:
+    """Ask the kernel to drop the open file ``fd``'s pages from the page cache
+    (``POSIX_FADV_DONTNEED``), for a large file written once and not read again soon (a backup
+    archive). Pages not written back yet stay: sync the file first to drop what was written. Where
+    the call does not exist the pages stay for the kernel to evict in its own time."""
+    if hasattr(os, "posix_fadvise"):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o600,

@@ -6,7 +6,7 @@
 - :func:`write_exclusive` creates a new file with ``O_EXCL`` and an exact mode from the first
   instant (never through the umask), for secrets, tokens and credentials;
 - :func:`fsync_path` makes a file, or a directory's entries, durable;
-- :func:`drop_cached` drops a large file written or read once from the page cache.
+- :func:`drop_cached` drops a large file written once from the page cache.
 
 The code is in :mod:`shared._files` and :mod:`shared._certs`.
 """

@@ -293,8 +293,7 @@ def test_memory_stays_flat_for_a_64_mib_file(tmp_path: Path) -> None:
 def test_the_archive_leaves_the_page_cache_as_it_found_it(tmp_path: Path, drop_every: int | None) -> None:
     """Written every ``drop_every`` bytes, synced and dropped from the page cache, so the part being
     written keeps at most about that much cached (the default, 64 MiB, keeps all of these 8 MiB
-    until the end); published, none of it is cached; and it reads back whole, into files that are
-    not left cached either (a restore reads them once)."""
+    until the end); published, none of it is cached; and it reads back whole."""
     big = tmp_path / "big"
     big.write_bytes(os.urandom(8 << 20))
     path = tmp_path / "a.cmbak"
@@ -310,5 +309,4 @@ def test_the_archive_leaves_the_page_cache_as_it_found_it(tmp_path: Path, drop_e
         writer.finish({"mesh_id": "m", "sequence": 1})
     assert resident_bytes(path) == 0
     extract_archive(path, key_of(path), tmp_path / "out").wipe()
-    assert resident_bytes(tmp_path / "out" / "big") == 0
     assert (tmp_path / "out" / "big").read_bytes() == big.read_bytes()

@@ -65,9 +65,6 @@ MAX_ARGON2_MEMORY_KIB: Final = 4 << 20
 PREFIX: Final = struct.Struct(">4sBI")
 #: The length in front of each entry header in the body.
 U32: Final = struct.Struct(">I")
-#: Bytes written (an archive, or a file extracted from one) between syncs that drop what was
-#: written from the page cache (writer.py, "Page cache").
-DROP_EVERY: Final = 64 << 20
 _WRAP_AAD: Final = b"curvemesh/archive-wrap/v1"
 UNPACK_ERRORS: Final = (ValueError, TypeError, msgpack.exceptions.UnpackException)
 

@@ -20,12 +20,10 @@ from typing import BinaryIO
 import msgpack
 
 from shared.crypto import wipe
-from shared.files import drop_cached
 
 from ..core.errors import DamagedError
 from ..core.stream import StreamReader
 from .format import (
-    DROP_EVERY,
     MANIFEST_NAME,
     MAX_BYTES_ENTRY,
     MAX_FRAME_BYTES,
@@ -81,7 +79,7 @@ class _Extractor:
         self.dest, self.made, self.extras = dest, list[Path](), dict[str, bytearray]()
         self._root = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         self._out: BinaryIO | None = None
-        self._buf, self._pos, self._name, self._unsynced = bytearray(), 0, "", 0
+        self._buf, self._pos, self._name = bytearray(), 0, ""
 
     def open(self, name: str, kind: str, size: int) -> None:
         if kind == "bytes":
@@ -109,12 +107,6 @@ class _Extractor:
     def write(self, piece: memoryview) -> None:
         if self._out is not None:
             self._out.write(piece)
-            self._unsynced += len(piece)
-            if self._unsynced >= DROP_EVERY:
-                self._unsynced = 0
-                self._out.flush()
-                os.fdatasync(self._out.fileno())
-                drop_cached(self._out.fileno())
         else:
             self._buf[self._pos:self._pos + len(piece)] = piece
             self._pos += len(piece)
@@ -123,11 +115,8 @@ class _Extractor:
         if self._out is not None:
             self._out.flush()
             os.fsync(self._out.fileno())
-            # The restore reads it once, right after: the page cache is no place to keep a second
-            # copy of the store (writer.py, "Page cache").
-            drop_cached(self._out.fileno())
             self._out.close()
-            self._out, self._unsynced = None, 0
+            self._out = None
         else:
             self.extras[self._name], self._buf = self._buf, bytearray()
 

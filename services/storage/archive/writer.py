@@ -35,7 +35,6 @@ from shared.files import drop_cached, fsync_path
 
 from ..core.stream import DEFAULT_CHUNK_SIZE, StreamWriter
 from .format import (
-    DROP_EVERY,
     FORMAT_VERSION,
     MAGIC,
     MANIFEST_NAME,
@@ -58,6 +57,8 @@ __all__ = ["ArchiveInfo", "ArchiveWriter", "write_archive"]
 
 #: How much of a source file the writer reads at a time.
 _PIECE: Final = 1 << 20
+#: Written bytes between syncs that drop the archive's pages from the page cache (module notes).
+DROP_EVERY: Final = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import BinaryIO, Final
 
 from shared import BadRequest, NotFound
-from shared.files import drop_cached
 
 from ..core.errors import DamagedError
 from ..core.keys import KeySet
@@ -310,9 +309,7 @@ class FileStore:
             with open_blob(path) as f:
                 blob = self._blobs.load(f, path, source_keys, version)
                 part, target = self._blobs.reencrypt(f, blob, source_keys, keys)
-                drop_cached(f.fileno())  # read once: a restore's staging (archive/writer.py, "Page cache")
             try:
-                drop_cached(part)  # durable already; a restore writes the whole store at once
                 with self._lock:
                     self._blobs.install(part, target)
             finally:
