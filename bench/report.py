@@ -419,7 +419,7 @@ def _size(mib: int) -> str:
 BACKUP_SLOPE_NOTE: Final = (
     "storage's user CPU per GiB (the code's own work) stays flat: see the CPU slope's split; its kernel "
     "time grows, as filling the page cache cost ~10x per GiB past the first ~4-5 GiB of new cache on the "
-    "VM measured (a 4 GiB backup writes a 4.2 GiB archive beside the 4 GiB just stored, a restore ~8 GiB); "
+    "VM measured (a 4 GiB restore writes ~8 GiB; a backup drops its archive from the cache as it writes it); "
     "the wall clock adds waits for the disk and, on a busy machine, for a CPU; fixed costs (one Argon2id, "
     "audit) make small sizes dearer")
 

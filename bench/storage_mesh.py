@@ -50,12 +50,16 @@ storage's CPU during the 1 GiB backup, 44 % during the 4 GiB one, under ``perf``
 first ~4-5 GiB of page cache a burst of writes adds cost ~0.35 s per GiB, every GiB past that ~3.3 s
 (a plain loop of 64 KiB writes and fsyncs shows it; likely the host faulting fresh guest memory in
 on first touch, as the VM hands freed memory back through virtio-balloon free page reporting). A
-1 GiB backup writes a 1 GiB archive; a 4 GiB one writes 4.2 GiB beside the 4 GiB the fill just
-cached, and a 4 GiB restore writes ~8 GiB (the extracted archive, then the re-encrypted store). The
-rest of the spread is the wall clock waiting for a CPU on a busy machine. Where fresh memory costs
-nothing to fill, both curves should be flat but for each job's fixed costs (one Argon2id of the
-``file`` profile, 0.15-0.6 s here, and the audit records), which make the smallest size the dearest
-per GiB.
+4 GiB restore writes ~8 GiB (the extracted archive, then the re-encrypted store). A backup no longer
+adds to the cache: the archive writer syncs every 64 MiB and drops what it wrote
+(services/storage/archive/writer.py, "Page cache"), which took the 4 GiB backup from 7.0-7.8 s/GiB
+(slope 1.40-1.82) to 4.2-5.4 s/GiB (slope 0.79-1.19, three runs), with its kernel time per GiB
+from 4.1 s to 1.2-1.7 s. Dropping a restore's extracted files and imported blobs as well was tried
+and taken out: a 1 GiB restore was 20 % slower (the drops then cost more than the cache they
+saved), and the 4 GiB gain was within the noise. The rest of the spread is the wall clock waiting
+for a CPU on a busy machine. Where fresh memory costs nothing to fill, both curves should be flat
+but for each job's fixed costs (one Argon2id of the ``file`` profile, 0.15-0.6 s here, and the
+audit records), which make the smallest size the dearest per GiB.
 """
 
 from __future__ import annotations
