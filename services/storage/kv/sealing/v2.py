@@ -159,10 +159,10 @@ class Material(VersionMaterial):
     finds, the two hot paths, a get (the reader :meth:`_reader` makes for each namespace) and a
     write batch (:meth:`seal_into`), use an AES-GCM context of their own from :mod:`shared.hazmat`
     with the sealer's steps written out in line: a get is a few microseconds, and the calls saved
-    are a tenth of it. They do exactly what
-    :meth:`Sealer.open` and :meth:`Sealer.seal_many` do (the same checks of length, header and seal
-    version, the tag over ``0x01 || header || rocks key``, every nonce of a batch from one CSPRNG
-    read), which the known-answer tests hold them to; :meth:`wipe` drops the context with the rest.
+    are a tenth of it. They do exactly what :meth:`Sealer.open` and :meth:`Sealer.seal_many` do
+    (the same checks of length, header and seal version, the tag over ``0x01 || header || rocks
+    key``, every nonce of a batch from one CSPRNG read), which the known-answer tests hold them to;
+    :meth:`wipe` drops the context with the rest.
     """
 
     FORMAT = FORMAT
