@@ -773,8 +773,8 @@ def test_a_seal_landing_inside_a_lock_free_get_makes_it_redo_itself_locked(
         store: KvStore, raw_keys: dict[int, bytes]) -> None:
     """The interleaving the threaded test below can only hope for, made to happen: the cached
     material is wiped (forget_keys, as a seal on another thread would) just as a lock-free get looks
-    up its namespace's reader. The get finds its hash state gone, redoes itself under the lock with material
-    made anew from the keys, and answers the value; with the keys wiped as well it answers
+    up its namespace's reader. The get finds its hash state gone, redoes itself under the lock with
+    material made anew from the keys, and answers the value; with the keys wiped as well it answers
     MissingKeyError, as any get after a seal does."""
     keys = keyset({1: raw_keys[1]})
     store.put(keys, NS, b"name", b"value")

@@ -77,7 +77,9 @@ class ArchiveWriter:
     :meth:`finish` writes the manifest and publishes the file, durably, 0600. Until then the data
     goes to a ``.part`` file beside ``path`` (``O_EXCL``), removed by :meth:`abort` (or on an
     exception in a ``with`` block). ``profile`` comes from validated configuration
-    (``config.argon2.file``); it is needed only with a ``passphrase``. Memory stays flat."""
+    (``config.argon2.file``); it is needed only with a ``passphrase``. Memory stays flat, and so
+    does the page cache: every ``drop_every`` bytes written are synced and dropped from it (module
+    notes; tests make it small to see it happen)."""
 
     def __init__(self, path: Path, *, mesh_id: str, sequence: int, backup_key: tuple[int, bytes | bytearray],
                  passphrase: bytes | bytearray | None = None, profile: Argon2Profile | None = None,
