@@ -13,7 +13,7 @@ MESHCTL = CURVEMESH_HOME="$(CURVEMESH_HOME)" $(PY) -m tools.meshctl_cli
 # tools/host-deps: as root it installs what is missing, otherwise it names the command.
 HOST_DEPS = PYTHON="$(PYTHON)" PY="$(PY)" tools/host-deps
 
-.PHONY: install up down status test host-test lint bench clean
+.PHONY: install native up down status test host-test lint bench clean
 
 # The host check must finish before the venv is created or the suite runs: no parallel recipes.
 .NOTPARALLEL:
@@ -32,9 +32,15 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# The key-value entry formats compiled with mypyc, beside their sources (tools/build_native.py,
+# docs/storage.md): built when missing or stale, a check of a few milliseconds otherwise. Without a C
+# compiler it says so and the formats run from their sources, slower.
+native: $(STAMP)
+	@$(PY) -m tools.build_native
+
 # Initialise the home on first launch, start supervisord, wait until every process is
 # registered and healthy. Exit 0 only when healthy; harmless on a running mesh.
-up: $(STAMP)
+up: $(STAMP) native
 	@$(MESHCTL) init --if-needed
 	@$(MESHCTL) up
 
@@ -52,17 +58,18 @@ status: $(STAMP)
 host-test:
 	@$(HOST_DEPS) test
 
-test: host-test $(STAMP)
+test: host-test $(STAMP) native
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check shared services tools tests bench examples
 	$(VENV)/bin/mypy shared
 
-bench: $(STAMP)
+bench: $(STAMP) native
 	$(PY) -m bench
 
 # The mesh runs on the venv's interpreter: stop it before removing the venv. The home
 # (./var: keys and data) is never removed here.
 clean: down
+	@if [ -x "$(PY)" ]; then $(PY) -m tools.build_native --clean; fi
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

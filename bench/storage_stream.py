@@ -102,7 +102,9 @@ def rocksdb_rounds(work: Path, rounds: int, count: int) -> tuple[Rounds, dict[st
         print(f"storage: rocksdb round {r + 1}/{rounds}: put/s sealed={got['sealed']['put']:,.0f} "
               f"raw={got['raw']['put']:,.0f}, get/s sealed={got['sealed']['get']:,.0f} raw={got['raw']['get']:,.0f}",
               flush=True)
-    return out, {"items": count, "batch": KV_BATCH, "sync": True}
+    from services.storage.kv import NATIVE
+
+    return out, {"items": count, "batch": KV_BATCH, "sync": True, "compiled": NATIVE.compiled}
 
 
 def kv_growth(work: Path, sizes: tuple[int, ...], samples: int = 5000) -> dict[str, Any]:

@@ -28,7 +28,7 @@ INSTALL = "apt-get install -y --no-install-recommends"
 # The interpreter itself, not a wrapper (a pyenv shim needs pyenv on PATH to work).
 PYTHON = os.path.realpath(sys.executable)
 # Every tool the script or the suite needs, and what provides it on this machine.
-TOOLS = ("bash", "make", "dbus-daemon", "gnome-keyring-daemon", "ip", "tcpdump", "apt-get")
+TOOLS = ("bash", "make", "dbus-daemon", "gnome-keyring-daemon", "ip", "tcpdump", "cc", "apt-get")
 
 
 def root_prefix() -> str:
@@ -102,6 +102,23 @@ def test_the_network_rig_needs_ip_and_tcpdump(bin_dir: Path) -> None:
     assert "ip, tcpdump" in line
     assert line.endswith(f"{root_prefix()}{INSTALL} iproute2 tcpdump")
     assert host_deps(bin_dir, "--check", "up").returncode == 0  # the mesh itself needs neither
+
+
+def test_the_suite_needs_a_c_compiler_and_the_python_headers(bin_dir: Path, tmp_path: Path) -> None:
+    """make native compiles the key-value formats (tools/build_native.py) and the suite checks they
+    run compiled: the compiler and the headers of the venv's interpreter are named with their
+    Debian packages. An interpreter whose include directory lacks Python.h stands in for a
+    Debian python3 without python3-dev. ``make up`` does without both."""
+    (bin_dir / "cc").unlink()
+    python = tmp_path / "python"
+    python.write_text("#!/bin/sh\necho /nonexistent/include\n")
+    python.chmod(0o755)
+    done = host_deps(bin_dir, "--check", "test", PY=str(python))
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert "a C compiler, the Python headers" in line
+    assert line.endswith(f"{root_prefix()}{INSTALL} gcc python3-dev")
+    assert host_deps(bin_dir, "--check", "up", PY=str(python)).returncode == 0
 
 
 def test_check_with_everything_present_is_silent(bin_dir: Path) -> None:

@@ -43,6 +43,7 @@ from .core.rotation import Rotation
 from .core.stream import DEFAULT_CHUNK_SIZE
 from .files.engine import FilesEngine, piece_bytes
 from .files.schema import FileBegin, FileList, FileName, FilePiece, FileRead, FileUpload
+from .kv import NATIVE as KV_NATIVE
 from .kv.engine import KvEngine
 from .kv.schema import KvKey, KvPut, KvScan
 from .records.engine import RecordsEngine
@@ -90,9 +91,15 @@ class Storage(Service):
     # -- life cycle -------------------------------------------------------------------------
 
     async def on_start(self) -> None:
-        """Check the message cap leaves room for file chunks, remove what an interrupted backup or
-        restore left in the work directory, then start (:meth:`.core.keeper.Keeper.start`)."""
+        """Check the message cap leaves room for file chunks, log whether the key-value formats run
+        compiled, remove what an interrupted backup or restore left in the work directory, then
+        start (:meth:`.core.keeper.Keeper.start`)."""
         piece_bytes(self.core.config.broker.max_message_bytes, DEFAULT_CHUNK_SIZE)  # refuse a cap no file chunk fits
+        if KV_NATIVE.compiled:
+            log.info("kv_formats_compiled")
+        else:
+            log.warning("kv_formats_interpreted", reason=KV_NATIVE.reason,
+                        hint="make native compiles them (docs/storage.md); until then key-value calls are slower")
         if self.core.layout.work.exists():
             for leftover in self.core.layout.work.iterdir():
                 shutil.rmtree(leftover, ignore_errors=True)

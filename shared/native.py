@@ -1,0 +1,17 @@
+"""Compiled twins of Python modules (mypyc), used only while they match their sources.
+
+- :func:`load`, called by a package before it imports its modules: the compiled ones are used
+  when the build record vouches for them, else every one is imported from its source
+  (:class:`Native` says which, and why);
+- :func:`stale`, :func:`write_record`, :func:`digest` and :func:`compiled_files`, for the build
+  (``tools/build_native.py``, ``make native``);
+- :data:`ENV`: ``CURVEMESH_NATIVE=0`` runs the sources whatever is built.
+
+The code, and why a record is needed at all, is in :mod:`shared._native`.
+"""
+
+from __future__ import annotations
+
+from ._native import ENV, RECORD, Native, compiled_files, digest, load, stale, write_record
+
+__all__ = ["ENV", "RECORD", "Native", "compiled_files", "digest", "load", "stale", "write_record"]

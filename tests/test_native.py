@@ -1,0 +1,175 @@
+"""Compiled modules (shared/native.py, tools/build_native.py): used only while they match their sources.
+
+A real build with mypyc and the C compiler: a small package of its own in a temporary directory,
+whose compiled module returns a ``Final`` constant of a module it imports (which mypyc inlines,
+so a compiled module goes stale when only its import changed). Each import runs in a fresh
+interpreter, as a service start does. Then the repository's own build: the key-value formats run
+compiled after ``make``, and their known-answer tests pass from the sources too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared import native
+from tools import build_native
+
+REPO = Path(__file__).resolve().parent.parent
+TIMEOUT = 120.0
+
+PACKAGE_INIT = '''from pathlib import Path
+from shared import native
+NATIVE = native.load(__name__ + ".inner", Path(__file__).parent / "inner")
+'''
+LIMITS = '''from typing import Final
+LIMIT: Final = {limit}
+'''
+FAST = '''from .limits import LIMIT
+
+
+def limit() -> int:
+    return LIMIT
+'''
+PROBE = '''import json
+import demo
+from demo.inner import fast
+print(json.dumps({"compiled": demo.NATIVE.compiled, "reason": demo.NATIVE.reason, "file": fast.__file__,
+                  "limit": fast.limit()}))
+'''
+
+
+def _probe(root: Path, **env: str) -> dict[str, object]:
+    """Import the demo package in a fresh interpreter: what it decided and what it ran."""
+    done = subprocess.run([sys.executable, "-c", PROBE], cwd=root, capture_output=True, text=True, timeout=TIMEOUT,
+                          env={**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{REPO}", **env}, check=False)
+    assert done.returncode == 0, done.stderr
+    answer: dict[str, object] = json.loads(done.stdout)
+    return answer
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``demo.inner.fast`` compiled by the build tool; ``demo/inner/limits.py`` holds LIMIT = 3."""
+    root = tmp_path_factory.mktemp("native")
+    inner = root / "demo" / "inner"
+    inner.mkdir(parents=True)
+    (root / "demo" / "__init__.py").write_text(PACKAGE_INIT)
+    (inner / "__init__.py").write_text("")
+    (inner / "limits.py").write_text(LIMITS.format(limit=3))
+    (inner / "fast.py").write_text(FAST)
+    build_native.build(root, "demo.inner", ("fast",))
+    return root
+
+
+def test_a_valid_build_is_imported_and_records_every_source_it_read(demo: Path) -> None:
+    inner = demo / "demo" / "inner"
+    answer = _probe(demo)
+    assert answer["compiled"] is True and answer["reason"] == ""
+    assert str(answer["file"]).endswith(".so") and answer["limit"] == 3
+    record = json.loads((inner / native.RECORD).read_text())
+    assert record["modules"] == ["fast"]
+    # The module and the one it imports; not the packages around them, which it never names.
+    assert sorted(record["sources"]) == ["demo/inner/fast.py", "demo/inner/limits.py"]
+
+
+def test_a_change_to_an_imported_module_makes_the_build_stale_and_the_sources_run(demo: Path) -> None:
+    """The compiled ``fast`` inlined LIMIT = 3: were it used after LIMIT became 4, it would answer 3."""
+    limits = demo / "demo" / "inner" / "limits.py"
+    limits.write_text(LIMITS.format(limit=4))
+    try:
+        answer = _probe(demo)
+        assert answer["compiled"] is False
+        assert answer["reason"] == "demo/inner/limits.py changed since the modules were compiled"
+        assert str(answer["file"]).endswith("fast.py") and answer["limit"] == 4
+        assert native.stale("demo.inner", demo / "demo" / "inner") == answer["reason"]
+    finally:
+        limits.write_text(LIMITS.format(limit=3))
+    assert _probe(demo)["compiled"] is True
+
+
+@pytest.mark.parametrize("record, reason", [
+    (None, "no build record (native.json) vouches for the compiled modules"),
+    (b"{not json", "the build record (native.json) is unreadable"),
+    (b'{"format": 1, "modules": "fast"}', "the build record (native.json) is not one this code wrote"),
+    (b'{"format": 1, "abi": ".cpython-27.so", "modules": ["fast"], "sources": {}}',
+     "the modules were compiled for another interpreter"),
+], ids=["missing", "garbage", "other-shape", "other-abi"])
+def test_without_a_record_that_vouches_for_the_build_the_sources_run(
+        demo: Path, record: bytes | None, reason: str) -> None:
+    path = demo / "demo" / "inner" / native.RECORD
+    kept = path.read_bytes()
+    try:
+        if record is None:
+            path.unlink()
+        else:
+            path.write_bytes(record)
+        answer = _probe(demo)
+        assert (answer["compiled"], answer["reason"]) == (False, reason)
+        assert str(answer["file"]).endswith("fast.py")
+    finally:
+        path.write_bytes(kept)
+
+
+def test_a_source_removed_or_a_module_compiled_outside_the_build_runs_the_sources(demo: Path) -> None:
+    inner = demo / "demo" / "inner"
+    record = json.loads((inner / native.RECORD).read_text())
+    gone = {**record, "sources": {**record["sources"], "demo/inner/old.py": "00"}}
+    (inner / native.RECORD).write_text(json.dumps(gone))
+    try:
+        assert _probe(demo)["reason"] == "demo/inner/old.py is gone since the modules were compiled"
+    finally:
+        (inner / native.RECORD).write_text(json.dumps(record))
+    extra = inner / f"limits{build_native._ABI}"
+    extra.write_bytes((inner / f"fast{build_native._ABI}").read_bytes())
+    try:
+        answer = _probe(demo)
+        assert answer["reason"] == "the compiled modules are not the ones the build record lists"
+        assert str(answer["file"]).endswith("fast.py")
+    finally:
+        extra.unlink()
+
+
+def test_curvemesh_native_0_runs_the_sources_of_a_valid_build(demo: Path) -> None:
+    answer = _probe(demo, CURVEMESH_NATIVE="0")
+    assert (answer["compiled"], answer["reason"]) == (False, "CURVEMESH_NATIVE=0")
+    assert str(answer["file"]).endswith("fast.py")
+
+
+def test_clean_removes_the_record_before_the_modules(tmp_path: Path, demo: Path) -> None:
+    """A copy of the built package, cleaned: nothing compiled is left, and nothing vouches for anything."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(demo, copy)
+    build_native.clean(copy, "demo.inner", ("fast",))
+    inner = copy / "demo" / "inner"
+    assert sorted(p.name for p in inner.iterdir() if p.is_file()) == ["__init__.py", "fast.py", "limits.py"]
+    assert _probe(copy)["reason"] == "no module of this package is compiled (make native)"
+
+
+def test_the_kv_formats_run_compiled() -> None:
+    """``make test`` (and ``make up``) compile the formats first: a failure here says why they are not."""
+    from services.storage.kv import NATIVE
+    from services.storage.kv.sealing import _material, v1, v2
+
+    assert NATIVE.compiled, f"the key-value formats run from their sources: {NATIVE.reason}; run: make native"
+    for module in (_material, v1, v2):
+        assert module.__file__ is not None and module.__file__.endswith(build_native._ABI)
+
+
+def test_the_kv_formats_pass_their_tests_from_their_sources_too() -> None:
+    """The same bytes from both builds: the format tests, run again with CURVEMESH_NATIVE=0."""
+    run = ("import sys, pytest\n"
+           "from services.storage.kv import NATIVE\n"
+           "assert not NATIVE.compiled and NATIVE.reason == 'CURVEMESH_NATIVE=0', NATIVE\n"
+           "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'tests/test_storage_kv.py']))\n")
+    done = subprocess.run([sys.executable, "-c", run], cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT,
+                          env={**os.environ, "CURVEMESH_NATIVE": "0"}, check=False)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert " passed" in done.stdout and " failed" not in done.stdout
