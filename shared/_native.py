@@ -81,14 +81,14 @@ def write_record(directory: Path, root: Path, modules: Sequence[str], sources: M
 def stale(package: str, directory: Path) -> str:
     """Why the compiled modules of ``package`` (at ``directory``) must not be used: empty when the
     build record vouches for every one of them (:envvar:`CURVEMESH_NATIVE` aside)."""
-    built = compiled_files(directory)
+    return _mismatch(package, directory, compiled_files(directory))
+
+
+def _mismatch(package: str, directory: Path, built: Mapping[str, Path]) -> str:
+    """Why the build record does not vouch for ``built`` (empty when it does)."""
     if not built:
         return "no module of this package is compiled (make native)"
-    return _mismatch(directory, directory.parents[package.count(".")], built)
-
-
-def _mismatch(directory: Path, root: Path, built: Mapping[str, Path]) -> str:
-    """Why the build record does not vouch for ``built`` (empty when it does)."""
+    root = directory.parents[package.count(".")]
     try:
         record = json.loads((directory / RECORD).read_bytes())
     except FileNotFoundError:
@@ -103,7 +103,9 @@ def _mismatch(directory: Path, root: Path, built: Mapping[str, Path]) -> str:
     if sorted(built) != record["modules"] or any(path.name != f"{name}{_ABI}" for name, path in built.items()):
         return "the compiled modules are not the ones the build record lists"
     for relative, expected in record["sources"].items():
-        path = root / str(relative)
+        if Path(relative).is_absolute() or ".." in Path(relative).parts:
+            return f"the build record ({RECORD}) is not one this code wrote"
+        path = root / relative
         try:
             if digest(path) != expected:
                 return f"{relative} changed since the modules were compiled"
@@ -128,8 +130,8 @@ def load(package: str, directory: Path) -> Native:
     """Decide, before any of them is imported, whether the compiled modules of ``package`` (at
     ``directory``) are used: only when the build record vouches for every one of them and
     :data:`ENV` is not ``0``. Otherwise each is imported from its source from now on."""
-    reason = stale(package, directory)
     built = compiled_files(directory)
+    reason = _mismatch(package, directory, built)
     if not built:
         return Native(package, False, reason)
     if not reason and os.environ.get(ENV) == "0":

@@ -99,7 +99,9 @@ def test_a_change_to_an_imported_module_makes_the_build_stale_and_the_sources_ru
     (b'{"format": 1, "modules": "fast"}', "the build record (native.json) is not one this code wrote"),
     (b'{"format": 1, "abi": ".cpython-27.so", "modules": ["fast"], "sources": {}}',
      "the modules were compiled for another interpreter"),
-], ids=["missing", "garbage", "other-shape", "other-abi"])
+    (b'{"format": 1, "abi": "%s", "modules": ["fast"], "sources": {"../../etc/hostname": "00"}}'
+     % build_native._ABI.encode(), "the build record (native.json) is not one this code wrote"),
+], ids=["missing", "garbage", "other-shape", "other-abi", "outside-the-project"])
 def test_without_a_record_that_vouches_for_the_build_the_sources_run(
         demo: Path, record: bytes | None, reason: str) -> None:
     path = demo / "demo" / "inner" / native.RECORD
@@ -141,14 +143,16 @@ def test_curvemesh_native_0_runs_the_sources_of_a_valid_build(demo: Path) -> Non
     assert str(answer["file"]).endswith("fast.py")
 
 
-def test_clean_removes_the_record_before_the_modules(tmp_path: Path, demo: Path) -> None:
-    """A copy of the built package, cleaned: nothing compiled is left, and nothing vouches for anything."""
+def test_clean_removes_the_record_and_every_extension_file(tmp_path: Path, demo: Path) -> None:
+    """A copy of the built package, cleaned: nothing compiled is left, not even an orphan without
+    its source, and nothing vouches for anything."""
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(demo, copy)
-    build_native.clean(copy, "demo.inner", ("fast",))
     inner = copy / "demo" / "inner"
+    (inner / f"gone{build_native._ABI}").write_bytes(b"")  # left by a module since removed
+    build_native.clean(copy, "demo.inner")
     assert sorted(p.name for p in inner.iterdir() if p.is_file()) == ["__init__.py", "fast.py", "limits.py"]
     assert _probe(copy)["reason"] == "no module of this package is compiled (make native)"
 

@@ -22,6 +22,7 @@ were removed, so an interrupted build leaves the sources in use, never a mix.
 from __future__ import annotations
 
 import ast
+import importlib.machinery
 import shutil
 import subprocess
 import sys
@@ -100,15 +101,17 @@ def import_closure(root: Path, modules: Iterable[str]) -> set[Path]:
     return seen
 
 
-def clean(root: Path, package: str, modules: Iterable[str] = ()) -> None:
+def clean(root: Path, package: str) -> None:
     """Remove the build of ``package``: its record first (so nothing vouches for a half-removed
-    build), then its compiled modules (``modules`` and any other found) and mypyc's support library.
-    Files are unlinked, never rewritten: a running process keeps the copy it loaded."""
+    build), then every extension file in its directory: the compiled modules, mypyc's support
+    library, and any left by an earlier build of a module since removed (importable by name even
+    without its source). Files are unlinked, never rewritten: a running process keeps the copy it
+    loaded."""
     directory = root.joinpath(*package.split("."))
     (directory / RECORD).unlink(missing_ok=True)
-    for name in {*modules, *compiled_files(directory)}:
-        (directory / f"{name}{_ABI}").unlink(missing_ok=True)
-    (directory / f"native__mypyc{_ABI}").unlink(missing_ok=True)
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        for path in directory.glob(f"*{suffix}"):
+            path.unlink(missing_ok=True)
 
 
 def _toolchain() -> str:
@@ -129,7 +132,7 @@ def build(root: Path, package: str, modules: tuple[str, ...]) -> float:
     """Compile ``modules`` of ``package`` (below ``root``) with mypyc, in place, and record the build;
     seconds taken. :class:`BuildError` when it cannot, with the previous build removed either way."""
     started = time.monotonic()
-    clean(root, package, modules)
+    clean(root, package)
     missing = _toolchain()
     if missing:
         raise BuildError(missing)
@@ -149,10 +152,10 @@ def build(root: Path, package: str, modules: tuple[str, ...]) -> float:
             done = subprocess.run(argv, cwd=root, capture_output=True, text=True,  # noqa: S603
                                   timeout=_BUILD_TIMEOUT, check=False)
         except subprocess.TimeoutExpired:
-            clean(root, package, modules)
+            clean(root, package)
             raise BuildError(f"the compiler took more than {_BUILD_TIMEOUT:.0f} s") from None
     if done.returncode != 0 or sorted(compiled_files(directory)) != sorted(modules):
-        clean(root, package, modules)
+        clean(root, package)
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         raise BuildError(f"mypyc failed (exit {done.returncode}):\n{tail}")
     write_record(directory, root, modules, sources)
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for package, modules in GROUPS.items():
         if args == ["--clean"]:
-            clean(REPO, package, modules)
+            clean(REPO, package)
             continue
         reason = stale(package, REPO.joinpath(*package.split(".")))
         if not reason and args != ["--force"]:
