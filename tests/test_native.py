@@ -157,6 +157,38 @@ def test_clean_removes_the_record_and_every_extension_file(tmp_path: Path, demo:
     assert _probe(copy)["reason"] == "no module of this package is compiled (make native)"
 
 
+def test_a_machine_without_a_compiler_keeps_the_sources_and_says_what_is_missing(
+        tmp_path: Path, demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy of the built package rebuilt with no compiler on PATH: the old build is removed (it
+    could be stale), nothing is recorded, and the error names what is missing."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(demo, copy)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(build_native.NoToolchain, match="no C compiler"):
+        build_native.build(copy, "demo.inner", ("fast",))
+    monkeypatch.undo()
+    assert not native.compiled_files(copy / "demo" / "inner")
+    assert not (copy / "demo" / "inner" / native.RECORD).exists()
+    assert _probe(copy)["reason"] == "no module of this package is compiled (make native)"
+
+
+def test_a_module_mypyc_refuses_fails_the_build_with_its_report(tmp_path: Path) -> None:
+    """A type error in a compiled module: BuildError (not NoToolchain) ending with mypy's report,
+    and nothing compiled or recorded."""
+    inner = tmp_path / "demo" / "inner"
+    inner.mkdir(parents=True)
+    (tmp_path / "demo" / "__init__.py").write_text(PACKAGE_INIT)
+    (inner / "__init__.py").write_text("")
+    (inner / "fast.py").write_text('def limit() -> int:\n    return "three"\n')
+    with pytest.raises(build_native.BuildError) as raised:
+        build_native.build(tmp_path, "demo.inner", ("fast",))
+    assert not isinstance(raised.value, build_native.NoToolchain)
+    assert 'Incompatible return value type (got "str", expected "int")' in str(raised.value)
+    assert not native.compiled_files(inner) and not (inner / native.RECORD).exists()
+
+
 def test_the_kv_formats_run_compiled() -> None:
     """``make test`` (and ``make up``) compile the formats first: a failure here says why they are not."""
     from services.storage.kv import NATIVE

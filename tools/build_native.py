@@ -6,11 +6,12 @@ Without options it compiles each group whose build is missing or stale (shared/_
 when a build is stale) and prints nothing for the others: every ``make up``, ``make test`` and
 ``make bench`` runs it. ``--force`` compiles every group again; ``--clean`` removes what was built.
 
-Why compile at all: a key-value get is a few microseconds, and about a third of it was the
-interpreter stepping through the key hash, the lookup and the checks of the entry formats'
-modules (issue 18; docs/storage.md, "Compiled formats"). mypyc turns those modules into C
-extension modules that do the same things through the same libraries (hashlib, cryptography,
-rocksdict), and the known-answer tests hold both builds to the same bytes.
+Why compile at all: a key-value get is a few microseconds, and a profile put two fifths of it in
+the interpreter stepping between the key hash, the lookup and the checks of the entry formats'
+modules (issue 18). mypyc turns those modules into C extension modules that do the same things
+through the same libraries (hashlib, cryptography, rocksdict); a get then takes about an eighth
+less CPU (docs/storage.md, "Compiled formats"), and the known-answer tests hold both builds to
+the same bytes.
 
 A build needs a C compiler and the interpreter's headers. Without them, or if the compiler fails,
 it says so on stderr and exits 0: the modules then run from their sources, correct and slower,
@@ -35,7 +36,7 @@ from typing import Final
 
 from shared.native import RECORD, compiled_files, digest, stale, write_record
 
-__all__ = ["GROUPS", "BuildError", "build", "clean", "import_closure", "main"]
+__all__ = ["GROUPS", "BuildError", "NoToolchain", "build", "clean", "import_closure", "main"]
 
 REPO: Final = Path(__file__).resolve().parent.parent
 #: Package -> the modules of it that are compiled together (one mypyc group each). A format's
@@ -63,7 +64,11 @@ _BUILD_TIMEOUT: Final = 600.0
 
 
 class BuildError(Exception):
-    """The group could not be compiled: no toolchain here, or the compiler failed (the message says which)."""
+    """The group could not be compiled: mypyc or the C compiler failed (the message has the end of its output)."""
+
+
+class NoToolchain(BuildError):
+    """This machine cannot compile: no C compiler, no Python headers or no mypyc (the message says which)."""
 
 
 def _module_file(root: Path, module: str) -> Path | None:
@@ -135,7 +140,7 @@ def build(root: Path, package: str, modules: tuple[str, ...]) -> float:
     clean(root, package)
     missing = _toolchain()
     if missing:
-        raise BuildError(missing)
+        raise NoToolchain(missing)
     directory = root.joinpath(*package.split("."))
     # Digests are taken before compiling: a source edited meanwhile makes the build stale, not wrong.
     sources = {path: digest(path) for path in import_closure(root, (f"{package}.{name}" for name in modules))}
@@ -177,9 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             seconds = build(REPO, package, modules)
         except BuildError as exc:
+            then = ("install a C compiler and the Python headers (Debian: apt-get install gcc python3-dev)"
+                    if isinstance(exc, NoToolchain) else "fix what the compiler reports above")
             print(f"tools.build_native: {package} is not compiled and runs from its sources, slower: {exc}\n"
-                  "  To compile it, install a C compiler and the Python headers (Debian: apt-get install gcc "
-                  "python3-dev) and run: make native", file=sys.stderr)
+                  f"  To compile it, {then}, then run: make native", file=sys.stderr)
             continue
         why = reason or "--force"
         print(f"tools.build_native: compiled {package} ({', '.join(modules)}) in {seconds:.1f} s ({why})")
