@@ -93,6 +93,23 @@ def test_a_change_to_an_imported_module_makes_the_build_stale_and_the_sources_ru
     assert _probe(demo)["compiled"] is True
 
 
+def test_unguarded_a_stale_build_would_answer_the_old_constant(tmp_path: Path, demo: Path) -> None:
+    """Why the record covers imported modules too: the same change with the package's check taken
+    out, and the compiled ``fast`` still answers 3, the LIMIT it was built with."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(demo, copy)
+    (copy / "demo" / "__init__.py").write_text("NATIVE = None\n")
+    (copy / "demo" / "inner" / "limits.py").write_text(LIMITS.format(limit=4))
+    probe = PROBE.replace('demo.NATIVE.compiled, "reason": demo.NATIVE.reason', 'None, "reason": None')
+    done = subprocess.run([sys.executable, "-c", probe], cwd=copy, capture_output=True, text=True, timeout=TIMEOUT,
+                          env={**os.environ, "PYTHONPATH": f"{copy}{os.pathsep}{REPO}"}, check=False)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert str(answer["file"]).endswith(".so") and answer["limit"] == 3
+
+
 @pytest.mark.parametrize("record, reason", [
     (None, "no build record (native.json) vouches for the compiled modules"),
     (b"{not json", "the build record (native.json) is unreadable"),
