@@ -8,11 +8,11 @@ the compiler inlines ``Final`` constants of the modules it reads, so even an unc
 be stale when a module it imports changed.
 
 So every build writes a record (:data:`RECORD`, beside the modules) of the interpreter it was
-built for, the modules it compiled, and a SHA-256 of every source file they import, transitively,
-within the project. :func:`load` checks the record against the sources as they are now; unless
-every check holds, it puts a finder first on ``sys.meta_path`` that imports each of the package's
-compiled modules from its source instead, so a stale build can make a process slower, never
-different.
+built for, the modules it compiled, a SHA-256 of every extension file it left in the directory,
+and one of every source file the modules import, transitively, within the project. :func:`load`
+checks the record against the files as they are now; unless every check holds, it puts a finder
+first on ``sys.meta_path`` that imports each of the package's compiled modules from its source
+instead, so a stale or swapped build can make a process slower, never different.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from ._files import write_atomic
 ENV: Final = "CURVEMESH_NATIVE"
 #: The build record's file name, in the package's directory.
 RECORD: Final = "native.json"
-_RECORD_FORMAT: Final = 1
+_RECORD_FORMAT: Final = 2
 #: The extension suffix of this interpreter: a build for another one is not used.
 _ABI: Final = importlib.machinery.EXTENSION_SUFFIXES[0]
 
@@ -64,6 +64,11 @@ def compiled_files(directory: Path) -> dict[str, Path]:
     return found
 
 
+def extension_files(directory: Path) -> list[Path]:
+    """Every file in ``directory`` that Python would import as an extension module, sorted."""
+    return sorted({path for suffix in importlib.machinery.EXTENSION_SUFFIXES for path in directory.glob(f"*{suffix}")})
+
+
 def digest(path: Path) -> str:
     """SHA-256 of one source file, hex."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -74,6 +79,7 @@ def write_record(directory: Path, root: Path, modules: Sequence[str], sources: M
     (absolute path -> :func:`digest`, taken before compiling) below ``root``, the directory the
     top-level package is imported from."""
     record = {"format": _RECORD_FORMAT, "abi": _ABI, "modules": sorted(modules),
+              "binaries": {path.name: digest(path) for path in extension_files(directory)},
               "sources": {str(path.relative_to(root)): hexdigest for path, hexdigest in sorted(sources.items())}}
     write_atomic(directory / RECORD, (json.dumps(record, indent=1) + "\n").encode(), mode=0o644)
 
@@ -96,15 +102,21 @@ def _mismatch(package: str, directory: Path, built: Mapping[str, Path]) -> str:
     except (OSError, ValueError):
         return f"the build record ({RECORD}) is unreadable"
     if not (isinstance(record, dict) and record.get("format") == _RECORD_FORMAT
-            and isinstance(record.get("modules"), list) and isinstance(record.get("sources"), dict)):
+            and isinstance(record.get("modules"), list) and isinstance(record.get("sources"), dict)
+            and isinstance(record.get("binaries"), dict)
+            and not any(Path(name).is_absolute() or ".." in Path(name).parts for name in record["sources"])):
         return f"the build record ({RECORD}) is not one this code wrote"
     if record.get("abi") != _ABI:
         return "the modules were compiled for another interpreter"
     if sorted(built) != record["modules"] or any(path.name != f"{name}{_ABI}" for name, path in built.items()):
         return "the compiled modules are not the ones the build record lists"
+    binaries = {path.name: path for path in extension_files(directory)}
+    if sorted(binaries) != sorted(record["binaries"]):
+        return "the compiled files are not the ones the build record lists"
+    for name, path in binaries.items():
+        if digest(path) != record["binaries"][name]:
+            return f"{name} is not the file the build made"
     for relative, expected in record["sources"].items():
-        if Path(relative).is_absolute() or ".." in Path(relative).parts:
-            return f"the build record ({RECORD}) is not one this code wrote"
         path = root / relative
         try:
             if digest(path) != expected:

@@ -3,7 +3,8 @@
 - :func:`load`, called by a package before it imports its modules: the compiled ones are used
   when the build record vouches for them, else every one is imported from its source
   (:class:`Native` says which, and why);
-- :func:`stale`, :func:`write_record`, :func:`digest` and :func:`compiled_files`, for the build
+- :func:`stale`, :func:`write_record`, :func:`digest`, :func:`compiled_files` and
+  :func:`extension_files`, for the build
   (``tools/build_native.py``, ``make native``);
 - :data:`ENV`: ``CURVEMESH_NATIVE=0`` runs the sources whatever is built.
 
@@ -12,6 +13,8 @@ The code, and why a record is needed at all, is in :mod:`shared._native`.
 
 from __future__ import annotations
 
-from ._native import ENV, RECORD, Native, compiled_files, digest, load, stale, write_record
+from ._native import ENV, RECORD, Native, compiled_files, digest, extension_files, load, stale, write_record
 
-__all__ = ["ENV", "RECORD", "Native", "compiled_files", "digest", "load", "stale", "write_record"]
+__all__ = [
+    "ENV", "RECORD", "Native", "compiled_files", "digest", "extension_files", "load", "stale", "write_record",
+]

@@ -113,10 +113,10 @@ def test_unguarded_a_stale_build_would_answer_the_old_constant(tmp_path: Path, d
 @pytest.mark.parametrize("record, reason", [
     (None, "no build record (native.json) vouches for the compiled modules"),
     (b"{not json", "the build record (native.json) is unreadable"),
-    (b'{"format": 1, "modules": "fast"}', "the build record (native.json) is not one this code wrote"),
-    (b'{"format": 1, "abi": ".cpython-27.so", "modules": ["fast"], "sources": {}}',
+    (b'{"format": 2, "modules": "fast"}', "the build record (native.json) is not one this code wrote"),
+    (b'{"format": 2, "abi": ".cpython-27.so", "modules": ["fast"], "binaries": {}, "sources": {}}',
      "the modules were compiled for another interpreter"),
-    (b'{"format": 1, "abi": "%s", "modules": ["fast"], "sources": {"../../etc/hostname": "00"}}'
+    (b'{"format": 2, "abi": "%s", "modules": ["fast"], "binaries": {}, "sources": {"../../etc/hostname": "00"}}'
      % build_native._ABI.encode(), "the build record (native.json) is not one this code wrote"),
 ], ids=["missing", "garbage", "other-shape", "other-abi", "outside-the-project"])
 def test_without_a_record_that_vouches_for_the_build_the_sources_run(
@@ -152,6 +152,21 @@ def test_a_source_removed_or_a_module_compiled_outside_the_build_runs_the_source
         assert str(answer["file"]).endswith("fast.py")
     finally:
         extra.unlink()
+
+
+def test_a_compiled_file_changed_after_the_build_runs_the_sources(demo: Path) -> None:
+    """The record vouches for the binaries too: one swapped or edited after the build (here one
+    byte appended to the support library, which still loads) is never imported."""
+    library = demo / "demo" / "inner" / f"native__mypyc{build_native._ABI}"
+    kept = library.read_bytes()
+    try:
+        library.write_bytes(kept + b"\0")
+        answer = _probe(demo)
+        assert answer["reason"] == f"native__mypyc{build_native._ABI} is not the file the build made"
+        assert str(answer["file"]).endswith("fast.py")
+    finally:
+        library.write_bytes(kept)
+    assert _probe(demo)["compiled"] is True
 
 
 def test_curvemesh_native_0_runs_the_sources_of_a_valid_build(demo: Path) -> None:

@@ -23,7 +23,6 @@ were removed, so an interrupted build leaves the sources in use, never a mix.
 from __future__ import annotations
 
 import ast
-import importlib.machinery
 import shutil
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
-from shared.native import RECORD, compiled_files, digest, stale, write_record
+from shared.native import RECORD, compiled_files, digest, extension_files, stale, write_record
 
 __all__ = ["GROUPS", "BuildError", "NoToolchain", "build", "clean", "import_closure", "main"]
 
@@ -114,9 +113,8 @@ def clean(root: Path, package: str) -> None:
     loaded."""
     directory = root.joinpath(*package.split("."))
     (directory / RECORD).unlink(missing_ok=True)
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        for path in directory.glob(f"*{suffix}"):
-            path.unlink(missing_ok=True)
+    for path in extension_files(directory):
+        path.unlink(missing_ok=True)
 
 
 def _toolchain() -> str:
