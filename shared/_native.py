@@ -24,7 +24,7 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -37,8 +37,9 @@ ENV: Final = "CURVEMESH_NATIVE"
 #: The build record's file name, in the package's directory.
 RECORD: Final = "native.json"
 _RECORD_FORMAT: Final = 2
-#: The extension suffix of this interpreter: a build for another one is not used.
-_ABI: Final = importlib.machinery.EXTENSION_SUFFIXES[0]
+#: The extension suffix of this interpreter (what a build names its files with): a build for
+#: another one is not used.
+ABI: Final = importlib.machinery.EXTENSION_SUFFIXES[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,26 +52,32 @@ class Native:
     reason: str
 
 
+def _by_suffix(directory: Path) -> Iterator[tuple[str, Path]]:
+    """``(module name, file)`` of every extension file in ``directory``, in the order Python's import
+    tries the suffixes (a ``.so`` file is found under each suffix it ends with)."""
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        for path in directory.glob(f"*{suffix}"):
+            yield path.name[:-len(suffix)], path
+
+
 def compiled_files(directory: Path) -> dict[str, Path]:
     """Module name -> the extension file Python would import for it, for every module of
     ``directory`` that has one beside its source (the compiler's support library has no source).
     Every suffix this interpreter imports counts (a stray ``v2.abi3.so`` would run too)."""
     found: dict[str, Path] = {}
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        for path in directory.glob(f"*{suffix}"):
-            name = path.name[:-len(suffix)]
-            if name not in found and "." not in name and (directory / f"{name}.py").is_file():
-                found[name] = path
+    for name, path in _by_suffix(directory):
+        if name not in found and "." not in name and (directory / f"{name}.py").is_file():
+            found[name] = path
     return found
 
 
 def extension_files(directory: Path) -> list[Path]:
     """Every file in ``directory`` that Python would import as an extension module, sorted."""
-    return sorted({path for suffix in importlib.machinery.EXTENSION_SUFFIXES for path in directory.glob(f"*{suffix}")})
+    return sorted({path for _, path in _by_suffix(directory)})
 
 
 def digest(path: Path) -> str:
-    """SHA-256 of one source file, hex."""
+    """SHA-256 of one file (a source or a compiled file), hex."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -78,7 +85,7 @@ def write_record(directory: Path, root: Path, modules: Sequence[str], sources: M
     """Record a build of ``modules`` (names in the package at ``directory``) from ``sources``
     (absolute path -> :func:`digest`, taken before compiling) below ``root``, the directory the
     top-level package is imported from."""
-    record = {"format": _RECORD_FORMAT, "abi": _ABI, "modules": sorted(modules),
+    record = {"format": _RECORD_FORMAT, "abi": ABI, "modules": sorted(modules),
               "binaries": {path.name: digest(path) for path in extension_files(directory)},
               "sources": {str(path.relative_to(root)): hexdigest for path, hexdigest in sorted(sources.items())}}
     write_atomic(directory / RECORD, (json.dumps(record, indent=1) + "\n").encode(), mode=0o644)
@@ -106,10 +113,11 @@ def _mismatch(package: str, directory: Path, built: Mapping[str, Path]) -> str:
             and isinstance(record.get("binaries"), dict)
             and not any(Path(name).is_absolute() or ".." in Path(name).parts for name in record["sources"])):
         return f"the build record ({RECORD}) is not one this code wrote"
-    if record.get("abi") != _ABI:
+    if record.get("abi") != ABI:
         return "the modules were compiled for another interpreter"
-    if sorted(built) != record["modules"] or any(path.name != f"{name}{_ABI}" for name, path in built.items()):
+    if sorted(built) != record["modules"]:
         return "the compiled modules are not the ones the build record lists"
+    # Every extension file, not only the modules': a stray ``v2.abi3.so`` is caught here too.
     binaries = {path.name: path for path in extension_files(directory)}
     if sorted(binaries) != sorted(record["binaries"]):
         return "the compiled files are not the ones the build record lists"

@@ -117,7 +117,7 @@ def test_unguarded_a_stale_build_would_answer_the_old_constant(tmp_path: Path, d
     (b'{"format": 2, "abi": ".cpython-27.so", "modules": ["fast"], "binaries": {}, "sources": {}}',
      "the modules were compiled for another interpreter"),
     (b'{"format": 2, "abi": "%s", "modules": ["fast"], "binaries": {}, "sources": {"../../etc/hostname": "00"}}'
-     % build_native._ABI.encode(), "the build record (native.json) is not one this code wrote"),
+     % native.ABI.encode(), "the build record (native.json) is not one this code wrote"),
 ], ids=["missing", "garbage", "other-shape", "other-abi", "outside-the-project"])
 def test_without_a_record_that_vouches_for_the_build_the_sources_run(
         demo: Path, record: bytes | None, reason: str) -> None:
@@ -144,8 +144,8 @@ def test_a_source_removed_or_a_module_compiled_outside_the_build_runs_the_source
         assert _probe(demo)["reason"] == "demo/inner/old.py is gone since the modules were compiled"
     finally:
         (inner / native.RECORD).write_text(json.dumps(record))
-    extra = inner / f"limits{build_native._ABI}"
-    extra.write_bytes((inner / f"fast{build_native._ABI}").read_bytes())
+    extra = inner / f"limits{native.ABI}"
+    extra.write_bytes((inner / f"fast{native.ABI}").read_bytes())
     try:
         answer = _probe(demo)
         assert answer["reason"] == "the compiled modules are not the ones the build record lists"
@@ -157,12 +157,12 @@ def test_a_source_removed_or_a_module_compiled_outside_the_build_runs_the_source
 def test_a_compiled_file_changed_after_the_build_runs_the_sources(demo: Path) -> None:
     """The record vouches for the binaries too: one swapped or edited after the build (here one
     byte appended to the support library, which still loads) is never imported."""
-    library = demo / "demo" / "inner" / f"native__mypyc{build_native._ABI}"
+    library = demo / "demo" / "inner" / f"native__mypyc{native.ABI}"
     kept = library.read_bytes()
     try:
         library.write_bytes(kept + b"\0")
         answer = _probe(demo)
-        assert answer["reason"] == f"native__mypyc{build_native._ABI} is not the file the build made"
+        assert answer["reason"] == f"native__mypyc{native.ABI} is not the file the build made"
         assert str(answer["file"]).endswith("fast.py")
     finally:
         library.write_bytes(kept)
@@ -183,7 +183,7 @@ def test_clean_removes_the_record_and_every_extension_file(tmp_path: Path, demo:
     copy = tmp_path / "copy"
     shutil.copytree(demo, copy)
     inner = copy / "demo" / "inner"
-    (inner / f"gone{build_native._ABI}").write_bytes(b"")  # left by a module since removed
+    (inner / f"gone{native.ABI}").write_bytes(b"")  # left by a module since removed
     build_native.clean(copy, "demo.inner")
     assert sorted(p.name for p in inner.iterdir() if p.is_file()) == ["__init__.py", "fast.py", "limits.py"]
     assert _probe(copy)["reason"] == "no module of this package is compiled (make native)"
@@ -228,7 +228,7 @@ def test_the_kv_formats_run_compiled() -> None:
 
     assert NATIVE.compiled, f"the key-value formats run from their sources: {NATIVE.reason}; run: make native"
     for module in (_material, v1, v2):
-        assert module.__file__ is not None and module.__file__.endswith(build_native._ABI)
+        assert module.__file__ is not None and module.__file__.endswith(native.ABI)
 
 
 def test_the_kv_formats_pass_their_tests_from_their_sources_too() -> None:

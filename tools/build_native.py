@@ -42,7 +42,6 @@ REPO: Final = Path(__file__).resolve().parent.parent
 #: Material subclasses _material's VersionMaterial, and a compiled class can only have compiled
 #: bases, so the three go together.
 GROUPS: Final = {"services.storage.kv.sealing": ("_material", "v1", "v2")}
-_ABI: Final = sysconfig.get_config_var("EXT_SUFFIX")
 # What mypy is told while mypyc compiles: types are read from every module imported, silently;
 # libraries without type information are Any. (The project's own mypy settings check shared/ only.)
 _MYPY_CONFIG: Final = """[mypy]
