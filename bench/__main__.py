@@ -106,6 +106,7 @@ STORAGE_FLAGS: Final = {
     "duckdb_rows": ("duckdb_rows", "rows ingested per DuckDB twin (10,000 per transaction, as the store)"),
     "duckdb_scan_rows": ("duckdb_scan_rows", "rows of the DuckDB engine-bound write and scan"),
     "kv_items": ("kv_items", "values put and got per RocksDB twin"),
+    "kv_rounds": ("kv_rounds", "interleaved rounds of the RocksDB twins (the median is the figure)"),
     "stream_mib": ("stream_mib", "MiB through STREAM and raw AES-256-GCM each way"),
     "rss_file_mib": ("rss_file_mib", "MiB of the file written and read through FileStore (peak RSS)"),
     "storage_calls": ("calls", "sequential mesh calls per method per round"),

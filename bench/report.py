@@ -331,6 +331,7 @@ def storage_figures(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     # written before the bench recorded it say nothing.
     formats = {True: "formats compiled (mypyc)", False: "formats interpreted"}.get(rocks.get("compiled"),
                                                                                      "formats' build not recorded")
+    kv_rounds = f", {rocks['rounds']} rounds" if "rounds" in rocks else ""
     details = {
         "sql_insert": (f"{sql['rows']:,} rows, WAL, synchronous=FULL; {unkeyed['sql_insert']:.2f}x unkeyed "
                        f"sqlcipher3 (SQLite {sql['sqlcipher_sqlite_version']} vs sqlite3 {sql['sqlite3_version']})"),
@@ -340,8 +341,8 @@ def storage_figures(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
                         f"{duck['rows_per_transaction']:,} rows per transaction"),
         "duck_write": f"{duck['scan_rows']:,} rows generated in the engine, then CHECKPOINT",
         "duck_scan": f"{duck['scan_rows']:,} rows, {duck['cold_scans']} scans each after a fresh ATTACH",
-        "kv_put": f"{rocks['items']:,} values of 100-200 B, synced batches of {rocks['batch']}; {formats}",
-        "kv_get": f"{rocks['items']:,} point gets of the same values; {formats}",
+        "kv_put": f"{rocks['items']:,} values of 100-200 B, synced batches of {rocks['batch']}{kv_rounds}; {formats}",
+        "kv_get": f"{rocks['items']:,} point gets of the same values{kv_rounds}; {formats}",
         "stream_write": f"{stream['bytes'] / 2**20:,.0f} MiB, {stream['chunk_bytes'] // 1024} KiB chunks, to a file",
         "stream_read": f"{stream['bytes'] / 2**20:,.0f} MiB read back from the file",
     }

@@ -44,6 +44,10 @@ class StorageOptions:
     duckdb_rows: int = 200_000       # rows ingested per DuckDB twin, 10,000 per transaction
     duckdb_scan_rows: int = 2_000_000
     kv_items: int = 20_000           # values put and got per RocksDB twin
+    # Rounds of the RocksDB twins alone (a second or so each): on a shared two-core VM one round's
+    # ratio swings by a fifth either way (0.30-0.43 for puts in one run), so the median of five
+    # moved between runs by more than the distance to the target; eleven keep it steady.
+    kv_rounds: int = 11
     # KvStore get p50 growth curve: entries in the store at each point (one store, filled in turn).
     kv_curve: tuple[int, ...] = (10_000, 1_000_000)
     stream_mib: int = 256            # bytes through STREAM and raw AESGCM, each way
@@ -61,8 +65,8 @@ class StorageOptions:
     def quick(cls) -> StorageOptions:
         """``--quick``: every part, smaller (a few minutes in all on two cores)."""
         return cls(rounds=3, sql_rows=20_000, duckdb_rows=100_000, duckdb_scan_rows=1_000_000, kv_items=5_000,
-                   kv_curve=(10_000, 100_000), stream_mib=128, rss_file_mib=256, calls=300, messages=1500, warmup=50,
-                   backup_sizes=(64, 256), backup_rounds=1)
+                   kv_rounds=3, kv_curve=(10_000, 100_000), stream_mib=128, rss_file_mib=256, calls=300, messages=1500,
+                   warmup=50, backup_sizes=(64, 256), backup_rounds=1)
 
     def params(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,7 +99,7 @@ def measure_engines(opts: StorageOptions) -> dict[str, Any]:
         # One after the other, in order.
         parts = {"sqlcipher": storage_sql.sqlcipher_rounds(work, opts.rounds, opts.sql_rows),
                  "duckdb": storage_sql.duckdb_rounds(work, opts.rounds, opts.duckdb_rows, opts.duckdb_scan_rows),
-                 "rocksdb": storage_stream.rocksdb_rounds(work, opts.rounds, opts.kv_items),
+                 "rocksdb": storage_stream.rocksdb_rounds(work, opts.kv_rounds, opts.kv_items),
                  "stream": storage_stream.stream_rounds(work, opts.rounds, opts.stream_mib)}
         rounds: Rounds = {key: values for got, _ in parts.values() for key, values in got.items()}
         info = {name: about for name, (_, about) in parts.items()}

@@ -104,7 +104,7 @@ def rocksdb_rounds(work: Path, rounds: int, count: int) -> tuple[Rounds, dict[st
               flush=True)
     from services.storage.kv import NATIVE
 
-    return out, {"items": count, "batch": KV_BATCH, "sync": True, "compiled": NATIVE.compiled}
+    return out, {"items": count, "batch": KV_BATCH, "sync": True, "compiled": NATIVE.compiled, "rounds": rounds}
 
 
 def kv_growth(work: Path, sizes: tuple[int, ...], samples: int = 5000) -> dict[str, Any]:

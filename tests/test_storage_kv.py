@@ -1014,14 +1014,17 @@ def test_checkpoint_is_a_usable_copy(store: KvStore, tmp_path: Path, raw_keys: d
     (lambda kv, k: kv.put(k, NS, "text", b"v"), "record name"),
     (lambda kv, k: kv.put(k, NS, b"n", b"v" * (MAX_VALUE_BYTES + 1)), "value is at most 524288 bytes"),
     (lambda kv, k: kv.put_many(k, [(NS, b"n", b"v")] * 1001), "at most 1000 records"),
+    # A bad item after good ones refuses the whole batch (the store stays empty).
+    (lambda kv, k: kv.put_many(k, [(NS, b"ok", b"v"), (NS, "text", b"v")]), "record name is 1 to 1024 bytes"),
+    (lambda kv, k: kv.put_many(k, [(NS, b"ok", b"v"), (NS, b"n", bytearray(b"v"))]), "value is at most 524288"),
     (lambda kv, k: kv.get(k, NS, b""), "record name"),
     (lambda kv, k: kv.delete(k, NS, b"x" * 2000), "record name"),
     (lambda kv, k: kv.scan(k, NS, b"", None, 0), "scan limit is 1 to 1000"),
     (lambda kv, k: kv.scan(k, NS, b"", None, 1001), "scan limit is 1 to 1000"),
     (lambda kv, k: kv.scan(k, NS, b"p" * 1025, None, 10), "prefix is at most 1024"),
     (lambda kv, k: kv.scan(k, NS, b"", b"", 10), "scan cursor"),
-], ids=["empty-name", "long-name", "str-name", "big-value", "big-batch", "get", "delete", "limit-0",
-        "limit-big", "prefix", "cursor"])
+], ids=["empty-name", "long-name", "str-name", "big-value", "big-batch", "batch-str-name", "batch-bytearray", "get",
+         "delete", "limit-0", "limit-big", "prefix", "cursor"])
 def test_bad_input_is_refused(store: KvStore, raw_keys: dict[int, bytes],
                               call: Callable[[KvStore, KeySet], object], message: str) -> None:
     keys = keyset({1: raw_keys[1]})

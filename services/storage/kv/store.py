@@ -156,12 +156,7 @@ class KvStore:
         name under the other held versions; a later item of the same name wins. All or nothing."""
         if len(items) > MAX_BATCH_ITEMS:
             raise BadRequest(f"at most {MAX_BATCH_ITEMS} records are written at once")
-        most_name, most_value = MAX_NAME_BYTES, MAX_VALUE_BYTES
-        for _, name, value in items:
-            if name.__class__ is not bytes or not 0 < len(name) <= most_name:
-                _check_name(name)
-            if value.__class__ is not bytes or len(value) > most_value:
-                raise BadRequest(f"a record value is at most {MAX_VALUE_BYTES} bytes")
+        sealing.check_items(items, MAX_NAME_BYTES, MAX_VALUE_BYTES)
         with self._lock:
             self._search_order(keys)
             current, *others = self._hot

@@ -57,12 +57,12 @@ from ._layout import (
     parse_entry_key,
     version_prefix,
 )
-from ._material import NsMaterial, Uncached, VersionMaterial
+from ._material import NsMaterial, Uncached, VersionMaterial, check_items
 
 __all__ = [
     "ENTRY_KEY_BYTES", "ENTRY_PREFIX", "FORMATS", "HEADER_BYTES", "NAME_TAG_BYTES", "NEWEST_FORMAT", "NS_TAG_BYTES",
-    "PROBE_ENTRIES", "Entry", "NsMaterial", "Uncached", "VersionMaterial", "describe", "entry_key", "format_of",
-    "header", "material", "namespace_prefix", "parse_entry_key", "v1", "v2", "version_prefix",
+    "PROBE_ENTRIES", "Entry", "NsMaterial", "Uncached", "VersionMaterial", "check_items", "describe", "entry_key",
+    "format_of", "header", "material", "namespace_prefix", "parse_entry_key", "v1", "v2", "version_prefix",
 ]
 
 #: Each entry format's byte and its material.

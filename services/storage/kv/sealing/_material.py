@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
-from typing import ClassVar, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 from shared import BadRequest
 from shared.crypto import IntegrityError, Sealer, derive_subkey, wipe
@@ -37,7 +37,24 @@ from ._layout import (
     version_prefix,
 )
 
-__all__ = ["DbGet", "NameHash", "NsMaterial", "Reader", "Uncached", "VersionMaterial"]
+__all__ = ["DbGet", "NameHash", "NsMaterial", "Reader", "Uncached", "VersionMaterial", "check_items"]
+
+
+def check_items(items: list[Any], most_name: int, most_value: int) -> None:
+    """Refuse a write batch (``(ns, name, value)`` items) with :class:`~shared.BadRequest` unless
+    every name is 1 to ``most_name`` bytes and every value at most ``most_value`` bytes.
+
+    It is here, compiled with the formats, because it runs once for every item a put writes: the
+    interpreted loop was about a fiftieth of a synced put. ``items`` is typed ``Any`` on purpose:
+    a compiled function checks the types it declares and would raise ``TypeError`` for a ``str``
+    name, where a caller must get ``BadRequest``.
+    """
+    for item in items:
+        name, value = item[1], item[2]
+        if not (isinstance(name, bytes) and 0 < len(name) <= most_name):
+            raise BadRequest(f"a record name is 1 to {most_name} bytes")
+        if not isinstance(value, bytes) or len(value) > most_value:
+            raise BadRequest(f"a record value is at most {most_value} bytes")
 
 
 class Uncached(ValueError):
