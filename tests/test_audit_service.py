@@ -241,6 +241,50 @@ async def test_tamper_suite_is_detected_and_located(short_tmp: Path, attack: str
         assert audit.slot is not None and (trusted := audit.slot.get()) is not None
         # The trusted copy was not "repaired" to fit the bad log.
         assert chain_size(bytes(trusted)) == 250
+        if attack in OLD_PART:
+            # A restart does not forget it: the verify_failed record after the anchor makes the start
+            # verify the whole log before it is ready, so the log is refused at start, with no window
+            # in which audit would be ready (and keyvault release keys) until the pass found it again.
+            await r.stop_audit()
+            audit = await r.start_audit()
+            assert audit.state == "tampered" and f"{first_bad}" in (audit.problem or "")
+            with pytest.raises(MeshError) as released:
+                await r.producer.call("keyvault.keys.get", {"purpose": "sqlcipher"}, timeout=5)
+            assert released.value.code == "UNAVAILABLE"
+
+
+async def test_a_failure_a_whole_verification_no_longer_finds_is_cleared_by_it(short_tmp: Path) -> None:
+    # An old record edited, found by the background pass (verify_failed recorded), then put back:
+    async with rig(short_tmp / "h") as r:
+        path = db_path(r.home)
+        await r.append(150)
+        await r.stop_audit()
+        await r.start_audit()
+        await r.append(100)
+        await r.stop_audit()
+        db = _rows(path, await r.db_key())
+        original = db.execute("SELECT record FROM records WHERE seq = 42").fetchone()[0]
+        _edit(db)
+        db.close()
+        await r.start_audit()
+
+        async def tampered() -> dict[str, Any] | None:
+            reply = await r.operator.call("audit.health", timeout=5)
+            return reply if reply["log"] == "tampered" else None
+        await eventually(tampered)
+        await r.stop_audit()
+        db = _rows(path, await r.db_key())
+        db.execute("UPDATE records SET record = ? WHERE seq = 42", (original,))
+        db.close()
+        # the next start verifies the whole log (the failure is after the anchor), which passes now,
+        audit = await r.start_audit()
+        assert audit.state == "ok" and audit.start_report is not None and audit.start_report.full
+        assert audit.start_report.records_read == audit.start_report.size
+        # and saves an anchor past the failure, so the start after goes on from there again.
+        await r.stop_audit()
+        audit = await r.start_audit()
+        assert audit.state == "ok" and audit.start_report is not None and not audit.start_report.full
+        assert audit.start_report.from_seq > 250
 
 
 def chain_size(blob: bytes) -> int:

@@ -177,3 +177,9 @@ async def test_a_damaged_old_page_in_a_large_log_is_found_by_the_background_pass
         with pytest.raises(MeshError) as released:
             await r.producer.call("keyvault.keys.get", {"purpose": "sqlcipher"}, timeout=5)
         assert released.value.code == "UNAVAILABLE"
+
+        # A restart does not forget it: with the failure recorded after the anchor, the start checks
+        # every page and verifies the whole log before it is ready, and fails at once.
+        await r.stop_audit()
+        audit = await r.start_audit()
+        assert audit.state == "failed" and "integrity check (page" in (audit.problem or "")

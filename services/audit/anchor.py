@@ -28,6 +28,12 @@ recomputed from the block roots) must have the same root. An anchor that fails a
    head), the trusted checkpoint when it is at or past ``N`` (so a log cut or rolled back below it
    fails, as in the full pass), and the end-of-log checks.
 
+It also reports the last ``audit.verify_failed`` record among those (:attr:`Resumed.failed_at`): a
+whole-log verification failed after the anchor, and the caller verifies the whole log before it
+trusts the anchor again (docs/security.md). Only audit writes that record (producers are refused
+the type), and an anchor is saved only while the log is ok, so an anchor past such a record means
+a whole verification passed after it.
+
 What it does not check: records ``[0, N)`` themselves (an edit there with the chain rewritten, a
 deleted or swapped old record, a damaged old page). That is the background pass's job
 (:func:`.scan.verify_report` over the whole log, started once audit is ready).
@@ -42,6 +48,7 @@ from typing import Any, Final
 from shared import AlertRule, BadRequest, decode_body, encode_body
 
 from .alert_engine import Replay
+from .alerts import ALERT_ACTOR, VERIFY_FAILED_EVENT
 from .chain import GENESIS, Checkpoint, LogHead, encode_record, verify_checkpoint
 from .errors import TamperError
 from .merkle import Frontier, leaf_hash
@@ -130,6 +137,8 @@ class Resumed:
     tree: WitnessTree
     replay: Replay
     report: StartReport
+    #: The sequence number of the last ``audit.verify_failed`` record after the anchor, if any.
+    failed_at: int | None = None
 
 
 def _no_read(start: int, end: int) -> list[bytes]:
@@ -172,7 +181,7 @@ def resume(store: AuditStore, public_key: bytes, trusted_slot: Any, rules: dict[
             if trusted is None and size:
                 raise TamperError(f"the trusted latest checkpoint is missing but the log holds signed checkpoints "
                                   f"(up to tree size {size} at least): the slot was cleared or the log was replaced")
-            read = [0]
+            read, failed_at = [0], None
             if trusted is not None:
                 verify_checkpoint(public_key, trusted)  # a forged "trusted" checkpoint vouches for nothing
             _reaches_anchor(store, anchor, trusted)
@@ -185,11 +194,14 @@ def resume(store: AuditStore, public_key: bytes, trusted_slot: Any, rules: dict[
                     raise Cancelled()
                 read[0] += 1
                 tree.append(verifier.add(entry, source))
-                replay.feed((entry.record,))
+                record = entry.record
+                replay.feed((record,))
+                if record.event == VERIFY_FAILED_EVENT and record.actor == ALERT_ACTOR:
+                    failed_at = record.seq
             final = verifier.finish()
             latest = checkpoints[-1] if checkpoints else anchor.checkpoint
             report = StartReport(from_seq=size, size=final.size, records_read=read[0], full=False)
-            return Resumed(final, latest, trusted, tree, replay, report)
+            return Resumed(final, latest, trusted, tree, replay, report, failed_at)
     except TamperError:
         TREES.forget(store.path)
         raise

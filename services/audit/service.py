@@ -9,7 +9,8 @@ delay, and at once on ``security.unsealed`` (when the ACL lets it subscribe to `
 At start (once keys are there) the records after the saved verified anchor (:mod:`.anchor`) are
 verified, with their consistency to the trusted latest checkpoint, kept outside the log in a secret
 slot (platform keyring, or a 0600 file); the whole log is then verified in the background (a failure
-stops appends and raises the ``verify_failed`` alert), and on ``audit.verify``. If that fails the
+stops appends and raises the ``verify_failed`` alert, and until a whole verification passes again
+every start verifies the whole log before it is ready), and on ``audit.verify``. If that fails the
 service is *tampered*: it logs the first bad record and refuses appends; it never rewrites the
 trusted copy to make a bad log pass. The trusted copy only moves forward, after a newer checkpoint
 is durable in the database.
