@@ -218,6 +218,22 @@ def test_format_2_is_its_documented_construction_byte_for_byte(monkeypatch: pyte
     assert material.namespace(NS).prefix == sealing.namespace_prefix(3, sealing.v2.namespace_tag(subkey, NS))
 
 
+@pytest.mark.parametrize("length", [1, 255, 256, 1024, 1025, 65_535])
+def test_format_2_fast_paths_agree_with_the_reference_at_every_name_length(
+        monkeypatch: pytest.MonkeyPatch, length: int) -> None:
+    # The batch seal and the get look a name's length prefix up in a table up to the store's 1,024
+    # bytes and pack longer ones (the format allows 65,535): the bytes are the reference's either way.
+    _fixed_nonces(monkeypatch)
+    key = bytearray(range(32))
+    material = sealing.material(3, key, 2)
+    name = bytes([length % 251 + 1]) * length
+    rocks_key = material.rocks_key(NS, name)
+    assert _sealed_both_ways(material, NS, name, b"v") == [sealing.v2.seal_entry(key, 3, rocks_key, NS, name, b"v")] * 3
+    blob = sealing.v2.seal_entry(key, 3, rocks_key, NS, name, b"v")
+    assert material.read({rocks_key: blob}.get, NS, name) == b"v"
+    assert sealing.v2.parse_payload(material.sealer.open(blob, rocks_key))[1] == name
+
+
 def _every_read(material: sealing.VersionMaterial, rocks_key: bytes, blob: bytes,
                 name: bytes) -> list[Callable[[], object]]:
     """The three ways a material reads ``blob`` at ``rocks_key``: open_value and read (a get of
