@@ -44,9 +44,9 @@ class StorageOptions:
     duckdb_rows: int = 200_000       # rows ingested per DuckDB twin, 10,000 per transaction
     duckdb_scan_rows: int = 2_000_000
     kv_items: int = 20_000           # values put and got per RocksDB twin
-    # Rounds of the RocksDB twins alone (a second or so each): on a shared two-core VM one round's
-    # ratio swings by a fifth either way (0.30-0.43 for puts in one run), so the median of five
-    # moved between runs by more than the distance to the target; eleven keep it steady.
+    # Rounds of the RocksDB twins alone (a second or so each). On a shared two-core VM one round's
+    # ratio swings by a fifth either way (0.29-0.41 for puts in one run), so the median of five moved
+    # between runs by more than the distance to the target; the median of eleven moves less.
     kv_rounds: int = 11
     # KvStore get p50 growth curve: entries in the store at each point (one store, filled in turn).
     kv_curve: tuple[int, ...] = (10_000, 1_000_000)

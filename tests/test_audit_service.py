@@ -239,8 +239,10 @@ async def test_tamper_suite_is_detected_and_located(short_tmp: Path, attack: str
         result = await r.operator.call("audit.verify", timeout=10)  # ... and by verify, naming the record
         assert result["ok"] is False and result["first_bad"] == first_bad, result
         assert audit.slot is not None and (trusted := audit.slot.get()) is not None
-        # The trusted copy was not "repaired" to fit the bad log.
-        assert chain_size(bytes(trusted)) == 250
+        # The trusted copy was not "repaired" to fit the bad log: a cut or an older copy leaves it
+        # where it was; a failure found by the pass moves it over the two failure records only, to a
+        # checkpoint of audit's own head, which the bad log still fails (verify said so above).
+        assert chain_size(bytes(trusted)) == (252 if attack in OLD_PART else 250)
         if attack in OLD_PART:
             # A restart does not forget it: the verify_failed record after the anchor makes the start
             # verify the whole log before it is ready, so the log is refused at start, with no window
@@ -251,6 +253,36 @@ async def test_tamper_suite_is_detected_and_located(short_tmp: Path, attack: str
             with pytest.raises(MeshError) as released:
                 await r.producer.call("keyvault.keys.get", {"purpose": "sqlcipher"}, timeout=5)
             assert released.value.code == "UNAVAILABLE"
+
+
+async def test_the_failure_record_cannot_be_cut_off_to_skip_the_whole_verification(short_tmp: Path) -> None:
+    # An old record edited; the background pass records the failure under a signed checkpoint and
+    # moves the trusted copy to it. Cutting the failure records (and that checkpoint) off the end
+    # of the log, so the next start would resume from the anchor, is a rollback that start refuses.
+    async with rig(short_tmp / "h") as r:
+        path = db_path(r.home)
+        await r.append(150)
+        await r.stop_audit()
+        await r.start_audit()
+        await r.append(100)
+        await r.stop_audit()
+        db = _rows(path, await r.db_key())
+        _edit(db)
+        db.close()
+        await r.start_audit()
+
+        async def tampered() -> dict[str, Any] | None:
+            reply = await r.operator.call("audit.health", timeout=5)
+            return reply if reply["log"] == "tampered" else None
+        await eventually(tampered)
+        await r.stop_audit()
+        db = _rows(path, await r.db_key())
+        (failed_at,) = db.execute("SELECT min(seq) FROM records WHERE seq >= 250").fetchone()
+        assert failed_at == 250
+        db.executescript("DELETE FROM records WHERE seq >= 250; DELETE FROM checkpoints WHERE tree_size > 250;")
+        db.close()
+        audit = await r.start_audit()
+        assert audit.state == "tampered" and "were cut off" in (audit.problem or ""), audit.problem
 
 
 async def test_a_failure_a_whole_verification_no_longer_finds_is_cleared_by_it(short_tmp: Path) -> None:

@@ -13,7 +13,8 @@ whose unsealing calls :meth:`VettingMixin._verify_start` and then
   connection, against the trusted checkpoint the start used). A failure there or on
   ``audit.verify`` (:meth:`VettingMixin._verification_failed`) refuses appends from then on
   (``tampered``, or ``failed`` for a damaged database) and writes ``audit.verify_failed`` and the
-  ``verify_failed`` alert as the log's last records, published on ``alerts.verify_failed``.
+  ``verify_failed`` alert as the log's last records, with a checkpoint of them that the trusted
+  copy moves to (so they cannot be cut off unnoticed), published on ``alerts.verify_failed``.
 """
 
 from __future__ import annotations
@@ -151,8 +152,12 @@ class VettingMixin(WriterMixin):
                 log.warning("alert_not_published", id=alert.id, rule=alert.rule, reason=exc.code)
 
     async def _record_failure_locked(self, result: dict[str, Any], source: str, damaged: bool) -> list[Alert]:
-        # Written past the refusal (the state is no longer ok): only these records, in one transaction.
-        if self.head is None or self.store is None or self._hash_key is None:
+        # Written past the refusal (the state is no longer ok): only these records, in one transaction,
+        # with a checkpoint of them that the trusted copy then moves to. The checkpoint's root is the
+        # head's, built from what audit verified and wrote, not from the damaged records. Without it
+        # the failure records would be the unsigned end of the log, which can be cut off unnoticed,
+        # and the next start would trust the anchor again (docs/security.md, step 6).
+        if self.head is None or self.store is None or self._hash_key is None or self._sign_key is None:
             return []
         raw: dict[str, Any] = {"source": source, "problem": str(result["error"])[:512], "damaged": damaged}
         for name in ("first_bad", "size"):
@@ -172,14 +177,17 @@ class VettingMixin(WriterMixin):
             r = alert.record(now)
             entries.append(self.head.append(time=r.time, actor=r.actor, event=r.event, outcome=r.outcome,
                                             target=r.target, details=r.details))
+        checkpoint = self.head.checkpoint(self._sign_key, self._now_for_checkpoint())
         try:
-            await asyncio.get_running_loop().run_in_executor(None, self.store.append, entries, None)
+            await asyncio.get_running_loop().run_in_executor(None, self.store.append, entries, checkpoint)
         except StoreError as exc:
             self.head = backup
             for alert in fired:
                 self.alerts.engine.discard(alert)
             log.error("verify_failure_not_recorded", reason=exc.message)
             return []
+        self.latest = checkpoint
+        await self._save_trusted(checkpoint)
         self.alerts.engine.replay.feed([entry.record for entry in entries])
         for alert, entry in zip(fired, entries[1:], strict=True):
             self.alerts.engine.opened(alert, entry.record.seq)
