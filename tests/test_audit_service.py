@@ -255,30 +255,38 @@ async def test_tamper_suite_is_detected_and_located(short_tmp: Path, attack: str
             assert released.value.code == "UNAVAILABLE"
 
 
-async def test_the_failure_record_cannot_be_cut_off_to_skip_the_whole_verification(short_tmp: Path) -> None:
-    # An old record edited; the background pass records the failure under a signed checkpoint and
-    # moves the trusted copy to it. Cutting the failure records (and that checkpoint) off the end
-    # of the log, so the next start would resume from the anchor, is a rollback that start refuses.
-    async with rig(short_tmp / "h") as r:
-        path = db_path(r.home)
-        await r.append(150)
-        await r.stop_audit()
-        await r.start_audit()
-        await r.append(100)
-        await r.stop_audit()
-        db = _rows(path, await r.db_key())
-        _edit(db)
-        db.close()
-        await r.start_audit()
+async def _edited_and_found(r: Rig) -> bytes:
+    """250 records (an anchor at 250), record 42 edited while audit was stopped, the edit found by
+    the background pass (failure records at 250 and 251), audit stopped again. The original record."""
+    path = db_path(r.home)
+    await r.append(150)
+    await r.stop_audit()
+    await r.start_audit()
+    await r.append(100)
+    await r.stop_audit()
+    db = _rows(path, await r.db_key())
+    original = bytes(db.execute("SELECT record FROM records WHERE seq = 42").fetchone()[0])
+    _edit(db)
+    db.close()
+    await r.start_audit()
 
-        async def tampered() -> dict[str, Any] | None:
-            reply = await r.operator.call("audit.health", timeout=5)
-            return reply if reply["log"] == "tampered" else None
-        await eventually(tampered)
-        await r.stop_audit()
-        db = _rows(path, await r.db_key())
-        (failed_at,) = db.execute("SELECT min(seq) FROM records WHERE seq >= 250").fetchone()
-        assert failed_at == 250
+    async def tampered() -> dict[str, Any] | None:
+        reply = await r.operator.call("audit.health", timeout=5)
+        return reply if reply["log"] == "tampered" else None
+    await eventually(tampered)
+    await r.stop_audit()
+    return original
+
+
+async def test_the_failure_record_cannot_be_cut_off_to_skip_the_whole_verification(short_tmp: Path) -> None:
+    # The background pass records the failure under a signed checkpoint and moves the trusted copy
+    # to it. Cutting the failure records (and that checkpoint) off the end of the log, so the next
+    # start would resume from the anchor, is a rollback that start refuses.
+    async with rig(short_tmp / "h") as r:
+        await _edited_and_found(r)
+        db = _rows(db_path(r.home), await r.db_key())
+        failure = decode_record(bytes(db.execute("SELECT record FROM records WHERE seq = 250").fetchone()[0]))
+        assert (failure.actor, failure.event) == ("audit", "audit.verify_failed")
         db.executescript("DELETE FROM records WHERE seq >= 250; DELETE FROM checkpoints WHERE tree_size > 250;")
         db.close()
         audit = await r.start_audit()
@@ -286,26 +294,10 @@ async def test_the_failure_record_cannot_be_cut_off_to_skip_the_whole_verificati
 
 
 async def test_a_failure_a_whole_verification_no_longer_finds_is_cleared_by_it(short_tmp: Path) -> None:
-    # An old record edited, found by the background pass (verify_failed recorded), then put back:
+    # The edit found by the background pass, then put back:
     async with rig(short_tmp / "h") as r:
-        path = db_path(r.home)
-        await r.append(150)
-        await r.stop_audit()
-        await r.start_audit()
-        await r.append(100)
-        await r.stop_audit()
-        db = _rows(path, await r.db_key())
-        original = db.execute("SELECT record FROM records WHERE seq = 42").fetchone()[0]
-        _edit(db)
-        db.close()
-        await r.start_audit()
-
-        async def tampered() -> dict[str, Any] | None:
-            reply = await r.operator.call("audit.health", timeout=5)
-            return reply if reply["log"] == "tampered" else None
-        await eventually(tampered)
-        await r.stop_audit()
-        db = _rows(path, await r.db_key())
+        original = await _edited_and_found(r)
+        db = _rows(db_path(r.home), await r.db_key())
         db.execute("UPDATE records SET record = ? WHERE seq = 42", (original,))
         db.close()
         # the next start verifies the whole log (the failure is after the anchor), which passes now,
