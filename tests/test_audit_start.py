@@ -8,6 +8,9 @@ Real SQLCipher databases, real keys from keyvault.
 
 from __future__ import annotations
 
+import errno
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,3 +186,67 @@ async def test_a_damaged_old_page_in_a_large_log_is_found_by_the_background_pass
         await r.stop_audit()
         audit = await r.start_audit()
         assert audit.state == "failed" and "integrity check (page" in (audit.problem or "")
+
+
+async def test_a_failure_the_database_cannot_record_is_remembered_off_the_home(short_tmp: Path) -> None:
+    # The audit directory on a filesystem of its own (a tmpfs) that is then filled: the database
+    # cannot take the audit.verify_failed record, so only the mark beside the trusted checkpoint
+    # (off the home) remembers the failure.
+    async with rig(short_tmp / "h", config=CONFIG + "[audit]\nstart_page_check_mib = 0\n") as r:
+        await r.append(400, details={"note": "x" * 100})
+        await r.stop_audit()
+        path = db_path(r.home)
+        keep = short_tmp / "keep"
+        shutil.copytree(path.parent, keep)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "curvemesh-test", str(path.parent)],
+                       check=True, capture_output=True)
+        try:
+            for item in keep.iterdir():
+                shutil.copy2(item, path.parent / item.name)
+            audit = await r.start_audit()
+
+            async def verified() -> bool:
+                return bool(audit.background and audit.background["state"] == "ok")
+            await eventually(verified, deadline=30)
+            # A middle page damaged (its bytes kept, to repair it later), then the filesystem filled.
+            middle = path.stat().st_size // 2
+            with path.open("r+b") as f:
+                f.seek(middle)
+                original = f.read(64)
+                f.seek(middle)
+                f.write(bytes(b ^ 0xFF for b in original))
+            with (path.parent / "filler").open("wb") as filler, pytest.raises(OSError) as full:
+                while True:
+                    filler.write(b"\0" * 65536)
+                    filler.flush()
+            assert full.value.errno == errno.ENOSPC
+
+            result = await r.operator.call("audit.verify", timeout=10)
+            assert result["ok"] is False and result["damaged"]
+            assert audit.state == "failed" and audit.failure_slot is not None
+            assert audit.failure_slot.get() is not None  # remembered ...
+            with AuditStore.open(path, await r.db_key()) as db:
+                assert db.max_seq() == 399  # ... though the log took no record of it
+            await r.stop_audit()
+            (path.parent / "filler").unlink()
+
+            # The next start verifies the whole log, pages first, though no record says so: refused.
+            audit = await r.start_audit()
+            assert audit.state == "failed" and "integrity check (page" in (audit.problem or "")
+            await r.stop_audit()
+
+            # Repaired, the log passes the whole verification at start, which clears the mark ...
+            with path.open("r+b") as f:
+                f.seek(middle)
+                f.write(original)
+            audit = await r.start_audit()
+            assert audit.state == "ok" and audit.start_report is not None and audit.start_report.full
+            assert audit.failure_slot is not None and audit.failure_slot.get() is None
+            await r.stop_audit()
+            # ... and the start after resumes from the anchor again.
+            audit = await r.start_audit()
+            assert audit.state == "ok" and audit.start_report is not None and not audit.start_report.full
+        finally:
+            if r.runner is not None:
+                await r.stop_audit()
+            subprocess.run(["umount", "-l", str(path.parent)], check=False, capture_output=True)

@@ -200,6 +200,8 @@ class SealMixin(VettingMixin):
             try:
                 self.slot, warning = choose_keystore(self.config.keyvault, self.home,
                                                      f"audit-checkpoint:{fingerprint}")
+                self.failure_slot, _ = choose_keystore(self.config.keyvault, self.home,
+                                                       f"audit-verify-failed:{fingerprint}")
                 # An older version kept the trusted checkpoint in the home, where restoring an older
                 # home rolled it back with the log: it moves to the slot (off the home) first.
                 move = begin_move(self.home.keys / LEGACY_SLOT, self.slot, "audit's trusted checkpoint")

@@ -5,16 +5,18 @@ whose unsealing calls :meth:`VettingMixin._verify_start` and then
 :meth:`VettingMixin._start_background`). Contract (docs/security.md, "What a start checks"):
 
 - A start verifies the records after the saved verified anchor and their consistency with the
-  trusted checkpoint (:func:`.anchor.resume`); without a usable anchor, or when an
-  ``audit.verify_failed`` record follows it (a whole verification failed and none passed since),
-  it verifies the whole log in one streamed pass (:meth:`VettingMixin._verify`) that also rebuilds
-  the open alerts, pages first in the second case.
+  trusted checkpoint (:func:`.anchor.resume`); without a usable anchor, or when the last whole
+  verification failed and none passed since (an ``audit.verify_failed`` record after the anchor,
+  or a value in :attr:`VettingMixin.failure_slot`, off the home), it verifies the whole log in one
+  streamed pass (:meth:`VettingMixin._verify`) that also rebuilds the open alerts, pages first in
+  the second case, and a pass that succeeds clears the slot.
 - Then the whole log is verified in the background (:func:`.scan.verify_report`, on its own
   connection, against the trusted checkpoint the start used). A failure there or on
   ``audit.verify`` (:meth:`VettingMixin._verification_failed`) refuses appends from then on
-  (``tampered``, or ``failed`` for a damaged database) and writes ``audit.verify_failed`` and the
-  ``verify_failed`` alert as the log's last records, with a checkpoint of them that the trusted
-  copy moves to (so they cannot be cut off unnoticed), published on ``alerts.verify_failed``.
+  (``tampered``, or ``failed`` for a damaged database), sets the slot, and writes
+  ``audit.verify_failed`` and the ``verify_failed`` alert as the log's last records, with a
+  checkpoint of them that the trusted copy moves to (so they cannot be cut off unnoticed),
+  published on ``alerts.verify_failed``.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from typing import Any
 import structlog
 
 from shared import MeshConfig, MeshError, MeshHome
+from shared.keystore import Keystore
 
 from .alerts import ALERT_ACTOR, VERIFY_FAILED_EVENT, Alert
-from .anchor import AnchorUnusable, StartReport, resume
+from .anchor import AnchorUnusable, Resumed, StartReport, resume
 from .chain import Checkpoint, LogHead
 from .sanitize import sanitize_details
 from .scan import Cancelled, PinnedSlot, scan, verify_report
@@ -61,6 +64,9 @@ class VettingMixin(WriterMixin):
     _background_cancel: threading.Event | None = None
     _background_task: asyncio.Task[None] | None = None
     _start_trusted: Checkpoint | None = None  #: the trusted checkpoint the last start verified against
+    #: Where a failed whole verification is remembered off the home, beside the trusted checkpoint
+    #: (chosen at unseal): holds a value from the failure until a start's whole verification passes.
+    failure_slot: Keystore | None = None
 
     def _verify_start(self, store: AuditStore) -> tuple[LogHead, Checkpoint | None, Checkpoint | None, WitnessTree,
                                                          StartReport]:
@@ -74,22 +80,27 @@ class VettingMixin(WriterMixin):
         pages = limit > 0 and store.file_bytes() <= limit
         if pages:
             store.check_pages()  # DamagedError (a StoreError) names the pages: the start fails
+        resumed: Resumed | None = None
         try:
             resumed = resume(store, self.public_key, self.slot, self.alerts.engine.rules)
         except AnchorUnusable as exc:
             if str(exc) != "no saved anchor":
                 log.warning("anchor_unusable", reason=str(exc), hint="verifying the whole log at start instead")
-            return self._verify_whole_at_start(store, pages)
-        if resumed.failed_at is not None:
-            # The log says its last whole verification failed (the background pass, audit.verify) and
-            # none passed since: the old part the anchor vouches for is what failed, so it is verified
-            # again before audit is ready, pages first as the background pass does. Otherwise every
+        failed_at = resumed.failed_at if resumed is not None else None
+        remembered = self.failure_slot is not None and self.failure_slot.get() is not None
+        if failed_at is not None or remembered:
+            # The log (or, when the database could not take the record, the slot off the home) says
+            # its last whole verification failed (the background pass, audit.verify) and none passed
+            # since: the old part the anchor vouches for is what failed, so it is verified again
+            # before audit is ready, pages first as the background pass does. Otherwise every
             # restart would be ready, and keyvault release keys, until the pass found it again.
-            log.warning("verifying_whole_log_at_start", failed_at=resumed.failed_at,
-                        reason="audit.verify_failed is recorded after the verified anchor")
+            log.warning("verifying_whole_log_at_start", failed_at=failed_at, remembered=remembered,
+                        reason="the last whole verification failed")
             if not pages:
                 store.check_pages()
             return self._verify_whole_at_start(store, True)
+        if resumed is None:
+            return self._verify_whole_at_start(store, pages)
         reopened = self.alerts.engine.adopt(resumed.replay)
         if reopened:
             log.warning("alerts_reopened", open=reopened)
@@ -100,6 +111,15 @@ class VettingMixin(WriterMixin):
             LogHead, Checkpoint | None, Checkpoint | None, WitnessTree, StartReport]:
         tree = WitnessTree()
         head, latest, trusted = self._verify(store, tree)
+        if self.failure_slot is not None and self.failure_slot.get() is not None:
+            # A whole verification passed: the failure is no longer current. Failing to clear the
+            # slot only makes the next start verify the whole log again.
+            try:
+                self.failure_slot.delete()
+            except Exception as exc:  # noqa: BLE001 - keyring backends raise their own errors
+                log.error("verify_failure_not_cleared", error_type=type(exc).__name__)
+            else:
+                log.warning("verify_failure_cleared", size=head.size)
         return head, latest, trusted, tree, StartReport(0, head.size, head.size, True, pages)
 
     def _start_background(self) -> None:
@@ -133,7 +153,14 @@ class VettingMixin(WriterMixin):
     async def _verification_failed(self, result: dict[str, Any], source: str) -> None:
         """A whole-log verification failed (the background pass, ``audit.verify``): refuse appends
         from now on (``tampered``, or ``failed`` when the database is damaged), and record why with its
-        ``verify_failed`` alert, the last records audit writes, published on ``alerts.verify_failed``."""
+        ``verify_failed`` alert, the last records audit writes, published on ``alerts.verify_failed``.
+
+        Shielded from cancellation: a stop that cancels the caller (the background task, a handler)
+        waits for the write lock this holds, so a failure found just before a stop is still
+        remembered and recorded before the database closes, never cut off halfway."""
+        await asyncio.shield(self._fail_and_record(result, source))
+
+    async def _fail_and_record(self, result: dict[str, Any], source: str) -> None:
         fired: list[Alert] = []
         async with self._write_lock:
             if self.state != "ok":
@@ -144,12 +171,25 @@ class VettingMixin(WriterMixin):
                 log.error("audit_db_unusable", reason=self.problem, found_by=source)
             else:
                 log.error("audit_log_tampered", first_bad=result.get("first_bad"), reason=self.problem, found_by=source)
+            await self._remember_failure(source)
             fired = await self._record_failure_locked(result, source, damaged)
         for alert in fired:
             try:
                 await self._publish(f"alerts.{alert.rule}", alert.to_wire())
             except MeshError as exc:
                 log.warning("alert_not_published", id=alert.id, rule=alert.rule, reason=exc.code)
+
+    async def _remember_failure(self, source: str) -> None:
+        """Mark the failure in :attr:`failure_slot` before the database is asked to record it: a
+        database too damaged to take the record must not let the next start trust the anchor. The
+        value says nothing secret (where the failure was found); what counts is that it is there."""
+        if self.failure_slot is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.failure_slot.put, bytearray(f"found by {source} at {time.time():.0f}".encode()))
+        except Exception as exc:  # noqa: BLE001 - the record in the log is the other copy; say so loudly
+            log.error("verify_failure_not_remembered", error_type=type(exc).__name__)
 
     async def _record_failure_locked(self, result: dict[str, Any], source: str, damaged: bool) -> list[Alert]:
         # Written past the refusal (the state is no longer ok): only these records, in one transaction,
