@@ -26,6 +26,9 @@ from .conftest import eventually
 from .test_audit_service import CONFIG, _rows, rig
 from .test_readiness import _damage_a_middle_page
 
+#: A log of any size is "large": its pages are checked by the background pass, not at start.
+NO_START_PAGE_CHECK = CONFIG + "[audit]\nstart_page_check_mib = 0\n"
+
 
 @pytest.fixture
 def rows_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -151,7 +154,7 @@ async def test_a_damaged_old_page_in_a_small_log_fails_the_start(short_tmp: Path
 
 async def test_a_damaged_old_page_in_a_large_log_is_found_by_the_background_pass(short_tmp: Path) -> None:
     # A log over start_page_check_mib (0 here: any log) is ready without its pages checked at start ...
-    async with rig(short_tmp / "h", config=CONFIG + "[audit]\nstart_page_check_mib = 0\n") as r:
+    async with rig(short_tmp / "h", config=NO_START_PAGE_CHECK) as r:
         await r.append(400, details={"note": "x" * 100})
         await r.stop_audit()
         path = db_path(r.home)
@@ -192,7 +195,7 @@ async def test_a_failure_the_database_cannot_record_is_remembered_off_the_home(s
     # The audit directory on a filesystem of its own (a tmpfs) that is then filled: the database
     # cannot take the audit.verify_failed record, so only the mark beside the trusted checkpoint
     # (off the home) remembers the failure.
-    async with rig(short_tmp / "h", config=CONFIG + "[audit]\nstart_page_check_mib = 0\n") as r:
+    async with rig(short_tmp / "h", config=NO_START_PAGE_CHECK) as r:
         await r.append(400, details={"note": "x" * 100})
         await r.stop_audit()
         path = db_path(r.home)
@@ -209,12 +212,7 @@ async def test_a_failure_the_database_cannot_record_is_remembered_off_the_home(s
                 return bool(audit.background and audit.background["state"] == "ok")
             await eventually(verified, deadline=30)
             # A middle page damaged (its bytes kept, to repair it later), then the filesystem filled.
-            middle = path.stat().st_size // 2
-            with path.open("r+b") as f:
-                f.seek(middle)
-                original = f.read(64)
-                f.seek(middle)
-                f.write(bytes(b ^ 0xFF for b in original))
+            middle, original = _damage_a_middle_page(path)
             with (path.parent / "filler").open("wb") as filler, pytest.raises(OSError) as full:
                 while True:
                     filler.write(b"\0" * 65536)

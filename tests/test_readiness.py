@@ -9,7 +9,6 @@ really damaged SQLCipher page; tests/test_operations_e2e.py runs the same throug
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -113,13 +112,17 @@ async def test_a_plain_service_is_ready() -> None:
 # -- the services, over a real mesh ----------------------------------------------------
 
 
-def _damage_a_middle_page(path: Path) -> None:
-    """Overwrite 64 bytes in the middle of the closed database: one page's HMAC no longer matches."""
+def _damage_a_middle_page(path: Path) -> tuple[int, bytes]:
+    """Overwrite 64 bytes in the middle of the closed database: one page's HMAC no longer matches.
+    Returns where and what was there, for a test that repairs it."""
     size = path.stat().st_size
     assert size >= 4 * 4096, "the log must span several pages for a middle page to exist"
     with path.open("r+b") as f:
         f.seek(size // 2)
-        f.write(os.urandom(64))
+        original = f.read(64)
+        f.seek(size // 2)
+        f.write(bytes(b ^ 0xFF for b in original))  # every byte changed, unlike random bytes
+    return size // 2, original
 
 
 async def test_a_damaged_audit_database_is_named_and_stops_the_mesh_from_being_ready(short_tmp: Path) -> None:

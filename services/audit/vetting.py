@@ -98,20 +98,21 @@ class VettingMixin(WriterMixin):
                         reason="the last whole verification failed")
             if not pages:
                 store.check_pages()
-            return self._verify_whole_at_start(store, True)
+            return self._verify_whole_at_start(store, True, clear=remembered)
         if resumed is None:
-            return self._verify_whole_at_start(store, pages)
+            return self._verify_whole_at_start(store, pages, clear=False)
         reopened = self.alerts.engine.adopt(resumed.replay)
         if reopened:
             log.warning("alerts_reopened", open=reopened)
         report = dataclasses.replace(resumed.report, pages_checked=pages)
         return resumed.head, resumed.latest, resumed.trusted, resumed.tree, report
 
-    def _verify_whole_at_start(self, store: AuditStore, pages: bool) -> tuple[
+    def _verify_whole_at_start(self, store: AuditStore, pages: bool, *, clear: bool) -> tuple[
             LogHead, Checkpoint | None, Checkpoint | None, WitnessTree, StartReport]:
+        """The whole log verified at start; then, with ``clear``, :attr:`failure_slot` emptied."""
         tree = WitnessTree()
         head, latest, trusted = self._verify(store, tree)
-        if self.failure_slot is not None and self.failure_slot.get() is not None:
+        if clear and self.failure_slot is not None:
             # A whole verification passed: the failure is no longer current. Failing to clear the
             # slot only makes the next start verify the whole log again.
             try:

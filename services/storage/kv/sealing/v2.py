@@ -56,7 +56,8 @@ _u16: Final = _U16.pack
 #: ``_u16(n)`` for every name length the store allows (1 to 1,024 bytes): an index into a tuple is a
 #: few nanoseconds where the call is about fifty, on every put and get. Longer names (the format
 #: allows up to 65,535 bytes) are packed on the spot.
-_NAME_LENGTHS: Final = tuple(_u16(n) for n in range(1025))
+_TABLED: Final = 1025
+_NAME_LENGTHS: Final = tuple(_u16(n) for n in range(_TABLED))
 # Where the nonce of a value starts and ends (after the header and the seal's version byte), and the
 # shortest value that can hold a seal.
 _NONCE_AT: Final = HEADER_BYTES + 1
@@ -214,7 +215,7 @@ class Material(VersionMaterial):
             nonce = nonces[at:at + size]
             at += size
             n = len(name)
-            length = lengths[n] if n < 1025 else _u16(n)
+            length = lengths[n] if n < _TABLED else _u16(n)
             put(rocks_key, lead + nonce + encrypt(nonce, head + length + name + value, aad_lead + rocks_key))
 
     def _parse(self, plaintext: bytes) -> tuple[list[str], bytes, bytes]:
@@ -260,7 +261,7 @@ class Material(VersionMaterial):
             except invalid:
                 raise damage(rocks_key, blob) from None
             n = len(name)
-            expect = head + (lengths[n] if n < 1025 else u16(n)) + name
+            expect = head + (lengths[n] if n < _TABLED else u16(n)) + name
             if plaintext.startswith(expect):
                 return plaintext[len(expect):]
             raise misfiled(rocks_key, plaintext)
