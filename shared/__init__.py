@@ -117,7 +117,7 @@ if TYPE_CHECKING:
         handler_table,
     )
     from ._shipper import AuditShipper, append_record, append_records
-    from ._spool import Spool
+    from ._spool import Spool, SyncJob
     from ._sqlcipher import damaged_pages, integrity_problems
 
 #: The private module each exported name comes from (tests/test_import_graph.py checks this
@@ -161,7 +161,7 @@ _EXPORTS: Final[dict[str, tuple[str, ...]]] = {
     ),
     "._recorder": ("AuditRecorder",),
     "._shipper": ("AuditShipper", "append_record", "append_records"),
-    "._spool": ("Spool",),
+    "._spool": ("Spool", "SyncJob"),
     "._sqlcipher": ("damaged_pages", "integrity_problems"),
 }
 #: Exported under another name than the module's own: exported name -> (module, name there).
@@ -207,7 +207,7 @@ __all__ = [
     "BadRequest", "CertificateError", "ConfigError", "Conflict", "Forbidden", "HandshakeError",
     "Internal", "MeshError", "NotFound", "RateLimited", "ReauthRequired", "Sealed", "StateError", "Timeout",
     "Unauthenticated", "Unavailable",
-    "AuditRecorder", "AuditShipper", "Certificate", "Grant", "KeyPair", "MeshHome", "Spool", "TokenBucket",
+    "AuditRecorder", "AuditShipper", "Certificate", "Grant", "KeyPair", "MeshHome", "Spool", "SyncJob", "TokenBucket",
     "Message", "message", "Event", "MeshClient", "Subscription", "Connection", "OneShot", "call_once",
     "configure_logging", "defer_logging", "declare_sensitive", "redact",
     "ServiceRunner", "connect_patiently", "run_service", "serve",

@@ -13,9 +13,12 @@ A file written before ack markers existed holds only records, so all of them loa
 file written now still loads in that older code, which skips the markers: it delivers the acked
 records again and loses none.
 
-:meth:`Spool.append` writes a frame and :meth:`Spool.sync` fsyncs it (the broker calls it on its
-timer, so a deny is durable within one tick). :meth:`Spool.ack` appends a marker and fsyncs: the
-one fsync the former whole-file rewrite cost, for a constant number of bytes. Acked records stay in
+:meth:`Spool.append` writes a frame and :meth:`Spool.sync` fsyncs it. An owner whose thread must
+not wait on the disk takes the fsyncs off the spool as a :class:`SyncJob` (:meth:`Spool.sync_job`)
+and runs it on a thread of its own: the broker does so on its timer, so a deny is durable within a
+tick plus however long the disk takes, and its routing never waits for it. :meth:`Spool.ack` appends
+a marker and fsyncs (or, with ``sync=False``, leaves that to the owner's next sync): the one fsync
+the former whole-file rewrite cost, for a constant number of bytes. Acked records stay in
 the file as dead bytes until they outweigh the pending ones and exceed ``compact_bytes``; then the
 pending records alone are written to a temporary file, which is fsynced, renamed over the spool,
 and the directory fsynced. A compaction writes fewer bytes than it discards, so over the spool's
@@ -82,7 +85,9 @@ class Spool:
     ``compact_bytes`` is how many dead bytes the file may carry before it is compacted (provided
     they also outweigh the pending records). ``checkpoint`` is called with ``"ack-written"``,
     ``"ack-synced"``, ``"compact-written"``, ``"compact-renamed"`` and ``"compact-synced"``: tests
-    use it to kill the process at each step. Not thread-safe: one owner appends and acks.
+    use it to kill the process at each step; and with ``"fsync"`` just before the file is fsynced,
+    by :meth:`sync` or by a :class:`SyncJob` on whatever thread runs it (tests stall the disk
+    there). Not thread-safe: one owner appends and acks; a :class:`SyncJob` never touches the spool.
     """
 
     def __init__(self, path: Path, max_records: int, *, compact_bytes: int = COMPACT_BYTES,
@@ -192,13 +197,27 @@ class Spool:
 
     def sync(self) -> None:
         """Make every appended record (and ack) durable, if any is not yet: fsync the file, and its
-        directory when the file is new or was just replaced by a compaction."""
+        directory when the file is new or was just replaced by a compaction. A :class:`SyncJob`
+        taken earlier may still be running: what it covers is durable only once it has run."""
         if self._unsynced:
+            self._checkpoint("fsync")
             os.fsync(self._file.fileno())
             self._unsynced = False
         if self._dir_unsynced:
             fsync_path(self.path.parent)
             self._dir_unsynced = False
+
+    def sync_job(self) -> SyncJob | None:
+        """What :meth:`sync` would do now, as a :class:`SyncJob` for another thread to run, or None
+        when everything is durable already. The spool counts that work as done: whoever runs the
+        job owns its failure (the spool does not retry it), and whoever needs the records durable
+        waits for the job."""
+        if not (self._unsynced or self._dir_unsynced):
+            return None
+        job = SyncJob(os.dup(self._file.fileno()) if self._unsynced else None,
+                      self.path.parent if self._dir_unsynced else None, self._checkpoint)
+        self._unsynced = self._dir_unsynced = False
+        return job
 
     def pending(self, limit: int) -> list[dict[str, Any]]:
         """The oldest ``limit`` records, in order, still waiting for delivery."""
@@ -206,9 +225,10 @@ class Spool:
             return list(self._records)[:limit]  # what slicing with a negative limit always meant
         return list(itertools.islice(self._records, limit))
 
-    def ack(self, count: int) -> None:
+    def ack(self, count: int, *, sync: bool = True) -> None:
         """Forget the oldest ``count`` records: they were delivered durably. The ack is durable
-        when this returns; a crash before that only means those records are delivered again."""
+        when this returns, or with ``sync=False`` once the owner's next :meth:`sync` (or
+        :class:`SyncJob`) has run; a crash before that only means those records are delivered again."""
         count = min(count, len(self._records))
         if count <= 0:
             return
@@ -224,13 +244,15 @@ class Spool:
         dead = self._size - self._live
         if dead > self._compact_bytes and dead > self._live:
             self._compact()
-            self.sync()  # the rename: the new file's data is already fsynced
-            self._checkpoint("compact-synced")
+            if sync:
+                self.sync()  # the rename: the new file's data is already fsynced
+                self._checkpoint("compact-synced")
             return
         self._append(_frame([_ACK, self._acked]))
         self._checkpoint("ack-written")
-        self.sync()
-        self._checkpoint("ack-synced")
+        if sync:
+            self.sync()
+            self._checkpoint("ack-synced")
 
     def _compact(self) -> None:
         """Replace the file by one holding only the pending records, and no marker (nothing in it
@@ -278,3 +300,46 @@ class Spool:
             self.sync()
         finally:
             self._file.close()
+
+
+class SyncJob:
+    """The fsyncs :meth:`Spool.sync` would have made when :meth:`Spool.sync_job` took them: the
+    spool's file (a duplicate of its descriptor) and, when its name may not be durable yet, its
+    directory. It never touches the spool, so it runs on any thread while the owner goes on
+    appending; the duplicate keeps the file open even if a compaction replaces and closes the
+    spool's own. :meth:`run` it once or :meth:`discard` it; either closes the duplicate.
+    """
+
+    def __init__(self, fd: int | None, directory: Path | None, checkpoint: Callable[[str], None]) -> None:
+        self._fd = fd
+        self.directory = directory
+        self._checkpoint = checkpoint
+
+    def absorb(self, older: SyncJob) -> None:
+        """Take over the work of ``older``, a job taken before this one and not run, and discard
+        it. This job's descriptor (when it has one) is the spool's file now, which holds every
+        record ``older``'s file held that still matters: the same file, or the one a compaction
+        wrote the pending records to, fsynced. So this one's fsync covers both, and only
+        ``older``'s directory fsync (or its descriptor, when this job has none) is kept."""
+        if self._fd is None:
+            self._fd, older._fd = older._fd, None
+        if self.directory is None:
+            self.directory = older.directory
+        older.discard()
+
+    def run(self) -> None:
+        """fsync the file, then the directory; ``OSError`` as ``os.fsync`` raises it."""
+        try:
+            if self._fd is not None:
+                self._checkpoint("fsync")
+                os.fsync(self._fd)
+            if self.directory is not None:
+                fsync_path(self.directory)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Close the duplicate descriptor without syncing (idempotent)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)

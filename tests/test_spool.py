@@ -12,6 +12,7 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -330,6 +331,58 @@ def test_spool_files_are_private_and_a_symlink_is_refused(tmp_path: Path) -> Non
         Spool(link, 100)
     assert refused.value.errno == errno.ELOOP and refused.value.filename == str(link)
     assert path.read_bytes() == before and link.is_symlink()
+
+
+def test_a_sync_job_takes_the_fsyncs_off_the_spool_and_runs_on_another_thread(tmp_path: Path) -> None:
+    """What the broker's routing loop relies on: the job is the whole of the fsync work (the spool
+    has none left), it runs on the thread that runs it, and an ack can leave its fsync to it."""
+    steps: list[tuple[str, str]] = []
+    path = tmp_path / "s.spool"
+    spool = Spool(path, 100, checkpoint=lambda step: steps.append((step, threading.current_thread().name)))
+    first = spool.sync_job()  # a new file: only its directory entry is not durable yet
+    assert first is not None and first.directory == tmp_path
+    first.run()
+    assert spool.sync_job() is None and steps == []  # nothing appended, so no fsync of the file
+    for n in range(5):
+        spool.append(rec(n))
+    job = spool.sync_job()
+    assert job is not None and spool.sync_job() is None
+    spool.sync()  # nothing left for the spool itself: the job holds it
+    assert steps == []
+    runner = threading.Thread(target=job.run, name="flusher")
+    runner.start()
+    runner.join(timeout=10)
+    assert not runner.is_alive() and steps == [("fsync", "flusher")]
+    steps.clear()
+    spool.ack(2, sync=False)
+    assert ("ack-written", "MainThread") in steps and not any(step == "ack-synced" for step, _ in steps)
+    later = spool.sync_job()
+    assert later is not None  # the marker waits for the owner's next sync
+    later.run()
+    spool.close()
+    assert reopened(path) == [2, 3, 4]
+
+
+def test_a_sync_job_outlives_a_compaction_that_closes_the_spools_file(tmp_path: Path) -> None:
+    """The job holds its own descriptor: a compaction in between replaces and closes the spool's, and
+    the job still fsyncs a file (not EBADF, and not whatever a reused descriptor number is now)."""
+    path = tmp_path / "s.spool"
+    spool = Spool(path, 100, compact_bytes=64)
+    for n in range(10):
+        spool.append(rec(n, 20))
+    older = spool.sync_job()
+    assert older is not None
+    inode = path.stat().st_ino
+    spool.ack(8, sync=False)  # compacts: the spool's descriptor is now the new file's
+    assert path.stat().st_ino != inode
+    newer = spool.sync_job()  # the new file's directory entry; its data was fsynced by the compaction
+    assert newer is not None and newer.directory == tmp_path
+    newer.absorb(older)  # keeps older's descriptor (newer has none) and runs it
+    newer.run()
+    older.run()  # discarded by the absorb: a no-op, not a second close of the descriptor
+    spool.append(rec(10))
+    spool.close()
+    assert reopened(path) == [8, 9, 10]
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """The broker's audit records: written to a persistent spool, delivered from there to audit.
 
 The broker cannot await the audit service, so its records go to a spool first
-(:class:`AuditTrail`, ``<home>/spool/broker-audit.spool``). A record that must be durable before an
-operator is told "done" (a certificate accepted, revoked ...) is followed by :meth:`AuditTrail.sync`.
+(:class:`AuditTrail`, ``<home>/spool/broker-audit.spool``). Every tick hands what was spooled since
+to the flusher thread (:meth:`AuditTrail.sync_soon`, :mod:`.flusher`), so the routing loop never
+waits on the disk; a record that must be durable before an operator is told "done" (a certificate
+accepted, revoked ...) is followed by :meth:`AuditTrail.sync`, which waits.
 
 :class:`AuditDelivery` ships the spool itself: on a tick, when ``audit`` is registered and no
 shipment is in flight, it forwards up to :data:`SHIP_BATCH` spooled records as one ``audit.append``
@@ -26,6 +28,7 @@ import structlog
 
 from shared import PROTOCOL_VERSION, BrokerConfig, Spool, append_records, encode_body, encode_header
 
+from .flusher import Flusher
 from .outbox import Outbox
 from .state import InFlight, MeshState
 
@@ -40,8 +43,9 @@ SHIP_RETRY_MAX_S: Final = 5.0     #: ... doubling up to this
 class AuditTrail:
     """Appends audit records to the broker's spool (``<home>/spool/broker-audit.spool``)."""
 
-    def __init__(self, spool: Spool, wall: Callable[[], float]) -> None:
+    def __init__(self, spool: Spool, flusher: Flusher, wall: Callable[[], float]) -> None:
         self.spool = spool
+        self.flusher = flusher
         self._wall = wall
 
     def record(self, event: str, *, actor: str | None = None, role: str | None = None, **details: Any) -> None:
@@ -55,8 +59,19 @@ class AuditTrail:
         if not self.spool.append(record):
             log.warning("audit_spool_full", dropped=self.spool.dropped)
 
+    def sync_soon(self) -> None:
+        """Have the flusher make every record (and ack) spooled so far durable, without waiting for
+        the disk; first raise what an earlier background fsync failed with (the broker stops)."""
+        self.flusher.raise_failure()
+        job = self.spool.sync_job()
+        if job is not None:
+            self.flusher.submit(job)
+
     def sync(self) -> None:
-        """Make every record spooled so far durable (fsync)."""
+        """Make every record spooled so far durable before returning: wait for the flusher's jobs
+        (what they took off the spool is durable only once they ran), then fsync what is left."""
+        self.flusher.drain()
+        self.flusher.raise_failure()
         self.spool.sync()
 
 
@@ -117,7 +132,7 @@ class AuditDelivery:
         shipment, self._shipment = self._shipment, None
         if shipment is None or shipment[0] != broker_id:
             return
-        self.spool.ack(shipment[2])
+        self.spool.ack(shipment[2], sync=False)  # made durable by the next tick's sync_soon
         self.shipped += shipment[2]
         self._delay = SHIP_RETRY_MIN_S
         self.ship_after = 0.0

@@ -13,7 +13,9 @@ from the loop down, and no part knows the broker:
   reloads through :mod:`.allowlist`, audit reports and the delivery of its audit spool through
   :mod:`.auditing`);
 - below them all: :mod:`.outbox` sends (and drops connections found gone), :mod:`.state` keeps
-  the tables, :mod:`.auditing` spools audit records.
+  the tables, :mod:`.auditing` spools audit records;
+- beside the loop, one thread of its own: :mod:`.flusher` fsyncs the audit spool, because the loop
+  must never wait on the disk (a slow fsync once stopped routing and heartbeats for its duration).
 
 Replies are routed to the connection the request came from, remembered in the in-flight table
 under a broker-chosen random id; a reply is accepted only from the connection the request was
@@ -43,6 +45,7 @@ from .certstore import CertStore
 from .configuration import Configuration
 from .connections import CONN_PROPERTY, Admission, seed_routing_id_counter
 from .devices import DeviceMethods
+from .flusher import Flusher
 from .outbox import Outbox
 from .routing import Routing
 from .service import Introspection, MeshService
@@ -62,7 +65,10 @@ class Broker:
 
     def __init__(self, config: MeshConfig, home: MeshHome, *,
                  clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time,
+                 spool_checkpoint: Callable[[str], None] | None = None) -> None:
+        """``spool_checkpoint``: the audit spool's step hook (:class:`shared.Spool`), for tests that
+        stall or fail its disk steps."""
         self.cfg = cfg = config.broker
         self.home = home
         self.clock = clock
@@ -71,7 +77,9 @@ class Broker:
         files = config_files(home.root)
         self.keypair = certs.load_keypair(home.secret_key_path("broker"))
         self.store = CertStore(home.certs, cfg.pending_max, cfg.pending_per_address_per_minute)
-        self.spool = Spool(home.spool / "broker-audit.spool", cfg.spool_max_records)
+        spool_path = home.spool / "broker-audit.spool"
+        self.spool = (Spool(spool_path, cfg.spool_max_records) if spool_checkpoint is None
+                      else Spool(spool_path, cfg.spool_max_records, checkpoint=spool_checkpoint))
         # Before the context makes its first ROUTER socket (ZAP's, then the broker's).
         seed_routing_id_counter()
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -83,7 +91,8 @@ class Broker:
 
         # The parts, each given only what it calls; none of them is given the broker.
         self.state = state = MeshState(config)
-        self.trail = trail = AuditTrail(self.spool, wall)
+        self.flusher = Flusher()
+        self.trail = trail = AuditTrail(self.spool, self.flusher, wall)
         self.outbox = outbox = Outbox(state, cfg.max_header_bytes)
         self.admission = Admission(state, outbox)
         self.configuration = Configuration(home, files, state, trail, clock)
@@ -92,8 +101,9 @@ class Broker:
         self.delivery = delivery = AuditDelivery(state, outbox, self.spool, cfg, clock)
         self.upkeep = Upkeep(state, outbox, watch, delivery, trail, cfg)
         self.mesh = MeshService(
-            Introspection(state=state, store=self.store, spool=self.spool, delivery=delivery, zap=self.zap,
-                          certificate=self.keypair.certificate, endpoints=self.endpoints, clock=clock, wall=wall),
+            Introspection(state=state, store=self.store, spool=self.spool, delivery=delivery, flusher=self.flusher,
+                          zap=self.zap, certificate=self.keypair.certificate, endpoints=self.endpoints,
+                          clock=clock, wall=wall),
             CertMethods(self.store, watch, trail),
             DeviceMethods(self.store, watch, state, trail, self.endpoints, clock, wall),
             self.configuration,
@@ -253,6 +263,7 @@ class Broker:
             self.monitor.close(linger=0)
             self.monitor = None
         self.zap.stop()
+        self.flusher.close()
         self.spool.close()
         self.context.term()
         try:

@@ -41,6 +41,7 @@ from shared import (
 from .auditing import AuditDelivery
 from .certstore import CertStore
 from .connections import connection_mode
+from .flusher import Flusher
 from .schema import Empty
 from .state import MeshState, percentile
 from .zap import ZapHandler
@@ -110,12 +111,13 @@ class Introspection(MeshHandlers):
     """``mesh.ping``, ``mesh.services`` and ``mesh.stats``: what the broker sees of the mesh."""
 
     def __init__(self, *, state: MeshState, store: CertStore, spool: Spool, delivery: AuditDelivery,
-                 zap: ZapHandler, certificate: Certificate, endpoints: list[str],
+                 flusher: Flusher, zap: ZapHandler, certificate: Certificate, endpoints: list[str],
                  clock: Callable[[], float], wall: Callable[[], float]) -> None:
         self.state = state
         self.store = store
         self.spool = spool
         self.delivery = delivery
+        self.flusher = flusher
         self.zap = zap
         self.certificate = certificate
         #: The broker's bound endpoints: the core's own list, filled when it binds.
@@ -174,5 +176,6 @@ class Introspection(MeshHandlers):
             "pending_certificates": len(store.pending),
             "pending_dropped": store.pending_dropped, "pending_throttled": store.pending_throttled,
             "certificate_problems": [{"file": f, "problem": p} for f, p in store.problems],
-            "audit_spool": {"records": len(spool), "dropped": spool.dropped, "shipped": self.delivery.shipped},
+            "audit_spool": {"records": len(spool), "dropped": spool.dropped, "shipped": self.delivery.shipped,
+                            "slow_syncs": self.flusher.slow, "longest_sync_s": round(self.flusher.longest_s, 3)},
         }

@@ -67,7 +67,7 @@ class Upkeep:
         self.watch.note_unknown_keys()
         self.watch.poll(now)
         self._report(now)
-        self.trail.sync()
+        self.trail.sync_soon()
         self.delivery.tick(now)
 
     def _heartbeats(self, now: float) -> None:
