@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any, Final
 
 from ._codec import encode_body
@@ -91,12 +92,17 @@ class AuditShipper:
 
     ``start()`` it once the client is connected (a service's ``on_start``), ``notify()`` it after
     appending a record (it then ships soon instead of at the next period), ``await stop()`` it
-    before closing the spool.
+    before closing the spool. Each ack is fsynced on the event loop, unless ``acked`` is given: then
+    the ack is only written, and ``acked()`` asks its owner to fsync the spool (off the loop).
     """
 
     def __init__(self, spool: Spool, client: Any, *, name: str = "audit-shipper", period: float = 1.0,
-                 min_backoff: float = 0.2, max_backoff: float = 10.0, call_timeout: float = 5.0) -> None:
+                 min_backoff: float = 0.2, max_backoff: float = 10.0, call_timeout: float = 5.0,
+                 acked: Callable[[], object] | None = None) -> None:
         self.spool = spool
+        # With ``acked``, an ack is written but not fsynced here: ``acked`` is told, and its owner
+        # fsyncs the spool off the event loop. A crash before that only delivers those records again.
+        self.acked = acked
         self.client = client
         self.name = name
         self.period = period
@@ -135,7 +141,11 @@ class AuditShipper:
         await self.client.call("audit.append", {"records": records}, timeout=self.call_timeout)
         # Only this task acks, and appends only add at the tail: the oldest len(records)
         # spool records are exactly the ones just delivered.
-        self.spool.ack(len(records))
+        if self.acked is None:
+            self.spool.ack(len(records))
+        else:
+            self.spool.ack(len(records), sync=False)
+            self.acked()
         self.shipped += len(records)
         return len(records)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +103,11 @@ class PeopleRig:
     def __getitem__(self, name: str) -> MeshClient:
         return self.clients[name]
 
-    async def start_authz(self) -> Authz:
+    async def start_authz(self, *, spool_checkpoint: Callable[[str], None] | None = None) -> Authz:
+        """Start authz; ``spool_checkpoint``: its audit spool's step hook (tests stall its fsyncs)."""
         self.authz = Authz(self.home, self.mesh.config, clock=self.authz_wall)
+        if spool_checkpoint is not None:
+            self.authz.recorder.checkpoint = spool_checkpoint
         self.authz_runner = await self.mesh.start_service(self.authz)
         await eventually(lambda: self.ready("authz"), deadline=20)
         return self.authz

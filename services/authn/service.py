@@ -89,7 +89,8 @@ class Authn(LoginHandlers, VerifyHandlers, AccountHandlers, SessionHandlers, Mfa
         await self.recorder.close()
 
     def readiness(self) -> Readiness:
-        override = self.keeper.readiness_override
+        # A spool that could not be made durable outranks the keys: nothing may be recorded now.
+        override = self.recorder.readiness or self.keeper.readiness_override
         return super().readiness() if override is None else override
 
     def db(self) -> AccountsDB:

@@ -29,9 +29,15 @@ class Authority:
         self.grants = GrantIndex()
         self.cache = DecisionCache(cache_entries)
         self.entities: Any = None
+        #: How many changes this authority has seen: a decision made at one count may be stale at another.
+        self.changes = 0
         self._rebuild()
 
-    # -- changes (each clears the cache) ------------------------------------------------------
+    # -- changes (each clears the cache and counts) ----------------------------------------------
+
+    def _changed(self) -> None:
+        self.cache.clear()
+        self.changes += 1
 
     def _rebuild(self) -> None:
         principals: dict[tuple[str, str], tuple[str, ...]] = {}
@@ -41,7 +47,7 @@ class Authority:
                 key = (KINDS[kind], name)
                 principals[key] = tuple(sorted(set(principals.get(key, ())) | set(roles)))
         self.entities = self.bundle.entities(principals)
-        self.cache.clear()
+        self._changed()
 
     def use_policies(self, bundle: PolicyBundle) -> None:
         """Decide under ``bundle`` from now on (it was loaded and validated already)."""
@@ -59,15 +65,15 @@ class Authority:
     def use_grants(self, grants: list[Grant]) -> None:
         """Replace every live grant (at unseal)."""
         self.grants = GrantIndex(grants)
-        self.cache.clear()
+        self._changed()
 
     def granted(self, grant: Grant) -> None:
         self.grants.add(grant)
-        self.cache.clear()
+        self._changed()
 
     def revoked(self, grant: Grant) -> None:
         self.grants.remove(grant)
-        self.cache.clear()
+        self._changed()
 
     def forget(self) -> None:
         """Drop every grant and role assignment held in memory (sealing)."""

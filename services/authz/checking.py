@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared import AuditRecorder, BadRequest, Forbidden, NoFields, RequestContext, handler
+from shared import AuditRecorder, BadRequest, Forbidden, NoFields, RequestContext, Unavailable, handler
 
 from .deciding import Decision, Request
 from .policies import PolicyError, load
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 #: Sensitivity at and above which an allow is audited too (3: categories.toml's "sensitive").
 AUDITED_ALLOW: int = 3
+#: Times one ``check`` decides at most when changes keep overtaking its audited allow (see ``check``).
+DECIDE_AT_MOST: int = 3
 
 
 def request_of(req: Check) -> Request:
@@ -52,25 +54,35 @@ class CheckHandlers:
         ``user:<id>``) ``action`` (read, write, delete) ``owner``'s data in ``category``, acting for
         ``user``, for ``purpose``? ``cache_s``: how long the caller may reuse an allow, provided it
         drops it on ``authz.changed`` (0 for a deny, or an allow recorded each time).
-        ``SEALED`` while authz cannot see its grants.
+        ``SEALED`` while authz cannot see its grants; ``UNAVAILABLE`` when an audited decision cannot
+        be recorded, or the grants and policies changed under it three times in a row.
         ``meshctl policy test`` asks the same question without a record."""
-        self.db()  # no decision while the roles and grants assigned at run time are not loaded
-        request, now = request_of(req), self.clock()
-        decision, _, until = self.authority.check_until(request, now)
-        if not decision.allowed or decision.sensitivity >= AUDITED_ALLOW:
-            self._record(ctx, request, decision)
-            return {**decision.wire(), "cache_s": 0.0}  # recorded every time: never reused
-        return {**decision.wire(), "cache_s": round(max(0.0, until - now), 3)}
+        request = request_of(req)
+        for _ in range(DECIDE_AT_MOST):
+            self.db()  # no decision while the roles and grants assigned at run time are not loaded
+            changes, now = self.authority.changes, self.clock()
+            decision, _, until = self.authority.check_until(request, now)
+            if decision.allowed and decision.sensitivity < AUDITED_ALLOW:
+                return {**decision.wire(), "cache_s": round(max(0.0, until - now), 3)}
+            await self._record(ctx, request, decision)
+            # Other calls ran while the record was made durable. An allow decided before a change
+            # (a consent revoked, a role taken away, the mesh sealed) that answered after it would
+            # outrun the change's own answer ("the very next request is denied"): decide again.
+            if not decision.allowed or self.authority.changes == changes:
+                return {**decision.wire(), "cache_s": 0.0}  # recorded every time: never reused
+        raise Unavailable("the grants and policies kept changing while this decision was recorded; ask again")
 
-    def _record(self, ctx: RequestContext, request: Request, decision: Decision) -> None:
-        # ``subject``: the principal decided on is who acted (audit's repeated_denies counts per subject);
-        # the record's actor is the enforcing service that asked.
-        self.recorder.record("authz.decision", ctx, "allowed" if decision.allowed else "denied",
-                             target=request.principal, on_behalf_of=request.owner, subject=request.principal,
-                             principal=request.principal,
-                             action=request.action, category=request.category, user=request.user or None,
-                             purpose=request.purpose or None, policies=",".join(decision.policies) or None,
-                             reason=decision.reason, sensitivity=decision.sensitivity)
+    async def _record(self, ctx: RequestContext, request: Request, decision: Decision) -> None:
+        # The fsync runs on a worker thread, shared by every decision recorded meanwhile (group
+        # commit), and other calls run while it waits: ``check`` decides again when they changed
+        # anything. ``subject``: the principal decided on is who acted (audit's repeated_denies
+        # counts per subject); the record's actor is the enforcing service that asked.
+        await self.recorder.record_durably(
+            "authz.decision", ctx, "allowed" if decision.allowed else "denied",
+            target=request.principal, on_behalf_of=request.owner, subject=request.principal,
+            principal=request.principal, action=request.action, category=request.category,
+            user=request.user or None, purpose=request.purpose or None,
+            policies=",".join(decision.policies) or None, reason=decision.reason, sensitivity=decision.sensitivity)
 
     @handler("policy.test", request=Check)
     async def policy_test(self, ctx: RequestContext, req: Check) -> dict[str, Any]:

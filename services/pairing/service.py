@@ -113,7 +113,8 @@ class Pairing(DeviceHandlers, Service):
         await self.recorder.close()
 
     def readiness(self) -> Readiness:
-        override = self.keeper.readiness
+        # A spool that could not be made durable outranks the keys: nothing may be recorded now.
+        override = self.recorder.readiness or self.keeper.readiness
         return super().readiness() if override is None else override
 
     def db(self) -> PairingDB:

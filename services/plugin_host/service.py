@@ -106,7 +106,8 @@ class PluginHost(PluginAdmin, Service):
         self.shelf.close()
 
     def readiness(self) -> Readiness:
-        override = self.keeper.readiness
+        # A spool that could not be made durable outranks the keys: nothing may be recorded now.
+        override = self.recorder.readiness or self.keeper.readiness
         return super().readiness() if override is None else override
 
     def db(self) -> PluginDB:
