@@ -51,7 +51,8 @@ and passkey logins with a software authenticator beside the password login (info
 
 Then authz (:mod:`bench.authz`, issue 15) over the real broker, keyvault, audit, authn, authz and
 storage: ``Authority.check`` in process, uncached beside one ``cedarpy.is_authorized`` call and
-cached (target: p50 <= 20 us); ``authz.check`` over the mesh beside ``authz.health``
+cached (target: p50 <= 20 us); ``authz.check`` over the mesh beside ``authz.health``, answered
+from authz's cache and recorded each time (a sensitive category), one by one and pipelined
 (informational); a person's value read with their token (``storage.kv.get``: storage asks
 ``authn.verify`` and ``authz.check`` before the get) beside the same client's ``storage.health``
 (target: p50 <= 3.5x) and the same get of the caller's own value (no gate; informational).
@@ -133,6 +134,7 @@ AUTHZ_FLAGS: Final = {
     "authz_local": ("local", "in-process decisions of each kind (uncached, cached, cedarpy alone) per round"),
     "authz_calls": ("calls", "sequential calls of each authz and storage method per round"),
     "authz_warmup": ("warmup", "calls of each mesh method before the rounds (10x in process)"),
+    "authz_pipelined": ("pipelined", "authz.check calls per round from 32 concurrent tasks, recorded and not"),
 }
 
 #: --flag -> PairingOptions field (None on the command line: the default, or --quick's value).

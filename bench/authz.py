@@ -25,8 +25,12 @@ its expiry) and puts one value with the token.
   pre-parsed PolicySet and Entities), what an uncached decision costs at least. Blocks rotate
   within each round; the wall clock ``now`` is read just before each call's clock starts.
 * ``authz.check`` over the mesh (that same request, answered from authz's cache after the first),
-  sequential p50/p99, beside the same client's ``authz.health`` in the same rounds, order
-  alternating. Informational.
+  and the same request on the ``health`` category, which the shipped categories.toml calls
+  sensitive: every allow there is recorded, made durable by authz's audit thread before it answers
+  (AuditRecorder.record_durably). Sequential p50/p99, beside the same client's ``authz.health`` in
+  the same rounds, order rotating; and pipelined (``pipelined`` calls from 32 concurrent tasks, one
+  client), recorded against from cache, calls/s: decisions recorded together share their fsyncs.
+  Informational.
 * End-to-end user read: ``storage.kv.get {category, token, key}``, where storage's gate
   (services/storage/core/access.py) asks ``authn.verify`` on every call and ``authz.check`` until
   it holds a reusable allow (then again after each ``authz.changed``, at the turn of the hour, or
@@ -73,8 +77,13 @@ KEY: Final = b"bench/authz"
 VALUE: Final = secrets.token_bytes(150)
 #: In process: the three kinds of decision timed; over the mesh: the two blocks of each comparison.
 LOCAL: Final = ("uncached", "cached", "cedar")
-CHECKS: Final = ("check", "authz_health")
+CHECKS: Final = ("check", "check_audited", "authz_health")
+#: A category the shipped categories.toml calls "sensitive": every allow on it is recorded.
+SENSITIVE: Final = "health"
 READS: Final = ("read", "read_own", "storage_health")
+#: Pipelined authz.check: an allow from authz's cache (no record) and one recorded each time.
+PIPELINED: Final = ("check", "check_audited")
+WINDOW: Final = 32
 #: What bench/__main__.py, bench/report.py and the tests use of this section.
 __all__ = ["CACHED_TARGET_US", "CALLER", "CALLER_ROLES", "GROUP", "IDENTITIES", "READ_TARGET", "SETUP_PROFILE",
            "AuthzOptions", "figures", "measure", "mesh_toml", "table"]
@@ -88,10 +97,11 @@ class AuthzOptions:
     local: int = 5000      # in-process decisions of each kind (uncached, cached, cedarpy alone) per round
     calls: int = 1000      # sequential calls of each mesh method per round
     warmup: int = 100      # calls of each mesh method (and 10x in-process decisions) before the rounds
+    pipelined: int = 3000  # authz.check calls per round from WINDOW concurrent tasks, recorded and not
 
     @classmethod
     def quick(cls) -> AuthzOptions:
-        return cls(rounds=2, local=1000, calls=200, warmup=20)
+        return cls(rounds=2, local=1000, calls=200, warmup=20, pipelined=600)
 
     def params(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -163,9 +173,9 @@ def _found(reply: Any) -> bool:
 
 def _request(method: str, reader: Reader) -> tuple[str, Any, Callable[[Any], bool]]:
     """Target, body and reply check of one measured method."""
-    if method == "check":
-        body = {"principal": f"service:{CALLER}", "action": "read", "category": CATEGORY, "owner": reader.user,
-                "user": reader.user, "purpose": ""}
+    if method in ("check", "check_audited"):
+        body = {"principal": f"service:{CALLER}", "action": "read", "owner": reader.user, "user": reader.user,
+                "purpose": "", "category": CATEGORY if method == "check" else SENSITIVE}
         return "authz.check", body, lambda reply: isinstance(reply, dict) and reply.get("allow") is True
     if method == "read":
         return "storage.kv.get", {"category": CATEGORY, "token": reader.token, "key": KEY}, _found
@@ -178,6 +188,21 @@ async def _sequential(client: MeshClient, reader: Reader, method: str, count: in
     """``count`` sequential calls; each round trip in seconds (the reply checked after the clock)."""
     target, body, check = _request(method, reader)
     return await timed(client, target, body, count, check, method)
+
+
+async def _pipelined(client: MeshClient, reader: Reader, method: str, count: int) -> float:
+    """``count`` calls from :data:`WINDOW` concurrent tasks on one client; calls per second."""
+    target, body, check = _request(method, reader)
+    requests = iter(range(count))
+
+    async def worker() -> None:
+        for _ in requests:  # one shared iterator: every call is made once
+            reply = await call(client, target, body)
+            if not check(reply):
+                raise BenchError(f"{target} ({method}): unexpected reply {str(reply)[:200]}")
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(WINDOW)))
+    return count / (time.perf_counter() - start)
 
 
 async def _measure(kids: Children, opts: AuthzOptions) -> dict[str, Any]:
@@ -211,20 +236,24 @@ async def _rounds(client: MeshClient, kids: Children, opts: AuthzOptions, reader
         await _sequential(client, reader, method, opts.warmup)
     samples: dict[str, list[float]] = {m: [] for m in (*LOCAL, *CHECKS, *READS)}
     p50s: dict[str, list[float]] = {m: [] for m in samples}
+    rates: dict[str, list[float]] = {m: [] for m in PIPELINED}
     meters = {name: CpuMeter(pid) for name, pid in pids.items()}
     for r in range(opts.rounds):
         await login(client, reader)  # outside every clock: this round's token is fresh
-        for block in LOCAL[r % 3:] + LOCAL[:r % 3] + CHECKS[r % 2:] + CHECKS[:r % 2] + READS[r % 3:] + READS[:r % 3]:
+        for block in LOCAL[r % 3:] + LOCAL[:r % 3] + CHECKS[r % 3:] + CHECKS[:r % 3] + READS[r % 3:] + READS[:r % 3]:
             got = await (_decisions(block, authority, request, cedar, opts.local) if block in LOCAL
                          else _timed(meters, block, _sequential(client, reader, block, opts.calls)))
             samples[block] += got
             p50s[block].append(round(percentile(got, 0.5) * 1e6, 2))
+        for method in PIPELINED[r % 2:] + PIPELINED[:r % 2]:
+            rates[method].append(round(await _pipelined(client, reader, method, opts.pipelined), 1))
         kids.check_alive()
         print(f"authz: round {r + 1}/{opts.rounds}: in process p50 us uncached={p50s['uncached'][-1]:,.1f} "
               f"cached={p50s['cached'][-1]:,.2f} cedarpy={p50s['cedar'][-1]:,.1f} | p50 us "
-              f"check={p50s['check'][-1]:,.0f} authz.health={p50s['authz_health'][-1]:,.0f} | "
-              f"read={p50s['read'][-1]:,.0f} own={p50s['read_own'][-1]:,.0f} "
-              f"storage.health={p50s['storage_health'][-1]:,.0f}", flush=True)
+              f"check={p50s['check'][-1]:,.0f} recorded={p50s['check_audited'][-1]:,.0f} "
+              f"authz.health={p50s['authz_health'][-1]:,.0f} | read={p50s['read'][-1]:,.0f} "
+              f"own={p50s['read_own'][-1]:,.0f} storage.health={p50s['storage_health'][-1]:,.0f} | calls/s "
+              f"check={rates['check'][-1]:,.0f} recorded={rates['check_audited'][-1]:,.0f}", flush=True)
     calls = opts.calls * opts.rounds
     return {
         "local": {"samples": {k: samples[k] for k in LOCAL}, "round_p50_us": {k: p50s[k] for k in LOCAL},
@@ -234,7 +263,8 @@ async def _rounds(client: MeshClient, kids: Children, opts: AuthzOptions, reader
                  "round_p50_us": {m: p50s[m] for m in (*CHECKS, *READS)}, "calls": calls,
                  "cpu_us_per_call": {m: {name: meter.per_call(m, calls, 1e6) for name, meter in meters.items()}
                                      for m in (*CHECKS, *READS)},
-                 "value_bytes": len(VALUE)},
+                 "value_bytes": len(VALUE),
+                 "pipelined": {"calls_s": rates, "calls": opts.pipelined, "window": WINDOW}},
     }
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
@@ -40,6 +41,8 @@ log = get_logger("audit-recorder")
 
 SHIP_PERIOD_S: Final = 1.0
 SPOOL_MAX_RECORDS: Final = 1_000_000
+#: At most this long between the shipper's ack and its fsync, when no record's fsync covers it first.
+ACK_SYNC_S: Final = 1.0
 
 
 def _no_step(step: str) -> None:
@@ -58,11 +61,16 @@ class _GroupSync:
     def __init__(self, spool: Spool, name: str, failed: Callable[[OSError], object]) -> None:
         self._spool = spool
         self._name = name
+        # A thread of its own: an fsync never queues behind other blocking work of the service
+        # (a password hash, a policy load) in the loop's default executor.
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-audit-fsync")
         self._failed = failed
         self._appended = 0
         self._durable = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._wanted = False  # a job is due that nobody waits for (an ack to make durable)
+        self._timer: asyncio.TimerHandle | None = None
+        self._broken = False
         self._task: asyncio.Task[None] | None = None
 
     def appended(self) -> int:
@@ -84,27 +92,40 @@ class _GroupSync:
         await future
 
     def soon(self) -> None:
-        """Fsync the spool soon, with nobody waiting (the shipper wrote an ack)."""
+        """Fsync the spool within :data:`ACK_SYNC_S`, with nobody waiting (the shipper wrote an
+        ack). A job run for a record before then covers it: an ack never makes a record wait for
+        an fsync of its own, and a lost ack only delivers its records again."""
         self._wanted = True
-        self._start()
+        if self._task is None:
+            self._arm()
+
+    def _arm(self) -> None:
+        if self._timer is None and not self._broken:
+            self._timer = asyncio.get_running_loop().call_later(ACK_SYNC_S, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        if self._wanted and self._task is None:  # a running task arms the timer again as it ends
+            self._task = asyncio.create_task(self._run(force=True), name=f"{self._name}-audit-fsync")
 
     def _start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"{self._name}-audit-fsync")
 
-    async def _run(self) -> None:
+    async def _run(self, force: bool = False) -> None:
         loop = asyncio.get_running_loop()
         try:
-            while self._waiters or self._wanted:
-                self._wanted = False
+            while self._waiters or force:
+                force = self._wanted = False
                 target = self._appended
                 # None: nothing is left unsynced, the owner's own fsync (``record``) covered these appends.
                 job = self._spool.sync_job()
                 if job is not None:
-                    await loop.run_in_executor(None, job.run)
+                    await loop.run_in_executor(self._thread, job.run)
                 self._durable = max(self._durable, target)
                 self._release()
         except OSError as exc:
+            self._broken = True
             self._failed(exc)
             waiters, self._waiters = self._waiters, []
             for _, future in waiters:
@@ -112,6 +133,8 @@ class _GroupSync:
                     future.set_exception(exc)
         finally:
             self._task = None
+            if self._wanted:
+                self._arm()
 
     def _release(self) -> None:
         kept = []
@@ -123,10 +146,15 @@ class _GroupSync:
                 kept.append((number, future))
         self._waiters = kept
 
-    async def drain(self) -> None:
-        """Until no job is running (the spool may then be closed)."""
+    async def close(self) -> None:
+        """Until no job is running, and none is due (the spool's close fsyncs what is left)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._broken = True  # closing: nothing is armed again
         while (task := self._task) is not None:
             await asyncio.wait([task])
+        self._thread.shutdown(wait=False)
 
 
 class AuditRecorder:
@@ -161,7 +189,7 @@ class AuditRecorder:
             await self.shipper.stop()
             self.shipper = None
         if self._sync is not None:
-            await self._sync.drain()
+            await self._sync.close()
         if self.spool is not None:
             self.spool.close()
             self.spool = None

@@ -21,9 +21,10 @@ from bench.harness import BenchError
 from shared import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = authz.AuthzOptions(rounds=2, local=40, calls=6, warmup=3)
+TINY = authz.AuthzOptions(rounds=2, local=40, calls=6, warmup=3, pipelined=40)
 FIGURES = {"authz_local_cached_p50_us", "authz_local_cached_p99_us", "authz_local_uncached_p50_us",
-           "authz_local_cedar_p50_us", "authz_check_p50_us", "authz_check_p99_us", "authz_read_p50_us",
+           "authz_local_cedar_p50_us", "authz_check_p50_us", "authz_check_p99_us", "authz_check_recorded_p50_us",
+           "authz_check_recorded_p99_us", "authz_check_recorded_calls_s", "authz_read_p50_us",
            "authz_read_p99_us", "authz_read_own_p50_us"}
 
 
@@ -64,7 +65,8 @@ def test_the_authz_section_measures_the_real_mesh_and_declares_its_targets() -> 
     raw = authz.measure(TINY)
     assert {k: len(s) for k, s in raw["local"]["samples"].items()} == {"uncached": 80, "cached": 80, "cedar": 80}
     assert {m: len(s) for m, s in raw["mesh"]["samples"].items()} == {
-        "check": 12, "authz_health": 12, "read": 12, "read_own": 12, "storage_health": 12}
+        "check": 12, "check_audited": 12, "authz_health": 12, "read": 12, "read_own": 12, "storage_health": 12}
+    assert {m: len(r) for m, r in raw["mesh"]["pipelined"]["calls_s"].items()} == {"check": 2, "check_audited": 2}
     assert raw["local"]["policies"] > 0 and raw["local"]["grants"] == 2
     figs = authz.figures(raw)
     assert set(figs) == FIGURES
@@ -81,6 +83,8 @@ def test_the_authz_section_measures_the_real_mesh_and_declares_its_targets() -> 
     for key in FIGURES - targeted:
         assert figs[key]["informational"] and figs[key]["target"] is None, key
     assert figs["authz_check_p50_us"]["baseline"]["name"] == "authz.health"
+    assert figs["authz_check_recorded_p50_us"]["baseline"]["name"] == "authz.health"
+    assert figs["authz_check_recorded_calls_s"]["baseline"]["name"] == "authz.check from cache, pipelined"
     assert figs["authz_local_uncached_p50_us"]["baseline"]["name"] == "cedarpy alone"
     # authn worked for every one of the person's reads (authz only until storage held its allow).
     cpu = raw["mesh"]["cpu_us_per_call"]
