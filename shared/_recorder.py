@@ -220,7 +220,8 @@ class AuditRecorder:
         """:meth:`record`, with the fsync on a worker thread and shared with every record appended
         meanwhile (module notes): the record is appended before the first suspension, durable when
         this returns. Other handlers run while it waits: use it only where nothing the caller
-        checked before the record can change in the meantime and matter after it."""
+        checked before the record can change in the meantime and matter after it, or where the
+        caller checks again once it returns (authz's ``check`` decides again)."""
         _, sync = self._append(event, ctx, outcome, target, on_behalf_of, details)
         number = sync.appended()
         try:
