@@ -2,51 +2,28 @@
 (``AuditRecorder.record_durably``: the fsync on a worker thread, one for every decision recorded
 meanwhile).
 
-These tests stall the real fsync of authz's audit spool at the spool's ``fsync`` step, on the worker
-thread only (an fsync on the event loop's thread, by another handler's ``record``, goes through),
-and check that authz keeps answering while denies wait, that the waiting denies share their
-fsyncs, that none answers before its record is durable, and that an allow recorded before a role
-was revoked is decided again rather than answered after the revocation.
+These tests stall the real fsync of authz's audit spool at the spool's ``fsync`` step (the first one
+after arming, on the recorder's thread; later ones, such as another handler's ``record`` on the
+event loop, go through), and check that authz keeps answering while denies wait, that the waiting
+denies share their fsyncs, that none answers before its record is durable, and that an allow
+recorded before a role was revoked is decided again rather than answered after the revocation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 from typing import Any
 
 from .conftest import eventually, holds
+from .disk_stall import DiskStall
 from .people_rig import PeopleRig, people_rig
 
 DENIES = 8
 
 
-class WorkerStall:
-    """authz's spool step hook: once armed, every ``fsync`` step on a thread other than the event
-    loop's is counted, signals ``entered`` and waits for ``release``."""
-
-    def __init__(self) -> None:
-        self.loop_thread = threading.current_thread()
-        self.armed = threading.Event()
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.count = 0
-
-    def __call__(self, step: str) -> None:
-        if step != "fsync" or not self.armed.is_set() or threading.current_thread() is self.loop_thread:
-            return
-        self.count += 1
-        self.entered.set()
-        if not self.release.wait(timeout=30):
-            raise TimeoutError("the test never released the stalled fsync")
-
-    async def wait_entered(self) -> None:
-        assert await asyncio.to_thread(self.entered.wait, 10), "no fsync reached the worker thread"
-
-
-async def stalled_authz(rig: PeopleRig) -> WorkerStall:
-    stall = WorkerStall()
+async def stalled_authz(rig: PeopleRig) -> DiskStall:
+    stall = DiskStall()
     await rig.stop_authz()
     await rig.start_authz(spool_checkpoint=stall)
     return stall
@@ -69,7 +46,7 @@ async def test_denies_wait_for_one_shared_fsync_while_authz_goes_on_answering(sh
         stall.armed.set()
         denied = ask(alice, "service:stranger", "memories")  # stranger holds no role: denied, audited
         calls = [asyncio.create_task(rig["frontend"].call("authz.check", denied, timeout=20)) for _ in range(DENIES)]
-        await stall.wait_entered()
+        assert await stall.wait_entered(), "no deny's record was fsynced"
         # Every deny's record is spooled, and the first fsync is held: authz answers what needs no record.
         await eventually(lambda: holds(len(spool) == before + DENIES), deadline=10)
         health = await rig["meshctl"].call("authz.health", timeout=5)
@@ -81,8 +58,9 @@ async def test_denies_wait_for_one_shared_fsync_while_authz_goes_on_answering(sh
         replies = await asyncio.gather(*calls)
         assert [reply["allow"] for reply in replies] == [False] * DENIES
         assert all(reply["cache_s"] == 0.0 for reply in replies)
-        # The held fsync and one more covered all of them (one each would have been eight).
-        assert 1 <= stall.count <= 2
+        # The held fsync and one more covered all of them (one each would have been eight), both on
+        # the recorder's own thread: the loop never waited on the disk.
+        assert 1 <= len(stall.fsyncs) <= 2 and all(t.startswith("authz-audit-fsync") for t in stall.fsyncs)
         rig.authz.recorder.shipper.start()
         denies = [r for r in await rig.decisions() if r["target"] == "Service::stranger"]
         assert len(denies) == DENIES and {r["outcome"] for r in denies} == {"denied"}
@@ -97,7 +75,7 @@ async def test_an_allow_overtaken_by_a_revocation_while_it_is_recorded_is_decide
         sensitive = ask(alice, "service:stranger", "health")  # a sensitive category: every allow is recorded
         stall.armed.set()
         check = asyncio.create_task(rig["frontend"].call("authz.check", sensitive, timeout=20))
-        await stall.wait_entered()  # decided "allowed", and its record's fsync is held
+        assert await stall.wait_entered()  # decided "allowed", and its record's fsync is held
         revoked = await rig["meshctl"].call("authz.roles.revoke", {"principal": "service:stranger",
                                                                     "role": "user-data"}, timeout=10)
         assert revoked["roles"] == []

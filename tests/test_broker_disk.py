@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,32 +22,11 @@ from services.broker import Broker
 from shared import Forbidden, MeshConfig, MeshHome, testing
 
 from .conftest import FAST_CONFIG, TEST_IDENTITIES, eventually
+from .disk_stall import DiskStall
 from .echo_service import Echo
 
 # Longer than the broker's liveness (600 ms) and the runtime's (1 s) in FAST_CONFIG.
 STALL_S = 2.0
-
-
-class DiskStall:
-    """The spool's step hook: once armed, the next ``fsync`` step signals ``entered`` and then waits
-    for ``release`` (or raises ``failure``), on whatever thread reached it."""
-
-    def __init__(self, failure: OSError | None = None) -> None:
-        self.armed = threading.Event()
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.failure = failure
-        self.threads: list[str] = []
-
-    def __call__(self, step: str) -> None:
-        if step != "fsync" or not self.armed.is_set() or self.entered.is_set():
-            return
-        self.threads.append(threading.current_thread().name)
-        self.entered.set()
-        if self.failure is not None:
-            raise self.failure
-        if not self.release.wait(timeout=30):
-            raise TimeoutError("the test never released the stalled fsync")
 
 
 class StalledMesh(testing.InProcessMesh):
@@ -79,10 +57,6 @@ async def deny(mesh: StalledMesh) -> None:
         await outsider.call("echo.echo", {"value": 1}, timeout=2)
 
 
-async def entered(stall: DiskStall) -> bool:
-    return await asyncio.to_thread(stall.entered.wait, 10)
-
-
 async def test_a_stalled_spool_fsync_stops_neither_routing_nor_heartbeats(short_tmp: Path) -> None:
     stall = DiskStall()
     async with StalledMesh(short_tmp / "home", stall) as mesh:
@@ -90,7 +64,7 @@ async def test_a_stalled_spool_fsync_stops_neither_routing_nor_heartbeats(short_
         operator = await mesh.client("meshctl")
         stall.armed.set()
         await deny(mesh)
-        assert await entered(stall), "the deny was never fsynced"
+        assert await stall.wait_entered(), "the deny was never fsynced"
         try:
             # The fsync is stalled now. Calls go through the broker to echo and back for longer than
             # either side would wait for a heartbeat; each has its own deadline.
@@ -120,7 +94,7 @@ async def test_a_failed_spool_fsync_still_stops_the_broker(short_tmp: Path) -> N
         await mesh.start_service(Echo())
         stall.armed.set()
         await deny(mesh)
-        assert await entered(stall)
+        assert await stall.wait_entered()
         thread = mesh._thread
         assert thread is not None
         await asyncio.to_thread(thread.join, 10)
