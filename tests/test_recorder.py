@@ -11,13 +11,13 @@ import io
 import json
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from shared import FAILED, AuditRecorder, Spool, Unavailable, configure_logging
 
 from .conftest import eventually, holds
+from .test_audit_delivery import FlakyAudit
 
 
 class Steps:
@@ -37,24 +37,12 @@ class Steps:
             raise self.fail
 
 
-class Audit:
-    """The one call a shipper makes, answered as audit does once the records are durable."""
-
-    def __init__(self) -> None:
-        self.received: list[dict[str, Any]] = []
-
-    async def call(self, target: str, body: Any = None, *, timeout: float | None = None) -> Any:
-        assert target == "audit.append"
-        self.received += body["records"]
-        return {"first_seq": 0, "last_seq": len(body["records"]) - 1}
-
-
 def spool_path(root: Path) -> Path:
     return root / "spool" / "svc-audit.spool"
 
 
 async def test_durable_records_and_acks_are_fsynced_off_the_event_loop(short_tmp: Path) -> None:
-    steps, audit = Steps(), Audit()
+    steps, audit = Steps(), FlakyAudit([])
     recorder = AuditRecorder("svc", spool_path(short_tmp), checkpoint=steps)
     recorder.open(audit)
     try:
