@@ -70,7 +70,7 @@ from .authz_figures import CACHED_TARGET_US, GROUP, READ_TARGET, figures, table
 from .authz_mesh import CALLER_ROLES, IDENTITIES, Reader, login, mesh_toml, setup
 from .harness import REPO, BenchError, Children
 from .measure import percentile
-from .meshcalls import call, connect, timed
+from .meshcalls import call, connect, pipelined, timed
 
 CATEGORY: Final = "memories"
 KEY: Final = b"bench/authz"
@@ -190,21 +190,6 @@ async def _sequential(client: MeshClient, reader: Reader, method: str, count: in
     return await timed(client, target, body, count, check, method)
 
 
-async def _pipelined(client: MeshClient, reader: Reader, method: str, count: int) -> float:
-    """``count`` calls from :data:`WINDOW` concurrent tasks on one client; calls per second."""
-    target, body, check = _request(method, reader)
-    requests = iter(range(count))
-
-    async def worker() -> None:
-        for _ in requests:  # one shared iterator: every call is made once
-            reply = await call(client, target, body)
-            if not check(reply):
-                raise BenchError(f"{target} ({method}): unexpected reply {str(reply)[:200]}")
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(WINDOW)))
-    return count / (time.perf_counter() - start)
-
-
 async def _measure(kids: Children, opts: AuthzOptions) -> dict[str, Any]:
     pids, reader = await setup(kids)
     client = await connect(kids.home, CALLER)
@@ -246,7 +231,8 @@ async def _rounds(client: MeshClient, kids: Children, opts: AuthzOptions, reader
             samples[block] += got
             p50s[block].append(round(percentile(got, 0.5) * 1e6, 2))
         for method in PIPELINED[r % 2:] + PIPELINED[:r % 2]:
-            rates[method].append(round(await _pipelined(client, reader, method, opts.pipelined), 1))
+            target, body, check = _request(method, reader)
+            rates[method].append(round(await pipelined(client, target, body, opts.pipelined, WINDOW, check, method), 1))
         kids.check_alive()
         print(f"authz: round {r + 1}/{opts.rounds}: in process p50 us uncached={p50s['uncached'][-1]:,.1f} "
               f"cached={p50s['cached'][-1]:,.2f} cedarpy={p50s['cedar'][-1]:,.1f} | p50 us "

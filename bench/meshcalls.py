@@ -38,6 +38,22 @@ async def timed(client: MeshClient, target: str, body: Any, count: int, check: C
     return samples
 
 
+async def pipelined(client: MeshClient, target: str, body: Any, count: int, window: int,
+                    check: Callable[[Any], bool], what: str) -> float:
+    """``count`` calls of ``target`` from ``window`` concurrent tasks on one client; calls per second.
+    Each reply is checked as it comes: one ``check`` refuses is a :class:`BenchError` naming ``what``."""
+    requests = iter(range(count))
+
+    async def worker() -> None:
+        for _ in requests:  # one shared iterator: every call is made once
+            reply = await call(client, target, body)
+            if not check(reply):
+                raise BenchError(f"{target} ({what}): unexpected reply {str(reply)[:200]}")
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(window)))
+    return count / (time.perf_counter() - start)
+
+
 async def connect(home: MeshHome, name: str) -> MeshClient:
     try:
         return await MeshClient.connect(home, name, timeout=READY_TIMEOUT)

@@ -70,7 +70,7 @@ class _GroupSync:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._wanted = False  # a job is due that nobody waits for (an ack to make durable)
         self._timer: asyncio.TimerHandle | None = None
-        self._broken = False
+        self._ended = False  # failed or closed: no job is armed again
         self._task: asyncio.Task[None] | None = None
 
     def appended(self) -> int:
@@ -100,7 +100,7 @@ class _GroupSync:
             self._arm()
 
     def _arm(self) -> None:
-        if self._timer is None and not self._broken:
+        if self._timer is None and not self._ended:
             self._timer = asyncio.get_running_loop().call_later(ACK_SYNC_S, self._due)
 
     def _due(self) -> None:
@@ -125,7 +125,7 @@ class _GroupSync:
                 self._durable = max(self._durable, target)
                 self._release()
         except OSError as exc:
-            self._broken = True
+            self._ended = True
             self._failed(exc)
             waiters, self._waiters = self._waiters, []
             for _, future in waiters:
@@ -151,7 +151,7 @@ class _GroupSync:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._broken = True  # closing: nothing is armed again
+        self._ended = True
         while (task := self._task) is not None:
             await asyncio.wait([task])
         self._thread.shutdown(wait=False)
