@@ -28,7 +28,7 @@ INSTALL = "apt-get install -y --no-install-recommends"
 # The interpreter itself, not a wrapper (a pyenv shim needs pyenv on PATH to work).
 PYTHON = os.path.realpath(sys.executable)
 # Every tool the script or the suite needs, and what provides it on this machine.
-TOOLS = ("bash", "make", "dbus-daemon", "gnome-keyring-daemon", "ip", "tcpdump", "cc", "apt-get")
+TOOLS = ("bash", "make", "dbus-daemon", "gnome-keyring-daemon", "ip", "tcpdump", "strace", "cc", "apt-get")
 
 
 def root_prefix() -> str:
@@ -102,6 +102,18 @@ def test_the_network_rig_needs_ip_and_tcpdump(bin_dir: Path) -> None:
     assert "ip, tcpdump" in line
     assert line.endswith(f"{root_prefix()}{INSTALL} iproute2 tcpdump")
     assert host_deps(bin_dir, "--check", "up").returncode == 0  # the mesh itself needs neither
+
+
+def test_the_disk_sync_tests_need_strace(bin_dir: Path) -> None:
+    """tests/syscall_stall.py holds and fails a real process's fdatasync with strace: named with its
+    Debian package for ``make test``; the mesh itself does without it."""
+    (bin_dir / "strace").unlink()
+    done = host_deps(bin_dir, "--check", "test")
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert "strace" in line
+    assert line.endswith(f"{root_prefix()}{INSTALL} strace")
+    assert host_deps(bin_dir, "--check", "up").returncode == 0
 
 
 def test_the_suite_needs_a_c_compiler_and_the_python_headers(bin_dir: Path, tmp_path: Path) -> None:

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
+import structlog
+
 from shared import (
     FAILED,
     READY,
@@ -43,6 +45,8 @@ from .keys import PURPOSES, KeySet
 from .metering import ReadMeter
 from .namespace import Namespace
 from .state import Layout, StorageState
+
+log = structlog.get_logger("storage")
 
 #: How long storage waits for keyvault's or audit's answer to one of its own calls.
 KEY_CALL_TIMEOUT_S: Final = 5.0
@@ -110,6 +114,14 @@ class StorageCore:
         if self.state == "sealed":
             return self.without_keys or Readiness(SEALED, "waiting for its keys from keyvault", "keyvault")
         return Readiness(FAILED, self.problem or "storage cannot serve")
+
+    def fail(self, problem: str) -> None:
+        """Stop serving because a store can no longer be trusted to keep what it acknowledges (a failed
+        sync): health says ``failed`` with ``problem``, and every data call answers it, until storage
+        restarts. ``problem`` names no data."""
+        if self.state == "ok":
+            self.state, self.problem = "failed", problem
+            log.error("storage_unusable", reason=problem)
 
     def require(self) -> None:
         """Raise ``SEALED`` (or ``UNAVAILABLE``) unless the stores are open with their keys."""

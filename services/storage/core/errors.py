@@ -22,3 +22,9 @@ class MissingKeyError(Unavailable):
 
 class StoreError(Unavailable):
     """A store failed for a reason other than damage (disk full, I/O error, closed): ``UNAVAILABLE``."""
+
+
+class DurabilityLostError(StoreError):
+    """A store could not make a write durable (its sync failed). The kernel may have dropped the
+    unsynced pages and report the next sync clean (fsyncgate), so the store refuses everything after
+    it until storage restarts; the write that failed may or may not be on disk."""

@@ -2,24 +2,34 @@
 
 Values and names are sealed by :mod:`.sealing` before they reach RocksDB (:mod:`.store`); puts are
 group-committed (:mod:`..core.batching`) and answered only once their synced write batch is on
-disk. Reads are metered (:mod:`..core.metering`). The handlers that answer these calls on the
+disk. Gets run on worker threads of their own, so a get never queues behind a write's sync
+(:mod:`.durable`). Reads are metered (:mod:`..core.metering`). The handlers that answer these calls on the
 wire are the service's (``Storage.kv_*``); they delegate here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, TypeVar
 
 from shared import RequestContext
 
 from ..core.batching import GroupCommit
 from ..core.context import StorageCore
 from ..core.engine import StepwiseEngine
+from ..core.errors import DurabilityLostError
 from ..core.keys import KeySet
 from ..core.namespace import Namespace
 from .schema import KvKey, KvPut, KvScan
 from .store import KvStore
+
+T = TypeVar("T")
+
+#: The pool of gets, beside the engine's own: KvStore.get takes no lock on its usual path and may run
+#: beside a write, whose sync releases the GIL (.durable), so reads of other names go on meanwhile.
+READ_POOL: Final = "kv-read"
+READ_THREADS: Final = 2
 
 
 class KvEngine(StepwiseEngine):
@@ -32,6 +42,7 @@ class KvEngine(StepwiseEngine):
 
     def __init__(self, core: StorageCore) -> None:
         super().__init__(core)
+        core.add_pool(READ_POOL, READ_THREADS)
         self.store: KvStore | None = None
         self._puts: GroupCommit[tuple[Namespace, bytes, bytes], None] = GroupCommit(self._commit_puts)
 
@@ -42,9 +53,18 @@ class KvEngine(StepwiseEngine):
 
     # -- requests ---------------------------------------------------------------------------
 
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a call that writes on the engine's thread. A failed sync stops storage: health says
+        failed, and every data call answers it, until a restart (the store refuses them anyway)."""
+        try:
+            return await self.run(fn, *args)
+        except DurabilityLostError as exc:
+            self.core.fail(exc.message)
+            raise
+
     async def _commit_puts(self, items: list[tuple[Namespace, bytes, bytes]]) -> list[None]:
         self.core.require()
-        await self.run(self._opened().put_many, self.keys, items)
+        await self._write(self._opened().put_many, self.keys, items)
         return [None] * len(items)
 
     async def put(self, ctx: RequestContext, req: KvPut) -> dict[str, Any]:
@@ -58,15 +78,15 @@ class KvEngine(StepwiseEngine):
         """The value, or None when absent; the bytes read are metered."""
         self.core.require()
         ns = await self.core.access(ctx, req, "read")
-        value = await self.run(self._opened().get, self.keys, ns, req.key)
+        value = await self.core.run(READ_POOL, self._opened().get, self.keys, ns, req.key)
         self.core.meter.add(ctx.caller, ns, len(value or b""))
         return {"found": value is not None, "value": value}
 
     async def delete(self, ctx: RequestContext, req: KvKey) -> dict[str, Any]:
         """Delete the name under every held key version, durably."""
         self.core.require()
-        deleted = await self.run(self._opened().delete, self.keys,
-                                 await self.core.access(ctx, req, "delete"), req.key)
+        deleted = await self._write(self._opened().delete, self.keys,
+                                    await self.core.access(ctx, req, "delete"), req.key)
         return {"deleted": deleted}
 
     async def scan(self, ctx: RequestContext, req: KvScan) -> dict[str, Any]:
@@ -91,7 +111,7 @@ class KvEngine(StepwiseEngine):
         return await self.core.run(pool or self.name, self._opened().count, version)
 
     async def rotate_step(self, version: int) -> int:
-        return await self.run(self._opened().reseal_step, self.keys, version)
+        return await self._write(self._opened().reseal_step, self.keys, version)
 
     async def forget_retired(self) -> None:
         """Wipe the store's sealing material of the versions just retired (on the worker thread, so
@@ -114,4 +134,4 @@ class KvEngine(StepwiseEngine):
         source = work / self.name
         if not source.exists():
             return 0
-        return await self.run(self._opened().import_from, source, source_keys, self.keys)
+        return await self._write(self._opened().import_from, source, source_keys, self.keys)

@@ -9,8 +9,10 @@ Contracts:
   format of their key version (a new version takes the newest format; one that holds entries keeps
   theirs, so rotation is what moves old entries to the new format). The directory
   is 0700; RocksDB's info LOG holds options and statistics only and is kept small.
-- Durable (invariant 9): every write is one RocksDB ``WriteBatch`` written with ``sync``, so a
-  call that returned is on disk and survives kill -9. A batch is all or nothing.
+- Durable (invariant 9): every write is one RocksDB ``WriteBatch``, on disk before the call returns
+  (:mod:`.database`: written, then the WAL synced with the GIL released), so it survives kill -9.
+  A batch is all or nothing, and no get answers from it before its sync is done. A failed sync
+  is final: every later call is refused until storage restarts.
 - Key versions: writes seal under ``keys.current`` and, in the same batch, delete the name under
   every other held version, so a name is never stored twice. Reads try the current version, then
   the others. :meth:`KvStore.reseal_step` moves entries to the current version one atomic batch at
@@ -44,7 +46,6 @@ from __future__ import annotations
 import bisect
 import os
 import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -57,6 +58,7 @@ from ..core.errors import DamagedError, MissingKeyError
 from ..core.keys import KeySet
 from ..core.namespace import Namespace
 from . import sealing, settings
+from .database import CHUNK, Database
 
 __all__ = ["MAX_BATCH_ITEMS", "MAX_NAME_BYTES", "MAX_SCAN_LIMIT", "MAX_VALUE_BYTES", "KvStore"]
 
@@ -67,10 +69,6 @@ MAX_SCAN_LIMIT: Final = 1000
 MAX_BATCH_ITEMS: Final = 1000
 #: Problems verify lists one by one before it only counts them.
 MAX_PROBLEMS: Final = 1000
-# Entries read per RocksDB iterator (iterators keep the database open, so none outlives a chunk),
-# and the value bytes after which a chunk ends early, so 1000 large values are never held at once.
-_CHUNK: Final = 1000
-_CHUNK_BYTES: Final = 16 * 1024 * 1024
 
 
 def _check_name(name: bytes, what: str = "record name") -> None:
@@ -81,14 +79,11 @@ def _check_name(name: bytes, what: str = "record name") -> None:
 class KvStore:
     """One open RocksDB database of sealed entries. Use :meth:`open`; close with :meth:`close`."""
 
-    def __init__(self, db: rocksdict.Rdict, path: Path) -> None:
+    def __init__(self, path: Path) -> None:
+        """Use :meth:`open`."""
         self.path = path
-        self._db: rocksdict.Rdict | None = db
-        #: ``self._db.get``, bound once for the get path (None once closed).
-        self._db_get: Callable[[bytes], bytes | None] | None = db.get
-        self._sync = rocksdict.WriteOptions()
-        self._sync.sync = True
         self._lock = threading.RLock()
+        self._rocks = Database(path, self._lock)
         # version -> what that version seals and names entries with (sealing.VersionMaterial), derived
         # once while unsealed; wiped by forget_keys, and by _check_keys for a version the KeySet no longer
         # holds or whose key it replaced. _for_keys / _for_generation: the KeySet (and its generation)
@@ -111,22 +106,13 @@ class KvStore:
     def open(cls, path: Path) -> KvStore:
         """Open (creating it 0700 when missing) the database in directory ``path``. Raises
         :class:`~shared.Unavailable` when RocksDB refuses (locked by another opener, corrupt)."""
-        settings.private_dir(path)
-        os.chmod(path, 0o700)  # an existing directory is tightened too
-        try:
-            db = rocksdict.Rdict(str(path), settings.store_options())
-        except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception for every RocksDB status
-            raise Unavailable(f"{path}: cannot open the rocksdb store: {str(exc)[:200]}") from None
-        return cls(db, path)
+        return cls(path)
 
     def close(self) -> None:
         """Forget keys and names, flush and close (idempotent)."""
         with self._lock:
             self.forget_keys()
-            if self._db is not None:
-                self._db_get = None
-                self._db.close()
-                self._db = None
+            self._rocks.close()
 
     def __enter__(self) -> KvStore:
         return self
@@ -165,7 +151,7 @@ class KvStore:
             for other in others:
                 for ns, name, _ in items:
                     batch.delete(other.rocks_key(ns, name))
-            self._write(batch)
+            self._rocks.write(batch, items)
             if self._index:  # only namespaces scanned since the keys came have an index to keep
                 for ns, name, _ in items:
                     names = self._index.get(ns)
@@ -183,19 +169,26 @@ class KvStore:
         # before the material list, which _check_keys replaces before it stamps. It is the locked path
         # below with each version's reader of the namespace (VersionMaterial.readers) looked up here and
         # called directly: two calls less on every get.
+        # What it read is returned unless the batch being synced meanwhile (.database) writes this
+        # name: then it may be a value not yet durable, and the locked path waits for the sync.
         if (keys is self._for_keys and keys.generation == self._for_generation and (hot := self._hot)
-                and (db_get := self._db_get) is not None):
+                and (db_get := self._rocks.get) is not None):
             where = (ns.owner, ns.subject, ns.category)
             try:
+                found: bytes | None = None
+                complete = True
                 for material in hot:
                     read = material.readers.get(where)
                     if read is None:
-                        break  # a namespace seen for the first time: its material is made under the lock
-                    value = read(db_get, name)
-                    if value is not None:
-                        return value
-                else:
-                    return None
+                        complete = False  # a namespace seen for the first time: its material is made under the lock
+                        break
+                    found = read(db_get, name)
+                    if found is not None:
+                        break
+                if complete:
+                    syncing = self._rocks.in_flight
+                    if syncing is None or not syncing.holds(ns, name):
+                        return found
             except ValueError:
                 # Material this read held was wiped by another thread (a seal, a retirement): redo it locked.
                 pass
@@ -205,8 +198,9 @@ class KvStore:
                 raise Unavailable(f"reading the rocksdb store failed: {str(exc)[:200]}") from None
         with self._lock:
             self._search_order(keys)
-            db_get = self._db_get
+            db_get = self._rocks.get
             if db_get is None:
+                self._rocks.live()  # raises why: a sync failed, or the store is closed
                 raise Unavailable("the rocksdb store is closed")
             try:
                 for material in self._hot:
@@ -227,11 +221,11 @@ class KvStore:
             batch = rocksdict.WriteBatch(raw_mode=True)
             for version in self._search_order(keys):
                 rocks_key = self._material(keys, version).rocks_key(ns, name)
-                if self._get(rocks_key) is not None:
+                if self._rocks.read(rocks_key) is not None:
                     batch.delete(rocks_key)
             if batch.is_empty():
                 return False
-            self._write(batch)
+            self._rocks.write(batch, [(ns, name)])
             names = self._index.get(ns)
             if names is not None:
                 at = bisect.bisect_left(names, name)
@@ -272,37 +266,39 @@ class KvStore:
         ``keys.current`` in one synced batch (opened with the old key, sealed with the new, old deleted);
         how many moved, 0 when none are left. A crash between steps loses nothing: each step is atomic
         and the next resumes. A damaged entry stops rotation with :class:`DamagedError`."""
-        if not 1 <= batch <= 10 * _CHUNK:
-            raise ValueError(f"a reseal batch is 1 to {10 * _CHUNK} entries")
+        if not 1 <= batch <= 10 * CHUNK:
+            raise ValueError(f"a reseal batch is 1 to {10 * CHUNK} entries")
         with self._lock:
             new = self._material(keys, keys.current)
             if from_version == keys.current:
                 raise ValueError("entries are resealed from a version other than the current one")
             old = self._material(keys, from_version)  # MissingKeyError before anything is read
             prefix = sealing.version_prefix(from_version)
-            chunk = self._read(self._reseal_at.get(from_version, prefix), settings.prefix_end(prefix), batch)
+            chunk = self._rocks.range(self._reseal_at.get(from_version, prefix), settings.prefix_end(prefix), batch)
             if not chunk and from_version in self._reseal_at:
                 # Before answering "none left", look once from the start of the version.
                 del self._reseal_at[from_version]
-                chunk = self._read(prefix, settings.prefix_end(prefix), batch)
+                chunk = self._rocks.range(prefix, settings.prefix_end(prefix), batch)
             if not chunk:
                 return 0
             out = rocksdict.WriteBatch(raw_mode=True)
+            moved: list[tuple[Namespace, bytes]] = []
             for rocks_key, blob in chunk:
                 ns, name, value = old.open(rocks_key, blob)
                 new_rocks_key = new.rocks_key(ns, name)
                 # An entry under the current version was written later: never overwrite it with this one.
-                if self._get(new_rocks_key) is None:
+                if self._rocks.read(new_rocks_key) is None:
                     out.put(new_rocks_key, new.seal(new_rocks_key, ns, name, value))
                 out.delete(rocks_key)
-            self._write(out)
+                moved.append((ns, name))
+            self._rocks.write(out, moved)
             self._reseal_at[from_version] = chunk[-1][0] + b"\x00"
             return len(chunk)
 
     def count(self, version: int) -> int:
         """How many entries are sealed under ``version`` (one pass over its keys)."""
         prefix = sealing.version_prefix(version)
-        return sum(len(chunk) for chunk in self._chunks(prefix, values=False))
+        return sum(len(chunk) for chunk in self._rocks.chunks(prefix, values=False))
 
     def verify(self, keys: KeySet) -> list[str]:
         """Open every entry; the problems found, each naming a position, never contents (empty: fine).
@@ -310,7 +306,7 @@ class KvStore:
         problems: list[str] = []
         damaged = 0
         unheld: dict[int, int] = {}
-        for chunk in self._chunks(b""):
+        for chunk in self._rocks.chunks(b""):
             with self._lock:
                 for rocks_key, blob in chunk:
                     try:
@@ -335,15 +331,7 @@ class KvStore:
         if dest.exists() or dest.is_symlink():
             raise FileExistsError(f"{dest}: a checkpoint goes into a directory that does not exist yet")
         settings.private_dir(dest.parent)
-        with self._lock:
-            checkpoint = rocksdict.Checkpoint(self._live())
-            try:
-                checkpoint.create_checkpoint(str(dest))
-            except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception for every RocksDB status
-                raise Unavailable(f"{dest}: the rocksdb checkpoint failed: {str(exc)[:200]}") from None
-            finally:
-                # A live Checkpoint keeps the database open after close().
-                del checkpoint
+        self._rocks.checkpoint(dest)
         os.chmod(dest, 0o700)
 
     def import_from(self, source: Path, source_keys: KeySet, keys: KeySet) -> int:
@@ -356,7 +344,7 @@ class KvStore:
         """
         copied = 0
         with KvStore.open(source) as origin:
-            for chunk in origin._chunks(b""):
+            for chunk in origin._rocks.chunks(b""):
                 items = []
                 for rocks_key, blob in chunk:
                     version = sealing.parse_entry_key(rocks_key)[0]
@@ -368,30 +356,9 @@ class KvStore:
 
     def is_empty(self) -> bool:
         """True when the database holds no key at all."""
-        return not self._read(b"", None, 1, values=False)
+        return not self._rocks.range(b"", None, 1, values=False)
 
     # -- internals -----------------------------------------------------------------------
-
-    def _live(self) -> rocksdict.Rdict:
-        if self._db is None:
-            raise Unavailable("the rocksdb store is closed")
-        return self._db
-
-    def _get(self, rocks_key: bytes) -> bytes | None:
-        db = self._db
-        if db is None:
-            raise Unavailable("the rocksdb store is closed")
-        try:
-            blob: bytes | None = db.get(rocks_key)
-        except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception for every RocksDB status
-            raise Unavailable(f"reading the rocksdb store failed: {str(exc)[:200]}") from None
-        return blob
-
-    def _write(self, batch: rocksdict.WriteBatch) -> None:
-        try:
-            self._live().write(batch, self._sync)
-        except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception for every RocksDB status
-            raise Unavailable(f"the rocksdb write failed: {str(exc)[:200]}") from None
 
     def _check_keys(self, keys: KeySet) -> None:
         """Check the cached material against ``keys`` (one comparison when nothing changed): wipe
@@ -435,7 +402,7 @@ class KvStore:
         """The material of ``version`` in the format its entries are in (:func:`sealing.format_of`
         reads its first few; a version with none is new, and takes the newest format)."""
         prefix = sealing.version_prefix(version)
-        first = self._read(prefix, settings.prefix_end(prefix), sealing.PROBE_ENTRIES)
+        first = self._rocks.range(prefix, settings.prefix_end(prefix), sealing.PROBE_ENTRIES)
         return sealing.material(version, key, sealing.format_of(version, key, first))
 
     def _open(self, keys: KeySet, version: int, rocks_key: bytes, blob: bytes) -> sealing.Entry:
@@ -455,39 +422,8 @@ class KvStore:
             found: set[bytes] = set()
             for version in self._search_order(keys):
                 prefix = self._material(keys, version).namespace(ns).prefix
-                for chunk in self._chunks(prefix):
+                for chunk in self._rocks.chunks(prefix):
                     found.update(self._open(keys, version, k, blob).name for k, blob in chunk)
             names = self._index[ns] = sorted(found)
             self._indexed[ns] = frozenset(keys.versions())
         return names
-
-    def _chunks(self, prefix: bytes, *, values: bool = True) -> Iterator[list[tuple[bytes, bytes]]]:
-        """Every entry under ``prefix``, in key order, as lists of at most ``_CHUNK``."""
-        start, end = prefix, settings.prefix_end(prefix)
-        while chunk := self._read(start, end, _CHUNK, values=values):
-            yield chunk
-            start = chunk[-1][0] + b"\x00"
-
-    def _read(self, start: bytes, end: bytes | None, limit: int, *, values: bool = True) -> list[tuple[bytes, bytes]]:
-        """Up to ``limit`` ``(key, value)`` from ``start`` (inclusive) to ``end`` (exclusive), fewer
-        once ``_CHUNK_BYTES`` of values are read; values are ``b""`` when not wanted."""
-        with self._lock:
-            opts = rocksdict.ReadOptions()
-            if end is not None:
-                opts.set_iterate_upper_bound(end)
-            it = self._live().iter(opts)
-            out: list[tuple[bytes, bytes]] = []
-            size = 0
-            try:
-                it.seek(start)
-                while it.valid() and len(out) < limit and size < _CHUNK_BYTES:
-                    out.append((it.key(), it.value() if values else b""))
-                    size += len(out[-1][1])
-                    it.next()
-                # An I/O error or corruption ends iteration as if the range were over; status() says which.
-                it.status()
-            except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception for every RocksDB status
-                raise Unavailable(f"reading the rocksdb store failed: {str(exc)[:200]}") from None
-            finally:
-                del it
-            return out
