@@ -31,14 +31,17 @@ One :class:`KvStore` owns its directory (RocksDB's LOCK file refuses a second op
 
 Threads. Methods are blocking; the service calls them from worker threads, and a lock serialises
 them, except the fast path of :meth:`KvStore.get`, which is most of a store's calls and for which
-the lock was a twentieth of the time. That path reads the cached material with no lock when the
-KeySet is the one it was made for and unchanged, and relies on the GIL for the rest: RocksDB's get
-runs whole under the GIL (so a close on another thread either happened before it, and it fails as
-a closed store, or after it); it changes nothing (a namespace whose material is not made yet sends
-it to the lock); every material it reads is either live or wiped, and a wiped one raises
-``ValueError``, on which the get is redone under the lock (where it sees the seal, the retirement
-or the new key as any locked call would). A get that overlaps a seal on another thread
-may thus still answer from what it read before the seal; none that starts after it does.
+the lock was a twentieth of the time; the service runs gets on threads of their own, beside the
+one that writes. That path reads the cached material with no lock when the KeySet is the one it
+was made for and unchanged. It changes nothing (a namespace whose material is not made yet sends
+it to the lock). Every material it reads is either live or wiped, and a wiped one raises
+``ValueError``; a close running on another thread makes rocksdict refuse the read (the close
+releases the GIL while it flushes); on either, the get is redone under the lock, where it sees
+the seal, the retirement, the new key or the closed store as any locked call would. A get that
+overlaps a seal on another thread may thus still answer from what it read before the seal; none
+that starts after it does. A get that finds a name of the batch whose sync is running (a write
+holds the lock through its sync, :mod:`.database`) is redone under the lock too, so it answers
+only once that batch is durable.
 """
 
 from __future__ import annotations
@@ -189,8 +192,11 @@ class KvStore:
                     syncing = self._rocks.in_flight
                     if syncing is None or not syncing.holds(ns, name):
                         return found
-            except ValueError:
-                # Material this read held was wiped by another thread (a seal, a retirement): redo it locked.
+            except (ValueError, RuntimeError, rocksdict.DbClosedError):
+                # Redone locked: material this read held was wiped by another thread (a seal, a
+                # retirement), or a close on another thread holds the database (rocksdict refuses a
+                # get meanwhile with "Already mutably borrowed", and after it as closed). Under the
+                # lock the read either runs before the close or reports the store closed.
                 pass
             except Exception as exc:
                 if type(exc) is not Exception:  # ours (DamagedError, ...): not a RocksDB status
