@@ -412,7 +412,30 @@ def _mesh_figures(mesh: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "baseline": {"name": "storage.health", "value": round(health["tput"], 1)},
             "ratio": _ratio(value, health["tput"]), "rounds": [round(v, 1) for v in tput[method]],
             "detail": f"{calls['messages']:,} calls per round, {calls['window']} in flight on one client"}
+    out.update(loaded_get_figures(mesh))
     out.update(backup_figures(mesh))
+    return out
+
+
+def loaded_get_figures(mesh: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """storage.kv.get while puts are in flight, against the gets alone (results written before the
+    bench measured it have none)."""
+    calls = mesh["calls"]
+    loaded = calls.get("gets_under_puts")
+    if not loaded:
+        return {}
+    base = {"group": STORAGE_GROUP, "target": None, "met": None, "informational": True}
+    out: dict[str, dict[str, Any]] = {}
+    for q, name in ((0.5, "p50"), (0.99, "p99")):
+        value, alone = _p(loaded["samples"], q), _p(calls["samples"]["kv_get"], q)
+        out[f"st_mesh_kv_get_under_puts_{name}_us"] = {
+            "label": f"storage.kv.get {name}, {calls['window']} puts in flight", "unit": "us",
+            "value": round(value, 1), **base,
+            "baseline": {"name": f"storage.kv.get {name} alone", "value": round(alone, 1)},
+            "ratio": _ratio(value, alone),
+            "detail": (f"{len(loaded['samples']):,} sequential gets while {calls['window']} puts stay in flight on "
+                       f"the same client ({statistics.median(loaded['puts_s']):,.0f} puts/s answered meanwhile, "
+                       f"median of rounds); per-round p50 {loaded['round_p50_us']}") if name == "p50" else ""}
     return out
 
 

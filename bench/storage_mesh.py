@@ -13,6 +13,9 @@ has fetched its keys), each wait with a deadline.
   and ``storage.health`` (granted to ``authn`` by the bench's mesh.toml only) as the bare round trip
   to compare with. Each round times every method sequentially (p50, p99 over every sample) and
   then pipelined (``window`` calls in flight from one client; calls per second), the order rotating.
+  Then gets under writes: ``calls`` sequential ``storage.kv.get`` while ``window`` puts stay in
+  flight from the same client (:func:`_gets_under_puts`), against the gets alone: what a read waits
+  for while the store's writes sync (services/storage/kv/database.py).
 * Backup, the growth curve (issue 18: "backup and restore per GiB at 1 and 4 GiB"). The same
   storage is grown through the mesh, as ``authn``, to each size of ``backup_sizes`` in turn (MiB of
   data stored; 1024 and 4096 by default, 64 and 256 with ``--quick``), always in the same mix: ~90 %
@@ -275,6 +278,33 @@ async def _pipelined(client: MeshClient, load: Workload, method: str, count: int
     return count / (time.perf_counter() - start)
 
 
+async def _gets_under_puts(client: MeshClient, load: Workload, count: int, window: int) -> tuple[list[float], float]:
+    """``count`` sequential kv gets (round trips, s) while ``window`` tasks keep a put each in flight
+    on the same client; and the puts per second answered while the gets ran."""
+    stop, loaded = asyncio.Event(), asyncio.Event()
+    answered = 0
+
+    async def putter() -> None:
+        nonlocal answered
+        while not stop.is_set():
+            target, body = load.request("kv_put", 0)
+            load.check("kv_put", body, await call(client, target, body))
+            answered += 1
+            if answered >= window:
+                loaded.set()  # every putter has had a put answered: the load is up
+
+    tasks = [asyncio.create_task(putter()) for _ in range(window)]
+    try:
+        await asyncio.wait_for(loaded.wait(), 60)
+        before, start = answered, time.perf_counter()
+        samples = await _sequential(client, load, "kv_get", count)
+        rate = (answered - before) / (time.perf_counter() - start)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    return samples, rate
+
+
 async def _preload(client: MeshClient, load: Workload) -> None:
     await call(client, "storage.records.collection", {**SCOPE, "collection": COLLECTION, "indexed": ["day"]})
 
@@ -303,6 +333,9 @@ async def data_calls(client: MeshClient, kids: Children, opts: StorageOptions) -
     samples: dict[str, list[float]] = {m: [] for m in METHODS}
     p50s: dict[str, list[float]] = {m: [] for m in METHODS}
     throughput: dict[str, list[float]] = {m: [] for m in METHODS}
+    loaded: list[float] = []
+    loaded_p50s: list[float] = []
+    puts_meanwhile: list[float] = []
     for r in range(opts.rounds):
         order = list(METHODS[r % len(METHODS):] + METHODS[:r % len(METHODS)])
         for method in order:
@@ -311,11 +344,18 @@ async def data_calls(client: MeshClient, kids: Children, opts: StorageOptions) -
             p50s[method].append(round(percentile(got, 0.5) * 1e6, 1))
         for method in order:
             throughput[method].append(await _pipelined(client, load, method, opts.messages, opts.window))
+        got, rate = await _gets_under_puts(client, load, opts.calls, opts.window)
+        loaded += got
+        loaded_p50s.append(round(percentile(got, 0.5) * 1e6, 1))
+        puts_meanwhile.append(round(rate, 1))
         kids.check_alive()
         print(f"storage: mesh round {r + 1}/{opts.rounds}: p50 us "
               + " ".join(f"{m}={p50s[m][-1]:,.0f}" for m in METHODS) + " | calls/s "
-              + " ".join(f"{m}={throughput[m][-1]:,.0f}" for m in METHODS), flush=True)
+              + " ".join(f"{m}={throughput[m][-1]:,.0f}" for m in METHODS)
+              + f" | kv_get under {opts.window} puts p50 {loaded_p50s[-1]:,.0f} us ({puts_meanwhile[-1]:,.0f} puts/s)",
+              flush=True)
     return {"samples": samples, "round_p50_us": p50s, "throughput": throughput, "calls": opts.calls * opts.rounds,
+            "gets_under_puts": {"samples": loaded, "round_p50_us": loaded_p50s, "puts_s": puts_meanwhile},
             "messages": opts.messages, "window": opts.window, "warmup": opts.warmup, "preload": PRELOAD}
 
 

@@ -64,6 +64,14 @@ def test_a_tiny_curve_backs_up_and_restores_real_data_at_each_size(monkeypatch: 
     monkeypatch.setattr(tempfile, "tempdir", str(short_tmp))
     raw = storage_mesh.measure(TINY)
     assert list(short_tmp.iterdir()) == []
+    # Gets under writes: as many gets as the method's own per round, each answered while puts flowed.
+    loaded = raw["calls"]["gets_under_puts"]
+    assert len(loaded["samples"]) == TINY.calls * TINY.rounds and all(s > 0 for s in loaded["samples"])
+    assert len(loaded["puts_s"]) == TINY.rounds and all(rate > 0 for rate in loaded["puts_s"])
+    under = report.loaded_get_figures(raw)
+    assert set(under) == {"st_mesh_kv_get_under_puts_p50_us", "st_mesh_kv_get_under_puts_p99_us"}
+    assert under["st_mesh_kv_get_under_puts_p50_us"]["baseline"]["name"] == "storage.kv.get p50 alone"
+    assert under["st_mesh_kv_get_under_puts_p50_us"]["value"] > 0
     points = raw["curve"]
     assert [p["mib"] for p in points] == [16, 48]
     previous = 0
