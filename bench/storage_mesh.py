@@ -15,7 +15,10 @@ has fetched its keys), each wait with a deadline.
   then pipelined (``window`` calls in flight from one client; calls per second), the order rotating.
   Then gets under writes: ``calls`` sequential ``storage.kv.get`` while ``window`` puts stay in
   flight from the same client (:func:`_gets_under_puts`), against the gets alone: what a read waits
-  for while the store's writes sync (services/storage/kv/database.py).
+  for while writes are in flight. On the 2-core VM measured that is mostly the queue of puts ahead
+  of it in the client, the broker and storage's loop (32 puts at ~3,000/s is ~10 ms of work in
+  flight), the same before and after the WAL sync stopped holding the GIL
+  (services/storage/kv/database.py); on a disk whose syncs are slow it would be the syncs.
 * Backup, the growth curve (issue 18: "backup and restore per GiB at 1 and 4 GiB"). The same
   storage is grown through the mesh, as ``authn``, to each size of ``backup_sizes`` in turn (MiB of
   data stored; 1024 and 4096 by default, 64 and 256 with ``--quick``), always in the same mix: ~90 %
