@@ -1,4 +1,4 @@
-"""Who waits while the key-value store's disk syncs (services/storage/kv/durable.py), on the real
+"""Who waits while the key-value store's disk syncs (services/storage/kv/database.py), on the real
 storage process: its RocksDB WAL syncs are held, or failed, at the kernel (tests/syscall_stall.py).
 
 - A held sync stops only the put being synced, and a get of that name: health and a get of

@@ -3,7 +3,7 @@
 Values and names are sealed by :mod:`.sealing` before they reach RocksDB (:mod:`.store`); puts are
 group-committed (:mod:`..core.batching`) and answered only once their synced write batch is on
 disk. Gets run on worker threads of their own, so a get never queues behind a write's sync
-(:mod:`.durable`). Reads are metered (:mod:`..core.metering`). The handlers that answer these calls on the
+(:mod:`.database`). Reads are metered (:mod:`..core.metering`). The handlers that answer these calls on the
 wire are the service's (``Storage.kv_*``); they delegate here.
 """
 
@@ -27,7 +27,7 @@ from .store import KvStore
 T = TypeVar("T")
 
 #: The pool of gets, beside the engine's own: KvStore.get takes no lock on its usual path and may run
-#: beside a write, whose sync releases the GIL (.durable), so reads of other names go on meanwhile.
+#: beside a write, whose sync releases the GIL (.database), so reads of other names go on meanwhile.
 READ_POOL: Final = "kv-read"
 READ_THREADS: Final = 2
 
@@ -114,8 +114,9 @@ class KvEngine(StepwiseEngine):
         return await self._write(self._opened().reseal_step, self.keys, version)
 
     async def forget_retired(self) -> None:
-        """Wipe the store's sealing material of the versions just retired (on the worker thread, so
-        never while a request uses it)."""
+        """Wipe the store's sealing material of the versions just retired (on the engine's thread, so
+        never while a write uses it; a get beside it finds the material wiped and redoes its read
+        under the store's lock, store.py "Threads")."""
         if self.store is not None:
             await self.run(self.store.forget_versions, self.keys)
 
