@@ -99,12 +99,15 @@ class Database:
         self.failed: str | None = None
 
     def close(self) -> None:
-        """Flush and close (idempotent)."""
+        """Flush and close (idempotent). Closed even when the flush fails (logged): every
+        acknowledged write is in the synced WAL, which the next open replays."""
         with self._lock:
             if self._db is not None:
-                self.get = None
-                self._db.close()
-                self._db = None
+                db, self._db, self.get = self._db, None, None
+                try:
+                    db.close()
+                except Exception as exc:  # noqa: BLE001 - rocksdict raises bare Exception for every RocksDB status
+                    log.error("kv_close_failed", reason=str(exc)[:200])
 
     def live(self) -> rocksdict.Rdict:
         """The open database; :class:`DurabilityLostError` after a failed sync, ``UNAVAILABLE`` once closed."""
