@@ -36,7 +36,6 @@ class SyscallStall:
         self.pid = pid
         self.fail = fail
         self._strace: subprocess.Popen[bytes] | None = None
-        self._errors: Path | None = None
 
     async def __aenter__(self) -> SyscallStall:
         action = "error=EIO" if self.fail else f"delay_enter={HOLD_AT_MOST_S * 1_000_000}"

@@ -19,20 +19,10 @@ from shared import MeshError
 
 from .conftest import eventually
 from .processes import spawn_service, stop_service
-from .storage_rig import StorageRig, storage_rig
+from .storage_rig import storage_rig
 from .syscall_stall import SyscallStall
 
 SCOPE = {"category": "memories"}
-
-
-async def _put(r: StorageRig, key: bytes, value: bytes) -> None:
-    await r.authn.call("storage.kv.put", {**SCOPE, "key": key, "value": value}, timeout=60)
-
-
-async def _get(r: StorageRig, key: bytes, timeout: float = 60) -> bytes | None:
-    reply = await r.authn.call("storage.kv.get", {**SCOPE, "key": key}, timeout=timeout)
-    value: bytes | None = reply["value"]
-    return value
 
 
 async def test_a_held_sync_holds_only_its_put_and_reads_of_its_name(short_tmp: Path) -> None:
@@ -40,25 +30,25 @@ async def test_a_held_sync_holds_only_its_put_and_reads_of_its_name(short_tmp: P
         proc = spawn_service("services.storage", r.home, short_tmp / "storage.log")
         try:
             await eventually(lambda: r.storage_state("ready"), deadline=30)
-            await _put(r, b"before", b"durable-before")
+            await r.put(r.authn, b"before", b"durable-before")
             async with SyscallStall(proc.pid) as stall:
-                put = asyncio.create_task(_put(r, b"held", b"value-being-synced"))
+                put = asyncio.create_task(r.put(r.authn, b"held", b"value-being-synced"))
                 await stall.wait_held()
                 # Storage's loop and its other reads go on while the sync is held.
                 health = await r.operator.call("storage.health", timeout=5)
                 assert health["state"] == "ready"
-                assert await _get(r, b"before", timeout=5) == b"durable-before"
+                assert await r.get(r.authn, b"before") == b"durable-before"
                 # A get of the held name never answers the value before it is durable: it waits for the
                 # sync. (That something does not happen can only be watched for a while: 2 s, in which a
                 # get that does not wait answers in milliseconds.)
-                same = asyncio.create_task(_get(r, b"held"))
+                same = asyncio.create_task(r.get(r.authn, b"held"))
                 await asyncio.wait({same}, timeout=2)
                 assert not same.done() or same.result() is None
                 assert stall.held() and not put.done()
                 await stall.release()
                 await asyncio.wait_for(put, 30)
                 assert await asyncio.wait_for(same, 30) in (None, b"value-being-synced")
-            assert await _get(r, b"held") == b"value-being-synced"
+            assert await r.get(r.authn, b"held") == b"value-being-synced"
         finally:
             await stop_service(proc)
 
@@ -69,15 +59,15 @@ async def test_a_failed_sync_stops_storage_until_a_restart(short_tmp: Path) -> N
         proc = spawn_service("services.storage", r.home, log_path)
         try:
             await eventually(lambda: r.storage_state("ready"), deadline=30)
-            await _put(r, b"before", b"durable-before")
+            await r.put(r.authn, b"before", b"durable-before")
             async with SyscallStall(proc.pid, fail=True):
                 with pytest.raises(MeshError) as failed:
-                    await _put(r, b"lost", b"value-whose-sync-failed")
+                    await r.put(r.authn, b"lost", b"value-whose-sync-failed")
             assert failed.value.code == "UNAVAILABLE"
             assert "could not make a write durable" in failed.value.message
             assert "restart storage" in failed.value.message
             # The disk works again; the store does not trust it until a restart.
-            for call in (_get(r, b"lost"), _get(r, b"before"), _put(r, b"after", b"x")):
+            for call in (r.get(r.authn, b"lost"), r.get(r.authn, b"before"), r.put(r.authn, b"after", b"x")):
                 with pytest.raises(MeshError) as refused:
                     await call
                 assert refused.value.code == "UNAVAILABLE"
@@ -96,6 +86,6 @@ async def test_a_failed_sync_stops_storage_until_a_restart(short_tmp: Path) -> N
             # Restarted, storage serves again; what was acknowledged is there.
             proc = spawn_service("services.storage", r.home, log_path)
             await eventually(lambda: r.storage_state("ready"), deadline=30)
-            assert await _get(r, b"before") == b"durable-before"
+            assert await r.get(r.authn, b"before") == b"durable-before"
         finally:
             await stop_service(proc)

@@ -116,12 +116,13 @@ class StorageCore:
         return Readiness(FAILED, self.problem or "storage cannot serve")
 
     def fail(self, problem: str) -> None:
-        """Stop serving because a store can no longer be trusted to keep what it acknowledges (a failed
-        sync): health says ``failed`` with ``problem``, and every data call answers it, until storage
-        restarts. ``problem`` names no data."""
-        if self.state == "ok":
-            self.state, self.problem = "failed", problem
-            log.error("storage_unusable", reason=problem)
+        """Stop serving because a store cannot be trusted (damaged at unseal, or a failed sync): health
+        says ``failed`` with ``problem``, and every data call answers it, until storage restarts.
+        ``problem`` names no data. The first reason stays."""
+        if self.state == "failed":
+            return
+        self.state, self.problem = "failed", problem
+        log.error("storage_unusable", reason=problem)
 
     def require(self) -> None:
         """Raise ``SEALED`` (or ``UNAVAILABLE``) unless the stores are open with their keys."""

@@ -115,8 +115,7 @@ class Keeper:
                 await self._close_engines()
                 core.wipe_keys()
                 if isinstance(exc, DamagedError):
-                    core.state, core.problem = "failed", exc.message
-                    log.error("storage_unusable", reason=exc.message)
+                    core.fail(exc.message)
                     return True
                 # Kept until the next attempt ends, so health does not flicker while one is in flight.
                 core.without_keys = without_keys(exc, keys_from="keyvault") if fetching else Readiness(
