@@ -39,12 +39,12 @@ def _state_if(home: MeshHome, code: int) -> dict[str, object] | None:
     return report if got == code else None
 
 
-def _storage_settled(home: MeshHome) -> dict[str, object] | None:
-    """Storage's readiness once it answers for itself (not ``down`` while it starts), else None."""
+def _storage_failed(home: MeshHome) -> dict[str, object] | None:
+    """Storage's readiness once it says ``failed``, else None (for ``wait_until``)."""
     _, report = _state(home)
     storage = next(r for r in report["services"] if r["name"] == "storage")  # type: ignore[attr-defined]
     ready: dict[str, object] = storage["ready"]
-    return None if ready["state"] == "down" else ready
+    return ready if ready["state"] == "failed" else None
 
 
 def test_up_waits_for_ready_sealed_is_its_own_verdict_and_damage_is_named() -> None:
@@ -90,10 +90,11 @@ def test_up_waits_for_ready_sealed_is_its_own_verdict_and_damage_is_named() -> N
         assert f"audit: failed: {path}: the audit database failed its integrity check (page" in broken.stderr
         code, report = _state(home)
         assert code == 1 and report["state"] == "unhealthy" and report["audit"]["log"] == "failed"  # type: ignore[index]
-        # `up` stops the moment a process fails by its own fault (audit here), when storage may not have
-        # registered yet (CI saw it `down`): wait for storage's own verdict, not a starting one.
-        storage = wait_until(lambda: _storage_settled(home), 30, "storage reports its verdict")
-        assert storage["state"] == "failed" and storage["dependency"] == "keyvault", storage
+        # `up` stops the moment a process fails by its own fault (audit here). Storage may still be
+        # starting then: `down` until it registers (CI saw that), then `sealed` until its first key
+        # fetch is refused. So wait for its verdict rather than reading one moment of its start.
+        storage = wait_until(lambda: _storage_failed(home), 30, "storage says failed")
+        assert storage["dependency"] == "keyvault", storage
         verify = meshctl(home, "audit", "verify")
         assert verify.returncode == 1 and "INTERNAL" not in verify.stderr
         assert "the database is damaged" in verify.stderr and str(path) in verify.stderr
